@@ -1,0 +1,386 @@
+//! The SQLite store: opening, migrations, and row access.
+//!
+//! [`open`] is the one way into a database: it sets the pragmas (WAL,
+//! `synchronous=FULL`, `foreign_keys=ON`, `temp_store=2`), checks that the
+//! file is a healthy crvs store (`PRAGMA quick_check`, the `magic` meta
+//! row), and runs the numbered migrations embedded from `migrations/`,
+//! tracked with `PRAGMA user_version`, one step per transaction.
+//!
+//! Functions here move rows, not meaning: sealing and unsealing happen in
+//! the callers, which hold the data key. Functions that write take a
+//! [`Transaction`]; functions that only read take a [`Connection`].
+//!
+//! **Architecture invariant:** no personal data reaches SQLite unencrypted.
+//! Plaintext columns hold only opaque ids, kinds, workflow states,
+//! timestamps and sync bookkeeping; columns named `*_sealed` hold
+//! ciphertexts from [`crate::crypto`].
+//!
+//! On corruption, [`open`] fails with [`Error::Corrupt`] and changes
+//! nothing: the registrar restores the folder from a backup.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::types::{FromSql, ToSql};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, params};
+
+use crate::error::{Error, Result};
+
+/// The database file's name inside the store folder.
+pub const DB_FILE: &str = "crvs.db";
+/// The value of the `magic` meta row of every crvs tablet store.
+pub const MAGIC: &str = "crvs-tablet-store";
+
+/// The numbered migrations, in order. Index + 1 is the `user_version`
+/// after the step.
+const MIGRATIONS: &[&str] = &[include_str!("../migrations/001_init.sql")];
+
+/// Keys of the `meta` table.
+pub mod meta {
+    /// `crvs-tablet-store`, written at creation.
+    pub const MAGIC: &str = "magic";
+    /// The store's random id (UUID text).
+    pub const STORE_ID: &str = "store_id";
+    /// The registration office (6-digit commune code).
+    pub const OFFICE: &str = "office";
+    /// Argon2id parameters, `argon2id;m=..;t=..;p=..`.
+    pub const KDF_PARAMS: &str = "kdf_params";
+    /// Argon2id salt.
+    pub const KDF_SALT: &str = "kdf_salt";
+    /// The data key sealed under the passphrase-derived key.
+    pub const WRAPPED_KEY: &str = "wrapped_data_key";
+    /// The automerge actor id of this store (16 bytes).
+    pub const ACTOR: &str = "actor";
+    /// The device id assigned at enrolment (UUID text).
+    pub const DEVICE_ID: &str = "device_id";
+    /// The server's base URL.
+    pub const SERVER_URL: &str = "server_url";
+    /// The pinned server public key (32 bytes).
+    pub const SERVER_KEY: &str = "server_public_key";
+    /// The device's ed25519 signing key, sealed.
+    pub const SIGNING_KEY: &str = "signing_key_sealed";
+    /// The server feed position applied so far.
+    pub const CURSOR: &str = "pull_cursor";
+    /// The sequence number of the next change set.
+    pub const NEXT_SEQ: &str = "next_seq";
+    /// The hash of the last change set made (zeros before the first).
+    pub const LAST_HASH: &str = "last_hash";
+    /// Every change set up to this one is acknowledged by the server.
+    pub const ACKED_SEQ: &str = "acked_seq";
+    /// Server clock of the last sync answer, ms.
+    pub const LAST_SERVER_TIME: &str = "last_server_time_ms";
+    /// Device clock when the last sync completed, ms.
+    pub const LAST_SYNC_AT: &str = "last_sync_at_ms";
+}
+
+/// The path of the database file in a store folder.
+pub fn db_path(dir: &Path) -> PathBuf {
+    dir.join(DB_FILE)
+}
+
+/// Opens (or, with `create`, creates) the store database in `dir`, sets
+/// the pragmas, checks its health and runs pending migrations.
+pub fn open(dir: &Path, create: bool) -> Result<Connection> {
+    let path = db_path(dir);
+    let exists = path.exists();
+    if create && exists {
+        return Err(Error::AlreadyInitialized);
+    }
+    if !create && !exists {
+        return Err(Error::NotInitialized);
+    }
+    if create {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    if create {
+        flags |= OpenFlags::SQLITE_OPEN_CREATE;
+    }
+    let mut conn = Connection::open_with_flags(&path, flags)?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(Error::Storage(format!("the database refused WAL mode ({mode})")));
+    }
+    conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON; PRAGMA temp_store=2;")?;
+    if !create {
+        let check: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
+        if check != "ok" {
+            return Err(Error::Corrupt("the database failed its integrity check".into()));
+        }
+        let version = user_version(&conn)?;
+        if version == 0 {
+            return Err(Error::Corrupt("the database is not a crvs store".into()));
+        }
+    }
+    migrate(&mut conn)?;
+    if !create {
+        let magic: Option<String> = get_meta(&conn, meta::MAGIC)?;
+        if magic.as_deref() != Some(MAGIC) {
+            return Err(Error::Corrupt("the database is not a crvs store".into()));
+        }
+    }
+    Ok(conn)
+}
+
+fn user_version(conn: &Connection) -> Result<usize> {
+    let v: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    usize::try_from(v).map_err(|_| Error::Corrupt("the schema version is negative".into()))
+}
+
+/// Runs every migration above the database's `user_version`, each in its
+/// own transaction together with the version bump.
+fn migrate(conn: &mut Connection) -> Result<()> {
+    let current = user_version(conn)?;
+    if current > MIGRATIONS.len() {
+        return Err(Error::Corrupt(format!(
+            "the store was written by a newer version of crvs (schema {current}); update the app"
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", i as i64 + 1)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+/// Reads a meta value.
+pub fn get_meta<T: FromSql>(conn: &Connection, key: &str) -> Result<Option<T>> {
+    Ok(conn
+        .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+        .optional()?)
+}
+
+/// Reads a meta value that must be present.
+pub fn require_meta<T: FromSql>(conn: &Connection, key: &str) -> Result<T> {
+    get_meta(conn, key)?.ok_or_else(|| Error::Corrupt(format!("the store lacks its '{key}' setting")))
+}
+
+/// Writes a meta value.
+pub fn set_meta<T: ToSql>(tx: &Transaction<'_>, key: &str, value: T) -> Result<()> {
+    tx.execute(
+        "INSERT INTO meta (key, value) VALUES (?1, ?2)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        params![key, value],
+    )?;
+    Ok(())
+}
+
+/// A row of `records`.
+#[derive(Debug, Clone)]
+pub struct RecordRow {
+    /// UUIDv7 bytes.
+    pub id: [u8; 16],
+    /// Kind of event.
+    pub kind: String,
+    /// Workflow state.
+    pub status: String,
+    /// Device clock at creation, ms.
+    pub created_at: i64,
+    /// Device clock at the last change, ms.
+    pub updated_at: i64,
+    /// Sealed automerge document.
+    pub doc_sealed: Vec<u8>,
+    /// Sealed KIdC, once the server assigned one.
+    pub kidc_sealed: Option<Vec<u8>>,
+    /// Concatenated 32-byte automerge change hashes.
+    pub outboxed_heads: Vec<u8>,
+    /// Local changes not yet in a change set.
+    pub dirty: bool,
+    /// The last change set that carries this record.
+    pub last_outbox_seq: Option<u64>,
+    /// When server changes last arrived (device clock, ms).
+    pub server_updated_at: Option<i64>,
+}
+
+const RECORD_COLUMNS: &str = "id, kind, status, created_at, updated_at, doc_sealed, kidc_sealed, \
+     outboxed_heads, dirty, last_outbox_seq, server_updated_at";
+
+fn record_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RecordRow> {
+    let id: Vec<u8> = r.get(0)?;
+    let id: [u8; 16] = id
+        .as_slice()
+        .try_into()
+        .map_err(|_| rusqlite::Error::IntegralValueOutOfRange(0, id.len() as i64))?;
+    Ok(RecordRow {
+        id,
+        kind: r.get(1)?,
+        status: r.get(2)?,
+        created_at: r.get(3)?,
+        updated_at: r.get(4)?,
+        doc_sealed: r.get(5)?,
+        kidc_sealed: r.get(6)?,
+        outboxed_heads: r.get(7)?,
+        dirty: r.get::<_, i64>(8)? != 0,
+        last_outbox_seq: r.get::<_, Option<i64>>(9)?.map(|s| s as u64),
+        server_updated_at: r.get(10)?,
+    })
+}
+
+/// Inserts a new record row.
+pub fn insert_record(tx: &Transaction<'_>, row: &RecordRow) -> Result<()> {
+    tx.execute(
+        &format!("INSERT INTO records ({RECORD_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"),
+        params![
+            row.id.as_slice(),
+            row.kind,
+            row.status,
+            row.created_at,
+            row.updated_at,
+            row.doc_sealed,
+            row.kidc_sealed,
+            row.outboxed_heads,
+            row.dirty as i64,
+            row.last_outbox_seq.map(|s| s as i64),
+            row.server_updated_at,
+        ],
+    )?;
+    Ok(())
+}
+
+/// Replaces every mutable column of an existing record row.
+pub fn update_record(tx: &Transaction<'_>, row: &RecordRow) -> Result<()> {
+    let n = tx.execute(
+        "UPDATE records SET status = ?2, updated_at = ?3, doc_sealed = ?4, kidc_sealed = ?5,
+             outboxed_heads = ?6, dirty = ?7, last_outbox_seq = ?8, server_updated_at = ?9
+         WHERE id = ?1",
+        params![
+            row.id.as_slice(),
+            row.status,
+            row.updated_at,
+            row.doc_sealed,
+            row.kidc_sealed,
+            row.outboxed_heads,
+            row.dirty as i64,
+            row.last_outbox_seq.map(|s| s as i64),
+            row.server_updated_at,
+        ],
+    )?;
+    if n == 1 { Ok(()) } else { Err(Error::NotFound) }
+}
+
+/// Reads one record row.
+pub fn get_record(conn: &Connection, id: &[u8; 16]) -> Result<Option<RecordRow>> {
+    Ok(conn
+        .query_row(
+            &format!("SELECT {RECORD_COLUMNS} FROM records WHERE id = ?1"),
+            [id.as_slice()],
+            record_from_row,
+        )
+        .optional()?)
+}
+
+/// Every record row, oldest first (UUIDv7 ids sort by creation time).
+pub fn all_records(conn: &Connection) -> Result<Vec<RecordRow>> {
+    let mut stmt = conn.prepare(&format!("SELECT {RECORD_COLUMNS} FROM records ORDER BY id"))?;
+    let rows = stmt.query_map([], record_from_row)?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
+/// Records with local changes not yet in any change set, oldest first.
+pub fn dirty_records(conn: &Connection) -> Result<Vec<RecordRow>> {
+    let mut stmt = conn.prepare(&format!("SELECT {RECORD_COLUMNS} FROM records WHERE dirty = 1 ORDER BY id"))?;
+    let rows = stmt.query_map([], record_from_row)?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
+/// A row of `outbox`.
+#[derive(Debug, Clone)]
+pub struct OutboxRow {
+    /// Sequence number.
+    pub seq: u64,
+    /// SHA-256 of the signed bytes.
+    pub hash: [u8; 32],
+    /// The sealed signed change set.
+    pub body_sealed: Vec<u8>,
+    /// How many records it carries.
+    pub record_count: u64,
+    /// Length of the signed bytes.
+    pub byte_len: u64,
+    /// Device clock at creation.
+    pub created_at: i64,
+    /// Device clock at acknowledgement.
+    pub acked_at: Option<i64>,
+}
+
+fn outbox_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<OutboxRow> {
+    let hash: Vec<u8> = r.get(1)?;
+    let hash: [u8; 32] = hash
+        .as_slice()
+        .try_into()
+        .map_err(|_| rusqlite::Error::IntegralValueOutOfRange(1, hash.len() as i64))?;
+    Ok(OutboxRow {
+        seq: r.get::<_, i64>(0)? as u64,
+        hash,
+        body_sealed: r.get(2)?,
+        record_count: r.get::<_, i64>(3)? as u64,
+        byte_len: r.get::<_, i64>(4)? as u64,
+        created_at: r.get(5)?,
+        acked_at: r.get(6)?,
+    })
+}
+
+/// Appends a change set to the outbox.
+pub fn insert_outbox(tx: &Transaction<'_>, row: &OutboxRow) -> Result<()> {
+    tx.execute(
+        "INSERT INTO outbox (seq, hash, body_sealed, record_count, byte_len, created_at, acked_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            row.seq as i64,
+            row.hash.as_slice(),
+            row.body_sealed,
+            row.record_count as i64,
+            row.byte_len as i64,
+            row.created_at,
+            row.acked_at,
+        ],
+    )?;
+    Ok(())
+}
+
+/// Outbox rows with `seq >= from`, in order, at most `limit`.
+pub fn outbox_from(conn: &Connection, from: u64, limit: usize) -> Result<Vec<OutboxRow>> {
+    let mut stmt = conn.prepare(
+        "SELECT seq, hash, body_sealed, record_count, byte_len, created_at, acked_at
+         FROM outbox WHERE seq >= ?1 ORDER BY seq LIMIT ?2",
+    )?;
+    let rows = stmt.query_map(params![from as i64, limit as i64], outbox_from_row)?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
+/// Sequence numbers and hashes of every outbox row, in order (for checks).
+pub fn outbox_chain(conn: &Connection) -> Result<Vec<(u64, [u8; 32], Option<i64>)>> {
+    let mut stmt = conn.prepare("SELECT seq, hash, body_sealed, record_count, byte_len, created_at, acked_at FROM outbox ORDER BY seq")?;
+    let rows = stmt.query_map([], outbox_from_row)?;
+    Ok(rows
+        .collect::<rusqlite::Result<Vec<_>>>()?
+        .into_iter()
+        .map(|r| (r.seq, r.hash, r.acked_at))
+        .collect())
+}
+
+/// Number of outbox rows with `seq > after`.
+pub fn count_outbox_after(conn: &Connection, after: u64) -> Result<u64> {
+    let n: i64 = conn.query_row("SELECT COUNT(*) FROM outbox WHERE seq > ?1", [after as i64], |r| {
+        r.get(0)
+    })?;
+    Ok(n as u64)
+}
+
+/// Marks one change set acknowledged (keeps the first acknowledgement
+/// time).
+pub fn mark_acked(tx: &Transaction<'_>, seq: u64, at: i64) -> Result<()> {
+    tx.execute(
+        "UPDATE outbox SET acked_at = COALESCE(acked_at, ?2) WHERE seq = ?1",
+        params![seq as i64, at],
+    )?;
+    Ok(())
+}
+
+/// Forgets acknowledgements from `seq` on (the server lost them).
+pub fn unack_from(tx: &Transaction<'_>, seq: u64) -> Result<()> {
+    tx.execute("UPDATE outbox SET acked_at = NULL WHERE seq >= ?1", [seq as i64])?;
+    Ok(())
+}

@@ -1,0 +1,22 @@
+//! `crvs-schema`: the shared vocabulary of the civil registration system.
+//!
+//! Domain types and their validation ([`birth`], [`date`], [`gazetteer`]),
+//! the Khmer Identification Code ([`kidc`]), the workflow rules
+//! ([`workflow`]), the layout of a record's automerge document ([`record`])
+//! and the sync protocol's wire format ([`wire`]).
+//!
+//! **Architecture invariant:** this crate does no I/O. It never touches a
+//! file, a socket or a clock: callers pass "now" and randomness in.
+
+pub mod birth;
+pub mod date;
+pub mod gazetteer;
+pub mod kidc;
+pub mod record;
+pub mod wire;
+pub mod workflow;
+
+pub use birth::{BirthRegistration, FieldProblem, ValidationError};
+pub use date::Date;
+pub use gazetteer::GazetteerCode;
+pub use kidc::Kidc;

@@ -1,0 +1,726 @@
+//! The layout of a record's automerge document, and the rules on who may
+//! write which part of it.
+//!
+//! ```text
+//! ROOT
+//! ├── kind         "birth"                      tablet, written once
+//! ├── office       "171003"                     tablet, written once
+//! ├── data         { child: {...}, mother: ...} tablet (the event data)
+//! ├── transitions  [ {action, by, at_ms, device, reason?}, ... ]
+//! │                                             tablet, append-only
+//! └── server       { kidc, registered_at_ms, received_at_ms }
+//!                                               server only
+//! ```
+//!
+//! **Architecture invariant:** every field has exactly one writer side, so
+//! that a merge never has to pick a winner between a tablet and the server.
+//! [`check_tablet_changes`] is how the server enforces it.
+//!
+//! Values inside `data` are automerge scalars (strings, numbers, booleans),
+//! not text objects: two concurrent edits of the same name stay visible as a
+//! conflict ([`RecordView::conflicts`]) instead of being merged letter by
+//! letter.
+
+use automerge::{
+    ActorId, AutoCommit, ObjId, ObjType, Prop, ReadDoc, ScalarValue, Value, transaction::Transactable,
+};
+use serde_json::Value as Json;
+
+use crate::kidc::Kidc;
+use crate::workflow::{self, Action, Status, Transition, WorkflowError};
+
+/// Root key: the kind of vital event.
+pub const KIND: &str = "kind";
+/// Root key: the registration office (today a 6-digit commune code).
+pub const OFFICE: &str = "office";
+/// Root key: the event data, a map mirroring the registration JSON.
+pub const DATA: &str = "data";
+/// Root key: the append-only list of workflow transitions.
+pub const TRANSITIONS: &str = "transitions";
+/// Root key: the server-owned part.
+pub const SERVER: &str = "server";
+/// The root keys a tablet may write.
+pub const TABLET_ROOT_KEYS: [&str; 4] = [KIND, OFFICE, DATA, TRANSITIONS];
+
+/// Kinds of vital event. Only births exist so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum RecordKind {
+    /// A birth registration.
+    Birth,
+}
+
+impl RecordKind {
+    /// The stable name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordKind::Birth => "birth",
+        }
+    }
+
+    /// Parses the stable name.
+    pub fn parse(s: &str) -> Option<RecordKind> {
+        match s {
+            "birth" => Some(RecordKind::Birth),
+            _ => None,
+        }
+    }
+}
+
+/// What is wrong with a document. Messages carry no personal data.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RecordError {
+    /// The document lacks a required part or has one of the wrong type.
+    #[error("record document is malformed: {0}")]
+    Malformed(&'static str),
+    /// The workflow list is not a valid sequence of transitions.
+    #[error("record workflow is invalid: {0}")]
+    Workflow(#[from] WorkflowError),
+    /// Automerge refused an operation.
+    #[error("automerge: {0}")]
+    Automerge(#[from] automerge::AutomergeError),
+}
+
+/// Why the server refuses a tablet's changes to a document.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TabletChangeError {
+    /// The tablet wrote a server-owned field (the KIdC, the registration).
+    #[error("the change set writes the server-owned field '{0}'")]
+    ServerOwnedField(String),
+    /// The tablet wrote a root key that does not exist in the layout.
+    #[error("the change set writes an unknown root field")]
+    UnknownRootField,
+    /// `kind` and `office` are written once.
+    #[error("the change set rewrites the record's '{0}', which is written once")]
+    Immutable(&'static str),
+    /// Transitions are append-only.
+    #[error("the change set rewrites or removes earlier workflow steps")]
+    TransitionsRewritten,
+    /// The document does not have the layout of a record.
+    #[error("the record document is malformed: {0}")]
+    Malformed(String),
+    /// The new transitions break the workflow rules.
+    #[error("the record's workflow is invalid: {0}")]
+    Workflow(WorkflowError),
+}
+
+/// The server-owned part of a record.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ServerPart {
+    /// The KIdC issued to the child of an approved birth.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kidc: Option<Kidc>,
+    /// Server time of registration, in ms since the epoch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub registered_at_ms: Option<i64>,
+    /// Server time when the record first arrived, in ms since the epoch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub received_at_ms: Option<i64>,
+    /// Why the server holds the record for review (a stable code such as
+    /// `invalid_on_receipt` or `probable_duplicate`; never personal data).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hold: Option<String>,
+}
+
+/// A decoded view of a record document.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordView {
+    /// The kind of event.
+    pub kind: RecordKind,
+    /// The registration office.
+    pub office: String,
+    /// The event data as JSON.
+    pub data: Json,
+    /// The workflow so far.
+    pub transitions: Vec<Transition>,
+    /// The server-owned part.
+    pub server: ServerPart,
+    /// Dotted paths inside `data` where concurrent edits left a conflict.
+    pub conflicts: Vec<String>,
+}
+
+impl RecordView {
+    /// The current state, derived from the transitions and the server part.
+    pub fn status(&self) -> Result<Status, WorkflowError> {
+        let tablet = workflow::derive(&self.transitions)?.ok_or(WorkflowError::MustStartWithSubmit)?;
+        Ok(match tablet {
+            Status::Approved if self.server.kidc.is_some() => Status::Registered,
+            Status::Rejected => Status::Rejected,
+            _ if self.server.hold.is_some() => Status::Held,
+            other => other,
+        })
+    }
+
+    /// The staff id of the clerk who entered the record.
+    pub fn clerk(&self) -> Option<&str> {
+        self.transitions
+            .iter()
+            .find(|t| t.action == Action::Submit)
+            .map(|t| t.by.as_str())
+    }
+}
+
+/// Creates the document of a new record, with its submission as the first
+/// transition, in one automerge change.
+pub fn new_record(
+    actor: ActorId,
+    kind: RecordKind,
+    office: &str,
+    data: &Json,
+    submission: &Transition,
+) -> Result<AutoCommit, RecordError> {
+    let mut doc = AutoCommit::new().with_actor(actor);
+    doc.put(automerge::ROOT, KIND, kind.as_str())?;
+    doc.put(automerge::ROOT, OFFICE, office)?;
+    let data_obj = doc.put_object(automerge::ROOT, DATA, ObjType::Map)?;
+    let Json::Object(fields) = data else {
+        return Err(RecordError::Malformed("event data must be a JSON object"));
+    };
+    for (k, v) in fields {
+        put_json(&mut doc, &data_obj, k.as_str().into(), v)?;
+    }
+    doc.put_object(automerge::ROOT, TRANSITIONS, ObjType::List)?;
+    append_transition(&mut doc, submission)?;
+    Ok(doc)
+}
+
+/// Appends a transition to the workflow list (no rule check: see
+/// [`workflow::check_append`]).
+pub fn append_transition(doc: &mut AutoCommit, t: &Transition) -> Result<(), RecordError> {
+    let list = match doc.get(automerge::ROOT, TRANSITIONS)? {
+        Some((Value::Object(ObjType::List), id)) => id,
+        _ => return Err(RecordError::Malformed("transitions list missing")),
+    };
+    let idx = doc.length(&list);
+    let m = doc.insert_object(&list, idx, ObjType::Map)?;
+    doc.put(&m, "action", t.action.as_str())?;
+    doc.put(&m, "by", t.by.as_str())?;
+    doc.put(&m, "at_ms", t.at_ms)?;
+    doc.put(&m, "device", t.device.as_str())?;
+    if let Some(r) = &t.reason {
+        doc.put(&m, "reason", r.as_str())?;
+    }
+    Ok(())
+}
+
+/// Server side: records the registration of an approved record.
+pub fn set_registration(doc: &mut AutoCommit, kidc: &Kidc, at_ms: i64) -> Result<(), RecordError> {
+    let server = server_map(doc)?;
+    doc.put(&server, "kidc", kidc.as_str())?;
+    doc.put(&server, "registered_at_ms", at_ms)?;
+    Ok(())
+}
+
+/// Server side: holds the record for review, with a stable reason code.
+pub fn set_hold(doc: &mut AutoCommit, code: &str) -> Result<(), RecordError> {
+    let server = server_map(doc)?;
+    doc.put(&server, "hold", code)?;
+    Ok(())
+}
+
+/// Server side: records when the record first arrived (only the first time).
+pub fn set_received(doc: &mut AutoCommit, at_ms: i64) -> Result<bool, RecordError> {
+    let server = server_map(doc)?;
+    if doc.get(&server, "received_at_ms")?.is_some() {
+        return Ok(false);
+    }
+    doc.put(&server, "received_at_ms", at_ms)?;
+    Ok(true)
+}
+
+fn server_map(doc: &mut AutoCommit) -> Result<ObjId, RecordError> {
+    Ok(match doc.get(automerge::ROOT, SERVER)? {
+        Some((Value::Object(ObjType::Map), id)) => id,
+        Some(_) => return Err(RecordError::Malformed("server part is not a map")),
+        None => doc.put_object(automerge::ROOT, SERVER, ObjType::Map)?,
+    })
+}
+
+/// Decodes a record document.
+pub fn read<R: ReadDoc>(doc: &R) -> Result<RecordView, RecordError> {
+    let kind = match get_str(doc, &automerge::ROOT, KIND)? {
+        Some(k) => RecordKind::parse(&k).ok_or(RecordError::Malformed("unknown record kind"))?,
+        None => return Err(RecordError::Malformed("kind missing")),
+    };
+    let office = get_str(doc, &automerge::ROOT, OFFICE)?.ok_or(RecordError::Malformed("office missing"))?;
+    let (data, conflicts) = match doc.get(automerge::ROOT, DATA)? {
+        Some((Value::Object(ObjType::Map), id)) => {
+            let mut conflicts = Vec::new();
+            let v = to_json(doc, &id, "", &mut conflicts)?;
+            (v, conflicts)
+        }
+        _ => return Err(RecordError::Malformed("data missing")),
+    };
+    let transitions = read_transitions(doc)?;
+    let server = match doc.get(automerge::ROOT, SERVER)? {
+        Some((Value::Object(ObjType::Map), id)) => ServerPart {
+            kidc: match get_str(doc, &id, "kidc")? {
+                Some(s) => {
+                    Some(Kidc::parse(&s).map_err(|_| RecordError::Malformed("server kidc is invalid"))?)
+                }
+                None => None,
+            },
+            registered_at_ms: get_int(doc, &id, "registered_at_ms")?,
+            received_at_ms: get_int(doc, &id, "received_at_ms")?,
+            hold: get_str(doc, &id, "hold")?,
+        },
+        None => ServerPart::default(),
+        Some(_) => return Err(RecordError::Malformed("server part is not a map")),
+    };
+    Ok(RecordView {
+        kind,
+        office,
+        data,
+        transitions,
+        server,
+        conflicts,
+    })
+}
+
+fn read_transitions<R: ReadDoc>(doc: &R) -> Result<Vec<Transition>, RecordError> {
+    let list = match doc.get(automerge::ROOT, TRANSITIONS)? {
+        Some((Value::Object(ObjType::List), id)) => id,
+        _ => return Err(RecordError::Malformed("transitions list missing")),
+    };
+    let mut out = Vec::new();
+    for i in 0..doc.length(&list) {
+        let m = match doc.get(&list, i)? {
+            Some((Value::Object(ObjType::Map), id)) => id,
+            _ => return Err(RecordError::Malformed("transition is not a map")),
+        };
+        let action = get_str(doc, &m, "action")?
+            .and_then(|a| Action::parse(&a))
+            .ok_or(RecordError::Malformed("transition action missing or unknown"))?;
+        out.push(Transition {
+            action,
+            by: get_str(doc, &m, "by")?.ok_or(RecordError::Malformed("transition staff missing"))?,
+            at_ms: get_int(doc, &m, "at_ms")?.ok_or(RecordError::Malformed("transition time missing"))?,
+            device: get_str(doc, &m, "device")?.unwrap_or_default(),
+            reason: get_str(doc, &m, "reason")?,
+        });
+    }
+    Ok(out)
+}
+
+fn get_str<R: ReadDoc>(doc: &R, obj: &ObjId, key: &str) -> Result<Option<String>, RecordError> {
+    match doc.get(obj, key)? {
+        Some((Value::Scalar(s), _)) => match s.as_ref() {
+            ScalarValue::Str(s) => Ok(Some(s.to_string())),
+            _ => Err(RecordError::Malformed("expected a string")),
+        },
+        Some(_) => Err(RecordError::Malformed("expected a string")),
+        None => Ok(None),
+    }
+}
+
+fn get_int<R: ReadDoc>(doc: &R, obj: &ObjId, key: &str) -> Result<Option<i64>, RecordError> {
+    match doc.get(obj, key)? {
+        Some((Value::Scalar(s), _)) => match s.as_ref() {
+            ScalarValue::Int(i) => Ok(Some(*i)),
+            ScalarValue::Uint(u) => Ok(i64::try_from(*u).ok()),
+            ScalarValue::Timestamp(t) => Ok(Some(*t)),
+            _ => Err(RecordError::Malformed("expected an integer")),
+        },
+        Some(_) => Err(RecordError::Malformed("expected an integer")),
+        None => Ok(None),
+    }
+}
+
+/// Writes a JSON value under `key` of `obj`, as nested maps, lists and
+/// scalars.
+pub fn put_json<T: Transactable>(doc: &mut T, obj: &ObjId, key: Prop, v: &Json) -> Result<(), RecordError> {
+    match v {
+        Json::Object(fields) => {
+            let child = match key {
+                Prop::Map(k) => doc.put_object(obj, k, ObjType::Map)?,
+                Prop::Seq(i) => doc.insert_object(obj, i, ObjType::Map)?,
+            };
+            for (k, v) in fields {
+                put_json(doc, &child, k.as_str().into(), v)?;
+            }
+        }
+        Json::Array(items) => {
+            let child = match key {
+                Prop::Map(k) => doc.put_object(obj, k, ObjType::List)?,
+                Prop::Seq(i) => doc.insert_object(obj, i, ObjType::List)?,
+            };
+            for (i, v) in items.iter().enumerate() {
+                put_json(doc, &child, Prop::Seq(i), v)?;
+            }
+        }
+        scalar => {
+            let s = json_scalar(scalar);
+            match key {
+                Prop::Map(k) => doc.put(obj, k, s)?,
+                Prop::Seq(i) => doc.insert(obj, i, s)?,
+            }
+        }
+    }
+    Ok(())
+}
+
+fn json_scalar(v: &Json) -> ScalarValue {
+    match v {
+        Json::Null => ScalarValue::Null,
+        Json::Bool(b) => ScalarValue::Boolean(*b),
+        Json::Number(n) => match n.as_i64() {
+            Some(i) => ScalarValue::Int(i),
+            None => ScalarValue::F64(n.as_f64().unwrap_or(0.0)),
+        },
+        Json::String(s) => ScalarValue::Str(s.as_str().into()),
+        Json::Array(_) | Json::Object(_) => unreachable!("json_scalar is only called on scalars"),
+    }
+}
+
+fn scalar_json(s: &ScalarValue) -> Json {
+    match s {
+        ScalarValue::Str(s) => Json::String(s.to_string()),
+        ScalarValue::Int(i) => Json::from(*i),
+        ScalarValue::Uint(u) => Json::from(*u),
+        ScalarValue::F64(f) => serde_json::Number::from_f64(*f).map_or(Json::Null, Json::Number),
+        ScalarValue::Boolean(b) => Json::Bool(*b),
+        ScalarValue::Timestamp(t) => Json::from(*t),
+        _ => Json::Null,
+    }
+}
+
+/// Reads an object as JSON, collecting the paths where concurrent writes
+/// left more than one value (the winner is shown, the conflict is listed).
+fn to_json<R: ReadDoc>(
+    doc: &R,
+    obj: &ObjId,
+    path: &str,
+    conflicts: &mut Vec<String>,
+) -> Result<Json, RecordError> {
+    let join = |k: &str| {
+        if path.is_empty() {
+            k.to_string()
+        } else {
+            format!("{path}.{k}")
+        }
+    };
+    match doc.object_type(obj)? {
+        ObjType::Map | ObjType::Table => {
+            let mut out = serde_json::Map::new();
+            for k in doc.keys(obj) {
+                let p = join(&k);
+                if doc.get_all(obj, k.as_str())?.len() > 1 {
+                    conflicts.push(p.clone());
+                }
+                if let Some((v, id)) = doc.get(obj, k.as_str())? {
+                    out.insert(k, value_json(doc, v, &id, &p, conflicts)?);
+                }
+            }
+            Ok(Json::Object(out))
+        }
+        ObjType::List => {
+            let mut out = Vec::new();
+            for i in 0..doc.length(obj) {
+                let p = join(&i.to_string());
+                if doc.get_all(obj, i)?.len() > 1 {
+                    conflicts.push(p.clone());
+                }
+                if let Some((v, id)) = doc.get(obj, i)? {
+                    out.push(value_json(doc, v, &id, &p, conflicts)?);
+                }
+            }
+            Ok(Json::Array(out))
+        }
+        ObjType::Text => Ok(Json::String(doc.text(obj)?)),
+    }
+}
+
+fn value_json<R: ReadDoc>(
+    doc: &R,
+    v: Value<'_>,
+    id: &ObjId,
+    path: &str,
+    conflicts: &mut Vec<String>,
+) -> Result<Json, RecordError> {
+    match v {
+        Value::Object(_) => to_json(doc, id, path, conflicts),
+        Value::Scalar(s) => Ok(scalar_json(&s)),
+    }
+}
+
+/// A canonical rendering of everything under `prop` of `obj`, every
+/// conflicting value included, for comparing before and after a merge.
+fn snapshot<R: ReadDoc>(doc: &R, obj: &ObjId, prop: Prop) -> Result<Json, automerge::AutomergeError> {
+    let mut values = Vec::new();
+    for (v, id) in doc.get_all(obj, prop)? {
+        values.push(match v {
+            Value::Scalar(s) => scalar_json(&s),
+            Value::Object(t) => {
+                let mut m = serde_json::Map::new();
+                m.insert("$id".into(), Json::String(id.to_string()));
+                match t {
+                    ObjType::Map | ObjType::Table => {
+                        for k in doc.keys(&id) {
+                            let inner = snapshot(doc, &id, k.as_str().into())?;
+                            m.insert(k, inner);
+                        }
+                    }
+                    ObjType::List => {
+                        let mut items = Vec::new();
+                        for i in 0..doc.length(&id) {
+                            items.push(snapshot(doc, &id, Prop::Seq(i))?);
+                        }
+                        m.insert("$items".into(), Json::Array(items));
+                    }
+                    ObjType::Text => {
+                        m.insert("$text".into(), Json::String(doc.text(&id)?));
+                    }
+                }
+                Json::Object(m)
+            }
+        });
+    }
+    Ok(Json::Array(values))
+}
+
+/// Server side: checks that the changes a tablet made, turning `before`
+/// into `after`, only touch tablet-owned fields, keep the workflow
+/// append-only and valid, and leave `kind` and `office` as they were.
+/// `before` is `None` for a record the server has not seen.
+pub fn check_tablet_changes<R1: ReadDoc, R2: ReadDoc>(
+    before: Option<&R1>,
+    after: &R2,
+) -> Result<RecordView, TabletChangeError> {
+    let root = automerge::ROOT;
+    let am = |e: automerge::AutomergeError| TabletChangeError::Malformed(e.to_string());
+    for k in after.keys(&root) {
+        if k == SERVER {
+            continue;
+        }
+        if !TABLET_ROOT_KEYS.contains(&k.as_str()) {
+            return Err(TabletChangeError::UnknownRootField);
+        }
+    }
+    let server_before = match before {
+        Some(b) => snapshot(b, &root, SERVER.into()).map_err(am)?,
+        None => Json::Array(vec![]),
+    };
+    let server_after = snapshot(after, &root, SERVER.into()).map_err(am)?;
+    if server_before != server_after {
+        return Err(TabletChangeError::ServerOwnedField(server_field_name(
+            &server_after,
+        )));
+    }
+    for key in [KIND, OFFICE, DATA, TRANSITIONS] {
+        let values = after.get_all(&root, key).map_err(am)?;
+        if values.len() != 1 {
+            return Err(TabletChangeError::Malformed(format!(
+                "root field '{key}' is missing or in conflict"
+            )));
+        }
+    }
+    if let Some(b) = before {
+        for key in [KIND, OFFICE] {
+            if snapshot(b, &root, key.into()).map_err(am)?
+                != snapshot(after, &root, key.into()).map_err(am)?
+            {
+                return Err(TabletChangeError::Immutable(key));
+            }
+        }
+        let list_before = snapshot(b, &root, TRANSITIONS.into()).map_err(am)?;
+        let list_after = snapshot(after, &root, TRANSITIONS.into()).map_err(am)?;
+        if !is_prefix_list(&list_before, &list_after) {
+            return Err(TabletChangeError::TransitionsRewritten);
+        }
+    }
+    let view = read(after).map_err(|e| match e {
+        RecordError::Workflow(w) => TabletChangeError::Workflow(w),
+        other => TabletChangeError::Malformed(other.to_string()),
+    })?;
+    // Every transition, old and new, must follow the rules.
+    workflow::derive(&view.transitions).map_err(TabletChangeError::Workflow)?;
+    if view.transitions.is_empty() {
+        return Err(TabletChangeError::Workflow(WorkflowError::MustStartWithSubmit));
+    }
+    Ok(view)
+}
+
+fn server_field_name(snapshot: &Json) -> String {
+    // Name the first key the tablet wrote under `server`; no values.
+    snapshot
+        .as_array()
+        .and_then(|a| a.last())
+        .and_then(|o| o.as_object())
+        .and_then(|m| m.keys().find(|k| !k.starts_with('$')).cloned())
+        .map(|k| format!("{SERVER}.{k}"))
+        .unwrap_or_else(|| SERVER.to_string())
+}
+
+/// The list snapshot `a` (one list object, no conflicts) is a prefix of `b`.
+fn is_prefix_list(a: &Json, b: &Json) -> bool {
+    let (Some(a), Some(b)) = (a.as_array(), b.as_array()) else {
+        return false;
+    };
+    if a.len() != 1 || b.len() != 1 || a[0].get("$id") != b[0].get("$id") {
+        return false;
+    }
+    let (Some(ia), Some(ib)) = (
+        a[0].get("$items").and_then(|v| v.as_array()),
+        b[0].get("$items").and_then(|v| v.as_array()),
+    ) else {
+        return false;
+    };
+    ia.len() <= ib.len()
+        && ia.iter().zip(ib).all(|(x, y)| x == y)
+        && ib.iter().all(|v| v.as_array().is_some_and(|c| c.len() == 1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use automerge::Automerge;
+
+    fn actor(n: u8) -> ActorId {
+        ActorId::from([n; 16])
+    }
+
+    fn submit(by: &str) -> Transition {
+        Transition {
+            action: Action::Submit,
+            by: by.into(),
+            at_ms: 1_700_000_000_000,
+            device: "dev".into(),
+            reason: None,
+        }
+    }
+
+    fn sample() -> Json {
+        serde_json::json!({
+            "event": "birth",
+            "child": { "family_name": "សុខ", "sex": "male", "date_of_birth": "2026-11-02" },
+            "residence_village_code": "17100301"
+        })
+    }
+
+    fn copy(doc: &mut AutoCommit) -> Automerge {
+        Automerge::load(&doc.save()).unwrap()
+    }
+
+    #[test]
+    fn a_new_record_reads_back_as_written() {
+        let doc = new_record(actor(1), RecordKind::Birth, "171003", &sample(), &submit("clerk")).unwrap();
+        let view = read(&doc).unwrap();
+        assert_eq!(view.kind, RecordKind::Birth);
+        assert_eq!(view.office, "171003");
+        assert_eq!(view.data, sample());
+        assert_eq!(view.transitions, vec![submit("clerk")]);
+        assert_eq!(view.status().unwrap(), Status::Submitted);
+        assert!(view.conflicts.is_empty());
+    }
+
+    #[test]
+    fn tablet_changes_that_follow_the_rules_pass() {
+        let mut doc = new_record(actor(1), RecordKind::Birth, "171003", &sample(), &submit("clerk")).unwrap();
+        let before = copy(&mut doc);
+        let mut v = submit("checker");
+        v.action = Action::Verify;
+        append_transition(&mut doc, &v).unwrap();
+        let view = check_tablet_changes(Some(&before), &doc).unwrap();
+        assert_eq!(view.status().unwrap(), Status::Verified);
+        assert!(check_tablet_changes(None::<&Automerge>, &doc).is_ok());
+    }
+
+    #[test]
+    fn a_tablet_that_writes_a_kidc_is_refused() {
+        let mut doc = new_record(actor(1), RecordKind::Birth, "171003", &sample(), &submit("clerk")).unwrap();
+        let before = copy(&mut doc);
+        let k = Kidc::parse("1000000019").ok();
+        let s = doc.put_object(automerge::ROOT, SERVER, ObjType::Map).unwrap();
+        doc.put(
+            &s,
+            "kidc",
+            k.map(|k| k.to_string()).unwrap_or_else(|| "1234567890".into()),
+        )
+        .unwrap();
+        assert_eq!(
+            check_tablet_changes(Some(&before), &doc).unwrap_err(),
+            TabletChangeError::ServerOwnedField("server.kidc".into())
+        );
+        assert!(matches!(
+            check_tablet_changes(None::<&Automerge>, &doc),
+            Err(TabletChangeError::ServerOwnedField(_))
+        ));
+    }
+
+    #[test]
+    fn a_tablet_that_rewrites_an_existing_kidc_is_refused() {
+        let mut doc = new_record(actor(1), RecordKind::Birth, "171003", &sample(), &submit("clerk")).unwrap();
+        // The server writes its part with its own actor.
+        let mut server = doc.fork().with_actor(actor(9));
+        let kidc = Kidc::generate(crate::kidc::Category::CITIZEN, &mut rand::rng());
+        set_registration(&mut server, &kidc, 5).unwrap();
+        doc.merge(&mut server).unwrap();
+        let before = copy(&mut doc);
+        let s = match doc.get(automerge::ROOT, SERVER).unwrap() {
+            Some((_, id)) => id,
+            None => panic!("server map"),
+        };
+        doc.put(&s, "kidc", "1111111111").unwrap();
+        assert!(matches!(
+            check_tablet_changes(Some(&before), &doc),
+            Err(TabletChangeError::ServerOwnedField(_))
+        ));
+    }
+
+    #[test]
+    fn rewriting_office_or_history_is_refused() {
+        let mut doc = new_record(actor(1), RecordKind::Birth, "171003", &sample(), &submit("clerk")).unwrap();
+        let before = copy(&mut doc);
+        let mut moved = doc.fork();
+        moved.put(automerge::ROOT, OFFICE, "120101").unwrap();
+        assert_eq!(
+            check_tablet_changes(Some(&before), &moved).unwrap_err(),
+            TabletChangeError::Immutable(OFFICE)
+        );
+        let mut rewritten = doc.fork();
+        let list = rewritten.get(automerge::ROOT, TRANSITIONS).unwrap().unwrap().1;
+        let first = rewritten.get(&list, 0).unwrap().unwrap().1;
+        rewritten.put(&first, "by", "someone-else").unwrap();
+        assert_eq!(
+            check_tablet_changes(Some(&before), &rewritten).unwrap_err(),
+            TabletChangeError::TransitionsRewritten
+        );
+        let mut extra = doc.fork();
+        extra.put(automerge::ROOT, "status", "registered").unwrap();
+        assert_eq!(
+            check_tablet_changes(Some(&before), &extra).unwrap_err(),
+            TabletChangeError::UnknownRootField
+        );
+    }
+
+    #[test]
+    fn a_self_verified_record_is_refused() {
+        let mut doc = new_record(actor(1), RecordKind::Birth, "171003", &sample(), &submit("clerk")).unwrap();
+        let before = copy(&mut doc);
+        let mut v = submit("clerk");
+        v.action = Action::Verify;
+        append_transition(&mut doc, &v).unwrap();
+        assert_eq!(
+            check_tablet_changes(Some(&before), &doc).unwrap_err(),
+            TabletChangeError::Workflow(WorkflowError::VerifierIsClerk)
+        );
+    }
+
+    #[test]
+    fn concurrent_edits_of_a_field_stay_visible_as_a_conflict() {
+        let mut a = new_record(actor(1), RecordKind::Birth, "171003", &sample(), &submit("clerk")).unwrap();
+        let mut b = a.fork().with_actor(actor(2));
+        let child_a = a.get(automerge::ROOT, DATA).unwrap().unwrap().1;
+        let child_a = a.get(&child_a, "child").unwrap().unwrap().1;
+        a.put(&child_a, "family_name", "A").unwrap();
+        let child_b = b.get(automerge::ROOT, DATA).unwrap().unwrap().1;
+        let child_b = b.get(&child_b, "child").unwrap().unwrap().1;
+        b.put(&child_b, "family_name", "B").unwrap();
+        a.merge(&mut b).unwrap();
+        let view = read(&a).unwrap();
+        assert_eq!(view.conflicts, vec!["child.family_name".to_string()]);
+    }
+}

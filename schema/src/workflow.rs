@@ -1,0 +1,282 @@
+//! The registration workflow, as pure rules.
+//!
+//! A record's workflow is an append-only list of [`Transition`]s kept inside
+//! its automerge document. The current [`Status`] is always *derived* from
+//! that list (plus the server-owned registration part, see
+//! [`crate::record`]); there is no `status` field that a tablet and the
+//! server could both overwrite.
+//!
+//! ```text
+//! submitted ──verify──▶ verified ──approve──▶ approved ──(server: KIdC)──▶ registered
+//!     │                    │
+//!     └──────reject────────┴──▶ rejected
+//! ```
+
+use serde::{Deserialize, Serialize};
+
+/// What a staff member did to a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// A clerk entered the record.
+    Submit,
+    /// A second staff member checked it (the plan's "double verification").
+    Verify,
+    /// The registrar approved it.
+    Approve,
+    /// The registrar rejected it, with a reason.
+    Reject,
+}
+
+impl Action {
+    /// The stable name stored in documents and shown in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Submit => "submit",
+            Action::Verify => "verify",
+            Action::Approve => "approve",
+            Action::Reject => "reject",
+        }
+    }
+
+    /// Parses the stable name.
+    pub fn parse(s: &str) -> Option<Action> {
+        Some(match s {
+            "submit" => Action::Submit,
+            "verify" => Action::Verify,
+            "approve" => Action::Approve,
+            "reject" => Action::Reject,
+            _ => return None,
+        })
+    }
+}
+
+/// Where a record stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Entered by a clerk, waiting for a second staff member.
+    Submitted,
+    /// Checked by a second staff member, waiting for the registrar.
+    Verified,
+    /// Approved on the tablet; the server has not yet registered it.
+    Approved,
+    /// Rejected, with a reason.
+    Rejected,
+    /// Approved and registered by the server (a birth has its KIdC).
+    Registered,
+    /// Held by the server for review (for example a probable duplicate).
+    Held,
+}
+
+impl Status {
+    /// The stable name shown in JSON and stored in plaintext columns.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Submitted => "submitted",
+            Status::Verified => "verified",
+            Status::Approved => "approved",
+            Status::Rejected => "rejected",
+            Status::Registered => "registered",
+            Status::Held => "held",
+        }
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One step of the workflow: who did what, when, on which device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Transition {
+    /// What was done.
+    pub action: Action,
+    /// The staff id of who did it.
+    pub by: String,
+    /// The device clock at the time, in milliseconds since the Unix epoch.
+    /// Tablet clocks drift: the server records its own receipt time too.
+    pub at_ms: i64,
+    /// The device (or store, before enrolment) that recorded it.
+    pub device: String,
+    /// The reason, required for a rejection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// Why a transition is not allowed. Messages carry no personal data.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum WorkflowError {
+    /// The first transition of a record must be its submission.
+    #[error("a record's first step must be its submission")]
+    MustStartWithSubmit,
+    /// A record is submitted only once.
+    #[error("the record is already submitted")]
+    AlreadySubmitted,
+    /// The action does not apply in the current state.
+    #[error("cannot {action} a record that is {status}", action = action.as_str())]
+    NotAllowedFrom {
+        /// The attempted action.
+        action: Action,
+        /// The state the record is in.
+        status: Status,
+    },
+    /// Double verification: the verifier entered the record themselves.
+    #[error("the record must be verified by a different staff member from the one who entered it")]
+    VerifierIsClerk,
+    /// Rejections are printable and need a reason.
+    #[error("a rejection needs a reason")]
+    MissingReason,
+    /// Every transition names a staff member.
+    #[error("a staff id is required")]
+    MissingStaff,
+}
+
+/// Applies one transition to the state a record is in (`None` before its
+/// first transition). `clerk` is the staff id that submitted the record.
+pub fn next_status(
+    current: Option<Status>,
+    clerk: Option<&str>,
+    t: &Transition,
+) -> Result<Status, WorkflowError> {
+    if t.by.trim().is_empty() {
+        return Err(WorkflowError::MissingStaff);
+    }
+    let Some(current) = current else {
+        return match t.action {
+            Action::Submit => Ok(Status::Submitted),
+            _ => Err(WorkflowError::MustStartWithSubmit),
+        };
+    };
+    match (t.action, current) {
+        (Action::Submit, _) => Err(WorkflowError::AlreadySubmitted),
+        (Action::Verify, Status::Submitted) => {
+            if clerk.is_some_and(|c| c.trim() == t.by.trim()) {
+                Err(WorkflowError::VerifierIsClerk)
+            } else {
+                Ok(Status::Verified)
+            }
+        }
+        (Action::Approve, Status::Verified) => Ok(Status::Approved),
+        (Action::Reject, Status::Submitted | Status::Verified) => {
+            if t.reason.as_deref().is_none_or(|r| r.trim().is_empty()) {
+                Err(WorkflowError::MissingReason)
+            } else {
+                Ok(Status::Rejected)
+            }
+        }
+        (action, status) => Err(WorkflowError::NotAllowedFrom { action, status }),
+    }
+}
+
+/// Derives the tablet-side state from the whole list of transitions,
+/// checking every step. An empty list has no state yet.
+pub fn derive(transitions: &[Transition]) -> Result<Option<Status>, WorkflowError> {
+    let mut status = None;
+    let mut clerk: Option<&str> = None;
+    for t in transitions {
+        status = Some(next_status(status, clerk, t)?);
+        if t.action == Action::Submit {
+            clerk = Some(t.by.as_str());
+        }
+    }
+    Ok(status)
+}
+
+/// Checks that `t` may be appended to `transitions`, and returns the state
+/// that results.
+pub fn check_append(transitions: &[Transition], t: &Transition) -> Result<Status, WorkflowError> {
+    let current = derive(transitions)?;
+    let clerk = transitions
+        .iter()
+        .find(|t| t.action == Action::Submit)
+        .map(|t| t.by.as_str());
+    next_status(current, clerk, t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(action: Action, by: &str) -> Transition {
+        Transition {
+            action,
+            by: by.into(),
+            at_ms: 1,
+            device: "d".into(),
+            reason: None,
+        }
+    }
+
+    #[test]
+    fn submit_verify_approve_is_the_happy_path() {
+        let ts = vec![
+            t(Action::Submit, "clerk"),
+            t(Action::Verify, "checker"),
+            t(Action::Approve, "registrar"),
+        ];
+        assert_eq!(derive(&ts).unwrap(), Some(Status::Approved));
+    }
+
+    #[test]
+    fn the_clerk_cannot_verify_their_own_record() {
+        let ts = vec![t(Action::Submit, "clerk")];
+        assert_eq!(
+            check_append(&ts, &t(Action::Verify, "clerk")),
+            Err(WorkflowError::VerifierIsClerk)
+        );
+        assert_eq!(
+            check_append(&ts, &t(Action::Verify, " clerk ")),
+            Err(WorkflowError::VerifierIsClerk)
+        );
+    }
+
+    #[test]
+    fn approving_an_unverified_record_is_refused() {
+        let ts = vec![t(Action::Submit, "clerk")];
+        assert_eq!(
+            check_append(&ts, &t(Action::Approve, "registrar")),
+            Err(WorkflowError::NotAllowedFrom {
+                action: Action::Approve,
+                status: Status::Submitted
+            })
+        );
+    }
+
+    #[test]
+    fn a_rejection_needs_a_reason() {
+        let ts = vec![t(Action::Submit, "clerk")];
+        let mut r = t(Action::Reject, "registrar");
+        assert_eq!(check_append(&ts, &r), Err(WorkflowError::MissingReason));
+        r.reason = Some("  ".into());
+        assert_eq!(check_append(&ts, &r), Err(WorkflowError::MissingReason));
+        r.reason = Some("mother's identity document missing".into());
+        assert_eq!(check_append(&ts, &r), Ok(Status::Rejected));
+    }
+
+    #[test]
+    fn nothing_follows_a_rejection_or_an_approval() {
+        let mut r = t(Action::Reject, "registrar");
+        r.reason = Some("duplicate".into());
+        let ts = vec![t(Action::Submit, "clerk"), r];
+        assert!(check_append(&ts, &t(Action::Verify, "checker")).is_err());
+        let ts = vec![
+            t(Action::Submit, "clerk"),
+            t(Action::Verify, "checker"),
+            t(Action::Approve, "registrar"),
+        ];
+        assert!(check_append(&ts, &t(Action::Approve, "registrar")).is_err());
+    }
+
+    #[test]
+    fn a_record_must_start_with_its_submission() {
+        assert_eq!(
+            derive(&[t(Action::Verify, "x")]),
+            Err(WorkflowError::MustStartWithSubmit)
+        );
+        assert_eq!(derive(&[]), Ok(None));
+    }
+}

@@ -1,0 +1,270 @@
+//! Server storage, behind the [`Storage`] trait.
+//!
+//! The ingest logic ([`crate::ingest`]) is written once against
+//! [`WriteTx`], a write transaction exposing primitive operations (get a
+//! device, load and save a record document, append to the change-set log,
+//! insert an issuance, append a server change, advance a device's cursor).
+//! Each backend implements them: [`sqlite::SqliteStorage`] today (the
+//! embedded default), PostgreSQL later.
+//!
+//! The trait is synchronous: the HTTP layer calls it from
+//! `tokio::task::spawn_blocking`. A backend hands out one write transaction
+//! at a time ([`Storage::begin`] blocks until the writer is free), so two
+//! requests for the same device or record never interleave.
+//!
+//! **Architecture invariant:** the change-set log and the KIdC issuance log
+//! are append-only; every backend enforces it in the database itself
+//! (triggers), not only in this code.
+
+pub mod sqlite;
+
+use crvs_schema::Kidc;
+use crvs_schema::wire::Hash;
+use uuid::Uuid;
+
+/// A storage failure. Messages name tables and operations, never values.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StorageError {
+    /// The database reported an error.
+    #[error("database error: {0}")]
+    Database(String),
+    /// A stored value does not have the expected shape.
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(&'static str),
+    /// The database was written by a newer build.
+    #[error("the database schema version {found} is newer than this build supports ({supported})")]
+    TooNew {
+        /// Version found in the database.
+        found: i64,
+        /// Latest version this build knows.
+        supported: i64,
+    },
+    /// A file could not be read or written.
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// An enrolled device, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Device {
+    /// The device id the server assigned.
+    pub device_id: Uuid,
+    /// The office whose records it may write (today a commune code).
+    pub office: String,
+    /// Its ed25519 public key.
+    pub public_key: [u8; 32],
+    /// When it enrolled, server ms.
+    pub enrolled_at_ms: i64,
+    /// When it was revoked, if it was.
+    pub revoked_at_ms: Option<i64>,
+    /// The sequence number of its last applied change set (0: none yet).
+    pub last_seq: u64,
+    /// The hash of its last applied change set (zeros: none yet).
+    pub last_hash: Hash,
+    /// Server time of its last authenticated sync request.
+    pub last_sync_at_ms: Option<i64>,
+    /// Its clock at that request.
+    pub last_device_clock_ms: Option<i64>,
+    /// Device clock minus server clock at that request.
+    pub clock_skew_ms: Option<i64>,
+    /// The last time its clock was off by more than a day.
+    pub clock_flagged_at_ms: Option<i64>,
+}
+
+/// A device to insert at enrolment.
+#[derive(Debug, Clone)]
+pub struct NewDevice {
+    /// The new device id.
+    pub device_id: Uuid,
+    /// Its office.
+    pub office: String,
+    /// Its ed25519 public key.
+    pub public_key: [u8; 32],
+    /// Now, server ms.
+    pub enrolled_at_ms: i64,
+}
+
+/// What the sync endpoint records about each authenticated request.
+#[derive(Debug, Clone, Copy)]
+pub struct SyncSeen {
+    /// Server time.
+    pub at_ms: i64,
+    /// The device's clock, as it claims.
+    pub device_clock_ms: i64,
+    /// Device clock minus server clock.
+    pub skew_ms: i64,
+    /// The skew is beyond the tolerated day.
+    pub flagged: bool,
+}
+
+/// A record document, as stored.
+#[derive(Debug, Clone)]
+pub struct StoredRecord {
+    /// The record's id.
+    pub record_id: Uuid,
+    /// Its office.
+    pub office: String,
+    /// The device that created it (the only one that may write it).
+    pub origin_device: Uuid,
+    /// Its kind (`birth`, ...).
+    pub kind: String,
+    /// Its derived workflow state (plaintext bookkeeping for operators).
+    pub status: String,
+    /// The automerge document: a saved document, a run of change chunks,
+    /// or a saved document followed by change chunks.
+    pub doc: Vec<u8>,
+    /// Server time of the last write.
+    pub updated_at_ms: i64,
+}
+
+/// One entry of the append-only change-set log.
+#[derive(Debug, Clone, Copy)]
+pub struct LogEntry<'a> {
+    /// The signing device.
+    pub device_id: Uuid,
+    /// Its sequence number.
+    pub seq: u64,
+    /// SHA-256 of the signed bytes.
+    pub hash: &'a Hash,
+    /// The signed bytes, verbatim.
+    pub signed: &'a [u8],
+    /// Server time of receipt.
+    pub received_at_ms: i64,
+}
+
+/// One entry of the append-only KIdC issuance log.
+#[derive(Debug, Clone, Copy)]
+pub struct Issuance<'a> {
+    /// The code.
+    pub kidc: &'a Kidc,
+    /// The record that receives it.
+    pub record_id: Uuid,
+    /// Its category digit.
+    pub category: u8,
+    /// Server time.
+    pub issued_at_ms: i64,
+    /// The device whose change set led to it.
+    pub device_id: Uuid,
+    /// That change set's sequence number.
+    pub seq: u64,
+    /// Why it was issued (a stable code such as `birth_approved`).
+    pub reason: &'a str,
+}
+
+/// A server-made automerge change in a device's pull feed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerChange {
+    /// Its position in the feed.
+    pub cursor: u64,
+    /// The record it changes.
+    pub record_id: Uuid,
+    /// The raw automerge change.
+    pub change: Vec<u8>,
+}
+
+/// An enrolment token, as stored (by the hash of the token).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRow {
+    /// The office the enrolled device will serve.
+    pub office: String,
+    /// When the token was made.
+    pub created_at_ms: i64,
+    /// When it stops being valid.
+    pub expires_at_ms: i64,
+    /// When it was used, if it was.
+    pub used_at_ms: Option<i64>,
+}
+
+/// A storage backend.
+pub trait Storage: Send + Sync {
+    /// Starts the write transaction, waiting until the single writer is
+    /// free. Dropping the transaction without [`WriteTx::commit`] rolls it
+    /// back.
+    fn begin(&self) -> Result<Box<dyn WriteTx + '_>, StorageError>;
+
+    /// Every enrolled device (read-only; does not wait for the writer).
+    fn list_devices(&self) -> Result<Vec<Device>, StorageError>;
+
+    /// One device (read-only; does not wait for the writer).
+    fn device(&self, device_id: Uuid) -> Result<Option<Device>, StorageError>;
+}
+
+/// The primitive operations of a write transaction.
+///
+/// Every read sees the transaction's own writes. Nothing is visible to
+/// others, or durable, before [`WriteTx::commit`] returns.
+pub trait WriteTx {
+    /// Sets a savepoint (one at a time): [`WriteTx::rollback_to_savepoint`]
+    /// undoes everything after it.
+    fn savepoint(&mut self) -> Result<(), StorageError>;
+    /// Forgets the savepoint, keeping its writes.
+    fn release_savepoint(&mut self) -> Result<(), StorageError>;
+    /// Undoes every write since the savepoint, and forgets it.
+    fn rollback_to_savepoint(&mut self) -> Result<(), StorageError>;
+    /// Makes every write durable (on disk) and visible.
+    fn commit(self: Box<Self>) -> Result<(), StorageError>;
+
+    /// A value of `server_meta`.
+    fn meta(&mut self, key: &str) -> Result<Option<String>, StorageError>;
+    /// Sets a value of `server_meta`.
+    fn set_meta(&mut self, key: &str, value: &str) -> Result<(), StorageError>;
+
+    /// Stores a new enrolment token (by its hash).
+    fn insert_token(&mut self, token_hash: &str, row: &TokenRow) -> Result<(), StorageError>;
+    /// Looks a token up by its hash.
+    fn token(&mut self, token_hash: &str) -> Result<Option<TokenRow>, StorageError>;
+    /// Marks an unused token used by `device_id`. False when it was
+    /// already used (the caller lost a race).
+    fn use_token(&mut self, token_hash: &str, device_id: Uuid, at_ms: i64) -> Result<bool, StorageError>;
+
+    /// Inserts an enrolled device.
+    fn insert_device(&mut self, device: &NewDevice) -> Result<(), StorageError>;
+    /// Reads a device.
+    fn device(&mut self, device_id: Uuid) -> Result<Option<Device>, StorageError>;
+    /// Revokes a device. False when it does not exist; revoking twice keeps
+    /// the first time.
+    fn revoke_device(&mut self, device_id: Uuid, at_ms: i64) -> Result<bool, StorageError>;
+    /// Records an authenticated sync request.
+    fn record_sync(&mut self, device_id: Uuid, seen: &SyncSeen) -> Result<(), StorageError>;
+    /// Moves a device's chain to its newest applied change set.
+    fn advance_device(&mut self, device_id: Uuid, seq: u64, hash: &Hash) -> Result<(), StorageError>;
+
+    /// The hash of a device's logged change set `seq`, if logged.
+    fn logged_hash(&mut self, device_id: Uuid, seq: u64) -> Result<Option<Hash>, StorageError>;
+    /// Appends to the change-set log.
+    fn append_change_set(&mut self, entry: &LogEntry<'_>) -> Result<(), StorageError>;
+
+    /// Loads a record.
+    fn load_record(&mut self, record_id: Uuid) -> Result<Option<StoredRecord>, StorageError>;
+    /// Inserts a new record.
+    fn insert_record(&mut self, record: &StoredRecord) -> Result<(), StorageError>;
+    /// Replaces an existing record's document and status.
+    fn update_record(&mut self, record: &StoredRecord) -> Result<(), StorageError>;
+
+    /// The KIdC issued to a record, if any.
+    fn issued_kidc(&mut self, record_id: Uuid) -> Result<Option<Kidc>, StorageError>;
+    /// Appends to the issuance log. False (and nothing written) when the
+    /// code or the record already has an entry.
+    fn insert_issuance(&mut self, issuance: &Issuance<'_>) -> Result<bool, StorageError>;
+
+    /// Appends a server-made change to the pull feed of `device_id`, and
+    /// returns its cursor.
+    fn append_server_change(
+        &mut self,
+        device_id: Uuid,
+        record_id: Uuid,
+        change: &[u8],
+        at_ms: i64,
+    ) -> Result<u64, StorageError>;
+    /// The feed of `device_id` after `cursor`, oldest first, at most `limit`.
+    fn server_changes_since(
+        &mut self,
+        device_id: Uuid,
+        cursor: u64,
+        limit: usize,
+    ) -> Result<Vec<ServerChange>, StorageError>;
+
+    /// Every device.
+    fn list_devices(&mut self) -> Result<Vec<Device>, StorageError>;
+}
