@@ -88,7 +88,10 @@ impl KdfParams {
         }
         let mut field = |name: &str| -> Result<u32, CryptoError> {
             let p = parts.next().ok_or_else(bad)?;
-            let v = p.strip_prefix(name).and_then(|r| r.strip_prefix('=')).ok_or_else(bad)?;
+            let v = p
+                .strip_prefix(name)
+                .and_then(|r| r.strip_prefix('='))
+                .ok_or_else(bad)?;
             v.parse().map_err(|_| bad())
         };
         let params = KdfParams {
@@ -262,7 +265,10 @@ fn hmac_sha256(key: &[u8], msg: &[u8]) -> [u8; 32] {
         ipad[i] ^= k[i];
         opad[i] ^= k[i];
     }
-    let inner = Sha256::new().chain_update(ipad.as_ref()).chain_update(msg).finalize();
+    let inner = Sha256::new()
+        .chain_update(ipad.as_ref())
+        .chain_update(msg)
+        .finalize();
     Sha256::new()
         .chain_update(opad.as_ref())
         .chain_update(inner)
@@ -341,7 +347,9 @@ mod tests {
     fn a_wrapped_key_unwraps_only_with_its_passphrase() {
         let key = DataKey::generate();
         let row = aad("meta", b"", "data_key");
-        let wrapped = key.wrap("correct horse", KdfParams::INSECURE_FOR_TESTS, &row).unwrap();
+        let wrapped = key
+            .wrap("correct horse", KdfParams::INSECURE_FOR_TESTS, &row)
+            .unwrap();
         let again = DataKey::unwrap("correct horse", &wrapped, &row).unwrap();
         let sealed = key.seal(b"x", b"secret");
         assert_eq!(again.open(b"x", &sealed).unwrap().as_slice(), b"secret");

@@ -96,7 +96,9 @@ impl Error {
             Error::InvalidInput(_) => "Check the command's arguments.",
             Error::Offline(_) => "Nothing was lost: sync again when the connection is back.",
             Error::ServerRefused { .. } => "Contact the sync operators with this message.",
-            Error::Protocol(_) => "Nothing was applied: sync again, and contact the operators if it persists.",
+            Error::Protocol(_) => {
+                "Nothing was applied: sync again, and contact the operators if it persists."
+            }
             Error::Cancelled => "Nothing was lost: sync again to continue.",
             Error::Storage(_) => "Check free space and file permissions, then try again.",
             Error::Corrupt(_) => "Restore the store from a backup, or contact support.",
@@ -111,7 +113,9 @@ impl From<rusqlite::Error> for Error {
     fn from(e: rusqlite::Error) -> Self {
         use rusqlite::ffi::ErrorCode;
         match e.sqlite_error_code() {
-            Some(ErrorCode::NotADatabase) => Error::Corrupt("the database file is not a SQLite database".into()),
+            Some(ErrorCode::NotADatabase) => {
+                Error::Corrupt("the database file is not a SQLite database".into())
+            }
             Some(ErrorCode::DatabaseCorrupt) => Error::Corrupt("the database file is corrupt".into()),
             // rusqlite's messages name SQL, tables and columns, never values.
             _ => Error::Storage(e.to_string()),

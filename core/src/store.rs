@@ -96,7 +96,7 @@ pub fn open(dir: &Path, create: bool) -> Result<Connection> {
     if create {
         flags |= OpenFlags::SQLITE_OPEN_CREATE;
     }
-    let mut conn = Connection::open_with_flags(&path, flags)?;
+    let conn = Connection::open_with_flags(&path, flags)?;
     conn.busy_timeout(Duration::from_secs(10))?;
     let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
@@ -113,7 +113,6 @@ pub fn open(dir: &Path, create: bool) -> Result<Connection> {
             return Err(Error::Corrupt("the database is not a crvs store".into()));
         }
     }
-    migrate(&mut conn)?;
     if !create {
         let magic: Option<String> = get_meta(&conn, meta::MAGIC)?;
         if magic.as_deref() != Some(MAGIC) {
@@ -130,7 +129,7 @@ fn user_version(conn: &Connection) -> Result<usize> {
 
 /// Runs every migration above the database's `user_version`, each in its
 /// own transaction together with the version bump.
-fn migrate(conn: &mut Connection) -> Result<()> {
+pub fn migrate(conn: &mut Connection) -> Result<()> {
     let current = user_version(conn)?;
     if current > MIGRATIONS.len() {
         return Err(Error::Corrupt(format!(
@@ -222,7 +221,9 @@ fn record_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RecordRow> {
 /// Inserts a new record row.
 pub fn insert_record(tx: &Transaction<'_>, row: &RecordRow) -> Result<()> {
     tx.execute(
-        &format!("INSERT INTO records ({RECORD_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"),
+        &format!(
+            "INSERT INTO records ({RECORD_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
+        ),
         params![
             row.id.as_slice(),
             row.kind,
@@ -281,7 +282,9 @@ pub fn all_records(conn: &Connection) -> Result<Vec<RecordRow>> {
 
 /// Records with local changes not yet in any change set, oldest first.
 pub fn dirty_records(conn: &Connection) -> Result<Vec<RecordRow>> {
-    let mut stmt = conn.prepare(&format!("SELECT {RECORD_COLUMNS} FROM records WHERE dirty = 1 ORDER BY id"))?;
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {RECORD_COLUMNS} FROM records WHERE dirty = 1 ORDER BY id"
+    ))?;
     let rows = stmt.query_map([], record_from_row)?;
     Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
 }
@@ -351,21 +354,25 @@ pub fn outbox_from(conn: &Connection, from: u64, limit: usize) -> Result<Vec<Out
 }
 
 /// Sequence numbers and hashes of every outbox row, in order (for checks).
-pub fn outbox_chain(conn: &Connection) -> Result<Vec<(u64, [u8; 32], Option<i64>)>> {
-    let mut stmt = conn.prepare("SELECT seq, hash, body_sealed, record_count, byte_len, created_at, acked_at FROM outbox ORDER BY seq")?;
+pub fn outbox_chain(conn: &Connection) -> Result<Vec<(u64, [u8; 32])>> {
+    let mut stmt = conn.prepare(
+        "SELECT seq, hash, body_sealed, record_count, byte_len, created_at, acked_at FROM outbox ORDER BY seq",
+    )?;
     let rows = stmt.query_map([], outbox_from_row)?;
     Ok(rows
         .collect::<rusqlite::Result<Vec<_>>>()?
         .into_iter()
-        .map(|r| (r.seq, r.hash, r.acked_at))
+        .map(|r| (r.seq, r.hash))
         .collect())
 }
 
 /// Number of outbox rows with `seq > after`.
 pub fn count_outbox_after(conn: &Connection, after: u64) -> Result<u64> {
-    let n: i64 = conn.query_row("SELECT COUNT(*) FROM outbox WHERE seq > ?1", [after as i64], |r| {
-        r.get(0)
-    })?;
+    let n: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM outbox WHERE seq > ?1",
+        [after as i64],
+        |r| r.get(0),
+    )?;
     Ok(n as u64)
 }
 

@@ -1,1 +1,370 @@
-fn main() {}
+//! `crvs`: the registrar command-line client, built on [`crvs_core::Registrar`].
+//!
+//! `--store DIR` and `--json` are global flags, accepted anywhere on the
+//! command line. With `--json` every command prints exactly one JSON object
+//! on stdout; on failure it is `{"error": CODE, "message": TEXT}` (plus
+//! `"problems"` for an invalid registration), and the exit status is
+//! non-zero. The passphrase comes only from the environment variable
+//! `CRVS_PASSPHRASE`.
+
+use std::io::{IsTerminal, Write};
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use crvs_core::{Error, FieldProblem, RecordId, Registrar, SyncPhase, SyncProgress};
+use serde_json::{Value as Json, json};
+
+/// The environment variable that holds the store passphrase.
+const PASSPHRASE_ENV: &str = "CRVS_PASSPHRASE";
+
+#[derive(Parser)]
+#[command(
+    name = "crvs",
+    version,
+    about = "Registrar client for offline civil registration"
+)]
+struct Cli {
+    /// Print exactly one JSON object on stdout.
+    #[arg(long, global = true)]
+    json: bool,
+    /// The store folder.
+    #[arg(long, global = true, value_name = "DIR")]
+    store: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a new encrypted store for a commune office.
+    Init {
+        /// The office's 6-digit gazetteer commune code.
+        #[arg(long)]
+        commune: String,
+    },
+    /// Enrol this store with a server, using a one-time token.
+    Enroll {
+        /// The server's base URL, e.g. http://10.0.0.2:8080.
+        #[arg(long)]
+        server: String,
+        /// The one-time enrolment token from the sync operators.
+        #[arg(long)]
+        token: String,
+    },
+    /// Birth registrations.
+    Birth {
+        #[command(subcommand)]
+        command: BirthCommand,
+    },
+    /// Verify a record (a different staff member from the one who entered it).
+    Verify {
+        /// The record id.
+        id: String,
+        /// The verifying staff member's id.
+        #[arg(long)]
+        by: String,
+    },
+    /// Approve a verified record.
+    Approve {
+        /// The record id.
+        id: String,
+        /// The approving registrar's staff id.
+        #[arg(long)]
+        by: String,
+    },
+    /// Reject a record, with a reason.
+    Reject {
+        /// The record id.
+        id: String,
+        /// The rejecting staff member's id.
+        #[arg(long)]
+        by: String,
+        /// Why (printed on the rejection notice).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Push pending changes to the server and pull its updates.
+    Sync,
+    /// Show one record.
+    Show {
+        /// The record id.
+        id: String,
+    },
+    /// List the records (no personal data).
+    List,
+    /// Check that every record and change set in the store decrypts and
+    /// that the outbox's hash chain is intact.
+    Check,
+}
+
+#[derive(Subcommand)]
+enum BirthCommand {
+    /// Register a birth from a JSON file.
+    Register {
+        /// The registration JSON file.
+        file: PathBuf,
+        /// The entering clerk's staff id.
+        #[arg(long)]
+        by: String,
+    },
+}
+
+/// A failure, ready to print.
+struct Failure {
+    code: &'static str,
+    message: String,
+    hint: &'static str,
+    problems: Vec<FieldProblem>,
+    exit: u8,
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        let problems = match &e {
+            Error::InvalidRecord(p) => p.clone(),
+            _ => Vec::new(),
+        };
+        Failure {
+            code: e.code(),
+            message: e.to_string(),
+            hint: e.hint(),
+            problems,
+            exit: 1,
+        }
+    }
+}
+
+fn usage(message: impl Into<String>) -> Failure {
+    Failure {
+        code: "usage",
+        message: message.into(),
+        hint: "Run `crvs --help` for the commands and their arguments.",
+        problems: Vec::new(),
+        exit: 2,
+    }
+}
+
+/// A successful result: the JSON object and its human-readable form.
+struct Output {
+    json: Json,
+    text: String,
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    let json_requested = args.iter().skip(1).any(|a| a == "--json");
+    let cli = match Cli::try_parse_from(&args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                let _ = e.print();
+                return ExitCode::SUCCESS;
+            }
+            if json_requested {
+                let msg = e.kind().to_string();
+                let f = usage(format!("invalid command line: {msg}"));
+                let _ = e.print();
+                print_failure(&f, true);
+                return ExitCode::from(f.exit);
+            }
+            let _ = e.print();
+            return ExitCode::from(2);
+        }
+    };
+    match run(&cli) {
+        Ok(out) => {
+            if cli.json {
+                println!("{}", out.json);
+            } else {
+                println!("{}", out.text);
+            }
+            ExitCode::SUCCESS
+        }
+        Err(f) => {
+            print_failure(&f, cli.json);
+            ExitCode::from(f.exit)
+        }
+    }
+}
+
+fn print_failure(f: &Failure, json: bool) {
+    let mut stderr = std::io::stderr().lock();
+    let _ = writeln!(stderr, "error: {}", f.message);
+    for p in &f.problems {
+        let _ = writeln!(stderr, "  - {}: {}", p.field, p.problem);
+    }
+    let _ = writeln!(stderr, "{}", f.hint);
+    if json {
+        let mut obj = json!({ "error": f.code, "message": f.message });
+        if !f.problems.is_empty() {
+            obj["problems"] = json!(f.problems);
+        }
+        println!("{obj}");
+    }
+}
+
+fn passphrase() -> Result<String, Failure> {
+    match std::env::var(PASSPHRASE_ENV) {
+        Ok(p) if !p.is_empty() => Ok(p),
+        _ => Err(Failure {
+            code: "passphrase_missing",
+            message: format!(
+                "the store passphrase is not set: put it in the environment variable {PASSPHRASE_ENV}"
+            ),
+            hint: "The passphrase is never taken from the command line.",
+            problems: Vec::new(),
+            exit: 1,
+        }),
+    }
+}
+
+fn store_dir(cli: &Cli) -> Result<PathBuf, Failure> {
+    cli.store
+        .clone()
+        .ok_or_else(|| usage("the store folder is required: pass --store DIR"))
+}
+
+fn open(cli: &Cli) -> Result<Registrar, Failure> {
+    let dir = store_dir(cli)?;
+    let pass = passphrase()?;
+    Ok(Registrar::open(dir, &pass)?)
+}
+
+fn record_id(s: &str) -> Result<RecordId, Failure> {
+    Ok(RecordId::parse(s)?)
+}
+
+fn run(cli: &Cli) -> Result<Output, Failure> {
+    match &cli.command {
+        Command::Init { commune } => {
+            let dir = store_dir(cli)?;
+            let pass = passphrase()?;
+            let r = Registrar::init(&dir, &pass, commune)?;
+            Ok(Output {
+                json: json!({ "store": dir.display().to_string(), "office": r.office() }),
+                text: format!(
+                    "Created a store for office {} in {}. Next: enrol it with `crvs enroll`.",
+                    r.office(),
+                    dir.display()
+                ),
+            })
+        }
+        Command::Enroll { server, token } => {
+            let r = open(cli)?;
+            let e = r.enroll(server, token)?;
+            Ok(Output {
+                json: json!({ "device_id": e.device_id, "office": e.office }),
+                text: format!("Enrolled as device {} for office {}.", e.device_id, e.office),
+            })
+        }
+        Command::Birth {
+            command: BirthCommand::Register { file, by },
+        } => {
+            let text = std::fs::read_to_string(file).map_err(|e| Failure {
+                code: "invalid_input",
+                message: format!("cannot read the registration file {}: {e}", file.display()),
+                hint: "Check the file's path and that it is UTF-8 JSON.",
+                problems: Vec::new(),
+                exit: 1,
+            })?;
+            let r = open(cli)?;
+            let id = r.register_birth(&text, by)?;
+            Ok(Output {
+                json: json!({ "record_id": id.to_string(), "status": "submitted" }),
+                text: format!(
+                    "Registered birth record {id} (submitted; a second staff member must verify it)."
+                ),
+            })
+        }
+        Command::Verify { id, by } => step(cli, id, |r, id| r.verify(id, by)),
+        Command::Approve { id, by } => step(cli, id, |r, id| r.approve(id, by)),
+        Command::Reject { id, by, reason } => step(cli, id, |r, id| r.reject(id, by, reason)),
+        Command::Sync => {
+            let r = open(cli)?;
+            let show = !cli.json && std::io::stderr().is_terminal();
+            let observer = move |p: SyncProgress| {
+                if show {
+                    let line = match p.phase {
+                        SyncPhase::Preparing => format!("preparing: {} change set(s) to push", p.total),
+                        SyncPhase::Pushing => format!("pushing {}/{} change sets", p.pushed, p.total),
+                        SyncPhase::Pulling => format!(
+                            "pushed {}/{} change sets, pulled {} record update(s)",
+                            p.pushed, p.total, p.pulled
+                        ),
+                        SyncPhase::Done => "done".to_string(),
+                    };
+                    eprintln!("{line}");
+                }
+                ControlFlow::Continue(())
+            };
+            let report = r.sync(&observer)?;
+            let json = serde_json::to_value(&report).unwrap_or_else(|_| json!({}));
+            Ok(Output {
+                text: format!(
+                    "Sync complete: {} change set(s) pushed ({} record(s)), {} record update(s) pulled, {} KIdC(s) received, {} change set(s) still pending.",
+                    report.pushed,
+                    report.records_pushed,
+                    report.pulled,
+                    report.kidcs_received,
+                    report.pending
+                ),
+                json,
+            })
+        }
+        Command::Show { id } => {
+            let r = open(cli)?;
+            let json: Json = serde_json::from_str(&r.record_json(&record_id(id)?)?)
+                .map_err(|e| Failure::from(Error::Storage(e.to_string())))?;
+            Ok(Output {
+                text: serde_json::to_string_pretty(&json).unwrap_or_default(),
+                json,
+            })
+        }
+        Command::List => {
+            let r = open(cli)?;
+            let records = r.list()?;
+            let json: Json = serde_json::from_str(&r.list_json()?)
+                .map_err(|e| Failure::from(Error::Storage(e.to_string())))?;
+            let mut text = format!("{} record(s)\n", records.len());
+            for s in &records {
+                text.push_str(&format!(
+                    "{}  {:<6} {:<10} {:<8} {}\n",
+                    s.id,
+                    s.kind,
+                    s.status,
+                    s.sync_state.as_str(),
+                    s.kidc.as_deref().unwrap_or("")
+                ));
+            }
+            Ok(Output {
+                json,
+                text: text.trim_end().to_string(),
+            })
+        }
+        Command::Check => {
+            let r = open(cli)?;
+            let n = r.check()?;
+            Ok(Output {
+                json: json!({ "ok": true, "records": n }),
+                text: format!("The store is consistent: {n} record(s) checked."),
+            })
+        }
+    }
+}
+
+fn step(
+    cli: &Cli,
+    id: &str,
+    f: impl FnOnce(&Registrar, &RecordId) -> crvs_core::Result<crvs_core::Status>,
+) -> Result<Output, Failure> {
+    let id = record_id(id)?;
+    let r = open(cli)?;
+    let status = f(&r, &id)?;
+    Ok(Output {
+        json: json!({ "record_id": id.to_string(), "status": status.as_str() }),
+        text: format!("Record {id} is now {status}."),
+    })
+}

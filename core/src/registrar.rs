@@ -1,0 +1,1017 @@
+//! [`Registrar`]: the tablet engine's public API, one object per open store.
+//!
+//! It owns the store's single writer connection (behind a mutex, so the
+//! object is `Send + Sync` and a binding can share it between threads) and
+//! the unwrapped data key. Every mutation runs in one SQLite transaction;
+//! a refused action stores nothing.
+//!
+//! **API boundary:** this is what `crvs` (the CLI) and `crvs-mobile` (the
+//! uniffi facade) call. It returns JSON strings where a binding would
+//! otherwise need to mirror record types (`record_json`, `list_json`).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use automerge::{ActorId, AutoCommit, Change, ChangeHash};
+use crvs_schema::gazetteer::{GazetteerCode, Level};
+use crvs_schema::record::{self, RecordKind, RecordView};
+use crvs_schema::wire::{self, EnrollRequest, RecordChanges, SignedChangeSet, SyncRequest, SyncResponse};
+use crvs_schema::workflow::{self, Action, Transition};
+use crvs_schema::{BirthRegistration, Date};
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use rand::Rng;
+use rusqlite::{Connection, Transaction};
+use serde_json::{Value as Json, json};
+use zeroize::Zeroizing;
+
+use crate::crypto::{DataKey, KdfParams, WrappedKey, aad};
+use crate::error::{Error, Result};
+use crate::store::{self, OutboxRow, RecordRow, meta};
+use crate::sync::{self, Chain, SyncObserver, SyncPhase, SyncProgress, SyncReport};
+use crate::transport::{HttpTransport, Transport};
+
+/// A record's id: a UUIDv7 minted on the tablet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RecordId(pub [u8; 16]);
+
+impl RecordId {
+    /// A new UUIDv7.
+    pub fn new() -> RecordId {
+        RecordId(*uuid::Uuid::now_v7().as_bytes())
+    }
+
+    /// Parses the hyphenated UUID form.
+    pub fn parse(s: &str) -> Result<RecordId> {
+        uuid::Uuid::parse_str(s.trim())
+            .map(|u| RecordId(*u.as_bytes()))
+            .map_err(|_| Error::InvalidInput("a record id must be a UUID".into()))
+    }
+}
+
+impl Default for RecordId {
+    fn default() -> Self {
+        RecordId::new()
+    }
+}
+
+impl std::fmt::Display for RecordId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        uuid::Uuid::from_bytes(self.0).hyphenated().fmt(f)
+    }
+}
+
+impl std::str::FromStr for RecordId {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        RecordId::parse(s)
+    }
+}
+
+/// Whether the server has everything the tablet changed in a record.
+///
+/// * `pending`: the record has changes the server has not acknowledged,
+///   either not yet put into a change set or in a change set still waiting
+///   for its acknowledgement.
+/// * `synced`: every change made on this tablet is acknowledged.
+///
+/// When the server's own changes (a KIdC, a hold) last arrived is shown
+/// beside it, as `server_updated_at`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncState {
+    /// Changes wait for the server's acknowledgement.
+    Pending,
+    /// The server acknowledged every change.
+    Synced,
+}
+
+impl SyncState {
+    /// The stable name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SyncState::Pending => "pending",
+            SyncState::Synced => "synced",
+        }
+    }
+
+    fn of(row: &RecordRow, acked_seq: u64) -> SyncState {
+        if row.dirty || row.last_outbox_seq.is_some_and(|s| s > acked_seq) {
+            SyncState::Pending
+        } else {
+            SyncState::Synced
+        }
+    }
+}
+
+/// A record, decrypted.
+#[derive(Debug, Clone)]
+pub struct Record {
+    /// Its id.
+    pub id: RecordId,
+    /// Its document, decoded.
+    pub view: RecordView,
+    /// Its sync state.
+    pub sync_state: SyncState,
+    /// Device clock at creation, ms.
+    pub created_at_ms: i64,
+    /// Device clock at the last change, ms.
+    pub updated_at_ms: i64,
+    /// Device clock when the server's changes last arrived, ms.
+    pub server_updated_at_ms: Option<i64>,
+}
+
+/// A line of the record list: no personal data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordSummary {
+    /// Its id.
+    pub id: RecordId,
+    /// Kind of event.
+    pub kind: String,
+    /// Workflow state.
+    pub status: String,
+    /// Sync state.
+    pub sync_state: SyncState,
+    /// The KIdC, once assigned.
+    pub kidc: Option<String>,
+    /// Device clock at creation, ms.
+    pub created_at_ms: i64,
+    /// Device clock when the server's changes last arrived, ms.
+    pub server_updated_at_ms: Option<i64>,
+}
+
+/// What enrolment gave the tablet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Enrollment {
+    /// The device id the server assigned.
+    pub device_id: String,
+    /// The office the device may write.
+    pub office: String,
+}
+
+struct Enrolled {
+    device_id: [u8; 16],
+    server_url: String,
+    server_key: VerifyingKey,
+    signing_key: SigningKey,
+}
+
+/// An open tablet store.
+pub struct Registrar {
+    dir: PathBuf,
+    conn: Mutex<Connection>,
+    key: DataKey,
+    actor: ActorId,
+    office: String,
+    sync_lock: Mutex<()>,
+}
+
+impl std::fmt::Debug for Registrar {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registrar")
+            .field("dir", &self.dir)
+            .field("office", &self.office)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Milliseconds since the epoch by the device clock (not trusted for
+/// anything security-relevant: the server records its own time).
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+const WRAP_AAD: &[u8] = b"meta\0\0wrapped_data_key";
+const SIGNING_KEY_AAD: &[u8] = b"meta\0\0signing_key";
+
+fn doc_aad(id: &[u8; 16]) -> Vec<u8> {
+    aad("records", id, "doc")
+}
+
+fn kidc_aad(id: &[u8; 16]) -> Vec<u8> {
+    aad("records", id, "kidc")
+}
+
+fn outbox_aad(seq: u64) -> Vec<u8> {
+    aad("outbox", &seq.to_be_bytes(), "body")
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock rolled back its transaction (rusqlite
+    // rolls back on drop), so the connection is still consistent.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn heads_to_bytes(heads: &[ChangeHash]) -> Vec<u8> {
+    heads.iter().flat_map(|h| h.0).collect()
+}
+
+fn heads_from_bytes(bytes: &[u8]) -> Result<Vec<ChangeHash>> {
+    if !bytes.len().is_multiple_of(32) {
+        return Err(Error::Corrupt("a record's outboxed heads are malformed".into()));
+    }
+    Ok(bytes
+        .chunks_exact(32)
+        .map(|c| {
+            let mut h = [0u8; 32];
+            h.copy_from_slice(c);
+            ChangeHash(h)
+        })
+        .collect())
+}
+
+impl Registrar {
+    /// Creates a new store in `dir` for the office `commune` (a 6-digit
+    /// gazetteer commune code), protected by `passphrase`.
+    pub fn init(dir: impl AsRef<Path>, passphrase: &str, commune: &str) -> Result<Registrar> {
+        Registrar::init_with_kdf(dir, passphrase, commune, KdfParams::PRODUCTION)
+    }
+
+    /// [`Registrar::init`] with chosen Argon2id parameters. Production code
+    /// uses [`KdfParams::PRODUCTION`]; [`KdfParams::INSECURE_FOR_TESTS`]
+    /// exists only to make tests fast.
+    pub fn init_with_kdf(
+        dir: impl AsRef<Path>,
+        passphrase: &str,
+        commune: &str,
+        kdf: KdfParams,
+    ) -> Result<Registrar> {
+        let dir = dir.as_ref();
+        if passphrase.is_empty() {
+            return Err(Error::InvalidInput("the passphrase must not be empty".into()));
+        }
+        let office = GazetteerCode::parse_level(commune.trim(), Level::Commune)
+            .map_err(|e| Error::InvalidInput(format!("commune code {e}")))?;
+        let mut conn = store::open(dir, true)?;
+        store::migrate(&mut conn)?;
+        let key = DataKey::generate();
+        let wrapped = key.wrap(passphrase, kdf, WRAP_AAD)?;
+        let mut actor = [0u8; 16];
+        rand::rng().fill_bytes(&mut actor);
+        let tx = conn.transaction()?;
+        store::set_meta(&tx, meta::STORE_ID, uuid::Uuid::now_v7().to_string())?;
+        store::set_meta(&tx, meta::OFFICE, office.as_str())?;
+        store::set_meta(&tx, meta::KDF_PARAMS, wrapped.params.encode())?;
+        store::set_meta(&tx, meta::KDF_SALT, wrapped.salt.clone())?;
+        store::set_meta(&tx, meta::WRAPPED_KEY, wrapped.sealed.clone())?;
+        store::set_meta(&tx, meta::ACTOR, actor.to_vec())?;
+        store::set_meta(&tx, meta::CURSOR, 0i64)?;
+        store::set_meta(&tx, meta::NEXT_SEQ, 1i64)?;
+        store::set_meta(&tx, meta::LAST_HASH, vec![0u8; 32])?;
+        store::set_meta(&tx, meta::ACKED_SEQ, 0i64)?;
+        // Written last: a store without it never finished its creation.
+        store::set_meta(&tx, meta::MAGIC, store::MAGIC)?;
+        tx.commit()?;
+        tracing::info!(office = office.as_str(), "store created");
+        Ok(Registrar {
+            dir: dir.to_path_buf(),
+            conn: Mutex::new(conn),
+            key,
+            actor: ActorId::from(actor),
+            office: office.as_str().to_string(),
+            sync_lock: Mutex::new(()),
+        })
+    }
+
+    /// Opens the store in `dir`. A wrong passphrase gives
+    /// [`Error::WrongPassphrase`] and changes nothing.
+    pub fn open(dir: impl AsRef<Path>, passphrase: &str) -> Result<Registrar> {
+        let dir = dir.as_ref();
+        let mut conn = store::open(dir, false)?;
+        let params: String = store::require_meta(&conn, meta::KDF_PARAMS)?;
+        let wrapped = WrappedKey {
+            params: crate::crypto::KdfParams::decode(&params)?,
+            salt: store::require_meta(&conn, meta::KDF_SALT)?,
+            sealed: store::require_meta(&conn, meta::WRAPPED_KEY)?,
+        };
+        let key = DataKey::unwrap(passphrase, &wrapped, WRAP_AAD)?;
+        // Migrations run only once the passphrase is known to be right.
+        store::migrate(&mut conn)?;
+        let actor: Vec<u8> = store::require_meta(&conn, meta::ACTOR)?;
+        if actor.len() != 16 {
+            return Err(Error::Corrupt("the store's actor id is malformed".into()));
+        }
+        let office: String = store::require_meta(&conn, meta::OFFICE)?;
+        Ok(Registrar {
+            dir: dir.to_path_buf(),
+            conn: Mutex::new(conn),
+            key,
+            actor: ActorId::from(actor.as_slice()),
+            office,
+            sync_lock: Mutex::new(()),
+        })
+    }
+
+    /// The store folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The registration office of this store.
+    pub fn office(&self) -> &str {
+        &self.office
+    }
+
+    /// A keyed hash of a normalized token (a name, a document number), for
+    /// searches that must not store the token itself.
+    pub fn lookup_hash(&self, token: &str) -> [u8; 32] {
+        self.key.lookup_hash(token)
+    }
+
+    /// The device id, once enrolled.
+    pub fn device_id(&self) -> Result<Option<String>> {
+        store::get_meta(&lock(&self.conn), meta::DEVICE_ID)
+    }
+
+    /// Enrols this tablet with the server at `server_url` using a one-time
+    /// `token`: generates the device key pair, pins the server's key.
+    /// Refuses, storing nothing, when the token is for another office.
+    pub fn enroll(&self, server_url: &str, token: &str) -> Result<Enrollment> {
+        let transport = HttpTransport::new(server_url)?;
+        self.enroll_with(&transport, server_url, token)
+    }
+
+    /// [`Registrar::enroll`] over any transport.
+    pub fn enroll_with(
+        &self,
+        transport: &dyn Transport,
+        server_url: &str,
+        token: &str,
+    ) -> Result<Enrollment> {
+        if self.device_id()?.is_some() {
+            return Err(Error::NotAllowed("this store is already enrolled".into()));
+        }
+        if token.trim().is_empty() {
+            return Err(Error::InvalidInput("the enrolment token is empty".into()));
+        }
+        let signing_key = SigningKey::generate(&mut rand::rng());
+        let request = EnrollRequest {
+            version: wire::FORMAT_VERSION,
+            token: token.trim().to_string(),
+            public_key: hex::encode(signing_key.verifying_key().to_bytes()),
+        };
+        let answer = transport.enroll(&request)?;
+        if answer.office != self.office {
+            return Err(Error::NotAllowed(format!(
+                "the token is for office {}, but this store belongs to office {}",
+                answer.office, self.office
+            )));
+        }
+        let device = uuid::Uuid::parse_str(&answer.device_id)
+            .map_err(|_| Error::Protocol("the server's device id is not a UUID".into()))?;
+        let server_key: [u8; 32] = hex::decode(&answer.server_public_key)
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| Error::Protocol("the server's public key is malformed".into()))?;
+        VerifyingKey::from_bytes(&server_key)
+            .map_err(|_| Error::Protocol("the server's public key is not a valid ed25519 key".into()))?;
+        let secret = Zeroizing::new(signing_key.to_bytes());
+        let sealed = self.key.seal(SIGNING_KEY_AAD, secret.as_ref());
+        let mut conn = lock(&self.conn);
+        let tx = conn.transaction()?;
+        store::set_meta(&tx, meta::DEVICE_ID, device.to_string())?;
+        store::set_meta(&tx, meta::SERVER_URL, server_url.trim().trim_end_matches('/'))?;
+        store::set_meta(&tx, meta::SERVER_KEY, server_key.to_vec())?;
+        store::set_meta(&tx, meta::SIGNING_KEY, sealed)?;
+        tx.commit()?;
+        tracing::info!(device = %device, "tablet enrolled");
+        Ok(Enrollment {
+            device_id: device.to_string(),
+            office: answer.office,
+        })
+    }
+
+    fn enrolled(&self, conn: &Connection) -> Result<Enrolled> {
+        let Some(device) = store::get_meta::<String>(conn, meta::DEVICE_ID)? else {
+            return Err(Error::NotEnrolled);
+        };
+        let device_id = *uuid::Uuid::parse_str(&device)
+            .map_err(|_| Error::Corrupt("the stored device id is malformed".into()))?
+            .as_bytes();
+        let server_url: String = store::require_meta(conn, meta::SERVER_URL)?;
+        let server_key: Vec<u8> = store::require_meta(conn, meta::SERVER_KEY)?;
+        let server_key = server_key
+            .as_slice()
+            .try_into()
+            .ok()
+            .and_then(|k: [u8; 32]| VerifyingKey::from_bytes(&k).ok())
+            .ok_or_else(|| Error::Corrupt("the pinned server key is malformed".into()))?;
+        let sealed: Vec<u8> = store::require_meta(conn, meta::SIGNING_KEY)?;
+        let secret = self.key.open(SIGNING_KEY_AAD, &sealed)?;
+        let secret: Zeroizing<[u8; 32]> = Zeroizing::new(
+            secret
+                .as_slice()
+                .try_into()
+                .map_err(|_| Error::Corrupt("the device key is malformed".into()))?,
+        );
+        Ok(Enrolled {
+            device_id,
+            server_url,
+            server_key,
+            signing_key: SigningKey::from_bytes(&secret),
+        })
+    }
+
+    /// The device name written into transitions: the device id once
+    /// enrolled, else this store's actor id.
+    fn device_label(&self, conn: &Connection) -> Result<String> {
+        Ok(store::get_meta::<String>(conn, meta::DEVICE_ID)?.unwrap_or_else(|| self.actor.to_hex_string()))
+    }
+
+    fn load_doc(&self, row: &RecordRow) -> Result<AutoCommit> {
+        let bytes = self.key.open(&doc_aad(&row.id), &row.doc_sealed)?;
+        Ok(AutoCommit::load(&bytes)?.with_actor(self.actor.clone()))
+    }
+
+    /// Registers a birth from its JSON (see the fixtures), entered by the
+    /// staff member `by`. An invalid registration gives
+    /// [`Error::InvalidRecord`] naming every bad field, and stores nothing.
+    pub fn register_birth(&self, json: &str, by: &str) -> Result<RecordId> {
+        let now = now_ms();
+        let registration = BirthRegistration::from_json_str(json, Date::today_in_cambodia(now))?;
+        let mut conn = lock(&self.conn);
+        let submission = Transition {
+            action: Action::Submit,
+            by: by.trim().to_string(),
+            at_ms: now,
+            device: self.device_label(&conn)?,
+            reason: None,
+        };
+        let status = workflow::check_append(&[], &submission)?;
+        let id = RecordId::new();
+        let mut doc = record::new_record(
+            self.actor.clone(),
+            RecordKind::Birth,
+            &self.office,
+            &registration.to_json_value(),
+            &submission,
+        )?;
+        let row = RecordRow {
+            id: id.0,
+            kind: RecordKind::Birth.as_str().to_string(),
+            status: status.as_str().to_string(),
+            created_at: now,
+            updated_at: now,
+            doc_sealed: self.key.seal(&doc_aad(&id.0), &doc.save()),
+            kidc_sealed: None,
+            outboxed_heads: Vec::new(),
+            dirty: true,
+            last_outbox_seq: None,
+            server_updated_at: None,
+        };
+        let tx = conn.transaction()?;
+        store::insert_record(&tx, &row)?;
+        tx.commit()?;
+        tracing::info!(record = %id, "birth registered");
+        Ok(id)
+    }
+
+    /// Records that `by` verified the record (a different staff member from
+    /// the one who entered it).
+    pub fn verify(&self, id: &RecordId, by: &str) -> Result<workflow::Status> {
+        self.transition(id, Action::Verify, by, None)
+    }
+
+    /// Records that `by` approved the (verified) record.
+    pub fn approve(&self, id: &RecordId, by: &str) -> Result<workflow::Status> {
+        self.transition(id, Action::Approve, by, None)
+    }
+
+    /// Records that `by` rejected the record, for `reason` (required).
+    pub fn reject(&self, id: &RecordId, by: &str, reason: &str) -> Result<workflow::Status> {
+        self.transition(id, Action::Reject, by, Some(reason))
+    }
+
+    fn transition(
+        &self,
+        id: &RecordId,
+        action: Action,
+        by: &str,
+        reason: Option<&str>,
+    ) -> Result<workflow::Status> {
+        let now = now_ms();
+        let mut conn = lock(&self.conn);
+        let device = self.device_label(&conn)?;
+        let tx = conn.transaction()?;
+        let mut row = store::get_record(&tx, &id.0)?.ok_or(Error::NotFound)?;
+        let mut doc = self.load_doc(&row)?;
+        let view = record::read(&doc)?;
+        let t = Transition {
+            action,
+            by: by.trim().to_string(),
+            at_ms: now,
+            device,
+            reason: reason.map(|r| r.trim().to_string()),
+        };
+        workflow::check_append(&view.transitions, &t)?;
+        record::append_transition(&mut doc, &t)?;
+        let status = record::read(&doc)?.status()?;
+        row.status = status.as_str().to_string();
+        row.updated_at = now;
+        row.dirty = true;
+        row.doc_sealed = self.key.seal(&doc_aad(&id.0), &doc.save());
+        store::update_record(&tx, &row)?;
+        tx.commit()?;
+        tracing::info!(record = %id, action = action.as_str(), "workflow step recorded");
+        Ok(status)
+    }
+
+    fn acked_seq(conn: &Connection) -> Result<u64> {
+        Ok(store::get_meta::<i64>(conn, meta::ACKED_SEQ)?.unwrap_or(0).max(0) as u64)
+    }
+
+    /// Reads and decrypts one record.
+    pub fn record(&self, id: &RecordId) -> Result<Record> {
+        let conn = lock(&self.conn);
+        let row = store::get_record(&conn, &id.0)?.ok_or(Error::NotFound)?;
+        let acked = Self::acked_seq(&conn)?;
+        let doc = self.load_doc(&row)?;
+        Ok(Record {
+            id: *id,
+            view: record::read(&doc)?,
+            sync_state: SyncState::of(&row, acked),
+            created_at_ms: row.created_at,
+            updated_at_ms: row.updated_at,
+            server_updated_at_ms: row.server_updated_at,
+        })
+    }
+
+    /// The record as JSON, as `crvs show` prints it: `record_id`, `kind`,
+    /// `office`, `status`, `sync_state`, `kidc` (once assigned), `data`,
+    /// `transitions`, `conflicts`, `server`, and the times.
+    pub fn record_json(&self, id: &RecordId) -> Result<String> {
+        Ok(record_to_json(&self.record(id)?).to_string())
+    }
+
+    /// Every record, without personal data, oldest first.
+    pub fn list(&self) -> Result<Vec<RecordSummary>> {
+        let conn = lock(&self.conn);
+        let acked = Self::acked_seq(&conn)?;
+        store::all_records(&conn)?
+            .into_iter()
+            .map(|row| {
+                let kidc = match &row.kidc_sealed {
+                    Some(s) => Some(
+                        String::from_utf8(self.key.open(&kidc_aad(&row.id), s)?.to_vec())
+                            .map_err(|_| Error::Corrupt("a stored KIdC is malformed".into()))?,
+                    ),
+                    None => None,
+                };
+                Ok(RecordSummary {
+                    id: RecordId(row.id),
+                    kind: row.kind.clone(),
+                    status: row.status.clone(),
+                    sync_state: SyncState::of(&row, acked),
+                    kidc,
+                    created_at_ms: row.created_at,
+                    server_updated_at_ms: row.server_updated_at,
+                })
+            })
+            .collect()
+    }
+
+    /// `{"records": [{record_id, kind, status, sync_state, kidc?,
+    /// created_at, server_updated_at?}]}`.
+    pub fn list_json(&self) -> Result<String> {
+        let records: Vec<Json> = self.list()?.iter().map(summary_to_json).collect();
+        Ok(json!({ "records": records }).to_string())
+    }
+
+    /// Checks every record and the outbox: each document decrypts and
+    /// reads, each change set decrypts, the sequence numbers are 1..n and
+    /// the hash chain links. Returns the number of records checked.
+    pub fn check(&self) -> Result<usize> {
+        let conn = lock(&self.conn);
+        let rows = store::all_records(&conn)?;
+        for row in &rows {
+            let doc = self.load_doc(row)?;
+            record::read(&doc)?.status()?;
+        }
+        let next_seq = store::get_meta::<i64>(&conn, meta::NEXT_SEQ)?.unwrap_or(1) as u64;
+        let last_hash: Vec<u8> = store::require_meta(&conn, meta::LAST_HASH)?;
+        let chain = store::outbox_chain(&conn)?;
+        let verifying_key = match chain.is_empty() {
+            true => None,
+            false => Some(self.enrolled(&conn)?.signing_key.verifying_key()),
+        };
+        let mut prev = [0u8; 32];
+        for (i, (seq, hash)) in chain.iter().enumerate() {
+            if *seq != i as u64 + 1 {
+                return Err(Error::Corrupt(format!("the outbox skips from {i} to {seq}")));
+            }
+            let row = store::outbox_from(&conn, *seq, 1)?
+                .into_iter()
+                .next()
+                .ok_or_else(|| Error::Corrupt("an outbox row vanished".into()))?;
+            let bytes = self.key.open(&outbox_aad(*seq), &row.body_sealed)?;
+            let signed = SignedChangeSet::from_bytes(bytes.to_vec())?;
+            if signed.hash() != *hash || signed.seq() != *seq {
+                return Err(Error::Corrupt(format!(
+                    "outbox change set {seq} does not match its hash"
+                )));
+            }
+            let Some(vk) = &verifying_key else { break };
+            let body = signed.open(vk)?;
+            if body.prev_hash != prev {
+                return Err(Error::Corrupt(format!(
+                    "outbox change set {seq} breaks the hash chain"
+                )));
+            }
+            prev = *hash;
+        }
+        if next_seq != chain.len() as u64 + 1 || last_hash.as_slice() != prev {
+            return Err(Error::Corrupt(
+                "the outbox bookkeeping does not match its change sets".into(),
+            ));
+        }
+        Ok(rows.len())
+    }
+
+    /// Syncs with the enrolled server over HTTP. See [`Registrar::sync_with`].
+    pub fn sync(&self, observer: &dyn SyncObserver) -> Result<SyncReport> {
+        let url = {
+            let conn = lock(&self.conn);
+            self.enrolled(&conn)?.server_url
+        };
+        let transport = HttpTransport::new(&url)?;
+        self.sync_with(&transport, observer)
+    }
+
+    /// Puts new changes into signed change sets, pushes every
+    /// unacknowledged change set in order, and applies the server's
+    /// updates, over `transport`. Safe to interrupt at any point and to
+    /// repeat.
+    pub fn sync_with(&self, transport: &dyn Transport, observer: &dyn SyncObserver) -> Result<SyncReport> {
+        let _one_sync_at_a_time = lock(&self.sync_lock);
+        let mut report = SyncReport::default();
+        let enrolled = {
+            let conn = lock(&self.conn);
+            self.enrolled(&conn)?
+        };
+        // (a) New changes into the outbox, in one transaction.
+        report.change_sets_created = self.fill_outbox(&enrolled)?;
+        let (acked_at_start, waiting) = {
+            let conn = lock(&self.conn);
+            let acked = Self::acked_seq(&conn)?;
+            (acked, store::count_outbox_after(&conn, acked)?)
+        };
+        let mut total = waiting;
+        let progress = |phase, report: &SyncReport, total| {
+            sync::notify(
+                observer,
+                SyncProgress {
+                    phase,
+                    pushed: report.pushed,
+                    total,
+                    pulled: report.pulled,
+                },
+            )
+        };
+        if progress(SyncPhase::Preparing, &report, total).is_break() {
+            report.cancelled = true;
+            return self.finish(report);
+        }
+        let mut rewinds = 0;
+        let mut highest_acked = acked_at_start;
+        loop {
+            // (b) The next run of unacknowledged change sets.
+            let (request, sent, cursor_before) = {
+                let conn = lock(&self.conn);
+                let acked = Self::acked_seq(&conn)?;
+                let rows = store::outbox_from(&conn, acked + 1, sync::MAX_CHANGE_SETS_PER_REQUEST)?;
+                let lengths: Vec<u64> = rows.iter().map(|r| r.byte_len).collect();
+                let n = sync::take_for_request(
+                    &lengths,
+                    sync::MAX_CHANGE_SETS_PER_REQUEST,
+                    sync::MAX_REQUEST_BYTES,
+                );
+                let mut change_sets = Vec::with_capacity(n);
+                let mut sent = Vec::with_capacity(n);
+                for row in rows.into_iter().take(n) {
+                    let bytes = self.key.open(&outbox_aad(row.seq), &row.body_sealed)?;
+                    sent.push((row.seq, row.hash, row.record_count));
+                    change_sets.push(bytes.to_vec());
+                }
+                let cursor = store::get_meta::<i64>(&conn, meta::CURSOR)?.unwrap_or(0).max(0) as u64;
+                let mut nonce = [0u8; 16];
+                rand::rng().fill_bytes(&mut nonce);
+                let request = SyncRequest {
+                    device_id: enrolled.device_id,
+                    cursor,
+                    device_clock_ms: now_ms(),
+                    nonce,
+                    change_sets,
+                }
+                .seal(&enrolled.signing_key)?;
+                (request, sent, cursor)
+            };
+            let phase = if sent.is_empty() {
+                SyncPhase::Pulling
+            } else {
+                SyncPhase::Pushing
+            };
+            if progress(phase, &report, total).is_break() {
+                report.cancelled = true;
+                break;
+            }
+            report.requests += 1;
+            let answer = transport.sync(&request)?;
+            // (c) Check the answer, then store it in one transaction.
+            let resp = SyncResponse::open(&answer, &enrolled.server_key)?;
+            if resp.request_hash != wire::request_hash(&request) {
+                return Err(Error::Protocol("the answer is for another request".into()));
+            }
+            let sent_hashes: Vec<(u64, wire::Hash)> = sent.iter().map(|&(s, h, _)| (s, h)).collect();
+            let (acked_before, next_seq) = {
+                let conn = lock(&self.conn);
+                (
+                    Self::acked_seq(&conn)?,
+                    store::get_meta::<i64>(&conn, meta::NEXT_SEQ)?.unwrap_or(1).max(1) as u64,
+                )
+            };
+            let outcome = sync::interpret(&sent_hashes, acked_before, next_seq, &resp)?;
+            let applied = self.store_answer(&resp, &outcome, acked_before)?;
+            for &(seq, _, records) in &sent {
+                if outcome.acked.contains(&seq) && seq > highest_acked {
+                    report.pushed += 1;
+                    report.records_pushed += records;
+                    highest_acked = seq;
+                }
+            }
+            report.pulled += applied.updated;
+            report.kidcs_received += applied.kidcs;
+            if let Some(from) = outcome.rewind_to {
+                rewinds += 1;
+                if rewinds > sync::MAX_REWINDS {
+                    return Err(Error::Protocol(
+                        "the server keeps asking for the same change sets".into(),
+                    ));
+                }
+                tracing::warn!(from, "the server lost change sets; resending them");
+                report.resent_from = Some(report.resent_from.map_or(from, |r: u64| r.min(from)));
+                total += highest_acked.saturating_sub(from - 1);
+                highest_acked = from - 1;
+            }
+            if let Some((code, message)) = outcome.refused {
+                tracing::warn!(code = code.as_str(), "the server refused a change set");
+                return Err(Error::ServerRefused { code, message });
+            }
+            if progress(SyncPhase::Pulling, &report, total).is_break() {
+                report.cancelled = true;
+                break;
+            }
+            let remaining = {
+                let conn = lock(&self.conn);
+                store::count_outbox_after(&conn, Self::acked_seq(&conn)?)?
+            };
+            let progressed = !outcome.acked.is_empty()
+                || outcome.rewind_to.is_some()
+                || !resp.updates.is_empty()
+                || resp.cursor != cursor_before;
+            if remaining == 0 && !resp.more {
+                break;
+            }
+            if !progressed {
+                return Err(Error::Protocol("the server's answer made no progress".into()));
+            }
+        }
+        if !report.cancelled {
+            let conn = &mut *lock(&self.conn);
+            let tx = conn.transaction()?;
+            store::set_meta(&tx, meta::LAST_SYNC_AT, now_ms())?;
+            tx.commit()?;
+            let _ = progress(SyncPhase::Done, &report, total);
+        }
+        self.finish(report)
+    }
+
+    fn finish(&self, mut report: SyncReport) -> Result<SyncReport> {
+        let conn = lock(&self.conn);
+        let acked = Self::acked_seq(&conn)?;
+        report.pending = store::count_outbox_after(&conn, acked)?;
+        report.records_pending = store::all_records(&conn)?
+            .iter()
+            .filter(|r| SyncState::of(r, acked) == SyncState::Pending)
+            .count() as u64;
+        Ok(report)
+    }
+
+    /// Batches every record's new local changes into signed change sets in
+    /// the outbox, in one transaction. Returns how many were made.
+    fn fill_outbox(&self, enrolled: &Enrolled) -> Result<u64> {
+        let now = now_ms();
+        let mut conn = lock(&self.conn);
+        let tx = conn.transaction()?;
+        let dirty = store::dirty_records(&tx)?;
+        if dirty.is_empty() {
+            return Ok(0);
+        }
+        let mut changes = Vec::with_capacity(dirty.len());
+        let mut rows = std::collections::HashMap::new();
+        for mut row in dirty {
+            let mut doc = self.load_doc(&row)?;
+            let since = heads_from_bytes(&row.outboxed_heads)?;
+            // Only this tablet's own changes: the server's came from it.
+            let mine: Vec<Vec<u8>> = doc
+                .get_changes(&since)
+                .into_iter()
+                .filter(|c| c.actor_id() == &self.actor)
+                .map(|c| c.raw_bytes().to_vec())
+                .collect();
+            row.outboxed_heads = heads_to_bytes(&doc.get_heads());
+            row.dirty = false;
+            if mine.is_empty() {
+                store::update_record(&tx, &row)?;
+                continue;
+            }
+            changes.push(RecordChanges {
+                record_id: row.id,
+                changes: mine,
+            });
+            rows.insert(row.id, row);
+        }
+        let mut chain = Chain {
+            next_seq: store::get_meta::<i64>(&tx, meta::NEXT_SEQ)?.unwrap_or(1).max(1) as u64,
+            last_hash: store::require_meta::<Vec<u8>>(&tx, meta::LAST_HASH)?
+                .try_into()
+                .map_err(|_| Error::Corrupt("the stored hash chain is malformed".into()))?,
+        };
+        let batches = sync::batch(
+            changes,
+            sync::MAX_RECORDS_PER_CHANGE_SET,
+            sync::MAX_RAW_BYTES_PER_CHANGE_SET,
+        );
+        let members: Vec<Vec<[u8; 16]>> = batches
+            .iter()
+            .map(|b| b.iter().map(|r| r.record_id).collect())
+            .collect();
+        let signed = sync::seal_batches(
+            &mut chain,
+            &enrolled.signing_key,
+            enrolled.device_id,
+            now,
+            batches,
+        )?;
+        let made = signed.len() as u64;
+        for (cs, ids) in signed.into_iter().zip(members) {
+            let seq = cs.seq();
+            let hash = cs.hash();
+            let bytes = cs.into_bytes();
+            store::insert_outbox(
+                &tx,
+                &OutboxRow {
+                    seq,
+                    hash,
+                    byte_len: bytes.len() as u64,
+                    body_sealed: self.key.seal(&outbox_aad(seq), &bytes),
+                    record_count: ids.len() as u64,
+                    created_at: now,
+                    acked_at: None,
+                },
+            )?;
+            for id in ids {
+                if let Some(mut row) = rows.remove(&id) {
+                    row.last_outbox_seq = Some(seq);
+                    store::update_record(&tx, &row)?;
+                }
+            }
+        }
+        store::set_meta(&tx, meta::NEXT_SEQ, chain.next_seq as i64)?;
+        store::set_meta(&tx, meta::LAST_HASH, chain.last_hash.to_vec())?;
+        tx.commit()?;
+        tracing::info!(change_sets = made, "change sets added to the outbox");
+        Ok(made)
+    }
+
+    /// Stores an answer in one transaction: acknowledgements, a rewind,
+    /// the server's updates and the new cursor.
+    fn store_answer(
+        &self,
+        resp: &SyncResponse,
+        outcome: &sync::Outcome,
+        acked_before: u64,
+    ) -> Result<Applied> {
+        let now = now_ms();
+        let mut conn = lock(&self.conn);
+        let tx = conn.transaction()?;
+        let mut acked = acked_before;
+        for &seq in &outcome.acked {
+            store::mark_acked(&tx, seq, now)?;
+            acked = acked.max(seq);
+        }
+        if let Some(from) = outcome.rewind_to {
+            store::unack_from(&tx, from)?;
+            acked = from - 1;
+        }
+        store::set_meta(&tx, meta::ACKED_SEQ, acked as i64)?;
+        let mut applied = Applied::default();
+        for update in &resp.updates {
+            self.apply_update(&tx, update, now, &mut applied)?;
+        }
+        store::set_meta(&tx, meta::CURSOR, resp.cursor as i64)?;
+        store::set_meta(&tx, meta::LAST_SERVER_TIME, resp.server_time_ms)?;
+        tx.commit()?;
+        Ok(applied)
+    }
+
+    fn apply_update(
+        &self,
+        tx: &Transaction<'_>,
+        update: &wire::RecordUpdate,
+        now: i64,
+        applied: &mut Applied,
+    ) -> Result<()> {
+        let id = RecordId(update.record_id);
+        let Some(mut row) = store::get_record(tx, &update.record_id)? else {
+            tracing::warn!(record = %id, "the server sent changes for a record this store does not have");
+            return Ok(());
+        };
+        let mut doc = self.load_doc(&row)?;
+        let before = doc.get_heads();
+        let changes = update
+            .changes
+            .iter()
+            .map(|c| Change::from_bytes(c.clone()))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|_| Error::Protocol("the server sent an unreadable change".into()))?;
+        doc.apply_changes(changes)
+            .map_err(|_| Error::Protocol("the server sent a change that does not apply".into()))?;
+        if doc.get_heads() == before {
+            return Ok(());
+        }
+        if !doc.get_missing_deps(&[]).is_empty() {
+            tracing::warn!(record = %id, "server changes wait for changes this store lacks");
+        }
+        let view = record::read(&doc)?;
+        if let Some(kidc) = &view.server.kidc {
+            if row.kidc_sealed.is_none() {
+                applied.kidcs += 1;
+            }
+            row.kidc_sealed = Some(self.key.seal(&kidc_aad(&row.id), kidc.as_str().as_bytes()));
+        }
+        row.status = view.status()?.as_str().to_string();
+        row.doc_sealed = self.key.seal(&doc_aad(&row.id), &doc.save());
+        row.server_updated_at = Some(now);
+        store::update_record(tx, &row)?;
+        applied.updated += 1;
+        Ok(())
+    }
+}
+
+#[derive(Default)]
+struct Applied {
+    updated: u64,
+    kidcs: u64,
+}
+
+/// Formats device-clock milliseconds as RFC 3339 UTC (`2026-11-28T20:54:37Z`).
+pub fn format_utc(ms: i64) -> String {
+    let days = ms.div_euclid(86_400_000);
+    let rem = ms.rem_euclid(86_400_000) / 1000;
+    let date = Date::from_unix_days(days).map_or_else(|| "0000-01-01".to_string(), |d| d.to_string());
+    format!("{date}T{:02}:{:02}:{:02}Z", rem / 3600, rem / 60 % 60, rem % 60)
+}
+
+fn record_to_json(r: &Record) -> Json {
+    let status = r.view.status().map(|s| s.as_str()).unwrap_or("invalid");
+    let mut out = json!({
+        "record_id": r.id.to_string(),
+        "kind": r.view.kind.as_str(),
+        "office": r.view.office,
+        "status": status,
+        "sync_state": r.sync_state.as_str(),
+        "data": r.view.data,
+        "transitions": r.view.transitions,
+        "conflicts": r.view.conflicts,
+        "server": r.view.server,
+        "created_at": format_utc(r.created_at_ms),
+        "updated_at": format_utc(r.updated_at_ms),
+    });
+    if let Some(k) = &r.view.server.kidc {
+        out["kidc"] = json!(k.as_str());
+    }
+    if let Some(t) = r.server_updated_at_ms {
+        out["server_updated_at"] = json!(format_utc(t));
+    }
+    out
+}
+
+fn summary_to_json(s: &RecordSummary) -> Json {
+    let mut out = json!({
+        "record_id": s.id.to_string(),
+        "kind": s.kind,
+        "status": s.status,
+        "sync_state": s.sync_state.as_str(),
+        "created_at": format_utc(s.created_at_ms),
+    });
+    if let Some(k) = &s.kidc {
+        out["kidc"] = json!(k);
+    }
+    if let Some(t) = s.server_updated_at_ms {
+        out["server_updated_at"] = json!(format_utc(t));
+    }
+    out
+}
