@@ -269,3 +269,23 @@ fn a_revoked_tablet_is_refused_from_its_next_sync_and_keeps_its_records() {
     let devices = server.admin(&["devices"]).expect_ok();
     assert_eq!(devices["devices"][0]["revoked"], true);
 }
+
+#[test]
+fn fixtures_are_verbatim_copies_of_the_shared_ones() {
+    let shared = workspace().join("../shared");
+    if !shared.exists() {
+        eprintln!("../shared is absent here: nothing to compare the copies with");
+        return;
+    }
+    for name in ["birth-invalid.json", "birth-no-given-name.json", "birth-sok-dara.json"] {
+        assert_eq!(
+            std::fs::read(fixture(name)).unwrap(),
+            std::fs::read(shared.join("fixtures").join(name)).unwrap(),
+            "{name} differs from the shared fixture"
+        );
+    }
+    let full = std::fs::read_to_string(shared.join("bench/births-10000.jsonl")).unwrap();
+    let sample = all_sample_births();
+    assert_eq!(sample.len(), 300);
+    assert!(full.lines().zip(&sample).all(|(a, b)| a == b));
+}

@@ -920,7 +920,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/fixtures/");
+    const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures/");
     const BENCH: &str = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../../shared/bench/births-10000.jsonl"

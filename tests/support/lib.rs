@@ -21,14 +21,29 @@ pub fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
 }
 
-/// A file of `../shared/fixtures`.
+/// A file of `fixtures/` (verbatim copies of `../shared/fixtures`).
 pub fn fixture(name: &str) -> PathBuf {
-    workspace().join("../shared/fixtures").join(name)
+    workspace().join("fixtures").join(name)
 }
 
-/// The lines of the benchmark data set (synthetic births).
+/// Sample lines of the benchmark data set (synthetic births) whose date of
+/// birth is not in the future.
 pub fn bench_births() -> Vec<String> {
-    let path = workspace().join("../shared/bench/births-10000.jsonl");
+    let today = crvs_schema::Date::today_in_cambodia(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0),
+    );
+    all_sample_births()
+        .into_iter()
+        .filter(|l| crvs_schema::BirthRegistration::from_json_str(l, today).is_ok())
+        .collect()
+}
+
+/// Every line of `fixtures/births-sample.jsonl`.
+pub fn all_sample_births() -> Vec<String> {
+    let path = workspace().join("fixtures/births-sample.jsonl");
     std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
         .lines()

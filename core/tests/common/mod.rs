@@ -13,7 +13,7 @@ pub const COMMUNE: &str = "171003";
 pub const PASSPHRASE: &str = "correct horse battery staple";
 
 pub fn fixture(name: &str) -> String {
-    let path = format!("{}/../../shared/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+    let path = format!("{}/../fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("fixture {name}: {e}"))
 }
 
