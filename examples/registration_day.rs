@@ -29,9 +29,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // Today's date in Cambodia bounds the dates of birth a clerk may enter.
     let today = crvs_schema::Date::today_in_cambodia(crvs_core::registrar::now_ms());
-    let mut births = BIRTHS.lines().filter(|l| {
-        crvs_schema::BirthRegistration::from_json_str(l, today).is_ok()
-    });
+    let mut births = BIRTHS
+        .lines()
+        .filter(|l| crvs_schema::BirthRegistration::from_json_str(l, today).is_ok());
 
     let communes = ["171003", "171004", "171005"];
     let mut tablets = Vec::new();
@@ -39,9 +39,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Morning, at the office: an operator creates a one-time token and
         // the tablet enrols with it.
         let token = crvs_server::admin::create_token(&server, commune, 24 * 3600 * 1000)?;
-        let tablet = Registrar::init(day.path().join(format!("tablet-{commune}")), "passphrase", commune)?;
+        let tablet = Registrar::init(
+            day.path().join(format!("tablet-{commune}")),
+            "passphrase",
+            commune,
+        )?;
         let enrolled = tablet.enroll(&url, &token.token)?;
-        println!("tablet for commune {commune} enrolled as device {}", enrolled.device_id);
+        println!(
+            "tablet for commune {commune} enrolled as device {}",
+            enrolled.device_id
+        );
         tablets.push(tablet);
     }
 
@@ -51,7 +58,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let line = births.next().ok_or("ran out of sample births")?;
             let id = tablet.register_birth(line, &format!("clerk-{t}"))?;
             if t == 2 && n == 3 {
-                tablet.reject(&id, &format!("registrar-{t}"), "the informant could not show the birth notice")?;
+                tablet.reject(
+                    &id,
+                    &format!("registrar-{t}"),
+                    "the informant could not show the birth notice",
+                )?;
                 continue;
             }
             tablet.verify(&id, &format!("checker-{t}"))?;

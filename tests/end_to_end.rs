@@ -18,7 +18,9 @@ fn count(server_data: &Path, sql: &str) -> i64 {
 }
 
 fn kidc_of(record: &Value) -> Option<Kidc> {
-    record["kidc"].as_str().map(|k| Kidc::parse(k).expect("a valid KIdC"))
+    record["kidc"]
+        .as_str()
+        .map(|k| Kidc::parse(k).expect("a valid KIdC"))
 }
 
 #[test]
@@ -43,8 +45,15 @@ fn two_offline_tablets_get_distinct_valid_kidcs_for_every_approved_birth() {
     }
     approved.push((&a, a.register_approved(&fixture("birth-sok-dara.json"))));
     let rejected = a.register(&files[5], "clerk-1");
-    a.run(&["reject", &rejected, "--by", "registrar-1", "--reason", "mother's ID not shown"])
-        .expect_ok();
+    a.run(&[
+        "reject",
+        &rejected,
+        "--by",
+        "registrar-1",
+        "--reason",
+        "mother's ID not shown",
+    ])
+    .expect_ok();
     others.push((&a, rejected, "rejected"));
     for f in &files[6..9] {
         approved.push((&b, b.register_approved(f)));
@@ -99,7 +108,11 @@ fn two_offline_tablets_get_distinct_valid_kidcs_for_every_approved_birth() {
     let devices = server.admin(&["devices"]).expect_ok();
     let devices = devices["devices"].as_array().unwrap();
     assert_eq!(devices.len(), 2);
-    assert!(devices.iter().all(|d| d["revoked"] == false && !d["last_sync"].is_null()));
+    assert!(
+        devices
+            .iter()
+            .all(|d| d["revoked"] == false && !d["last_sync"].is_null())
+    );
 }
 
 #[test]
@@ -201,20 +214,37 @@ fn bad_registrar_input_gets_a_clear_error_and_stores_nothing() {
     ] {
         assert!(fields.contains(&f), "{f} is not named in {fields:?}");
     }
-    assert_eq!(t.run(&["list"]).expect_ok()["records"].as_array().unwrap().len(), 0);
+    assert_eq!(
+        t.run(&["list"]).expect_ok()["records"].as_array().unwrap().len(),
+        0
+    );
 
-    assert_eq!(t.run_with_passphrase("not the passphrase", &["list"]).expect_err(), "wrong_passphrase");
+    assert_eq!(
+        t.run_with_passphrase("not the passphrase", &["list"])
+            .expect_err(),
+        "wrong_passphrase"
+    );
 
     let id = t.register(&fixture("birth-sok-dara.json"), "clerk-1");
-    assert_eq!(t.run(&["approve", &id, "--by", "registrar-1"]).expect_err(), "not_allowed");
-    assert_eq!(t.run(&["verify", &id, "--by", "clerk-1"]).expect_err(), "not_allowed");
+    assert_eq!(
+        t.run(&["approve", &id, "--by", "registrar-1"]).expect_err(),
+        "not_allowed"
+    );
+    assert_eq!(
+        t.run(&["verify", &id, "--by", "clerk-1"]).expect_err(),
+        "not_allowed"
+    );
     assert_eq!(t.show(&id)["status"], "submitted");
     assert_eq!(
-        t.run(&["reject", &id, "--by", "registrar-1", "--reason", " "]).expect_err(),
+        t.run(&["reject", &id, "--by", "registrar-1", "--reason", " "])
+            .expect_err(),
         "not_allowed"
     );
     assert_eq!(t.show(&id)["transitions"].as_array().unwrap().len(), 1);
-    assert_eq!(t.run(&["list"]).expect_ok()["records"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        t.run(&["list"]).expect_ok()["records"].as_array().unwrap().len(),
+        1
+    );
 }
 
 #[test]
@@ -247,7 +277,11 @@ fn no_name_reaches_the_tablet_files_unencrypted_even_after_sync() {
     for f in files {
         let bytes = std::fs::read(&f).unwrap();
         for n in needles {
-            assert!(!contains(&bytes, n.as_bytes()), "{} holds a name in the clear", f.display());
+            assert!(
+                !contains(&bytes, n.as_bytes()),
+                "{} holds a name in the clear",
+                f.display()
+            );
         }
     }
 }
@@ -277,7 +311,11 @@ fn fixtures_are_verbatim_copies_of_the_shared_ones() {
         eprintln!("../shared is absent here: nothing to compare the copies with");
         return;
     }
-    for name in ["birth-invalid.json", "birth-no-given-name.json", "birth-sok-dara.json"] {
+    for name in [
+        "birth-invalid.json",
+        "birth-no-given-name.json",
+        "birth-sok-dara.json",
+    ] {
         assert_eq!(
             std::fs::read(fixture(name)).unwrap(),
             std::fs::read(shared.join("fixtures").join(name)).unwrap(),

@@ -815,12 +815,20 @@ impl Registrar {
             let mut doc = self.load_doc(&row)?;
             let since = heads_from_bytes(&row.outboxed_heads)?;
             // Only this tablet's own changes: the server's came from it.
-            let mine: Vec<Vec<u8>> = doc
-                .get_changes(&since)
-                .into_iter()
-                .filter(|c| c.actor_id() == &self.actor)
-                .map(|c| c.raw_bytes().to_vec())
-                .collect();
+            let new_changes = doc.get_changes(&since);
+            let first_time = since.is_empty() && new_changes.iter().all(|c| c.actor_id() == &self.actor);
+            let mine: Vec<Vec<u8>> = if first_time && !new_changes.is_empty() {
+                // A record the server has never seen travels as one
+                // document chunk: its changes' dependencies become indices
+                // instead of 32-byte hashes (see `record::decode_changes`).
+                vec![doc.save_nocompress()]
+            } else {
+                new_changes
+                    .into_iter()
+                    .filter(|c| c.actor_id() == &self.actor)
+                    .map(|c| c.raw_bytes().to_vec())
+                    .collect()
+            };
             row.outboxed_heads = heads_to_bytes(&doc.get_heads());
             row.dirty = false;
             if mine.is_empty() {

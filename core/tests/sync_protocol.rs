@@ -75,8 +75,8 @@ impl Loopback {
                 .or_insert_with(|| AutoCommit::new().with_actor(ActorId::from(SERVER_ACTOR)));
             let changes: Vec<Change> = rc
                 .changes
-                .into_iter()
-                .map(|c| Change::from_bytes(c).unwrap())
+                .iter()
+                .flat_map(|c| record::decode_changes(c).unwrap())
                 .collect();
             for c in &changes {
                 assert_ne!(

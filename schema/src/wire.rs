@@ -426,7 +426,9 @@ fn decompress_limited(data: &[u8], limit: usize) -> Result<Vec<u8>, WireError> {
 }
 
 fn decode_limited<T: Decode<()>>(bytes: &[u8]) -> Result<T, WireError> {
-    let config = bincode::config::standard().with_limit::<MAX_CHANGE_SET_DECODED>();
+    // The largest of the messages' limits; each caller checked its own
+    // byte limit before decoding.
+    let config = bincode::config::standard().with_limit::<MAX_SYNC_RESPONSE_DECODED>();
     let (value, read) =
         bincode::decode_from_slice(bytes, config).map_err(|e| WireError::Decode(e.to_string()))?;
     if read != bytes.len() {

@@ -1,1 +1,149 @@
-//! crvs-server
+//! `crvs-server`: the central server of the civil registration system.
+//!
+//! Tablets enrol with a one-time token ([`admin`]), then push signed change
+//! sets and pull the server's changes over `POST /v1/sync` ([`http`]). The
+//! heart is [`ingest`]: it checks every change set (signature, revocation,
+//! sequence, hash chain, office scope, server-owned fields), applies it to
+//! the records' automerge documents, assigns a Khmer Identification Code
+//! (KIdC) to every approved birth, and answers with acknowledgements and
+//! the server's changes for that tablet. Everything is stored through the
+//! [`storage::Storage`] trait ([`storage::sqlite`] is the embedded default).
+//!
+//! [`Server`] ties the parts together and is usable without HTTP:
+//! [`Server::handle_sync`] takes the request bytes and returns the sealed
+//! answer, which is how the benchmark drives it.
+//!
+//! **Architecture invariant:** no personal data in logs, errors or panics:
+//! only ids, counts, sequence numbers and codes.
+
+pub mod admin;
+pub mod error;
+pub mod http;
+pub mod ingest;
+pub mod keys;
+pub mod storage;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use automerge::ActorId;
+use ed25519_dalek::SigningKey;
+
+pub use error::ApiError;
+use storage::sqlite::SqliteStorage;
+use storage::{Storage, StorageError};
+
+/// The database file's name inside the data folder.
+pub const DB_FILE: &str = "server.db";
+
+/// A source of "now", in ms since the Unix epoch. Tests pass a fake one.
+pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
+
+/// The system clock.
+pub fn system_clock() -> Clock {
+    Arc::new(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+    })
+}
+
+/// A running server's state: storage, keys, clock.
+pub struct Server {
+    storage: Box<dyn Storage>,
+    key: SigningKey,
+    actor: ActorId,
+    clock: Clock,
+    dir: PathBuf,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+const ACTOR_META_KEY: &str = "server_actor_id";
+
+impl Server {
+    /// Opens the server whose data lives in `dir` (created on first use):
+    /// the SQLite database, the signing key, the automerge actor id.
+    pub fn open(dir: &Path) -> Result<Server, StorageError> {
+        Self::open_with_clock(dir, system_clock())
+    }
+
+    /// [`Server::open`] with a given clock.
+    pub fn open_with_clock(dir: &Path, clock: Clock) -> Result<Server, StorageError> {
+        std::fs::create_dir_all(dir)?;
+        let storage = SqliteStorage::open(&dir.join(DB_FILE))?;
+        let key = keys::load_or_create(dir)?;
+        Self::with_storage(Box::new(storage), key, clock, dir.to_path_buf())
+    }
+
+    /// Builds a server over any storage backend.
+    pub fn with_storage(
+        storage: Box<dyn Storage>,
+        key: SigningKey,
+        clock: Clock,
+        dir: PathBuf,
+    ) -> Result<Server, StorageError> {
+        let actor = {
+            let mut tx = storage.begin()?;
+            let actor = match tx.meta(ACTOR_META_KEY)? {
+                Some(hex_id) => {
+                    let bytes = hex::decode(hex_id).map_err(|_| StorageError::Corrupt("server actor id"))?;
+                    ActorId::from(bytes)
+                }
+                None => {
+                    let mut id = [0u8; 16];
+                    rand::Rng::fill_bytes(&mut rand::rng(), &mut id);
+                    tx.set_meta(ACTOR_META_KEY, &hex::encode(id))?;
+                    ActorId::from(id)
+                }
+            };
+            tx.commit()?;
+            actor
+        };
+        Ok(Server {
+            storage,
+            key,
+            actor,
+            clock,
+            dir,
+        })
+    }
+
+    /// The storage backend.
+    pub fn storage(&self) -> &dyn Storage {
+        &*self.storage
+    }
+
+    /// The server's signing key (tablets pin its public half).
+    pub fn signing_key(&self) -> &SigningKey {
+        &self.key
+    }
+
+    /// The automerge actor id of every change the server makes.
+    pub fn actor(&self) -> &ActorId {
+        &self.actor
+    }
+
+    /// Now, by the server's clock.
+    pub fn now_ms(&self) -> i64 {
+        (self.clock)()
+    }
+
+    /// The data folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Handles one sync request: the body of `POST /v1/sync` in, the sealed
+    /// [`crvs_schema::wire::SyncResponse`] out. Blocking: call it from
+    /// `spawn_blocking` in async code.
+    pub fn handle_sync(&self, body: &[u8]) -> Result<Vec<u8>, ApiError> {
+        ingest::handle_sync(self, body)
+    }
+}

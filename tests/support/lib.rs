@@ -18,7 +18,10 @@ pub const PASSPHRASE: &str = "correct horse battery staple";
 
 /// The workspace root.
 pub fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
 }
 
 /// A file of `fixtures/` (verbatim copies of `../shared/fixtures`).
@@ -54,7 +57,10 @@ pub fn all_sample_births() -> Vec<String> {
 fn target_dir() -> PathBuf {
     // The test binary lives in <target>/<profile>/deps/.
     let exe = std::env::current_exe().expect("current exe");
-    exe.parent().and_then(Path::parent).expect("target profile dir").to_path_buf()
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target profile dir")
+        .to_path_buf()
 }
 
 /// Path to a workspace binary, built on first use.
@@ -64,7 +70,15 @@ pub fn bin(name: &str) -> PathBuf {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
             .current_dir(workspace())
-            .args(["build", "--quiet", "-p", "crvs-server", "-p", "crvs-core", "--bins"])
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "crvs-server",
+                "-p",
+                "crvs-core",
+                "--bins",
+            ])
             .status()
             .expect("run cargo build");
         assert!(status.success(), "building the binaries failed");
@@ -110,7 +124,10 @@ impl Run {
     /// The error code of a failed run; panics if it succeeded.
     pub fn expect_err(self) -> String {
         assert!(!self.ok, "command unexpectedly succeeded: {}", self.json);
-        assert!(!self.stderr.trim().is_empty(), "a failure must explain itself on stderr");
+        assert!(
+            !self.stderr.trim().is_empty(),
+            "a failure must explain itself on stderr"
+        );
         self.json["error"].as_str().expect("error code").to_string()
     }
 }
@@ -143,9 +160,15 @@ impl Server {
             .expect("spawn crvs-server");
         let stdout = child.stdout.take().expect("stdout");
         let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).expect("read listening line");
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read listening line");
         let v: Value = serde_json::from_str(line.trim()).unwrap_or_else(|e| panic!("{e}: {line:?}"));
-        let addr: SocketAddr = v["listening"].as_str().expect("listening").parse().expect("address");
+        let addr: SocketAddr = v["listening"]
+            .as_str()
+            .expect("listening")
+            .parse()
+            .expect("address");
         let server = Server {
             child: Some(child),
             data: data.to_path_buf(),
@@ -164,7 +187,10 @@ impl Server {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(mut s) = TcpStream::connect(self.addr) {
-                let _ = write!(s, "GET /v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+                let _ = write!(
+                    s,
+                    "GET /v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+                );
                 let mut buf = String::new();
                 let _ = s.read_to_string(&mut buf);
                 if buf.starts_with("HTTP/1.1 200") {
@@ -259,7 +285,8 @@ impl Tablet {
     pub fn init_and_enroll_via(&self, commune: &str, server: &Server, url: &str) -> String {
         self.run(&["init", "--commune", commune]).expect_ok();
         let tok = token(&server.data, commune);
-        self.run(&["enroll", "--server", url, "--token", &tok]).expect_ok()["device_id"]
+        self.run(&["enroll", "--server", url, "--token", &tok])
+            .expect_ok()["device_id"]
             .as_str()
             .expect("device id")
             .to_string()
@@ -322,7 +349,9 @@ impl CuttingProxy {
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 let Ok(mut client) = client else { continue };
-                let Ok(mut server) = TcpStream::connect(upstream) else { continue };
+                let Ok(mut server) = TcpStream::connect(upstream) else {
+                    continue;
+                };
                 let cut_after = shared.load(Ordering::SeqCst);
                 let mut client_r = client.try_clone().expect("clone");
                 let mut server_w = server.try_clone().expect("clone");

@@ -1,0 +1,121 @@
+//! Ingest benchmark: signed change sets of 100 approved births each, fed to
+//! `Server::handle_sync` (no HTTP) over a real SQLite file with
+//! `synchronous=FULL`. Prints one JSON object.
+//!
+//! ```text
+//! cargo bench -p crvs-server --bench ingest
+//! BENCH_RECORDS=10000 BENCH_PER_CHANGE_SET=100 BENCH_CHANGE_SETS_PER_REQUEST=1 BENCH_DEVICES=2 ...
+//! ```
+//! With several devices, each sends its requests from its own thread
+//! (tablets of different communes syncing at the same time).
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::time::Instant;
+
+use crvs_schema::workflow::Action;
+use crvs_server::Server;
+use support::{Tablet, record_changes};
+
+fn env(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn main() {
+    let records = env("BENCH_RECORDS", 10_000);
+    let per_cs = env("BENCH_PER_CHANGE_SET", 100);
+    let cs_per_req = env("BENCH_CHANGE_SETS_PER_REQUEST", 1);
+    let devices = env("BENCH_DEVICES", 1).max(1);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = Server::open(dir.path()).expect("server opens");
+    let births = support::bench_births(records);
+    let records = births.len();
+
+    // Build every request first (not timed).
+    let prep = Instant::now();
+    let per_device = records.div_ceil(devices);
+    let mut plans: Vec<Vec<Vec<u8>>> = Vec::new();
+    let mut change_sets = 0;
+    let mut wire_bytes = 0usize;
+    for chunk in births.chunks(per_device) {
+        let mut tablet = Tablet::enroll(&server, support::OFFICE);
+        let mut sealed = Vec::new();
+        for batch in chunk.chunks(per_cs) {
+            let recs = batch
+                .iter()
+                .map(|b| {
+                    let mut doc = tablet.new_doc(support::OFFICE, b, &[Action::Verify, Action::Approve]);
+                    record_changes(support::new_record_id(), Tablet::all_changes(&mut doc))
+                })
+                .collect();
+            let cs = tablet.seal(recs);
+            wire_bytes += cs.len();
+            sealed.push(cs);
+            change_sets += 1;
+        }
+        let requests = sealed
+            .chunks(cs_per_req)
+            .map(|c| tablet.request(c.to_vec()))
+            .collect();
+        plans.push(requests);
+    }
+    let prep_s = prep.elapsed().as_secs_f64();
+
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for plan in &plans {
+            let server = &server;
+            s.spawn(move || {
+                for req in plan {
+                    let answer = server.handle_sync(req).expect("sync succeeds");
+                    let resp = support::open_response(server, &answer);
+                    assert!(resp.refusal.is_none(), "refused: {:?}", resp.refusal);
+                }
+            });
+        }
+    });
+    let secs = start.elapsed().as_secs_f64();
+
+    let (kidcs, statuses) = tally(dir.path());
+    let registered = statuses.iter().find(|s| s.0 == "registered").map_or(0, |s| s.1);
+    assert_eq!(kidcs, registered, "every registered record has exactly one KIdC");
+    println!(
+        "{}",
+        serde_json::json!({
+            "records": records,
+            "change_sets": change_sets,
+            "records_per_change_set": per_cs,
+            "change_sets_per_request": cs_per_req,
+            "devices": devices,
+            "seconds": secs,
+            "records_per_s": records as f64 / secs,
+            "change_sets_per_s": change_sets as f64 / secs,
+            "wire_bytes_per_record": wire_bytes as f64 / records as f64,
+            "prepare_seconds": prep_s,
+            "durability": "synchronous=FULL, one commit per request",
+            "kidcs_issued": kidcs,
+            "statuses": statuses.iter().map(|(s, n)| (s.clone(), serde_json::json!(n))).collect::<serde_json::Map<_, _>>(),
+        })
+    );
+}
+
+/// (KIdCs issued, record count by status).
+fn tally(dir: &std::path::Path) -> (usize, Vec<(String, usize)>) {
+    let conn = rusqlite::Connection::open(dir.join(crvs_server::DB_FILE)).expect("db");
+    let n: i64 = conn
+        .query_row("SELECT COUNT(*) FROM kidc_issuance", [], |r| r.get(0))
+        .expect("count");
+    let mut st = conn
+        .prepare("SELECT status, COUNT(*) FROM records GROUP BY status ORDER BY status")
+        .expect("prepare");
+    let statuses = st
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as usize)))
+        .expect("query")
+        .collect::<Result<Vec<_>, _>>()
+        .expect("rows");
+    (n as usize, statuses)
+}

@@ -1,0 +1,163 @@
+//! The server's error type and its one mapping to HTTP.
+//!
+//! **API boundary:** every failure a client can see is an [`ApiError`];
+//! [`ApiError::status`] and [`ApiError::code`] are the only place that
+//! decides its HTTP status and stable code, and its `IntoResponse` writes
+//! the JSON body `{"error": code, "message": text}`
+//! ([`crvs_schema::wire::ErrorBody`]). Messages never carry personal data
+//! or echo the input.
+
+use axum::extract::rejection::{BytesRejection, JsonRejection};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use crvs_schema::wire::{ErrorBody, WireError};
+
+use crate::storage::StorageError;
+
+/// Everything that can go wrong in a request or an operator command.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApiError {
+    /// The body does not decode (random bytes, truncated, bad JSON).
+    #[error("the request body is malformed: {0}")]
+    Malformed(String),
+    /// The body is larger than the endpoint's limit.
+    #[error("the request body is larger than the limit of {0} bytes")]
+    TooLarge(usize),
+    /// Missing or unknown `x-crvs-protocol` header.
+    #[error("unsupported sync protocol: send the header x-crvs-protocol: 1")]
+    UnsupportedProtocol,
+    /// The device id is not enrolled.
+    #[error("unknown device")]
+    UnknownDevice,
+    /// The request signature does not verify with the device's key.
+    #[error("the request signature does not verify with the device's enrolled key")]
+    BadRequestSignature,
+    /// The device was revoked by an operator.
+    #[error("this device has been revoked; contact the sync operators")]
+    DeviceRevoked,
+    /// The enrolment token is unknown.
+    #[error("unknown enrolment token")]
+    UnknownToken,
+    /// The enrolment token was used already.
+    #[error("this enrolment token has already been used")]
+    TokenUsed,
+    /// The enrolment token expired.
+    #[error("this enrolment token has expired")]
+    TokenExpired,
+    /// A request or command argument is invalid (message says which).
+    #[error("{0}")]
+    Invalid(String),
+    /// An operator command named a device that does not exist.
+    #[error("no device with id {0}")]
+    NoSuchDevice(String),
+    /// No such route.
+    #[error("no such endpoint")]
+    NotFound,
+    /// The route exists with another method.
+    #[error("method not allowed on this endpoint")]
+    MethodNotAllowed,
+    /// Storage failed.
+    #[error("storage error: {0}")]
+    Storage(#[from] StorageError),
+    /// Anything else that is the server's fault.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Malformed(_) | ApiError::Invalid(_) | ApiError::UnsupportedProtocol => {
+                StatusCode::BAD_REQUEST
+            }
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnknownDevice | ApiError::BadRequestSignature | ApiError::UnknownToken => {
+                StatusCode::UNAUTHORIZED
+            }
+            ApiError::DeviceRevoked => StatusCode::FORBIDDEN,
+            ApiError::TokenUsed => StatusCode::CONFLICT,
+            ApiError::TokenExpired => StatusCode::GONE,
+            ApiError::NoSuchDevice(_) | ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Storage(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The stable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::Malformed(_) => "malformed",
+            ApiError::TooLarge(_) => "too_large",
+            ApiError::UnsupportedProtocol => "unsupported_protocol",
+            ApiError::UnknownDevice => "unknown_device",
+            ApiError::BadRequestSignature => "bad_signature",
+            ApiError::DeviceRevoked => "device_revoked",
+            ApiError::UnknownToken => "invalid_token",
+            ApiError::TokenUsed => "token_used",
+            ApiError::TokenExpired => "token_expired",
+            ApiError::Invalid(_) => "invalid_argument",
+            ApiError::NoSuchDevice(_) => "unknown_device",
+            ApiError::NotFound => "not_found",
+            ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::Storage(_) => "storage_error",
+            ApiError::Internal(_) => "internal_error",
+        }
+    }
+
+    /// The JSON body.
+    pub fn body(&self) -> ErrorBody {
+        let message = match self {
+            // Internal details go to the log, not to the client.
+            ApiError::Storage(_) | ApiError::Internal(_) => "the server failed; try again later".to_string(),
+            other => other.to_string(),
+        };
+        ErrorBody {
+            error: self.code().to_string(),
+            message,
+        }
+    }
+
+    /// Maps a decoding error of an untrusted sync body.
+    pub fn from_wire(e: WireError) -> ApiError {
+        match e {
+            WireError::TooLarge { limit } => ApiError::TooLarge(limit),
+            other => ApiError::Malformed(other.to_string()),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::error!(code = self.code(), error = %self, "request failed");
+        } else {
+            tracing::info!(code = self.code(), status = status.as_u16(), "request refused");
+        }
+        (status, axum::Json(self.body())).into_response()
+    }
+}
+
+impl From<BytesRejection> for ApiError {
+    fn from(r: BytesRejection) -> Self {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::TooLarge(crvs_schema::wire::MAX_SYNC_REQUEST_BYTES)
+        } else {
+            ApiError::Malformed("the request body could not be read".into())
+        }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> Self {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::TooLarge(crate::http::MAX_JSON_BYTES)
+        } else {
+            // The rejection text describes the JSON error by position, never
+            // the values.
+            ApiError::Malformed(format!("the JSON body does not decode ({})", r.status().as_u16()))
+        }
+    }
+}

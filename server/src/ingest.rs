@@ -1,0 +1,781 @@
+//! Sync ingest: one sync request in, one signed answer out.
+//!
+//! The logic is written once against [`WriteTx`], so it runs unchanged on
+//! every storage backend. One request is one write transaction (one fsync
+//! at commit); inside it each change set runs under its own savepoint, so a
+//! refused change set undoes only itself and the acknowledgements before it
+//! stand.
+//!
+//! For each change set, in order ([`apply_change_set`]):
+//!
+//! 1. framing (`SignedChangeSet::from_bytes`) → `malformed` / `too_large`;
+//! 2. the header's device must be the requester → `wrong_device`;
+//! 3. `seq <= last_seq` is a resend: the same hash as logged is
+//!    acknowledged `AlreadyApplied` and changes nothing; another hash is a
+//!    `hash_chain_mismatch`;
+//! 4. `seq > last_seq + 1` → `sequence_gap` with the expected number;
+//! 5. the signature, with the device's enrolled key → `bad_signature`;
+//! 6. `prev_hash` must be the last applied hash → `hash_chain_mismatch`;
+//! 7. each record ([`apply_record`]): changes decode (`malformed`), none
+//!    is signed with the server's actor (`server_owned_field`), the tablet
+//!    only wrote tablet-owned fields and kept the workflow valid
+//!    (`server_owned_field` / `invalid_record`), the record lies in the
+//!    device's office and belongs to it (`out_of_scope`);
+//! 8. the server's own part, with the server's actor: the first receipt
+//!    time; a hold when the birth data does not validate against the
+//!    *server's* date (never a refusal: that would block the tablet's
+//!    outbox forever); and for an approved birth without a hold, its KIdC;
+//! 9. the signed bytes go verbatim into the append-only change-set log and
+//!    the device's chain advances.
+//!
+//! **KIdC category:** [`Category::CITIZEN`] when the mother's or the
+//! father's nationality is `"KHM"`, otherwise [`Category::FOREIGN_RESIDENT`].
+//!
+//! **Architecture invariant:** a KIdC is issued in the same transaction as
+//! the record change that receives it, after an `INSERT` into the issuance
+//! log whose unique keys (code, record) make a second code for one record,
+//! or one code for two records, impossible; and the answer leaves only
+//! after that transaction committed.
+
+use std::collections::HashSet;
+
+use automerge::{AutoCommit, Change, ChangeHash};
+use crvs_schema::birth::{self, BirthRegistration};
+use crvs_schema::kidc::Category;
+use crvs_schema::record::{self, RecordKind, TabletChangeError};
+use crvs_schema::wire::{
+    self, Ack, AckOutcome, ChangeSet, Hash, RecordChanges, RecordUpdate, Refusal, RefusalCode,
+    SignedChangeSet, SyncRequest, SyncResponse, WireError,
+};
+use crvs_schema::workflow::{self, Status};
+use crvs_schema::{Date, Kidc};
+use ed25519_dalek::VerifyingKey;
+use uuid::Uuid;
+
+use crate::Server;
+use crate::error::ApiError;
+use crate::storage::{Device, Issuance, LogEntry, StorageError, StoredRecord, SyncSeen, WriteTx};
+
+/// A device clock further than this from the server's is flagged.
+pub const CLOCK_TOLERANCE_MS: u64 = 24 * 3600 * 1000;
+/// At most this many server changes per answer; `more` says if others wait.
+pub const FEED_PAGE: usize = 1000;
+/// The hold code of a record whose data does not validate on receipt.
+pub const HOLD_INVALID_ON_RECEIPT: &str = "invalid_on_receipt";
+/// The issuance-log reason of a KIdC given to an approved birth.
+pub const REASON_BIRTH_APPROVED: &str = "birth_approved";
+/// Draws of a KIdC before giving up (a collision is one in ~10⁸ per draw
+/// while the space is nearly empty).
+const MAX_KIDC_DRAWS: usize = 64;
+/// A stored document larger than this is compacted (`save()`) instead of
+/// having change chunks appended.
+const COMPACT_ABOVE: usize = 64 * 1024;
+
+/// Why processing of one change set stopped.
+#[derive(Debug)]
+enum Step {
+    /// The change set is refused; nothing of it is kept.
+    Refused(Refusal),
+    /// The server failed; the whole request fails and nothing is kept.
+    Failed(ApiError),
+}
+
+impl From<StorageError> for Step {
+    fn from(e: StorageError) -> Self {
+        Step::Failed(e.into())
+    }
+}
+
+fn refuse(seq: u64, code: RefusalCode, message: impl Into<String>) -> Step {
+    Step::Refused(Refusal {
+        seq,
+        code,
+        expected_seq: None,
+        message: message.into(),
+    })
+}
+
+fn internal(what: impl Into<String>) -> Step {
+    Step::Failed(ApiError::Internal(what.into()))
+}
+
+/// The device's position in its hash chain.
+#[derive(Debug, Clone, Copy)]
+struct Chain {
+    last_seq: u64,
+    last_hash: Hash,
+}
+
+/// What one request needs to know while applying change sets.
+struct Ctx<'a> {
+    server: &'a Server,
+    device: &'a Device,
+    key: &'a VerifyingKey,
+    now_ms: i64,
+    today: Date,
+}
+
+/// Counters for the request's log line (no personal data).
+#[derive(Debug, Default)]
+struct Stats {
+    records: usize,
+    kidcs: usize,
+    holds: usize,
+}
+
+/// Handles one sync request. See the module documentation.
+pub fn handle_sync(server: &Server, body: &[u8]) -> Result<Vec<u8>, ApiError> {
+    let request = SyncRequest::decode_unverified(body).map_err(ApiError::from_wire)?;
+    let device_id = Uuid::from_bytes(request.device_id);
+    let now_ms = server.now_ms();
+
+    let mut tx = server.storage().begin()?;
+    // Read inside the write transaction on every request: a revocation
+    // takes effect from the device's next request, with no cache.
+    let device = tx.device(device_id)?.ok_or(ApiError::UnknownDevice)?;
+    if device.revoked_at_ms.is_some() {
+        return Err(ApiError::DeviceRevoked);
+    }
+    let key = VerifyingKey::from_bytes(&device.public_key)
+        .map_err(|_| ApiError::Internal("a stored device key is invalid".into()))?;
+    wire::verify_request(body, &key).map_err(|_| ApiError::BadRequestSignature)?;
+
+    let skew_ms = request.device_clock_ms.saturating_sub(now_ms);
+    let flagged = skew_ms.unsigned_abs() > CLOCK_TOLERANCE_MS;
+    if flagged {
+        tracing::warn!(device = %device_id, skew_ms, "device clock is off by more than a day");
+    }
+    tx.record_sync(
+        device_id,
+        &SyncSeen {
+            at_ms: now_ms,
+            device_clock_ms: request.device_clock_ms,
+            skew_ms,
+            flagged,
+        },
+    )?;
+
+    let ctx = Ctx {
+        server,
+        device: &device,
+        key: &key,
+        now_ms,
+        today: Date::today_in_cambodia(now_ms),
+    };
+    let mut chain = Chain {
+        last_seq: device.last_seq,
+        last_hash: device.last_hash,
+    };
+    let mut acks = Vec::new();
+    let mut refusal = None;
+    let mut stats = Stats::default();
+    for bytes in request.change_sets {
+        tx.savepoint()?;
+        match apply_change_set(&mut *tx, &ctx, chain, bytes, &mut stats) {
+            Ok((ack, next)) => {
+                tx.release_savepoint()?;
+                chain = next;
+                acks.push(ack);
+            }
+            Err(Step::Refused(r)) => {
+                tx.rollback_to_savepoint()?;
+                tracing::info!(
+                    device = %device_id,
+                    seq = r.seq,
+                    code = r.code.as_str(),
+                    "change set refused"
+                );
+                refusal = Some(r);
+                break;
+            }
+            Err(Step::Failed(e)) => return Err(e),
+        }
+    }
+
+    let mut feed = tx.server_changes_since(device_id, request.cursor, FEED_PAGE + 1)?;
+    let more = feed.len() > FEED_PAGE;
+    feed.truncate(FEED_PAGE);
+    let cursor = feed.last().map_or(request.cursor, |c| c.cursor);
+    let mut updates: Vec<RecordUpdate> = Vec::new();
+    for c in feed {
+        match updates.last_mut() {
+            Some(u) if u.record_id == *c.record_id.as_bytes() => u.changes.push(c.change),
+            _ => updates.push(RecordUpdate {
+                record_id: c.record_id.into_bytes(),
+                changes: vec![c.change],
+            }),
+        }
+    }
+    // Durable before the answer leaves.
+    tx.commit()?;
+
+    let applied = acks.iter().filter(|a| a.outcome == AckOutcome::Applied).count();
+    tracing::info!(
+        device = %device_id,
+        applied,
+        resent = acks.len() - applied,
+        refused = refusal.as_ref().map(|r| r.code.as_str()),
+        records = stats.records,
+        kidcs = stats.kidcs,
+        holds = stats.holds,
+        updates = updates.len(),
+        cursor,
+        "sync"
+    );
+    let response = SyncResponse {
+        request_hash: wire::request_hash(body),
+        server_time_ms: now_ms,
+        acks,
+        refusal,
+        next_seq: chain.last_seq.saturating_add(1),
+        updates,
+        cursor,
+        more,
+    };
+    response
+        .seal(server.signing_key())
+        .map_err(|e| ApiError::Internal(format!("sealing the answer failed: {e}")))
+}
+
+/// The sequence number in a change set's header, if the bytes are long
+/// enough to hold one (for refusing bytes that do not frame).
+fn peek_seq(bytes: &[u8]) -> Option<u64> {
+    bytes
+        .get(17..25)
+        .and_then(|s| s.try_into().ok())
+        .map(u64::from_le_bytes)
+}
+
+fn wire_refusal(seq: u64, e: &WireError) -> Step {
+    match e {
+        WireError::TooLarge { .. } => refuse(seq, RefusalCode::TooLarge, e.to_string()),
+        WireError::BadSignature => refuse(
+            seq,
+            RefusalCode::BadSignature,
+            "the change set's signature does not verify with the device's enrolled key",
+        ),
+        other => refuse(seq, RefusalCode::Malformed, other.to_string()),
+    }
+}
+
+/// Applies one signed change set, or says why not. On success returns its
+/// acknowledgement and the device's new chain position.
+fn apply_change_set(
+    tx: &mut dyn WriteTx,
+    ctx: &Ctx<'_>,
+    chain: Chain,
+    bytes: Vec<u8>,
+    stats: &mut Stats,
+) -> Result<(Ack, Chain), Step> {
+    let expected = chain.last_seq.saturating_add(1);
+    let claimed = peek_seq(&bytes).unwrap_or(expected);
+    let cs = SignedChangeSet::from_bytes(bytes).map_err(|e| wire_refusal(claimed, &e))?;
+    let seq = cs.seq();
+    if cs.device_id() != *ctx.device.device_id.as_bytes() {
+        return Err(refuse(
+            seq,
+            RefusalCode::WrongDevice,
+            "the change set was signed by another device",
+        ));
+    }
+    if seq == 0 {
+        return Err(refuse(seq, RefusalCode::Malformed, "sequence numbers start at 1"));
+    }
+    let hash = cs.hash();
+    if seq <= chain.last_seq {
+        return match tx.logged_hash(ctx.device.device_id, seq)? {
+            Some(logged) if logged == hash => Ok((
+                Ack {
+                    seq,
+                    hash,
+                    outcome: AckOutcome::AlreadyApplied,
+                },
+                chain,
+            )),
+            _ => Err(refuse(
+                seq,
+                RefusalCode::HashChainMismatch,
+                "a different change set with this sequence number was applied earlier",
+            )),
+        };
+    }
+    if seq > expected {
+        return Err(Step::Refused(Refusal {
+            seq,
+            code: RefusalCode::SequenceGap,
+            expected_seq: Some(expected),
+            message: format!("change set {seq} arrived but {expected} is expected next"),
+        }));
+    }
+    let body: ChangeSet = cs.open(ctx.key).map_err(|e| wire_refusal(seq, &e))?;
+    if body.prev_hash != chain.last_hash {
+        return Err(refuse(
+            seq,
+            RefusalCode::HashChainMismatch,
+            "the change set does not link to the device's last applied change set",
+        ));
+    }
+    apply_records(tx, ctx, seq, body.records, stats)?;
+    tx.append_change_set(&LogEntry {
+        device_id: ctx.device.device_id,
+        seq,
+        hash: &hash,
+        signed: cs.as_bytes(),
+        received_at_ms: ctx.now_ms,
+    })?;
+    tx.advance_device(ctx.device.device_id, seq, &hash)?;
+    Ok((
+        Ack {
+            seq,
+            hash,
+            outcome: AckOutcome::Applied,
+        },
+        Chain {
+            last_seq: seq,
+            last_hash: hash,
+        },
+    ))
+}
+
+fn tablet_change_refusal(seq: u64, e: TabletChangeError) -> Step {
+    match e {
+        TabletChangeError::ServerOwnedField(_) => refuse(seq, RefusalCode::ServerOwnedField, e.to_string()),
+        other => refuse(seq, RefusalCode::InvalidRecord, other.to_string()),
+    }
+}
+
+/// Applies every record of a change set.
+///
+/// The automerge work (decode, apply, check, the server's edits) needs no
+/// storage, so when the records are distinct it runs on all cores
+/// ([`prepare_record`]); loading before and saving after stay serial, in
+/// the change set's order ([`finish_record`]). A change set naming one
+/// record twice is processed record by record, so that the second sees
+/// the first.
+fn apply_records(
+    tx: &mut dyn WriteTx,
+    ctx: &Ctx<'_>,
+    seq: u64,
+    records: Vec<RecordChanges>,
+    stats: &mut Stats,
+) -> Result<(), Step> {
+    let mut ids = HashSet::with_capacity(records.len());
+    let distinct = records.iter().all(|r| ids.insert(r.record_id));
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(MAX_WORKERS);
+    if !distinct || workers < 2 || records.len() < PARALLEL_FROM {
+        for rc in records {
+            let stored = load_owned(tx, ctx, seq, rc.record_id)?;
+            let prepared = prepare_record(ctx, seq, rc, stored)?;
+            finish_record(tx, ctx, seq, prepared, stats)?;
+        }
+        return Ok(());
+    }
+    let mut inputs = Vec::with_capacity(records.len());
+    for rc in records {
+        let stored = load_owned(tx, ctx, seq, rc.record_id)?;
+        inputs.push((rc, stored));
+    }
+    let chunk = inputs.len().div_ceil(workers);
+    let mut chunks: Vec<Vec<(RecordChanges, Option<StoredRecord>)>> = Vec::with_capacity(workers);
+    while !inputs.is_empty() {
+        let rest = inputs.split_off(chunk.min(inputs.len()));
+        chunks.push(std::mem::replace(&mut inputs, rest));
+    }
+    let results: Vec<Result<Prepared, Step>> = std::thread::scope(|s| {
+        let handles: Vec<_> = chunks
+            .into_iter()
+            .map(|c| {
+                s.spawn(move || {
+                    c.into_iter()
+                        .map(|(rc, stored)| prepare_record(ctx, seq, rc, stored))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| vec![Err(internal("a record worker panicked"))])
+            })
+            .collect()
+    });
+    // The first problem in the change set's order wins; nothing is saved.
+    let mut prepared = Vec::with_capacity(results.len());
+    for r in results {
+        prepared.push(r?);
+    }
+    for p in prepared {
+        finish_record(tx, ctx, seq, p, stats)?;
+    }
+    Ok(())
+}
+
+/// Process records on several threads from this many records on.
+const PARALLEL_FROM: usize = 8;
+/// At most this many threads per change set.
+const MAX_WORKERS: usize = 4;
+
+/// Loads a record, refusing one that another device created.
+fn load_owned(
+    tx: &mut dyn WriteTx,
+    ctx: &Ctx<'_>,
+    seq: u64,
+    record_id: [u8; 16],
+) -> Result<Option<StoredRecord>, Step> {
+    let stored = tx.load_record(Uuid::from_bytes(record_id))?;
+    if stored
+        .as_ref()
+        .is_some_and(|s| s.origin_device != ctx.device.device_id)
+    {
+        return Err(refuse(
+            seq,
+            RefusalCode::OutOfScope,
+            "the record belongs to another device",
+        ));
+    }
+    Ok(stored)
+}
+
+/// A record with the tablet's changes applied and checked, and the
+/// server's edits made but not yet committed.
+struct Prepared {
+    record_id: Uuid,
+    stored: Option<StoredRecord>,
+    doc: AutoCommit,
+    /// The tablet's changes the document did not have.
+    fresh: Vec<Change>,
+    view: record::RecordView,
+    /// The server's edits: the hold, if it set one now.
+    new_hold: bool,
+    /// The KIdC to issue (drawn, not yet in the issuance log).
+    kidc: Option<(Kidc, Category)>,
+    /// Nothing new for this record.
+    unchanged: bool,
+}
+
+/// The pure part of applying one record's changes: decode, apply, check,
+/// and the server's own edits (open, uncommitted).
+fn prepare_record(
+    ctx: &Ctx<'_>,
+    seq: u64,
+    rc: RecordChanges,
+    stored: Option<StoredRecord>,
+) -> Result<Prepared, Step> {
+    let record_id = Uuid::from_bytes(rc.record_id);
+    let mut doc = match &stored {
+        Some(s) => {
+            AutoCommit::load(&s.doc).map_err(|_| internal("a stored record document does not load"))?
+        }
+        None => AutoCommit::new(),
+    };
+    let mut seen: HashSet<ChangeHash> = HashSet::new();
+    let mut fresh = Vec::with_capacity(rc.changes.len());
+    // Each element is a change chunk, or a document chunk for a record the
+    // tablet sends for the first time (`record::decode_changes`).
+    let mut decoded = Vec::with_capacity(rc.changes.len());
+    for raw in &rc.changes {
+        decoded.extend(
+            record::decode_changes(raw)
+                .map_err(|_| refuse(seq, RefusalCode::Malformed, "an automerge change does not decode"))?,
+        );
+    }
+    for change in decoded {
+        if change.actor_id() == ctx.server.actor() {
+            return Err(refuse(
+                seq,
+                RefusalCode::ServerOwnedField,
+                "a change carries the server's actor id",
+            ));
+        }
+        let h = change.hash();
+        if seen.insert(h) && doc.get_change_meta_by_hash(&h).is_none() {
+            fresh.push(change);
+        }
+    }
+    if fresh.is_empty() {
+        // Nothing this record does not already have.
+        return Ok(Prepared {
+            record_id,
+            stored,
+            doc,
+            fresh,
+            view: unchanged_view(),
+            new_hold: false,
+            kidc: None,
+            unchanged: true,
+        });
+    }
+    let before = stored.as_ref().map(|_| doc.document().clone());
+    doc.apply_changes(fresh.iter().cloned())
+        .map_err(|_| refuse(seq, RefusalCode::Malformed, "the automerge changes do not apply"))?;
+    if !doc.get_missing_deps(&[]).is_empty() {
+        return Err(refuse(
+            seq,
+            RefusalCode::InvalidRecord,
+            "a change depends on changes the server has not received",
+        ));
+    }
+    let view =
+        record::check_tablet_changes(before.as_ref(), &doc).map_err(|e| tablet_change_refusal(seq, e))?;
+    if view.office != ctx.device.office {
+        return Err(refuse(
+            seq,
+            RefusalCode::OutOfScope,
+            "the record lies outside the device's office",
+        ));
+    }
+
+    let mut new_hold = false;
+    let mut kidc = None;
+    if view.kind == RecordKind::Birth && view.server.kidc.is_none() && view.server.hold.is_none() {
+        match birth::validate(&view.data, ctx.today) {
+            Ok(reg) => {
+                let tablet_status = workflow::derive(&view.transitions)
+                    .map_err(|e| refuse(seq, RefusalCode::InvalidRecord, e.to_string()))?;
+                if tablet_status == Some(Status::Approved) {
+                    let category = kidc_category(&reg);
+                    // `rand::rng()` is a CSPRNG seeded from the operating system.
+                    kidc = Some((Kidc::generate(category, &mut rand::rng()), category));
+                }
+            }
+            Err(problems) => {
+                new_hold = true;
+                tracing::info!(
+                    record = %record_id,
+                    problems = problems.problems.len(),
+                    "record held: its data does not validate against the server's date"
+                );
+            }
+        }
+    }
+    doc.set_actor(ctx.server.actor().clone());
+    server_edits(&mut doc, ctx.now_ms, new_hold, kidc.as_ref().map(|k| &k.0))?;
+    Ok(Prepared {
+        record_id,
+        stored,
+        doc,
+        fresh,
+        view,
+        new_hold,
+        kidc,
+        unchanged: false,
+    })
+}
+
+/// **KIdC category:** citizen when either parent's nationality is `KHM`.
+fn kidc_category(reg: &BirthRegistration) -> Category {
+    if reg.mother.nationality == "KHM" || reg.father.as_ref().is_some_and(|f| f.nationality == "KHM") {
+        Category::CITIZEN
+    } else {
+        Category::FOREIGN_RESIDENT
+    }
+}
+
+fn unchanged_view() -> record::RecordView {
+    record::RecordView {
+        kind: RecordKind::Birth,
+        office: String::new(),
+        data: serde_json::Value::Null,
+        transitions: Vec::new(),
+        server: record::ServerPart::default(),
+        conflicts: Vec::new(),
+    }
+}
+
+/// The server's edits of a record, in the document's open transaction.
+fn server_edits(doc: &mut AutoCommit, now_ms: i64, hold: bool, kidc: Option<&Kidc>) -> Result<(), Step> {
+    let failed = |_| internal("writing the server part of a record failed");
+    record::set_received(doc, now_ms).map_err(failed)?;
+    if hold {
+        record::set_hold(doc, HOLD_INVALID_ON_RECEIPT).map_err(failed)?;
+    }
+    if let Some(k) = kidc {
+        record::set_registration(doc, k, now_ms).map_err(failed)?;
+    }
+    Ok(())
+}
+
+/// The storage part of applying one record: issue its KIdC in the
+/// issuance log (redoing the server's edits if the drawn code was taken),
+/// commit the server's change, save the document, feed the change to the
+/// device.
+fn finish_record(
+    tx: &mut dyn WriteTx,
+    ctx: &Ctx<'_>,
+    seq: u64,
+    p: Prepared,
+    stats: &mut Stats,
+) -> Result<(), Step> {
+    let Prepared {
+        record_id,
+        stored,
+        mut doc,
+        fresh,
+        mut view,
+        new_hold,
+        kidc,
+        unchanged,
+    } = p;
+    if unchanged {
+        return Ok(());
+    }
+    stats.records += 1;
+    if new_hold {
+        stats.holds += 1;
+        view.server.hold = Some(HOLD_INVALID_ON_RECEIPT.to_string());
+    }
+    if let Some((drawn, category)) = kidc {
+        let issued = issue_kidc(tx, ctx, record_id, seq, category, drawn)?;
+        if issued != drawn {
+            // The drawn code was taken: redo the edits with the issued one,
+            // so that no other person's code ever appears in this record.
+            doc.rollback();
+            server_edits(&mut doc, ctx.now_ms, new_hold, Some(&issued))?;
+        }
+        view.server.kidc = Some(issued);
+        stats.kidcs += 1;
+    }
+    let server_change = doc.commit().and_then(|_| doc.get_last_local_change());
+    let status = view
+        .status()
+        .map_err(|e| refuse(seq, RefusalCode::InvalidRecord, e.to_string()))?;
+
+    // Save: a new record is its raw change chunks (no full `save()`); an
+    // existing one gets the new chunks appended, compacted when large.
+    let added: usize = fresh.iter().map(|c| c.raw_bytes().len()).sum::<usize>()
+        + server_change.as_ref().map_or(0, |c| c.raw_bytes().len());
+    let blob = match &stored {
+        Some(s) if s.doc.len() + added > COMPACT_ABOVE => doc.save(),
+        _ => {
+            let mut b = stored.as_ref().map(|s| s.doc.clone()).unwrap_or_default();
+            b.reserve(added);
+            for c in &fresh {
+                b.extend_from_slice(c.raw_bytes());
+            }
+            if let Some(c) = &server_change {
+                b.extend_from_slice(c.raw_bytes());
+            }
+            b
+        }
+    };
+    let record = StoredRecord {
+        record_id,
+        office: view.office,
+        origin_device: ctx.device.device_id,
+        kind: view.kind.as_str().to_string(),
+        status: status.as_str().to_string(),
+        doc: blob,
+        updated_at_ms: ctx.now_ms,
+    };
+    if stored.is_some() {
+        tx.update_record(&record)?;
+    } else {
+        tx.insert_record(&record)?;
+    }
+    if let Some(c) = &server_change {
+        tx.append_server_change(ctx.device.device_id, record_id, c.raw_bytes(), ctx.now_ms)?;
+    }
+    tracing::debug!(record = %record_id, seq, status = status.as_str(), "record applied");
+    Ok(())
+}
+
+/// The record's KIdC: the one already in the issuance log, else `drawn`
+/// if it is free, else a fresh draw that is.
+fn issue_kidc(
+    tx: &mut dyn WriteTx,
+    ctx: &Ctx<'_>,
+    record_id: Uuid,
+    seq: u64,
+    category: Category,
+    drawn: Kidc,
+) -> Result<Kidc, Step> {
+    if let Some(k) = tx.issued_kidc(record_id)? {
+        tracing::warn!(record = %record_id, "record already in the issuance log: its code is reused");
+        return Ok(k);
+    }
+    let mut kidc = drawn;
+    for _ in 0..MAX_KIDC_DRAWS {
+        let inserted = tx.insert_issuance(&Issuance {
+            kidc: &kidc,
+            record_id,
+            category: category.digit(),
+            issued_at_ms: ctx.now_ms,
+            device_id: ctx.device.device_id,
+            seq,
+            reason: REASON_BIRTH_APPROVED,
+        })?;
+        if inserted {
+            return Ok(kidc);
+        }
+        if let Some(k) = tx.issued_kidc(record_id)? {
+            return Ok(k);
+        }
+        tracing::info!(record = %record_id, "drawn KIdC already issued; drawing again");
+        kidc = Kidc::generate(category, &mut rand::rng());
+    }
+    Err(internal("no unused KIdC found after many draws"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sequence_number_is_read_from_a_header_only_when_present() {
+        let mut bytes = vec![1u8; 17];
+        assert_eq!(peek_seq(&bytes), None);
+        bytes.extend_from_slice(&7u64.to_le_bytes());
+        assert_eq!(peek_seq(&bytes), Some(7));
+    }
+
+    #[test]
+    fn wire_errors_map_to_stable_refusal_codes() {
+        let code = |e: WireError| match wire_refusal(3, &e) {
+            Step::Refused(r) => r.code,
+            Step::Failed(_) => panic!("a wire error is a refusal"),
+        };
+        assert_eq!(code(WireError::BadSignature), RefusalCode::BadSignature);
+        assert_eq!(code(WireError::TooLarge { limit: 1 }), RefusalCode::TooLarge);
+        assert_eq!(code(WireError::Truncated), RefusalCode::Malformed);
+        assert_eq!(code(WireError::Decompress), RefusalCode::Malformed);
+    }
+
+    #[test]
+    fn a_child_with_a_khmer_parent_is_a_citizen() {
+        let json: serde_json::Value =
+            serde_json::from_str(include_str!("../../../shared/fixtures/birth-sok-dara.json"))
+                .expect("fixture");
+        let today = Date::today_in_cambodia(4_102_444_800_000);
+        let mut reg = birth::validate(&json, today).expect("valid");
+        assert_eq!(kidc_category(&reg), Category::CITIZEN);
+        reg.mother.nationality = "THA".into();
+        assert_eq!(kidc_category(&reg), Category::CITIZEN, "the father is Khmer");
+        if let Some(f) = reg.father.as_mut() {
+            f.nationality = "THA".into();
+        }
+        assert_eq!(kidc_category(&reg), Category::FOREIGN_RESIDENT);
+    }
+
+    #[test]
+    fn tablet_change_errors_map_to_refusal_codes() {
+        let code = |e| match tablet_change_refusal(1, e) {
+            Step::Refused(r) => r.code,
+            Step::Failed(_) => panic!("a refusal"),
+        };
+        assert_eq!(
+            code(TabletChangeError::ServerOwnedField("server.kidc".into())),
+            RefusalCode::ServerOwnedField
+        );
+        assert_eq!(
+            code(TabletChangeError::UnknownRootField),
+            RefusalCode::InvalidRecord
+        );
+        assert_eq!(
+            code(TabletChangeError::TransitionsRewritten),
+            RefusalCode::InvalidRecord
+        );
+    }
+}

@@ -1,0 +1,487 @@
+//! The embedded SQLite backend (WAL mode), the default: one command starts
+//! a working server with its data in one folder.
+//!
+//! [`SqliteStorage::open`] is the only way in. It sets the pragmas (WAL,
+//! `synchronous=FULL` so that a committed transaction survives a power cut,
+//! foreign keys, a busy timeout so that CLI commands and the server share
+//! the file) and runs the numbered migrations of `server/migrations/`,
+//! tracked with `PRAGMA user_version`, one step per transaction.
+//!
+//! There is exactly one writer connection, behind a mutex: a write
+//! transaction holds it from `BEGIN IMMEDIATE` to `COMMIT`, so writers are
+//! serialized inside this process, and `BEGIN IMMEDIATE` serializes them
+//! against other processes (the CLI) too. A separate reader connection
+//! serves read-only queries without waiting for the writer.
+//!
+//! On corruption SQLite reports `SQLITE_CORRUPT` and the failing request
+//! gets a 500; nothing is repaired silently. Recovery is a restore from
+//! backup: tablets keep their signed change sets after acknowledgement,
+//! and a sequence gap makes the server ask them for the missing ones.
+
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+
+use crvs_schema::Kidc;
+use crvs_schema::wire::Hash;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
+use uuid::Uuid;
+
+use super::{
+    Device, Issuance, LogEntry, NewDevice, ServerChange, Storage, StorageError, StoredRecord, SyncSeen,
+    TokenRow, WriteTx,
+};
+
+/// The numbered migrations, applied in order. `user_version` is the number
+/// of the last one applied.
+const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/001_init.sql"))];
+
+impl From<rusqlite::Error> for StorageError {
+    fn from(e: rusqlite::Error) -> Self {
+        StorageError::Database(e.to_string())
+    }
+}
+
+/// SQLite storage: one writer connection and one reader connection on the
+/// same WAL-mode file.
+pub struct SqliteStorage {
+    writer: Mutex<Connection>,
+    reader: Mutex<Connection>,
+}
+
+impl std::fmt::Debug for SqliteStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStorage").finish_non_exhaustive()
+    }
+}
+
+fn configure(conn: &Connection) -> Result<(), StorageError> {
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL;
+         PRAGMA synchronous = FULL;
+         PRAGMA foreign_keys = ON;
+         PRAGMA cache_size = -32768;",
+    )?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(())
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StorageError> {
+    let supported = MIGRATIONS.last().map_or(0, |m| m.0);
+    loop {
+        // `BEGIN IMMEDIATE` first, then read the version: a second process
+        // opening the same file at the same moment waits, then sees the
+        // migration done.
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let current: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if current > supported {
+            return Err(StorageError::TooNew {
+                found: current,
+                supported,
+            });
+        }
+        let Some((version, sql)) = MIGRATIONS.iter().find(|m| m.0 == current + 1) else {
+            return Ok(());
+        };
+        tx.execute_batch(sql)?;
+        tx.execute_batch(&format!("PRAGMA user_version = {version}"))?;
+        tx.commit()?;
+        tracing::info!(version, "applied storage migration");
+    }
+}
+
+impl SqliteStorage {
+    /// Opens (creating if needed) the database at `path`: pragmas,
+    /// migrations, one writer and one reader connection.
+    pub fn open(path: &Path) -> Result<SqliteStorage, StorageError> {
+        let mut writer = Connection::open(path)?;
+        configure(&writer)?;
+        migrate(&mut writer)?;
+        let reader = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
+        )?;
+        reader.busy_timeout(std::time::Duration::from_secs(10))?;
+        reader.set_prepared_statement_cache_capacity(16);
+        Ok(SqliteStorage {
+            writer: Mutex::new(writer),
+            reader: Mutex::new(reader),
+        })
+    }
+
+    fn reader(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the reader leaves nothing half-written.
+        self.reader.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Storage for SqliteStorage {
+    fn begin(&self) -> Result<Box<dyn WriteTx + '_>, StorageError> {
+        // A panic while holding the writer rolled its transaction back
+        // (`SqliteTx::drop`), so the connection is clean.
+        let conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        conn.execute_batch("BEGIN IMMEDIATE")?;
+        Ok(Box::new(SqliteTx { conn, open: true }))
+    }
+
+    fn list_devices(&self) -> Result<Vec<Device>, StorageError> {
+        list_devices(&self.reader())
+    }
+
+    fn device(&self, device_id: Uuid) -> Result<Option<Device>, StorageError> {
+        device(&self.reader(), device_id)
+    }
+}
+
+/// A write transaction on the writer connection.
+struct SqliteTx<'a> {
+    conn: MutexGuard<'a, Connection>,
+    open: bool,
+}
+
+impl Drop for SqliteTx<'_> {
+    fn drop(&mut self) {
+        if self.open
+            && let Err(e) = self.conn.execute_batch("ROLLBACK")
+        {
+            tracing::error!(error = %e, "rollback failed");
+        }
+    }
+}
+
+fn to_i64(v: u64) -> Result<i64, StorageError> {
+    i64::try_from(v).map_err(|_| StorageError::Corrupt("number out of range"))
+}
+
+fn to_u64(v: i64) -> rusqlite::Result<u64> {
+    u64::try_from(v)
+        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Integer, e.into()))
+}
+
+fn parse_uuid(s: &str) -> rusqlite::Result<Uuid> {
+    Uuid::parse_str(s)
+        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into()))
+}
+
+fn parse_hex<const N: usize>(s: &str) -> rusqlite::Result<[u8; N]> {
+    let mut out = [0u8; N];
+    hex::decode_to_slice(s, &mut out)
+        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into()))?;
+    Ok(out)
+}
+
+const DEVICE_COLUMNS: &str = "device_id, office, public_key, enrolled_at, revoked_at, last_seq, last_hash, \
+     last_sync_at, last_device_clock_ms, clock_skew_ms, clock_flagged_at";
+
+fn device_row(r: &Row<'_>) -> rusqlite::Result<Device> {
+    Ok(Device {
+        device_id: parse_uuid(&r.get::<_, String>(0)?)?,
+        office: r.get(1)?,
+        public_key: parse_hex(&r.get::<_, String>(2)?)?,
+        enrolled_at_ms: r.get(3)?,
+        revoked_at_ms: r.get(4)?,
+        last_seq: to_u64(r.get(5)?)?,
+        last_hash: parse_hex(&r.get::<_, String>(6)?)?,
+        last_sync_at_ms: r.get(7)?,
+        last_device_clock_ms: r.get(8)?,
+        clock_skew_ms: r.get(9)?,
+        clock_flagged_at_ms: r.get(10)?,
+    })
+}
+
+fn device(conn: &Connection, device_id: Uuid) -> Result<Option<Device>, StorageError> {
+    let mut st = conn.prepare_cached(&format!(
+        "SELECT {DEVICE_COLUMNS} FROM devices WHERE device_id = ?1"
+    ))?;
+    Ok(st
+        .query_row(params![device_id.to_string()], device_row)
+        .optional()?)
+}
+
+fn list_devices(conn: &Connection) -> Result<Vec<Device>, StorageError> {
+    let mut st = conn.prepare_cached(&format!(
+        "SELECT {DEVICE_COLUMNS} FROM devices ORDER BY enrolled_at, device_id"
+    ))?;
+    let rows = st.query_map([], device_row)?;
+    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+}
+
+impl WriteTx for SqliteTx<'_> {
+    fn savepoint(&mut self) -> Result<(), StorageError> {
+        self.conn.execute_batch("SAVEPOINT change_set")?;
+        Ok(())
+    }
+
+    fn release_savepoint(&mut self) -> Result<(), StorageError> {
+        self.conn.execute_batch("RELEASE SAVEPOINT change_set")?;
+        Ok(())
+    }
+
+    fn rollback_to_savepoint(&mut self) -> Result<(), StorageError> {
+        self.conn
+            .execute_batch("ROLLBACK TO SAVEPOINT change_set; RELEASE SAVEPOINT change_set")?;
+        Ok(())
+    }
+
+    fn commit(mut self: Box<Self>) -> Result<(), StorageError> {
+        self.conn.execute_batch("COMMIT")?;
+        self.open = false;
+        Ok(())
+    }
+
+    fn meta(&mut self, key: &str) -> Result<Option<String>, StorageError> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT value FROM server_meta WHERE key = ?1")?;
+        Ok(st.query_row(params![key], |r| r.get(0)).optional()?)
+    }
+
+    fn set_meta(&mut self, key: &str, value: &str) -> Result<(), StorageError> {
+        let mut st = self.conn.prepare_cached(
+            "INSERT INTO server_meta (key, value) VALUES (?1, ?2)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        )?;
+        st.execute(params![key, value])?;
+        Ok(())
+    }
+
+    fn insert_token(&mut self, token_hash: &str, row: &TokenRow) -> Result<(), StorageError> {
+        let mut st = self.conn.prepare_cached(
+            "INSERT INTO enrollment_tokens (token_hash, office, created_at, expires_at) VALUES (?1, ?2, ?3, ?4)",
+        )?;
+        st.execute(params![
+            token_hash,
+            row.office,
+            row.created_at_ms,
+            row.expires_at_ms
+        ])?;
+        Ok(())
+    }
+
+    fn token(&mut self, token_hash: &str) -> Result<Option<TokenRow>, StorageError> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT office, created_at, expires_at, used_at FROM enrollment_tokens WHERE token_hash = ?1",
+        )?;
+        Ok(st
+            .query_row(params![token_hash], |r| {
+                Ok(TokenRow {
+                    office: r.get(0)?,
+                    created_at_ms: r.get(1)?,
+                    expires_at_ms: r.get(2)?,
+                    used_at_ms: r.get(3)?,
+                })
+            })
+            .optional()?)
+    }
+
+    fn use_token(&mut self, token_hash: &str, device_id: Uuid, at_ms: i64) -> Result<bool, StorageError> {
+        let mut st = self.conn.prepare_cached(
+            "UPDATE enrollment_tokens SET used_at = ?2, device_id = ?3
+             WHERE token_hash = ?1 AND used_at IS NULL",
+        )?;
+        Ok(st.execute(params![token_hash, at_ms, device_id.to_string()])? == 1)
+    }
+
+    fn insert_device(&mut self, d: &NewDevice) -> Result<(), StorageError> {
+        let mut st = self.conn.prepare_cached(
+            "INSERT INTO devices (device_id, office, public_key, enrolled_at, last_seq, last_hash)
+             VALUES (?1, ?2, ?3, ?4, 0, ?5)",
+        )?;
+        st.execute(params![
+            d.device_id.to_string(),
+            d.office,
+            hex::encode(d.public_key),
+            d.enrolled_at_ms,
+            hex::encode([0u8; 32]),
+        ])?;
+        Ok(())
+    }
+
+    fn device(&mut self, device_id: Uuid) -> Result<Option<Device>, StorageError> {
+        device(&self.conn, device_id)
+    }
+
+    fn revoke_device(&mut self, device_id: Uuid, at_ms: i64) -> Result<bool, StorageError> {
+        let mut st = self.conn.prepare_cached(
+            "UPDATE devices SET revoked_at = COALESCE(revoked_at, ?2) WHERE device_id = ?1",
+        )?;
+        Ok(st.execute(params![device_id.to_string(), at_ms])? == 1)
+    }
+
+    fn record_sync(&mut self, device_id: Uuid, seen: &SyncSeen) -> Result<(), StorageError> {
+        let mut st = self.conn.prepare_cached(
+            "UPDATE devices SET last_sync_at = ?2, last_device_clock_ms = ?3, clock_skew_ms = ?4,
+                 clock_flagged_at = CASE WHEN ?5 THEN ?2 ELSE clock_flagged_at END
+             WHERE device_id = ?1",
+        )?;
+        st.execute(params![
+            device_id.to_string(),
+            seen.at_ms,
+            seen.device_clock_ms,
+            seen.skew_ms,
+            seen.flagged
+        ])?;
+        Ok(())
+    }
+
+    fn advance_device(&mut self, device_id: Uuid, seq: u64, hash: &Hash) -> Result<(), StorageError> {
+        let mut st = self
+            .conn
+            .prepare_cached("UPDATE devices SET last_seq = ?2, last_hash = ?3 WHERE device_id = ?1")?;
+        st.execute(params![device_id.to_string(), to_i64(seq)?, hex::encode(hash)])?;
+        Ok(())
+    }
+
+    fn logged_hash(&mut self, device_id: Uuid, seq: u64) -> Result<Option<Hash>, StorageError> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT hash FROM change_set_log WHERE device_id = ?1 AND seq = ?2")?;
+        Ok(st
+            .query_row(params![device_id.to_string(), to_i64(seq)?], |r| {
+                parse_hex(&r.get::<_, String>(0)?)
+            })
+            .optional()?)
+    }
+
+    fn append_change_set(&mut self, e: &LogEntry<'_>) -> Result<(), StorageError> {
+        let mut st = self.conn.prepare_cached(
+            "INSERT INTO change_set_log (device_id, seq, hash, signed, received_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?;
+        st.execute(params![
+            e.device_id.to_string(),
+            to_i64(e.seq)?,
+            hex::encode(e.hash),
+            e.signed,
+            e.received_at_ms
+        ])?;
+        Ok(())
+    }
+
+    fn load_record(&mut self, record_id: Uuid) -> Result<Option<StoredRecord>, StorageError> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT office, origin_device, kind, status, doc, updated_at FROM records WHERE record_id = ?1",
+        )?;
+        Ok(st
+            .query_row(params![record_id.to_string()], |r| {
+                Ok(StoredRecord {
+                    record_id,
+                    office: r.get(0)?,
+                    origin_device: parse_uuid(&r.get::<_, String>(1)?)?,
+                    kind: r.get(2)?,
+                    status: r.get(3)?,
+                    doc: r.get(4)?,
+                    updated_at_ms: r.get(5)?,
+                })
+            })
+            .optional()?)
+    }
+
+    fn insert_record(&mut self, rec: &StoredRecord) -> Result<(), StorageError> {
+        let mut st = self.conn.prepare_cached(
+            "INSERT INTO records (record_id, office, origin_device, kind, status, doc, created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
+        )?;
+        st.execute(params![
+            rec.record_id.to_string(),
+            rec.office,
+            rec.origin_device.to_string(),
+            rec.kind,
+            rec.status,
+            rec.doc,
+            rec.updated_at_ms
+        ])?;
+        Ok(())
+    }
+
+    fn update_record(&mut self, rec: &StoredRecord) -> Result<(), StorageError> {
+        let mut st = self.conn.prepare_cached(
+            "UPDATE records SET status = ?2, doc = ?3, updated_at = ?4 WHERE record_id = ?1",
+        )?;
+        let n = st.execute(params![
+            rec.record_id.to_string(),
+            rec.status,
+            rec.doc,
+            rec.updated_at_ms
+        ])?;
+        if n != 1 {
+            return Err(StorageError::Corrupt("updated record does not exist"));
+        }
+        Ok(())
+    }
+
+    fn issued_kidc(&mut self, record_id: Uuid) -> Result<Option<Kidc>, StorageError> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT kidc FROM kidc_issuance WHERE record_id = ?1")?;
+        let code: Option<String> = st
+            .query_row(params![record_id.to_string()], |r| r.get(0))
+            .optional()?;
+        code.map(|c| Kidc::parse(&c).map_err(|_| StorageError::Corrupt("issued kidc does not parse")))
+            .transpose()
+    }
+
+    fn insert_issuance(&mut self, i: &Issuance<'_>) -> Result<bool, StorageError> {
+        // `ON CONFLICT DO NOTHING` (SQLite and PostgreSQL alike) covers both
+        // unique keys: the code and the record.
+        let mut st = self.conn.prepare_cached(
+            "INSERT INTO kidc_issuance (kidc, record_id, category, issued_at, device_id, seq, reason)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO NOTHING",
+        )?;
+        let n = st.execute(params![
+            i.kidc.as_str(),
+            i.record_id.to_string(),
+            i.category,
+            i.issued_at_ms,
+            i.device_id.to_string(),
+            to_i64(i.seq)?,
+            i.reason
+        ])?;
+        Ok(n == 1)
+    }
+
+    fn append_server_change(
+        &mut self,
+        device_id: Uuid,
+        record_id: Uuid,
+        change: &[u8],
+        at_ms: i64,
+    ) -> Result<u64, StorageError> {
+        let mut st = self.conn.prepare_cached(
+            "INSERT INTO server_changes (device_id, record_id, change, created_at) VALUES (?1, ?2, ?3, ?4)",
+        )?;
+        st.execute(params![
+            device_id.to_string(),
+            record_id.to_string(),
+            change,
+            at_ms
+        ])?;
+        u64::try_from(self.conn.last_insert_rowid()).map_err(|_| StorageError::Corrupt("negative cursor"))
+    }
+
+    fn server_changes_since(
+        &mut self,
+        device_id: Uuid,
+        cursor: u64,
+        limit: usize,
+    ) -> Result<Vec<ServerChange>, StorageError> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT cursor, record_id, change FROM server_changes
+             WHERE device_id = ?1 AND cursor > ?2 ORDER BY cursor LIMIT ?3",
+        )?;
+        // A cursor beyond i64 cannot exist: clamp, the feed after it is empty.
+        let cursor = i64::try_from(cursor).unwrap_or(i64::MAX);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = st.query_map(params![device_id.to_string(), cursor, limit], |r| {
+            Ok(ServerChange {
+                cursor: to_u64(r.get(0)?)?,
+                record_id: parse_uuid(&r.get::<_, String>(1)?)?,
+                change: r.get(2)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    fn list_devices(&mut self) -> Result<Vec<Device>, StorageError> {
+        list_devices(&self.conn)
+    }
+}

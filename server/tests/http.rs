@@ -1,0 +1,297 @@
+//! The HTTP interface on a real socket (`serve` on 127.0.0.1:0), and the
+//! `crvs-server` binary's operator commands.
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+
+use crvs_schema::wire::{self, AckOutcome, SyncResponse};
+use crvs_schema::workflow::Action;
+use crvs_server::Server;
+use support::{OFFICE, Tablet, birth, new_record_id, record_changes};
+
+struct Running {
+    _dir: tempfile::TempDir,
+    server: Arc<Server>,
+    url: String,
+    _rt: tokio::runtime::Runtime,
+}
+
+fn start() -> Running {
+    let dir = tempfile::tempdir().expect("dir");
+    let server = Arc::new(Server::open(dir.path()).expect("open"));
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    rt.spawn(crvs_server::http::serve(listener, server.clone()));
+    Running {
+        _dir: dir,
+        server,
+        url,
+        _rt: rt,
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into()
+}
+
+/// POSTs a sync body; returns the status and the body.
+fn post_sync(url: &str, body: &[u8]) -> (u16, Vec<u8>) {
+    let mut resp = agent()
+        .post(format!("{url}/v1/sync"))
+        .header(wire::PROTOCOL_HEADER, "1")
+        .header("content-type", "application/octet-stream")
+        .send(body)
+        .expect("request");
+    let status = resp.status().as_u16();
+    (status, resp.body_mut().read_to_vec().expect("body"))
+}
+
+fn error_code(body: &[u8]) -> String {
+    let v: serde_json::Value = serde_json::from_slice(body).expect("JSON error body");
+    assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()));
+    v["error"].as_str().expect("error code").to_string()
+}
+
+fn count(dir: &Path, table: &str) -> i64 {
+    let conn = rusqlite::Connection::open(dir.join(crvs_server::DB_FILE)).expect("db");
+    conn.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))
+        .expect("count")
+}
+
+fn enroll_http(url: &str, token: &str) -> Tablet {
+    let key = ed25519_dalek::SigningKey::generate(&mut rand::rng());
+    let body = serde_json::json!({
+        "version": 1,
+        "token": token,
+        "public_key": hex::encode(key.verifying_key().to_bytes()),
+    });
+    let mut resp = agent()
+        .post(format!("{url}/v1/enroll"))
+        .header("content-type", "application/json")
+        .send(body.to_string().as_bytes())
+        .expect("enrol");
+    assert_eq!(resp.status().as_u16(), 200);
+    let r: wire::EnrollResponse =
+        serde_json::from_slice(&resp.body_mut().read_to_vec().expect("body")).expect("json");
+    Tablet::from_enrolment(key, &r.device_id, &r.office)
+}
+
+#[test]
+fn health_answers_ok() {
+    let s = start();
+    let mut resp = agent().get(format!("{}/v1/health", s.url)).call().expect("get");
+    assert_eq!(resp.status().as_u16(), 200);
+    assert!(resp.headers().contains_key("x-request-id"));
+    let v: serde_json::Value =
+        serde_json::from_slice(&resp.body_mut().read_to_vec().expect("body")).expect("json");
+    assert_eq!(v["status"], "ok");
+}
+
+#[test]
+fn a_tablet_enrols_syncs_and_gets_its_kidc_over_http() {
+    let s = start();
+    let token = crvs_server::admin::create_token(&s.server, OFFICE, 60_000).expect("token");
+    let mut tablet = enroll_http(&s.url, &token.token);
+    let id = new_record_id();
+    let mut doc = tablet.new_doc(OFFICE, &birth(), &[Action::Verify, Action::Approve]);
+    let cs = tablet.seal(vec![record_changes(id, Tablet::all_changes(&mut doc))]);
+    let req = tablet.request(vec![cs]);
+    let (status, body) = post_sync(&s.url, &req);
+    assert_eq!(status, 200);
+    let resp = SyncResponse::open(&body, &s.server.signing_key().verifying_key()).expect("signed answer");
+    assert_eq!(resp.request_hash, wire::request_hash(&req));
+    assert_eq!(resp.acks[0].outcome, AckOutcome::Applied);
+    assert_eq!(resp.updates.len(), 1);
+    // The same token again is refused.
+    let again = agent()
+        .post(format!("{}/v1/enroll", s.url))
+        .send(
+            serde_json::json!({"version": 1, "token": token.token, "public_key": hex::encode([7u8; 32])})
+                .to_string()
+                .as_bytes(),
+        )
+        .expect("request");
+    assert!(again.status().is_client_error());
+}
+
+#[test]
+fn random_truncated_and_oversized_bodies_get_clear_json_errors_and_store_nothing() {
+    let s = start();
+    let mut tablet = Tablet::enroll(&s.server, OFFICE);
+    let id = new_record_id();
+    let mut doc = tablet.new_doc(OFFICE, &birth(), &[Action::Verify, Action::Approve]);
+    let cs = tablet.seal(vec![record_changes(id, Tablet::all_changes(&mut doc))]);
+    let req = tablet.request(vec![cs]);
+
+    let mut random = vec![0u8; 10_000];
+    rand::Rng::fill_bytes(&mut rand::rng(), &mut random);
+    let (status, body) = post_sync(&s.url, &random);
+    assert_eq!((status, error_code(&body).as_str()), (400, "malformed"));
+
+    let (status, body) = post_sync(&s.url, &req[..req.len() - 7]);
+    assert_eq!((status, error_code(&body).as_str()), (400, "malformed"));
+
+    let oversized = vec![1u8; wire::MAX_SYNC_REQUEST_BYTES + 1];
+    match agent()
+        .post(format!("{}/v1/sync", s.url))
+        .header(wire::PROTOCOL_HEADER, "1")
+        .send(&oversized[..])
+    {
+        Ok(mut resp) => {
+            assert_eq!(resp.status().as_u16(), 413);
+            assert_eq!(
+                error_code(&resp.body_mut().read_to_vec().expect("body")),
+                "too_large"
+            );
+        }
+        // The server may close the connection after answering 413 before
+        // the client has finished sending; that is a refusal too.
+        Err(e) => assert!(matches!(e, ureq::Error::Io(_)), "{e}"),
+    }
+
+    let mut resp = agent()
+        .post(format!("{}/v1/sync", s.url))
+        .send(&req[..])
+        .expect("request");
+    assert_eq!(resp.status().as_u16(), 400);
+    assert_eq!(
+        error_code(&resp.body_mut().read_to_vec().expect("body")),
+        "unsupported_protocol"
+    );
+
+    let mut resp = agent()
+        .get(format!("{}/v1/nowhere", s.url))
+        .call()
+        .expect("request");
+    assert_eq!(resp.status().as_u16(), 404);
+    assert_eq!(
+        error_code(&resp.body_mut().read_to_vec().expect("body")),
+        "not_found"
+    );
+
+    assert_eq!(count(s._dir.path(), "change_set_log"), 0);
+    assert_eq!(count(s._dir.path(), "records"), 0);
+}
+
+#[test]
+fn a_revoked_device_gets_403_from_its_next_request() {
+    let s = start();
+    let mut tablet = Tablet::enroll(&s.server, OFFICE);
+    let (status, _) = post_sync(&s.url, &tablet.request(vec![]));
+    assert_eq!(status, 200);
+    // Revoke through the CLI, as an operator would, while the server runs.
+    let out = Command::new(env!("CARGO_BIN_EXE_crvs-server"))
+        .args(["revoke", "--json", "--data"])
+        .arg(s._dir.path())
+        .arg(uuid::Uuid::from_bytes(tablet.device_id).to_string())
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert_eq!(v["revoked"], true);
+    let id = new_record_id();
+    let mut doc = tablet.new_doc(OFFICE, &birth(), &[]);
+    let cs = tablet.seal(vec![record_changes(id, Tablet::all_changes(&mut doc))]);
+    let (status, body) = post_sync(&s.url, &tablet.request(vec![cs]));
+    assert_eq!((status, error_code(&body).as_str()), (403, "device_revoked"));
+    assert_eq!(count(s._dir.path(), "records"), 0);
+}
+
+#[test]
+fn two_racing_http_requests_apply_once_and_issue_one_kidc() {
+    let s = start();
+    let mut tablet = Tablet::enroll(&s.server, OFFICE);
+    let id = new_record_id();
+    let mut doc = tablet.new_doc(OFFICE, &birth(), &[Action::Verify, Action::Approve]);
+    let cs = tablet.seal(vec![record_changes(id, Tablet::all_changes(&mut doc))]);
+    let req = tablet.request(vec![cs]);
+    let outcomes: Vec<AckOutcome> = std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..2)
+            .map(|_| {
+                sc.spawn(|| {
+                    let (status, body) = post_sync(&s.url, &req);
+                    assert_eq!(status, 200);
+                    SyncResponse::open(&body, &s.server.signing_key().verifying_key())
+                        .expect("answer")
+                        .acks[0]
+                        .outcome
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().expect("thread")).collect()
+    });
+    assert_eq!(outcomes.iter().filter(|o| **o == AckOutcome::Applied).count(), 1);
+    assert_eq!(count(s._dir.path(), "change_set_log"), 1);
+    assert_eq!(count(s._dir.path(), "kidc_issuance"), 1);
+}
+
+fn cli(dir: &Path, args: &[&str]) -> (bool, serde_json::Value) {
+    let out = Command::new(env!("CARGO_BIN_EXE_crvs-server"))
+        .args(args)
+        .arg("--data")
+        .arg(dir)
+        .output()
+        .expect("run");
+    let stdout = String::from_utf8(out.stdout).expect("utf-8");
+    assert_eq!(stdout.lines().count(), 1, "exactly one line on stdout: {stdout}");
+    (
+        out.status.success(),
+        serde_json::from_str(&stdout).expect("one JSON object"),
+    )
+}
+
+#[test]
+fn the_operator_commands_print_one_json_object() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (ok, v) = cli(dir.path(), &["--json", "enroll-token", "--commune", OFFICE]);
+    assert!(ok);
+    assert_eq!(v["commune"], OFFICE);
+    assert!(v["token"].as_str().is_some_and(|t| t.len() == 32));
+    let (ok, v) = cli(dir.path(), &["enroll-token", "--commune", "99", "--json"]);
+    assert!(!ok);
+    assert_eq!(v["error"], "invalid_argument");
+    let (ok, v) = cli(dir.path(), &["devices", "--json"]);
+    assert!(ok);
+    assert_eq!(v["devices"], serde_json::json!([]));
+    let (ok, v) = cli(
+        dir.path(),
+        &["revoke", "0190a000-0000-7000-8000-000000000000", "--json"],
+    );
+    assert!(!ok);
+    assert_eq!(v["error"], "unknown_device");
+}
+
+#[test]
+fn serve_prints_the_address_it_bound_and_answers_health() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().expect("dir");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_crvs-server"))
+        .args(["--json", "serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(dir.path().join("new-folder"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("line");
+    let v: serde_json::Value = serde_json::from_str(&line).expect("JSON");
+    let addr = v["listening"].as_str().expect("address").to_string();
+    let resp = agent()
+        .get(format!("http://{addr}/v1/health"))
+        .call()
+        .expect("get");
+    assert_eq!(resp.status().as_u16(), 200);
+    child.kill().expect("kill");
+    let _ = child.wait();
+}

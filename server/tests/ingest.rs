@@ -1,0 +1,614 @@
+//! The sync ingest, driven through `Server::handle_sync` on a real SQLite
+//! file: every check of a change set, KIdC issuance, races.
+
+mod support;
+
+use std::path::Path;
+
+use automerge::{AutoCommit, ObjType, ReadDoc, transaction::Transactable};
+use crvs_schema::Kidc;
+use crvs_schema::record;
+use crvs_schema::wire::{AckOutcome, RefusalCode};
+use crvs_schema::workflow::Action;
+use crvs_server::{ApiError, Server, admin};
+use support::{OFFICE, Tablet, birth, new_record_id, open_response, record_changes};
+
+fn server() -> (tempfile::TempDir, Server) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = Server::open(dir.path()).expect("server opens");
+    (dir, server)
+}
+
+fn count(dir: &Path, sql: &str) -> i64 {
+    let conn = rusqlite::Connection::open(dir.join(crvs_server::DB_FILE)).expect("db");
+    conn.query_row(sql, [], |r| r.get(0)).expect("count")
+}
+
+fn kidcs(dir: &Path) -> Vec<(String, String)> {
+    let conn = rusqlite::Connection::open(dir.join(crvs_server::DB_FILE)).expect("db");
+    let mut st = conn
+        .prepare("SELECT record_id, kidc FROM kidc_issuance ORDER BY record_id")
+        .expect("prepare");
+    st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .expect("query")
+        .collect::<Result<_, _>>()
+        .expect("rows")
+}
+
+/// An approved birth's change set for `tablet`.
+fn approved_birth(tablet: &mut Tablet) -> ([u8; 16], Vec<u8>) {
+    let id = new_record_id();
+    let mut doc = tablet.new_doc(OFFICE, &birth(), &[Action::Verify, Action::Approve]);
+    let cs = tablet.seal(vec![record_changes(id, Tablet::all_changes(&mut doc))]);
+    (id, cs)
+}
+
+/// The KIdC written into a record by the server's changes in an answer.
+fn kidc_in_updates(
+    resp: &crvs_schema::wire::SyncResponse,
+    record_id: [u8; 16],
+    doc: &mut AutoCommit,
+) -> Option<Kidc> {
+    for u in resp.updates.iter().filter(|u| u.record_id == record_id) {
+        let changes = u
+            .changes
+            .iter()
+            .map(|c| automerge::Change::from_bytes(c.clone()).expect("server change decodes"));
+        doc.apply_changes(changes).expect("server changes apply");
+    }
+    record::read(doc).expect("record reads").server.kidc
+}
+
+#[test]
+fn approved_births_get_valid_distinct_kidcs_that_reach_the_tablet() {
+    let (dir, server) = server();
+    let mut tablet = Tablet::enroll(&server, OFFICE);
+    let mut docs = Vec::new();
+    let mut records = Vec::new();
+    for _ in 0..20 {
+        let id = new_record_id();
+        let mut doc = tablet.new_doc(OFFICE, &birth(), &[Action::Verify, Action::Approve]);
+        records.push(record_changes(id, Tablet::all_changes(&mut doc)));
+        docs.push((id, doc));
+    }
+    let cs = tablet.seal(records);
+    let resp = open_response(
+        &server,
+        &server.handle_sync(&tablet.request(vec![cs])).expect("sync"),
+    );
+    assert!(resp.refusal.is_none());
+    assert_eq!(resp.acks.len(), 1);
+    assert_eq!(resp.acks[0].outcome, AckOutcome::Applied);
+    assert_eq!(resp.next_seq, 2);
+    let mut seen = std::collections::HashSet::new();
+    for (id, doc) in &mut docs {
+        let kidc = kidc_in_updates(&resp, *id, doc).expect("every approved birth has a KIdC");
+        assert!(Kidc::parse(kidc.as_str()).is_ok());
+        assert_eq!(kidc.category(), crvs_schema::kidc::Category::CITIZEN);
+        assert!(seen.insert(kidc.to_string()), "KIdCs are distinct");
+        let view = record::read(doc).expect("reads");
+        assert_eq!(
+            view.status().expect("status"),
+            crvs_schema::workflow::Status::Registered
+        );
+        assert!(view.server.received_at_ms.is_some());
+    }
+    assert_eq!(kidcs(dir.path()).len(), 20);
+}
+
+#[test]
+fn a_birth_is_registered_only_once_it_is_approved() {
+    let (dir, server) = server();
+    let mut tablet = Tablet::enroll(&server, OFFICE);
+    let id = new_record_id();
+    let mut doc = tablet.new_doc(OFFICE, &birth(), &[]);
+    let cs1 = tablet.seal(vec![record_changes(id, Tablet::all_changes(&mut doc))]);
+    let heads = doc.get_heads();
+    record::append_transition(&mut doc, &support::step(Action::Verify, "checker")).expect("verify");
+    let cs2 = tablet.seal(vec![record_changes(id, Tablet::changes_since(&mut doc, &heads))]);
+    let r = open_response(
+        &server,
+        &server.handle_sync(&tablet.request(vec![cs1, cs2])).expect("sync"),
+    );
+    assert_eq!(r.acks.len(), 2);
+    assert_eq!(kidcs(dir.path()).len(), 0, "no KIdC before approval");
+    tablet.cursor = r.cursor;
+    // The tablet merges the server's changes, then approves.
+    for u in &r.updates {
+        let changes = u
+            .changes
+            .iter()
+            .map(|c| automerge::Change::from_bytes(c.clone()).expect("decodes"));
+        doc.apply_changes(changes).expect("applies");
+    }
+    let heads = doc.get_heads();
+    record::append_transition(&mut doc, &support::step(Action::Approve, "registrar")).expect("approve");
+    let cs3 = tablet.seal(vec![record_changes(id, Tablet::changes_since(&mut doc, &heads))]);
+    let r = open_response(
+        &server,
+        &server.handle_sync(&tablet.request(vec![cs3])).expect("sync"),
+    );
+    assert!(r.refusal.is_none(), "{:?}", r.refusal);
+    assert!(kidc_in_updates(&r, id, &mut doc).is_some());
+    assert_eq!(kidcs(dir.path()).len(), 1);
+}
+
+#[test]
+fn resent_change_set_is_acknowledged_again_and_applied_once() {
+    let (dir, server) = server();
+    let mut tablet = Tablet::enroll(&server, OFFICE);
+    let (_, cs) = approved_birth(&mut tablet);
+    let first = open_response(
+        &server,
+        &server
+            .handle_sync(&tablet.request(vec![cs.clone()]))
+            .expect("sync"),
+    );
+    assert_eq!(first.acks[0].outcome, AckOutcome::Applied);
+    for _ in 0..3 {
+        let again = open_response(
+            &server,
+            &server
+                .handle_sync(&tablet.request(vec![cs.clone()]))
+                .expect("sync"),
+        );
+        assert!(again.refusal.is_none());
+        assert_eq!(again.acks[0].outcome, AckOutcome::AlreadyApplied);
+        assert_eq!(again.acks[0].hash, first.acks[0].hash);
+        assert_eq!(again.next_seq, 2);
+    }
+    assert_eq!(count(dir.path(), "SELECT COUNT(*) FROM change_set_log"), 1);
+    assert_eq!(count(dir.path(), "SELECT COUNT(*) FROM records"), 1);
+    assert_eq!(count(dir.path(), "SELECT COUNT(*) FROM kidc_issuance"), 1);
+}
+
+#[test]
+fn a_different_change_set_under_an_applied_sequence_number_is_refused() {
+    let (_dir, server) = server();
+    let mut tablet = Tablet::enroll(&server, OFFICE);
+    let (_, cs) = approved_birth(&mut tablet);
+    server.handle_sync(&tablet.request(vec![cs])).expect("sync");
+    tablet.next_seq = 1;
+    tablet.last_hash = [0; 32];
+    let (_, other) = approved_birth(&mut tablet);
+    let r = open_response(
+        &server,
+        &server.handle_sync(&tablet.request(vec![other])).expect("sync"),
+    );
+    assert_eq!(r.refusal.expect("refused").code, RefusalCode::HashChainMismatch);
+}
+
+#[test]
+fn a_sequence_gap_is_refused_with_the_expected_number() {
+    let (dir, server) = server();
+    let mut tablet = Tablet::enroll(&server, OFFICE);
+    let (_, cs1) = approved_birth(&mut tablet);
+    let (_, _cs2) = approved_birth(&mut tablet);
+    let (_, cs3) = approved_birth(&mut tablet);
+    let r = open_response(
+        &server,
+        &server.handle_sync(&tablet.request(vec![cs1, cs3])).expect("sync"),
+    );
+    assert_eq!(r.acks.len(), 1, "the change set before the gap stands");
+    let refusal = r.refusal.expect("refused");
+    assert_eq!(refusal.code, RefusalCode::SequenceGap);
+    assert_eq!(refusal.seq, 3);
+    assert_eq!(refusal.expected_seq, Some(2));
+    assert_eq!(r.next_seq, 2);
+    assert_eq!(count(dir.path(), "SELECT COUNT(*) FROM change_set_log"), 1);
+    assert_eq!(count(dir.path(), "SELECT COUNT(*) FROM records"), 1);
+}
+
+#[test]
+fn a_change_set_with_a_bad_signature_is_refused_and_stores_nothing() {
+    let (dir, server) = server();
+    let mut tablet = Tablet::enroll(&server, OFFICE);
+    let (_, mut cs) = approved_birth(&mut tablet);
+    cs[40] ^= 0x01; // inside the signature
+    let r = open_response(
+        &server,
+        &server.handle_sync(&tablet.request(vec![cs])).expect("sync"),
+    );
+    assert_eq!(r.refusal.expect("refused").code, RefusalCode::BadSignature);
+    assert!(r.acks.is_empty());
+    assert_eq!(count(dir.path(), "SELECT COUNT(*) FROM change_set_log"), 0);
+    assert_eq!(count(dir.path(), "SELECT COUNT(*) FROM records"), 0);
+}
+
+#[test]
+fn a_change_set_signed_by_another_key_is_refused() {
+    let (_dir, server) = server();
+    let mut tablet = Tablet::enroll(&server, OFFICE);
+    let real = tablet.key.clone();
+    tablet.key = ed25519_dalek::SigningKey::generate(&mut rand::rng());
+    let (_, cs) = approved_birth(&mut tablet);
+    tablet.key = real;
+    let r = open_response(
+        &server,
+        &server.handle_sync(&tablet.request(vec![cs])).expect("sync"),
+    );
+    assert_eq!(r.refusal.expect("refused").code, RefusalCode::BadSignature);
+}
+
+#[test]
+fn a_request_signed_by_another_key_is_unauthorized() {
+    let (_dir, server) = server();
+    let mut tablet = Tablet::enroll(&server, OFFICE);
+    let (_, cs) = approved_birth(&mut tablet);
+    tablet.key = ed25519_dalek::SigningKey::generate(&mut rand::rng());
+    let err = server
+        .handle_sync(&tablet.request(vec![cs]))
+        .expect_err("refused");
+    assert!(matches!(err, ApiError::BadRequestSignature));
+}
+
+#[test]
+fn a_change_set_writing_a_record_of_another_commune_is_refused() {
+    let (dir, server) = server();
+    let mut tablet = Tablet::enroll(&server, OFFICE);
+    let id = new_record_id();
+    let mut doc = tablet.new_doc("120101", &birth(), &[Action::Verify, Action::Approve]);
+    let cs = tablet.seal(vec![record_changes(id, Tablet::all_changes(&mut doc))]);
+    let r = open_response(
+        &server,
+        &server.handle_sync(&tablet.request(vec![cs])).expect("sync"),
+    );
+    assert_eq!(r.refusal.expect("refused").code, RefusalCode::OutOfScope);
+    assert_eq!(count(dir.path(), "SELECT COUNT(*) FROM records"), 0);
+    assert_eq!(count(dir.path(), "SELECT COUNT(*) FROM kidc_issuance"), 0);
+}
+
+#[test]
+fn a_change_set_writing_a_record_of_another_device_is_refused() {
+    let (_dir, server) = server();
+    let mut a = Tablet::enroll(&server, OFFICE);
+    let mut b = Tablet::enroll(&server, OFFICE);
+    let id = new_record_id();
+    let mut doc = a.new_doc(OFFICE, &birth(), &[]);
+    let cs = a.seal(vec![record_changes(id, Tablet::all_changes(&mut doc))]);
+    server.handle_sync(&a.request(vec![cs])).expect("sync");
+    let heads = doc.get_heads();
+    record::append_transition(&mut doc, &support::step(Action::Verify, "checker")).expect("verify");
+    let cs = b.seal(vec![record_changes(id, Tablet::changes_since(&mut doc, &heads))]);
+    let r = open_response(&server, &server.handle_sync(&b.request(vec![cs])).expect("sync"));
+    assert_eq!(r.refusal.expect("refused").code, RefusalCode::OutOfScope);
+}
+
+#[test]
+fn a_change_set_setting_a_kidc_itself_is_refused() {
+    let (dir, server) = server();
+    let mut tablet = Tablet::enroll(&server, OFFICE);
+    let id = new_record_id();
+    let mut doc = tablet.new_doc(OFFICE, &birth(), &[Action::Verify, Action::Approve]);
+    let s = doc
+        .put_object(automerge::ROOT, record::SERVER, ObjType::Map)
+        .expect("map");
+    doc.put(&s, "kidc", "1000000019").expect("put");
+    let cs = tablet.seal(vec![record_changes(id, Tablet::all_changes(&mut doc))]);
+    let r = open_response(
+        &server,
+        &server.handle_sync(&tablet.request(vec![cs])).expect("sync"),
+    );
+    assert_eq!(r.refusal.expect("refused").code, RefusalCode::ServerOwnedField);
+    assert_eq!(count(dir.path(), "SELECT COUNT(*) FROM records"), 0);
+    assert_eq!(count(dir.path(), "SELECT COUNT(*) FROM kidc_issuance"), 0);
+}
+
+#[test]
+fn a_change_made_with_the_servers_actor_id_is_refused() {
+    let (_dir, server) = server();
+    let mut tablet = Tablet::enroll(&server, OFFICE);
+    let id = new_record_id();
+    let mut doc = record::new_record(
+        server.actor().clone(),
+        record::RecordKind::Birth,
+        OFFICE,
+        &birth(),
+        &support::step(Action::Submit, "clerk"),
+    )
+    .expect("record");
+    let changes = Tablet::all_changes(&mut doc);
+    let cs = tablet.seal(vec![record_changes(id, changes)]);
+    let r = open_response(
+        &server,
+        &server.handle_sync(&tablet.request(vec![cs])).expect("sync"),
+    );
+    assert_eq!(r.refusal.expect("refused").code, RefusalCode::ServerOwnedField);
+}
+
+#[test]
+fn the_same_record_resent_or_reapproved_never_gets_a_second_kidc() {
+    let (dir, server) = server();
+    let mut tablet = Tablet::enroll(&server, OFFICE);
+    let id = new_record_id();
+    let mut doc = tablet.new_doc(OFFICE, &birth(), &[Action::Verify, Action::Approve]);
+    let all = Tablet::all_changes(&mut doc);
+    let cs1 = tablet.seal(vec![record_changes(id, all.clone())]);
+    // The same changes again in a new change set: nothing new for the record.
+    let cs2 = tablet.seal(vec![record_changes(id, all)]);
+    // A second approval is a workflow error.
+    let heads = doc.get_heads();
+    record::append_transition(&mut doc, &support::step(Action::Approve, "registrar")).expect("append");
+    let cs3 = tablet.seal(vec![record_changes(id, Tablet::changes_since(&mut doc, &heads))]);
+    let r = open_response(
+        &server,
+        &server
+            .handle_sync(&tablet.request(vec![cs1, cs2, cs3]))
+            .expect("sync"),
+    );
+    assert_eq!(r.acks.len(), 2);
+    assert_eq!(r.refusal.expect("refused").code, RefusalCode::InvalidRecord);
+    assert_eq!(kidcs(dir.path()).len(), 1);
+}
+
+#[test]
+fn a_birth_invalid_by_the_servers_date_is_held_without_a_kidc() {
+    let (dir, server) = server();
+    let mut tablet = Tablet::enroll(&server, OFFICE);
+    let mut data = birth();
+    data["child"]["date_of_birth"] = serde_json::json!("2099-01-01");
+    let id = new_record_id();
+    let mut doc = tablet.new_doc(OFFICE, &data, &[Action::Verify, Action::Approve]);
+    let cs = tablet.seal(vec![record_changes(id, Tablet::all_changes(&mut doc))]);
+    let r = open_response(
+        &server,
+        &server.handle_sync(&tablet.request(vec![cs])).expect("sync"),
+    );
+    assert!(r.refusal.is_none(), "held, not refused");
+    assert_eq!(r.acks[0].outcome, AckOutcome::Applied);
+    assert!(kidc_in_updates(&r, id, &mut doc).is_none());
+    let view = record::read(&doc).expect("reads");
+    assert_eq!(view.server.hold.as_deref(), Some("invalid_on_receipt"));
+    assert_eq!(kidcs(dir.path()).len(), 0);
+}
+
+#[test]
+fn a_foreign_residents_child_gets_the_foreign_resident_category() {
+    let (_dir, server) = server();
+    let mut tablet = Tablet::enroll(&server, OFFICE);
+    let mut data = birth();
+    data["mother"]["nationality"] = serde_json::json!("THA");
+    data["father"]["nationality"] = serde_json::json!("VNM");
+    let id = new_record_id();
+    let mut doc = tablet.new_doc(OFFICE, &data, &[Action::Verify, Action::Approve]);
+    let cs = tablet.seal(vec![record_changes(id, Tablet::all_changes(&mut doc))]);
+    let r = open_response(
+        &server,
+        &server.handle_sync(&tablet.request(vec![cs])).expect("sync"),
+    );
+    let kidc = kidc_in_updates(&r, id, &mut doc).expect("kidc");
+    assert_eq!(kidc.category(), crvs_schema::kidc::Category::FOREIGN_RESIDENT);
+}
+
+#[test]
+fn two_racing_requests_apply_once_and_issue_one_kidc() {
+    let (dir, server) = server();
+    let mut tablet = Tablet::enroll(&server, OFFICE);
+    let (_, cs) = approved_birth(&mut tablet);
+    let req = tablet.request(vec![cs]);
+    let outcomes: Vec<AckOutcome> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                s.spawn(|| open_response(&server, &server.handle_sync(&req).expect("sync")).acks[0].outcome)
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("thread")).collect()
+    });
+    assert_eq!(outcomes.iter().filter(|o| **o == AckOutcome::Applied).count(), 1);
+    assert_eq!(count(dir.path(), "SELECT COUNT(*) FROM change_set_log"), 1);
+    assert_eq!(count(dir.path(), "SELECT COUNT(*) FROM kidc_issuance"), 1);
+}
+
+#[test]
+fn the_pull_feed_pages_and_resumes_from_the_cursor() {
+    let (_dir, server) = server();
+    let mut tablet = Tablet::enroll(&server, OFFICE);
+    let (_, cs) = approved_birth(&mut tablet);
+    let r = open_response(
+        &server,
+        &server.handle_sync(&tablet.request(vec![cs])).expect("sync"),
+    );
+    assert_eq!(r.updates.len(), 1);
+    assert!(r.cursor > 0);
+    assert!(!r.more);
+    tablet.cursor = r.cursor;
+    let again = open_response(
+        &server,
+        &server.handle_sync(&tablet.request(vec![])).expect("sync"),
+    );
+    assert!(again.updates.is_empty(), "nothing new after the cursor");
+    assert_eq!(again.cursor, r.cursor);
+}
+
+#[test]
+fn a_revoked_device_is_refused_from_its_next_request() {
+    let (dir, server) = server();
+    let mut tablet = Tablet::enroll(&server, OFFICE);
+    let (_, cs1) = approved_birth(&mut tablet);
+    server.handle_sync(&tablet.request(vec![cs1])).expect("sync");
+    admin::revoke(&server, &uuid::Uuid::from_bytes(tablet.device_id).to_string()).expect("revoke");
+    let (_, cs2) = approved_birth(&mut tablet);
+    let err = server
+        .handle_sync(&tablet.request(vec![cs2]))
+        .expect_err("refused");
+    assert!(matches!(err, ApiError::DeviceRevoked));
+    assert_eq!(err.status().as_u16(), 403);
+    assert_eq!(count(dir.path(), "SELECT COUNT(*) FROM change_set_log"), 1);
+}
+
+#[test]
+fn an_unknown_device_is_unauthorized() {
+    let (_dir, server) = server();
+    let mut tablet = Tablet::enroll(&server, OFFICE);
+    tablet.device_id = new_record_id();
+    let err = server.handle_sync(&tablet.request(vec![])).expect_err("refused");
+    assert_eq!(err.status().as_u16(), 401);
+}
+
+#[test]
+fn an_enrolment_token_works_once() {
+    let (_dir, server) = server();
+    let token = admin::create_token(&server, OFFICE, 3_600_000).expect("token");
+    let req = |token: &str| crvs_schema::wire::EnrollRequest {
+        version: 1,
+        token: token.into(),
+        public_key: hex::encode(
+            ed25519_dalek::SigningKey::generate(&mut rand::rng())
+                .verifying_key()
+                .to_bytes(),
+        ),
+    };
+    let ok = admin::enroll(&server, &req(&token.token)).expect("first enrolment");
+    assert_eq!(ok.office, OFFICE);
+    assert!(matches!(
+        admin::enroll(&server, &req(&token.token)),
+        Err(ApiError::TokenUsed)
+    ));
+    assert!(matches!(
+        admin::enroll(&server, &req("nope")),
+        Err(ApiError::UnknownToken)
+    ));
+    let expired = admin::create_token(&server, OFFICE, 1).expect("token");
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    assert!(matches!(
+        admin::enroll(&server, &req(&expired.token)),
+        Err(ApiError::TokenExpired)
+    ));
+    assert!(
+        admin::create_token(&server, "1710", 1000).is_err(),
+        "a province is not a commune"
+    );
+}
+
+#[test]
+fn racing_enrolments_with_one_token_enrol_one_device() {
+    let (_dir, server) = server();
+    let token = admin::create_token(&server, OFFICE, 3_600_000).expect("token");
+    let results: Vec<bool> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                s.spawn(|| {
+                    admin::enroll(
+                        &server,
+                        &crvs_schema::wire::EnrollRequest {
+                            version: 1,
+                            token: token.token.clone(),
+                            public_key: hex::encode(
+                                ed25519_dalek::SigningKey::generate(&mut rand::rng())
+                                    .verifying_key()
+                                    .to_bytes(),
+                            ),
+                        },
+                    )
+                    .is_ok()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("thread")).collect()
+    });
+    assert_eq!(results.iter().filter(|ok| **ok).count(), 1);
+    assert_eq!(admin::devices(&server).expect("devices").len(), 1);
+}
+
+#[test]
+fn the_issuance_log_and_the_change_set_log_refuse_update_and_delete() {
+    let (dir, server) = server();
+    let mut tablet = Tablet::enroll(&server, OFFICE);
+    let (_, cs) = approved_birth(&mut tablet);
+    server.handle_sync(&tablet.request(vec![cs])).expect("sync");
+    let conn = rusqlite::Connection::open(dir.path().join(crvs_server::DB_FILE)).expect("db");
+    for sql in [
+        "UPDATE kidc_issuance SET kidc = '1000000019'",
+        "DELETE FROM kidc_issuance",
+        "UPDATE change_set_log SET seq = 9",
+        "DELETE FROM change_set_log",
+    ] {
+        let err = conn.execute(sql, []).expect_err(sql);
+        assert!(err.to_string().contains("append-only"), "{sql}: {err}");
+    }
+    assert_eq!(count(dir.path(), "SELECT COUNT(*) FROM kidc_issuance"), 1);
+    assert_eq!(count(dir.path(), "SELECT COUNT(*) FROM change_set_log"), 1);
+}
+
+#[test]
+fn a_device_clock_off_by_more_than_a_day_is_flagged() {
+    let dir = tempfile::tempdir().expect("dir");
+    let clock: crvs_server::Clock = std::sync::Arc::new(|| support::now_ms() + 3 * 24 * 3600 * 1000);
+    let server = Server::open_with_clock(dir.path(), clock).expect("open");
+    let tablet = Tablet::enroll(&server, OFFICE);
+    server.handle_sync(&tablet.request(vec![])).expect("sync");
+    let devices = admin::devices(&server).expect("devices");
+    assert!(devices[0].clock_flagged);
+    assert!(devices[0].last_sync.is_some());
+}
+
+#[test]
+fn random_and_truncated_bodies_are_malformed_and_store_nothing() {
+    let (dir, server) = server();
+    let mut tablet = Tablet::enroll(&server, OFFICE);
+    let (_, cs) = approved_birth(&mut tablet);
+    let req = tablet.request(vec![cs]);
+    let mut random = vec![0u8; 4096];
+    rand::Rng::fill_bytes(&mut rand::rng(), &mut random);
+    for body in [random.as_slice(), &req[..req.len() / 2], &req[..10], &[]] {
+        let err = server.handle_sync(body).expect_err("refused");
+        assert_eq!(err.status().as_u16(), 400, "{err}");
+    }
+    let mut oversized = req.clone();
+    oversized.resize(crvs_schema::wire::MAX_SYNC_REQUEST_BYTES + 1, 0);
+    assert_eq!(
+        server
+            .handle_sync(&oversized)
+            .expect_err("refused")
+            .status()
+            .as_u16(),
+        413
+    );
+    assert_eq!(count(dir.path(), "SELECT COUNT(*) FROM change_set_log"), 0);
+    assert_eq!(count(dir.path(), "SELECT COUNT(*) FROM records"), 0);
+}
+
+#[test]
+fn a_reopened_server_keeps_its_key_actor_and_data() {
+    let (dir, server) = server();
+    let mut tablet = Tablet::enroll(&server, OFFICE);
+    let (_, cs) = approved_birth(&mut tablet);
+    server
+        .handle_sync(&tablet.request(vec![cs.clone()]))
+        .expect("sync");
+    let key = server.signing_key().verifying_key();
+    let actor = server.actor().clone();
+    drop(server);
+    let server = Server::open(dir.path()).expect("reopen");
+    assert_eq!(server.signing_key().verifying_key(), key);
+    assert_eq!(server.actor(), &actor);
+    let r = open_response(
+        &server,
+        &server.handle_sync(&tablet.request(vec![cs])).expect("sync"),
+    );
+    assert_eq!(r.acks[0].outcome, AckOutcome::AlreadyApplied);
+}
+
+#[test]
+fn a_stored_record_document_loads_with_automerge() {
+    let (dir, server) = server();
+    let mut tablet = Tablet::enroll(&server, OFFICE);
+    let (id, cs) = approved_birth(&mut tablet);
+    server.handle_sync(&tablet.request(vec![cs])).expect("sync");
+    let conn = rusqlite::Connection::open(dir.path().join(crvs_server::DB_FILE)).expect("db");
+    let doc: Vec<u8> = conn
+        .query_row(
+            "SELECT doc FROM records WHERE record_id = ?1",
+            [uuid::Uuid::from_bytes(id).to_string()],
+            |r| r.get(0),
+        )
+        .expect("row");
+    let doc = automerge::Automerge::load(&doc).expect("loads");
+    let view = record::read(&doc).expect("reads");
+    assert!(view.server.kidc.is_some());
+    assert_eq!(
+        view.data.get("child").and_then(|c| c.get("sex")),
+        birth().get("child").and_then(|c| c.get("sex"))
+    );
+    let _ = doc.get(automerge::ROOT, record::SERVER).expect("server part");
+}
