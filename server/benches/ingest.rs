@@ -49,7 +49,7 @@ fn main() {
                 .iter()
                 .map(|b| {
                     let mut doc = tablet.new_doc(support::OFFICE, b, &[Action::Verify, Action::Approve]);
-                    record_changes(support::new_record_id(), Tablet::all_changes(&mut doc))
+                    record_changes(support::new_record_id(), Tablet::document_chunk(&mut doc))
                 })
                 .collect();
             let cs = tablet.seal(recs);

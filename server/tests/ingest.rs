@@ -97,6 +97,36 @@ fn approved_births_get_valid_distinct_kidcs_that_reach_the_tablet() {
 }
 
 #[test]
+fn a_new_record_sent_as_one_document_chunk_is_registered_like_its_changes() {
+    let (dir, server) = server();
+    let mut tablet = Tablet::enroll(&server, OFFICE);
+    let id = new_record_id();
+    let mut doc = tablet.new_doc(OFFICE, &birth(), &[Action::Verify, Action::Approve]);
+    let cs = tablet.seal(vec![record_changes(id, Tablet::document_chunk(&mut doc))]);
+    let resp = open_response(
+        &server,
+        &server.handle_sync(&tablet.request(vec![cs])).expect("sync"),
+    );
+    assert!(resp.refusal.is_none(), "{:?}", resp.refusal);
+    assert!(kidc_in_updates(&resp, id, &mut doc).is_some());
+    assert_eq!(kidcs(dir.path()).len(), 1);
+    // A corrupted document chunk is refused as malformed, nothing stored.
+    let mut bad = Tablet::document_chunk(&mut tablet.new_doc(OFFICE, &birth(), &[]));
+    let last = bad[0].len() - 1;
+    bad[0][last] ^= 0xff;
+    let cs = tablet.seal(vec![record_changes(new_record_id(), bad)]);
+    let resp = open_response(
+        &server,
+        &server.handle_sync(&tablet.request(vec![cs])).expect("sync"),
+    );
+    assert_eq!(
+        resp.refusal.map(|r| r.code),
+        Some(crvs_schema::wire::RefusalCode::Malformed)
+    );
+    assert_eq!(kidcs(dir.path()).len(), 1);
+}
+
+#[test]
 fn a_birth_is_registered_only_once_it_is_approved() {
     let (dir, server) = server();
     let mut tablet = Tablet::enroll(&server, OFFICE);

@@ -16,13 +16,21 @@ pub const OFFICE: &str = "171003";
 
 /// The fixture `birth-sok-dara.json`.
 pub fn birth() -> Value {
-    serde_json::from_str(include_str!("../../../../shared/fixtures/birth-sok-dara.json"))
-        .expect("fixture parses")
+    serde_json::from_str(include_str!("../../../fixtures/birth-sok-dara.json")).expect("fixture parses")
 }
 
 /// The first `n` births of the benchmark data set.
 pub fn bench_births(n: usize) -> Vec<Value> {
-    let text = std::fs::read_to_string("/work/shared/bench/births-10000.jsonl").expect("bench data");
+    // The full data set where it exists (benchmarks), else the committed
+    // sample (tests on a clean clone).
+    let full = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../shared/bench/births-10000.jsonl"
+    );
+    let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures/births-sample.jsonl");
+    let text = std::fs::read_to_string(full)
+        .or_else(|_| std::fs::read_to_string(sample))
+        .expect("bench data");
     text.lines()
         .filter(|l| !l.trim().is_empty())
         .take(n)
@@ -117,6 +125,11 @@ impl Tablet {
             .iter()
             .map(|c| c.raw_bytes().to_vec())
             .collect()
+    }
+
+    /// A new record as a real tablet first sends it: one document chunk.
+    pub fn document_chunk(doc: &mut AutoCommit) -> Vec<Vec<u8>> {
+        vec![doc.save_nocompress()]
     }
 
     /// The changes made since `heads`, raw.
