@@ -22,7 +22,8 @@
 //! letter.
 
 use automerge::{
-    ActorId, AutoCommit, ObjId, ObjType, Prop, ReadDoc, ScalarValue, Value, transaction::Transactable,
+    ActorId, AutoCommit, ObjId, ObjType, Prop, ReadDoc, ScalarValue, ScalarValueRef, Value, ValueRef,
+    transaction::Transactable,
 };
 use serde_json::Value as Json;
 
@@ -258,34 +259,124 @@ pub fn decode_changes(blob: &[u8]) -> Result<Vec<automerge::Change>, RecordError
 
 /// Decodes a record document.
 pub fn read<R: ReadDoc>(doc: &R) -> Result<RecordView, RecordError> {
-    let kind = match get_str(doc, &automerge::ROOT, KIND)? {
+    read_root(doc, &root_entries(doc))
+}
+
+/// The winning value of a map key or list element, its id (for objects
+/// only) and whether concurrent writes left other values beside it.
+struct Entry<'a> {
+    value: ValueRef<'a>,
+    id: Option<ObjId>,
+    conflict: bool,
+}
+
+impl<'a> Entry<'a> {
+    fn new(value: ValueRef<'a>, id: impl FnOnce() -> ObjId, conflict: bool) -> Self {
+        let id = matches!(value, ValueRef::Object(_)).then(id);
+        Entry { value, id, conflict }
+    }
+
+    /// The id of the object this entry holds, if it holds one of type `t`.
+    fn object(&self, t: ObjType) -> Option<&ObjId> {
+        match self.value {
+            ValueRef::Object(ot) if ot == t => self.id.as_ref(),
+            _ => None,
+        }
+    }
+}
+
+/// The root keys of a record document, read in one walk of the root map.
+#[derive(Default)]
+struct RootEntries<'a> {
+    kind: Option<Entry<'a>>,
+    office: Option<Entry<'a>>,
+    data: Option<Entry<'a>>,
+    transitions: Option<Entry<'a>>,
+    server: Option<Entry<'a>>,
+    /// A root key outside the layout is present.
+    unknown: bool,
+}
+
+impl<'a> RootEntries<'a> {
+    fn get(&self, key: &str) -> Option<&Entry<'a>> {
+        match key {
+            KIND => self.kind.as_ref(),
+            OFFICE => self.office.as_ref(),
+            DATA => self.data.as_ref(),
+            TRANSITIONS => self.transitions.as_ref(),
+            SERVER => self.server.as_ref(),
+            _ => None,
+        }
+    }
+}
+
+fn root_entries<R: ReadDoc>(doc: &R) -> RootEntries<'_> {
+    let mut root = RootEntries::default();
+    for item in doc.map_range(automerge::ROOT, ..) {
+        let slot = match item.key.as_ref() {
+            KIND => &mut root.kind,
+            OFFICE => &mut root.office,
+            DATA => &mut root.data,
+            TRANSITIONS => &mut root.transitions,
+            SERVER => &mut root.server,
+            _ => {
+                root.unknown = true;
+                continue;
+            }
+        };
+        *slot = Some(Entry::new(item.value.clone(), || item.id(), item.conflict));
+    }
+    root
+}
+
+fn read_root<R: ReadDoc>(doc: &R, root: &RootEntries<'_>) -> Result<RecordView, RecordError> {
+    let kind = match ref_str(root.kind.as_ref().map(|e| &e.value))? {
         Some(k) => RecordKind::parse(&k).ok_or(RecordError::Malformed("unknown record kind"))?,
         None => return Err(RecordError::Malformed("kind missing")),
     };
-    let office = get_str(doc, &automerge::ROOT, OFFICE)?.ok_or(RecordError::Malformed("office missing"))?;
-    let (data, conflicts) = match doc.get(automerge::ROOT, DATA)? {
-        Some((Value::Object(ObjType::Map), id)) => {
+    let office =
+        ref_str(root.office.as_ref().map(|e| &e.value))?.ok_or(RecordError::Malformed("office missing"))?;
+    let (data, conflicts) = match root.data.as_ref().and_then(|e| e.object(ObjType::Map)) {
+        Some(id) => {
             let mut conflicts = Vec::new();
-            let v = to_json(doc, &id, "", &mut conflicts)?;
+            let v = object_json(doc, ObjType::Map, id, "", &mut conflicts)?;
             (v, conflicts)
         }
-        _ => return Err(RecordError::Malformed("data missing")),
+        None => return Err(RecordError::Malformed("data missing")),
     };
-    let transitions = read_transitions(doc)?;
-    let server = match doc.get(automerge::ROOT, SERVER)? {
-        Some((Value::Object(ObjType::Map), id)) => ServerPart {
-            kidc: match get_str(doc, &id, "kidc")? {
-                Some(s) => {
-                    Some(Kidc::parse(&s).map_err(|_| RecordError::Malformed("server kidc is invalid"))?)
+    let transitions = match root.transitions.as_ref().and_then(|e| e.object(ObjType::List)) {
+        Some(list) => read_transitions(doc, list)?,
+        None => return Err(RecordError::Malformed("transitions list missing")),
+    };
+    let server = match &root.server {
+        Some(e) => match e.object(ObjType::Map) {
+            Some(id) => {
+                let (mut kidc, mut registered, mut received, mut hold) = (None, None, None, None);
+                for item in doc.map_range(id, ..) {
+                    let slot = match item.key.as_ref() {
+                        "kidc" => &mut kidc,
+                        "registered_at_ms" => &mut registered,
+                        "received_at_ms" => &mut received,
+                        "hold" => &mut hold,
+                        _ => continue,
+                    };
+                    *slot = Some(item.value);
                 }
-                None => None,
-            },
-            registered_at_ms: get_int(doc, &id, "registered_at_ms")?,
-            received_at_ms: get_int(doc, &id, "received_at_ms")?,
-            hold: get_str(doc, &id, "hold")?,
+                ServerPart {
+                    kidc: match ref_str(kidc.as_ref())? {
+                        Some(s) => Some(
+                            Kidc::parse(&s).map_err(|_| RecordError::Malformed("server kidc is invalid"))?,
+                        ),
+                        None => None,
+                    },
+                    registered_at_ms: ref_int(registered.as_ref())?,
+                    received_at_ms: ref_int(received.as_ref())?,
+                    hold: ref_str(hold.as_ref())?,
+                }
+            }
+            None => return Err(RecordError::Malformed("server part is not a map")),
         },
         None => ServerPart::default(),
-        Some(_) => return Err(RecordError::Malformed("server part is not a map")),
     };
     Ok(RecordView {
         kind,
@@ -297,48 +388,55 @@ pub fn read<R: ReadDoc>(doc: &R) -> Result<RecordView, RecordError> {
     })
 }
 
-fn read_transitions<R: ReadDoc>(doc: &R) -> Result<Vec<Transition>, RecordError> {
-    let list = match doc.get(automerge::ROOT, TRANSITIONS)? {
-        Some((Value::Object(ObjType::List), id)) => id,
-        _ => return Err(RecordError::Malformed("transitions list missing")),
-    };
+fn read_transitions<R: ReadDoc>(doc: &R, list: &ObjId) -> Result<Vec<Transition>, RecordError> {
     let mut out = Vec::new();
-    for i in 0..doc.length(&list) {
-        let m = match doc.get(&list, i)? {
-            Some((Value::Object(ObjType::Map), id)) => id,
+    for item in doc.list_range(list, ..) {
+        let m = match item.value {
+            ValueRef::Object(ObjType::Map) => item.id(),
             _ => return Err(RecordError::Malformed("transition is not a map")),
         };
-        let action = get_str(doc, &m, "action")?
+        let (mut action, mut by, mut at_ms, mut device, mut reason) = (None, None, None, None, None);
+        for f in doc.map_range(&m, ..) {
+            let slot = match f.key.as_ref() {
+                "action" => &mut action,
+                "by" => &mut by,
+                "at_ms" => &mut at_ms,
+                "device" => &mut device,
+                "reason" => &mut reason,
+                _ => continue,
+            };
+            *slot = Some(f.value);
+        }
+        let action = ref_str(action.as_ref())?
             .and_then(|a| Action::parse(&a))
             .ok_or(RecordError::Malformed("transition action missing or unknown"))?;
         out.push(Transition {
             action,
-            by: get_str(doc, &m, "by")?.ok_or(RecordError::Malformed("transition staff missing"))?,
-            at_ms: get_int(doc, &m, "at_ms")?.ok_or(RecordError::Malformed("transition time missing"))?,
-            device: get_str(doc, &m, "device")?.unwrap_or_default(),
-            reason: get_str(doc, &m, "reason")?,
+            by: ref_str(by.as_ref())?.ok_or(RecordError::Malformed("transition staff missing"))?,
+            at_ms: ref_int(at_ms.as_ref())?.ok_or(RecordError::Malformed("transition time missing"))?,
+            device: ref_str(device.as_ref())?.unwrap_or_default(),
+            reason: ref_str(reason.as_ref())?,
         });
     }
     Ok(out)
 }
 
-fn get_str<R: ReadDoc>(doc: &R, obj: &ObjId, key: &str) -> Result<Option<String>, RecordError> {
-    match doc.get(obj, key)? {
-        Some((Value::Scalar(s), _)) => match s.as_ref() {
-            ScalarValue::Str(s) => Ok(Some(s.to_string())),
-            _ => Err(RecordError::Malformed("expected a string")),
-        },
+/// The string in a (winning) value, if there is a value.
+fn ref_str(v: Option<&ValueRef<'_>>) -> Result<Option<String>, RecordError> {
+    match v {
+        Some(ValueRef::Scalar(ScalarValueRef::Str(s))) => Ok(Some(s.to_string())),
         Some(_) => Err(RecordError::Malformed("expected a string")),
         None => Ok(None),
     }
 }
 
-fn get_int<R: ReadDoc>(doc: &R, obj: &ObjId, key: &str) -> Result<Option<i64>, RecordError> {
-    match doc.get(obj, key)? {
-        Some((Value::Scalar(s), _)) => match s.as_ref() {
-            ScalarValue::Int(i) => Ok(Some(*i)),
-            ScalarValue::Uint(u) => Ok(i64::try_from(*u).ok()),
-            ScalarValue::Timestamp(t) => Ok(Some(*t)),
+/// The integer in a (winning) value, if there is a value.
+fn ref_int(v: Option<&ValueRef<'_>>) -> Result<Option<i64>, RecordError> {
+    match v {
+        Some(ValueRef::Scalar(s)) => match s {
+            ScalarValueRef::Int(i) => Ok(Some(*i)),
+            ScalarValueRef::Uint(u) => Ok(i64::try_from(*u).ok()),
+            ScalarValueRef::Timestamp(t) => Ok(Some(*t)),
             _ => Err(RecordError::Malformed("expected an integer")),
         },
         Some(_) => Err(RecordError::Malformed("expected an integer")),
@@ -404,62 +502,68 @@ fn scalar_json(s: &ScalarValue) -> Json {
     }
 }
 
-/// Reads an object as JSON, collecting the paths where concurrent writes
-/// left more than one value (the winner is shown, the conflict is listed).
-fn to_json<R: ReadDoc>(
+/// [`scalar_json`] for a borrowed scalar.
+fn scalar_ref_json(s: &ScalarValueRef<'_>) -> Json {
+    match s {
+        ScalarValueRef::Str(s) => Json::String(s.to_string()),
+        ScalarValueRef::Int(i) => Json::from(*i),
+        ScalarValueRef::Uint(u) => Json::from(*u),
+        ScalarValueRef::F64(f) => serde_json::Number::from_f64(*f).map_or(Json::Null, Json::Number),
+        ScalarValueRef::Boolean(b) => Json::Bool(*b),
+        ScalarValueRef::Timestamp(t) => Json::from(*t),
+        _ => Json::Null,
+    }
+}
+
+fn join_path(path: &str, k: &str) -> String {
+    if path.is_empty() {
+        k.to_string()
+    } else {
+        format!("{path}.{k}")
+    }
+}
+
+/// Reads an object of type `t` as JSON, collecting the paths where
+/// concurrent writes left more than one value (the winner is shown, the
+/// conflict is listed).
+fn object_json<R: ReadDoc>(
     doc: &R,
+    t: ObjType,
     obj: &ObjId,
     path: &str,
     conflicts: &mut Vec<String>,
 ) -> Result<Json, RecordError> {
-    let join = |k: &str| {
-        if path.is_empty() {
-            k.to_string()
-        } else {
-            format!("{path}.{k}")
-        }
-    };
-    match doc.object_type(obj)? {
+    match t {
         ObjType::Map | ObjType::Table => {
             let mut out = serde_json::Map::new();
-            for k in doc.keys(obj) {
-                let p = join(&k);
-                if doc.get_all(obj, k.as_str())?.len() > 1 {
+            for item in doc.map_range(obj, ..) {
+                let p = join_path(path, &item.key);
+                if item.conflict {
                     conflicts.push(p.clone());
                 }
-                if let Some((v, id)) = doc.get(obj, k.as_str())? {
-                    out.insert(k, value_json(doc, v, &id, &p, conflicts)?);
-                }
+                let v = match &item.value {
+                    ValueRef::Object(t) => object_json(doc, *t, &item.id(), &p, conflicts)?,
+                    ValueRef::Scalar(s) => scalar_ref_json(s),
+                };
+                out.insert(item.key.into_owned(), v);
             }
             Ok(Json::Object(out))
         }
         ObjType::List => {
             let mut out = Vec::new();
-            for i in 0..doc.length(obj) {
-                let p = join(&i.to_string());
-                if doc.get_all(obj, i)?.len() > 1 {
+            for item in doc.list_range(obj, ..) {
+                let p = join_path(path, &item.index.to_string());
+                if item.conflict {
                     conflicts.push(p.clone());
                 }
-                if let Some((v, id)) = doc.get(obj, i)? {
-                    out.push(value_json(doc, v, &id, &p, conflicts)?);
-                }
+                out.push(match &item.value {
+                    ValueRef::Object(t) => object_json(doc, *t, &item.id(), &p, conflicts)?,
+                    ValueRef::Scalar(s) => scalar_ref_json(s),
+                });
             }
             Ok(Json::Array(out))
         }
         ObjType::Text => Ok(Json::String(doc.text(obj)?)),
-    }
-}
-
-fn value_json<R: ReadDoc>(
-    doc: &R,
-    v: Value<'_>,
-    id: &ObjId,
-    path: &str,
-    conflicts: &mut Vec<String>,
-) -> Result<Json, RecordError> {
-    match v {
-        Value::Object(_) => to_json(doc, id, path, conflicts),
-        Value::Scalar(s) => Ok(scalar_json(&s)),
     }
 }
 
@@ -470,32 +574,56 @@ fn snapshot<R: ReadDoc>(doc: &R, obj: &ObjId, prop: Prop) -> Result<Json, autome
     for (v, id) in doc.get_all(obj, prop)? {
         values.push(match v {
             Value::Scalar(s) => scalar_json(&s),
-            Value::Object(t) => {
-                let mut m = serde_json::Map::new();
-                m.insert("$id".into(), Json::String(id.to_string()));
-                match t {
-                    ObjType::Map | ObjType::Table => {
-                        for k in doc.keys(&id) {
-                            let inner = snapshot(doc, &id, k.as_str().into())?;
-                            m.insert(k, inner);
-                        }
-                    }
-                    ObjType::List => {
-                        let mut items = Vec::new();
-                        for i in 0..doc.length(&id) {
-                            items.push(snapshot(doc, &id, Prop::Seq(i))?);
-                        }
-                        m.insert("$items".into(), Json::Array(items));
-                    }
-                    ObjType::Text => {
-                        m.insert("$text".into(), Json::String(doc.text(&id)?));
-                    }
-                }
-                Json::Object(m)
-            }
+            Value::Object(t) => snapshot_object(doc, t, &id)?,
         });
     }
     Ok(Json::Array(values))
+}
+
+/// [`snapshot`] of a property whose winning value is `entry` (or which has
+/// no value): only a property in conflict needs all its values looked up.
+fn snapshot_entry<R: ReadDoc>(
+    doc: &R,
+    obj: &ObjId,
+    prop: Prop,
+    entry: Option<&Entry<'_>>,
+) -> Result<Json, automerge::AutomergeError> {
+    match entry {
+        None => Ok(Json::Array(vec![])),
+        Some(e) if e.conflict => snapshot(doc, obj, prop),
+        Some(e) => Ok(Json::Array(vec![match (&e.value, &e.id) {
+            (ValueRef::Object(t), Some(id)) => snapshot_object(doc, *t, id)?,
+            (ValueRef::Object(_), None) => unreachable!("an object entry carries its id"),
+            (ValueRef::Scalar(s), _) => scalar_ref_json(s),
+        }])),
+    }
+}
+
+/// The rendering of one object in a [`snapshot`]: its id and its content.
+fn snapshot_object<R: ReadDoc>(doc: &R, t: ObjType, id: &ObjId) -> Result<Json, automerge::AutomergeError> {
+    let mut m = serde_json::Map::new();
+    m.insert("$id".into(), Json::String(id.to_string()));
+    match t {
+        ObjType::Map | ObjType::Table => {
+            for item in doc.map_range(id, ..) {
+                let entry = Entry::new(item.value.clone(), || item.id(), item.conflict);
+                let inner = snapshot_entry(doc, id, item.key.as_ref().into(), Some(&entry))?;
+                m.insert(item.key.into_owned(), inner);
+            }
+        }
+        ObjType::List => {
+            let mut items = Vec::new();
+            for item in doc.list_range(id, ..) {
+                let entry = Entry::new(item.value.clone(), || item.id(), item.conflict);
+                items.push(snapshot_entry(doc, id, Prop::Seq(item.index), Some(&entry))?);
+            }
+            m.insert("$items".into(), Json::Array(items));
+        }
+        ObjType::Text => {
+            m.insert("$text".into(), Json::String(doc.text(id)?));
+        }
+    }
+    Ok(Json::Object(m))
 }
 
 /// Server side: checks that the changes a tablet made, turning `before`
@@ -508,47 +636,44 @@ pub fn check_tablet_changes<R1: ReadDoc, R2: ReadDoc>(
 ) -> Result<RecordView, TabletChangeError> {
     let root = automerge::ROOT;
     let am = |e: automerge::AutomergeError| TabletChangeError::Malformed(e.to_string());
-    for k in after.keys(&root) {
-        if k == SERVER {
-            continue;
-        }
-        if !TABLET_ROOT_KEYS.contains(&k.as_str()) {
-            return Err(TabletChangeError::UnknownRootField);
-        }
+    // One walk of each root map; the snapshots and the view are read from it.
+    let root_after = root_entries(after);
+    if root_after.unknown {
+        return Err(TabletChangeError::UnknownRootField);
     }
-    let server_before = match before {
-        Some(b) => snapshot(b, &root, SERVER.into()).map_err(am)?,
+    let root_before = before.map(|b| (b, root_entries(b)));
+    let server_before = match &root_before {
+        Some((b, rb)) => snapshot_entry(*b, &root, SERVER.into(), rb.get(SERVER)).map_err(am)?,
         None => Json::Array(vec![]),
     };
-    let server_after = snapshot(after, &root, SERVER.into()).map_err(am)?;
+    let server_after = snapshot_entry(after, &root, SERVER.into(), root_after.get(SERVER)).map_err(am)?;
     if server_before != server_after {
         return Err(TabletChangeError::ServerOwnedField(server_field_name(
             &server_after,
         )));
     }
     for key in [KIND, OFFICE, DATA, TRANSITIONS] {
-        let values = after.get_all(&root, key).map_err(am)?;
-        if values.len() != 1 {
+        // Exactly one value: present, and not in conflict.
+        if root_after.get(key).is_none_or(|e| e.conflict) {
             return Err(TabletChangeError::Malformed(format!(
                 "root field '{key}' is missing or in conflict"
             )));
         }
     }
-    if let Some(b) = before {
+    if let Some((b, rb)) = &root_before {
+        let snap_before = |key: &str| snapshot_entry(*b, &root, key.into(), rb.get(key)).map_err(am);
+        let snap_after =
+            |key: &str| snapshot_entry(after, &root, key.into(), root_after.get(key)).map_err(am);
         for key in [KIND, OFFICE] {
-            if snapshot(b, &root, key.into()).map_err(am)?
-                != snapshot(after, &root, key.into()).map_err(am)?
-            {
+            if snap_before(key)? != snap_after(key)? {
                 return Err(TabletChangeError::Immutable(key));
             }
         }
-        let list_before = snapshot(b, &root, TRANSITIONS.into()).map_err(am)?;
-        let list_after = snapshot(after, &root, TRANSITIONS.into()).map_err(am)?;
-        if !is_prefix_list(&list_before, &list_after) {
+        if !is_prefix_list(&snap_before(TRANSITIONS)?, &snap_after(TRANSITIONS)?) {
             return Err(TabletChangeError::TransitionsRewritten);
         }
     }
-    let view = read(after).map_err(|e| match e {
+    let view = read_root(after, &root_after).map_err(|e| match e {
         RecordError::Workflow(w) => TabletChangeError::Workflow(w),
         other => TabletChangeError::Malformed(other.to_string()),
     })?;
@@ -763,5 +888,170 @@ mod tests {
         a.merge(&mut b).unwrap();
         let view = read(&a).unwrap();
         assert_eq!(view.conflicts, vec!["child.family_name".to_string()]);
+    }
+
+    /// The earlier, per-key implementation of [`snapshot`], as a reference.
+    fn snapshot_by_key<R: ReadDoc>(doc: &R, obj: &ObjId, prop: Prop) -> Json {
+        let mut values = Vec::new();
+        for (v, id) in doc.get_all(obj, prop).unwrap() {
+            values.push(match v {
+                Value::Scalar(s) => scalar_json(&s),
+                Value::Object(t) => {
+                    let mut m = serde_json::Map::new();
+                    m.insert("$id".into(), Json::String(id.to_string()));
+                    match t {
+                        ObjType::Map | ObjType::Table => {
+                            for k in doc.keys(&id) {
+                                let inner = snapshot_by_key(doc, &id, k.as_str().into());
+                                m.insert(k, inner);
+                            }
+                        }
+                        ObjType::List => {
+                            let items = (0..doc.length(&id))
+                                .map(|i| snapshot_by_key(doc, &id, Prop::Seq(i)))
+                                .collect();
+                            m.insert("$items".into(), Json::Array(items));
+                        }
+                        ObjType::Text => {
+                            m.insert("$text".into(), Json::String(doc.text(&id).unwrap()));
+                        }
+                    }
+                    Json::Object(m)
+                }
+            });
+        }
+        Json::Array(values)
+    }
+
+    /// The earlier, per-key implementation of [`object_json`], as a reference.
+    fn to_json_by_key<R: ReadDoc>(doc: &R, obj: &ObjId, path: &str, conflicts: &mut Vec<String>) -> Json {
+        let mut one = |prop: Prop, p: String| -> Option<Json> {
+            if doc.get_all(obj, prop.clone()).unwrap().len() > 1 {
+                conflicts.push(p.clone());
+            }
+            doc.get(obj, prop).unwrap().map(|(v, id)| match v {
+                Value::Object(_) => to_json_by_key(doc, &id, &p, conflicts),
+                Value::Scalar(s) => scalar_json(&s),
+            })
+        };
+        match doc.object_type(obj).unwrap() {
+            ObjType::Map | ObjType::Table => Json::Object(
+                doc.keys(obj)
+                    .filter_map(|k| one(k.as_str().into(), join_path(path, &k)).map(|v| (k, v)))
+                    .collect(),
+            ),
+            ObjType::List => Json::Array(
+                (0..doc.length(obj))
+                    .filter_map(|i| one(Prop::Seq(i), join_path(path, &i.to_string())))
+                    .collect(),
+            ),
+            ObjType::Text => Json::String(doc.text(obj).unwrap()),
+        }
+    }
+
+    #[test]
+    fn the_range_walks_match_the_per_key_reads_with_conflicts_everywhere() {
+        let mut data = sample();
+        data["children"] = serde_json::json!(["a", {"x": 1, "y": [true, null, 2.5]}, "c"]);
+        let mut a = new_record(actor(1), RecordKind::Birth, "171003", &data, &submit("clerk")).unwrap();
+        let d = a.get(automerge::ROOT, DATA).unwrap().unwrap().1;
+        let note = a.put_object(&d, "note", ObjType::Text).unwrap();
+        a.splice_text(&note, 0, 0, "hello").unwrap();
+        let mut b = a.fork().with_actor(actor(2));
+        let mut c = a.fork().with_actor(actor(3));
+        for (doc, tag) in [(&mut a, "A"), (&mut b, "B"), (&mut c, "C")] {
+            let d = doc.get(automerge::ROOT, DATA).unwrap().unwrap().1;
+            let child = doc.get(&d, "child").unwrap().unwrap().1;
+            doc.put(&child, "family_name", tag).unwrap();
+            let list = doc.get(&d, "children").unwrap().unwrap().1;
+            doc.put(&list, 0, tag).unwrap();
+            doc.put_object(&list, 1, ObjType::Map).unwrap();
+            doc.put(automerge::ROOT, OFFICE, tag).unwrap();
+            let s = doc.put_object(automerge::ROOT, SERVER, ObjType::Map).unwrap();
+            doc.put(&s, "hold", tag).unwrap();
+            let t = doc.get(automerge::ROOT, TRANSITIONS).unwrap().unwrap().1;
+            let first = doc.get(&t, 0).unwrap().unwrap().1;
+            doc.put(&first, "by", "clerk").unwrap();
+        }
+        a.merge(&mut b).unwrap();
+        a.merge(&mut c).unwrap();
+        let root = root_entries(&a);
+        for key in [KIND, OFFICE, DATA, TRANSITIONS, SERVER, "absent"] {
+            assert_eq!(
+                snapshot_entry(&a, &automerge::ROOT, key.into(), root.get(key)).unwrap(),
+                snapshot_by_key(&a, &automerge::ROOT, key.into()),
+                "{key}"
+            );
+        }
+        let view = read(&a).unwrap();
+        let mut conflicts = Vec::new();
+        let d = a.get(automerge::ROOT, DATA).unwrap().unwrap().1;
+        assert_eq!(view.data, to_json_by_key(&a, &d, "", &mut conflicts));
+        assert_eq!(view.conflicts, conflicts);
+        assert_eq!(
+            view.conflicts,
+            vec!["child.family_name", "children.0", "children.1"]
+        );
+        assert_eq!(view.data["note"], "hello");
+    }
+
+    #[test]
+    fn concurrent_rewrites_hidden_behind_the_winner_are_still_refused() {
+        let mut doc = new_record(actor(1), RecordKind::Birth, "171003", &sample(), &submit("clerk")).unwrap();
+        doc.commit();
+        // Two tablets, from the same state, write the same KIdC; the server
+        // has seen one of them.
+        let mut one = doc.fork().with_actor(actor(2));
+        let mut two = doc.fork().with_actor(actor(3));
+        for t in [&mut one, &mut two] {
+            let s = t.put_object(automerge::ROOT, SERVER, ObjType::Map).unwrap();
+            t.put(&s, "kidc", "1000000019").unwrap();
+        }
+        let mut seen = doc.fork();
+        seen.merge(&mut one).unwrap();
+        let before = copy(&mut seen);
+        seen.merge(&mut two).unwrap();
+        assert!(matches!(
+            check_tablet_changes(Some(&before), &seen),
+            Err(TabletChangeError::ServerOwnedField(_))
+        ));
+
+        // A concurrent rewrite of the first step that loses to the value
+        // the server has seen: the winner is unchanged, the conflict is new.
+        let mut one = doc.fork().with_actor(actor(3));
+        let mut two = doc.fork().with_actor(actor(2));
+        for (t, by) in [(&mut one, "clerk-1"), (&mut two, "clerk-2")] {
+            let list = t.get(automerge::ROOT, TRANSITIONS).unwrap().unwrap().1;
+            let first = t.get(&list, 0).unwrap().unwrap().1;
+            t.put(&first, "by", by).unwrap();
+        }
+        let mut seen = doc.fork();
+        seen.merge(&mut one).unwrap();
+        let before = copy(&mut seen);
+        seen.merge(&mut two).unwrap();
+        let list = seen.get(automerge::ROOT, TRANSITIONS).unwrap().unwrap().1;
+        let first = seen.get(&list, 0).unwrap().unwrap().1;
+        assert_eq!(seen.get_all(&first, "by").unwrap().len(), 2);
+        assert_eq!(
+            read(&seen).unwrap().transitions,
+            read(&before).unwrap().transitions
+        );
+        assert_eq!(
+            check_tablet_changes(Some(&before), &seen).unwrap_err(),
+            TabletChangeError::TransitionsRewritten
+        );
+
+        let mut one = doc.fork().with_actor(actor(2));
+        let mut two = doc.fork().with_actor(actor(3));
+        one.put(automerge::ROOT, KIND, "death").unwrap();
+        two.put(automerge::ROOT, KIND, "marriage").unwrap();
+        let mut seen = doc.fork();
+        seen.merge(&mut one).unwrap();
+        let before = copy(&mut seen);
+        seen.merge(&mut two).unwrap();
+        assert_eq!(
+            check_tablet_changes(Some(&before), &seen).unwrap_err(),
+            TabletChangeError::Malformed("root field 'kind' is missing or in conflict".into())
+        );
     }
 }
