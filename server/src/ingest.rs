@@ -746,8 +746,7 @@ mod tests {
     #[test]
     fn a_child_with_a_khmer_parent_is_a_citizen() {
         let json: serde_json::Value =
-            serde_json::from_str(include_str!("../../fixtures/birth-sok-dara.json"))
-                .expect("fixture");
+            serde_json::from_str(include_str!("../../fixtures/birth-sok-dara.json")).expect("fixture");
         let today = Date::today_in_cambodia(4_102_444_800_000);
         let mut reg = birth::validate(&json, today).expect("valid");
         assert_eq!(kidc_category(&reg), Category::CITIZEN);
