@@ -63,29 +63,63 @@ fn target_dir() -> PathBuf {
         .to_path_buf()
 }
 
+/// `cargo build --quiet ARGS` in the workspace, with the same `cargo` that
+/// runs the tests.
+fn cargo_build(args: &[&str]) {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .current_dir(workspace())
+        .args(["build", "--quiet"])
+        .args(args)
+        .status()
+        .expect("run cargo build");
+    assert!(status.success(), "cargo build {} failed", args.join(" "));
+}
+
 /// Path to a workspace binary, built on first use.
 pub fn bin(name: &str) -> PathBuf {
     static BUILT: OnceLock<()> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .current_dir(workspace())
-            .args([
-                "build",
-                "--quiet",
-                "-p",
-                "crvs-server",
-                "-p",
-                "crvs-core",
-                "--bins",
-            ])
-            .status()
-            .expect("run cargo build");
-        assert!(status.success(), "building the binaries failed");
-    });
+    BUILT.get_or_init(|| cargo_build(&["-p", "crvs-server", "-p", "crvs-core", "--bins"]));
     let path = target_dir().join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
     assert!(path.exists(), "{} is missing", path.display());
     path
+}
+
+/// The `crvs-mobile` shared library (`libcrvs_mobile.so` on Linux), built
+/// on first use together with the bindings generator.
+pub fn mobile_library() -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| cargo_build(&["-p", "crvs-mobile", "-p", "crvs-uniffi-bindgen"]));
+    let name = format!(
+        "{}crvs_mobile{}",
+        std::env::consts::DLL_PREFIX,
+        std::env::consts::DLL_SUFFIX
+    );
+    let path = target_dir().join(name);
+    assert!(path.exists(), "{} is missing", path.display());
+    path
+}
+
+/// Generates the `language` (`python`, `kotlin`, `swift`) bindings of
+/// `crvs-mobile` into `out_dir`, in library mode, and returns the library
+/// they load.
+pub fn generate_bindings(language: &str, out_dir: &Path) -> PathBuf {
+    let library = mobile_library();
+    let bindgen = target_dir().join(format!("uniffi-bindgen{}", std::env::consts::EXE_SUFFIX));
+    let out = Command::new(bindgen)
+        .current_dir(workspace())
+        .args(["generate", "--no-format", "--library"])
+        .arg(&library)
+        .args(["--language", language, "--out-dir"])
+        .arg(out_dir)
+        .output()
+        .expect("run uniffi-bindgen");
+    assert!(
+        out.status.success(),
+        "uniffi-bindgen failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    library
 }
 
 /// The outcome of one CLI command run with `--json`.

@@ -1,0 +1,166 @@
+// The registrar's flow through the generated Kotlin bindings of crvs-mobile,
+// on the JVM (JNA), against a real crvs-server process. Run by run.sh; the
+// same flow as tests/python/flow.py. Environment:
+//
+//   CRVS_SERVER_URL  base URL of the running server
+//   CRVS_TOKEN       a one-time enrolment token for commune 171003
+//   CRVS_WORK_DIR    an empty folder for the tablet store
+//   CRVS_FIXTURES    the fixtures folder
+//
+// On success the last line on stdout is {"record_id":…,"kidc":…}.
+
+package kh.gov.crvs.flow
+
+import java.io.File
+import kh.gov.crvs.CrvsException
+import kh.gov.crvs.RecordStatus
+import kh.gov.crvs.Registrar
+import kh.gov.crvs.SyncPhase
+import kh.gov.crvs.SyncProgress
+import kh.gov.crvs.SyncStep
+import kotlin.system.exitProcess
+import kotlinx.coroutines.runBlocking
+
+const val PASSPHRASE = "a long passphrase the registrar chose"
+const val COMMUNE = "171003"
+var checks = 0
+
+fun check(condition: Boolean, what: () -> String) {
+    if (!condition) throw AssertionError(what())
+    checks++
+}
+
+/** Runs [call] and returns the CrvsException it throws, which must be a [T]. */
+inline fun <reified T : CrvsException> expectError(call: () -> Unit): T {
+    try {
+        call()
+    } catch (e: CrvsException) {
+        check(e is T) { "expected ${T::class.simpleName}, got ${e::class.simpleName}: ${e.message}" }
+        return e as T
+    }
+    throw AssertionError("expected ${T::class.simpleName}, but the call succeeded")
+}
+
+/** DESIGN.md: ten digits; d10 = (11 - S mod 11) mod 11 with S = Σ (11 - i)·d_i. */
+fun kidcIsValid(kidc: String?): Boolean {
+    if (kidc == null || kidc.length != 10 || !kidc.all { it in '0'..'9' }) return false
+    val d = kidc.map { it - '0' }
+    val s = (1..9).sumOf { i -> (11 - i) * d[i - 1] }
+    return d[9] == (11 - s % 11) % 11
+}
+
+/** A top-level string field of the record JSON (the values checked here are never personal data). */
+fun field(json: String, name: String): String? =
+    Regex("\"$name\":\"([^\"]*)\"").find(json)?.groupValues?.get(1)
+
+class Recorder : SyncProgress {
+    val steps = mutableListOf<SyncStep>()
+
+    override fun onStep(step: SyncStep): Boolean {
+        steps.add(step)
+        return true
+    }
+}
+
+class StopAtOnce : SyncProgress {
+    override fun onStep(step: SyncStep): Boolean = false
+}
+
+/** A buggy progress bar: throws as soon as pushing starts. */
+class Throws : SyncProgress {
+    @Volatile var raised = false
+
+    override fun onStep(step: SyncStep): Boolean {
+        if (step.phase == SyncPhase.PUSHING) {
+            raised = true
+            throw IllegalStateException("the progress bar crashed")
+        }
+        return true
+    }
+}
+
+fun flow() {
+    val store = File(System.getenv("CRVS_WORK_DIR"), "tablet").path
+    val fixtures = File(System.getenv("CRVS_FIXTURES"))
+    val birth = File(fixtures, "birth-sok-dara.json").readText()
+    val invalid = File(fixtures, "birth-invalid.json").readText()
+
+    // The store: created once, then opened with the passphrase.
+    Registrar.init(store, PASSPHRASE, COMMUNE).close()
+    expectError<CrvsException.AlreadyInitialized> { Registrar.init(store, PASSPHRASE, COMMUNE) }
+    expectError<CrvsException.WrongPassphrase> { Registrar.open(store, "not the passphrase") }
+    Registrar.open(store, PASSPHRASE).use { registrar ->
+        expectError<CrvsException.NotEnrolled> { runBlocking { registrar.sync(Recorder()) } }
+        val enrollment = registrar.enroll(System.getenv("CRVS_SERVER_URL"), System.getenv("CRVS_TOKEN"))
+        check(enrollment.office == COMMUNE) { "enrolled for office ${enrollment.office}" }
+
+        // A clerk registers the fixture birth; an invalid one names its fields.
+        val id = registrar.registerBirth(birth, "clerk-01")
+        val invalidErr = expectError<CrvsException.InvalidRecord> { registrar.registerBirth(invalid, "clerk-01") }
+        val fields = invalidErr.problems.map { it.field }
+        check(fields.size >= 2 && "child.family_name" in fields) { "problems named $fields" }
+        check(Regex("\"record_id\"").findAll(registrar.listJson()).count() == 1) { "the invalid birth stored nothing" }
+
+        // The clerk may not verify their own record; nothing changes.
+        val same = expectError<CrvsException.NotAllowed> { registrar.verify(id, "clerk-01") }
+        check(same.reason.isNotBlank()) { "NotAllowed carries a reason" }
+        check(field(registrar.recordJson(id), "status") == "submitted") { "still submitted" }
+        expectError<CrvsException.NotFound> { registrar.verify("01234567-89ab-7def-8123-456789abcdef", "x") }
+        expectError<CrvsException.InvalidInput> { registrar.verify("not-a-uuid", "x") }
+
+        // A second staff member verifies, the registrar approves.
+        check(registrar.verify(id, "clerk-02") == RecordStatus.VERIFIED) { "verified" }
+        check(registrar.approve(id, "registrar-01") == RecordStatus.APPROVED) { "approved" }
+
+        runBlocking {
+            // A progress callback that asks to stop: a clean, cancelled report.
+            val stopped = registrar.sync(StopAtOnce())
+            check(stopped.cancelled && stopped.pushed == 0uL) { "cancelled report: $stopped" }
+
+            // A progress callback that throws: the sync fails, the store is intact.
+            val throws = Throws()
+            expectError<CrvsException.CallbackFailed> { registrar.sync(throws) }
+            check(throws.raised) { "the callback threw" }
+            val pending = registrar.recordJson(id)
+            check(field(pending, "kidc") == null && field(pending, "sync_state") == "pending") { "nothing pushed yet" }
+
+            // The next sync completes: pushed, acknowledged, KIdC received.
+            val recorder = Recorder()
+            val report = registrar.sync(recorder)
+            check(!report.cancelled) { "not cancelled" }
+            check(report.pushed == 1uL && report.kidcsReceived == 1uL) { "report: $report" }
+            check(report.pending == 0uL && report.recordsPending == 0uL) { "nothing pending: $report" }
+            val phases = recorder.steps.map { it.phase }
+            check(phases.first() == SyncPhase.PREPARING && phases.last() == SyncPhase.DONE) { "phases $phases" }
+            val pushing = recorder.steps.filter { it.phase == SyncPhase.PUSHING }
+            check(pushing.isNotEmpty() && pushing[0].pushed == 0uL && pushing[0].total == 1uL) { "pushing $pushing" }
+            val last = recorder.steps.last()
+            check(last.pushed == 1uL && last.total == 1uL && last.pulled == 1uL) { "last step $last" }
+        }
+
+        // The record, as `crvs show --json` prints it, now has a valid KIdC.
+        val shown = registrar.recordJson(id)
+        check(field(shown, "record_id") == id) { "the same record" }
+        check(field(shown, "status") == "registered") { "status ${field(shown, "status")}" }
+        check(field(shown, "sync_state") == "synced") { "sync state ${field(shown, "sync_state")}" }
+        val kidc = field(shown, "kidc")
+        check(kidcIsValid(kidc)) { "a valid KIdC, got $kidc" }
+        check(kidc!!.startsWith("1")) { "category 1: the parents are Khmer" }
+        check(field(registrar.listJson(), "kidc") == kidc) { "the list shows the KIdC" }
+
+        System.err.println("$checks passed, 0 failed")
+        println("{\"record_id\":\"$id\",\"kidc\":\"$kidc\",\"device_id\":\"${enrollment.deviceId}\"}")
+    }
+}
+
+fun main() {
+    try {
+        flow()
+    } catch (e: Throwable) {
+        System.err.println("FAILED: $e")
+        e.printStackTrace()
+        exitProcess(1)
+    }
+    // JNA's and the coroutines' threads must not keep the JVM alive.
+    exitProcess(0)
+}

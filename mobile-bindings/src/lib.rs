@@ -1,0 +1,171 @@
+//! `crvs-mobile`: the uniffi facade over [`crvs_core`] for Kotlin (Android),
+//! Swift (iOS) and Python.
+//!
+//! **API boundary:** this crate is the only one that knows about uniffi,
+//! and the only FFI boundary of the tablet engine. It converts types and
+//! errors and holds no logic: every method is one call into
+//! [`crvs_core::Registrar`]. Errors cross as [`CrvsError`], which carries
+//! no personal data.
+//!
+//! The API mirrors the registrar CLI `crvs`: [`Registrar::init`] /
+//! [`Registrar::open`], `enroll`, `register_birth`, `verify`, `approve`,
+//! `reject`, `record_json` (the JSON of `crvs show`), `list_json` and the
+//! async `sync`, which reports to a foreign [`SyncProgress`].
+//!
+//! Every method but `sync` blocks (opening a store runs Argon2id, about
+//! half a second; `enroll` is one HTTP round trip): call them off the UI
+//! thread. `sync` runs the core's blocking sync on a thread of its own and
+//! needs no async runtime on the Rust side.
+
+use std::sync::Arc;
+
+use crvs_core::RecordId;
+
+mod error;
+mod sync;
+
+pub use error::{CrvsError, FieldProblem};
+pub use sync::{SyncPhase, SyncProgress, SyncReport, SyncStep};
+
+uniffi::setup_scaffolding!();
+
+/// Where a record stands in the workflow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum RecordStatus {
+    /// Entered by a clerk, waiting for a second staff member.
+    Submitted,
+    /// Checked by a second staff member, waiting for the registrar.
+    Verified,
+    /// Approved on the tablet; the server has not yet registered it.
+    Approved,
+    /// Rejected, with a reason.
+    Rejected,
+    /// Approved and registered by the server (a birth has its KIdC).
+    Registered,
+    /// Held by the server for review.
+    Held,
+}
+
+impl From<crvs_core::Status> for RecordStatus {
+    fn from(s: crvs_core::Status) -> Self {
+        use crvs_core::Status as S;
+        match s {
+            S::Submitted => RecordStatus::Submitted,
+            S::Verified => RecordStatus::Verified,
+            S::Approved => RecordStatus::Approved,
+            S::Rejected => RecordStatus::Rejected,
+            S::Registered => RecordStatus::Registered,
+            S::Held => RecordStatus::Held,
+        }
+    }
+}
+
+/// What enrolment gave the tablet.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct Enrollment {
+    /// The device id the server assigned.
+    pub device_id: String,
+    /// The office (6-digit commune code) the device may write.
+    pub office: String,
+}
+
+impl From<crvs_core::Enrollment> for Enrollment {
+    fn from(e: crvs_core::Enrollment) -> Self {
+        Enrollment {
+            device_id: e.device_id,
+            office: e.office,
+        }
+    }
+}
+
+/// An open, encrypted tablet store. Safe to share between threads.
+#[derive(Debug, uniffi::Object)]
+pub struct Registrar {
+    // In an Arc so that `sync` can hand it to its thread.
+    core: Arc<crvs_core::Registrar>,
+}
+
+impl Registrar {
+    fn wrap(core: crvs_core::Result<crvs_core::Registrar>) -> Result<Arc<Registrar>, CrvsError> {
+        Ok(Arc::new(Registrar {
+            core: Arc::new(core?),
+        }))
+    }
+}
+
+fn record_id(id: &str) -> Result<RecordId, CrvsError> {
+    Ok(RecordId::parse(id)?)
+}
+
+#[uniffi::export]
+impl Registrar {
+    /// Creates a new store in `store_dir` for the office `commune` (a
+    /// 6-digit commune code), protected by `passphrase`.
+    /// `AlreadyInitialized` if the folder holds a store.
+    #[uniffi::constructor]
+    pub fn init(store_dir: String, passphrase: String, commune: String) -> Result<Arc<Registrar>, CrvsError> {
+        Registrar::wrap(crvs_core::Registrar::init(store_dir, &passphrase, &commune))
+    }
+
+    /// Opens the store in `store_dir`. `WrongPassphrase` changes nothing;
+    /// `NotInitialized` if there is no store.
+    #[uniffi::constructor]
+    pub fn open(store_dir: String, passphrase: String) -> Result<Arc<Registrar>, CrvsError> {
+        Registrar::wrap(crvs_core::Registrar::open(store_dir, &passphrase))
+    }
+
+    /// Enrols this tablet with the server at `server_url` using a one-time
+    /// enrolment `token`; returns the device id the server assigned.
+    pub fn enroll(&self, server_url: String, token: String) -> Result<Enrollment, CrvsError> {
+        Ok(self.core.enroll(&server_url, &token)?.into())
+    }
+
+    /// Registers a birth from its JSON (the same as `crvs birth register`
+    /// reads), entered by staff member `by`; returns the new record id.
+    /// `InvalidRecord` lists every bad field and stores nothing.
+    pub fn register_birth(&self, registration_json: String, by: String) -> Result<String, CrvsError> {
+        Ok(self.core.register_birth(&registration_json, &by)?.to_string())
+    }
+
+    /// Records that `by` verified the record. `NotAllowed` if `by` is the
+    /// clerk who entered it.
+    pub fn verify(&self, id: String, by: String) -> Result<RecordStatus, CrvsError> {
+        Ok(self.core.verify(&record_id(&id)?, &by)?.into())
+    }
+
+    /// Records that `by` approved the (verified) record.
+    pub fn approve(&self, id: String, by: String) -> Result<RecordStatus, CrvsError> {
+        Ok(self.core.approve(&record_id(&id)?, &by)?.into())
+    }
+
+    /// Records that `by` rejected the record, for `reason` (required).
+    pub fn reject(&self, id: String, by: String, reason: String) -> Result<RecordStatus, CrvsError> {
+        Ok(self.core.reject(&record_id(&id)?, &by, &reason)?.into())
+    }
+
+    /// The record as JSON, exactly as `crvs show --json` prints it:
+    /// `record_id`, `status`, `sync_state`, `kidc` (once assigned),
+    /// `data`, `transitions`, `server`, ...
+    pub fn record_json(&self, id: String) -> Result<String, CrvsError> {
+        Ok(self.core.record_json(&record_id(&id)?)?)
+    }
+
+    /// Every record without personal data, as `crvs list --json` prints
+    /// it: `{"records": [{record_id, kind, status, sync_state, kidc?, ...}]}`.
+    pub fn list_json(&self) -> Result<String, CrvsError> {
+        Ok(self.core.list_json()?)
+    }
+
+    /// Pushes the pending change sets to the enrolled server and pulls
+    /// its answers (KIdCs), reporting each step to `progress`. Safe to cut
+    /// at any point and to repeat. Runs on a background thread.
+    pub async fn sync(&self, progress: Arc<dyn SyncProgress>) -> Result<SyncReport, CrvsError> {
+        let core = Arc::clone(&self.core);
+        sync::on_thread(move || {
+            let observer = sync::Observer::new(progress);
+            let result = core.sync(&observer);
+            observer.outcome(result)
+        })
+        .await
+    }
+}

@@ -1,0 +1,188 @@
+"""The registrar's flow through the generated Python bindings of crvs-mobile.
+
+Run by `tests/mobile_python.rs` (part of `cargo test --workspace`), against
+a real `crvs-server` process. Standard library only. Environment:
+
+    CRVS_BINDINGS_DIR  folder holding crvs_mobile.py and libcrvs_mobile.so
+    CRVS_SERVER_URL    base URL of the running server
+    CRVS_TOKEN         a one-time enrolment token for commune 171003
+    CRVS_WORK_DIR      an empty folder for the tablet store
+    CRVS_FIXTURES      the fixtures folder
+
+On success the last line on stdout is one JSON object:
+{"record_id": ..., "kidc": ..., "device_id": ...}.
+"""
+
+import asyncio
+import json
+import os
+import sys
+
+sys.path.insert(0, os.environ["CRVS_BINDINGS_DIR"])
+
+from crvs_mobile import (  # noqa: E402  (the path is set just above)
+    CrvsError,
+    RecordStatus,
+    Registrar,
+    SyncPhase,
+    SyncProgress,
+)
+
+PASSPHRASE = "a long passphrase the registrar chose"
+COMMUNE = "171003"
+CHECKS = 0
+
+
+def check(condition, what):
+    """An assertion that survives `python3 -O` and says what failed."""
+    global CHECKS
+    if not condition:
+        raise AssertionError(what)
+    CHECKS += 1
+
+
+def expect_error(variant, call):
+    """Runs `call` and returns the CrvsError it raises, of class `variant`."""
+    try:
+        call()
+    except CrvsError as e:
+        check(isinstance(e, variant), f"expected {variant.__name__}, got {type(e).__name__}: {e}")
+        return e
+    raise AssertionError(f"expected {variant.__name__}, but the call succeeded")
+
+
+def kidc_is_valid(kidc):
+    """DESIGN.md: ten digits, S = sum((11 - i) * d_i, i = 1..9), and
+    d10 = (11 - S mod 11) mod 11, never 10 (an ISBN-10 with a numeric check
+    digit)."""
+    if not (isinstance(kidc, str) and len(kidc) == 10 and kidc.isascii() and kidc.isdigit()):
+        return False
+    digits = [int(c) for c in kidc]
+    s = sum((11 - i) * d for i, d in enumerate(digits[:9], start=1))
+    return digits[9] == (11 - s % 11) % 11
+
+
+class Recorder(SyncProgress):
+    """Keeps every step; never cancels."""
+
+    def __init__(self):
+        self.steps = []
+
+    def on_step(self, step):
+        self.steps.append(step)
+        return True
+
+
+class StopAtOnce(SyncProgress):
+    """Asks to stop at the first step."""
+
+    def on_step(self, step):
+        return False
+
+
+class Throws(SyncProgress):
+    """A buggy progress bar: raises as soon as pushing starts."""
+
+    def __init__(self):
+        self.raised = False
+
+    def on_step(self, step):
+        if step.phase == SyncPhase.PUSHING:
+            self.raised = True
+            raise ValueError("the progress bar crashed")
+        return True
+
+
+def main():
+    store = os.path.join(os.environ["CRVS_WORK_DIR"], "tablet")
+    fixtures = os.environ["CRVS_FIXTURES"]
+    with open(os.path.join(fixtures, "birth-sok-dara.json"), encoding="utf-8") as f:
+        birth = f.read()
+    with open(os.path.join(fixtures, "birth-invalid.json"), encoding="utf-8") as f:
+        invalid = f.read()
+
+    # The store: created once, then opened with the passphrase.
+    Registrar.init(store, PASSPHRASE, COMMUNE)
+    expect_error(CrvsError.AlreadyInitialized, lambda: Registrar.init(store, PASSPHRASE, COMMUNE))
+    expect_error(CrvsError.WrongPassphrase, lambda: Registrar.open(store, "not the passphrase"))
+    registrar = Registrar.open(store, PASSPHRASE)
+
+    # Not enrolled yet: a sync says so.
+    try:
+        asyncio.run(registrar.sync(Recorder()))
+        raise AssertionError("a sync before enrolment succeeded")
+    except CrvsError.NotEnrolled:
+        check(True, "NotEnrolled")
+
+    enrollment = registrar.enroll(os.environ["CRVS_SERVER_URL"], os.environ["CRVS_TOKEN"])
+    check(enrollment.office == COMMUNE, f"enrolled for office {enrollment.office}")
+
+    # A clerk registers the fixture birth; an invalid one names its fields.
+    record_id = registrar.register_birth(birth, "clerk-01")
+    e = expect_error(CrvsError.InvalidRecord, lambda: registrar.register_birth(invalid, "clerk-01"))
+    fields = [p.field for p in e.problems]
+    check(len(fields) >= 2 and "child.family_name" in fields, f"problems named {fields}")
+    check(len(json.loads(registrar.list_json())["records"]) == 1, "the invalid birth stored nothing")
+
+    # The clerk may not verify their own record; nothing changes.
+    e = expect_error(CrvsError.NotAllowed, lambda: registrar.verify(record_id, "clerk-01"))
+    check(e.reason, "NotAllowed carries a reason")
+    check(json.loads(registrar.record_json(record_id))["status"] == "submitted", "still submitted")
+    expect_error(CrvsError.NotFound, lambda: registrar.verify("01234567-89ab-7def-8123-456789abcdef", "x"))
+    expect_error(CrvsError.InvalidInput, lambda: registrar.verify("not-a-uuid", "x"))
+
+    # A second staff member verifies, the registrar approves.
+    check(registrar.verify(record_id, "clerk-02") == RecordStatus.VERIFIED, "verified")
+    check(registrar.approve(record_id, "registrar-01") == RecordStatus.APPROVED, "approved")
+
+    # A progress callback that asks to stop: a clean, cancelled report.
+    report = asyncio.run(registrar.sync(StopAtOnce()))
+    check(report.cancelled and report.pushed == 0, f"cancelled report: {report}")
+
+    # A progress callback that raises: the sync fails, the store is intact.
+    throws = Throws()
+    try:
+        asyncio.run(registrar.sync(throws))
+        raise AssertionError("a sync whose callback raised succeeded")
+    except CrvsError.CallbackFailed:
+        check(throws.raised, "the callback raised")
+    shown = json.loads(registrar.record_json(record_id))
+    check("kidc" not in shown and shown["sync_state"] == "pending", f"nothing pushed yet: {shown}")
+
+    # The next sync completes: pushed, acknowledged, KIdC received.
+    recorder = Recorder()
+    report = asyncio.run(registrar.sync(recorder))
+    check(not report.cancelled, "not cancelled")
+    check(report.pushed == 1 and report.kidcs_received == 1, f"report: {report}")
+    check(report.pending == 0 and report.records_pending == 0, f"nothing pending: {report}")
+    phases = [s.phase for s in recorder.steps]
+    check(phases[0] == SyncPhase.PREPARING and phases[-1] == SyncPhase.DONE, f"phases {phases}")
+    pushing = [s for s in recorder.steps if s.phase == SyncPhase.PUSHING]
+    check(pushing and pushing[0].pushed == 0 and pushing[0].total == 1, f"pushing steps {pushing}")
+    last = recorder.steps[-1]
+    check(last.pushed == last.total == 1 and last.pulled == 1, f"last step {last}")
+
+    # The record, as `crvs show --json` prints it, now has a valid KIdC.
+    shown = json.loads(registrar.record_json(record_id))
+    check(shown["record_id"] == record_id, "the same record")
+    check(shown["status"] == "registered", f"status {shown['status']}")
+    check(shown["sync_state"] == "synced", f"sync state {shown['sync_state']}")
+    kidc = shown.get("kidc")
+    check(kidc_is_valid(kidc), f"a valid KIdC, got {kidc!r}")
+    check(kidc[0] == "1", "category 1: the parents are Khmer")
+    listed = json.loads(registrar.list_json())["records"]
+    check([(r["record_id"], r.get("kidc")) for r in listed] == [(record_id, kidc)], f"list {listed}")
+
+    # A re-opened store still has it (durable), and a further sync has nothing to do.
+    del registrar
+    registrar = Registrar.open(store, PASSPHRASE)
+    check(json.loads(registrar.record_json(record_id))["kidc"] == kidc, "the KIdC survives a reopen")
+    report = asyncio.run(registrar.sync(Recorder()))
+    check(report.pushed == 0 and report.kidcs_received == 0, f"idle sync: {report}")
+
+    print(f"{CHECKS} passed, 0 failed", file=sys.stderr)
+    print(json.dumps({"record_id": record_id, "kidc": kidc, "device_id": enrollment.device_id}))
+
+
+if __name__ == "__main__":
+    main()
