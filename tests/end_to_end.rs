@@ -305,6 +305,29 @@ fn a_revoked_tablet_is_refused_from_its_next_sync_and_keeps_its_records() {
 }
 
 #[test]
+fn a_token_for_another_commune_is_refused_and_stays_valid_for_its_own() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("server"));
+    let tok = token(&server.data, "171004");
+    let wrong = Tablet::new(tmp.path().join("wrong"));
+    wrong.run(&["init", "--commune", "171003"]).expect_ok();
+    let code = wrong
+        .run(&["enroll", "--server", &server.url(), "--token", &tok])
+        .expect_err();
+    assert_eq!(code, "server_refused");
+    let devices = server.admin(&["devices"]).expect_ok();
+    assert_eq!(devices["devices"].as_array().map(Vec::len), Some(0));
+    // The tablet of the right commune enrols with the same token.
+    let right = Tablet::new(tmp.path().join("right"));
+    right.run(&["init", "--commune", "171004"]).expect_ok();
+    right
+        .run(&["enroll", "--server", &server.url(), "--token", &tok])
+        .expect_ok();
+    let devices = server.admin(&["devices"]).expect_ok();
+    assert_eq!(devices["devices"][0]["commune"], "171004");
+}
+
+#[test]
 fn fixtures_are_verbatim_copies_of_the_shared_ones() {
     let shared = workspace().join("../shared");
     if !shared.exists() {

@@ -352,6 +352,7 @@ impl Registrar {
             version: wire::FORMAT_VERSION,
             token: token.trim().to_string(),
             public_key: hex::encode(signing_key.verifying_key().to_bytes()),
+            office: Some(self.office.clone()),
         };
         let answer = transport.enroll(&request)?;
         if answer.office != self.office {

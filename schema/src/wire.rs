@@ -446,6 +446,11 @@ pub struct EnrollRequest {
     pub token: String,
     /// The device's ed25519 public key, hex.
     pub public_key: String,
+    /// The office the tablet's store belongs to. When present, a token for
+    /// another office is refused *without* being used up, so the operator
+    /// can still hand it to the right tablet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub office: Option<String>,
 }
 
 /// The answer to an enrolment.
@@ -600,16 +605,55 @@ mod tests {
         );
     }
 
-    /// Version-1 bytes of a fixed change set. Old tablets send these: any
-    /// change to the format must keep decoding them.
+    /// Version-1 bytes of a fixed change set and sync request, committed
+    /// in `schema/tests/data/`. Tablets in the field send these: any change
+    /// to the format must keep decoding them, and must not change what a
+    /// tablet encodes without a new version byte.
     #[test]
-    fn version_1_change_set_bytes_still_decode() {
+    fn version_1_bytes_are_pinned() {
+        let pinned = |name: &str| {
+            let path = format!("{}/tests/data/{name}", env!("CARGO_MANIFEST_DIR"));
+            let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+            hex::decode(text.trim()).unwrap()
+        };
+        // The signed change set decodes, verifies and opens to the body.
+        let cs = SignedChangeSet::from_bytes(pinned("change-set-v1.hex")).unwrap();
+        assert_eq!((cs.device_id(), cs.seq()), ([9; 16], 1));
+        assert_eq!(cs.open(&key(1).verifying_key()).unwrap(), body());
+        // What is signed and compressed is this exact bincode encoding.
+        let encoded = bincode::encode_to_vec(body(), bincode::config::standard()).unwrap();
+        assert_eq!(encoded, pinned("change-set-body-v1.hex"));
+        // A sync request carrying it verifies and decodes.
+        let req_bytes = pinned("sync-request-v1.hex");
+        verify_request(&req_bytes, &key(1).verifying_key()).unwrap();
+        let req = SyncRequest::decode_unverified(&req_bytes).unwrap();
+        assert_eq!(req.change_sets, vec![cs.as_bytes().to_vec()]);
+        assert_eq!((req.device_id, req.cursor, req.nonce), ([9; 16], 41, [3; 16]));
+        // ed25519 signatures are deterministic: sealing the same request
+        // again gives the same bytes.
+        assert_eq!(req.seal(&key(1)).unwrap(), req_bytes);
+    }
+
+    #[test]
+    #[ignore = "writes the pinned files; run once per format version"]
+    fn write_pinned_version_1_bytes() {
+        let dir = format!("{}/tests/data", env!("CARGO_MANIFEST_DIR"));
+        std::fs::create_dir_all(&dir).unwrap();
         let cs = SignedChangeSet::seal(&key(1), [9; 16], 1, &body()).unwrap();
-        // ed25519 signatures are deterministic and zstd output is stable for
-        // a given input and level, so the bytes are reproducible.
-        let hex = hex::encode(cs.as_bytes());
-        assert_eq!(&hex[..2], "01");
-        let again = SignedChangeSet::from_bytes(hex::decode(&hex).unwrap()).unwrap();
-        assert_eq!(again.open(&key(1).verifying_key()).unwrap(), body());
+        let encoded = bincode::encode_to_vec(body(), bincode::config::standard()).unwrap();
+        let req = SyncRequest {
+            device_id: [9; 16],
+            cursor: 41,
+            device_clock_ms: 1_760_000_000_000,
+            nonce: [3; 16],
+            change_sets: vec![cs.as_bytes().to_vec()],
+        };
+        for (name, bytes) in [
+            ("change-set-v1.hex", cs.as_bytes().to_vec()),
+            ("change-set-body-v1.hex", encoded),
+            ("sync-request-v1.hex", req.seal(&key(1)).unwrap()),
+        ] {
+            std::fs::write(format!("{dir}/{name}"), hex::encode(bytes) + "\n").unwrap();
+        }
     }
 }

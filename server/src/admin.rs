@@ -86,6 +86,15 @@ pub fn enroll(server: &Server, req: &EnrollRequest) -> Result<EnrollResponse, Ap
     if now >= row.expires_at_ms {
         return Err(ApiError::TokenExpired);
     }
+    if let Some(office) = &req.office
+        && office.trim() != row.office
+    {
+        // Checked before the token is used: it stays valid for its office.
+        return Err(ApiError::WrongOffice {
+            token_office: row.office,
+            store_office: office.trim().to_string(),
+        });
+    }
     let device_id = Uuid::now_v7();
     if !tx.use_token(&hash, device_id, now)? {
         return Err(ApiError::TokenUsed);
@@ -140,6 +149,21 @@ pub struct DeviceSummary {
     pub clock_skew_ms: Option<i64>,
     /// Its clock was off by more than a day at its last sync.
     pub clock_flagged: bool,
+    /// Set when a change set was refused for a reason a resend cannot fix
+    /// (`{seq, code, at}`): the device cannot sync past it. Cleared when it
+    /// syncs past it.
+    pub blocked: Option<Blocked>,
+}
+
+/// A device stuck behind a refused change set.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Blocked {
+    /// The refused change set's sequence number.
+    pub seq: u64,
+    /// The refusal code (`out_of_scope`, `server_owned_field`, ...).
+    pub code: String,
+    /// When, ms since the epoch.
+    pub at: i64,
 }
 
 impl From<&Device> for DeviceSummary {
@@ -156,6 +180,11 @@ impl From<&Device> for DeviceSummary {
             clock_flagged: d
                 .clock_skew_ms
                 .is_some_and(|s| s.unsigned_abs() > crate::ingest::CLOCK_TOLERANCE_MS),
+            blocked: d.refused.as_ref().map(|r| Blocked {
+                seq: r.seq,
+                code: r.code.clone(),
+                at: r.at_ms,
+            }),
         }
     }
 }

@@ -45,6 +45,17 @@ pub enum ApiError {
     /// The enrolment token expired.
     #[error("this enrolment token has expired")]
     TokenExpired,
+    /// The enrolment token is for another office than the tablet's store.
+    /// The token is not used up. Office codes are not personal data.
+    #[error(
+        "this enrolment token is for office {token_office}, but the tablet's store belongs to office {store_office}; the token is still valid for a tablet of office {token_office}"
+    )]
+    WrongOffice {
+        /// The office the token was made for.
+        token_office: String,
+        /// The office the tablet's store belongs to.
+        store_office: String,
+    },
     /// A request or command argument is invalid (message says which).
     #[error("{0}")]
     Invalid(String),
@@ -77,7 +88,7 @@ impl ApiError {
                 StatusCode::UNAUTHORIZED
             }
             ApiError::DeviceRevoked => StatusCode::FORBIDDEN,
-            ApiError::TokenUsed => StatusCode::CONFLICT,
+            ApiError::TokenUsed | ApiError::WrongOffice { .. } => StatusCode::CONFLICT,
             ApiError::TokenExpired => StatusCode::GONE,
             ApiError::NoSuchDevice(_) | ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -97,6 +108,7 @@ impl ApiError {
             ApiError::UnknownToken => "invalid_token",
             ApiError::TokenUsed => "token_used",
             ApiError::TokenExpired => "token_expired",
+            ApiError::WrongOffice { .. } => "wrong_office",
             ApiError::Invalid(_) => "invalid_argument",
             ApiError::NoSuchDevice(_) => "unknown_device",
             ApiError::NotFound => "not_found",

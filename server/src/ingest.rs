@@ -6,7 +6,7 @@
 //! refused change set undoes only itself and the acknowledgements before it
 //! stand.
 //!
-//! For each change set, in order ([`apply_change_set`]):
+//! For each change set, in order (`apply_change_set`):
 //!
 //! 1. framing (`SignedChangeSet::from_bytes`) → `malformed` / `too_large`;
 //! 2. the header's device must be the requester → `wrong_device`;
@@ -16,17 +16,26 @@
 //! 4. `seq > last_seq + 1` → `sequence_gap` with the expected number;
 //! 5. the signature, with the device's enrolled key → `bad_signature`;
 //! 6. `prev_hash` must be the last applied hash → `hash_chain_mismatch`;
-//! 7. each record ([`apply_record`]): changes decode (`malformed`), none
+//! 7. each record (`prepare_record`): changes decode (`malformed`), none
 //!    is signed with the server's actor (`server_owned_field`), the tablet
 //!    only wrote tablet-owned fields and kept the workflow valid
 //!    (`server_owned_field` / `invalid_record`), the record lies in the
 //!    device's office and belongs to it (`out_of_scope`);
-//! 8. the server's own part, with the server's actor: the first receipt
-//!    time; a hold when the birth data does not validate against the
-//!    *server's* date (never a refusal: that would block the tablet's
-//!    outbox forever); and for an approved birth without a hold, its KIdC;
+//! 8. the server's own part, with the server's actor, only when it has
+//!    something to say: a hold when the birth data does not validate
+//!    against the *server's* date (never a refusal: that would block the
+//!    tablet's outbox forever); and for an approved birth without a hold,
+//!    its KIdC;
 //! 9. the signed bytes go verbatim into the append-only change-set log and
 //!    the device's chain advances.
+//!
+//! **Before the writer.** Steps 1, 5 and the whole of 7 and 8 for a record
+//! sent as one document chunk (a record the tablet never sent before) are
+//! pure, so `open_change_sets` does them before the single writer is
+//! taken, on all cores. Under the writer everything that depends on state
+//! is read again (revocation, the chain position, whether each record is
+//! still absent); work done early is used only if it still holds, and
+//! redone there otherwise.
 //!
 //! **KIdC category:** [`Category::CITIZEN`] when the mother's or the
 //! father's nationality is `"KHM"`, otherwise [`Category::FOREIGN_RESIDENT`].
@@ -54,7 +63,9 @@ use uuid::Uuid;
 
 use crate::Server;
 use crate::error::ApiError;
-use crate::storage::{Device, Issuance, LogEntry, StorageError, StoredRecord, SyncSeen, WriteTx};
+use crate::storage::{
+    Device, DeviceRefusal, Issuance, LogEntry, StorageError, StoredRecord, SyncSeen, WriteTx,
+};
 
 /// A device clock further than this from the server's is flagged.
 pub const CLOCK_TOLERANCE_MS: u64 = 24 * 3600 * 1000;
@@ -128,17 +139,43 @@ pub fn handle_sync(server: &Server, body: &[u8]) -> Result<Vec<u8>, ApiError> {
     let request = SyncRequest::decode_unverified(body).map_err(ApiError::from_wire)?;
     let device_id = Uuid::from_bytes(request.device_id);
     let now_ms = server.now_ms();
+    let today = Date::today_in_cambodia(now_ms);
+
+    // Before the writer: authenticate, check signatures, decode, and
+    // prepare the records the change sets create. This is most of the
+    // work; other requests commit meanwhile, and a forged request never
+    // holds the writer.
+    let seen = server
+        .storage()
+        .device(device_id)?
+        .ok_or(ApiError::UnknownDevice)?;
+    if seen.revoked_at_ms.is_some() {
+        return Err(ApiError::DeviceRevoked);
+    }
+    let key = VerifyingKey::from_bytes(&seen.public_key)
+        .map_err(|_| ApiError::Internal("a stored device key is invalid".into()))?;
+    wire::verify_request(body, &key).map_err(|_| ApiError::BadRequestSignature)?;
+    let early = Ctx {
+        server,
+        device: &seen,
+        key: &key,
+        now_ms,
+        today,
+    };
+    let incoming = open_change_sets(&early, request.change_sets)?;
 
     let mut tx = server.storage().begin()?;
-    // Read inside the write transaction on every request: a revocation
-    // takes effect from the device's next request, with no cache.
+    // Read again inside the write transaction, on every request: a
+    // revocation takes effect from the device's next request, with no
+    // cache; the chain position read here is the one that counts.
     let device = tx.device(device_id)?.ok_or(ApiError::UnknownDevice)?;
     if device.revoked_at_ms.is_some() {
         return Err(ApiError::DeviceRevoked);
     }
-    let key = VerifyingKey::from_bytes(&device.public_key)
-        .map_err(|_| ApiError::Internal("a stored device key is invalid".into()))?;
-    wire::verify_request(body, &key).map_err(|_| ApiError::BadRequestSignature)?;
+    if device.public_key != seen.public_key || device.office != seen.office {
+        // Neither ever changes; what was prepared would not hold.
+        return Err(ApiError::Internal("a device's key or office changed".into()));
+    }
 
     let skew_ms = request.device_clock_ms.saturating_sub(now_ms);
     let flagged = skew_ms.unsigned_abs() > CLOCK_TOLERANCE_MS;
@@ -160,7 +197,7 @@ pub fn handle_sync(server: &Server, body: &[u8]) -> Result<Vec<u8>, ApiError> {
         device: &device,
         key: &key,
         now_ms,
-        today: Date::today_in_cambodia(now_ms),
+        today,
     };
     let mut chain = Chain {
         last_seq: device.last_seq,
@@ -169,9 +206,9 @@ pub fn handle_sync(server: &Server, body: &[u8]) -> Result<Vec<u8>, ApiError> {
     let mut acks = Vec::new();
     let mut refusal = None;
     let mut stats = Stats::default();
-    for bytes in request.change_sets {
+    for cs in incoming {
         tx.savepoint()?;
-        match apply_change_set(&mut *tx, &ctx, chain, bytes, &mut stats) {
+        match apply_change_set(&mut *tx, &ctx, chain, cs, &mut stats) {
             Ok((ack, next)) => {
                 tx.release_savepoint()?;
                 chain = next;
@@ -179,12 +216,28 @@ pub fn handle_sync(server: &Server, body: &[u8]) -> Result<Vec<u8>, ApiError> {
             }
             Err(Step::Refused(r)) => {
                 tx.rollback_to_savepoint()?;
-                tracing::info!(
-                    device = %device_id,
-                    seq = r.seq,
-                    code = r.code.as_str(),
-                    "change set refused"
-                );
+                if r.code == RefusalCode::SequenceGap {
+                    // The tablet resends what is missing: not stuck.
+                    tracing::info!(device = %device_id, seq = r.seq, code = r.code.as_str(), "change set refused");
+                } else {
+                    // A resend of the same bytes gets the same refusal: the
+                    // device's outbox is stuck until an operator acts, and
+                    // `crvs-server devices` shows it.
+                    tracing::warn!(
+                        device = %device_id,
+                        seq = r.seq,
+                        code = r.code.as_str(),
+                        "change set refused; the device cannot sync past it"
+                    );
+                    tx.record_refusal(
+                        device_id,
+                        &DeviceRefusal {
+                            seq: r.seq,
+                            code: r.code.as_str().to_string(),
+                            at_ms: now_ms,
+                        },
+                    )?;
+                }
                 refusal = Some(r);
                 break;
             }
@@ -258,18 +311,148 @@ fn wire_refusal(seq: u64, e: &WireError) -> Step {
     }
 }
 
+/// A change set as decoded before the writer was taken.
+enum Incoming {
+    /// The bytes do not frame as a change set.
+    Unframed {
+        error: WireError,
+        /// The sequence number in the header, if there is one.
+        claimed: Option<u64>,
+    },
+    Framed {
+        cs: SignedChangeSet,
+        /// Its signature checked and its body decoded, if it looked new
+        /// (sequence past the device's last, as read before the writer);
+        /// otherwise that is done, if needed, under the writer.
+        opened: Option<Result<OpenedBody, WireError>>,
+    },
+}
+
+/// A decoded change set body, with the records it creates prepared.
+struct OpenedBody {
+    prev_hash: Hash,
+    records: Vec<Pending>,
+}
+
+impl From<ChangeSet> for OpenedBody {
+    fn from(body: ChangeSet) -> Self {
+        OpenedBody {
+            prev_hash: body.prev_hash,
+            records: body
+                .records
+                .into_iter()
+                .map(|rc| Pending { rc, early: None })
+                .collect(),
+        }
+    }
+}
+
+/// One record's changes, and what was prepared of them before the writer.
+struct Pending {
+    rc: RecordChanges,
+    /// For a record sent as one document chunk (one the tablet never sent
+    /// before): prepared as a new record. Used only if the record is still
+    /// absent under the writer.
+    early: Option<Result<Prepared, Step>>,
+}
+
+/// Frames, verifies and decodes the change sets of a request, and prepares
+/// the records they create, on all cores. Pure: nothing here depends on
+/// state that the writer could change, except which change sets are new,
+/// which the writer checks again.
+fn open_change_sets(ctx: &Ctx<'_>, change_sets: Vec<Vec<u8>>) -> Result<Vec<Incoming>, ApiError> {
+    let mut out: Vec<Incoming> = change_sets
+        .into_iter()
+        .map(|bytes| {
+            let claimed = peek_seq(&bytes);
+            match SignedChangeSet::from_bytes(bytes) {
+                Err(error) => Incoming::Unframed { error, claimed },
+                Ok(cs) => {
+                    let new =
+                        cs.device_id() == *ctx.device.device_id.as_bytes() && cs.seq() > ctx.device.last_seq;
+                    let opened = new.then(|| cs.open(ctx.key).map(OpenedBody::from));
+                    Incoming::Framed { cs, opened }
+                }
+            }
+        })
+        .collect();
+    // Every record sent as one document chunk, across the change sets.
+    let mut jobs = Vec::new();
+    for (i, inc) in out.iter().enumerate() {
+        if let Incoming::Framed {
+            cs,
+            opened: Some(Ok(body)),
+        } = inc
+        {
+            for (j, p) in body.records.iter().enumerate() {
+                if let [chunk] = p.rc.changes.as_slice()
+                    && record::is_document_chunk(chunk)
+                {
+                    jobs.push((i, j, cs.seq(), p.rc.clone()));
+                }
+            }
+        }
+    }
+    let results = par_map(jobs, |(i, j, seq, rc)| (i, j, prepare_record(ctx, seq, rc, None)))
+        .ok_or_else(|| ApiError::Internal("a record worker panicked".into()))?;
+    for (i, j, prepared) in results {
+        if let Incoming::Framed {
+            opened: Some(Ok(body)),
+            ..
+        } = &mut out[i]
+        {
+            body.records[j].early = Some(prepared);
+        }
+    }
+    Ok(out)
+}
+
+/// `f` over `items` on up to [`MAX_WORKERS`] threads, results in order;
+/// `None` if a worker panicked.
+fn par_map<T: Send, R: Send>(items: Vec<T>, f: impl Fn(T) -> R + Sync) -> Option<Vec<R>> {
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(MAX_WORKERS);
+    if workers < 2 || items.len() < PARALLEL_FROM {
+        return Some(items.into_iter().map(f).collect());
+    }
+    let chunk = items.len().div_ceil(workers);
+    let mut items = items;
+    let mut chunks: Vec<Vec<T>> = Vec::with_capacity(workers);
+    while !items.is_empty() {
+        let rest = items.split_off(chunk.min(items.len()));
+        chunks.push(std::mem::replace(&mut items, rest));
+    }
+    let f = &f;
+    std::thread::scope(|s| {
+        let handles: Vec<_> = chunks
+            .into_iter()
+            .map(|c| s.spawn(move || c.into_iter().map(f).collect::<Vec<R>>()))
+            .collect();
+        let mut out = Vec::new();
+        for h in handles {
+            out.extend(h.join().ok()?);
+        }
+        Some(out)
+    })
+}
+
 /// Applies one signed change set, or says why not. On success returns its
 /// acknowledgement and the device's new chain position.
 fn apply_change_set(
     tx: &mut dyn WriteTx,
     ctx: &Ctx<'_>,
     chain: Chain,
-    bytes: Vec<u8>,
+    incoming: Incoming,
     stats: &mut Stats,
 ) -> Result<(Ack, Chain), Step> {
     let expected = chain.last_seq.saturating_add(1);
-    let claimed = peek_seq(&bytes).unwrap_or(expected);
-    let cs = SignedChangeSet::from_bytes(bytes).map_err(|e| wire_refusal(claimed, &e))?;
+    let (cs, opened) = match incoming {
+        Incoming::Unframed { error, claimed } => {
+            return Err(wire_refusal(claimed.unwrap_or(expected), &error));
+        }
+        Incoming::Framed { cs, opened } => (cs, opened),
+    };
     let seq = cs.seq();
     if cs.device_id() != *ctx.device.device_id.as_bytes() {
         return Err(refuse(
@@ -307,7 +490,11 @@ fn apply_change_set(
             message: format!("change set {seq} arrived but {expected} is expected next"),
         }));
     }
-    let body: ChangeSet = cs.open(ctx.key).map_err(|e| wire_refusal(seq, &e))?;
+    let body = match opened {
+        Some(opened) => opened,
+        None => cs.open(ctx.key).map(OpenedBody::from),
+    }
+    .map_err(|e| wire_refusal(seq, &e))?;
     if body.prev_hash != chain.last_hash {
         return Err(refuse(
             seq,
@@ -347,65 +534,54 @@ fn tablet_change_refusal(seq: u64, e: TabletChangeError) -> Step {
 /// Applies every record of a change set.
 ///
 /// The automerge work (decode, apply, check, the server's edits) needs no
-/// storage, so when the records are distinct it runs on all cores
-/// ([`prepare_record`]); loading before and saving after stay serial, in
-/// the change set's order ([`finish_record`]). A change set naming one
-/// record twice is processed record by record, so that the second sees
-/// the first.
+/// storage, so it runs on all cores: for new records before the writer
+/// was taken ([`open_change_sets`]), for the others here, when the records
+/// are distinct ([`prepare_record`]); loading before and saving after stay
+/// serial, in the change set's order ([`finish_record`]). A change set
+/// naming one record twice is processed record by record, so that the
+/// second sees the first.
 fn apply_records(
     tx: &mut dyn WriteTx,
     ctx: &Ctx<'_>,
     seq: u64,
-    records: Vec<RecordChanges>,
+    records: Vec<Pending>,
     stats: &mut Stats,
 ) -> Result<(), Step> {
     let mut ids = HashSet::with_capacity(records.len());
-    let distinct = records.iter().all(|r| ids.insert(r.record_id));
-    let workers = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(MAX_WORKERS);
-    if !distinct || workers < 2 || records.len() < PARALLEL_FROM {
-        for rc in records {
-            let stored = load_owned(tx, ctx, seq, rc.record_id)?;
-            let prepared = prepare_record(ctx, seq, rc, stored)?;
+    let distinct = records.iter().all(|p| ids.insert(p.rc.record_id));
+    if !distinct {
+        for p in records {
+            let stored = load_owned(tx, ctx, seq, p.rc.record_id)?;
+            let prepared = match (stored, p.early) {
+                (None, Some(early)) => early?,
+                (stored, _) => prepare_record(ctx, seq, p.rc, stored)?,
+            };
             finish_record(tx, ctx, seq, prepared, stats)?;
         }
         return Ok(());
     }
-    let mut inputs = Vec::with_capacity(records.len());
-    for rc in records {
-        let stored = load_owned(tx, ctx, seq, rc.record_id)?;
-        inputs.push((rc, stored));
+    // Prepared early and still new, or to prepare now.
+    let mut slots: Vec<Option<Result<Prepared, Step>>> = Vec::with_capacity(records.len());
+    let mut jobs = Vec::new();
+    for (i, p) in records.into_iter().enumerate() {
+        let stored = load_owned(tx, ctx, seq, p.rc.record_id)?;
+        match (stored, p.early) {
+            (None, Some(early)) => slots.push(Some(early)),
+            (stored, _) => {
+                slots.push(None);
+                jobs.push((i, p.rc, stored));
+            }
+        }
     }
-    let chunk = inputs.len().div_ceil(workers);
-    let mut chunks: Vec<Vec<(RecordChanges, Option<StoredRecord>)>> = Vec::with_capacity(workers);
-    while !inputs.is_empty() {
-        let rest = inputs.split_off(chunk.min(inputs.len()));
-        chunks.push(std::mem::replace(&mut inputs, rest));
+    let results = par_map(jobs, |(i, rc, stored)| (i, prepare_record(ctx, seq, rc, stored)))
+        .ok_or_else(|| internal("a record worker panicked"))?;
+    for (i, result) in results {
+        slots[i] = Some(result);
     }
-    let results: Vec<Result<Prepared, Step>> = std::thread::scope(|s| {
-        let handles: Vec<_> = chunks
-            .into_iter()
-            .map(|c| {
-                s.spawn(move || {
-                    c.into_iter()
-                        .map(|(rc, stored)| prepare_record(ctx, seq, rc, stored))
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| vec![Err(internal("a record worker panicked"))])
-            })
-            .collect()
-    });
     // The first problem in the change set's order wins; nothing is saved.
-    let mut prepared = Vec::with_capacity(results.len());
-    for r in results {
-        prepared.push(r?);
+    let mut prepared = Vec::with_capacity(slots.len());
+    for slot in slots {
+        prepared.push(slot.ok_or_else(|| internal("a record was not prepared"))??);
     }
     for p in prepared {
         finish_record(tx, ctx, seq, p, stats)?;
@@ -440,20 +616,32 @@ fn load_owned(
 }
 
 /// A record with the tablet's changes applied and checked, and the
-/// server's edits made but not yet committed.
+/// server's edits committed, ready to be stored. Only the KIdC is not yet
+/// in the issuance log.
 struct Prepared {
     record_id: Uuid,
     stored: Option<StoredRecord>,
-    doc: AutoCommit,
-    /// The tablet's changes the document did not have.
-    fresh: Vec<Change>,
-    view: record::RecordView,
+    /// The tablet's bytes the stored document did not have, ready to be
+    /// appended to it verbatim: a document chunk, or change chunks.
+    fresh: Vec<u8>,
+    office: String,
+    kind: RecordKind,
+    status: Status,
     /// The server's edits: the hold, if it set one now.
     new_hold: bool,
     /// The KIdC to issue (drawn, not yet in the issuance log).
     kidc: Option<(Kidc, Category)>,
+    /// The bytes to store, and the server's change to feed to the device.
+    saved: Saved,
     /// Nothing new for this record.
     unchanged: bool,
+}
+
+/// A record document with the server's change committed, as stored.
+#[derive(Default)]
+struct Saved {
+    blob: Vec<u8>,
+    server_change: Option<Vec<u8>>,
 }
 
 /// The pure part of applying one record's changes: decode, apply, check,
@@ -465,59 +653,44 @@ fn prepare_record(
     stored: Option<StoredRecord>,
 ) -> Result<Prepared, Step> {
     let record_id = Uuid::from_bytes(rc.record_id);
-    let mut doc = match &stored {
-        Some(s) => {
-            AutoCommit::load(&s.doc).map_err(|_| internal("a stored record document does not load"))?
+    let (doc, fresh, before) = match (&stored, rc.changes.as_slice()) {
+        // The common case: a record the server has not seen, sent as one
+        // document chunk. Loading it checks its hashes; it is kept verbatim.
+        (None, [chunk]) if record::is_document_chunk(chunk) => {
+            let mut doc = AutoCommit::load(chunk)
+                .map_err(|_| refuse(seq, RefusalCode::Malformed, "an automerge document does not load"))?;
+            if doc
+                .document()
+                .get_changes_meta(&[])
+                .iter()
+                .any(|m| *m.actor == *ctx.server.actor())
+            {
+                return Err(server_actor_refusal(seq));
+            }
+            let mut rc = rc;
+            let chunk = rc.changes.pop().unwrap_or_default();
+            (doc, chunk, None)
         }
-        None => AutoCommit::new(),
+        _ => {
+            let (doc, fresh, before) = apply_tablet_changes(ctx, seq, rc, stored.as_ref())?;
+            if fresh.is_empty() {
+                // Nothing this record does not already have.
+                return Ok(Prepared {
+                    record_id,
+                    stored,
+                    fresh,
+                    office: String::new(),
+                    kind: RecordKind::Birth,
+                    status: Status::Submitted,
+                    new_hold: false,
+                    kidc: None,
+                    saved: Saved::default(),
+                    unchanged: true,
+                });
+            }
+            (doc, fresh, before)
+        }
     };
-    let mut seen: HashSet<ChangeHash> = HashSet::new();
-    let mut fresh = Vec::with_capacity(rc.changes.len());
-    // Each element is a change chunk, or a document chunk for a record the
-    // tablet sends for the first time (`record::decode_changes`).
-    let mut decoded = Vec::with_capacity(rc.changes.len());
-    for raw in &rc.changes {
-        decoded.extend(
-            record::decode_changes(raw)
-                .map_err(|_| refuse(seq, RefusalCode::Malformed, "an automerge change does not decode"))?,
-        );
-    }
-    for change in decoded {
-        if change.actor_id() == ctx.server.actor() {
-            return Err(refuse(
-                seq,
-                RefusalCode::ServerOwnedField,
-                "a change carries the server's actor id",
-            ));
-        }
-        let h = change.hash();
-        if seen.insert(h) && doc.get_change_meta_by_hash(&h).is_none() {
-            fresh.push(change);
-        }
-    }
-    if fresh.is_empty() {
-        // Nothing this record does not already have.
-        return Ok(Prepared {
-            record_id,
-            stored,
-            doc,
-            fresh,
-            view: unchanged_view(),
-            new_hold: false,
-            kidc: None,
-            unchanged: true,
-        });
-    }
-    let before = stored.as_ref().map(|_| doc.document().clone());
-    doc.apply_changes(fresh.iter().cloned())
-        .map_err(|_| refuse(seq, RefusalCode::Malformed, "the automerge changes do not apply"))?;
-    if !doc.get_missing_deps(&[]).is_empty() {
-        return Err(refuse(
-            seq,
-            RefusalCode::InvalidRecord,
-            "a change depends on changes the server has not received",
-        ));
-    }
     let view =
         record::check_tablet_changes(before.as_ref(), &doc).map_err(|e| tablet_change_refusal(seq, e))?;
     if view.office != ctx.device.office {
@@ -551,18 +724,98 @@ fn prepare_record(
             }
         }
     }
-    doc.set_actor(ctx.server.actor().clone());
-    server_edits(&mut doc, ctx.now_ms, new_hold, kidc.as_ref().map(|k| &k.0))?;
+    // The status once the server's edits are in: they never depend on
+    // which code was drawn, so a redraw in `finish_record` keeps it.
+    let mut view = view;
+    if new_hold {
+        view.server.hold = Some(HOLD_INVALID_ON_RECEIPT.to_string());
+    }
+    if let Some((k, _)) = &kidc {
+        view.server.kidc = Some(*k);
+    }
+    let status = view
+        .status()
+        .map_err(|e| refuse(seq, RefusalCode::InvalidRecord, e.to_string()))?;
+    let saved = server_edits_saved(
+        ctx,
+        doc,
+        stored.as_ref(),
+        &fresh,
+        new_hold,
+        kidc.as_ref().map(|k| &k.0),
+    )?;
     Ok(Prepared {
         record_id,
         stored,
-        doc,
         fresh,
-        view,
+        office: view.office,
+        kind: view.kind,
+        status,
         new_hold,
         kidc,
+        saved,
         unchanged: false,
     })
+}
+
+fn server_actor_refusal(seq: u64) -> Step {
+    refuse(
+        seq,
+        RefusalCode::ServerOwnedField,
+        "a change carries the server's actor id",
+    )
+}
+
+/// The general path: decode each change or document chunk, keep the
+/// changes the stored document lacks, and apply them. Returns the
+/// document, the raw bytes of the changes it gained, and the document as
+/// it was before (for an existing record).
+fn apply_tablet_changes(
+    ctx: &Ctx<'_>,
+    seq: u64,
+    rc: RecordChanges,
+    stored: Option<&StoredRecord>,
+) -> Result<(AutoCommit, Vec<u8>, Option<automerge::Automerge>), Step> {
+    let mut doc = match stored {
+        Some(s) => {
+            AutoCommit::load(&s.doc).map_err(|_| internal("a stored record document does not load"))?
+        }
+        None => AutoCommit::new(),
+    };
+    let mut seen: HashSet<ChangeHash> = HashSet::new();
+    let mut fresh: Vec<Change> = Vec::with_capacity(rc.changes.len());
+    // Each element is a change chunk, or a document chunk
+    // (`record::decode_changes`).
+    for raw in &rc.changes {
+        let decoded = record::decode_changes(raw)
+            .map_err(|_| refuse(seq, RefusalCode::Malformed, "an automerge change does not decode"))?;
+        for change in decoded {
+            let h = change.hash();
+            if seen.insert(h) && doc.get_change_meta_by_hash(&h).is_none() {
+                // A server change the server already has (a tablet that
+                // sends its whole document) is harmless; a new one is not.
+                if change.actor_id() == ctx.server.actor() {
+                    return Err(server_actor_refusal(seq));
+                }
+                fresh.push(change);
+            }
+        }
+    }
+    if fresh.is_empty() {
+        return Ok((doc, Vec::new(), None));
+    }
+    let before = stored.map(|_| doc.document().clone());
+    let bytes: Vec<u8> = fresh.iter().flat_map(|c| c.raw_bytes().iter().copied()).collect();
+    doc.apply_changes(fresh)
+        .map_err(|_| refuse(seq, RefusalCode::Malformed, "the automerge changes do not apply"))?;
+    if !doc.get_missing_deps(&[]).is_empty() {
+        return Err(refuse(
+            seq,
+            RefusalCode::InvalidRecord,
+            "a change depends on changes the server has not received",
+        ));
+    }
+    Ok((doc, bytes, before))
 }
 
 /// **KIdC category:** citizen when either parent's nationality is `KHM`.
@@ -574,34 +827,49 @@ fn kidc_category(reg: &BirthRegistration) -> Category {
     }
 }
 
-fn unchanged_view() -> record::RecordView {
-    record::RecordView {
-        kind: RecordKind::Birth,
-        office: String::new(),
-        data: serde_json::Value::Null,
-        transitions: Vec::new(),
-        server: record::ServerPart::default(),
-        conflicts: Vec::new(),
-    }
-}
-
-/// The server's edits of a record, in the document's open transaction.
-fn server_edits(doc: &mut AutoCommit, now_ms: i64, hold: bool, kidc: Option<&Kidc>) -> Result<(), Step> {
+/// Makes the server's edits of a record (if it has any to make) with the
+/// server's actor, commits them, and produces the bytes to store: the
+/// stored bytes with the fresh ones and the server's change appended, or
+/// a compacted `save()` once that grows large.
+fn server_edits_saved(
+    ctx: &Ctx<'_>,
+    mut doc: AutoCommit,
+    stored: Option<&StoredRecord>,
+    fresh: &[u8],
+    hold: bool,
+    kidc: Option<&Kidc>,
+) -> Result<Saved, Step> {
     let failed = |_| internal("writing the server part of a record failed");
-    record::set_received(doc, now_ms).map_err(failed)?;
+    doc.set_actor(ctx.server.actor().clone());
     if hold {
-        record::set_hold(doc, HOLD_INVALID_ON_RECEIPT).map_err(failed)?;
+        record::set_hold(&mut doc, HOLD_INVALID_ON_RECEIPT).map_err(failed)?;
     }
     if let Some(k) = kidc {
-        record::set_registration(doc, k, now_ms).map_err(failed)?;
+        record::set_registration(&mut doc, k, ctx.now_ms).map_err(failed)?;
     }
-    Ok(())
+    let server_change = doc
+        .commit()
+        .and_then(|_| doc.get_last_local_change())
+        .map(|c| c.raw_bytes().to_vec());
+    let stored_len = stored.map_or(0, |s| s.doc.len());
+    let added = fresh.len() + server_change.as_ref().map_or(0, Vec::len);
+    let blob = if stored.is_some() && stored_len + added > COMPACT_ABOVE {
+        doc.save()
+    } else {
+        let mut b = Vec::with_capacity(stored_len + added);
+        b.extend_from_slice(stored.map_or(&[][..], |s| &s.doc));
+        b.extend_from_slice(fresh);
+        if let Some(c) = &server_change {
+            b.extend_from_slice(c);
+        }
+        b
+    };
+    Ok(Saved { blob, server_change })
 }
 
 /// The storage part of applying one record: issue its KIdC in the
 /// issuance log (redoing the server's edits if the drawn code was taken),
-/// commit the server's change, save the document, feed the change to the
-/// device.
+/// store the document, feed the server's change to the device.
 fn finish_record(
     tx: &mut dyn WriteTx,
     ctx: &Ctx<'_>,
@@ -612,11 +880,13 @@ fn finish_record(
     let Prepared {
         record_id,
         stored,
-        mut doc,
         fresh,
-        mut view,
+        office,
+        kind,
+        status,
         new_hold,
         kidc,
+        mut saved,
         unchanged,
     } = p;
     if unchanged {
@@ -625,49 +895,29 @@ fn finish_record(
     stats.records += 1;
     if new_hold {
         stats.holds += 1;
-        view.server.hold = Some(HOLD_INVALID_ON_RECEIPT.to_string());
     }
     if let Some((drawn, category)) = kidc {
         let issued = issue_kidc(tx, ctx, record_id, seq, category, drawn)?;
         if issued != drawn {
-            // The drawn code was taken: redo the edits with the issued one,
-            // so that no other person's code ever appears in this record.
-            doc.rollback();
-            server_edits(&mut doc, ctx.now_ms, new_hold, Some(&issued))?;
+            // The drawn code was taken: redo the edits with the issued one
+            // on the document as it was before them, so that no other
+            // person's code ever appears in this record.
+            let mut doc = AutoCommit::new();
+            for bytes in [stored.as_ref().map_or(&[][..], |s| &s.doc), &fresh] {
+                doc.load_incremental(bytes)
+                    .map_err(|_| internal("a record document does not reload"))?;
+            }
+            saved = server_edits_saved(ctx, doc, stored.as_ref(), &fresh, new_hold, Some(&issued))?;
         }
-        view.server.kidc = Some(issued);
         stats.kidcs += 1;
     }
-    let server_change = doc.commit().and_then(|_| doc.get_last_local_change());
-    let status = view
-        .status()
-        .map_err(|e| refuse(seq, RefusalCode::InvalidRecord, e.to_string()))?;
-
-    // Save: a new record is its raw change chunks (no full `save()`); an
-    // existing one gets the new chunks appended, compacted when large.
-    let added: usize = fresh.iter().map(|c| c.raw_bytes().len()).sum::<usize>()
-        + server_change.as_ref().map_or(0, |c| c.raw_bytes().len());
-    let blob = match &stored {
-        Some(s) if s.doc.len() + added > COMPACT_ABOVE => doc.save(),
-        _ => {
-            let mut b = stored.as_ref().map(|s| s.doc.clone()).unwrap_or_default();
-            b.reserve(added);
-            for c in &fresh {
-                b.extend_from_slice(c.raw_bytes());
-            }
-            if let Some(c) = &server_change {
-                b.extend_from_slice(c.raw_bytes());
-            }
-            b
-        }
-    };
     let record = StoredRecord {
         record_id,
-        office: view.office,
+        office,
         origin_device: ctx.device.device_id,
-        kind: view.kind.as_str().to_string(),
+        kind: kind.as_str().to_string(),
         status: status.as_str().to_string(),
-        doc: blob,
+        doc: saved.blob,
         updated_at_ms: ctx.now_ms,
     };
     if stored.is_some() {
@@ -675,8 +925,8 @@ fn finish_record(
     } else {
         tx.insert_record(&record)?;
     }
-    if let Some(c) = &server_change {
-        tx.append_server_change(ctx.device.device_id, record_id, c.raw_bytes(), ctx.now_ms)?;
+    if let Some(c) = &saved.server_change {
+        tx.append_server_change(ctx.device.device_id, record_id, c, ctx.now_ms)?;
     }
     tracing::debug!(record = %record_id, seq, status = status.as_str(), "record applied");
     Ok(())

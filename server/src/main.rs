@@ -21,6 +21,13 @@ use clap::{Parser, Subcommand};
 use crvs_server::{ApiError, Server, admin, http};
 use serde_json::{Value, json};
 
+/// Ingest allocates many small, short-lived objects (automerge columns,
+/// JSON values) on several threads: with mimalloc it costs about 15% less
+/// CPU per record than with the system allocator (`cargo bench -p
+/// crvs-server --bench ingest`, `cpu_microseconds_per_record`).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "crvs-server",
@@ -169,13 +176,17 @@ fn run(cli: Cli) -> Result<(), ApiError> {
                     .iter()
                     .map(|d| {
                         format!(
-                            "{}  commune {}  {}  last sync {}  seq {}{}",
+                            "{}  commune {}  {}  last sync {}  seq {}{}{}",
                             d.device_id,
                             d.commune,
                             if d.revoked { "REVOKED" } else { "active" },
                             d.last_sync.map_or("never".to_string(), |t| t.to_string()),
                             d.last_seq,
-                            if d.clock_flagged { "  CLOCK OFF" } else { "" }
+                            if d.clock_flagged { "  CLOCK OFF" } else { "" },
+                            d.blocked.as_ref().map_or(String::new(), |b| format!(
+                                "  BLOCKED at change set {} ({})",
+                                b.seq, b.code
+                            ))
                         )
                     })
                     .collect::<Vec<_>>()

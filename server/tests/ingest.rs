@@ -91,7 +91,7 @@ fn approved_births_get_valid_distinct_kidcs_that_reach_the_tablet() {
             view.status().expect("status"),
             crvs_schema::workflow::Status::Registered
         );
-        assert!(view.server.received_at_ms.is_some());
+        assert!(view.server.registered_at_ms.is_some());
     }
     assert_eq!(kidcs(dir.path()).len(), 20);
 }
@@ -288,6 +288,67 @@ fn a_change_set_writing_a_record_of_another_commune_is_refused() {
     assert_eq!(count(dir.path(), "SELECT COUNT(*) FROM kidc_issuance"), 0);
 }
 
+/// Operators watching 1,633 devices see which ones are stuck behind a
+/// change set that no resend can fix, and which refusal it was; a
+/// sequence gap (fixed by the tablet's own resend) is not shown.
+#[test]
+fn a_device_stuck_behind_a_refused_change_set_shows_as_blocked_until_it_syncs_past_it() {
+    let (_dir, server) = server();
+    let mut tablet = Tablet::enroll(&server, OFFICE);
+    let blocked = |server: &Server| {
+        admin::devices(server).expect("devices")[0]
+            .blocked
+            .as_ref()
+            .map(|b| (b.seq, b.code.clone()))
+    };
+    // A gap first: not blocked.
+    let mut doc = tablet.new_doc(OFFICE, &birth(), &[]);
+    tablet.next_seq = 2;
+    let gap = tablet.seal(vec![record_changes(
+        new_record_id(),
+        Tablet::document_chunk(&mut doc),
+    )]);
+    let r = open_response(
+        &server,
+        &server.handle_sync(&tablet.request(vec![gap])).expect("sync"),
+    );
+    assert_eq!(r.refusal.map(|r| r.code), Some(RefusalCode::SequenceGap));
+    assert_eq!(blocked(&server), None);
+    // A record of another commune: blocked at seq 1.
+    tablet.next_seq = 1;
+    tablet.last_hash = [0; 32];
+    let mut other = tablet.new_doc("120101", &birth(), &[]);
+    let cs = tablet.seal(vec![record_changes(
+        new_record_id(),
+        Tablet::document_chunk(&mut other),
+    )]);
+    for _ in 0..2 {
+        let r = open_response(
+            &server,
+            &server
+                .handle_sync(&tablet.request(vec![cs.clone()]))
+                .expect("sync"),
+        );
+        assert_eq!(r.refusal.map(|r| r.code), Some(RefusalCode::OutOfScope));
+        assert_eq!(blocked(&server), Some((1, "out_of_scope".to_string())));
+    }
+    let listed = serde_json::to_value(admin::devices(&server).expect("devices")).expect("json");
+    assert_eq!(listed[0]["blocked"]["code"], "out_of_scope");
+    // A tablet that replaces it (say, rebuilt from its records) syncs past it.
+    tablet.next_seq = 1;
+    tablet.last_hash = [0; 32];
+    let fixed = tablet.seal(vec![record_changes(
+        new_record_id(),
+        Tablet::document_chunk(&mut doc),
+    )]);
+    let r = open_response(
+        &server,
+        &server.handle_sync(&tablet.request(vec![fixed])).expect("sync"),
+    );
+    assert!(r.refusal.is_none(), "{:?}", r.refusal);
+    assert_eq!(blocked(&server), None);
+}
+
 #[test]
 fn a_change_set_writing_a_record_of_another_device_is_refused() {
     let (_dir, server) = server();
@@ -304,46 +365,71 @@ fn a_change_set_writing_a_record_of_another_device_is_refused() {
     assert_eq!(r.refusal.expect("refused").code, RefusalCode::OutOfScope);
 }
 
+/// A new record goes out either as its change chunks or as one document
+/// chunk; the server takes different paths for the two, so forgeries are
+/// tried in both forms.
+type Encode = fn(&mut automerge::AutoCommit) -> Vec<Vec<u8>>;
+const FORMS: [(&str, Encode); 2] = [
+    ("change chunks", Tablet::all_changes),
+    ("document chunk", Tablet::document_chunk),
+];
+
 #[test]
 fn a_change_set_setting_a_kidc_itself_is_refused() {
-    let (dir, server) = server();
-    let mut tablet = Tablet::enroll(&server, OFFICE);
-    let id = new_record_id();
-    let mut doc = tablet.new_doc(OFFICE, &birth(), &[Action::Verify, Action::Approve]);
-    let s = doc
-        .put_object(automerge::ROOT, record::SERVER, ObjType::Map)
-        .expect("map");
-    doc.put(&s, "kidc", "1000000019").expect("put");
-    let cs = tablet.seal(vec![record_changes(id, Tablet::all_changes(&mut doc))]);
-    let r = open_response(
-        &server,
-        &server.handle_sync(&tablet.request(vec![cs])).expect("sync"),
-    );
-    assert_eq!(r.refusal.expect("refused").code, RefusalCode::ServerOwnedField);
-    assert_eq!(count(dir.path(), "SELECT COUNT(*) FROM records"), 0);
-    assert_eq!(count(dir.path(), "SELECT COUNT(*) FROM kidc_issuance"), 0);
+    for (form, encode) in FORMS {
+        let (dir, server) = server();
+        let mut tablet = Tablet::enroll(&server, OFFICE);
+        let id = new_record_id();
+        let mut doc = tablet.new_doc(OFFICE, &birth(), &[Action::Verify, Action::Approve]);
+        let s = doc
+            .put_object(automerge::ROOT, record::SERVER, ObjType::Map)
+            .expect("map");
+        doc.put(&s, "kidc", "1000000019").expect("put");
+        let cs = tablet.seal(vec![record_changes(id, encode(&mut doc))]);
+        let r = open_response(
+            &server,
+            &server.handle_sync(&tablet.request(vec![cs])).expect("sync"),
+        );
+        assert_eq!(
+            r.refusal.expect("refused").code,
+            RefusalCode::ServerOwnedField,
+            "{form}"
+        );
+        assert_eq!(count(dir.path(), "SELECT COUNT(*) FROM records"), 0, "{form}");
+        assert_eq!(
+            count(dir.path(), "SELECT COUNT(*) FROM kidc_issuance"),
+            0,
+            "{form}"
+        );
+    }
 }
 
 #[test]
 fn a_change_made_with_the_servers_actor_id_is_refused() {
-    let (_dir, server) = server();
-    let mut tablet = Tablet::enroll(&server, OFFICE);
-    let id = new_record_id();
-    let mut doc = record::new_record(
-        server.actor().clone(),
-        record::RecordKind::Birth,
-        OFFICE,
-        &birth(),
-        &support::step(Action::Submit, "clerk"),
-    )
-    .expect("record");
-    let changes = Tablet::all_changes(&mut doc);
-    let cs = tablet.seal(vec![record_changes(id, changes)]);
-    let r = open_response(
-        &server,
-        &server.handle_sync(&tablet.request(vec![cs])).expect("sync"),
-    );
-    assert_eq!(r.refusal.expect("refused").code, RefusalCode::ServerOwnedField);
+    for (form, encode) in FORMS {
+        let (dir, server) = server();
+        let mut tablet = Tablet::enroll(&server, OFFICE);
+        let id = new_record_id();
+        let mut doc = record::new_record(
+            server.actor().clone(),
+            record::RecordKind::Birth,
+            OFFICE,
+            &birth(),
+            &support::step(Action::Submit, "clerk"),
+        )
+        .expect("record");
+        let cs = tablet.seal(vec![record_changes(id, encode(&mut doc))]);
+        let r = open_response(
+            &server,
+            &server.handle_sync(&tablet.request(vec![cs])).expect("sync"),
+        );
+        assert_eq!(
+            r.refusal.expect("refused").code,
+            RefusalCode::ServerOwnedField,
+            "{form}"
+        );
+        assert_eq!(count(dir.path(), "SELECT COUNT(*) FROM records"), 0, "{form}");
+    }
 }
 
 #[test]
@@ -487,6 +573,7 @@ fn an_enrolment_token_works_once() {
                 .verifying_key()
                 .to_bytes(),
         ),
+        office: None,
     };
     let ok = admin::enroll(&server, &req(&token.token)).expect("first enrolment");
     assert_eq!(ok.office, OFFICE);
@@ -511,6 +598,34 @@ fn an_enrolment_token_works_once() {
 }
 
 #[test]
+fn a_token_for_another_office_is_refused_and_stays_valid_for_its_own() {
+    let (dir, server) = server();
+    let token = admin::create_token(&server, OFFICE, 3_600_000).expect("token");
+    let req = |office: &str| crvs_schema::wire::EnrollRequest {
+        version: 1,
+        token: token.token.clone(),
+        public_key: hex::encode(
+            ed25519_dalek::SigningKey::generate(&mut rand::rng())
+                .verifying_key()
+                .to_bytes(),
+        ),
+        office: Some(office.into()),
+    };
+    match admin::enroll(&server, &req("120101")) {
+        Err(e @ ApiError::WrongOffice { .. }) => {
+            assert_eq!(e.code(), "wrong_office");
+            assert!(e.to_string().contains("120101") && e.to_string().contains(OFFICE));
+        }
+        other => panic!("expected wrong_office, got {other:?}"),
+    }
+    assert_eq!(count(dir.path(), "SELECT COUNT(*) FROM devices"), 0);
+    // The token was not used up: the right tablet enrols with it.
+    let ok = admin::enroll(&server, &req(OFFICE)).expect("enrols");
+    assert_eq!(ok.office, OFFICE);
+    assert_eq!(count(dir.path(), "SELECT COUNT(*) FROM devices"), 1);
+}
+
+#[test]
 fn racing_enrolments_with_one_token_enrol_one_device() {
     let (_dir, server) = server();
     let token = admin::create_token(&server, OFFICE, 3_600_000).expect("token");
@@ -528,6 +643,7 @@ fn racing_enrolments_with_one_token_enrol_one_device() {
                                     .verifying_key()
                                     .to_bytes(),
                             ),
+                            office: None,
                         },
                     )
                     .is_ok()
@@ -641,4 +757,96 @@ fn a_stored_record_document_loads_with_automerge() {
         birth().get("child").and_then(|c| c.get("sex"))
     );
     let _ = doc.get(automerge::ROOT, record::SERVER).expect("server part");
+}
+
+/// A server whose records were restored from an older backup than its
+/// issuance log: a record the log already holds gets its logged code back
+/// (the server redoes its edits with it), never a second one.
+#[test]
+fn a_record_already_in_the_issuance_log_gets_its_logged_code_back() {
+    for (form, encode) in FORMS {
+        let (dir, server) = server();
+        let mut tablet = Tablet::enroll(&server, OFFICE);
+        let id = new_record_id();
+        let logged = Kidc::generate(crvs_schema::kidc::Category::CITIZEN, &mut rand::rng());
+        {
+            let conn = rusqlite::Connection::open(dir.path().join(crvs_server::DB_FILE)).expect("db");
+            conn.execute(
+                "INSERT INTO kidc_issuance (kidc, record_id, category, issued_at, device_id, seq, reason)
+                 VALUES (?1, ?2, 1, 0, 'restored', 0, 'birth_approved')",
+                rusqlite::params![logged.as_str(), uuid::Uuid::from_bytes(id).to_string()],
+            )
+            .expect("insert");
+        }
+        let mut doc = tablet.new_doc(OFFICE, &birth(), &[Action::Verify, Action::Approve]);
+        let cs = tablet.seal(vec![record_changes(id, encode(&mut doc))]);
+        let resp = open_response(
+            &server,
+            &server.handle_sync(&tablet.request(vec![cs])).expect("sync"),
+        );
+        assert!(resp.refusal.is_none(), "{form}: {:?}", resp.refusal);
+        assert_eq!(kidc_in_updates(&resp, id, &mut doc), Some(logged), "{form}");
+        assert_eq!(kidcs(dir.path()).len(), 1, "{form}");
+        // The stored document holds the logged code, and only the tablet's
+        // changes and one server change.
+        let conn = rusqlite::Connection::open(dir.path().join(crvs_server::DB_FILE)).expect("db");
+        let blob: Vec<u8> = conn
+            .query_row("SELECT doc FROM records", [], |r| r.get(0))
+            .expect("stored");
+        let mut stored = AutoCommit::load(&blob).expect("stored document loads");
+        let view = record::read(&stored).expect("reads");
+        assert_eq!(view.server.kidc, Some(logged), "{form}");
+        let server_changes = stored
+            .get_changes(&[])
+            .iter()
+            .filter(|c| c.actor_id() == server.actor())
+            .count();
+        assert_eq!(server_changes, 1, "{form}");
+    }
+}
+
+/// New records are prepared before the writer is taken, on the guess that
+/// a record sent as one document chunk is new. A document chunk for a
+/// record the server already has (in the same request, or an earlier
+/// one) must take the path of an existing record instead: merged, checked
+/// against what the server has, one KIdC.
+#[test]
+fn a_document_chunk_for_a_record_the_server_has_is_merged_not_recreated() {
+    let (dir, server) = server();
+    let mut tablet = Tablet::enroll(&server, OFFICE);
+    let id = new_record_id();
+    let mut doc = tablet.new_doc(OFFICE, &birth(), &[Action::Verify]);
+    let cs1 = tablet.seal(vec![record_changes(id, Tablet::document_chunk(&mut doc))]);
+    record::append_transition(&mut doc, &support::step(Action::Approve, "registrar")).expect("approve");
+    // The whole document again, in the same request.
+    let cs2 = tablet.seal(vec![record_changes(id, Tablet::document_chunk(&mut doc))]);
+    let r = open_response(
+        &server,
+        &server.handle_sync(&tablet.request(vec![cs1, cs2])).expect("sync"),
+    );
+    assert!(r.refusal.is_none(), "{:?}", r.refusal);
+    assert_eq!(r.acks.len(), 2);
+    let kidc = kidc_in_updates(&r, id, &mut doc).expect("registered");
+    assert_eq!(kidcs(dir.path()).len(), 1);
+    // And in a later request, with a rewritten first step: refused, as it
+    // would be as change chunks.
+    tablet.cursor = r.cursor;
+    let mut forged = doc.fork();
+    let list = forged
+        .get(automerge::ROOT, record::TRANSITIONS)
+        .expect("get")
+        .expect("list")
+        .1;
+    let step = serde_json::to_string(&support::step(Action::Submit, "someone-else")).expect("json");
+    forged.put(&list, 0, step).expect("put");
+    let cs3 = tablet.seal(vec![record_changes(id, Tablet::document_chunk(&mut forged))]);
+    let r = open_response(
+        &server,
+        &server.handle_sync(&tablet.request(vec![cs3])).expect("sync"),
+    );
+    assert_eq!(r.refusal.map(|r| r.code), Some(RefusalCode::InvalidRecord));
+    assert_eq!(
+        kidcs(dir.path()),
+        vec![(uuid::Uuid::from_bytes(id).to_string(), kidc.to_string())]
+    );
 }

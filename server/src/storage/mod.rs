@@ -70,6 +70,20 @@ pub struct Device {
     pub clock_skew_ms: Option<i64>,
     /// The last time its clock was off by more than a day.
     pub clock_flagged_at_ms: Option<i64>,
+    /// The change set refused to it for good, if its outbox is stuck
+    /// behind one (cleared when its chain advances).
+    pub refused: Option<DeviceRefusal>,
+}
+
+/// A change set refused for a reason a resend cannot fix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceRefusal {
+    /// Its sequence number.
+    pub seq: u64,
+    /// The refusal code (`RefusalCode::as_str`).
+    pub code: String,
+    /// When, server ms.
+    pub at_ms: i64,
 }
 
 /// A device to insert at enrolment.
@@ -229,6 +243,9 @@ pub trait WriteTx {
     fn record_sync(&mut self, device_id: Uuid, seen: &SyncSeen) -> Result<(), StorageError>;
     /// Moves a device's chain to its newest applied change set.
     fn advance_device(&mut self, device_id: Uuid, seq: u64, hash: &Hash) -> Result<(), StorageError>;
+    /// Records that the device's next change set was refused for good
+    /// (until [`WriteTx::advance_device`] clears it).
+    fn record_refusal(&mut self, device_id: Uuid, refusal: &DeviceRefusal) -> Result<(), StorageError>;
 
     /// The hash of a device's logged change set `seq`, if logged.
     fn logged_hash(&mut self, device_id: Uuid, seq: u64) -> Result<Option<Hash>, StorageError>;

@@ -27,13 +27,16 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
 use uuid::Uuid;
 
 use super::{
-    Device, Issuance, LogEntry, NewDevice, ServerChange, Storage, StorageError, StoredRecord, SyncSeen,
-    TokenRow, WriteTx,
+    Device, DeviceRefusal, Issuance, LogEntry, NewDevice, ServerChange, Storage, StorageError, StoredRecord,
+    SyncSeen, TokenRow, WriteTx,
 };
 
 /// The numbered migrations, applied in order. `user_version` is the number
 /// of the last one applied.
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/001_init.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../../migrations/001_init.sql")),
+    (2, include_str!("../../migrations/002_device_refusal.sql")),
+];
 
 impl From<rusqlite::Error> for StorageError {
     fn from(e: rusqlite::Error) -> Self {
@@ -171,7 +174,7 @@ fn parse_hex<const N: usize>(s: &str) -> rusqlite::Result<[u8; N]> {
 }
 
 const DEVICE_COLUMNS: &str = "device_id, office, public_key, enrolled_at, revoked_at, last_seq, last_hash, \
-     last_sync_at, last_device_clock_ms, clock_skew_ms, clock_flagged_at";
+     last_sync_at, last_device_clock_ms, clock_skew_ms, clock_flagged_at, refused_seq, refused_code, refused_at";
 
 fn device_row(r: &Row<'_>) -> rusqlite::Result<Device> {
     Ok(Device {
@@ -186,6 +189,18 @@ fn device_row(r: &Row<'_>) -> rusqlite::Result<Device> {
         last_device_clock_ms: r.get(8)?,
         clock_skew_ms: r.get(9)?,
         clock_flagged_at_ms: r.get(10)?,
+        refused: match (
+            r.get::<_, Option<i64>>(11)?,
+            r.get::<_, Option<String>>(12)?,
+            r.get(13)?,
+        ) {
+            (Some(seq), Some(code), Some(at_ms)) => Some(DeviceRefusal {
+                seq: to_u64(seq)?,
+                code,
+                at_ms,
+            }),
+            _ => None,
+        },
     })
 }
 
@@ -325,10 +340,25 @@ impl WriteTx for SqliteTx<'_> {
     }
 
     fn advance_device(&mut self, device_id: Uuid, seq: u64, hash: &Hash) -> Result<(), StorageError> {
-        let mut st = self
-            .conn
-            .prepare_cached("UPDATE devices SET last_seq = ?2, last_hash = ?3 WHERE device_id = ?1")?;
+        let mut st = self.conn.prepare_cached(
+            "UPDATE devices SET last_seq = ?2, last_hash = ?3,
+                     refused_seq = NULL, refused_code = NULL, refused_at = NULL
+                 WHERE device_id = ?1",
+        )?;
         st.execute(params![device_id.to_string(), to_i64(seq)?, hex::encode(hash)])?;
+        Ok(())
+    }
+
+    fn record_refusal(&mut self, device_id: Uuid, refusal: &DeviceRefusal) -> Result<(), StorageError> {
+        let mut st = self.conn.prepare_cached(
+            "UPDATE devices SET refused_seq = ?2, refused_code = ?3, refused_at = ?4 WHERE device_id = ?1",
+        )?;
+        st.execute(params![
+            device_id.to_string(),
+            to_i64(refusal.seq)?,
+            refusal.code,
+            refusal.at_ms
+        ])?;
         Ok(())
     }
 

@@ -74,6 +74,7 @@ impl Tablet {
                 version: wire::FORMAT_VERSION,
                 token: token.token,
                 public_key: hex::encode(key.verifying_key().to_bytes()),
+                office: Some(office.to_string()),
             },
         )
         .expect("enrol");

@@ -1,190 +1,143 @@
-//! The sync client against a loopback implementation of the server's
-//! protocol (built from `crvs-schema`'s wire types, in process): batching,
-//! acknowledgements, lost answers, a server restored from a backup, a
-//! wrong acknowledgement, cancellation. The real server is exercised by
-//! the end-to-end tests in `tests/`.
-
-mod common;
+//! The tablet's sync client (`crvs_core::Registrar`) against the real
+//! server (`crvs_server::Server`, SQLite in a temp dir), in process,
+//! through a transport that can lose answers or tamper with them:
+//! batching, acknowledgements, lost answers, a server restored from a
+//! backup, a wrong acknowledgement, an impostor, cancellation, a failing
+//! observer. The same client over HTTP against the server process is in
+//! `tests/end_to_end.rs`.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
 
-use automerge::{ActorId, AutoCommit, Change};
-use common::*;
+use crvs_core::crypto::KdfParams;
 use crvs_core::{Error, Registrar, SyncPhase, SyncProgress, SyncState, Transport};
-use crvs_schema::kidc::{Category, Kidc};
-use crvs_schema::record;
-use crvs_schema::wire::{
-    self, Ack, AckOutcome, EnrollRequest, EnrollResponse, Hash, RecordUpdate, Refusal, RefusalCode,
-    SignedChangeSet, SyncRequest, SyncResponse,
-};
+use crvs_schema::Kidc;
+use crvs_schema::wire::{EnrollRequest, EnrollResponse, SyncResponse};
 use crvs_schema::workflow::Status;
-use ed25519_dalek::{SigningKey, VerifyingKey};
+use crvs_server::{Server, admin};
+use ed25519_dalek::SigningKey;
 
-const SERVER_ACTOR: [u8; 16] = [0xee; 16];
+const COMMUNE: &str = "171003";
 
-#[derive(Default)]
-struct State {
-    next_seq: u64,
-    last_hash: Hash,
-    hashes: HashMap<u64, Hash>,
-    docs: HashMap<[u8; 16], AutoCommit>,
-    feed: Vec<RecordUpdate>,
-    applied: u64,
+fn fixture(name: &str) -> String {
+    let path = format!("{}/../fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("fixture {name}: {e}"))
 }
 
-struct Loopback {
-    key: SigningKey,
-    device_key: RefCell<Option<VerifyingKey>>,
-    state: RefCell<State>,
+fn sok_dara() -> String {
+    fixture("birth-sok-dara.json")
+}
+
+fn no_given_name() -> String {
+    fixture("birth-no-given-name.json")
+}
+
+/// The real server behind a transport with faults on demand.
+struct Wire {
+    dir: PathBuf,
+    server: RefCell<Server>,
+    /// Answers to drop after the server committed them.
     lose_answers: Cell<u32>,
+    /// Flip a bit of the first acknowledgement's hash, re-signed with the
+    /// server's key (a buggy server).
     wrong_ack_hash: Cell<bool>,
+    /// Re-sign answers with another key (an impostor).
+    impostor: Cell<bool>,
 }
 
-impl Loopback {
-    fn new() -> Loopback {
-        Loopback {
-            key: SigningKey::from_bytes(&[5; 32]),
-            device_key: RefCell::new(None),
-            state: RefCell::new(State {
-                next_seq: 1,
-                ..State::default()
-            }),
+impl Wire {
+    fn open(dir: &Path) -> Wire {
+        Wire {
+            dir: dir.to_path_buf(),
+            server: RefCell::new(Server::open(dir).expect("server opens")),
             lose_answers: Cell::new(0),
             wrong_ack_hash: Cell::new(false),
+            impostor: Cell::new(false),
         }
     }
 
-    /// The server lost everything (restored from an empty backup).
-    fn lose_state(&self) {
-        *self.state.borrow_mut() = State {
-            next_seq: 1,
-            ..State::default()
-        };
+    fn count(&self, sql: &str) -> i64 {
+        let conn = rusqlite::Connection::open(self.dir.join(crvs_server::DB_FILE)).expect("db");
+        conn.query_row(sql, [], |r| r.get(0)).expect("count")
     }
 
-    fn apply(&self, st: &mut State, cs: &SignedChangeSet, device: &VerifyingKey) {
-        let body = cs.open(device).expect("signature");
-        assert_eq!(body.prev_hash, st.last_hash, "hash chain");
-        assert!(body.records.len() <= 100);
-        for rc in body.records {
-            let doc = st
-                .docs
-                .entry(rc.record_id)
-                .or_insert_with(|| AutoCommit::new().with_actor(ActorId::from(SERVER_ACTOR)));
-            let changes: Vec<Change> = rc
-                .changes
-                .iter()
-                .flat_map(|c| record::decode_changes(c).unwrap())
-                .collect();
-            for c in &changes {
-                assert_ne!(
-                    c.actor_id(),
-                    &ActorId::from(SERVER_ACTOR),
-                    "the tablet sent the server's change back"
-                );
-            }
-            doc.apply_changes(changes).unwrap();
-            let view = record::read(doc).unwrap();
-            if view.status().unwrap() == Status::Approved {
-                let before = doc.get_heads();
-                let kidc = Kidc::generate(Category::CITIZEN, &mut rand::rng());
-                record::set_registration(doc, &kidc, 1).unwrap();
-                let changes = doc
-                    .get_changes(&before)
-                    .iter()
-                    .map(|c| c.raw_bytes().to_vec())
-                    .collect();
-                st.feed.push(RecordUpdate {
-                    record_id: rc.record_id,
-                    changes,
-                });
-            }
+    fn applied_change_sets(&self) -> i64 {
+        self.count("SELECT COUNT(*) FROM change_set_log")
+    }
+
+    /// A consistent copy of the server's database, as an operator's
+    /// nightly backup would take.
+    fn backup(&self) -> Vec<u8> {
+        let copy = self.dir.join("backup.db");
+        let _ = std::fs::remove_file(&copy);
+        let conn = rusqlite::Connection::open(self.dir.join(crvs_server::DB_FILE)).expect("db");
+        conn.execute("VACUUM INTO ?1", [copy.to_str().expect("utf-8 path")])
+            .expect("backup");
+        std::fs::read(&copy).expect("backup bytes")
+    }
+
+    /// Stops the server, puts `backup` in place of its database, and
+    /// starts it again (same key, older data).
+    fn restore(&self, backup: &[u8]) {
+        let mut server = self.server.borrow_mut();
+        // Close the old database before replacing its files.
+        *server = Server::open(&self.dir.join("elsewhere")).expect("placeholder");
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(self.dir.join(format!("{}{suffix}", crvs_server::DB_FILE)));
         }
-        st.applied += 1;
-        st.hashes.insert(cs.seq(), cs.hash());
-        st.last_hash = cs.hash();
-        st.next_seq += 1;
+        std::fs::write(self.dir.join(crvs_server::DB_FILE), backup).expect("restore");
+        *server = Server::open(&self.dir).expect("server reopens");
     }
 }
 
-impl Transport for Loopback {
+impl Transport for Wire {
     fn enroll(&self, request: &EnrollRequest) -> crvs_core::Result<EnrollResponse> {
-        let pk: [u8; 32] = hex::decode(&request.public_key).unwrap().try_into().unwrap();
-        *self.device_key.borrow_mut() = Some(VerifyingKey::from_bytes(&pk).unwrap());
-        Ok(EnrollResponse {
-            device_id: uuid::Uuid::now_v7().to_string(),
-            office: COMMUNE.into(),
-            server_public_key: hex::encode(self.key.verifying_key().to_bytes()),
-        })
+        admin::enroll(&self.server.borrow(), request).map_err(|e| Error::Protocol(e.to_string()))
     }
 
     fn sync(&self, bytes: &[u8]) -> crvs_core::Result<Vec<u8>> {
-        let device = self.device_key.borrow().expect("enrolled");
-        wire::verify_request(bytes, &device).expect("request signature");
-        let req = SyncRequest::decode_unverified(bytes).unwrap();
-        let mut st = self.state.borrow_mut();
-        let mut acks = Vec::new();
-        let mut refusal = None;
-        for raw in req.change_sets {
-            let cs = SignedChangeSet::from_bytes(raw).unwrap();
-            let seq = cs.seq();
-            if seq < st.next_seq {
-                assert_eq!(st.hashes[&seq], cs.hash(), "a resend must be the same bytes");
-                acks.push(Ack {
-                    seq,
-                    hash: cs.hash(),
-                    outcome: AckOutcome::AlreadyApplied,
-                });
-                continue;
-            }
-            if seq > st.next_seq {
-                refusal = Some(Refusal {
-                    seq,
-                    code: RefusalCode::SequenceGap,
-                    expected_seq: Some(st.next_seq),
-                    message: "sequence gap".into(),
-                });
-                break;
-            }
-            self.apply(&mut st, &cs, &device);
-            let mut hash = cs.hash();
-            if self.wrong_ack_hash.get() {
-                hash[0] ^= 1;
-            }
-            acks.push(Ack {
-                seq,
-                hash,
-                outcome: AckOutcome::Applied,
-            });
-        }
-        let from = (req.cursor as usize).min(st.feed.len());
-        let resp = SyncResponse {
-            request_hash: wire::request_hash(bytes),
-            server_time_ms: 1,
-            acks,
-            refusal,
-            next_seq: st.next_seq,
-            updates: st.feed[from..].to_vec(),
-            cursor: st.feed.len() as u64,
-            more: false,
-        };
-        let sealed = resp.seal(&self.key).unwrap();
+        let server = self.server.borrow();
+        let answer = server
+            .handle_sync(bytes)
+            .map_err(|e| Error::Protocol(e.to_string()))?;
         if self.lose_answers.get() > 0 {
             self.lose_answers.set(self.lose_answers.get() - 1);
             return Err(Error::Offline("connection reset while reading the answer".into()));
         }
-        Ok(sealed)
+        if self.wrong_ack_hash.get() || self.impostor.get() {
+            let mut resp = SyncResponse::open(&answer, &server.signing_key().verifying_key()).expect("opens");
+            if self.wrong_ack_hash.get()
+                && let Some(ack) = resp.acks.first_mut()
+            {
+                ack.hash[0] ^= 1;
+            }
+            let key = if self.impostor.get() {
+                SigningKey::from_bytes(&[6; 32])
+            } else {
+                server.signing_key().clone()
+            };
+            return Ok(resp.seal(&key).expect("seals"));
+        }
+        Ok(answer)
     }
 }
 
-fn setup() -> (tempfile::TempDir, Registrar, Loopback) {
-    let dir = tempfile::tempdir().unwrap();
-    let r = new_store(dir.path());
-    let server = Loopback::new();
-    r.enroll_with(&server, "http://loopback", "token").unwrap();
-    (dir, r, server)
+fn setup() -> (tempfile::TempDir, Registrar, Wire) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let wire = Wire::open(&dir.path().join("server"));
+    let tablet = Registrar::init_with_kdf(
+        dir.path().join("tablet"),
+        "correct horse battery staple",
+        COMMUNE,
+        KdfParams::INSECURE_FOR_TESTS,
+    )
+    .expect("store");
+    let token = admin::create_token(&wire.server.borrow(), COMMUNE, 3_600_000).expect("token");
+    tablet
+        .enroll_with(&wire, "http://in-process", &token.token)
+        .expect("enrols");
+    (dir, tablet, wire)
 }
 
 fn quiet() -> impl Fn(SyncProgress) -> ControlFlow<()> {
@@ -215,10 +168,19 @@ fn approved_births_come_back_with_a_kidc_and_a_second_sync_changes_nothing() {
     assert_eq!(shown["status"], "registered");
     assert_eq!(shown["kidc"], shown["server"]["kidc"]);
     assert!(shown["server_updated_at"].is_string());
+    // The tablet's KIdCs are the ones in the server's issuance log.
+    assert_eq!(server.count("SELECT COUNT(*) FROM kidc_issuance"), 2);
+    for k in &kidcs {
+        let n = server.count(&format!(
+            "SELECT COUNT(*) FROM kidc_issuance WHERE kidc = '{}'",
+            Kidc::parse(k).unwrap()
+        ));
+        assert_eq!(n, 1);
+    }
 
     let again = r.sync_with(&server, &quiet()).unwrap();
     assert_eq!((again.pushed, again.pulled, again.change_sets_created), (0, 0, 0));
-    assert_eq!(server.state.borrow().applied, 1);
+    assert_eq!(server.applied_change_sets(), 1);
     r.check().unwrap();
 }
 
@@ -233,10 +195,11 @@ fn edits_after_a_sync_go_out_without_the_servers_changes() {
     r.approve(&id, "registrar").unwrap();
     let report = r.sync_with(&server, &quiet()).unwrap();
     assert_eq!((report.pushed, report.kidcs_received), (1, 1));
-    // A later edit-free sync sends nothing (the server's KIdC change is not
-    // echoed back: the loopback asserts it).
+    // A later edit-free sync sends nothing: the server's change is not
+    // echoed back (the server would refuse a change with its own actor).
     assert_eq!(r.sync_with(&server, &quiet()).unwrap().change_sets_created, 0);
     assert_eq!(r.record(&id).unwrap().view.status().unwrap(), Status::Registered);
+    assert_eq!(server.applied_change_sets(), 2);
 }
 
 #[test]
@@ -248,8 +211,8 @@ fn a_hundred_and_fifty_records_travel_in_two_change_sets() {
     let report = r.sync_with(&server, &quiet()).unwrap();
     assert_eq!(report.change_sets_created, 2);
     assert_eq!((report.pushed, report.records_pushed), (2, 150));
-    assert_eq!(server.state.borrow().docs.len(), 150);
-    assert_eq!(server.state.borrow().next_seq, 3);
+    assert_eq!(server.count("SELECT COUNT(*) FROM records"), 150);
+    assert_eq!(server.applied_change_sets(), 2);
     r.check().unwrap();
 }
 
@@ -261,14 +224,15 @@ fn a_lost_answer_is_resent_acknowledged_again_and_applied_once() {
     r.approve(&id, "registrar").unwrap();
     server.lose_answers.set(1);
     assert!(matches!(r.sync_with(&server, &quiet()), Err(Error::Offline(_))));
-    assert_eq!(server.state.borrow().applied, 1);
+    assert_eq!(server.applied_change_sets(), 1);
     assert_eq!(r.record(&id).unwrap().sync_state, SyncState::Pending);
     let report = r.sync_with(&server, &quiet()).unwrap();
     assert_eq!(
         (report.pushed, report.kidcs_received, report.change_sets_created),
         (1, 1, 0)
     );
-    assert_eq!(server.state.borrow().applied, 1, "the resend was applied twice");
+    assert_eq!(server.applied_change_sets(), 1, "the resend was applied twice");
+    assert_eq!(server.count("SELECT COUNT(*) FROM kidc_issuance"), 1);
     assert_eq!(r.record(&id).unwrap().sync_state, SyncState::Synced);
     assert!(r.record(&id).unwrap().view.server.kidc.is_some());
 }
@@ -276,32 +240,36 @@ fn a_lost_answer_is_resent_acknowledged_again_and_applied_once() {
 #[test]
 fn a_server_restored_from_a_backup_gets_the_missing_change_sets_again() {
     let (_dir, r, server) = setup();
+    // The backup is taken after enrolment, before any registration.
+    let backup = server.backup();
     r.register_birth(&sok_dara(), "clerk").unwrap();
     r.sync_with(&server, &quiet()).unwrap();
     r.register_birth(&no_given_name(), "clerk").unwrap();
     r.sync_with(&server, &quiet()).unwrap();
-    assert_eq!(server.state.borrow().next_seq, 3);
-    server.lose_state();
+    assert_eq!(server.applied_change_sets(), 2);
+    server.restore(&backup);
+    assert_eq!(server.applied_change_sets(), 0);
     let report = r.sync_with(&server, &quiet()).unwrap();
     assert_eq!(report.resent_from, Some(1));
     assert_eq!(report.change_sets_created, 0);
     assert_eq!(report.pending, 0);
-    let st = server.state.borrow();
-    assert_eq!((st.next_seq, st.applied, st.docs.len()), (3, 2, 2));
+    assert_eq!(server.applied_change_sets(), 2);
+    assert_eq!(server.count("SELECT COUNT(*) FROM records"), 2);
 }
 
 #[test]
 fn a_new_change_set_after_the_server_lost_state_is_refused_by_gap_then_resent_in_order() {
     let (_dir, r, server) = setup();
+    let backup = server.backup();
     r.register_birth(&sok_dara(), "clerk").unwrap();
     r.sync_with(&server, &quiet()).unwrap();
-    server.lose_state();
+    server.restore(&backup);
     r.register_birth(&no_given_name(), "clerk").unwrap();
     // The tablet sends seq 2; the server expects 1: it resends 1 then 2.
     let report = r.sync_with(&server, &quiet()).unwrap();
     assert_eq!(report.resent_from, Some(1));
-    assert_eq!(server.state.borrow().next_seq, 3);
     assert_eq!(report.pending, 0);
+    assert_eq!(server.applied_change_sets(), 2);
 }
 
 #[test]
@@ -316,27 +284,16 @@ fn an_acknowledgement_with_a_wrong_hash_is_refused_and_nothing_is_marked() {
     let report = r.sync_with(&server, &quiet()).unwrap();
     assert_eq!(report.pushed, 1);
     assert_eq!(r.record(&id).unwrap().sync_state, SyncState::Synced);
+    assert_eq!(server.applied_change_sets(), 1);
 }
 
 #[test]
 fn an_answer_signed_by_another_key_is_refused() {
     let (_dir, r, server) = setup();
     r.register_birth(&sok_dara(), "clerk").unwrap();
-    struct Impostor<'a>(&'a Loopback);
-    impl Transport for Impostor<'_> {
-        fn enroll(&self, _: &EnrollRequest) -> crvs_core::Result<EnrollResponse> {
-            unreachable!()
-        }
-        fn sync(&self, bytes: &[u8]) -> crvs_core::Result<Vec<u8>> {
-            let answer = self.0.sync(bytes)?;
-            let resp = SyncResponse::open(&answer, &self.0.key.verifying_key()).unwrap();
-            Ok(resp.seal(&SigningKey::from_bytes(&[6; 32])).unwrap())
-        }
-    }
-    assert!(matches!(
-        r.sync_with(&Impostor(&server), &quiet()),
-        Err(Error::Protocol(_))
-    ));
+    server.impostor.set(true);
+    assert!(matches!(r.sync_with(&server, &quiet()), Err(Error::Protocol(_))));
+    server.impostor.set(false);
     assert_eq!(r.sync_with(&server, &quiet()).unwrap().pushed, 1);
 }
 
@@ -360,7 +317,7 @@ fn a_cancelled_sync_stops_cleanly_and_the_next_one_completes() {
         seen.borrow().as_slice(),
         [SyncPhase::Preparing, SyncPhase::Pushing]
     );
-    assert_eq!(server.state.borrow().applied, 0);
+    assert_eq!(server.applied_change_sets(), 0);
     let progress = RefCell::new(Vec::new());
     let watch = |p: SyncProgress| {
         progress.borrow_mut().push(p);
@@ -388,5 +345,6 @@ fn a_panicking_observer_ends_the_sync_without_harm() {
     // The answer was stored before the observer ran.
     assert_eq!(report.pushed, 1);
     assert_eq!(r.sync_with(&server, &quiet()).unwrap().pushed, 0);
+    assert_eq!(server.applied_change_sets(), 1);
     r.check().unwrap();
 }
