@@ -645,8 +645,33 @@ struct Saved {
 }
 
 /// The pure part of applying one record's changes: decode, apply, check,
-/// and the server's own edits (open, uncommitted).
+/// and the server's own edits, committed.
+///
+/// Automerge's decoder panics on some malformed documents whose checksum
+/// is valid (a buggy or hostile tablet can send one): such a panic is a
+/// `malformed` refusal of the change set, like any other undecodable
+/// input, not a failed request that the tablet would retry forever.
 fn prepare_record(
+    ctx: &Ctx<'_>,
+    seq: u64,
+    rc: RecordChanges,
+    stored: Option<StoredRecord>,
+) -> Result<Prepared, Step> {
+    let record_id = Uuid::from_bytes(rc.record_id);
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        prepare_record_inner(ctx, seq, rc, stored)
+    }))
+    .unwrap_or_else(|_| {
+        tracing::warn!(record = %record_id, seq, "the automerge decoder panicked on a record");
+        Err(refuse(
+            seq,
+            RefusalCode::Malformed,
+            "a record's automerge data is malformed (the decoder failed on it)",
+        ))
+    })
+}
+
+fn prepare_record_inner(
     ctx: &Ctx<'_>,
     seq: u64,
     rc: RecordChanges,

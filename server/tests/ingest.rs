@@ -850,3 +850,84 @@ fn a_document_chunk_for_a_record_the_server_has_is_merged_not_recreated() {
         vec![(uuid::Uuid::from_bytes(id).to_string(), kidc.to_string())]
     );
 }
+
+/// Rebuilds an automerge document chunk around `data` with a valid
+/// checksum (what a hostile tablet would do).
+fn document_chunk_around(data: &[u8]) -> Vec<u8> {
+    use sha2::{Digest, Sha256};
+    let mut len = Vec::new();
+    let mut v = data.len() as u64;
+    loop {
+        let b = (v & 0x7f) as u8;
+        v >>= 7;
+        if v == 0 {
+            len.push(b);
+            break;
+        }
+        len.push(b | 0x80);
+    }
+    let mut h = Sha256::new();
+    h.update([0u8]);
+    h.update(&len);
+    h.update(data);
+    let sum = h.finalize();
+    let mut out = vec![0x85, 0x6f, 0x4a, 0x83];
+    out.extend_from_slice(&sum[..4]);
+    out.push(0);
+    out.extend_from_slice(&len);
+    out.extend_from_slice(data);
+    out
+}
+
+/// Automerge 0.12's decoder panics on some malformed documents with a
+/// valid checksum. Such a document is refused as malformed (the tablet is
+/// told, the device shows as blocked); the server goes on serving.
+#[test]
+fn a_document_that_makes_the_automerge_decoder_panic_is_refused_as_malformed() {
+    let (dir, server) = server();
+    let mut tablet = Tablet::enroll(&server, OFFICE);
+    let chunk = Tablet::document_chunk(&mut tablet.new_doc(OFFICE, &birth(), &[])).remove(0);
+    let header = 4 + 4 + 1 + if chunk.len() - 11 < 16384 { 2 } else { 3 };
+    let data = &chunk[header..];
+    assert_eq!(
+        document_chunk_around(data),
+        chunk,
+        "the header is rebuilt as automerge writes it"
+    );
+    // Find a one-byte change that makes the decoder panic.
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let poison = (0..data.len())
+        .flat_map(|i| [0x01u8, 0x80, 0xff].map(move |x| (i, x)))
+        .map(|(i, x)| {
+            let mut d = data.to_vec();
+            d[i] ^= x;
+            document_chunk_around(&d)
+        })
+        .find(|bytes| std::panic::catch_unwind(|| AutoCommit::load(bytes).is_ok()).is_err());
+    std::panic::set_hook(previous);
+    let poison = poison.expect(
+        "no one-byte change panics automerge's decoder any more: \
+         the catch_unwind in ingest::prepare_record may no longer be needed",
+    );
+    let cs = tablet.seal(vec![record_changes(new_record_id(), vec![poison])]);
+    let r = open_response(
+        &server,
+        &server
+            .handle_sync(&tablet.request(vec![cs]))
+            .expect("sync answers"),
+    );
+    assert_eq!(r.refusal.map(|r| r.code), Some(RefusalCode::Malformed));
+    assert_eq!(count(dir.path(), "SELECT COUNT(*) FROM records"), 0);
+    let blocked = admin::devices(&server).expect("devices")[0].blocked.clone();
+    assert_eq!(blocked.map(|b| b.code), Some("malformed".to_string()));
+    // The server still serves: another tablet registers a birth.
+    let mut other = Tablet::enroll(&server, OFFICE);
+    let (_, cs) = approved_birth(&mut other);
+    let r = open_response(
+        &server,
+        &server.handle_sync(&other.request(vec![cs])).expect("sync"),
+    );
+    assert!(r.refusal.is_none(), "{:?}", r.refusal);
+    assert_eq!(kidcs(dir.path()).len(), 1);
+}
