@@ -353,7 +353,7 @@ struct Pending {
     /// For a record sent as one document chunk (one the tablet never sent
     /// before): prepared as a new record. Used only if the record is still
     /// absent under the writer.
-    early: Option<Result<Prepared, Step>>,
+    early: Option<Result<Option<Prepared>, Step>>,
 }
 
 /// Frames, verifies and decodes the change sets of a request, and prepares
@@ -556,12 +556,14 @@ fn apply_records(
                 (None, Some(early)) => early?,
                 (stored, _) => prepare_record(ctx, seq, p.rc, stored)?,
             };
-            finish_record(tx, ctx, seq, prepared, stats)?;
+            if let Some(p) = prepared {
+                finish_record(tx, ctx, seq, p, stats)?;
+            }
         }
         return Ok(());
     }
     // Prepared early and still new, or to prepare now.
-    let mut slots: Vec<Option<Result<Prepared, Step>>> = Vec::with_capacity(records.len());
+    let mut slots: Vec<Option<Result<Option<Prepared>, Step>>> = Vec::with_capacity(records.len());
     let mut jobs = Vec::new();
     for (i, p) in records.into_iter().enumerate() {
         let stored = load_owned(tx, ctx, seq, p.rc.record_id)?;
@@ -581,7 +583,7 @@ fn apply_records(
     // The first problem in the change set's order wins; nothing is saved.
     let mut prepared = Vec::with_capacity(slots.len());
     for slot in slots {
-        prepared.push(slot.ok_or_else(|| internal("a record was not prepared"))??);
+        prepared.extend(slot.ok_or_else(|| internal("a record was not prepared"))??);
     }
     for p in prepared {
         finish_record(tx, ctx, seq, p, stats)?;
@@ -633,19 +635,17 @@ struct Prepared {
     kidc: Option<(Kidc, Category)>,
     /// The bytes to store, and the server's change to feed to the device.
     saved: Saved,
-    /// Nothing new for this record.
-    unchanged: bool,
 }
 
 /// A record document with the server's change committed, as stored.
-#[derive(Default)]
 struct Saved {
     blob: Vec<u8>,
     server_change: Option<Vec<u8>>,
 }
 
 /// The pure part of applying one record's changes: decode, apply, check,
-/// and the server's own edits, committed.
+/// and the server's own edits, committed; `None` when the changes hold
+/// nothing the stored record does not already have.
 ///
 /// Automerge's decoder panics on some malformed documents whose checksum
 /// is valid (a buggy or hostile tablet can send one): such a panic is a
@@ -656,7 +656,7 @@ fn prepare_record(
     seq: u64,
     rc: RecordChanges,
     stored: Option<StoredRecord>,
-) -> Result<Prepared, Step> {
+) -> Result<Option<Prepared>, Step> {
     let record_id = Uuid::from_bytes(rc.record_id);
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         prepare_record_inner(ctx, seq, rc, stored)
@@ -676,7 +676,7 @@ fn prepare_record_inner(
     seq: u64,
     rc: RecordChanges,
     stored: Option<StoredRecord>,
-) -> Result<Prepared, Step> {
+) -> Result<Option<Prepared>, Step> {
     let record_id = Uuid::from_bytes(rc.record_id);
     let (doc, fresh, before) = match (&stored, rc.changes.as_slice()) {
         // The common case: a record the server has not seen, sent as one
@@ -699,19 +699,7 @@ fn prepare_record_inner(
         _ => {
             let (doc, fresh, before) = apply_tablet_changes(ctx, seq, rc, stored.as_ref())?;
             if fresh.is_empty() {
-                // Nothing this record does not already have.
-                return Ok(Prepared {
-                    record_id,
-                    stored,
-                    fresh,
-                    office: String::new(),
-                    kind: RecordKind::Birth,
-                    status: Status::Submitted,
-                    new_hold: false,
-                    kidc: None,
-                    saved: Saved::default(),
-                    unchanged: true,
-                });
+                return Ok(None);
             }
             (doc, fresh, before)
         }
@@ -769,7 +757,7 @@ fn prepare_record_inner(
         new_hold,
         kidc.as_ref().map(|k| &k.0),
     )?;
-    Ok(Prepared {
+    Ok(Some(Prepared {
         record_id,
         stored,
         fresh,
@@ -779,8 +767,7 @@ fn prepare_record_inner(
         new_hold,
         kidc,
         saved,
-        unchanged: false,
-    })
+    }))
 }
 
 fn server_actor_refusal(seq: u64) -> Step {
@@ -912,11 +899,7 @@ fn finish_record(
         new_hold,
         kidc,
         mut saved,
-        unchanged,
     } = p;
-    if unchanged {
-        return Ok(());
-    }
     stats.records += 1;
     if new_hold {
         stats.holds += 1;

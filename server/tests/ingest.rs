@@ -19,6 +19,14 @@ fn server() -> (tempfile::TempDir, Server) {
     (dir, server)
 }
 
+/// Sends `change_sets` from `tablet` in one request, and opens the answer.
+fn sync(server: &Server, tablet: &Tablet, change_sets: Vec<Vec<u8>>) -> crvs_schema::wire::SyncResponse {
+    open_response(
+        server,
+        &server.handle_sync(&tablet.request(change_sets)).expect("sync"),
+    )
+}
+
 fn count(dir: &Path, sql: &str) -> i64 {
     let conn = rusqlite::Connection::open(dir.join(crvs_server::DB_FILE)).expect("db");
     conn.query_row(sql, [], |r| r.get(0)).expect("count")
@@ -72,10 +80,7 @@ fn approved_births_get_valid_distinct_kidcs_that_reach_the_tablet() {
         docs.push((id, doc));
     }
     let cs = tablet.seal(records);
-    let resp = open_response(
-        &server,
-        &server.handle_sync(&tablet.request(vec![cs])).expect("sync"),
-    );
+    let resp = sync(&server, &tablet, vec![cs]);
     assert!(resp.refusal.is_none());
     assert_eq!(resp.acks.len(), 1);
     assert_eq!(resp.acks[0].outcome, AckOutcome::Applied);
@@ -103,10 +108,7 @@ fn a_new_record_sent_as_one_document_chunk_is_registered_like_its_changes() {
     let id = new_record_id();
     let mut doc = tablet.new_doc(OFFICE, &birth(), &[Action::Verify, Action::Approve]);
     let cs = tablet.seal(vec![record_changes(id, Tablet::document_chunk(&mut doc))]);
-    let resp = open_response(
-        &server,
-        &server.handle_sync(&tablet.request(vec![cs])).expect("sync"),
-    );
+    let resp = sync(&server, &tablet, vec![cs]);
     assert!(resp.refusal.is_none(), "{:?}", resp.refusal);
     assert!(kidc_in_updates(&resp, id, &mut doc).is_some());
     assert_eq!(kidcs(dir.path()).len(), 1);
@@ -115,10 +117,7 @@ fn a_new_record_sent_as_one_document_chunk_is_registered_like_its_changes() {
     let last = bad[0].len() - 1;
     bad[0][last] ^= 0xff;
     let cs = tablet.seal(vec![record_changes(new_record_id(), bad)]);
-    let resp = open_response(
-        &server,
-        &server.handle_sync(&tablet.request(vec![cs])).expect("sync"),
-    );
+    let resp = sync(&server, &tablet, vec![cs]);
     assert_eq!(
         resp.refusal.map(|r| r.code),
         Some(crvs_schema::wire::RefusalCode::Malformed)
@@ -136,10 +135,7 @@ fn a_birth_is_registered_only_once_it_is_approved() {
     let heads = doc.get_heads();
     record::append_transition(&mut doc, &support::step(Action::Verify, "checker")).expect("verify");
     let cs2 = tablet.seal(vec![record_changes(id, Tablet::changes_since(&mut doc, &heads))]);
-    let r = open_response(
-        &server,
-        &server.handle_sync(&tablet.request(vec![cs1, cs2])).expect("sync"),
-    );
+    let r = sync(&server, &tablet, vec![cs1, cs2]);
     assert_eq!(r.acks.len(), 2);
     assert_eq!(kidcs(dir.path()).len(), 0, "no KIdC before approval");
     tablet.cursor = r.cursor;
@@ -154,10 +150,7 @@ fn a_birth_is_registered_only_once_it_is_approved() {
     let heads = doc.get_heads();
     record::append_transition(&mut doc, &support::step(Action::Approve, "registrar")).expect("approve");
     let cs3 = tablet.seal(vec![record_changes(id, Tablet::changes_since(&mut doc, &heads))]);
-    let r = open_response(
-        &server,
-        &server.handle_sync(&tablet.request(vec![cs3])).expect("sync"),
-    );
+    let r = sync(&server, &tablet, vec![cs3]);
     assert!(r.refusal.is_none(), "{:?}", r.refusal);
     assert!(kidc_in_updates(&r, id, &mut doc).is_some());
     assert_eq!(kidcs(dir.path()).len(), 1);
@@ -168,20 +161,10 @@ fn resent_change_set_is_acknowledged_again_and_applied_once() {
     let (dir, server) = server();
     let mut tablet = Tablet::enroll(&server, OFFICE);
     let (_, cs) = approved_birth(&mut tablet);
-    let first = open_response(
-        &server,
-        &server
-            .handle_sync(&tablet.request(vec![cs.clone()]))
-            .expect("sync"),
-    );
+    let first = sync(&server, &tablet, vec![cs.clone()]);
     assert_eq!(first.acks[0].outcome, AckOutcome::Applied);
     for _ in 0..3 {
-        let again = open_response(
-            &server,
-            &server
-                .handle_sync(&tablet.request(vec![cs.clone()]))
-                .expect("sync"),
-        );
+        let again = sync(&server, &tablet, vec![cs.clone()]);
         assert!(again.refusal.is_none());
         assert_eq!(again.acks[0].outcome, AckOutcome::AlreadyApplied);
         assert_eq!(again.acks[0].hash, first.acks[0].hash);
@@ -201,10 +184,7 @@ fn a_different_change_set_under_an_applied_sequence_number_is_refused() {
     tablet.next_seq = 1;
     tablet.last_hash = [0; 32];
     let (_, other) = approved_birth(&mut tablet);
-    let r = open_response(
-        &server,
-        &server.handle_sync(&tablet.request(vec![other])).expect("sync"),
-    );
+    let r = sync(&server, &tablet, vec![other]);
     assert_eq!(r.refusal.expect("refused").code, RefusalCode::HashChainMismatch);
 }
 
@@ -215,10 +195,7 @@ fn a_sequence_gap_is_refused_with_the_expected_number() {
     let (_, cs1) = approved_birth(&mut tablet);
     let (_, _cs2) = approved_birth(&mut tablet);
     let (_, cs3) = approved_birth(&mut tablet);
-    let r = open_response(
-        &server,
-        &server.handle_sync(&tablet.request(vec![cs1, cs3])).expect("sync"),
-    );
+    let r = sync(&server, &tablet, vec![cs1, cs3]);
     assert_eq!(r.acks.len(), 1, "the change set before the gap stands");
     let refusal = r.refusal.expect("refused");
     assert_eq!(refusal.code, RefusalCode::SequenceGap);
@@ -235,10 +212,7 @@ fn a_change_set_with_a_bad_signature_is_refused_and_stores_nothing() {
     let mut tablet = Tablet::enroll(&server, OFFICE);
     let (_, mut cs) = approved_birth(&mut tablet);
     cs[40] ^= 0x01; // inside the signature
-    let r = open_response(
-        &server,
-        &server.handle_sync(&tablet.request(vec![cs])).expect("sync"),
-    );
+    let r = sync(&server, &tablet, vec![cs]);
     assert_eq!(r.refusal.expect("refused").code, RefusalCode::BadSignature);
     assert!(r.acks.is_empty());
     assert_eq!(count(dir.path(), "SELECT COUNT(*) FROM change_set_log"), 0);
@@ -253,10 +227,7 @@ fn a_change_set_signed_by_another_key_is_refused() {
     tablet.key = ed25519_dalek::SigningKey::generate(&mut rand::rng());
     let (_, cs) = approved_birth(&mut tablet);
     tablet.key = real;
-    let r = open_response(
-        &server,
-        &server.handle_sync(&tablet.request(vec![cs])).expect("sync"),
-    );
+    let r = sync(&server, &tablet, vec![cs]);
     assert_eq!(r.refusal.expect("refused").code, RefusalCode::BadSignature);
 }
 
@@ -279,10 +250,7 @@ fn a_change_set_writing_a_record_of_another_commune_is_refused() {
     let id = new_record_id();
     let mut doc = tablet.new_doc("120101", &birth(), &[Action::Verify, Action::Approve]);
     let cs = tablet.seal(vec![record_changes(id, Tablet::all_changes(&mut doc))]);
-    let r = open_response(
-        &server,
-        &server.handle_sync(&tablet.request(vec![cs])).expect("sync"),
-    );
+    let r = sync(&server, &tablet, vec![cs]);
     assert_eq!(r.refusal.expect("refused").code, RefusalCode::OutOfScope);
     assert_eq!(count(dir.path(), "SELECT COUNT(*) FROM records"), 0);
     assert_eq!(count(dir.path(), "SELECT COUNT(*) FROM kidc_issuance"), 0);
@@ -308,10 +276,7 @@ fn a_device_stuck_behind_a_refused_change_set_shows_as_blocked_until_it_syncs_pa
         new_record_id(),
         Tablet::document_chunk(&mut doc),
     )]);
-    let r = open_response(
-        &server,
-        &server.handle_sync(&tablet.request(vec![gap])).expect("sync"),
-    );
+    let r = sync(&server, &tablet, vec![gap]);
     assert_eq!(r.refusal.map(|r| r.code), Some(RefusalCode::SequenceGap));
     assert_eq!(blocked(&server), None);
     // A record of another commune: blocked at seq 1.
@@ -323,12 +288,7 @@ fn a_device_stuck_behind_a_refused_change_set_shows_as_blocked_until_it_syncs_pa
         Tablet::document_chunk(&mut other),
     )]);
     for _ in 0..2 {
-        let r = open_response(
-            &server,
-            &server
-                .handle_sync(&tablet.request(vec![cs.clone()]))
-                .expect("sync"),
-        );
+        let r = sync(&server, &tablet, vec![cs.clone()]);
         assert_eq!(r.refusal.map(|r| r.code), Some(RefusalCode::OutOfScope));
         assert_eq!(blocked(&server), Some((1, "out_of_scope".to_string())));
     }
@@ -341,10 +301,7 @@ fn a_device_stuck_behind_a_refused_change_set_shows_as_blocked_until_it_syncs_pa
         new_record_id(),
         Tablet::document_chunk(&mut doc),
     )]);
-    let r = open_response(
-        &server,
-        &server.handle_sync(&tablet.request(vec![fixed])).expect("sync"),
-    );
+    let r = sync(&server, &tablet, vec![fixed]);
     assert!(r.refusal.is_none(), "{:?}", r.refusal);
     assert_eq!(blocked(&server), None);
 }
@@ -361,7 +318,7 @@ fn a_change_set_writing_a_record_of_another_device_is_refused() {
     let heads = doc.get_heads();
     record::append_transition(&mut doc, &support::step(Action::Verify, "checker")).expect("verify");
     let cs = b.seal(vec![record_changes(id, Tablet::changes_since(&mut doc, &heads))]);
-    let r = open_response(&server, &server.handle_sync(&b.request(vec![cs])).expect("sync"));
+    let r = sync(&server, &b, vec![cs]);
     assert_eq!(r.refusal.expect("refused").code, RefusalCode::OutOfScope);
 }
 
@@ -386,10 +343,7 @@ fn a_change_set_setting_a_kidc_itself_is_refused() {
             .expect("map");
         doc.put(&s, "kidc", "1000000019").expect("put");
         let cs = tablet.seal(vec![record_changes(id, encode(&mut doc))]);
-        let r = open_response(
-            &server,
-            &server.handle_sync(&tablet.request(vec![cs])).expect("sync"),
-        );
+        let r = sync(&server, &tablet, vec![cs]);
         assert_eq!(
             r.refusal.expect("refused").code,
             RefusalCode::ServerOwnedField,
@@ -419,10 +373,7 @@ fn a_change_made_with_the_servers_actor_id_is_refused() {
         )
         .expect("record");
         let cs = tablet.seal(vec![record_changes(id, encode(&mut doc))]);
-        let r = open_response(
-            &server,
-            &server.handle_sync(&tablet.request(vec![cs])).expect("sync"),
-        );
+        let r = sync(&server, &tablet, vec![cs]);
         assert_eq!(
             r.refusal.expect("refused").code,
             RefusalCode::ServerOwnedField,
@@ -446,12 +397,7 @@ fn the_same_record_resent_or_reapproved_never_gets_a_second_kidc() {
     let heads = doc.get_heads();
     record::append_transition(&mut doc, &support::step(Action::Approve, "registrar")).expect("append");
     let cs3 = tablet.seal(vec![record_changes(id, Tablet::changes_since(&mut doc, &heads))]);
-    let r = open_response(
-        &server,
-        &server
-            .handle_sync(&tablet.request(vec![cs1, cs2, cs3]))
-            .expect("sync"),
-    );
+    let r = sync(&server, &tablet, vec![cs1, cs2, cs3]);
     assert_eq!(r.acks.len(), 2);
     assert_eq!(r.refusal.expect("refused").code, RefusalCode::InvalidRecord);
     assert_eq!(kidcs(dir.path()).len(), 1);
@@ -466,10 +412,7 @@ fn a_birth_invalid_by_the_servers_date_is_held_without_a_kidc() {
     let id = new_record_id();
     let mut doc = tablet.new_doc(OFFICE, &data, &[Action::Verify, Action::Approve]);
     let cs = tablet.seal(vec![record_changes(id, Tablet::all_changes(&mut doc))]);
-    let r = open_response(
-        &server,
-        &server.handle_sync(&tablet.request(vec![cs])).expect("sync"),
-    );
+    let r = sync(&server, &tablet, vec![cs]);
     assert!(r.refusal.is_none(), "held, not refused");
     assert_eq!(r.acks[0].outcome, AckOutcome::Applied);
     assert!(kidc_in_updates(&r, id, &mut doc).is_none());
@@ -488,10 +431,7 @@ fn a_foreign_residents_child_gets_the_foreign_resident_category() {
     let id = new_record_id();
     let mut doc = tablet.new_doc(OFFICE, &data, &[Action::Verify, Action::Approve]);
     let cs = tablet.seal(vec![record_changes(id, Tablet::all_changes(&mut doc))]);
-    let r = open_response(
-        &server,
-        &server.handle_sync(&tablet.request(vec![cs])).expect("sync"),
-    );
+    let r = sync(&server, &tablet, vec![cs]);
     let kidc = kidc_in_updates(&r, id, &mut doc).expect("kidc");
     assert_eq!(kidc.category(), crvs_schema::kidc::Category::FOREIGN_RESIDENT);
 }
@@ -520,18 +460,12 @@ fn the_pull_feed_pages_and_resumes_from_the_cursor() {
     let (_dir, server) = server();
     let mut tablet = Tablet::enroll(&server, OFFICE);
     let (_, cs) = approved_birth(&mut tablet);
-    let r = open_response(
-        &server,
-        &server.handle_sync(&tablet.request(vec![cs])).expect("sync"),
-    );
+    let r = sync(&server, &tablet, vec![cs]);
     assert_eq!(r.updates.len(), 1);
     assert!(r.cursor > 0);
     assert!(!r.more);
     tablet.cursor = r.cursor;
-    let again = open_response(
-        &server,
-        &server.handle_sync(&tablet.request(vec![])).expect("sync"),
-    );
+    let again = sync(&server, &tablet, vec![]);
     assert!(again.updates.is_empty(), "nothing new after the cursor");
     assert_eq!(again.cursor, r.cursor);
 }
@@ -728,10 +662,7 @@ fn a_reopened_server_keeps_its_key_actor_and_data() {
     let server = Server::open(dir.path()).expect("reopen");
     assert_eq!(server.signing_key().verifying_key(), key);
     assert_eq!(server.actor(), &actor);
-    let r = open_response(
-        &server,
-        &server.handle_sync(&tablet.request(vec![cs])).expect("sync"),
-    );
+    let r = sync(&server, &tablet, vec![cs]);
     assert_eq!(r.acks[0].outcome, AckOutcome::AlreadyApplied);
 }
 
@@ -780,10 +711,7 @@ fn a_record_already_in_the_issuance_log_gets_its_logged_code_back() {
         }
         let mut doc = tablet.new_doc(OFFICE, &birth(), &[Action::Verify, Action::Approve]);
         let cs = tablet.seal(vec![record_changes(id, encode(&mut doc))]);
-        let resp = open_response(
-            &server,
-            &server.handle_sync(&tablet.request(vec![cs])).expect("sync"),
-        );
+        let resp = sync(&server, &tablet, vec![cs]);
         assert!(resp.refusal.is_none(), "{form}: {:?}", resp.refusal);
         assert_eq!(kidc_in_updates(&resp, id, &mut doc), Some(logged), "{form}");
         assert_eq!(kidcs(dir.path()).len(), 1, "{form}");
@@ -820,10 +748,7 @@ fn a_document_chunk_for_a_record_the_server_has_is_merged_not_recreated() {
     record::append_transition(&mut doc, &support::step(Action::Approve, "registrar")).expect("approve");
     // The whole document again, in the same request.
     let cs2 = tablet.seal(vec![record_changes(id, Tablet::document_chunk(&mut doc))]);
-    let r = open_response(
-        &server,
-        &server.handle_sync(&tablet.request(vec![cs1, cs2])).expect("sync"),
-    );
+    let r = sync(&server, &tablet, vec![cs1, cs2]);
     assert!(r.refusal.is_none(), "{:?}", r.refusal);
     assert_eq!(r.acks.len(), 2);
     let kidc = kidc_in_updates(&r, id, &mut doc).expect("registered");
@@ -840,10 +765,7 @@ fn a_document_chunk_for_a_record_the_server_has_is_merged_not_recreated() {
     let step = serde_json::to_string(&support::step(Action::Submit, "someone-else")).expect("json");
     forged.put(&list, 0, step).expect("put");
     let cs3 = tablet.seal(vec![record_changes(id, Tablet::document_chunk(&mut forged))]);
-    let r = open_response(
-        &server,
-        &server.handle_sync(&tablet.request(vec![cs3])).expect("sync"),
-    );
+    let r = sync(&server, &tablet, vec![cs3]);
     assert_eq!(r.refusal.map(|r| r.code), Some(RefusalCode::InvalidRecord));
     assert_eq!(
         kidcs(dir.path()),
@@ -924,10 +846,7 @@ fn a_document_that_makes_the_automerge_decoder_panic_is_refused_as_malformed() {
     // The server still serves: another tablet registers a birth.
     let mut other = Tablet::enroll(&server, OFFICE);
     let (_, cs) = approved_birth(&mut other);
-    let r = open_response(
-        &server,
-        &server.handle_sync(&other.request(vec![cs])).expect("sync"),
-    );
+    let r = sync(&server, &other, vec![cs]);
     assert!(r.refusal.is_none(), "{:?}", r.refusal);
     assert_eq!(kidcs(dir.path()).len(), 1);
 }

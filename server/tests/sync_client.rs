@@ -36,7 +36,8 @@ fn no_given_name() -> String {
 /// The real server behind a transport with faults on demand.
 struct Wire {
     dir: PathBuf,
-    server: RefCell<Server>,
+    /// `None` only while a backup is being restored.
+    server: RefCell<Option<Server>>,
     /// Answers to drop after the server committed them.
     lose_answers: Cell<u32>,
     /// Flip a bit of the first acknowledgement's hash, re-signed with the
@@ -50,11 +51,17 @@ impl Wire {
     fn open(dir: &Path) -> Wire {
         Wire {
             dir: dir.to_path_buf(),
-            server: RefCell::new(Server::open(dir).expect("server opens")),
+            server: RefCell::new(Some(Server::open(dir).expect("server opens"))),
             lose_answers: Cell::new(0),
             wrong_ack_hash: Cell::new(false),
             impostor: Cell::new(false),
         }
+    }
+
+    fn server(&self) -> std::cell::Ref<'_, Server> {
+        std::cell::Ref::map(self.server.borrow(), |s| {
+            s.as_ref().expect("the server is running")
+        })
     }
 
     fn count(&self, sql: &str) -> i64 {
@@ -82,22 +89,22 @@ impl Wire {
     fn restore(&self, backup: &[u8]) {
         let mut server = self.server.borrow_mut();
         // Close the old database before replacing its files.
-        *server = Server::open(&self.dir.join("elsewhere")).expect("placeholder");
+        *server = None;
         for suffix in ["", "-wal", "-shm"] {
             let _ = std::fs::remove_file(self.dir.join(format!("{}{suffix}", crvs_server::DB_FILE)));
         }
         std::fs::write(self.dir.join(crvs_server::DB_FILE), backup).expect("restore");
-        *server = Server::open(&self.dir).expect("server reopens");
+        *server = Some(Server::open(&self.dir).expect("server reopens"));
     }
 }
 
 impl Transport for Wire {
     fn enroll(&self, request: &EnrollRequest) -> crvs_core::Result<EnrollResponse> {
-        admin::enroll(&self.server.borrow(), request).map_err(|e| Error::Protocol(e.to_string()))
+        admin::enroll(&self.server(), request).map_err(|e| Error::Protocol(e.to_string()))
     }
 
     fn sync(&self, bytes: &[u8]) -> crvs_core::Result<Vec<u8>> {
-        let server = self.server.borrow();
+        let server = self.server();
         let answer = server
             .handle_sync(bytes)
             .map_err(|e| Error::Protocol(e.to_string()))?;
@@ -133,7 +140,7 @@ fn setup() -> (tempfile::TempDir, Registrar, Wire) {
         KdfParams::INSECURE_FOR_TESTS,
     )
     .expect("store");
-    let token = admin::create_token(&wire.server.borrow(), COMMUNE, 3_600_000).expect("token");
+    let token = admin::create_token(&wire.server(), COMMUNE, 3_600_000).expect("token");
     tablet
         .enroll_with(&wire, "http://in-process", &token.token)
         .expect("enrols");
