@@ -74,8 +74,16 @@ pub fn enroll(server: &Server, req: &EnrollRequest) -> Result<EnrollResponse, Ap
     let mut key = [0u8; 32];
     hex::decode_to_slice(req.public_key.trim(), &mut key)
         .map_err(|_| ApiError::Invalid("public_key must be 64 hex digits (an ed25519 public key)".into()))?;
-    VerifyingKey::from_bytes(&key)
+    let parsed = VerifyingKey::from_bytes(&key)
         .map_err(|_| ApiError::Invalid("public_key is not a valid ed25519 public key".into()))?;
+    if parsed.is_weak() {
+        // A small-order key (all zeros among them) verifies signatures
+        // that anyone can make. Refused before the token is looked at, so
+        // the token stays good.
+        return Err(ApiError::Invalid(
+            "public_key is a weak ed25519 key (small order); generate a new key pair".into(),
+        ));
+    }
     let hash = token_hash(&req.token);
     let now = server.now_ms();
     let mut tx = server.storage().begin()?;

@@ -8,8 +8,10 @@
 //! Handlers are thin: they move bytes to [`Server`] methods on the blocking
 //! pool and return them. Errors become JSON in one place
 //! ([`ApiError`]'s `IntoResponse`). Every request gets an `x-request-id`
-//! (kept if the client sent one) that appears in its log span; logs carry
-//! method, path, status and latency, never bodies.
+//! (the client's own is kept only if it is at most 64 characters of
+//! `[A-Za-z0-9._:-]`; otherwise it is replaced by a fresh UUID) that
+//! appears in its log span; logs carry method, path, status and latency,
+//! never bodies.
 
 use std::sync::Arc;
 
@@ -57,6 +59,39 @@ pub fn router(server: Arc<Server>) -> Router {
         }))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(axum::middleware::map_request(drop_unsafe_request_id))
+}
+
+/// Longest client-supplied `x-request-id` kept.
+pub const MAX_REQUEST_ID_LEN: usize = 64;
+
+/// Whether a client's request id may go into the logs as it is: short, and
+/// only letters, digits, `-`, `_`, `.` and `:`. Anything else (a newline, a
+/// quote, an escape sequence, 8 KB of text) could forge log fields.
+pub fn is_safe_request_id(id: &[u8]) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_REQUEST_ID_LEN
+        && id
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+}
+
+/// Removes a client's `x-request-id` that is not safe to log, so that the
+/// request gets a fresh UUID instead (runs before `SetRequestIdLayer`).
+async fn drop_unsafe_request_id(mut req: Request<axum::body::Body>) -> Request<axum::body::Body> {
+    let headers = req.headers_mut();
+    let safe = {
+        let mut ids = headers.get_all("x-request-id").iter();
+        match (ids.next(), ids.next()) {
+            (None, _) => true,
+            (Some(id), None) => is_safe_request_id(id.as_bytes()),
+            (Some(_), Some(_)) => false,
+        }
+    };
+    if !safe {
+        headers.remove("x-request-id");
+    }
+    req
 }
 
 /// Serves until `shutdown` completes, then finishes the requests in flight.

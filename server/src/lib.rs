@@ -67,6 +67,53 @@ impl std::fmt::Debug for Server {
 
 const ACTOR_META_KEY: &str = "server_actor_id";
 
+/// Creates the data folder readable by its owner only (0700 on unix), and
+/// tightens an existing one: it holds names and ID numbers. The files in
+/// it are created 0600 ([`private_file`]).
+pub fn private_dir(dir: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+        let mode = std::fs::metadata(dir)?.permissions().mode();
+        if mode & 0o077 != 0 {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+            tracing::warn!(
+                mode = format!("{:o}", mode & 0o777),
+                "the data folder was readable by others; it is now 0700"
+            );
+        }
+    }
+    #[cfg(not(unix))]
+    std::fs::create_dir_all(dir)?;
+    Ok(())
+}
+
+/// Makes sure `path` exists and is readable and writable by its owner only
+/// (0600 on unix), without touching its contents. SQLite gives a
+/// database's `-wal` and `-shm` files the mode of the database file, so
+/// creating the database this way keeps all three private.
+pub fn private_file(path: &Path) -> std::io::Result<()> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        opts.mode(0o600);
+        let f = opts.open(path)?;
+        let mode = f.metadata()?.permissions().mode();
+        if mode & 0o077 != 0 {
+            f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        }
+    }
+    #[cfg(not(unix))]
+    opts.open(path)?;
+    Ok(())
+}
+
 impl Server {
     /// Opens the server whose data lives in `dir` (created on first use):
     /// the SQLite database, the signing key, the automerge actor id.
@@ -76,7 +123,7 @@ impl Server {
 
     /// [`Server::open`] with a given clock.
     pub fn open_with_clock(dir: &Path, clock: Clock) -> Result<Server, StorageError> {
-        std::fs::create_dir_all(dir)?;
+        private_dir(dir)?;
         let storage = SqliteStorage::open(&dir.join(DB_FILE))?;
         let key = keys::load_or_create(dir)?;
         Self::with_storage(Box::new(storage), key, clock, dir.to_path_buf())

@@ -295,3 +295,86 @@ fn serve_prints_the_address_it_bound_and_answers_health() {
     child.kill().expect("kill");
     let _ = child.wait();
 }
+
+#[test]
+fn a_client_request_id_is_kept_only_when_short_and_plain() {
+    use std::io::{Read, Write};
+    let s = start();
+    let addr = s.url.trim_start_matches("http://").to_string();
+    // A raw request: an HTTP library would refuse to send some of these.
+    let id_of = |sent: &[u8]| {
+        let mut conn = std::net::TcpStream::connect(&addr).expect("connect");
+        let mut req = b"GET /v1/health HTTP/1.1\r\nhost: x\r\nconnection: close\r\nx-request-id: ".to_vec();
+        req.extend_from_slice(sent);
+        req.extend_from_slice(b"\r\n\r\n");
+        conn.write_all(&req).expect("send");
+        let mut answer = String::new();
+        conn.read_to_string(&mut answer).expect("read");
+        if answer.starts_with("HTTP/1.1 400") {
+            // The HTTP parser refused the header itself: the request never
+            // reached a handler or a log line.
+            return None;
+        }
+        assert!(
+            answer.starts_with("HTTP/1.1 200"),
+            "{}",
+            &answer[..answer.len().min(80)]
+        );
+        let id = answer
+            .lines()
+            .find_map(|l| l.strip_prefix("x-request-id: "))
+            .expect("an x-request-id")
+            .to_string();
+        Some(id)
+    };
+    assert_eq!(id_of(b"tablet-42.sync:7").as_deref(), Some("tablet-42.sync:7"));
+    let mut replaced = 0;
+    for forged in [
+        b"a\" level=ERROR msg=\"forged".to_vec(),
+        vec![b'x'; 8 * 1024],
+        b"\x1b[31mred".to_vec(),
+        b"has space".to_vec(),
+    ] {
+        if let Some(got) = id_of(&forged) {
+            assert_ne!(got.as_bytes(), forged.as_slice());
+            assert!(
+                uuid::Uuid::parse_str(&got).is_ok(),
+                "replaced by a fresh UUID, got {got:?}"
+            );
+            replaced += 1;
+        }
+    }
+    assert!(
+        replaced >= 3,
+        "the quote, the 8 KB and the space ids reach the server and are replaced"
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn the_data_folder_and_its_files_are_private_to_the_server_user() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("dir");
+    let data = dir.path().join("data");
+    // A folder an operator made world-readable is tightened.
+    std::fs::create_dir(&data).expect("mkdir");
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let server = Server::open(&data).expect("open");
+    let mut tablet = Tablet::enroll(&server, OFFICE);
+    let id = new_record_id();
+    let mut doc = tablet.new_doc(OFFICE, &birth(), &[Action::Verify, Action::Approve]);
+    let cs = tablet.seal(vec![record_changes(id, Tablet::all_changes(&mut doc))]);
+    server.handle_sync(&tablet.request(vec![cs])).expect("sync");
+    let mode = |p: &Path| std::fs::metadata(p).expect("metadata").permissions().mode() & 0o777;
+    assert_eq!(mode(&data), 0o700);
+    let mut files = 0;
+    for entry in std::fs::read_dir(&data).expect("read_dir") {
+        let path = entry.expect("entry").path();
+        assert_eq!(mode(&path), 0o600, "{} is {:o}", path.display(), mode(&path));
+        files += 1;
+    }
+    assert!(
+        files >= 3,
+        "server.db, its WAL and the key at least ({files} files)"
+    );
+}

@@ -97,6 +97,9 @@ impl SqliteStorage {
     /// Opens (creating if needed) the database at `path`: pragmas,
     /// migrations, one writer and one reader connection.
     pub fn open(path: &Path) -> Result<SqliteStorage, StorageError> {
+        // Created 0600 before SQLite opens it: its -wal and -shm files
+        // take the same mode.
+        crate::private_file(path)?;
         let mut writer = Connection::open(path)?;
         configure(&writer)?;
         migrate(&mut writer)?;
