@@ -48,6 +48,11 @@ pub enum Error {
         /// The server's message (no personal data).
         message: String,
     },
+    /// The server accepted a later request from this tablet than the one
+    /// sent (a store restored from a backup, or a replay by someone else).
+    /// The sync continues above the server's counter by itself.
+    #[error("the server has accepted a later request from this tablet (counter {0})")]
+    CounterBehind(u64),
     /// The server's answer does not verify or does not match the request.
     #[error("the server's answer is not acceptable: {0}")]
     Protocol(String),
@@ -76,6 +81,7 @@ impl Error {
             Error::InvalidInput(_) => "invalid_input",
             Error::Offline(_) => "offline",
             Error::ServerRefused { .. } => "server_refused",
+            Error::CounterBehind(_) => "counter_behind",
             Error::Protocol(_) => "protocol",
             Error::Cancelled => "cancelled",
             Error::Storage(_) => "storage",
@@ -96,6 +102,7 @@ impl Error {
             Error::InvalidInput(_) => "Check the command's arguments.",
             Error::Offline(_) => "Nothing was lost: sync again when the connection is back.",
             Error::ServerRefused { .. } => "Contact the sync operators with this message.",
+            Error::CounterBehind(_) => "Sync again; contact the operators if it persists.",
             Error::Protocol(_) => {
                 "Nothing was applied: sync again, and contact the operators if it persists."
             }

@@ -14,9 +14,10 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use automerge::{ActorId, AutoCommit, Change, ChangeHash};
+use crvs_schema::enrol::{self, EnrolmentToken};
 use crvs_schema::gazetteer::{GazetteerCode, Level};
 use crvs_schema::record::{self, RecordKind, RecordView};
-use crvs_schema::wire::{self, EnrollRequest, RecordChanges, SignedChangeSet, SyncRequest, SyncResponse};
+use crvs_schema::wire::{self, RecordChanges, SignedChangeSet, SyncRequest, SyncResponse};
 use crvs_schema::workflow::{self, Action, Transition};
 use crvs_schema::{BirthRegistration, Date};
 use ed25519_dalek::{SigningKey, VerifyingKey};
@@ -186,6 +187,10 @@ pub fn now_ms() -> i64 {
 
 const WRAP_AAD: &[u8] = b"meta\0\0wrapped_data_key";
 const SIGNING_KEY_AAD: &[u8] = b"meta\0\0signing_key";
+const PENDING_SIGNING_KEY_AAD: &[u8] = b"meta\0\0pending_signing_key";
+/// The highest server request counter a tablet adopts: far below
+/// `u64::MAX`, so that even a forged answer cannot leave it no room.
+const MAX_ADOPTED_COUNTER: u64 = 1 << 62;
 
 fn doc_aad(id: &[u8; 16]) -> Vec<u8> {
     aad("records", id, "doc")
@@ -344,17 +349,31 @@ impl Registrar {
         if self.device_id()?.is_some() {
             return Err(Error::NotAllowed("this store is already enrolled".into()));
         }
-        if token.trim().is_empty() {
-            return Err(Error::InvalidInput("the enrolment token is empty".into()));
-        }
-        let signing_key = SigningKey::generate(&mut rand::rng());
-        let request = EnrollRequest {
-            version: wire::FORMAT_VERSION,
-            token: token.trim().to_string(),
-            public_key: hex::encode(signing_key.verifying_key().to_bytes()),
-            office: Some(self.office.clone()),
-        };
+        let token = EnrolmentToken::parse(token).map_err(|e| Error::InvalidInput(e.to_string()))?;
+        // The key is made once and kept (sealed) until enrolment completes:
+        // enrolling again with the same token, after a lost or forged
+        // answer, presents the same key and gets the same device.
+        let signing_key = self.pending_signing_key()?;
+        let public_key = signing_key.verifying_key().to_bytes();
+        let mut nonce = [0u8; 16];
+        rand::rng().fill_bytes(&mut nonce);
+        let request = enrol::enroll_request(&token, &public_key, Some(&self.office), nonce);
         let answer = transport.enroll(&request)?;
+        // The answer counts only if the key the token vouches for signed it,
+        // for this request. Anything else is a machine in the middle (or the
+        // wrong server): nothing is stored, and the token stays good.
+        let server_key = answer
+            .verify(&request.public_key, &request.nonce)
+            .map_err(|_| Error::Protocol("the enrolment answer's signature does not verify".into()))?;
+        if !token.is_for_server(&server_key) {
+            tracing::warn!("enrolment answer signed by a key the token does not name");
+            return Err(Error::Protocol(
+                "the server's key does not match the enrolment token: the connection may be \
+                 intercepted, or the address is not the one the token was made for. Nothing was \
+                 stored; check the server address and enrol again"
+                    .into(),
+            ));
+        }
         if answer.office != self.office {
             return Err(Error::NotAllowed(format!(
                 "the token is for office {}, but this store belongs to office {}",
@@ -363,12 +382,7 @@ impl Registrar {
         }
         let device = uuid::Uuid::parse_str(&answer.device_id)
             .map_err(|_| Error::Protocol("the server's device id is not a UUID".into()))?;
-        let server_key: [u8; 32] = hex::decode(&answer.server_public_key)
-            .ok()
-            .and_then(|b| b.try_into().ok())
-            .ok_or_else(|| Error::Protocol("the server's public key is malformed".into()))?;
-        VerifyingKey::from_bytes(&server_key)
-            .map_err(|_| Error::Protocol("the server's public key is not a valid ed25519 key".into()))?;
+        let server_key = server_key.to_bytes();
         let secret = Zeroizing::new(signing_key.to_bytes());
         let sealed = self.key.seal(SIGNING_KEY_AAD, secret.as_ref());
         let mut conn = lock(&self.conn);
@@ -377,12 +391,39 @@ impl Registrar {
         store::set_meta(&tx, meta::SERVER_URL, server_url.trim().trim_end_matches('/'))?;
         store::set_meta(&tx, meta::SERVER_KEY, server_key.to_vec())?;
         store::set_meta(&tx, meta::SIGNING_KEY, sealed)?;
+        tx.execute("DELETE FROM meta WHERE key = ?1", [meta::PENDING_SIGNING_KEY])?;
         tx.commit()?;
         tracing::info!(device = %device, "tablet enrolled");
         Ok(Enrollment {
             device_id: device.to_string(),
             office: answer.office,
         })
+    }
+
+    /// The device key of an enrolment in progress, made and stored
+    /// (sealed) on first use.
+    fn pending_signing_key(&self) -> Result<SigningKey> {
+        let conn = &mut *lock(&self.conn);
+        if let Some(sealed) = store::get_meta::<Vec<u8>>(conn, meta::PENDING_SIGNING_KEY)? {
+            let secret = self.key.open(PENDING_SIGNING_KEY_AAD, &sealed)?;
+            let secret: Zeroizing<[u8; 32]> = Zeroizing::new(
+                secret
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| Error::Corrupt("the pending device key is malformed".into()))?,
+            );
+            return Ok(SigningKey::from_bytes(&secret));
+        }
+        let key = SigningKey::generate(&mut rand::rng());
+        let secret = Zeroizing::new(key.to_bytes());
+        let tx = conn.transaction()?;
+        store::set_meta(
+            &tx,
+            meta::PENDING_SIGNING_KEY,
+            self.key.seal(PENDING_SIGNING_KEY_AAD, secret.as_ref()),
+        )?;
+        tx.commit()?;
+        Ok(key)
     }
 
     fn enrolled(&self, conn: &Connection) -> Result<Enrolled> {
@@ -676,6 +717,7 @@ impl Registrar {
             return self.finish(report);
         }
         let mut rewinds = 0;
+        let mut counter_resets = 0;
         let mut highest_acked = acked_at_start;
         loop {
             // (b) The next run of unacknowledged change sets.
@@ -697,13 +739,13 @@ impl Registrar {
                     change_sets.push(bytes.to_vec());
                 }
                 let cursor = store::get_meta::<i64>(&conn, meta::CURSOR)?.unwrap_or(0).max(0) as u64;
-                let mut nonce = [0u8; 16];
-                rand::rng().fill_bytes(&mut nonce);
+                drop(conn);
+                let counter = self.next_request_counter()?;
                 let request = SyncRequest {
                     device_id: enrolled.device_id,
+                    counter,
                     cursor,
                     device_clock_ms: now_ms(),
-                    nonce,
                     change_sets,
                 }
                 .seal(&enrolled.signing_key)?;
@@ -719,7 +761,19 @@ impl Registrar {
                 break;
             }
             report.requests += 1;
-            let answer = transport.sync(&request)?;
+            let answer = match transport.sync(&request) {
+                Err(Error::CounterBehind(last)) if counter_resets == 0 && last < MAX_ADOPTED_COUNTER => {
+                    // The server saw a later counter: this store was
+                    // restored from a backup (or someone replayed one of
+                    // its requests, which changed nothing). Continue above
+                    // it; the refused request changed nothing.
+                    counter_resets += 1;
+                    tracing::warn!(last, "the server's request counter is ahead; continuing above it");
+                    self.raise_request_counter(last)?;
+                    continue;
+                }
+                other => other?,
+            };
             // (c) Check the answer, then store it in one transaction.
             let resp = SyncResponse::open(&answer, &enrolled.server_key)?;
             if resp.request_hash != wire::request_hash(&request) {
@@ -787,6 +841,33 @@ impl Registrar {
             let _ = progress(SyncPhase::Done, &report, total);
         }
         self.finish(report)
+    }
+
+    /// Takes the next request counter, durably, before the request leaves:
+    /// a request the server accepted is never followed by one with a
+    /// counter at or below it, even after a crash.
+    fn next_request_counter(&self) -> Result<u64> {
+        let conn = &mut *lock(&self.conn);
+        let tx = conn.transaction()?;
+        let last = store::get_meta::<i64>(&tx, meta::REQUEST_COUNTER)?
+            .unwrap_or(0)
+            .max(0) as u64;
+        let next = last + 1;
+        store::set_meta(&tx, meta::REQUEST_COUNTER, next as i64)?;
+        tx.commit()?;
+        Ok(next)
+    }
+
+    /// Moves the request counter up to `last` (never down).
+    fn raise_request_counter(&self, last: u64) -> Result<()> {
+        let conn = &mut *lock(&self.conn);
+        let tx = conn.transaction()?;
+        let mine = store::get_meta::<i64>(&tx, meta::REQUEST_COUNTER)?
+            .unwrap_or(0)
+            .max(0) as u64;
+        store::set_meta(&tx, meta::REQUEST_COUNTER, mine.max(last) as i64)?;
+        tx.commit()?;
+        Ok(())
     }
 
     fn finish(&self, mut report: SyncReport) -> Result<SyncReport> {

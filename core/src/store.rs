@@ -71,6 +71,14 @@ pub mod meta {
     pub const LAST_SERVER_TIME: &str = "last_server_time_ms";
     /// Device clock when the last sync completed, ms.
     pub const LAST_SYNC_AT: &str = "last_sync_at_ms";
+    /// The counter of the last sync request this tablet signed. Stored
+    /// before the request leaves: the server refuses any request whose
+    /// counter is not above the last one it accepted.
+    pub const REQUEST_COUNTER: &str = "request_counter";
+    /// The device key made for an enrolment that has not completed yet,
+    /// sealed: enrolling again with the same token reuses it, so the
+    /// server recognises the same tablet.
+    pub const PENDING_SIGNING_KEY: &str = "pending_signing_key_sealed";
 }
 
 /// The path of the database file in a store folder.

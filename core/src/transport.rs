@@ -77,6 +77,13 @@ fn offline(e: ureq::Error) -> Error {
 /// Maps a non-200 answer to an error, from its JSON [`ErrorBody`].
 fn refused(status: u16, body: &[u8]) -> Error {
     match serde_json::from_slice::<ErrorBody>(body) {
+        Ok(ErrorBody {
+            error,
+            last_counter: Some(n),
+            ..
+        }) if error == "replayed_request" => Error::CounterBehind(n),
+        // Busy or rate-limited: nothing was applied; a later sync succeeds.
+        Ok(b) if status == 429 || status == 503 => Error::Offline(b.message),
         Ok(b) => Error::ServerRefused {
             code: b.error,
             message: b.message,

@@ -224,12 +224,10 @@ fn enrolment_with_a_token_for_another_office_stores_nothing() {
     let r = new_store(dir.path());
     let t = EnrollOnly {
         office: "120101".into(),
-        server_public_key: ed25519_dalek::SigningKey::from_bytes(&[1; 32])
-            .verifying_key()
-            .to_bytes(),
+        server_key: ed25519_dalek::SigningKey::from_bytes(&[1; 32]),
     };
     assert!(matches!(
-        r.enroll_with(&t, "http://127.0.0.1:9", "tok"),
+        r.enroll_with(&t, "http://127.0.0.1:9", &t.token()),
         Err(Error::NotAllowed(_))
     ));
     assert_eq!(r.device_id().unwrap(), None);
@@ -237,7 +235,7 @@ fn enrolment_with_a_token_for_another_office_stores_nothing() {
     enroll_offline(&r);
     assert!(r.device_id().unwrap().is_some());
     assert!(matches!(
-        r.enroll_with(&t, "http://127.0.0.1:9", "tok"),
+        r.enroll_with(&t, "http://127.0.0.1:9", &t.token()),
         Err(Error::NotAllowed(_))
     ));
 }

@@ -10,6 +10,7 @@
 
 pub mod birth;
 pub mod date;
+pub mod enrol;
 pub mod gazetteer;
 pub mod kidc;
 pub mod record;

@@ -35,16 +35,27 @@ use bincode::{Decode, Encode};
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use sha2::{Digest, Sha256};
 
-/// The current format version of every message.
-pub const FORMAT_VERSION: u8 = 1;
+/// The format version of the enrolment messages and of the
+/// `x-crvs-protocol` header. Version 2: the token authenticates the
+/// server, and sync requests carry a request counter.
+pub const FORMAT_VERSION: u8 = 2;
 /// Largest signed change set accepted, compressed.
 pub const MAX_CHANGE_SET_BYTES: usize = 4 << 20;
 /// Largest change set accepted once decompressed.
 pub const MAX_CHANGE_SET_DECODED: usize = 16 << 20;
-/// Largest sync request body accepted.
-pub const MAX_SYNC_REQUEST_BYTES: usize = 32 << 20;
+/// Largest sync request accepted (header and body). A tablet sends at
+/// most ten change sets and 4 MiB per request, or one change set of at
+/// most [`MAX_CHANGE_SET_BYTES`].
+pub const MAX_SYNC_REQUEST_BYTES: usize = 8 << 20;
+/// Most change sets in one sync request (a tablet sends at most ten).
+pub const MAX_CHANGE_SETS_PER_REQUEST: usize = 16;
+/// Most bytes that all change sets of one request may decompress to
+/// together (each is also held to [`MAX_CHANGE_SET_DECODED`]).
+pub const MAX_REQUEST_DECODED: usize = 32 << 20;
 /// Largest sync response accepted by a tablet, decompressed.
 pub const MAX_SYNC_RESPONSE_DECODED: usize = 64 << 20;
+/// Most records in one change set (a tablet puts at most 100 in one).
+pub const MAX_RECORDS_PER_CHANGE_SET: usize = 1000;
 /// zstd level for change sets: bandwidth is the scarce resource.
 pub const CHANGE_SET_ZSTD_LEVEL: i32 = 19;
 /// The version byte of the change sets this build seals.
@@ -69,8 +80,8 @@ fn decoder_dictionary() -> &'static zstd::dict::DecoderDictionary<'static> {
 }
 
 const CHANGE_SET_DOMAIN: &[u8] = b"crvs/change-set/v1\0";
-const REQUEST_DOMAIN: &[u8] = b"crvs/sync-request/v1\0";
-const RESPONSE_DOMAIN: &[u8] = b"crvs/sync-response/v1\0";
+const REQUEST_DOMAIN: &[u8] = b"crvs/sync-request/v2\0";
+const RESPONSE_DOMAIN: &[u8] = b"crvs/sync-response/v2\0";
 
 const HEADER: usize = 1 + 16 + 8;
 const SIG: usize = 64;
@@ -92,6 +103,14 @@ pub enum WireError {
     #[error("message is larger than the limit of {limit} bytes")]
     TooLarge {
         /// The limit that was passed.
+        limit: usize,
+    },
+    /// More items than the limit.
+    #[error("more {what} than the limit of {limit}")]
+    TooMany {
+        /// What was counted.
+        what: &'static str,
+        /// The limit.
         limit: usize,
     },
     /// The signature does not verify with the expected key.
@@ -224,61 +243,198 @@ impl SignedChangeSet {
 
     /// Verifies the signature, then decompresses and decodes within limits.
     pub fn open(&self, key: &VerifyingKey) -> Result<ChangeSet, WireError> {
+        let mut budget = MAX_CHANGE_SET_DECODED;
+        self.open_within(key, &mut budget)
+    }
+
+    /// [`SignedChangeSet::open`], drawing the decompressed bytes from a
+    /// budget shared by the change sets of one request
+    /// ([`MAX_REQUEST_DECODED`]): many small bombs in one request cannot
+    /// add up to more than the budget.
+    pub fn open_within(&self, key: &VerifyingKey, budget: &mut usize) -> Result<ChangeSet, WireError> {
         self.verify(key)?;
+        let limit = MAX_CHANGE_SET_DECODED.min(*budget);
         let payload = &self.bytes[HEADER + SIG..];
         let decoded = match self.bytes[0] {
-            1 => decompress_limited(payload, MAX_CHANGE_SET_DECODED)?,
+            1 => decompress_limited(payload, limit)?,
             _ => {
                 let decoder =
                     zstd::stream::read::Decoder::with_prepared_dictionary(payload, decoder_dictionary())
                         .map_err(|_| WireError::Decompress)?;
-                read_limited(decoder, MAX_CHANGE_SET_DECODED)?
+                read_limited(decoder, limit)?
             }
         };
-        decode_limited(&decoded)
+        *budget -= decoded.len();
+        let body: ChangeSet = decode_within::<_, { 2 * MAX_CHANGE_SET_DECODED }>(&decoded)?;
+        if body.records.len() > MAX_RECORDS_PER_CHANGE_SET {
+            return Err(WireError::TooMany {
+                what: "records in one change set",
+                limit: MAX_RECORDS_PER_CHANGE_SET,
+            });
+        }
+        Ok(body)
     }
 }
 
 /// One HTTP sync request, before signing.
+///
+/// Sealed ([`SyncRequest::seal`]) it is a [`RequestHeader`] followed by the
+/// bincode body. The header is authenticated on its own, so a server can
+/// refuse a stranger, a replay or an oversized body after reading 129
+/// bytes, before it buffers anything:
+///
+/// ```text
+/// 0     1           17            25             33              65          129
+/// │ ver │ device_id │ counter (LE) │ body_len (LE) │ SHA-256(body) │ signature │ bincode(SyncRequest) …
+/// ```
+///
+/// The signature covers the first 65 bytes behind a domain separator; the
+/// body is bound to them by its length and hash.
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub struct SyncRequest {
     /// The device making the request.
     pub device_id: [u8; 16],
+    /// The device's request counter: strictly greater than that of every
+    /// request the server accepted from it before. A replayed or
+    /// reordered request is refused, and changes nothing.
+    pub counter: u64,
     /// The server feed position the device has applied so far.
     pub cursor: u64,
     /// Device clock, ms since the epoch.
     pub device_clock_ms: i64,
-    /// Random bytes, so that two requests never sign the same message.
-    pub nonce: [u8; 16],
     /// Signed change sets ([`SignedChangeSet::as_bytes`]), in sequence order.
     pub change_sets: Vec<Vec<u8>>,
 }
 
+/// The format version of sync request and response frames. Version 1
+/// requests carried a random nonce that nobody checked, so a captured
+/// request could be replayed; servers refuse them, and a tablet must be
+/// updated (its sealed change sets, of either change-set version, travel
+/// unchanged inside version-2 requests).
+pub const SYNC_VERSION: u8 = 2;
+
+/// Length of the authenticated header in front of a sync request's body.
+pub const REQUEST_HEADER_LEN: usize = 1 + 16 + 8 + 8 + 32 + SIG;
+const REQUEST_SIGNED_LEN: usize = REQUEST_HEADER_LEN - SIG;
+
+/// The authenticated header of a sealed [`SyncRequest`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestHeader {
+    bytes: [u8; REQUEST_HEADER_LEN],
+}
+
+impl RequestHeader {
+    /// Reads the header from the start of a sealed request (the rest may
+    /// not have arrived yet). Checks the version only.
+    pub fn parse(bytes: &[u8]) -> Result<RequestHeader, WireError> {
+        let Some(&version) = bytes.first() else {
+            return Err(WireError::Truncated);
+        };
+        if version != SYNC_VERSION {
+            return Err(WireError::UnsupportedVersion(version));
+        }
+        let bytes: [u8; REQUEST_HEADER_LEN] = bytes
+            .get(..REQUEST_HEADER_LEN)
+            .and_then(|b| b.try_into().ok())
+            .ok_or(WireError::Truncated)?;
+        Ok(RequestHeader { bytes })
+    }
+
+    /// The device that claims to have signed it.
+    pub fn device_id(&self) -> [u8; 16] {
+        self.bytes[1..17].try_into().expect("fixed layout")
+    }
+
+    /// The request counter it claims.
+    pub fn counter(&self) -> u64 {
+        u64::from_le_bytes(self.bytes[17..25].try_into().expect("fixed layout"))
+    }
+
+    /// The length of the body that follows, as signed.
+    pub fn body_len(&self) -> u64 {
+        u64::from_le_bytes(self.bytes[25..33].try_into().expect("fixed layout"))
+    }
+
+    fn body_hash(&self) -> &[u8] {
+        &self.bytes[33..65]
+    }
+
+    /// Verifies the header's signature with the device's key.
+    pub fn verify(&self, key: &VerifyingKey) -> Result<(), WireError> {
+        let sig =
+            Signature::from_slice(&self.bytes[REQUEST_SIGNED_LEN..]).map_err(|_| WireError::BadSignature)?;
+        key.verify_strict(
+            &signed_message(REQUEST_DOMAIN, &self.bytes[..REQUEST_SIGNED_LEN], &[]),
+            &sig,
+        )
+        .map_err(|_| WireError::BadSignature)
+    }
+
+    /// Checks that `body` is the one the header signed (length and hash),
+    /// then decodes it within limits. Call [`RequestHeader::verify`] first.
+    pub fn open_body(&self, body: &[u8]) -> Result<SyncRequest, WireError> {
+        if body.len() as u64 != self.body_len() {
+            return Err(WireError::Truncated);
+        }
+        if Sha256::digest(body).as_slice() != self.body_hash() {
+            return Err(WireError::BadSignature);
+        }
+        let request: SyncRequest = decode_within::<_, { 2 * MAX_SYNC_REQUEST_BYTES }>(body)?;
+        if request.device_id != self.device_id() || request.counter != self.counter() {
+            return Err(WireError::Decode("the body does not match its header".into()));
+        }
+        if request.change_sets.len() > MAX_CHANGE_SETS_PER_REQUEST {
+            return Err(WireError::TooMany {
+                what: "change sets in one request",
+                limit: MAX_CHANGE_SETS_PER_REQUEST,
+            });
+        }
+        Ok(request)
+    }
+}
+
 impl SyncRequest {
-    /// Encodes and signs: `[version][signature][bincode]`.
+    /// Encodes and signs: the [`RequestHeader`], then the bincode body.
     pub fn seal(&self, key: &SigningKey) -> Result<Vec<u8>, WireError> {
         let body = bincode::encode_to_vec(self, bincode::config::standard())
             .map_err(|e| WireError::Encode(e.to_string()))?;
-        Ok(seal_frame(key, REQUEST_DOMAIN, &body))
+        let mut out = Vec::with_capacity(REQUEST_HEADER_LEN + body.len());
+        out.push(SYNC_VERSION);
+        out.extend_from_slice(&self.device_id);
+        out.extend_from_slice(&self.counter.to_le_bytes());
+        out.extend_from_slice(&(body.len() as u64).to_le_bytes());
+        out.extend_from_slice(&Sha256::digest(&body));
+        let sig = key.sign(&signed_message(REQUEST_DOMAIN, &out, &[]));
+        out.extend_from_slice(&sig.to_bytes());
+        out.extend_from_slice(&body);
+        Ok(out)
     }
 
-    /// Reads the request without checking its signature (the server needs
-    /// the device id to find the key). Call [`verify_request`] next.
+    /// Verifies a whole sealed request with the device's key and decodes
+    /// it within limits.
+    pub fn open(bytes: &[u8], key: &VerifyingKey) -> Result<SyncRequest, WireError> {
+        let (header, body) = Self::split(bytes)?;
+        header.verify(key)?;
+        header.open_body(body)
+    }
+
+    /// Reads a sealed request without checking its signature (for tools
+    /// that count bytes, and for fuzzing). The body must still match the
+    /// header's length and hash.
     pub fn decode_unverified(bytes: &[u8]) -> Result<SyncRequest, WireError> {
+        let (header, body) = Self::split(bytes)?;
+        header.open_body(body)
+    }
+
+    fn split(bytes: &[u8]) -> Result<(RequestHeader, &[u8]), WireError> {
         if bytes.len() > MAX_SYNC_REQUEST_BYTES {
             return Err(WireError::TooLarge {
                 limit: MAX_SYNC_REQUEST_BYTES,
             });
         }
-        let (_, body) = split_frame(bytes)?;
-        decode_limited(body)
+        let header = RequestHeader::parse(bytes)?;
+        Ok((header, &bytes[REQUEST_HEADER_LEN..]))
     }
-}
-
-/// Verifies the signature of a sealed sync request.
-pub fn verify_request(bytes: &[u8], key: &VerifyingKey) -> Result<(), WireError> {
-    let (sig, body) = split_frame(bytes)?;
-    verify_frame(key, REQUEST_DOMAIN, sig, body)
 }
 
 /// The hash that binds a response to its request.
@@ -420,9 +576,9 @@ fn signed_message(domain: &[u8], header: &[u8], payload: &[u8]) -> Vec<u8> {
 }
 
 fn seal_frame(key: &SigningKey, domain: &[u8], body: &[u8]) -> Vec<u8> {
-    let sig = key.sign(&signed_message(domain, &[FORMAT_VERSION], body));
+    let sig = key.sign(&signed_message(domain, &[SYNC_VERSION], body));
     let mut out = Vec::with_capacity(1 + SIG + body.len());
-    out.push(FORMAT_VERSION);
+    out.push(SYNC_VERSION);
     out.extend_from_slice(&sig.to_bytes());
     out.extend_from_slice(body);
     out
@@ -432,7 +588,7 @@ fn split_frame(bytes: &[u8]) -> Result<(&[u8], &[u8]), WireError> {
     let Some(&version) = bytes.first() else {
         return Err(WireError::Truncated);
     };
-    if version != FORMAT_VERSION {
+    if version != SYNC_VERSION {
         return Err(WireError::UnsupportedVersion(version));
     }
     if bytes.len() < 1 + SIG {
@@ -443,7 +599,7 @@ fn split_frame(bytes: &[u8]) -> Result<(&[u8], &[u8]), WireError> {
 
 fn verify_frame(key: &VerifyingKey, domain: &[u8], sig: &[u8], body: &[u8]) -> Result<(), WireError> {
     let sig = Signature::from_slice(sig).map_err(|_| WireError::BadSignature)?;
-    key.verify_strict(&signed_message(domain, &[FORMAT_VERSION], body), &sig)
+    key.verify_strict(&signed_message(domain, &[SYNC_VERSION], body), &sig)
         .map_err(|_| WireError::BadSignature)
 }
 
@@ -469,7 +625,13 @@ fn read_limited(decoder: impl Read, limit: usize) -> Result<Vec<u8>, WireError> 
 fn decode_limited<T: Decode<()>>(bytes: &[u8]) -> Result<T, WireError> {
     // The largest of the messages' limits; each caller checked its own
     // byte limit before decoding.
-    let config = bincode::config::standard().with_limit::<MAX_SYNC_RESPONSE_DECODED>();
+    decode_within::<T, MAX_SYNC_RESPONSE_DECODED>(bytes)
+}
+
+/// Decodes with bincode, refusing to allocate more than `LIMIT` bytes for
+/// what length prefixes claim.
+fn decode_within<T: Decode<()>, const LIMIT: usize>(bytes: &[u8]) -> Result<T, WireError> {
+    let config = bincode::config::standard().with_limit::<LIMIT>();
     let (value, read) =
         bincode::decode_from_slice(bytes, config).map_err(|e| WireError::Decode(e.to_string()))?;
     if read != bytes.len() {
@@ -478,13 +640,16 @@ fn decode_limited<T: Decode<()>>(bytes: &[u8]) -> Result<T, WireError> {
     Ok(value)
 }
 
-/// Enrolment, `POST /v1/enroll` (JSON).
+/// Enrolment, `POST /v1/enroll` (JSON). See [`crate::enrol`]: the token's
+/// secret never travels; the request names the token by its lookup id and
+/// proves it holds the secret with a MAC over its key, nonce and office.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct EnrollRequest {
     /// Format version, [`FORMAT_VERSION`].
     pub version: u8,
-    /// The one-time token an operator created for one office.
-    pub token: String,
+    /// [`crate::enrol::EnrolmentToken::lookup_id`], hex.
+    #[serde(default)]
+    pub token_id: String,
     /// The device's ed25519 public key, hex.
     pub public_key: String,
     /// The office the tablet's store belongs to. When present, a token for
@@ -492,17 +657,77 @@ pub struct EnrollRequest {
     /// can still hand it to the right tablet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub office: Option<String>,
+    /// 16 random bytes, hex: the server's signed answer repeats them.
+    #[serde(default)]
+    pub nonce: String,
+    /// [`crate::enrol::request_mac`] over `public_key`, `nonce` and
+    /// `office`, hex.
+    #[serde(default)]
+    pub mac: String,
 }
 
-/// The answer to an enrolment.
+/// The answer to an enrolment, signed by the server key that the token's
+/// fingerprint names.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct EnrollResponse {
     /// The device id the server assigned (a UUID).
     pub device_id: String,
     /// The office whose records this device may write.
     pub office: String,
-    /// The server's ed25519 public key, hex. The tablet pins it.
+    /// The server's ed25519 public key, hex. The tablet pins it, once its
+    /// fingerprint matches the token's.
     pub server_public_key: String,
+    /// The server's signature over [`EnrollResponse::signed_message`], hex.
+    #[serde(default)]
+    pub signature: String,
+}
+
+const ENROLL_RESPONSE_DOMAIN: &[u8] = b"crvs/enrol-response/v2\0";
+
+impl EnrollResponse {
+    /// What the server signs: the answer's fields, bound to the request's
+    /// public key and nonce, so an answer is good for one request only.
+    pub fn signed_message(&self, request_public_key: &str, request_nonce: &str) -> Vec<u8> {
+        let mut m = Vec::with_capacity(256);
+        m.extend_from_slice(ENROLL_RESPONSE_DOMAIN);
+        for field in [
+            request_public_key,
+            request_nonce,
+            &self.device_id,
+            &self.office,
+            &self.server_public_key,
+        ] {
+            m.extend_from_slice(&(field.len() as u32).to_le_bytes());
+            m.extend_from_slice(field.as_bytes());
+        }
+        m
+    }
+
+    /// Signs the answer to the request with `public_key` and `nonce`.
+    pub fn sign(&mut self, key: &SigningKey, request_public_key: &str, request_nonce: &str) {
+        let sig = key.sign(&self.signed_message(request_public_key, request_nonce));
+        self.signature = hex::encode(sig.to_bytes());
+    }
+
+    /// Verifies the answer's signature with the key it names, and returns
+    /// that key. The caller must still check the key against the token.
+    pub fn verify(&self, request_public_key: &str, request_nonce: &str) -> Result<VerifyingKey, WireError> {
+        let key: [u8; 32] = hex::decode(&self.server_public_key)
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or(WireError::BadSignature)?;
+        let key = VerifyingKey::from_bytes(&key).map_err(|_| WireError::BadSignature)?;
+        if key.is_weak() {
+            return Err(WireError::BadSignature);
+        }
+        let sig = hex::decode(&self.signature)
+            .ok()
+            .and_then(|b| Signature::from_slice(&b).ok())
+            .ok_or(WireError::BadSignature)?;
+        key.verify_strict(&self.signed_message(request_public_key, request_nonce), &sig)
+            .map_err(|_| WireError::BadSignature)?;
+        Ok(key)
+    }
 }
 
 /// The JSON body of every error answer.
@@ -512,6 +737,11 @@ pub struct ErrorBody {
     pub error: String,
     /// A message for people. No personal data.
     pub message: String,
+    /// With `replayed_request`: the last request counter the server
+    /// accepted from the device. A tablet restored from a backup of its
+    /// store continues above it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_counter: Option<u64>,
 }
 
 /// The HTTP header that carries the protocol version on sync requests.
@@ -594,24 +824,109 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_sync_request_round_trips_and_is_bound_to_its_key() {
-        let req = SyncRequest {
+    fn request() -> SyncRequest {
+        SyncRequest {
             device_id: [9; 16],
+            counter: 7,
             cursor: 12,
             device_clock_ms: 5,
-            nonce: [3; 16],
             change_sets: vec![vec![1, 2, 3]],
-        };
+        }
+    }
+
+    #[test]
+    fn a_sync_request_round_trips_and_is_bound_to_its_key() {
+        let req = request();
         let bytes = req.seal(&key(1)).unwrap();
         assert_eq!(SyncRequest::decode_unverified(&bytes).unwrap(), req);
-        assert!(verify_request(&bytes, &key(1).verifying_key()).is_ok());
+        assert_eq!(SyncRequest::open(&bytes, &key(1).verifying_key()).unwrap(), req);
         assert_eq!(
-            verify_request(&bytes, &key(2).verifying_key()),
+            SyncRequest::open(&bytes, &key(2).verifying_key()),
             Err(WireError::BadSignature)
         );
-        assert!(SyncRequest::decode_unverified(&[1, 2, 3]).is_err());
+        assert!(SyncRequest::decode_unverified(&[2, 2, 3]).is_err());
         assert!(SyncRequest::decode_unverified(&bytes[..bytes.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn the_header_alone_names_the_device_counter_and_length_and_verifies() {
+        let req = request();
+        let bytes = req.seal(&key(1)).unwrap();
+        let header = RequestHeader::parse(&bytes[..REQUEST_HEADER_LEN]).unwrap();
+        assert_eq!((header.device_id(), header.counter()), ([9; 16], 7));
+        assert_eq!(header.body_len() as usize, bytes.len() - REQUEST_HEADER_LEN);
+        header.verify(&key(1).verifying_key()).unwrap();
+        assert_eq!(
+            header.verify(&key(2).verifying_key()),
+            Err(WireError::BadSignature)
+        );
+        assert_eq!(
+            RequestHeader::parse(&bytes[..REQUEST_HEADER_LEN - 1]),
+            Err(WireError::Truncated)
+        );
+        // Every bit of the header is covered by the signature.
+        for i in 0..REQUEST_HEADER_LEN {
+            let mut b = bytes.clone();
+            b[i] ^= 0x04;
+            let verified = RequestHeader::parse(&b).and_then(|h| h.verify(&key(1).verifying_key()));
+            assert!(verified.is_err(), "flip at {i} went unnoticed");
+        }
+    }
+
+    #[test]
+    fn a_body_swapped_under_a_valid_header_is_refused() {
+        let bytes = request().seal(&key(1)).unwrap();
+        let mut other = request();
+        other.cursor = 99;
+        let other = other.seal(&key(1)).unwrap();
+        let mut spliced = bytes[..REQUEST_HEADER_LEN].to_vec();
+        spliced.extend_from_slice(&other[REQUEST_HEADER_LEN..]);
+        assert_eq!(
+            SyncRequest::open(&spliced, &key(1).verifying_key()),
+            Err(WireError::BadSignature)
+        );
+        // A body whose own ids differ from the header's is refused too.
+        let mut liar = request();
+        liar.counter = 8;
+        let body = bincode::encode_to_vec(&liar, bincode::config::standard()).unwrap();
+        let header = RequestHeader::parse(&bytes).unwrap();
+        assert!(header.open_body(&body).is_err());
+    }
+
+    #[test]
+    fn a_request_with_too_many_change_sets_is_refused() {
+        let mut req = request();
+        req.change_sets = vec![vec![1]; MAX_CHANGE_SETS_PER_REQUEST + 1];
+        let bytes = req.seal(&key(1)).unwrap();
+        assert!(matches!(
+            SyncRequest::open(&bytes, &key(1).verifying_key()),
+            Err(WireError::TooMany { .. })
+        ));
+        req.change_sets.pop();
+        assert!(SyncRequest::open(&req.seal(&key(1)).unwrap(), &key(1).verifying_key()).is_ok());
+    }
+
+    #[test]
+    fn many_small_bombs_share_one_decompression_budget() {
+        // Each change set decompresses to 3 MiB of zeros (a few hundred
+        // bytes on the wire); a budget of 8 MiB admits two of them.
+        let bomb = ChangeSet {
+            prev_hash: [0; 32],
+            device_clock_ms: 0,
+            records: vec![RecordChanges {
+                record_id: [1; 16],
+                changes: vec![vec![0; 3 << 20]],
+            }],
+        };
+        let cs = SignedChangeSet::seal(&key(1), [9; 16], 1, &bomb).unwrap();
+        assert!(cs.as_bytes().len() < 4096, "{} bytes", cs.as_bytes().len());
+        let mut budget = 8 << 20;
+        assert!(cs.open_within(&key(1).verifying_key(), &mut budget).is_ok());
+        assert!(cs.open_within(&key(1).verifying_key(), &mut budget).is_ok());
+        assert!(matches!(
+            cs.open_within(&key(1).verifying_key(), &mut budget),
+            Err(WireError::TooLarge { .. })
+        ));
     }
 
     #[test]
@@ -666,15 +981,27 @@ mod tests {
         // What is signed and compressed is this exact bincode encoding.
         let encoded = bincode::encode_to_vec(body(), bincode::config::standard()).unwrap();
         assert_eq!(encoded, pinned("change-set-body-v1.hex"));
-        // A sync request carrying it verifies and decodes.
+        // A version-1 sync request (an unchecked nonce, no counter: it
+        // could be replayed) is refused by its version byte, while the
+        // change set it carried travels on in a version-2 request.
         let req_bytes = pinned("sync-request-v1.hex");
-        verify_request(&req_bytes, &key(1).verifying_key()).unwrap();
-        let req = SyncRequest::decode_unverified(&req_bytes).unwrap();
-        assert_eq!(req.change_sets, vec![cs.as_bytes().to_vec()]);
-        assert_eq!((req.device_id, req.cursor, req.nonce), ([9; 16], 41, [3; 16]));
-        // ed25519 signatures are deterministic: sealing the same request
-        // again gives the same bytes.
-        assert_eq!(req.seal(&key(1)).unwrap(), req_bytes);
+        assert_eq!(
+            SyncRequest::decode_unverified(&req_bytes),
+            Err(WireError::UnsupportedVersion(1))
+        );
+        assert!(req_bytes.windows(cs.as_bytes().len()).any(|w| w == cs.as_bytes()));
+        let v2 = SyncRequest {
+            device_id: [9; 16],
+            counter: 1,
+            cursor: 41,
+            device_clock_ms: 0,
+            change_sets: vec![cs.as_bytes().to_vec()],
+        }
+        .seal(&key(1))
+        .unwrap();
+        let opened = SyncRequest::open(&v2, &key(1).verifying_key()).unwrap();
+        let carried = SignedChangeSet::from_bytes(opened.change_sets[0].clone()).unwrap();
+        assert_eq!(carried.open(&key(1).verifying_key()).unwrap(), body());
     }
 
     /// Version-2 bytes (compressed with the dictionary) of the same change

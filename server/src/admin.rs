@@ -1,15 +1,27 @@
 //! Enrolment and fleet operations: one-time tokens, enrolment of a tablet,
 //! revocation, the device list.
 //!
-//! A token is 128 random bits shown once to the operator; only its SHA-256
-//! is stored. Enrolment consumes it inside the single write transaction
-//! (`UPDATE ... WHERE used_at IS NULL`), so two tablets racing with one
-//! token get exactly one device between them.
+//! A token ([`crvs_schema::enrol::EnrolmentToken`]) carries an 80-bit
+//! secret and the fingerprint of this server's signing key. It is shown
+//! once to the operator; the server stores only the token's lookup id and
+//! MAC key (two hashes of the secret). The secret never crosses the
+//! network.
+//!
+//! Enrolment checks everything it can *without* the writer: the version,
+//! the key (not weak), the token (by lookup id, through the read-only
+//! connection), the request's MAC, the office, the expiry. Only a request
+//! that proves it holds the token takes the writer, and consumes the token
+//! there (`UPDATE ... WHERE used_at IS NULL`), so two tablets racing with
+//! one token get exactly one device between them. The same tablet (the
+//! same public key) may enrol again with its token and gets the same
+//! device and a freshly signed answer: an answer lost on the way, or
+//! spoiled by a machine in the middle, strands nobody. The answer is
+//! signed with the server key over the request's public key and nonce.
 
+use crvs_schema::enrol::{self, EnrolmentToken};
 use crvs_schema::gazetteer::{GazetteerCode, Level};
 use crvs_schema::wire::{EnrollRequest, EnrollResponse, FORMAT_VERSION};
 use ed25519_dalek::VerifyingKey;
-use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::Server;
@@ -28,10 +40,9 @@ pub struct NewToken {
     pub commune: String,
     /// When it expires, ms since the epoch.
     pub expires_at: i64,
-}
-
-fn token_hash(token: &str) -> String {
-    hex::encode(Sha256::digest(token.trim().as_bytes()))
+    /// The fingerprint of the server key the token vouches for, hex (also
+    /// inside the token): operators can compare it with `crvs-server key`.
+    pub server_key_fingerprint: String,
 }
 
 /// Makes a one-time enrolment token bound to a commune (6-digit gazetteer
@@ -42,38 +53,50 @@ pub fn create_token(server: &Server, commune: &str, ttl_ms: i64) -> Result<NewTo
     if ttl_ms <= 0 {
         return Err(ApiError::Invalid("the token lifetime must be positive".into()));
     }
-    let mut raw = [0u8; 16];
-    rand::Rng::fill_bytes(&mut rand::rng(), &mut raw);
-    let token = hex::encode(raw);
+    let server_key = server.signing_key().verifying_key();
+    // `rand::rng()` is a CSPRNG seeded from the operating system.
+    let token = EnrolmentToken::generate(&server_key, &mut rand::rng());
     let now = server.now_ms();
     let row = TokenRow {
         office: code.as_str().to_string(),
         created_at_ms: now,
         expires_at_ms: now.saturating_add(ttl_ms),
         used_at_ms: None,
+        mac_key: Some(token.mac_key()),
+        used_by: None,
     };
     let mut tx = server.storage().begin()?;
-    tx.insert_token(&token_hash(&token), &row)?;
+    tx.insert_token(&hex::encode(token.lookup_id()), &row)?;
     tx.commit()?;
     tracing::info!(office = %row.office, "enrolment token created");
     Ok(NewToken {
-        token,
+        token: token.to_text(),
         commune: row.office,
         expires_at: row.expires_at_ms,
+        server_key_fingerprint: hex::encode(enrol::key_fingerprint(&server_key)),
     })
 }
 
-/// Enrols a tablet: checks and consumes the token, stores the device.
+fn hex_array<const N: usize>(text: &str, what: &str) -> Result<[u8; N], ApiError> {
+    let mut out = [0u8; N];
+    hex::decode_to_slice(text.trim(), &mut out)
+        .map_err(|_| ApiError::Invalid(format!("{what} must be {} hex digits", 2 * N)))?;
+    Ok(out)
+}
+
+/// Enrols a tablet: checks the token and the request's proof of it, then
+/// consumes the token and stores the device; answers signed.
 pub fn enroll(server: &Server, req: &EnrollRequest) -> Result<EnrollResponse, ApiError> {
+    if req.version < FORMAT_VERSION {
+        return Err(ApiError::UpgradeRequired);
+    }
     if req.version != FORMAT_VERSION {
         return Err(ApiError::Invalid(format!(
             "unsupported enrolment version {}; this server speaks {FORMAT_VERSION}",
             req.version
         )));
     }
-    let mut key = [0u8; 32];
-    hex::decode_to_slice(req.public_key.trim(), &mut key)
-        .map_err(|_| ApiError::Invalid("public_key must be 64 hex digits (an ed25519 public key)".into()))?;
+    let key: [u8; 32] = hex_array(&req.public_key, "public_key")?;
     let parsed = VerifyingKey::from_bytes(&key)
         .map_err(|_| ApiError::Invalid("public_key is not a valid ed25519 public key".into()))?;
     if parsed.is_weak() {
@@ -84,42 +107,88 @@ pub fn enroll(server: &Server, req: &EnrollRequest) -> Result<EnrollResponse, Ap
             "public_key is a weak ed25519 key (small order); generate a new key pair".into(),
         ));
     }
-    let hash = token_hash(&req.token);
+    let token_id: [u8; 32] = hex_array(&req.token_id, "token_id")?;
+    let nonce: [u8; 16] = hex_array(&req.nonce, "nonce")?;
+    let mac: [u8; 32] = hex_array(&req.mac, "mac")?;
+    let office = req.office.as_deref().map(str::trim);
+    let token_hash = hex::encode(token_id);
     let now = server.now_ms();
-    let mut tx = server.storage().begin()?;
-    let row = tx.token(&hash)?.ok_or(ApiError::UnknownToken)?;
-    if row.used_at_ms.is_some() {
-        return Err(ApiError::TokenUsed);
+
+    // Without the writer: the token, and the proof that the sender holds it.
+    let row = server
+        .storage()
+        .token(&token_hash)?
+        .ok_or(ApiError::UnknownToken)?;
+    let Some(mac_key) = row.mac_key else {
+        return Err(ApiError::Invalid(
+            "this enrolment token was made by an older server version; create a new one".into(),
+        ));
+    };
+    if !enrol::verify_request_mac(&mac_key, &key, &nonce, office.unwrap_or(""), &mac) {
+        // Someone who saw the token id on the network, but not the token.
+        return Err(ApiError::UnknownToken);
     }
-    if now >= row.expires_at_ms {
-        return Err(ApiError::TokenExpired);
-    }
-    if let Some(office) = &req.office
-        && office.trim() != row.office
+    if let Some(office) = office
+        && office != row.office
     {
         // Checked before the token is used: it stays valid for its office.
         return Err(ApiError::WrongOffice {
             token_office: row.office,
-            store_office: office.trim().to_string(),
+            store_office: office.to_string(),
         });
     }
-    let device_id = Uuid::now_v7();
-    if !tx.use_token(&hash, device_id, now)? {
-        return Err(ApiError::TokenUsed);
-    }
-    tx.insert_device(&NewDevice {
-        device_id,
-        office: row.office.clone(),
-        public_key: key,
-        enrolled_at_ms: now,
-    })?;
-    tx.commit()?;
-    tracing::info!(device = %device_id, office = %row.office, "device enrolled");
-    Ok(EnrollResponse {
+    let device_id = match row.used_by {
+        // The same tablet again: the same device, nothing written.
+        Some((device_id, used_key)) if used_key == key => device_id,
+        Some(_) => return Err(ApiError::TokenUsed),
+        None => {
+            if now >= row.expires_at_ms {
+                return Err(ApiError::TokenExpired);
+            }
+            let device_id = Uuid::now_v7();
+            let mut tx = server.storage().begin()?;
+            if !tx.use_token(&token_hash, device_id, &key, now)? {
+                // Another request consumed it meanwhile; if it was this
+                // tablet's, it gets that device.
+                drop(tx);
+                return match server.storage().token(&token_hash)?.and_then(|r| r.used_by) {
+                    Some((id, used_key)) if used_key == key => answer(server, &key, &nonce, id, row.office),
+                    _ => Err(ApiError::TokenUsed),
+                };
+            }
+            tx.insert_device(&NewDevice {
+                device_id,
+                office: row.office.clone(),
+                public_key: key,
+                enrolled_at_ms: now,
+            })?;
+            tx.commit()?;
+            tracing::info!(device = %device_id, office = %row.office, "device enrolled");
+            device_id
+        }
+    };
+    answer(server, &key, &nonce, device_id, row.office)
+}
+
+fn answer(
+    server: &Server,
+    public_key: &[u8; 32],
+    nonce: &[u8; 16],
+    device_id: Uuid,
+    office: String,
+) -> Result<EnrollResponse, ApiError> {
+    let mut response = EnrollResponse {
         device_id: device_id.to_string(),
-        office: row.office,
+        office,
         server_public_key: hex::encode(server.signing_key().verifying_key().to_bytes()),
-    })
+        signature: String::new(),
+    };
+    response.sign(
+        server.signing_key(),
+        &hex::encode(public_key),
+        &hex::encode(nonce),
+    );
+    Ok(response)
 }
 
 /// Revokes a device: refused from its next request on.

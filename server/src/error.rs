@@ -25,14 +25,39 @@ pub enum ApiError {
     #[error("the request body is larger than the limit of {0} bytes")]
     TooLarge(usize),
     /// Missing or unknown `x-crvs-protocol` header.
-    #[error("unsupported sync protocol: send the header x-crvs-protocol: 1")]
+    #[error("unsupported sync protocol: send the header x-crvs-protocol: 2")]
     UnsupportedProtocol,
+    /// A tablet of an older version: its requests could be replayed.
+    #[error(
+        "this app is too old for the server: update it, then sync again; the registrations waiting on the tablet are kept and will be sent"
+    )]
+    UpgradeRequired,
     /// The device id is not enrolled.
     #[error("unknown device")]
     UnknownDevice,
     /// The request signature does not verify with the device's key.
     #[error("the request signature does not verify with the device's enrolled key")]
     BadRequestSignature,
+    /// The request's counter is not above the last one accepted from the
+    /// device: a replay, a reordered request, or a tablet restored from an
+    /// old backup of its store. Nothing was recorded.
+    #[error(
+        "this request was already seen (its counter is not above {last_counter}); a tablet restored from a backup continues above it"
+    )]
+    ReplayedRequest {
+        /// The last counter accepted from the device.
+        last_counter: u64,
+    },
+    /// The request did not arrive in time (a stalled or far too slow
+    /// upload). Nothing was applied.
+    #[error("the request did not arrive in time; nothing was applied: sync again")]
+    RequestTimeout,
+    /// The server is at its limits right now. Nothing was applied.
+    #[error("the server is busy; nothing was applied: sync again in a minute")]
+    Busy,
+    /// Another sync request of the same device is still being processed.
+    #[error("a sync of this device is still being processed; sync again in a minute")]
+    SyncInProgress,
     /// The device was revoked by an operator.
     #[error("this device has been revoked; contact the sync operators")]
     DeviceRevoked,
@@ -84,11 +109,17 @@ impl ApiError {
                 StatusCode::BAD_REQUEST
             }
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
             ApiError::UnknownDevice | ApiError::BadRequestSignature | ApiError::UnknownToken => {
                 StatusCode::UNAUTHORIZED
             }
             ApiError::DeviceRevoked => StatusCode::FORBIDDEN,
-            ApiError::TokenUsed | ApiError::WrongOffice { .. } => StatusCode::CONFLICT,
+            ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            ApiError::Busy => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::SyncInProgress => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::TokenUsed | ApiError::WrongOffice { .. } | ApiError::ReplayedRequest { .. } => {
+                StatusCode::CONFLICT
+            }
             ApiError::TokenExpired => StatusCode::GONE,
             ApiError::NoSuchDevice(_) | ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -102,9 +133,14 @@ impl ApiError {
             ApiError::Malformed(_) => "malformed",
             ApiError::TooLarge(_) => "too_large",
             ApiError::UnsupportedProtocol => "unsupported_protocol",
+            ApiError::UpgradeRequired => "upgrade_required",
             ApiError::UnknownDevice => "unknown_device",
             ApiError::BadRequestSignature => "bad_signature",
             ApiError::DeviceRevoked => "device_revoked",
+            ApiError::RequestTimeout => "timeout",
+            ApiError::Busy => "busy",
+            ApiError::SyncInProgress => "sync_in_progress",
+            ApiError::ReplayedRequest { .. } => "replayed_request",
             ApiError::UnknownToken => "invalid_token",
             ApiError::TokenUsed => "token_used",
             ApiError::TokenExpired => "token_expired",
@@ -128,6 +164,10 @@ impl ApiError {
         ErrorBody {
             error: self.code().to_string(),
             message,
+            last_counter: match self {
+                ApiError::ReplayedRequest { last_counter } => Some(*last_counter),
+                _ => None,
+            },
         }
     }
 
@@ -135,6 +175,7 @@ impl ApiError {
     pub fn from_wire(e: WireError) -> ApiError {
         match e {
             WireError::TooLarge { limit } => ApiError::TooLarge(limit),
+            WireError::UnsupportedVersion(1) => ApiError::UpgradeRequired,
             other => ApiError::Malformed(other.to_string()),
         }
     }
@@ -148,7 +189,17 @@ impl IntoResponse for ApiError {
         } else {
             tracing::info!(code = self.code(), status = status.as_u16(), "request refused");
         }
-        (status, axum::Json(self.body())).into_response()
+        let mut response = (status, axum::Json(self.body())).into_response();
+        if matches!(
+            status,
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS
+        ) {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("60"),
+            );
+        }
+        response
     }
 }
 

@@ -13,10 +13,12 @@
 //! appears in its log span; logs carry method, path, status and latency,
 //! never bodies.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, JsonRejection};
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, HeaderValue, Request, header};
 use axum::response::{IntoResponse, Response};
@@ -24,31 +26,108 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use crvs_schema::wire::{
     EnrollRequest, EnrollResponse, FORMAT_VERSION, MAX_SYNC_REQUEST_BYTES, PROTOCOL_HEADER,
+    REQUEST_HEADER_LEN, RequestHeader,
 };
+use http_body_util::BodyExt;
+use tokio::sync::Semaphore;
+use tower::limit::ConcurrencyLimitLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
+use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
+use uuid::Uuid;
 
 use crate::error::ApiError;
 use crate::{Server, admin};
 
-/// Largest JSON body accepted.
-pub const MAX_JSON_BYTES: usize = 64 * 1024;
+/// Largest JSON body accepted (an enrolment request is about 400 bytes).
+pub const MAX_JSON_BYTES: usize = 16 * 1024;
+
+/// The limits of the HTTP layer. Every one bounds what a client can make
+/// the server hold; [`Limits::default`] is what `crvs-server serve` uses.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Time to receive the 129-byte authenticated header of a sync request.
+    pub sync_header_timeout: Duration,
+    /// The body of an authenticated sync request must arrive within this
+    /// time plus one second per [`Limits::min_upload_rate`] bytes.
+    pub sync_body_base_timeout: Duration,
+    /// Slowest accepted upload, bytes per second (2G links manage more).
+    pub min_upload_rate: u64,
+    /// Bytes of sync bodies buffered at once, across all requests. Only
+    /// authenticated requests draw from it (one per device at a time).
+    pub body_budget_bytes: usize,
+    /// How long a request waits for its share of the body budget, or for
+    /// a worker, before it is told the server is busy (503).
+    pub queue_timeout: Duration,
+    /// Sync requests processed at once (each uses up to four threads).
+    pub sync_workers: usize,
+    /// Enrolments handled at once; more wait (their bodies unread).
+    pub enroll_concurrency: usize,
+    /// Time for a whole enrolment request.
+    pub enroll_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            sync_header_timeout: Duration::from_secs(20),
+            sync_body_base_timeout: Duration::from_secs(30),
+            min_upload_rate: 8 * 1024,
+            body_budget_bytes: 64 << 20,
+            queue_timeout: Duration::from_secs(30),
+            sync_workers: 8,
+            enroll_concurrency: 16,
+            enroll_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What the handlers share: the server and the gates in front of it.
+#[derive(Clone)]
+struct App {
+    server: Arc<Server>,
+    limits: Arc<Limits>,
+    /// The body budget, in KiB.
+    body_budget: Arc<Semaphore>,
+    workers: Arc<Semaphore>,
+    /// Devices with a sync request in flight.
+    in_flight: Arc<Mutex<HashSet<Uuid>>>,
+}
+
+/// The application's routes over a shared [`Server`], with the default
+/// [`Limits`].
+pub fn router(server: Arc<Server>) -> Router {
+    router_with(server, Limits::default())
+}
 
 /// The application's routes over a shared [`Server`].
-pub fn router(server: Arc<Server>) -> Router {
+pub fn router_with(server: Arc<Server>, limits: Limits) -> Router {
+    let app = App {
+        server,
+        body_budget: Arc::new(Semaphore::new((limits.body_budget_bytes / 1024).max(1))),
+        workers: Arc::new(Semaphore::new(limits.sync_workers.max(1))),
+        in_flight: Arc::new(Mutex::new(HashSet::new())),
+        limits: Arc::new(limits.clone()),
+    };
     Router::new()
         .route("/v1/health", get(health))
         .route(
             "/v1/enroll",
-            post(enroll).layer(DefaultBodyLimit::max(MAX_JSON_BYTES)),
+            post(enroll).layer((
+                DefaultBodyLimit::max(MAX_JSON_BYTES),
+                TimeoutLayer::with_status_code(
+                    axum::http::StatusCode::REQUEST_TIMEOUT,
+                    limits.enroll_timeout,
+                ),
+                ConcurrencyLimitLayer::new(limits.enroll_concurrency.max(1)),
+            )),
         )
-        .route(
-            "/v1/sync",
-            post(sync).layer(DefaultBodyLimit::max(MAX_SYNC_REQUEST_BYTES)),
-        )
+        // The sync body is read by the handler itself, after the header is
+        // authenticated, within its own limits and deadlines.
+        .route("/v1/sync", post(sync).layer(DefaultBodyLimit::disable()))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(server)
+        .with_state(app)
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
             let id = req
                 .extensions()
@@ -61,7 +140,6 @@ pub fn router(server: Arc<Server>) -> Router {
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .layer(axum::middleware::map_request(drop_unsafe_request_id))
 }
-
 /// Longest client-supplied `x-request-id` kept.
 pub const MAX_REQUEST_ID_LEN: usize = 64;
 
@@ -132,25 +210,150 @@ async fn blocking<T: Send + 'static>(
 }
 
 async fn enroll(
-    State(server): State<Arc<Server>>,
+    State(app): State<App>,
     body: Result<Json<EnrollRequest>, JsonRejection>,
 ) -> Result<Json<EnrollResponse>, ApiError> {
     let Json(req) = body?;
+    let server = app.server.clone();
     Ok(Json(blocking(move || admin::enroll(&server, &req)).await?))
 }
 
-async fn sync(
-    State(server): State<Arc<Server>>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    let version = FORMAT_VERSION.to_string();
-    match headers.get(PROTOCOL_HEADER).and_then(|v| v.to_str().ok()) {
-        Some(v) if v.trim() == version => {}
+/// Removes its device from the in-flight set when the request ends, however
+/// it ends.
+struct InFlight {
+    set: Arc<Mutex<HashSet<Uuid>>>,
+    device: Uuid,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.set
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.device);
+    }
+}
+
+/// Reads body frames into `buf` until it holds `want` bytes; more than
+/// `want` is an error, and so is an end before.
+async fn read_into(body: &mut Body, buf: &mut Vec<u8>, want: usize) -> Result<(), ApiError> {
+    while buf.len() < want {
+        match body.frame().await {
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    if buf.len() + data.len() > want {
+                        return Err(ApiError::Malformed(
+                            "the body is longer than its signed header says".into(),
+                        ));
+                    }
+                    buf.extend_from_slice(&data);
+                }
+            }
+            Some(Err(_)) => return Err(ApiError::Malformed("the request body could not be read".into())),
+            None => return Err(ApiError::Malformed("the request body is truncated".into())),
+        }
+    }
+    Ok(())
+}
+
+async fn sync(State(app): State<App>, headers: HeaderMap, mut body: Body) -> Result<Response, ApiError> {
+    match headers
+        .get(PROTOCOL_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+    {
+        Some(v) if v == FORMAT_VERSION.to_string() => {}
+        Some("1") => return Err(ApiError::UpgradeRequired),
         _ => return Err(ApiError::UnsupportedProtocol),
     }
-    let body = body?;
-    let answer = blocking(move || server.handle_sync(&body)).await?;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_SYNC_REQUEST_BYTES as u64) {
+        return Err(ApiError::TooLarge(MAX_SYNC_REQUEST_BYTES));
+    }
+    let limits = app.limits.clone();
+
+    // 1. The authenticated header, and nothing more, within its deadline.
+    let mut buf: Vec<u8> = Vec::with_capacity(REQUEST_HEADER_LEN);
+    tokio::time::timeout(limits.sync_header_timeout, async {
+        while buf.len() < REQUEST_HEADER_LEN {
+            match body.frame().await {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        // Keep at most what a whole request may hold.
+                        if buf.len() + data.len() > MAX_SYNC_REQUEST_BYTES {
+                            return Err(ApiError::TooLarge(MAX_SYNC_REQUEST_BYTES));
+                        }
+                        buf.extend_from_slice(&data);
+                    }
+                }
+                Some(Err(_)) => return Err(ApiError::Malformed("the request body could not be read".into())),
+                None => break,
+            }
+        }
+        Ok(())
+    })
+    .await
+    .map_err(|_| ApiError::RequestTimeout)??;
+    let header = RequestHeader::parse(&buf).map_err(ApiError::from_wire)?;
+
+    // 2. Who is it, and is it new? (The read-only connection: no writer.)
+    let server = app.server.clone();
+    let auth_header = header.clone();
+    let (device, _) = blocking(move || crate::ingest::authenticate(&server, &auth_header)).await?;
+    let total = REQUEST_HEADER_LEN + header.body_len() as usize;
+    if declared.is_some_and(|n| n != total as u64) {
+        return Err(ApiError::Malformed(
+            "the content length does not match the request's signed header".into(),
+        ));
+    }
+    if buf.len() > total {
+        return Err(ApiError::Malformed(
+            "the body is longer than its signed header says".into(),
+        ));
+    }
+
+    // 3. One request per device at a time.
+    let _in_flight = {
+        let mut set = app.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        if !set.insert(device.device_id) {
+            return Err(ApiError::SyncInProgress);
+        }
+        InFlight {
+            set: app.in_flight.clone(),
+            device: device.device_id,
+        }
+    };
+
+    // 4. Room for the body in the shared budget, then the body, within a
+    // deadline that allows a slow link but not a stalled one.
+    let kib = u32::try_from(total.div_ceil(1024)).unwrap_or(u32::MAX);
+    let _room = tokio::time::timeout(
+        limits.queue_timeout,
+        app.body_budget.clone().acquire_many_owned(kib),
+    )
+    .await
+    .map_err(|_| ApiError::Busy)?
+    .map_err(|_| ApiError::Busy)?;
+    let deadline =
+        limits.sync_body_base_timeout + Duration::from_secs(total as u64 / limits.min_upload_rate.max(1));
+    let mut whole = Vec::with_capacity(total);
+    whole.extend_from_slice(&buf);
+    drop(buf);
+    tokio::time::timeout(deadline, read_into(&mut body, &mut whole, total))
+        .await
+        .map_err(|_| ApiError::RequestTimeout)??;
+
+    // 5. A worker, then the work (which checks everything again, under
+    // the writer).
+    let _worker = tokio::time::timeout(limits.queue_timeout, app.workers.clone().acquire_owned())
+        .await
+        .map_err(|_| ApiError::Busy)?
+        .map_err(|_| ApiError::Busy)?;
+    let server = app.server.clone();
+    let answer = blocking(move || server.handle_sync(&whole)).await?;
     Ok((
         [
             (
@@ -159,10 +362,10 @@ async fn sync(
             ),
             (
                 axum::http::HeaderName::from_static(PROTOCOL_HEADER),
-                HeaderValue::from_static("1"),
+                HeaderValue::from(u16::from(FORMAT_VERSION)),
             ),
         ],
-        answer,
+        Bytes::from(answer),
     )
         .into_response())
 }

@@ -53,8 +53,8 @@ use crvs_schema::birth::{self, BirthRegistration};
 use crvs_schema::kidc::Category;
 use crvs_schema::record::{self, RecordKind, TabletChangeError};
 use crvs_schema::wire::{
-    self, Ack, AckOutcome, ChangeSet, Hash, RecordChanges, RecordUpdate, Refusal, RefusalCode,
-    SignedChangeSet, SyncRequest, SyncResponse, WireError,
+    self, Ack, AckOutcome, ChangeSet, Hash, REQUEST_HEADER_LEN, RecordChanges, RecordUpdate, Refusal,
+    RefusalCode, RequestHeader, SignedChangeSet, SyncResponse, WireError,
 };
 use crvs_schema::workflow::{self, Status};
 use crvs_schema::{Date, Kidc};
@@ -89,6 +89,8 @@ enum Step {
     Refused(Refusal),
     /// The server failed; the whole request fails and nothing is kept.
     Failed(ApiError),
+    /// Not processed in this request (see [`Incoming::Deferred`]).
+    Deferred,
 }
 
 impl From<StorageError> for Step {
@@ -134,27 +136,65 @@ struct Stats {
     holds: usize,
 }
 
+/// Authenticates a sync request from its header alone: the device is
+/// enrolled and not revoked, the header's signature verifies with its key,
+/// and the counter is above the last one accepted (read without the
+/// writer). The HTTP layer calls this before it reads the body, so a
+/// stranger or a replay never gets a body buffered, let alone the writer.
+pub fn authenticate(server: &Server, header: &RequestHeader) -> Result<(Device, VerifyingKey), ApiError> {
+    let device_id = Uuid::from_bytes(header.device_id());
+    let device = server
+        .storage()
+        .device(device_id)?
+        .ok_or(ApiError::UnknownDevice)?;
+    if device.revoked_at_ms.is_some() {
+        return Err(ApiError::DeviceRevoked);
+    }
+    let key = VerifyingKey::from_bytes(&device.public_key)
+        .map_err(|_| ApiError::Internal("a stored device key is invalid".into()))?;
+    header.verify(&key).map_err(|_| ApiError::BadRequestSignature)?;
+    if header.counter() <= device.last_request_counter {
+        return Err(replayed(&device, header.counter()));
+    }
+    if header.body_len() > (wire::MAX_SYNC_REQUEST_BYTES - REQUEST_HEADER_LEN) as u64 {
+        return Err(ApiError::TooLarge(wire::MAX_SYNC_REQUEST_BYTES));
+    }
+    Ok((device, key))
+}
+
+fn replayed(device: &Device, counter: u64) -> ApiError {
+    tracing::warn!(
+        device = %device.device_id,
+        counter,
+        last_counter = device.last_request_counter,
+        "sync request refused: its counter is not above the last accepted one (a replay, or a restored tablet)"
+    );
+    ApiError::ReplayedRequest {
+        last_counter: device.last_request_counter,
+    }
+}
+
 /// Handles one sync request. See the module documentation.
 pub fn handle_sync(server: &Server, body: &[u8]) -> Result<Vec<u8>, ApiError> {
-    let request = SyncRequest::decode_unverified(body).map_err(ApiError::from_wire)?;
-    let device_id = Uuid::from_bytes(request.device_id);
+    if body.len() > wire::MAX_SYNC_REQUEST_BYTES {
+        return Err(ApiError::TooLarge(wire::MAX_SYNC_REQUEST_BYTES));
+    }
+    let header = RequestHeader::parse(body).map_err(ApiError::from_wire)?;
     let now_ms = server.now_ms();
     let today = Date::today_in_cambodia(now_ms);
 
     // Before the writer: authenticate, check signatures, decode, and
     // prepare the records the change sets create. This is most of the
-    // work; other requests commit meanwhile, and a forged request never
-    // holds the writer.
-    let seen = server
-        .storage()
-        .device(device_id)?
-        .ok_or(ApiError::UnknownDevice)?;
-    if seen.revoked_at_ms.is_some() {
-        return Err(ApiError::DeviceRevoked);
-    }
-    let key = VerifyingKey::from_bytes(&seen.public_key)
-        .map_err(|_| ApiError::Internal("a stored device key is invalid".into()))?;
-    wire::verify_request(body, &key).map_err(|_| ApiError::BadRequestSignature)?;
+    // work; other requests commit meanwhile, and a forged or replayed
+    // request never holds the writer.
+    let (seen, key) = authenticate(server, &header)?;
+    let device_id = seen.device_id;
+    let request = header
+        .open_body(&body[REQUEST_HEADER_LEN..])
+        .map_err(|e| match e {
+            WireError::BadSignature => ApiError::BadRequestSignature,
+            other => ApiError::from_wire(other),
+        })?;
     let early = Ctx {
         server,
         device: &seen,
@@ -179,18 +219,26 @@ pub fn handle_sync(server: &Server, body: &[u8]) -> Result<Vec<u8>, ApiError> {
 
     let skew_ms = request.device_clock_ms.saturating_sub(now_ms);
     let flagged = skew_ms.unsigned_abs() > CLOCK_TOLERANCE_MS;
-    if flagged {
-        tracing::warn!(device = %device_id, skew_ms, "device clock is off by more than a day");
-    }
-    tx.record_sync(
+    // The counter is checked and advanced in one statement, under the
+    // writer: of two copies of one request racing here, one wins and the
+    // other is refused with nothing recorded (the transaction is dropped,
+    // so rolled back).
+    let fresh = tx.record_sync(
         device_id,
         &SyncSeen {
             at_ms: now_ms,
             device_clock_ms: request.device_clock_ms,
             skew_ms,
             flagged,
+            counter: request.counter,
         },
     )?;
+    if !fresh {
+        return Err(replayed(&device, request.counter));
+    }
+    if flagged {
+        tracing::warn!(device = %device_id, skew_ms, "device clock is off by more than a day");
+    }
 
     let ctx = Ctx {
         server,
@@ -242,6 +290,11 @@ pub fn handle_sync(server: &Server, body: &[u8]) -> Result<Vec<u8>, ApiError> {
                 break;
             }
             Err(Step::Failed(e)) => return Err(e),
+            Err(Step::Deferred) => {
+                tx.rollback_to_savepoint()?;
+                tracing::info!(device = %device_id, "the request's decompression budget is spent; the rest waits for the next request");
+                break;
+            }
         }
     }
 
@@ -301,7 +354,9 @@ fn peek_seq(bytes: &[u8]) -> Option<u64> {
 
 fn wire_refusal(seq: u64, e: &WireError) -> Step {
     match e {
-        WireError::TooLarge { .. } => refuse(seq, RefusalCode::TooLarge, e.to_string()),
+        WireError::TooLarge { .. } | WireError::TooMany { .. } => {
+            refuse(seq, RefusalCode::TooLarge, e.to_string())
+        }
         WireError::BadSignature => refuse(
             seq,
             RefusalCode::BadSignature,
@@ -313,6 +368,10 @@ fn wire_refusal(seq: u64, e: &WireError) -> Step {
 
 /// A change set as decoded before the writer was taken.
 enum Incoming {
+    /// The request's decompression budget ran out before this change set:
+    /// it and those after it are left for the tablet's next request (no
+    /// refusal: alone it may well fit).
+    Deferred,
     /// The bytes do not frame as a change set.
     Unframed {
         error: WireError,
@@ -361,6 +420,9 @@ struct Pending {
 /// state that the writer could change, except which change sets are new,
 /// which the writer checks again.
 fn open_change_sets(ctx: &Ctx<'_>, change_sets: Vec<Vec<u8>>) -> Result<Vec<Incoming>, ApiError> {
+    // All change sets of the request draw their decompressed bytes from
+    // one budget: many small bombs cannot add up.
+    let mut budget = wire::MAX_REQUEST_DECODED;
     let mut out: Vec<Incoming> = change_sets
         .into_iter()
         .map(|bytes| {
@@ -370,8 +432,16 @@ fn open_change_sets(ctx: &Ctx<'_>, change_sets: Vec<Vec<u8>>) -> Result<Vec<Inco
                 Ok(cs) => {
                     let new =
                         cs.device_id() == *ctx.device.device_id.as_bytes() && cs.seq() > ctx.device.last_seq;
-                    let opened = new.then(|| cs.open(ctx.key).map(OpenedBody::from));
-                    Incoming::Framed { cs, opened }
+                    let shared = budget < wire::MAX_CHANGE_SET_DECODED;
+                    match new.then(|| cs.open_within(ctx.key, &mut budget)) {
+                        // It would fit alone: it waits for the next request
+                        // instead of being refused for good.
+                        Some(Err(WireError::TooLarge { .. })) if shared => Incoming::Deferred,
+                        opened => Incoming::Framed {
+                            cs,
+                            opened: opened.map(|r| r.map(OpenedBody::from)),
+                        },
+                    }
                 }
             }
         })
@@ -452,6 +522,7 @@ fn apply_change_set(
             return Err(wire_refusal(claimed.unwrap_or(expected), &error));
         }
         Incoming::Framed { cs, opened } => (cs, opened),
+        Incoming::Deferred => return Err(Step::Deferred),
     };
     let seq = cs.seq();
     if cs.device_id() != *ctx.device.device_id.as_bytes() {
@@ -993,7 +1064,7 @@ mod tests {
     fn wire_errors_map_to_stable_refusal_codes() {
         let code = |e: WireError| match wire_refusal(3, &e) {
             Step::Refused(r) => r.code,
-            Step::Failed(_) => panic!("a wire error is a refusal"),
+            Step::Failed(_) | Step::Deferred => panic!("a wire error is a refusal"),
         };
         assert_eq!(code(WireError::BadSignature), RefusalCode::BadSignature);
         assert_eq!(code(WireError::TooLarge { limit: 1 }), RefusalCode::TooLarge);
@@ -1020,7 +1091,7 @@ mod tests {
     fn tablet_change_errors_map_to_refusal_codes() {
         let code = |e| match tablet_change_refusal(1, e) {
             Step::Refused(r) => r.code,
-            Step::Failed(_) => panic!("a refusal"),
+            Step::Failed(_) | Step::Deferred => panic!("a refusal"),
         };
         assert_eq!(
             code(TabletChangeError::ServerOwnedField("server.kidc".into())),

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use crvs_schema::wire::{self, AckOutcome, SyncResponse};
 use crvs_schema::workflow::Action;
 use crvs_server::Server;
-use support::{OFFICE, Tablet, birth, new_record_id, record_changes};
+use support::{OFFICE, Tablet, birth, enroll_request, new_record_id, record_changes};
 
 struct Running {
     _dir: tempfile::TempDir,
@@ -47,7 +47,7 @@ fn agent() -> ureq::Agent {
 fn post_sync(url: &str, body: &[u8]) -> (u16, Vec<u8>) {
     let mut resp = agent()
         .post(format!("{url}/v1/sync"))
-        .header(wire::PROTOCOL_HEADER, "1")
+        .header(wire::PROTOCOL_HEADER, wire::FORMAT_VERSION.to_string())
         .header("content-type", "application/octet-stream")
         .send(body)
         .expect("request");
@@ -69,15 +69,11 @@ fn count(dir: &Path, table: &str) -> i64 {
 
 fn enroll_http(url: &str, token: &str) -> Tablet {
     let key = ed25519_dalek::SigningKey::generate(&mut rand::rng());
-    let body = serde_json::json!({
-        "version": 1,
-        "token": token,
-        "public_key": hex::encode(key.verifying_key().to_bytes()),
-    });
+    let body = serde_json::to_vec(&enroll_request(token, &key, None)).expect("json");
     let mut resp = agent()
         .post(format!("{url}/v1/enroll"))
         .header("content-type", "application/json")
-        .send(body.to_string().as_bytes())
+        .send(&body[..])
         .expect("enrol");
     assert_eq!(resp.status().as_u16(), 200);
     let r: wire::EnrollResponse =
@@ -111,16 +107,14 @@ fn a_tablet_enrols_syncs_and_gets_its_kidc_over_http() {
     assert_eq!(resp.request_hash, wire::request_hash(&req));
     assert_eq!(resp.acks[0].outcome, AckOutcome::Applied);
     assert_eq!(resp.updates.len(), 1);
-    // The same token again is refused.
+    // The same token again, for another key, is refused.
+    let other = ed25519_dalek::SigningKey::generate(&mut rand::rng());
     let again = agent()
         .post(format!("{}/v1/enroll", s.url))
-        .send(
-            serde_json::json!({"version": 1, "token": token.token, "public_key": hex::encode([7u8; 32])})
-                .to_string()
-                .as_bytes(),
-        )
+        .header("content-type", "application/json")
+        .send(&serde_json::to_vec(&enroll_request(&token.token, &other, None)).expect("json")[..])
         .expect("request");
-    assert!(again.status().is_client_error());
+    assert_eq!(again.status().as_u16(), 409);
 }
 
 #[test]
@@ -134,6 +128,8 @@ fn random_truncated_and_oversized_bodies_get_clear_json_errors_and_store_nothing
 
     let mut random = vec![0u8; 10_000];
     rand::Rng::fill_bytes(&mut rand::rng(), &mut random);
+    // Not version byte 1, which is told to update instead.
+    random[0] = 0xee;
     let (status, body) = post_sync(&s.url, &random);
     assert_eq!((status, error_code(&body).as_str()), (400, "malformed"));
 
@@ -143,7 +139,7 @@ fn random_truncated_and_oversized_bodies_get_clear_json_errors_and_store_nothing
     let oversized = vec![1u8; wire::MAX_SYNC_REQUEST_BYTES + 1];
     match agent()
         .post(format!("{}/v1/sync", s.url))
-        .header(wire::PROTOCOL_HEADER, "1")
+        .header(wire::PROTOCOL_HEADER, wire::FORMAT_VERSION.to_string())
         .send(&oversized[..])
     {
         Ok(mut resp) => {
@@ -213,25 +209,70 @@ fn two_racing_http_requests_apply_once_and_issue_one_kidc() {
     let id = new_record_id();
     let mut doc = tablet.new_doc(OFFICE, &birth(), &[Action::Verify, Action::Approve]);
     let cs = tablet.seal(vec![record_changes(id, Tablet::all_changes(&mut doc))]);
-    let req = tablet.request(vec![cs]);
-    let outcomes: Vec<AckOutcome> = std::thread::scope(|sc| {
-        let hs: Vec<_> = (0..2)
-            .map(|_| {
-                sc.spawn(|| {
-                    let (status, body) = post_sync(&s.url, &req);
-                    assert_eq!(status, 200);
-                    SyncResponse::open(&body, &s.server.signing_key().verifying_key())
-                        .expect("answer")
-                        .acks[0]
-                        .outcome
-                })
-            })
+    // Two requests (counters 1 and 2) carrying the same change set, as a
+    // tablet that retried while its first request was still in flight.
+    let requests = [tablet.request(vec![cs.clone()]), tablet.request(vec![cs])];
+    let results: Vec<(u16, Vec<u8>)> = std::thread::scope(|sc| {
+        let hs: Vec<_> = requests
+            .iter()
+            .map(|r| sc.spawn(|| post_sync(&s.url, r)))
             .collect();
         hs.into_iter().map(|h| h.join().expect("thread")).collect()
     });
-    assert_eq!(outcomes.iter().filter(|o| **o == AckOutcome::Applied).count(), 1);
+    let mut applied = 0;
+    for (status, body) in &results {
+        match status {
+            200 => {
+                let resp = SyncResponse::open(body, &s.server.signing_key().verifying_key()).expect("answer");
+                applied += resp
+                    .acks
+                    .iter()
+                    .filter(|a| a.outcome == AckOutcome::Applied)
+                    .count();
+            }
+            // The later counter went first (the earlier one is then a
+            // reordered request), or the other was still in flight.
+            409 => assert_eq!(error_code(body), "replayed_request"),
+            429 => assert_eq!(error_code(body), "sync_in_progress"),
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert!(results.iter().any(|(st, _)| *st == 200));
+    assert_eq!(applied, 1);
     assert_eq!(count(s._dir.path(), "change_set_log"), 1);
     assert_eq!(count(s._dir.path(), "kidc_issuance"), 1);
+}
+
+#[test]
+fn a_captured_request_sent_again_is_refused_and_changes_nothing() {
+    let s = start();
+    let mut tablet = Tablet::enroll(&s.server, OFFICE);
+    let id = new_record_id();
+    let mut doc = tablet.new_doc(OFFICE, &birth(), &[Action::Verify, Action::Approve]);
+    let cs = tablet.seal(vec![record_changes(id, Tablet::all_changes(&mut doc))]);
+    let captured = tablet.request(vec![cs]);
+    let (status, _) = post_sync(&s.url, &captured);
+    assert_eq!(status, 200);
+    let device = |s: &Running| {
+        s.server
+            .storage()
+            .device(uuid::Uuid::from_bytes(tablet.device_id))
+            .expect("read")
+            .expect("device")
+    };
+    let before = device(&s);
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let (status, body) = post_sync(&s.url, &captured);
+    assert_eq!((status, error_code(&body).as_str()), (409, "replayed_request"));
+    // No update feed (KIdCs) in the refusal, and not even last_sync moved.
+    let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(v["last_counter"], 1);
+    assert_eq!(
+        v.as_object().map(|o| o.len()),
+        Some(3),
+        "error, message, last_counter only: {v}"
+    );
+    assert_eq!(device(&s), before);
 }
 
 fn cli(dir: &Path, args: &[&str]) -> (bool, serde_json::Value) {
@@ -255,7 +296,9 @@ fn the_operator_commands_print_one_json_object() {
     let (ok, v) = cli(dir.path(), &["--json", "enroll-token", "--commune", OFFICE]);
     assert!(ok);
     assert_eq!(v["commune"], OFFICE);
-    assert!(v["token"].as_str().is_some_and(|t| t.len() == 32));
+    let token = v["token"].as_str().expect("token");
+    assert_eq!(token.len(), 40, "33 symbols in groups of four: {token}");
+    assert!(crvs_schema::enrol::EnrolmentToken::parse(token).is_ok());
     let (ok, v) = cli(dir.path(), &["enroll-token", "--commune", "99", "--json"]);
     assert!(!ok);
     assert_eq!(v["error"], "invalid_argument");

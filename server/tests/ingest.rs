@@ -11,7 +11,7 @@ use crvs_schema::record;
 use crvs_schema::wire::{AckOutcome, RefusalCode};
 use crvs_schema::workflow::Action;
 use crvs_server::{ApiError, Server, admin};
-use support::{OFFICE, Tablet, birth, new_record_id, open_response, record_changes};
+use support::{OFFICE, Tablet, birth, enroll_request, new_record_id, open_response, record_changes};
 
 fn server() -> (tempfile::TempDir, Server) {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -441,18 +441,60 @@ fn two_racing_requests_apply_once_and_issue_one_kidc() {
     let (dir, server) = server();
     let mut tablet = Tablet::enroll(&server, OFFICE);
     let (_, cs) = approved_birth(&mut tablet);
-    let req = tablet.request(vec![cs]);
-    let outcomes: Vec<AckOutcome> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..4)
-            .map(|_| {
-                s.spawn(|| open_response(&server, &server.handle_sync(&req).expect("sync")).acks[0].outcome)
+    // Four requests of the same tablet carrying the same change set.
+    let requests: Vec<Vec<u8>> = (0..4).map(|_| tablet.request(vec![cs.clone()])).collect();
+    let outcomes: Vec<Option<AckOutcome>> = std::thread::scope(|s| {
+        let handles: Vec<_> = requests
+            .iter()
+            .map(|req| {
+                s.spawn(|| match server.handle_sync(req) {
+                    Ok(answer) => Some(open_response(&server, &answer).acks[0].outcome),
+                    // A lower counter that came after a higher one.
+                    Err(ApiError::ReplayedRequest { .. }) => None,
+                    Err(e) => panic!("unexpected error {e}"),
+                })
             })
             .collect();
         handles.into_iter().map(|h| h.join().expect("thread")).collect()
     });
-    assert_eq!(outcomes.iter().filter(|o| **o == AckOutcome::Applied).count(), 1);
+    assert_eq!(
+        outcomes
+            .iter()
+            .filter(|o| **o == Some(AckOutcome::Applied))
+            .count(),
+        1
+    );
     assert_eq!(count(dir.path(), "SELECT COUNT(*) FROM change_set_log"), 1);
     assert_eq!(count(dir.path(), "SELECT COUNT(*) FROM kidc_issuance"), 1);
+}
+
+#[test]
+fn a_replayed_or_reordered_request_is_refused_changes_nothing_and_leaks_no_feed() {
+    let (dir, server) = server();
+    let mut tablet = Tablet::enroll(&server, OFFICE);
+    let device_id = uuid::Uuid::from_bytes(tablet.device_id);
+    // Captured early: an empty request, before any KIdC exists.
+    let captured = tablet.request(vec![]);
+    let (_, cs) = approved_birth(&mut tablet);
+    let later = tablet.request(vec![cs]);
+    let r = open_response(&server, &server.handle_sync(&later).expect("sync"));
+    assert_eq!(r.updates.len(), 1, "the KIdC went to the tablet");
+    let before = server.storage().device(device_id).expect("read").expect("device");
+    // The captured (earlier) request now: reordered, so refused.
+    match server.handle_sync(&captured) {
+        Err(ApiError::ReplayedRequest { last_counter }) => assert_eq!(last_counter, 2),
+        other => panic!("expected replayed_request, got {other:?}"),
+    }
+    // And the accepted one again: a replay.
+    assert!(matches!(
+        server.handle_sync(&later),
+        Err(ApiError::ReplayedRequest { .. })
+    ));
+    let after = server.storage().device(device_id).expect("read").expect("device");
+    assert_eq!(after, before, "not even last_sync or the clock skew moved");
+    assert_eq!(count(dir.path(), "SELECT COUNT(*) FROM change_set_log"), 1);
+    // The tablet's next request goes through.
+    server.handle_sync(&tablet.request(vec![])).expect("next request");
 }
 
 #[test]
@@ -495,34 +537,32 @@ fn an_unknown_device_is_unauthorized() {
     assert_eq!(err.status().as_u16(), 401);
 }
 
+fn new_key() -> ed25519_dalek::SigningKey {
+    ed25519_dalek::SigningKey::generate(&mut rand::rng())
+}
+
 #[test]
 fn an_enrolment_token_works_once() {
     let (_dir, server) = server();
     let token = admin::create_token(&server, OFFICE, 3_600_000).expect("token");
-    let req = |token: &str| crvs_schema::wire::EnrollRequest {
-        version: 1,
-        token: token.into(),
-        public_key: hex::encode(
-            ed25519_dalek::SigningKey::generate(&mut rand::rng())
-                .verifying_key()
-                .to_bytes(),
-        ),
-        office: None,
-    };
-    let ok = admin::enroll(&server, &req(&token.token)).expect("first enrolment");
+    let ok =
+        admin::enroll(&server, &enroll_request(&token.token, &new_key(), None)).expect("first enrolment");
     assert_eq!(ok.office, OFFICE);
     assert!(matches!(
-        admin::enroll(&server, &req(&token.token)),
+        admin::enroll(&server, &enroll_request(&token.token, &new_key(), None)),
         Err(ApiError::TokenUsed)
     ));
+    // A well-formed token this server never made.
+    let stranger =
+        crvs_schema::enrol::EnrolmentToken::generate(&server.signing_key().verifying_key(), &mut rand::rng());
     assert!(matches!(
-        admin::enroll(&server, &req("nope")),
+        admin::enroll(&server, &enroll_request(&stranger.to_text(), &new_key(), None)),
         Err(ApiError::UnknownToken)
     ));
     let expired = admin::create_token(&server, OFFICE, 1).expect("token");
     std::thread::sleep(std::time::Duration::from_millis(5));
     assert!(matches!(
-        admin::enroll(&server, &req(&expired.token)),
+        admin::enroll(&server, &enroll_request(&expired.token, &new_key(), None)),
         Err(ApiError::TokenExpired)
     ));
     assert!(
@@ -532,20 +572,104 @@ fn an_enrolment_token_works_once() {
 }
 
 #[test]
+fn the_enrolment_answer_is_signed_by_the_key_the_token_names_and_bound_to_the_request() {
+    let (_dir, server) = server();
+    let text = admin::create_token(&server, OFFICE, 3_600_000)
+        .expect("token")
+        .token;
+    let token = crvs_schema::enrol::EnrolmentToken::parse(&text).expect("parses");
+    let req = enroll_request(&text, &new_key(), Some(OFFICE));
+    let answer = admin::enroll(&server, &req).expect("enrols");
+    let key = answer.verify(&req.public_key, &req.nonce).expect("signed");
+    assert_eq!(key, server.signing_key().verifying_key());
+    assert!(token.is_for_server(&key));
+    // Not an answer to any other request.
+    let other = enroll_request(&text, &new_key(), Some(OFFICE));
+    assert!(answer.verify(&other.public_key, &req.nonce).is_err());
+    assert!(answer.verify(&req.public_key, &other.nonce).is_err());
+}
+
+#[test]
+fn the_same_tablet_may_enrol_again_with_its_token_and_gets_the_same_device() {
+    let (dir, server) = server();
+    let token = admin::create_token(&server, OFFICE, 3_600_000).expect("token");
+    let key = new_key();
+    let first = admin::enroll(&server, &enroll_request(&token.token, &key, Some(OFFICE))).expect("enrols");
+    // The answer was lost (or spoiled on the way): the tablet asks again.
+    let again = admin::enroll(&server, &enroll_request(&token.token, &key, Some(OFFICE))).expect("again");
+    assert_eq!(first.device_id, again.device_id);
+    assert_eq!(count(dir.path(), "SELECT COUNT(*) FROM devices"), 1);
+    // Replaying the exact request changes nothing and answers the same.
+    let req = enroll_request(&token.token, &key, Some(OFFICE));
+    let a = admin::enroll(&server, &req).expect("a");
+    let b = admin::enroll(&server, &req).expect("b");
+    assert_eq!(a, b);
+    assert_eq!(count(dir.path(), "SELECT COUNT(*) FROM devices"), 1);
+}
+
+#[test]
+fn someone_who_saw_the_request_cannot_enrol_another_key_with_its_token() {
+    let (dir, server) = server();
+    let token = admin::create_token(&server, OFFICE, 3_600_000).expect("token");
+    let seen = enroll_request(&token.token, &new_key(), Some(OFFICE));
+    // The eavesdropper keeps the token id and the MAC, and puts in its key.
+    let mut forged = seen.clone();
+    forged.public_key = hex::encode(new_key().verifying_key().to_bytes());
+    assert!(matches!(
+        admin::enroll(&server, &forged),
+        Err(ApiError::UnknownToken)
+    ));
+    // ... or another office, or another nonce.
+    let mut forged = seen.clone();
+    forged.office = Some("120101".into());
+    assert!(admin::enroll(&server, &forged).is_err());
+    let mut forged = seen.clone();
+    forged.nonce = hex::encode([7u8; 16]);
+    assert!(matches!(
+        admin::enroll(&server, &forged),
+        Err(ApiError::UnknownToken)
+    ));
+    assert_eq!(count(dir.path(), "SELECT COUNT(*) FROM devices"), 0);
+    // The token is still good for the tablet it was made for.
+    admin::enroll(&server, &seen).expect("the real tablet enrols");
+}
+
+#[test]
+fn weak_device_keys_are_refused_without_using_up_the_token() {
+    let (dir, server) = server();
+    let token = admin::create_token(&server, OFFICE, 3_600_000).expect("token");
+    let parsed = crvs_schema::enrol::EnrolmentToken::parse(&token.token).expect("token");
+    // The all-zero encoding and the identity point: both small order.
+    let mut identity = [0u8; 32];
+    identity[0] = 1;
+    for weak in [[0u8; 32], identity] {
+        let req = crvs_schema::enrol::enroll_request(&parsed, &weak, Some(OFFICE), [3; 16]);
+        match admin::enroll(&server, &req) {
+            Err(ApiError::Invalid(m)) => assert!(m.contains("weak") || m.contains("valid"), "{m}"),
+            other => panic!("a weak key must be refused, got {other:?}"),
+        }
+    }
+    assert_eq!(count(dir.path(), "SELECT COUNT(*) FROM devices"), 0);
+    admin::enroll(&server, &enroll_request(&token.token, &new_key(), Some(OFFICE)))
+        .expect("token still good");
+}
+
+#[test]
+fn an_enrolment_of_the_old_version_is_told_to_update() {
+    let (_dir, server) = server();
+    let token = admin::create_token(&server, OFFICE, 3_600_000).expect("token");
+    let mut req = enroll_request(&token.token, &new_key(), Some(OFFICE));
+    req.version = 1;
+    let err = admin::enroll(&server, &req).expect_err("refused");
+    assert_eq!(err.code(), "upgrade_required");
+    assert_eq!(err.status().as_u16(), 426);
+}
+
+#[test]
 fn a_token_for_another_office_is_refused_and_stays_valid_for_its_own() {
     let (dir, server) = server();
     let token = admin::create_token(&server, OFFICE, 3_600_000).expect("token");
-    let req = |office: &str| crvs_schema::wire::EnrollRequest {
-        version: 1,
-        token: token.token.clone(),
-        public_key: hex::encode(
-            ed25519_dalek::SigningKey::generate(&mut rand::rng())
-                .verifying_key()
-                .to_bytes(),
-        ),
-        office: Some(office.into()),
-    };
-    match admin::enroll(&server, &req("120101")) {
+    match admin::enroll(&server, &enroll_request(&token.token, &new_key(), Some("120101"))) {
         Err(e @ ApiError::WrongOffice { .. }) => {
             assert_eq!(e.code(), "wrong_office");
             assert!(e.to_string().contains("120101") && e.to_string().contains(OFFICE));
@@ -554,7 +678,7 @@ fn a_token_for_another_office_is_refused_and_stays_valid_for_its_own() {
     }
     assert_eq!(count(dir.path(), "SELECT COUNT(*) FROM devices"), 0);
     // The token was not used up: the right tablet enrols with it.
-    let ok = admin::enroll(&server, &req(OFFICE)).expect("enrols");
+    let ok = admin::enroll(&server, &enroll_request(&token.token, &new_key(), Some(OFFICE))).expect("enrols");
     assert_eq!(ok.office, OFFICE);
     assert_eq!(count(dir.path(), "SELECT COUNT(*) FROM devices"), 1);
 }
@@ -566,22 +690,7 @@ fn racing_enrolments_with_one_token_enrol_one_device() {
     let results: Vec<bool> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..4)
             .map(|_| {
-                s.spawn(|| {
-                    admin::enroll(
-                        &server,
-                        &crvs_schema::wire::EnrollRequest {
-                            version: 1,
-                            token: token.token.clone(),
-                            public_key: hex::encode(
-                                ed25519_dalek::SigningKey::generate(&mut rand::rng())
-                                    .verifying_key()
-                                    .to_bytes(),
-                            ),
-                            office: None,
-                        },
-                    )
-                    .is_ok()
-                })
+                s.spawn(|| admin::enroll(&server, &enroll_request(&token.token, &new_key(), None)).is_ok())
             })
             .collect();
         handles.into_iter().map(|h| h.join().expect("thread")).collect()
@@ -630,6 +739,7 @@ fn random_and_truncated_bodies_are_malformed_and_store_nothing() {
     let req = tablet.request(vec![cs]);
     let mut random = vec![0u8; 4096];
     rand::Rng::fill_bytes(&mut rand::rng(), &mut random);
+    random[0] = 0xee; // version 1 is told to update instead
     for body in [random.as_slice(), &req[..req.len() / 2], &req[..10], &[]] {
         let err = server.handle_sync(body).expect_err("refused");
         assert_eq!(err.status().as_u16(), 400, "{err}");

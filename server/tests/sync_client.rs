@@ -45,6 +45,10 @@ struct Wire {
     wrong_ack_hash: Cell<bool>,
     /// Re-sign answers with another key (an impostor).
     impostor: Cell<bool>,
+    /// A machine in the middle of the enrolment: it forwards the request
+    /// to the real server, then puts its own key in the answer and signs
+    /// it with that key.
+    swap_enrolment_key: Cell<bool>,
 }
 
 impl Wire {
@@ -55,6 +59,7 @@ impl Wire {
             lose_answers: Cell::new(0),
             wrong_ack_hash: Cell::new(false),
             impostor: Cell::new(false),
+            swap_enrolment_key: Cell::new(false),
         }
     }
 
@@ -100,14 +105,22 @@ impl Wire {
 
 impl Transport for Wire {
     fn enroll(&self, request: &EnrollRequest) -> crvs_core::Result<EnrollResponse> {
-        admin::enroll(&self.server(), request).map_err(|e| Error::Protocol(e.to_string()))
+        let mut answer =
+            admin::enroll(&self.server(), request).map_err(|e| Error::Protocol(e.to_string()))?;
+        if self.swap_enrolment_key.get() {
+            let mallory = SigningKey::from_bytes(&[6; 32]);
+            answer.server_public_key = hex::encode(mallory.verifying_key().to_bytes());
+            answer.sign(&mallory, &request.public_key, &request.nonce);
+        }
+        Ok(answer)
     }
 
     fn sync(&self, bytes: &[u8]) -> crvs_core::Result<Vec<u8>> {
         let server = self.server();
-        let answer = server
-            .handle_sync(bytes)
-            .map_err(|e| Error::Protocol(e.to_string()))?;
+        let answer = server.handle_sync(bytes).map_err(|e| match e {
+            crvs_server::ApiError::ReplayedRequest { last_counter } => Error::CounterBehind(last_counter),
+            e => Error::Protocol(e.to_string()),
+        })?;
         if self.lose_answers.get() > 0 {
             self.lose_answers.set(self.lose_answers.get() - 1);
             return Err(Error::Offline("connection reset while reading the answer".into()));
@@ -302,6 +315,96 @@ fn an_answer_signed_by_another_key_is_refused() {
     assert!(matches!(r.sync_with(&server, &quiet()), Err(Error::Protocol(_))));
     server.impostor.set(false);
     assert_eq!(r.sync_with(&server, &quiet()).unwrap().pushed, 1);
+}
+
+#[test]
+fn an_enrolment_answer_with_a_swapped_server_key_is_refused_and_the_token_still_enrols_the_tablet() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let wire = Wire::open(&dir.path().join("server"));
+    let tablet = Registrar::init_with_kdf(
+        dir.path().join("tablet"),
+        "correct horse battery staple",
+        COMMUNE,
+        KdfParams::INSECURE_FOR_TESTS,
+    )
+    .expect("store");
+    let token = admin::create_token(&wire.server(), COMMUNE, 3_600_000).expect("token");
+    wire.swap_enrolment_key.set(true);
+    match tablet.enroll_with(&wire, "http://in-process", &token.token) {
+        Err(Error::Protocol(m)) => assert!(m.contains("does not match the enrolment token"), "{m}"),
+        other => panic!("the swapped key must be refused, got {other:?}"),
+    }
+    assert!(matches!(
+        tablet.sync_with(&wire, &quiet()),
+        Err(Error::NotEnrolled)
+    ));
+    // Without the machine in the middle, the same token enrols the tablet,
+    // as the device the server already made for its key.
+    wire.swap_enrolment_key.set(false);
+    let e = tablet
+        .enroll_with(&wire, "http://in-process", &token.token)
+        .expect("the token is still good");
+    assert_eq!(wire.count("SELECT COUNT(*) FROM devices"), 1);
+    let devices = admin::devices(&wire.server()).expect("devices");
+    assert_eq!(devices[0].device_id, e.device_id);
+    tablet.register_birth(&sok_dara(), "clerk").unwrap();
+    assert_eq!(tablet.sync_with(&wire, &quiet()).unwrap().pushed, 1);
+}
+
+#[test]
+fn a_mistyped_token_is_refused_on_the_tablet_before_anything_is_sent() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let wire = Wire::open(&dir.path().join("server"));
+    let tablet = Registrar::init_with_kdf(
+        dir.path().join("tablet"),
+        "correct horse battery staple",
+        COMMUNE,
+        KdfParams::INSECURE_FOR_TESTS,
+    )
+    .expect("store");
+    let token = admin::create_token(&wire.server(), COMMUNE, 3_600_000)
+        .expect("token")
+        .token;
+    // One symbol changed.
+    let mut typo: Vec<char> = token.chars().collect();
+    typo[5] = if typo[5] == 'A' { 'B' } else { 'A' };
+    let typo: String = typo.into_iter().collect();
+    match tablet.enroll_with(&wire, "http://in-process", &typo) {
+        Err(Error::InvalidInput(m)) => assert!(m.contains("mistyped"), "{m}"),
+        other => panic!("expected a typo error, got {other:?}"),
+    }
+    assert_eq!(wire.count("SELECT COUNT(*) FROM devices"), 0);
+    tablet
+        .enroll_with(&wire, "http://in-process", &token)
+        .expect("the real token enrols");
+}
+
+#[test]
+fn a_tablet_store_restored_from_an_old_copy_continues_above_the_servers_request_counter() {
+    let (dir, r, server) = setup();
+    r.register_birth(&sok_dara(), "clerk").unwrap();
+    r.sync_with(&server, &quiet()).unwrap();
+    // A copy of the tablet's store now (closed first), then more syncs.
+    let store = dir.path().join("tablet");
+    let copy = dir.path().join("tablet-copy");
+    drop(r);
+    std::fs::create_dir_all(&copy).unwrap();
+    for e in std::fs::read_dir(&store).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), copy.join(e.file_name())).unwrap();
+    }
+    let r = Registrar::open(&store, "correct horse battery staple").unwrap();
+    for _ in 0..3 {
+        r.sync_with(&server, &quiet()).unwrap();
+    }
+    drop(r);
+    // The old copy comes back: its counter is behind the server's.
+    let restored = Registrar::open(&copy, "correct horse battery staple").unwrap();
+    let report = restored.sync_with(&server, &quiet()).expect("sync continues");
+    assert!(report.requests >= 2, "one refused as behind, then one above it");
+    restored
+        .sync_with(&server, &quiet())
+        .expect("and the next one too");
 }
 
 #[test]

@@ -29,22 +29,33 @@ pub fn new_store(dir: &Path) -> Registrar {
     Registrar::init_with_kdf(dir, PASSPHRASE, COMMUNE, KdfParams::INSECURE_FOR_TESTS).expect("init")
 }
 
-/// Answers an enrolment the way the server does, for a given office and
-/// server key; sync requests find no server.
+/// Answers an enrolment the way the server does (signed), for a given
+/// office and server key; sync requests find no server.
 pub struct EnrollOnly {
     pub office: String,
-    pub server_public_key: [u8; 32],
+    pub server_key: ed25519_dalek::SigningKey,
+}
+
+impl EnrollOnly {
+    /// A token this stand-in's key is named by.
+    pub fn token(&self) -> String {
+        crvs_schema::enrol::EnrolmentToken::generate(&self.server_key.verifying_key(), &mut rand::rng())
+            .to_text()
+    }
 }
 
 impl Transport for EnrollOnly {
     fn enroll(&self, request: &EnrollRequest) -> crvs_core::Result<EnrollResponse> {
-        assert_eq!(request.version, 1);
+        assert_eq!(request.version, crvs_schema::wire::FORMAT_VERSION);
         assert_eq!(hex::decode(&request.public_key).unwrap().len(), 32);
-        Ok(EnrollResponse {
+        let mut answer = EnrollResponse {
             device_id: uuid::Uuid::now_v7().to_string(),
             office: self.office.clone(),
-            server_public_key: hex::encode(self.server_public_key),
-        })
+            server_public_key: hex::encode(self.server_key.verifying_key().to_bytes()),
+            signature: String::new(),
+        };
+        answer.sign(&self.server_key, &request.public_key, &request.nonce);
+        Ok(answer)
     }
 
     fn sync(&self, _: &[u8]) -> crvs_core::Result<Vec<u8>> {
@@ -54,12 +65,12 @@ impl Transport for EnrollOnly {
 
 /// Enrols `r` without a server; the stored URL points at a closed port.
 pub fn enroll_offline(r: &Registrar) {
-    let server = ed25519_dalek::SigningKey::from_bytes(&[42; 32]);
     let t = EnrollOnly {
         office: COMMUNE.into(),
-        server_public_key: server.verifying_key().to_bytes(),
+        server_key: ed25519_dalek::SigningKey::from_bytes(&[42; 32]),
     };
-    r.enroll_with(&t, "http://127.0.0.1:9", "token").expect("enroll");
+    r.enroll_with(&t, "http://127.0.0.1:9", &t.token())
+        .expect("enroll");
 }
 
 /// Every file in `dir` (recursively), with its bytes.

@@ -73,6 +73,8 @@ pub struct Device {
     /// The change set refused to it for good, if its outbox is stuck
     /// behind one (cleared when its chain advances).
     pub refused: Option<DeviceRefusal>,
+    /// The counter of the last sync request accepted from it (0: none).
+    pub last_request_counter: u64,
 }
 
 /// A change set refused for a reason a resend cannot fix.
@@ -110,6 +112,8 @@ pub struct SyncSeen {
     pub skew_ms: i64,
     /// The skew is beyond the tolerated day.
     pub flagged: bool,
+    /// The request's counter: recorded only if it is above the last one.
+    pub counter: u64,
 }
 
 /// A record document, as stored.
@@ -188,6 +192,11 @@ pub struct TokenRow {
     pub expires_at_ms: i64,
     /// When it was used, if it was.
     pub used_at_ms: Option<i64>,
+    /// The key of the enrolment MAC (a hash of the token's secret); `None`
+    /// for a token made before version 2, which cannot be used.
+    pub mac_key: Option<[u8; 32]>,
+    /// The device it enrolled and that device's public key, once used.
+    pub used_by: Option<(Uuid, [u8; 32])>,
 }
 
 /// A storage backend.
@@ -202,6 +211,10 @@ pub trait Storage: Send + Sync {
 
     /// One device (read-only; does not wait for the writer).
     fn device(&self, device_id: Uuid) -> Result<Option<Device>, StorageError>;
+
+    /// An enrolment token by its lookup hash (read-only; does not wait for
+    /// the writer, so an unauthenticated enrolment never holds it up).
+    fn token(&self, token_hash: &str) -> Result<Option<TokenRow>, StorageError>;
 }
 
 /// The primitive operations of a write transaction.
@@ -230,7 +243,13 @@ pub trait WriteTx {
     fn token(&mut self, token_hash: &str) -> Result<Option<TokenRow>, StorageError>;
     /// Marks an unused token used by `device_id`. False when it was
     /// already used (the caller lost a race).
-    fn use_token(&mut self, token_hash: &str, device_id: Uuid, at_ms: i64) -> Result<bool, StorageError>;
+    fn use_token(
+        &mut self,
+        token_hash: &str,
+        device_id: Uuid,
+        public_key: &[u8; 32],
+        at_ms: i64,
+    ) -> Result<bool, StorageError>;
 
     /// Inserts an enrolled device.
     fn insert_device(&mut self, device: &NewDevice) -> Result<(), StorageError>;
@@ -240,7 +259,10 @@ pub trait WriteTx {
     /// the first time.
     fn revoke_device(&mut self, device_id: Uuid, at_ms: i64) -> Result<bool, StorageError>;
     /// Records an authenticated sync request.
-    fn record_sync(&mut self, device_id: Uuid, seen: &SyncSeen) -> Result<(), StorageError>;
+    /// Only if `seen.counter` is above the device's last request counter
+    /// (which it then becomes): returns `false`, and records nothing, for
+    /// a replayed or reordered request.
+    fn record_sync(&mut self, device_id: Uuid, seen: &SyncSeen) -> Result<bool, StorageError>;
     /// Moves a device's chain to its newest applied change set.
     fn advance_device(&mut self, device_id: Uuid, seq: u64, hash: &Hash) -> Result<(), StorageError>;
     /// Records that the device's next change set was refused for good

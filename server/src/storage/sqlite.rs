@@ -36,6 +36,7 @@ use super::{
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../migrations/001_init.sql")),
     (2, include_str!("../../migrations/002_device_refusal.sql")),
+    (3, include_str!("../../migrations/003_replay_and_enrolment.sql")),
 ];
 
 impl From<rusqlite::Error> for StorageError {
@@ -137,6 +138,10 @@ impl Storage for SqliteStorage {
     fn device(&self, device_id: Uuid) -> Result<Option<Device>, StorageError> {
         device(&self.reader(), device_id)
     }
+
+    fn token(&self, token_hash: &str) -> Result<Option<TokenRow>, StorageError> {
+        token(&self.reader(), token_hash)
+    }
 }
 
 /// A write transaction on the writer connection.
@@ -177,7 +182,7 @@ fn parse_hex<const N: usize>(s: &str) -> rusqlite::Result<[u8; N]> {
 }
 
 const DEVICE_COLUMNS: &str = "device_id, office, public_key, enrolled_at, revoked_at, last_seq, last_hash, \
-     last_sync_at, last_device_clock_ms, clock_skew_ms, clock_flagged_at, refused_seq, refused_code, refused_at";
+     last_sync_at, last_device_clock_ms, clock_skew_ms, clock_flagged_at, refused_seq, refused_code, refused_at, last_request_counter";
 
 fn device_row(r: &Row<'_>) -> rusqlite::Result<Device> {
     Ok(Device {
@@ -204,6 +209,7 @@ fn device_row(r: &Row<'_>) -> rusqlite::Result<Device> {
             }),
             _ => None,
         },
+        last_request_counter: to_u64(r.get(14)?)?,
     })
 }
 
@@ -213,6 +219,31 @@ fn device(conn: &Connection, device_id: Uuid) -> Result<Option<Device>, StorageE
     ))?;
     Ok(st
         .query_row(params![device_id.to_string()], device_row)
+        .optional()?)
+}
+
+fn token(conn: &Connection, token_hash: &str) -> Result<Option<TokenRow>, StorageError> {
+    let mut st = conn.prepare_cached(
+        "SELECT office, created_at, expires_at, used_at, mac_key, device_id, public_key
+         FROM enrollment_tokens WHERE token_hash = ?1",
+    )?;
+    Ok(st
+        .query_row(params![token_hash], |r| {
+            Ok(TokenRow {
+                office: r.get(0)?,
+                created_at_ms: r.get(1)?,
+                expires_at_ms: r.get(2)?,
+                used_at_ms: r.get(3)?,
+                mac_key: r
+                    .get::<_, Option<String>>(4)?
+                    .map(|h| parse_hex(&h))
+                    .transpose()?,
+                used_by: match (r.get::<_, Option<String>>(5)?, r.get::<_, Option<String>>(6)?) {
+                    (Some(d), Some(k)) => Some((parse_uuid(&d)?, parse_hex(&k)?)),
+                    _ => None,
+                },
+            })
+        })
         .optional()?)
 }
 
@@ -265,39 +296,40 @@ impl WriteTx for SqliteTx<'_> {
 
     fn insert_token(&mut self, token_hash: &str, row: &TokenRow) -> Result<(), StorageError> {
         let mut st = self.conn.prepare_cached(
-            "INSERT INTO enrollment_tokens (token_hash, office, created_at, expires_at) VALUES (?1, ?2, ?3, ?4)",
+            "INSERT INTO enrollment_tokens (token_hash, office, created_at, expires_at, mac_key)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
         )?;
         st.execute(params![
             token_hash,
             row.office,
             row.created_at_ms,
-            row.expires_at_ms
+            row.expires_at_ms,
+            row.mac_key.map(hex::encode),
         ])?;
         Ok(())
     }
 
     fn token(&mut self, token_hash: &str) -> Result<Option<TokenRow>, StorageError> {
-        let mut st = self.conn.prepare_cached(
-            "SELECT office, created_at, expires_at, used_at FROM enrollment_tokens WHERE token_hash = ?1",
-        )?;
-        Ok(st
-            .query_row(params![token_hash], |r| {
-                Ok(TokenRow {
-                    office: r.get(0)?,
-                    created_at_ms: r.get(1)?,
-                    expires_at_ms: r.get(2)?,
-                    used_at_ms: r.get(3)?,
-                })
-            })
-            .optional()?)
+        token(&self.conn, token_hash)
     }
 
-    fn use_token(&mut self, token_hash: &str, device_id: Uuid, at_ms: i64) -> Result<bool, StorageError> {
+    fn use_token(
+        &mut self,
+        token_hash: &str,
+        device_id: Uuid,
+        public_key: &[u8; 32],
+        at_ms: i64,
+    ) -> Result<bool, StorageError> {
         let mut st = self.conn.prepare_cached(
-            "UPDATE enrollment_tokens SET used_at = ?2, device_id = ?3
+            "UPDATE enrollment_tokens SET used_at = ?2, device_id = ?3, public_key = ?4
              WHERE token_hash = ?1 AND used_at IS NULL",
         )?;
-        Ok(st.execute(params![token_hash, at_ms, device_id.to_string()])? == 1)
+        Ok(st.execute(params![
+            token_hash,
+            at_ms,
+            device_id.to_string(),
+            hex::encode(public_key)
+        ])? == 1)
     }
 
     fn insert_device(&mut self, d: &NewDevice) -> Result<(), StorageError> {
@@ -326,20 +358,22 @@ impl WriteTx for SqliteTx<'_> {
         Ok(st.execute(params![device_id.to_string(), at_ms])? == 1)
     }
 
-    fn record_sync(&mut self, device_id: Uuid, seen: &SyncSeen) -> Result<(), StorageError> {
+    fn record_sync(&mut self, device_id: Uuid, seen: &SyncSeen) -> Result<bool, StorageError> {
         let mut st = self.conn.prepare_cached(
             "UPDATE devices SET last_sync_at = ?2, last_device_clock_ms = ?3, clock_skew_ms = ?4,
-                 clock_flagged_at = CASE WHEN ?5 THEN ?2 ELSE clock_flagged_at END
-             WHERE device_id = ?1",
+                 clock_flagged_at = CASE WHEN ?5 THEN ?2 ELSE clock_flagged_at END,
+                 last_request_counter = ?6
+             WHERE device_id = ?1 AND last_request_counter < ?6",
         )?;
-        st.execute(params![
+        let n = st.execute(params![
             device_id.to_string(),
             seen.at_ms,
             seen.device_clock_ms,
             seen.skew_ms,
-            seen.flagged
+            seen.flagged,
+            to_i64(seen.counter)?
         ])?;
-        Ok(())
+        Ok(n == 1)
     }
 
     fn advance_device(&mut self, device_id: Uuid, seq: u64, hash: &Hash) -> Result<(), StorageError> {

@@ -61,6 +61,16 @@ pub struct Tablet {
     pub next_seq: u64,
     pub last_hash: Hash,
     pub cursor: u64,
+    /// The last request counter used.
+    pub counter: std::cell::Cell<u64>,
+}
+
+/// The enrolment request of a tablet with `key`, for the printed `token`.
+pub fn enroll_request(token: &str, key: &SigningKey, office: Option<&str>) -> wire::EnrollRequest {
+    let token = crvs_schema::enrol::EnrolmentToken::parse(token).expect("a token");
+    let mut nonce = [0u8; 16];
+    rand::Rng::fill_bytes(&mut rand::rng(), &mut nonce);
+    crvs_schema::enrol::enroll_request(&token, &key.verifying_key().to_bytes(), office, nonce)
 }
 
 impl Tablet {
@@ -68,16 +78,7 @@ impl Tablet {
     pub fn enroll(server: &Server, office: &str) -> Tablet {
         let token = admin::create_token(server, office, 3_600_000).expect("token");
         let key = SigningKey::generate(&mut rand::rng());
-        let resp = admin::enroll(
-            server,
-            &wire::EnrollRequest {
-                version: wire::FORMAT_VERSION,
-                token: token.token,
-                public_key: hex::encode(key.verifying_key().to_bytes()),
-                office: Some(office.to_string()),
-            },
-        )
-        .expect("enrol");
+        let resp = admin::enroll(server, &enroll_request(&token.token, &key, Some(office))).expect("enrol");
         Tablet::from_enrolment(key, &resp.device_id, &resp.office)
     }
 
@@ -90,6 +91,7 @@ impl Tablet {
             next_seq: 1,
             last_hash: [0; 32],
             cursor: 0,
+            counter: std::cell::Cell::new(0),
         }
     }
 
@@ -154,15 +156,15 @@ impl Tablet {
         cs.into_bytes()
     }
 
-    /// Seals a sync request carrying `change_sets`.
+    /// Seals a sync request carrying `change_sets`, with the next request
+    /// counter.
     pub fn request(&self, change_sets: Vec<Vec<u8>>) -> Vec<u8> {
-        let mut nonce = [0u8; 16];
-        rand::Rng::fill_bytes(&mut rand::rng(), &mut nonce);
+        self.counter.set(self.counter.get() + 1);
         SyncRequest {
             device_id: self.device_id,
+            counter: self.counter.get(),
             cursor: self.cursor,
             device_clock_ms: now_ms(),
-            nonce,
             change_sets,
         }
         .seal(&self.key)
