@@ -77,6 +77,52 @@ pub fn create_token(server: &Server, commune: &str, ttl_ms: i64) -> Result<NewTo
     })
 }
 
+/// The token as a QR code, in a greyscale PNG: 8 pixels per module and
+/// the standard quiet zone of four modules, error correction level M (a
+/// printout survives some dirt). It holds only the token's text.
+pub fn token_qr_png(token: &str) -> Result<Vec<u8>, ApiError> {
+    const SCALE: usize = 8;
+    const QUIET: usize = 4;
+    let code = qrcode::QrCode::with_error_correction_level(token.as_bytes(), qrcode::EcLevel::M)
+        .map_err(|e| ApiError::Internal(format!("the QR code could not be made: {e}")))?;
+    let modules = code.width();
+    let colors = code.to_colors();
+    let side = (modules + 2 * QUIET) * SCALE;
+    let mut pixels = vec![255u8; side * side];
+    for (i, c) in colors.iter().enumerate() {
+        if *c == qrcode::Color::Dark {
+            let (mx, my) = (i % modules + QUIET, i / modules + QUIET);
+            for y in my * SCALE..(my + 1) * SCALE {
+                pixels[y * side + mx * SCALE..y * side + (mx + 1) * SCALE].fill(0);
+            }
+        }
+    }
+    let mut png_bytes = Vec::new();
+    {
+        let side = u32::try_from(side).map_err(|_| ApiError::Internal("QR code too large".into()))?;
+        let mut encoder = png::Encoder::new(&mut png_bytes, side, side);
+        encoder.set_color(png::ColorType::Grayscale);
+        encoder.set_depth(png::BitDepth::Eight);
+        let mut writer = encoder
+            .write_header()
+            .map_err(|e| ApiError::Internal(format!("the PNG could not be written: {e}")))?;
+        writer
+            .write_image_data(&pixels)
+            .map_err(|e| ApiError::Internal(format!("the PNG could not be written: {e}")))?;
+    }
+    Ok(png_bytes)
+}
+
+/// Writes the token's QR code to `path`, readable by its owner only (it
+/// enrols a tablet until it is used or expires).
+pub fn write_token_qr(token: &str, path: &std::path::Path) -> Result<(), ApiError> {
+    let png = token_qr_png(token)?;
+    let _ = std::fs::remove_file(path);
+    crate::private_file(path)
+        .and_then(|()| std::fs::write(path, png))
+        .map_err(|e| ApiError::Invalid(format!("cannot write the QR code to {}: {e}", path.display())))
+}
+
 fn hex_array<const N: usize>(text: &str, what: &str) -> Result<[u8; N], ApiError> {
     let mut out = [0u8; N];
     hex::decode_to_slice(text.trim(), &mut out)

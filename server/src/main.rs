@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! crvs-server serve        --data DIR --listen ADDR
-//! crvs-server enroll-token --data DIR --commune CODE [--ttl-hours H]
+//! crvs-server enroll-token --data DIR --commune CODE [--ttl-hours H] [--qr FILE.png]
 //! crvs-server devices      --data DIR
 //! crvs-server revoke       --data DIR DEVICE_ID
 //! ```
@@ -64,6 +64,10 @@ enum Command {
         /// Hours the token stays valid.
         #[arg(long, default_value_t = 168)]
         ttl_hours: u32,
+        /// Also write the token as a QR code to this PNG file (mode 0600;
+        /// delete it once printed).
+        #[arg(long)]
+        qr: Option<PathBuf>,
     },
     /// List the enrolled devices.
     Devices {
@@ -159,10 +163,17 @@ fn run(cli: Cli) -> Result<(), ApiError> {
             data,
             commune,
             ttl_hours,
+            qr,
         } => {
             let server = open(&data)?;
             let t = admin::create_token(&server, &commune, i64::from(ttl_hours) * 3_600_000)?;
-            let value = serde_json::to_value(&t).map_err(|e| ApiError::Internal(e.to_string()))?;
+            if let Some(path) = &qr {
+                admin::write_token_qr(&t.token, path)?;
+            }
+            let mut value = serde_json::to_value(&t).map_err(|e| ApiError::Internal(e.to_string()))?;
+            if let Some(path) = &qr {
+                value["qr"] = json!(path.display().to_string());
+            }
             print_line(json_mode, &value, &t.token);
             Ok(())
         }

@@ -421,3 +421,34 @@ fn the_data_folder_and_its_files_are_private_to_the_server_user() {
         "server.db, its WAL and the key at least ({files} files)"
     );
 }
+
+#[test]
+fn enroll_token_writes_a_qr_code_that_scans_back_to_the_token() {
+    let dir = tempfile::tempdir().expect("dir");
+    let png_path = dir.path().join("token.png");
+    let (ok, v) = cli(
+        dir.path(),
+        &["--json", "enroll-token", "--commune", OFFICE, "--qr", png_path.to_str().expect("utf-8")],
+    );
+    assert!(ok, "{v}");
+    let token = v["token"].as_str().expect("token").to_string();
+    // Decode the PNG and scan it as a phone would.
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&png_path).expect("png")));
+    let mut reader = decoder.read_info().expect("png header");
+    let mut pixels = vec![0; reader.output_buffer_size().expect("size")];
+    let info = reader.next_frame(&mut pixels).expect("png frame");
+    assert_eq!(info.color_type, png::ColorType::Grayscale);
+    let (w, h) = (info.width as usize, info.height as usize);
+    let mut img = rqrr::PreparedImage::prepare_from_greyscale(w, h, |x, y| pixels[y * w + x]);
+    let grids = img.detect_grids();
+    assert_eq!(grids.len(), 1);
+    let (_, scanned) = grids[0].decode().expect("decodes");
+    assert_eq!(scanned, token);
+    assert!(crvs_schema::enrol::EnrolmentToken::parse(&scanned).is_ok());
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&png_path).expect("meta").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "the QR code enrols a tablet: owner only");
+    }
+}
