@@ -9,6 +9,7 @@
 //! file, a socket or a clock: callers pass "now" and randomness in.
 
 pub mod birth;
+pub mod bounds;
 pub mod date;
 pub mod enrol;
 pub mod gazetteer;

@@ -116,6 +116,67 @@ pub enum TabletChangeError {
     /// The new transitions break the workflow rules.
     #[error("the record's workflow is invalid: {0}")]
     Workflow(WorkflowError),
+    /// An operation the record layout never needs: a deletion, a nested
+    /// object, a key outside the layout, an overwrite inside the workflow
+    /// list. Such operations could hide history that no reader of the
+    /// document sees but that every copy carries.
+    #[error("the change set contains an operation the record layout does not allow: {0}")]
+    ForbiddenOperation(&'static str),
+}
+
+/// Server side: checks every operation of the tablet's changes, not just
+/// the state they lead to. A tablet only ever puts `kind`, `office` and
+/// `data` at the root, makes the `transitions` list once (in a new
+/// record), and inserts strings into it. Anything else (a delete, a key
+/// outside the layout that is deleted again, a nested object, an
+/// overwritten list element) is refused: the visible document would look
+/// fine while carrying hidden history.
+pub fn check_tablet_operations(
+    changes: &[automerge::Change],
+    new_record: bool,
+) -> Result<(), TabletChangeError> {
+    use automerge::legacy::{Key, ObjectId, OpType};
+    let mut lists_made = 0;
+    for change in changes {
+        for op in change.decode().operations {
+            let root = matches!(op.obj, ObjectId::Root);
+            let root_key = match (&op.key, root) {
+                (Key::Map(k), true) => Some(k.as_str()),
+                (_, true) => {
+                    return Err(TabletChangeError::ForbiddenOperation(
+                        "a root operation without a key",
+                    ));
+                }
+                _ => None,
+            };
+            match (&op.action, root_key) {
+                (OpType::Put(_), Some(KIND | OFFICE | DATA)) if !op.insert => {}
+                (OpType::Make(ObjType::List), Some(TRANSITIONS)) if new_record && !op.insert => {
+                    lists_made += 1;
+                    if lists_made > 1 {
+                        return Err(TabletChangeError::ForbiddenOperation(
+                            "the workflow list made twice",
+                        ));
+                    }
+                }
+                (OpType::Put(automerge::ScalarValue::Str(_)), None) if op.insert => {}
+                (OpType::Delete, _) => return Err(TabletChangeError::ForbiddenOperation("a deletion")),
+                (_, Some(SERVER)) => return Err(TabletChangeError::ServerOwnedField(SERVER.to_string())),
+                (_, Some(KIND | OFFICE | DATA | TRANSITIONS)) => {
+                    return Err(TabletChangeError::ForbiddenOperation(
+                        "a root field written with the wrong kind of value",
+                    ));
+                }
+                (_, Some(_)) => return Err(TabletChangeError::UnknownRootField),
+                (_, None) => {
+                    return Err(TabletChangeError::ForbiddenOperation(
+                        "an operation inside the workflow list other than appending a step",
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The server-owned part of a record.

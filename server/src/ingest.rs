@@ -50,6 +50,7 @@ use std::collections::HashSet;
 
 use automerge::{AutoCommit, Change, ChangeHash};
 use crvs_schema::birth::{self, BirthRegistration};
+use crvs_schema::bounds;
 use crvs_schema::kidc::Category;
 use crvs_schema::record::{self, RecordKind, TabletChangeError};
 use crvs_schema::wire::{
@@ -742,6 +743,21 @@ fn prepare_record(
     })
 }
 
+/// Most elements (change or document chunks) in one record's changes.
+pub const MAX_CHUNKS_PER_RECORD: usize = 1000;
+/// Largest stored document of one record. A birth is about 2 KB; a record
+/// edited a hundred times stays far below.
+pub const MAX_RECORD_DOC_BYTES: usize = 1 << 20;
+
+fn bounds_refusal(seq: u64, e: &bounds::BoundsError) -> Step {
+    match e {
+        bounds::BoundsError::TooManyBytes(_) | bounds::BoundsError::TooManyEntries(_) => {
+            refuse(seq, RefusalCode::TooLarge, e.to_string())
+        }
+        other => refuse(seq, RefusalCode::Malformed, other.to_string()),
+    }
+}
+
 fn prepare_record_inner(
     ctx: &Ctx<'_>,
     seq: u64,
@@ -749,6 +765,18 @@ fn prepare_record_inner(
     stored: Option<StoredRecord>,
 ) -> Result<Option<Prepared>, Step> {
     let record_id = Uuid::from_bytes(rc.record_id);
+    // Bounded before automerge sees a byte: no chunk may claim more
+    // operations, or inflate to more bytes, than a record can need.
+    if rc.changes.len() > MAX_CHUNKS_PER_RECORD {
+        return Err(refuse(
+            seq,
+            RefusalCode::TooLarge,
+            "a record carries too many changes",
+        ));
+    }
+    for raw in &rc.changes {
+        bounds::check(raw, &bounds::Limits::RECORD).map_err(|e| bounds_refusal(seq, &e))?;
+    }
     let (doc, fresh, before) = match (&stored, rc.changes.as_slice()) {
         // The common case: a record the server has not seen, sent as one
         // document chunk. Loading it checks its hashes; it is kept verbatim.
@@ -763,6 +791,8 @@ fn prepare_record_inner(
             {
                 return Err(server_actor_refusal(seq));
             }
+            record::check_tablet_operations(&doc.get_changes(&[]), true)
+                .map_err(|e| tablet_change_refusal(seq, e))?;
             let mut rc = rc;
             let chunk = rc.changes.pop().unwrap_or_default();
             (doc, chunk, None)
@@ -828,6 +858,13 @@ fn prepare_record_inner(
         new_hold,
         kidc.as_ref().map(|k| &k.0),
     )?;
+    if saved.blob.len() > MAX_RECORD_DOC_BYTES {
+        return Err(refuse(
+            seq,
+            RefusalCode::TooLarge,
+            format!("the record's document would exceed {MAX_RECORD_DOC_BYTES} bytes"),
+        ));
+    }
     Ok(Some(Prepared {
         record_id,
         stored,
@@ -887,6 +924,7 @@ fn apply_tablet_changes(
     if fresh.is_empty() {
         return Ok((doc, Vec::new(), None));
     }
+    record::check_tablet_operations(&fresh, stored.is_none()).map_err(|e| tablet_change_refusal(seq, e))?;
     let before = stored.map(|_| doc.document().clone());
     let bytes: Vec<u8> = fresh.iter().flat_map(|c| c.raw_bytes().iter().copied()).collect();
     doc.apply_changes(fresh)
@@ -947,6 +985,7 @@ fn server_edits_saved(
         }
         b
     };
+
     Ok(Saved { blob, server_change })
 }
 

@@ -428,12 +428,21 @@ fn enroll_token_writes_a_qr_code_that_scans_back_to_the_token() {
     let png_path = dir.path().join("token.png");
     let (ok, v) = cli(
         dir.path(),
-        &["--json", "enroll-token", "--commune", OFFICE, "--qr", png_path.to_str().expect("utf-8")],
+        &[
+            "--json",
+            "enroll-token",
+            "--commune",
+            OFFICE,
+            "--qr",
+            png_path.to_str().expect("utf-8"),
+        ],
     );
     assert!(ok, "{v}");
     let token = v["token"].as_str().expect("token").to_string();
     // Decode the PNG and scan it as a phone would.
-    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&png_path).expect("png")));
+    let decoder = png::Decoder::new(std::io::BufReader::new(
+        std::fs::File::open(&png_path).expect("png"),
+    ));
     let mut reader = decoder.read_info().expect("png header");
     let mut pixels = vec![0; reader.output_buffer_size().expect("size")];
     let info = reader.next_frame(&mut pixels).expect("png frame");

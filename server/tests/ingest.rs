@@ -960,3 +960,91 @@ fn a_document_that_makes_the_automerge_decoder_panic_is_refused_as_malformed() {
     assert!(r.refusal.is_none(), "{:?}", r.refusal);
     assert_eq!(kidcs(dir.path()).len(), 1);
 }
+
+#[test]
+fn history_hidden_under_a_deleted_key_is_refused() {
+    for (form, encode) in FORMS {
+        let (dir, server) = server();
+        let mut tablet = Tablet::enroll(&server, OFFICE);
+        let id = new_record_id();
+        let mut doc = tablet.new_doc(OFFICE, &birth(), &[Action::Verify, Action::Approve]);
+        // 200 KB under a key outside the layout, deleted again: the
+        // visible document is a perfect record.
+        doc.put(automerge::ROOT, "junk", "x".repeat(200_000))
+            .expect("put");
+        doc.delete(automerge::ROOT, "junk").expect("delete");
+        assert!(
+            record::read(&doc).is_ok(),
+            "{form}: the visible document reads as a record"
+        );
+        let cs = tablet.seal(vec![record_changes(id, encode(&mut doc))]);
+        let r = sync(&server, &tablet, vec![cs]);
+        let refusal = r.refusal.expect("refused");
+        assert!(
+            matches!(refusal.code, RefusalCode::InvalidRecord | RefusalCode::TooLarge),
+            "{form}: {refusal:?}"
+        );
+        assert_eq!(count(dir.path(), "SELECT COUNT(*) FROM records"), 0, "{form}");
+    }
+}
+
+#[test]
+fn an_overwritten_or_deleted_workflow_step_is_refused_even_when_the_list_looks_right() {
+    let (dir, server) = server();
+    let mut tablet = Tablet::enroll(&server, OFFICE);
+    let id = new_record_id();
+    let mut doc = tablet.new_doc(OFFICE, &birth(), &[Action::Verify]);
+    let list = match doc.get(automerge::ROOT, record::TRANSITIONS).expect("get") {
+        Some((automerge::Value::Object(ObjType::List), l)) => l,
+        other => panic!("no list: {other:?}"),
+    };
+    // Insert a junk step and delete it again: the list reads as before.
+    doc.insert(&list, 2, "x".repeat(1000)).expect("insert");
+    doc.delete(&list, 2).expect("delete");
+    let cs = tablet.seal(vec![record_changes(id, Tablet::document_chunk(&mut doc))]);
+    let r = sync(&server, &tablet, vec![cs]);
+    assert_eq!(r.refusal.expect("refused").code, RefusalCode::InvalidRecord);
+    assert_eq!(count(dir.path(), "SELECT COUNT(*) FROM records"), 0);
+}
+
+#[test]
+fn a_huge_automerge_document_is_refused_before_it_is_loaded() {
+    let (dir, server) = server();
+    let mut tablet = Tablet::enroll(&server, OFFICE);
+    let id = new_record_id();
+    let mut doc = tablet.new_doc(OFFICE, &birth(), &[Action::Verify, Action::Approve]);
+    let list = match doc.get(automerge::ROOT, record::TRANSITIONS).expect("get") {
+        Some((automerge::Value::Object(ObjType::List), l)) => l,
+        other => panic!("no list: {other:?}"),
+    };
+    // 12,000 appended steps, more than a record's 10,000 operations:
+    // each one a few bytes once encoded. (Built in one transaction: a
+    // debug build of automerge is slow at this.)
+    let steps: Vec<automerge::ScalarValue> = (0..12_000).map(|_| "s".into()).collect();
+    doc.splice(&list, 3, 0, steps).expect("splice");
+    let chunk = doc.save_nocompress();
+    assert!(
+        chunk.len() < 256 * 1024,
+        "{} bytes: small on the wire",
+        chunk.len()
+    );
+    let cs = tablet.seal(vec![record_changes(id, vec![chunk])]);
+    let r = sync(&server, &tablet, vec![cs]);
+    let refusal = r.refusal.expect("refused");
+    assert_eq!(refusal.code, RefusalCode::TooLarge, "{refusal:?}");
+    assert_eq!(count(dir.path(), "SELECT COUNT(*) FROM records"), 0);
+    // A deflated document (automerge's `save()`) is refused as well.
+    let (_dir2, server2) = crate::server();
+    let mut tablet = Tablet::enroll(&server2, OFFICE);
+    let mut doc = tablet.new_doc(OFFICE, &birth(), &[]);
+    let list = match doc.get(automerge::ROOT, record::TRANSITIONS).expect("get") {
+        Some((automerge::Value::Object(ObjType::List), l)) => l,
+        other => panic!("no list: {other:?}"),
+    };
+    for i in 0..400 {
+        doc.insert(&list, 1 + i, "s").expect("insert");
+    }
+    let cs = tablet.seal(vec![record_changes(new_record_id(), vec![doc.save()])]);
+    let r = sync(&server2, &tablet, vec![cs]);
+    assert_eq!(r.refusal.expect("refused").code, RefusalCode::Malformed);
+}
