@@ -5,7 +5,7 @@
 //!   default 4096, never more than the file-descriptor limit minus
 //!   [`FD_RESERVE`]). A slot is taken *before* `accept`: when all are in
 //!   use the loop stops accepting and new connections wait in the kernel's
-//!   listen backlog, holding no descriptor of ours. They are served, in
+//!   listen backlog ([`LISTEN_BACKLOG`]), holding no descriptor of ours. They are served, in
 //!   order, as soon as a slot frees, which the timeouts below guarantee
 //!   within seconds for slow or idle clients. Closing them at once instead
 //!   would cost an accept and a close each (a busy loop under a flood) and
@@ -49,6 +49,29 @@ use tokio_rustls::TlsAcceptor;
 /// Descriptors kept free for everything but client connections: the
 /// database and its WAL, the listener, logs, the runtime's own.
 pub const FD_RESERVE: u64 = 64;
+
+/// The listen backlog: connections the kernel completes and holds for us
+/// while every slot is in use (std's default is 128; beyond the backlog,
+/// clients retry their SYN after 1 s, 3 s, ...).
+pub const LISTEN_BACKLOG: u32 = 1024;
+
+/// Binds `listen` (`host:port`; the first address it resolves to) with
+/// [`LISTEN_BACKLOG`].
+pub async fn bind(listen: &str) -> io::Result<TcpListener> {
+    let addr = tokio::net::lookup_host(listen)
+        .await?
+        .next()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "the address resolves to nothing"))?;
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
 
 /// How long the accept loop waits after an accept error before the next.
 pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);

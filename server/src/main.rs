@@ -178,7 +178,7 @@ fn run(cli: Cli) -> Result<(), ApiError> {
             let runtime = tokio::runtime::Runtime::new()
                 .map_err(|e| ApiError::Internal(format!("cannot start the runtime: {e}")))?;
             runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::bind(&listen)
+                let listener = crvs_server::listener::bind(&listen)
                     .await
                     .map_err(|e| ApiError::Invalid(format!("cannot listen on {listen}: {e}")))?;
                 let addr = listener
