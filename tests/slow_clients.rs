@@ -50,8 +50,8 @@ impl Slow {
     fn trickle(&mut self) -> bool {
         self.lines += 1;
         let line = format!("X-Slow-{}: still typing\r\n", self.lines);
-        match self.stream.write(line.as_bytes()) {
-            Ok(_) => true,
+        match self.stream.write_all(line.as_bytes()) {
+            Ok(()) => true,
             Err(e) => e.kind() == ErrorKind::WouldBlock,
         }
     }
