@@ -44,7 +44,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "passphrase",
             commune,
         )?;
-        let enrolled = tablet.enroll(&url, &token.token)?;
+        let enrolled = tablet.enroll(&url, &token.token, None)?;
         println!(
             "tablet for commune {commune} enrolled as device {}",
             enrolled.device_id

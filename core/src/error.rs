@@ -40,6 +40,11 @@ pub enum Error {
     /// The server could not be reached.
     #[error("the server could not be reached: {0}")]
     Offline(String),
+    /// The server's TLS certificate is not acceptable: an unknown issuer
+    /// (no or the wrong CA given at enrolment), another host name, expired.
+    /// Nothing was sent past the handshake; nothing was lost.
+    #[error("the server's certificate is not acceptable: {0}")]
+    Certificate(String),
     /// The server refused the request or a change set.
     #[error("the server refused: {code}: {message}")]
     ServerRefused {
@@ -80,6 +85,7 @@ impl Error {
             Error::NotInitialized => "not_initialized",
             Error::InvalidInput(_) => "invalid_input",
             Error::Offline(_) => "offline",
+            Error::Certificate(_) => "certificate",
             Error::ServerRefused { .. } => "server_refused",
             Error::CounterBehind(_) => "counter_behind",
             Error::Protocol(_) => "protocol",
@@ -101,6 +107,9 @@ impl Error {
             Error::NotInitialized => "Create the store first: `crvs init --commune CODE`.",
             Error::InvalidInput(_) => "Check the command's arguments.",
             Error::Offline(_) => "Nothing was lost: sync again when the connection is back.",
+            Error::Certificate(_) => {
+                "Nothing was sent or lost. Check the server URL, the tablet's clock, and the CA file from the sync operators (`crvs enroll --ca FILE`)."
+            }
             Error::ServerRefused { .. } => "Contact the sync operators with this message.",
             Error::CounterBehind(_) => "Sync again; contact the operators if it persists.",
             Error::Protocol(_) => {

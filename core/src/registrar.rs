@@ -153,6 +153,7 @@ pub struct Enrollment {
 struct Enrolled {
     device_id: [u8; 16],
     server_url: String,
+    server_ca: Option<String>,
     server_key: VerifyingKey,
     signing_key: SigningKey,
 }
@@ -334,17 +335,34 @@ impl Registrar {
     /// Enrols this tablet with the server at `server_url` using a one-time
     /// `token`: generates the device key pair, pins the server's key.
     /// Refuses, storing nothing, when the token is for another office.
-    pub fn enroll(&self, server_url: &str, token: &str) -> Result<Enrollment> {
-        let transport = HttpTransport::new(server_url)?;
-        self.enroll_with(&transport, server_url, token)
+    ///
+    /// `ca_pem` is the CA certificate (PEM) the operators handed over, for
+    /// a server whose TLS certificate does not chain to a web root. It is
+    /// checked before anything is sent (`InvalidInput`: "the CA file is not
+    /// a PEM certificate"), stored with the enrolment, and trusted for
+    /// every later sync. A TLS certificate the tablet does not trust is
+    /// [`Error::Certificate`]; the token is then not used up.
+    pub fn enroll(&self, server_url: &str, token: &str, ca_pem: Option<&str>) -> Result<Enrollment> {
+        let transport = HttpTransport::with_ca(server_url, ca_pem)?;
+        self.enroll_inner(&transport, server_url, token, ca_pem)
     }
 
-    /// [`Registrar::enroll`] over any transport.
+    /// [`Registrar::enroll`] over any transport (no CA is stored).
     pub fn enroll_with(
         &self,
         transport: &dyn Transport,
         server_url: &str,
         token: &str,
+    ) -> Result<Enrollment> {
+        self.enroll_inner(transport, server_url, token, None)
+    }
+
+    fn enroll_inner(
+        &self,
+        transport: &dyn Transport,
+        server_url: &str,
+        token: &str,
+        ca_pem: Option<&str>,
     ) -> Result<Enrollment> {
         if self.device_id()?.is_some() {
             return Err(Error::NotAllowed("this store is already enrolled".into()));
@@ -392,6 +410,9 @@ impl Registrar {
         store::set_meta(&tx, meta::SERVER_KEY, server_key.to_vec())?;
         store::set_meta(&tx, meta::SIGNING_KEY, sealed)?;
         tx.execute("DELETE FROM meta WHERE key = ?1", [meta::PENDING_SIGNING_KEY])?;
+        if let Some(ca) = ca_pem {
+            store::set_meta(&tx, meta::SERVER_CA, ca.trim())?;
+        }
         tx.commit()?;
         tracing::info!(device = %device, "tablet enrolled");
         Ok(Enrollment {
@@ -434,6 +455,7 @@ impl Registrar {
             .map_err(|_| Error::Corrupt("the stored device id is malformed".into()))?
             .as_bytes();
         let server_url: String = store::require_meta(conn, meta::SERVER_URL)?;
+        let server_ca: Option<String> = store::get_meta(conn, meta::SERVER_CA)?;
         let server_key: Vec<u8> = store::require_meta(conn, meta::SERVER_KEY)?;
         let server_key = server_key
             .as_slice()
@@ -452,6 +474,7 @@ impl Registrar {
         Ok(Enrolled {
             device_id,
             server_url,
+            server_ca,
             server_key,
             signing_key: SigningKey::from_bytes(&secret),
         })
@@ -674,11 +697,12 @@ impl Registrar {
 
     /// Syncs with the enrolled server over HTTP. See [`Registrar::sync_with`].
     pub fn sync(&self, observer: &dyn SyncObserver) -> Result<SyncReport> {
-        let url = {
+        let (url, ca) = {
             let conn = lock(&self.conn);
-            self.enrolled(&conn)?.server_url
+            let e = self.enrolled(&conn)?;
+            (e.server_url, e.server_ca)
         };
-        let transport = HttpTransport::new(&url)?;
+        let transport = HttpTransport::with_ca(&url, ca.as_deref())?;
         self.sync_with(&transport, observer)
     }
 

@@ -55,6 +55,10 @@ pub mod meta {
     pub const DEVICE_ID: &str = "device_id";
     /// The server's base URL.
     pub const SERVER_URL: &str = "server_url";
+    /// The CA certificate(s) (PEM) the operators handed over at enrolment,
+    /// trusted for the server's TLS certificate besides the web roots.
+    /// Absent when none was given. Not personal data: plaintext.
+    pub const SERVER_CA: &str = "server_ca";
     /// The pinned server public key (32 bytes).
     pub const SERVER_KEY: &str = "server_public_key";
     /// The device's ed25519 signing key, sealed.

@@ -2,8 +2,16 @@
 //! decisions. [`HttpTransport`] speaks the server's HTTP API (`/v1/enroll`,
 //! `/v1/sync`); a relay tablet or a USB stick can implement [`Transport`]
 //! later without touching the sync logic.
+//!
+//! HTTPS uses rustls (ring): the server's certificate must chain to one of
+//! the bundled web roots (`webpki-root-certs`: tablets have no reliable
+//! system store) or to the CA the operators handed over at enrolment.
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
 
 use crvs_schema::wire::{self, EnrollRequest, EnrollResponse, ErrorBody};
 
@@ -28,12 +36,25 @@ pub struct HttpTransport {
 }
 
 impl HttpTransport {
-    /// A transport to the server at `base_url` (`http://host:port`).
+    /// A transport to the server at `base_url` (`http://host:port` or
+    /// `https://host:port`) that trusts the bundled web roots.
     pub fn new(base_url: &str) -> Result<HttpTransport> {
+        HttpTransport::with_ca(base_url, None)
+    }
+
+    /// A transport that also trusts the CA certificate(s) in `ca_pem`
+    /// (PEM) for the server's TLS certificate. A CA needs an `https://` URL.
+    pub fn with_ca(base_url: &str, ca_pem: Option<&str>) -> Result<HttpTransport> {
         let base = base_url.trim().trim_end_matches('/').to_string();
         if !(base.starts_with("http://") || base.starts_with("https://")) || base.len() < 9 {
             return Err(Error::InvalidInput(
                 "the server URL must start with http:// or https://".into(),
+            ));
+        }
+        let tls = tls_config(ca_pem)?;
+        if ca_pem.is_some() && !base.starts_with("https://") {
+            return Err(Error::InvalidInput(
+                "a CA certificate is only used with an https:// server URL".into(),
             ));
         }
         let config = ureq::Agent::config_builder()
@@ -42,6 +63,7 @@ impl HttpTransport {
             .timeout_recv_response(Some(Duration::from_secs(120)))
             .timeout_recv_body(Some(Duration::from_secs(300)))
             .timeout_send_body(Some(Duration::from_secs(600)))
+            .tls_config(tls)
             .build();
         Ok(HttpTransport {
             base,
@@ -69,9 +91,74 @@ impl HttpTransport {
     }
 }
 
+/// Parses the operators' CA file: one or more PEM `CERTIFICATE` blocks,
+/// each a well-formed X.509 certificate usable as a trust anchor.
+pub fn parse_ca_pem(pem: &str) -> Result<Vec<CertificateDer<'static>>> {
+    let bad = || Error::InvalidInput("the CA file is not a PEM certificate".into());
+    let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|_| bad())?;
+    if certs.is_empty() {
+        return Err(bad());
+    }
+    let mut store = rustls::RootCertStore::empty();
+    for cert in &certs {
+        store.add(cert.clone()).map_err(|_| bad())?;
+    }
+    Ok(certs)
+}
+
+/// rustls with the ring provider; the web roots, plus the CA if given.
+fn tls_config(ca_pem: Option<&str>) -> Result<ureq::tls::TlsConfig> {
+    use ureq::tls::{Certificate, RootCerts, TlsConfig};
+    let mut roots: Vec<Certificate<'static>> = webpki_root_certs::TLS_SERVER_ROOT_CERTS
+        .iter()
+        .map(|c| Certificate::from_der(c.as_ref()).to_owned())
+        .collect();
+    if let Some(pem) = ca_pem {
+        for cert in parse_ca_pem(pem)? {
+            roots.push(Certificate::from_der(cert.as_ref()).to_owned());
+        }
+    }
+    Ok(TlsConfig::builder()
+        .unversioned_rustls_crypto_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .root_certs(RootCerts::Specific(Arc::new(roots)))
+        .build())
+}
+
 fn offline(e: ureq::Error) -> Error {
-    // ureq's messages name hosts and I/O causes, never request contents.
-    Error::Offline(e.to_string())
+    let tls = match &e {
+        ureq::Error::Rustls(t) => Some(t),
+        ureq::Error::Io(io) => io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()),
+        _ => None,
+    };
+    match tls {
+        Some(rustls::Error::InvalidCertificate(c)) => Error::Certificate(certificate_problem(c)),
+        // ureq's and rustls's messages name hosts and TLS causes, never
+        // request contents.
+        Some(other) => Error::Offline(format!("the TLS connection to the server failed: {other}")),
+        None => Error::Offline(e.to_string()),
+    }
+}
+
+/// What is wrong with the server's certificate, in words a registrar can
+/// pass on to the operators.
+fn certificate_problem(c: &rustls::CertificateError) -> String {
+    use rustls::CertificateError as C;
+    match c {
+        C::UnknownIssuer => "it is issued by an authority this tablet does not trust \
+             (enrol with the CA file from the sync operators)"
+            .into(),
+        C::NotValidForName | C::NotValidForNameContext { .. } => {
+            "it is for another host name than the server URL's".into()
+        }
+        C::Expired | C::ExpiredContext { .. } => "it has expired (or the tablet's clock is wrong)".into(),
+        C::NotValidYet | C::NotValidYetContext { .. } => {
+            "it is not valid yet (or the tablet's clock is wrong)".into()
+        }
+        C::Revoked => "it has been revoked".into(),
+        other => format!("it was refused ({other:?})"),
+    }
 }
 
 /// Maps a non-200 answer to an error, from its JSON [`ErrorBody`].
@@ -143,6 +230,44 @@ mod tests {
             Err(Error::InvalidInput(_))
         ));
         assert!(HttpTransport::new("http://127.0.0.1:8080/").is_ok());
+    }
+
+    #[test]
+    fn a_ca_that_is_not_a_pem_certificate_is_refused() {
+        for bad in [
+            "",
+            "not a certificate",
+            "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIA==\n-----END PRIVATE KEY-----\n",
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+        ] {
+            let e = HttpTransport::with_ca("https://127.0.0.1:8443", Some(bad));
+            assert!(
+                matches!(e, Err(Error::InvalidInput(ref m)) if m == "the CA file is not a PEM certificate"),
+                "{bad:?}"
+            );
+        }
+        let root = webpki_root_certs::TLS_SERVER_ROOT_CERTS[0].as_ref();
+        let pem = pem_of(root);
+        assert_eq!(parse_ca_pem(&pem).unwrap().len(), 1);
+        assert!(HttpTransport::with_ca("https://127.0.0.1:8443", Some(&pem)).is_ok());
+        assert!(matches!(
+            HttpTransport::with_ca("http://127.0.0.1:8080", Some(&pem)),
+            Err(Error::InvalidInput(_))
+        ));
+    }
+
+    fn pem_of(der: &[u8]) -> String {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+        let lines: Vec<&str> = b64
+            .as_bytes()
+            .chunks(64)
+            .map(|c| std::str::from_utf8(c).unwrap())
+            .collect();
+        format!(
+            "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+            lines.join("\n")
+        )
     }
 
     #[test]

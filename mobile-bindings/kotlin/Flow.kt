@@ -91,7 +91,12 @@ fun flow() {
     expectError<CrvsException.WrongPassphrase> { Registrar.open(store, "not the passphrase") }
     Registrar.open(store, PASSPHRASE).use { registrar ->
         expectError<CrvsException.NotEnrolled> { runBlocking { registrar.sync(Recorder()) } }
-        val enrollment = registrar.enroll(System.getenv("CRVS_SERVER_URL"), System.getenv("CRVS_TOKEN"))
+        // A CA that is not a PEM certificate is refused before anything is sent.
+        expectError<CrvsException.InvalidInput> {
+            registrar.enroll(System.getenv("CRVS_SERVER_URL"), System.getenv("CRVS_TOKEN"), "not a certificate")
+        }
+        // No CA (null): the server's certificate, if any, must chain to a web root.
+        val enrollment = registrar.enroll(System.getenv("CRVS_SERVER_URL"), System.getenv("CRVS_TOKEN"), null)
         check(enrollment.office == COMMUNE) { "enrolled for office ${enrollment.office}" }
 
         // A clerk registers the fixture birth; an invalid one names its fields.

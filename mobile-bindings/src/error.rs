@@ -57,6 +57,15 @@ pub enum CrvsError {
         /// The transport's cause (a host, an I/O error).
         reason: String,
     },
+    /// The server's TLS certificate is not trusted (an unknown issuer:
+    /// no or the wrong CA at enrolment; another host name; expired or the
+    /// tablet's clock is wrong). Nothing was sent or lost; retrying will not
+    /// help until the operators or the tablet's settings fix it.
+    #[error("the server's certificate is not acceptable: {reason}")]
+    Certificate {
+        /// What is wrong with the certificate (no personal data).
+        reason: String,
+    },
     /// The server refused the request or a change set.
     #[error("the server refused: {code}: {message}")]
     ServerRefused {
@@ -131,6 +140,7 @@ impl From<crvs_core::Error> for CrvsError {
             },
             E::NotAllowed(reason) => CrvsError::NotAllowed { reason },
             E::Offline(reason) => CrvsError::Offline { reason },
+            E::Certificate(reason) => CrvsError::Certificate { reason },
             E::ServerRefused { code, message } => CrvsError::ServerRefused { code, message },
             E::Storage(message) => CrvsError::Storage { message },
             E::NotFound => CrvsError::NotFound,
@@ -187,6 +197,12 @@ mod tests {
                 E::Offline("refused".into()),
                 CrvsError::Offline {
                     reason: "refused".into(),
+                },
+            ),
+            (
+                E::Certificate("unknown issuer".into()),
+                CrvsError::Certificate {
+                    reason: "unknown issuer".into(),
                 },
             ),
             (

@@ -116,8 +116,19 @@ impl Registrar {
 
     /// Enrols this tablet with the server at `server_url` using a one-time
     /// enrolment `token`; returns the device id the server assigned.
-    pub fn enroll(&self, server_url: String, token: String) -> Result<Enrollment, CrvsError> {
-        Ok(self.core.enroll(&server_url, &token)?.into())
+    /// `ca_pem` is the CA certificate (PEM text) from the sync operators
+    /// when the server's certificate is not from a public web authority
+    /// (null/None otherwise); it is stored and trusted for every sync.
+    /// `InvalidInput` if it is not a PEM certificate (nothing stored);
+    /// `Certificate` if the server's certificate is not trusted (the token
+    /// is not used up).
+    pub fn enroll(
+        &self,
+        server_url: String,
+        token: String,
+        ca_pem: Option<String>,
+    ) -> Result<Enrollment, CrvsError> {
+        Ok(self.core.enroll(&server_url, &token, ca_pem.as_deref())?.into())
     }
 
     /// Registers a birth from its JSON (the same as `crvs birth register`

@@ -37,6 +37,7 @@ use tower_http::trace::TraceLayer;
 use uuid::Uuid;
 
 use crate::error::ApiError;
+use crate::listener::ListenerConfig;
 use crate::{Server, admin};
 
 /// Largest JSON body accepted (an enrolment request is about 400 bytes).
@@ -173,19 +174,31 @@ async fn drop_unsafe_request_id(mut req: Request<axum::body::Body>) -> Request<a
 }
 
 /// Serves until `shutdown` completes, then finishes the requests in flight.
+/// Plain HTTP with the default limits of [`crate::listener`].
 pub async fn serve_with_shutdown(
     listener: tokio::net::TcpListener,
     server: Arc<Server>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(server))
-        .with_graceful_shutdown(shutdown)
-        .await
+    serve_with_config(listener, server, ListenerConfig::default(), shutdown).await
 }
 
-/// Serves on a bound listener until the process stops.
+/// Serves with the connection limits and (optional) TLS of `config` until
+/// `shutdown` completes, then finishes the requests in flight. See
+/// [`crate::listener`].
+pub async fn serve_with_config(
+    listener: tokio::net::TcpListener,
+    server: Arc<Server>,
+    config: ListenerConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    crate::listener::serve(listener, router(server), config, shutdown).await
+}
+
+/// Serves on a bound listener until the process stops (plain HTTP, the
+/// default limits).
 pub async fn serve(listener: tokio::net::TcpListener, server: Arc<Server>) -> std::io::Result<()> {
-    axum::serve(listener, router(server)).await
+    serve_with_shutdown(listener, server, std::future::pending()).await
 }
 
 async fn health() -> Json<serde_json::Value> {

@@ -21,6 +21,7 @@ pub mod error;
 pub mod http;
 pub mod ingest;
 pub mod keys;
+pub mod listener;
 pub mod storage;
 
 use std::path::{Path, PathBuf};

@@ -1,7 +1,8 @@
 //! `crvs-server`: serve, and the operator commands.
 //!
 //! ```text
-//! crvs-server serve        --data DIR --listen ADDR
+//! crvs-server serve        --data DIR --listen ADDR [--tls-cert FILE --tls-key FILE | --insecure-http]
+//!                          [--max-connections N]
 //! crvs-server enroll-token --data DIR --commune CODE [--ttl-hours H] [--qr FILE.png]
 //! crvs-server devices      --data DIR
 //! crvs-server revoke       --data DIR DEVICE_ID
@@ -10,7 +11,12 @@
 //! `--json` (anywhere on the line) makes every command print exactly one
 //! JSON object on stdout; failures then print `{"error", "message"}` there
 //! too, besides a message on stderr and a non-zero exit. Logs go to stderr
-//! (`RUST_LOG` filters them; `CRVS_LOG_FORMAT=json` makes them JSON).
+//! (`RUST_LOG` filters them; `CRVS_LOG_FORMAT=json` makes them JSON; no
+//! colour codes unless stderr is a terminal).
+//!
+//! `serve` terminates TLS itself with `--tls-cert`/`--tls-key`. Without
+//! them it serves plain HTTP only on a loopback address, or anywhere with
+//! `--insecure-http` (behind a proxy that terminates TLS).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -52,6 +58,19 @@ enum Command {
         /// The address to listen on, e.g. 127.0.0.1:8080 (port 0: any).
         #[arg(long)]
         listen: String,
+        /// The server's certificate chain (PEM), for HTTPS.
+        #[arg(long, value_name = "FILE", requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The certificate's private key (PEM: PKCS#8, SEC1 or RSA).
+        #[arg(long, value_name = "FILE", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// Serve plain HTTP on a non-loopback address: only behind a proxy
+        /// that terminates TLS.
+        #[arg(long, conflicts_with_all = ["tls_cert", "tls_key"])]
+        insecure_http: bool,
+        /// Open connections at most (also capped by the open-files limit).
+        #[arg(long, default_value_t = 4096)]
+        max_connections: usize,
     },
     /// Create a one-time enrolment token for a commune.
     EnrollToken {
@@ -88,8 +107,10 @@ enum Command {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colour codes only for a person at a terminal, never in log files.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     if std::env::var("CRVS_LOG_FORMAT").is_ok_and(|v| v == "json") {
         builder.json().init();
@@ -137,24 +158,61 @@ async fn shutdown_signal() {
 fn run(cli: Cli) -> Result<(), ApiError> {
     let json_mode = cli.json;
     match cli.command {
-        Command::Serve { data, listen } => {
+        Command::Serve {
+            data,
+            listen,
+            tls_cert,
+            tls_key,
+            insecure_http,
+            max_connections,
+        } => {
+            let tls = match (&tls_cert, &tls_key) {
+                (Some(cert), Some(key)) => {
+                    Some(crvs_server::listener::tls_config(cert, key).map_err(ApiError::Invalid)?)
+                }
+                _ => None,
+            };
+            if let Some(limit) = crvs_server::listener::raise_fd_limit() {
+                tracing::info!(
+                    open_files_limit = limit,
+                    "open-files limit (soft limit raised to the hard limit)"
+                );
+            }
             let server = Arc::new(open(&data)?);
             let runtime = tokio::runtime::Runtime::new()
                 .map_err(|e| ApiError::Internal(format!("cannot start the runtime: {e}")))?;
             runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::bind(&listen)
+                let listener = crvs_server::listener::bind(&listen)
                     .await
                     .map_err(|e| ApiError::Invalid(format!("cannot listen on {listen}: {e}")))?;
                 let addr = listener
                     .local_addr()
                     .map_err(|e| ApiError::Internal(format!("no local address: {e}")))?;
-                tracing::info!(%addr, "listening");
+                if tls.is_none() && !insecure_http && !addr.ip().is_loopback() {
+                    return Err(ApiError::Invalid(format!(
+                        "refusing to serve plain HTTP on {addr}, which is not a loopback address: \
+                         enrolment tokens and sync traffic would cross the network unencrypted. \
+                         Give --tls-cert FILE --tls-key FILE to serve HTTPS, or --insecure-http \
+                         if a proxy in front of this server terminates TLS."
+                    )));
+                }
+                let is_tls = tls.is_some();
+                tracing::info!(%addr, tls = is_tls, "listening");
+                let mut value = json!({"listening": addr.to_string()});
+                if is_tls {
+                    value["tls"] = json!(true);
+                }
                 print_line(
                     json_mode,
-                    &json!({"listening": addr.to_string()}),
-                    &format!("listening on {addr}"),
+                    &value,
+                    &format!("listening on {addr}{}", if is_tls { " (https)" } else { "" }),
                 );
-                http::serve_with_shutdown(listener, server, shutdown_signal())
+                let config = crvs_server::listener::ListenerConfig {
+                    tls,
+                    max_connections,
+                    ..Default::default()
+                };
+                http::serve_with_config(listener, server, config, shutdown_signal())
                     .await
                     .map_err(|e| ApiError::Internal(format!("server failed: {e}")))
             })

@@ -114,7 +114,12 @@ def main():
     except CrvsError.NotEnrolled:
         check(True, "NotEnrolled")
 
-    enrollment = registrar.enroll(os.environ["CRVS_SERVER_URL"], os.environ["CRVS_TOKEN"])
+    # A CA that is not a PEM certificate is refused before anything is sent.
+    e = expect_error(CrvsError.InvalidInput,
+                     lambda: registrar.enroll(os.environ["CRVS_SERVER_URL"], os.environ["CRVS_TOKEN"], "not a certificate"))
+    check("not a PEM certificate" in str(e), "the bad CA is named")
+    # No CA (None): the server's certificate, if any, must chain to a web root.
+    enrollment = registrar.enroll(os.environ["CRVS_SERVER_URL"], os.environ["CRVS_TOKEN"], None)
     check(enrollment.office == COMMUNE, f"enrolled for office {enrollment.office}")
 
     # A clerk registers the fixture birth; an invalid one names its fields.

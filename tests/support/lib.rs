@@ -166,6 +166,26 @@ impl Run {
     }
 }
 
+/// How to start a `crvs-server serve` process.
+#[derive(Debug, Clone, Default)]
+pub struct ServerOptions {
+    /// The address to listen on (default `127.0.0.1:0`).
+    pub listen: Option<String>,
+    /// `--tls-cert`, `--tls-key`: serve HTTPS.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Further arguments (`--insecure-http`, `--max-connections N`).
+    pub args: Vec<String>,
+    /// Send the server's stderr (its logs) to this file instead of the
+    /// test's stderr.
+    pub log_file: Option<PathBuf>,
+    /// Start it with this open-files limit (soft and hard, `ulimit -n`).
+    pub open_files: Option<u64>,
+    /// `RUST_LOG` (default `warn`).
+    pub log_level: Option<String>,
+    /// The CA (PEM) that issued the TLS certificate, for the health check.
+    pub ca_pem: Option<String>,
+}
+
 /// A running `crvs-server serve` process.
 pub struct Server {
     child: Option<Child>,
@@ -173,6 +193,10 @@ pub struct Server {
     pub data: PathBuf,
     /// The address it listens on.
     pub addr: SocketAddr,
+    /// Whether it serves HTTPS.
+    pub tls: bool,
+    /// The first line it printed on stdout (`--json`: one JSON object).
+    pub listening_line: Value,
 }
 
 impl Server {
@@ -183,38 +207,105 @@ impl Server {
 
     /// Starts a server on the given address (to restart on the same port).
     pub fn start_on(data: &Path, listen: &str) -> Server {
-        let mut child = Command::new(bin("crvs-server"))
-            .args(["serve", "--json", "--data"])
+        Server::start_with(
+            data,
+            &ServerOptions {
+                listen: Some(listen.to_string()),
+                ..ServerOptions::default()
+            },
+        )
+    }
+
+    /// Starts an HTTPS server on a fresh port of 127.0.0.1 with this
+    /// certificate chain and key (PEM files) issued by `ca_pem`.
+    pub fn start_tls(data: &Path, cert: &Path, key: &Path, ca_pem: &str) -> Server {
+        Server::start_with(
+            data,
+            &ServerOptions {
+                tls: Some((cert.to_path_buf(), key.to_path_buf())),
+                ca_pem: Some(ca_pem.to_string()),
+                ..ServerOptions::default()
+            },
+        )
+    }
+
+    /// The `Command` that runs `crvs-server serve --json` with `options`.
+    pub fn command(data: &Path, options: &ServerOptions) -> Command {
+        let listen = options.listen.clone().unwrap_or_else(|| "127.0.0.1:0".into());
+        let mut cmd = match options.open_files {
+            // `exec` keeps the pid: the child is the server itself.
+            Some(n) => {
+                let mut c = Command::new("sh");
+                c.arg("-c")
+                    .arg(format!("ulimit -n {n} && exec \"$0\" \"$@\""))
+                    .arg(bin("crvs-server"));
+                c
+            }
+            None => Command::new(bin("crvs-server")),
+        };
+        cmd.args(["serve", "--json", "--data"])
             .arg(data)
-            .args(["--listen", listen])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn crvs-server");
+            .args(["--listen", &listen]);
+        if let Some((cert, key)) = &options.tls {
+            cmd.arg("--tls-cert").arg(cert).arg("--tls-key").arg(key);
+        }
+        cmd.args(&options.args)
+            .env("RUST_LOG", options.log_level.as_deref().unwrap_or("warn"))
+            .stdout(Stdio::piped());
+        match &options.log_file {
+            Some(f) => cmd.stderr(std::fs::File::create(f).expect("create the server log")),
+            None => cmd.stderr(Stdio::inherit()),
+        };
+        cmd
+    }
+
+    /// Starts a server with `options` and waits until it answers.
+    pub fn start_with(data: &Path, options: &ServerOptions) -> Server {
+        let mut child = Server::command(data, options).spawn().expect("spawn crvs-server");
         let stdout = child.stdout.take().expect("stdout");
         let mut line = String::new();
         BufReader::new(stdout)
             .read_line(&mut line)
             .expect("read listening line");
         let v: Value = serde_json::from_str(line.trim()).unwrap_or_else(|e| panic!("{e}: {line:?}"));
-        let addr: SocketAddr = v["listening"]
+        let mut addr: SocketAddr = v["listening"]
             .as_str()
             .expect("listening")
             .parse()
             .expect("address");
+        if addr.ip().is_unspecified() {
+            addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
         let server = Server {
             child: Some(child),
             data: data.to_path_buf(),
             addr,
+            tls: options.tls.is_some(),
+            listening_line: v,
         };
-        server.wait_healthy();
+        match &options.ca_pem {
+            Some(ca) if server.tls => {
+                let deadline = Instant::now() + Duration::from_secs(20);
+                while https_get(&format!("{}/v1/health", server.url()), ca).map(|r| r.0) != Ok(200) {
+                    assert!(Instant::now() < deadline, "server never became healthy");
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+            _ if server.tls => {}
+            _ => server.wait_healthy(),
+        }
         server
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
     }
 
     /// The base URL.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     fn wait_healthy(&self) {
@@ -234,6 +325,56 @@ impl Server {
             assert!(Instant::now() < deadline, "server never became healthy");
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// `GET /v1/health` on a fresh plain-HTTP connection: the time it took,
+    /// or `None` if no `200` came within `limit`.
+    pub fn health_latency(&self, limit: Duration) -> Option<Duration> {
+        let start = Instant::now();
+        let mut s = TcpStream::connect_timeout(&self.addr, limit).ok()?;
+        s.set_read_timeout(Some(limit)).ok()?;
+        write!(
+            s,
+            "GET /v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .ok()?;
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf);
+        let took = start.elapsed();
+        (buf.starts_with(b"HTTP/1.1 200") && took <= limit).then_some(took)
+    }
+
+    /// The server's resident memory (`VmRSS`), in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS")
+    }
+
+    /// Waits (at most `limit`) for the process to exit by itself.
+    pub fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("running");
+        let start = Instant::now();
+        loop {
+            if let Some(status) = c.try_wait().expect("try_wait") {
+                return status;
+            }
+            if start.elapsed() > limit {
+                let _ = c.kill();
+                panic!("the server did not exit within {limit:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops the server with SIGTERM and waits for it to exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("running");
+        let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+        c.wait().expect("wait")
     }
 
     /// Kills the process without warning (SIGKILL), as a power cut would.
@@ -427,6 +568,139 @@ impl CuttingProxy {
     /// The base URL.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+}
+
+/// `GET url` over HTTPS trusting only `ca_pem`: the status and the body.
+pub fn https_get(url: &str, ca_pem: &str) -> Result<(u16, String), String> {
+    let mut resp = tls_agent(ca_pem).get(url).call().map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    let body = resp.body_mut().read_to_string().map_err(|e| e.to_string())?;
+    Ok((status, body))
+}
+
+/// A ureq agent (rustls, ring) that trusts only `ca_pem`.
+pub fn tls_agent(ca_pem: &str) -> ureq::Agent {
+    use ureq::tls::{Certificate, RootCerts, TlsConfig};
+    let ca = Certificate::from_pem(ca_pem.as_bytes()).expect("CA PEM");
+    let tls = TlsConfig::builder()
+        .unversioned_rustls_crypto_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+        .root_certs(RootCerts::Specific(std::sync::Arc::new(vec![ca])))
+        .build();
+    let config = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .tls_config(tls)
+        .build();
+    ureq::Agent::new_with_config(config)
+}
+
+/// A test PKI made with rcgen: a CA, and server certificates it issues.
+pub struct TestCa {
+    params: rcgen::CertificateParams,
+    key: rcgen::KeyPair,
+    /// The CA certificate, PEM.
+    pub pem: String,
+}
+
+impl TestCa {
+    /// A fresh CA.
+    pub fn new(name: &str) -> TestCa {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+        let key = KeyPair::generate().expect("CA key");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let pem = params.self_signed(&key).expect("self-sign the CA").pem();
+        TestCa { params, key, pem }
+    }
+
+    /// Writes the CA certificate to `dir/ca.pem` and returns its path.
+    pub fn write(&self, dir: &Path) -> PathBuf {
+        let p = dir.join("ca.pem");
+        std::fs::write(&p, &self.pem).expect("write ca.pem");
+        p
+    }
+
+    /// Issues a server certificate for `names` (host names or IP
+    /// addresses) and writes `NAME.crt` (the chain: certificate, CA) and
+    /// `NAME.key` (PKCS#8) into `dir`; returns their paths.
+    pub fn issue(&self, dir: &Path, file_name: &str, names: &[&str]) -> (PathBuf, PathBuf) {
+        use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, Issuer, KeyPair};
+        let key = KeyPair::generate().expect("server key");
+        let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+        let mut params = CertificateParams::new(names).expect("server params");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "crvs test server");
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let issuer = Issuer::from_params(&self.params, &self.key);
+        let cert = params.signed_by(&key, &issuer).expect("issue");
+        let crt = dir.join(format!("{file_name}.crt"));
+        let keyf = dir.join(format!("{file_name}.key"));
+        std::fs::write(&crt, format!("{}{}", cert.pem(), self.pem)).expect("write crt");
+        std::fs::write(&keyf, key.serialize_pem()).expect("write key");
+        (crt, keyf)
+    }
+}
+
+/// A TCP proxy that forwards everything both ways and keeps a copy of
+/// every byte it saw: what an eavesdropper on the network would see.
+pub struct RecordingProxy {
+    /// The address to connect to.
+    pub addr: SocketAddr,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl RecordingProxy {
+    /// Starts a proxy to `upstream` on a fresh port.
+    pub fn start(upstream: SocketAddr) -> RecordingProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+        let addr = listener.local_addr().expect("proxy addr");
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let shared = seen.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                let Ok(server) = TcpStream::connect(upstream) else {
+                    continue;
+                };
+                for (mut from, mut to) in [
+                    (
+                        client.try_clone().expect("clone"),
+                        server.try_clone().expect("clone"),
+                    ),
+                    (server, client),
+                ] {
+                    let seen = shared.clone();
+                    std::thread::spawn(move || {
+                        let mut buf = [0u8; 16 * 1024];
+                        loop {
+                            let n = match from.read(&mut buf) {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => n,
+                            };
+                            seen.lock().expect("lock").extend_from_slice(&buf[..n]);
+                            if to.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                        let _ = to.shutdown(std::net::Shutdown::Write);
+                    });
+                }
+            }
+        });
+        RecordingProxy { addr, seen }
+    }
+
+    /// Every byte seen so far, both directions.
+    pub fn seen(&self) -> Vec<u8> {
+        self.seen.lock().expect("lock").clone()
     }
 }
 

@@ -46,12 +46,17 @@ enum Command {
     },
     /// Enrol this store with a server, using a one-time token.
     Enroll {
-        /// The server's base URL, e.g. http://10.0.0.2:8080.
+        /// The server's base URL, e.g. https://sync.example.gov.kh.
         #[arg(long)]
         server: String,
         /// The one-time enrolment token from the sync operators.
         #[arg(long)]
         token: String,
+        /// The CA certificate (PEM file) from the sync operators, when the
+        /// server's certificate is not issued by a public web authority.
+        /// Stored with the enrolment and trusted for every sync.
+        #[arg(long, value_name = "FILE")]
+        ca: Option<PathBuf>,
     },
     /// Birth registrations.
     Birth {
@@ -252,9 +257,25 @@ fn run(cli: &Cli) -> Result<Output, Failure> {
                 ),
             })
         }
-        Command::Enroll { server, token } => {
+        Command::Enroll { server, token, ca } => {
+            let ca_pem = match ca {
+                None => None,
+                Some(path) => Some(std::fs::read(path).map_err(|e| Failure {
+                    code: "invalid_input",
+                    message: format!("cannot read the CA file {}: {e}", path.display()),
+                    hint: "Check the path of the CA file from the sync operators.",
+                    problems: Vec::new(),
+                    exit: 1,
+                })?),
+            };
+            let ca_pem = match ca_pem {
+                None => None,
+                Some(bytes) => Some(String::from_utf8(bytes).map_err(|_| {
+                    Failure::from(Error::InvalidInput("the CA file is not a PEM certificate".into()))
+                })?),
+            };
             let r = open(cli)?;
-            let e = r.enroll(server, token)?;
+            let e = r.enroll(server, token, ca_pem.as_deref())?;
             Ok(Output {
                 json: json!({ "device_id": e.device_id, "office": e.office }),
                 text: format!("Enrolled as device {} for office {}.", e.device_id, e.office),
