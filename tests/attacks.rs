@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crvs_e2e::{Server, Tablet, fixture, token};
+use crvs_e2e::{Server, ServerOptions, Tablet, fixture, token};
 use crvs_schema::wire::{self, ChangeSet, RecordChanges, SignedChangeSet, SyncRequest};
 use ed25519_dalek::SigningKey;
 
@@ -231,7 +231,15 @@ fn rle_bomb() -> Vec<u8> {
 #[test]
 fn bombs_huge_documents_deep_json_and_parallel_uploads_leave_the_server_bounded_and_serving() {
     let dir = tempfile::tempdir().expect("dir");
-    let server = Server::start(&dir.path().join("server"));
+    let log = dir.path().join("server.log");
+    let server = Server::start_with(
+        &dir.path().join("server"),
+        &ServerOptions {
+            log_file: Some(log.clone()),
+            log_level: Some("info".into()),
+            ..ServerOptions::default()
+        },
+    );
     let honest = Tablet::new(dir.path().join("honest"));
     honest.init_and_enroll(COMMUNE, &server);
     let attacker = Arc::new(Attacker::enroll(&server));

@@ -1029,6 +1029,28 @@ mod tests {
         );
     }
 
+    /// A version-2 sync request, pinned: tablets of this version seal
+    /// exactly these bytes, and servers must keep reading them.
+    #[test]
+    fn version_2_sync_request_bytes_are_pinned() {
+        let bytes = pinned("sync-request-v2.hex");
+        let req = SyncRequest::open(&bytes, &key(1).verifying_key()).unwrap();
+        assert_eq!(req, request());
+        assert_eq!(req.seal(&key(1)).unwrap(), bytes, "sealing gives the same bytes");
+    }
+
+    #[test]
+    #[ignore = "writes the pinned sync request of the current version; run once per version"]
+    fn write_pinned_sync_request_bytes() {
+        let dir = format!("{}/tests/data", env!("CARGO_MANIFEST_DIR"));
+        let bytes = request().seal(&key(1)).unwrap();
+        std::fs::write(
+            format!("{dir}/sync-request-v{SYNC_VERSION}.hex"),
+            hex::encode(bytes) + "\n",
+        )
+        .unwrap();
+    }
+
     #[test]
     #[ignore = "writes the pinned file of the current change-set version; run once per version"]
     fn write_pinned_change_set_bytes() {

@@ -1048,3 +1048,13 @@ fn a_huge_automerge_document_is_refused_before_it_is_loaded() {
     let r = sync(&server2, &tablet, vec![cs]);
     assert_eq!(r.refusal.expect("refused").code, RefusalCode::Malformed);
 }
+
+#[test]
+fn an_honest_new_record_has_exactly_one_operation_per_visible_value() {
+    // The server's fast check of a new record relies on this: kind,
+    // office, data, the list, and one insert per step; nothing else.
+    let tablet = Tablet::enroll(&server().1, OFFICE);
+    let mut doc = tablet.new_doc(OFFICE, &birth(), &[Action::Verify, Action::Approve]);
+    let loaded = automerge::Automerge::load(&doc.save_nocompress()).expect("loads");
+    assert_eq!(automerge::ReadDoc::stats(&loaded).num_ops, 4 + 3);
+}
