@@ -1,0 +1,81 @@
+//! Replays every committed fuzz input through its target, without a
+//! fuzzing engine: the minimised corpus (`fuzz/corpus/<target>/`) and every
+//! input that once crashed, hung or blew up a target
+//! (`fuzz/regressions/<target>/`). A target that panics fails the test.
+//! This is how `cargo test --workspace` (and so `.ci/run`) replays them.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+fn inputs(kind: &str, target: &str) -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(kind).join(target);
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Vec::new();
+    };
+    let mut files: Vec<PathBuf> = entries
+        .map(|e| e.expect("a readable folder").path())
+        .filter(|p| p.is_file() && p.file_name().is_some_and(|n| n != "README.md"))
+        .collect();
+    files.sort();
+    files
+}
+
+fn replay(target: &str) {
+    let started = Instant::now();
+    let corpus = inputs("corpus", target);
+    let regressions = inputs("regressions", target);
+    assert!(!corpus.is_empty(), "the corpus of {target} is committed");
+    for path in corpus.iter().chain(&regressions) {
+        let data = std::fs::read(path).expect("a readable input");
+        // A panic names the input: the test harness prints it.
+        eprintln!("{target}: {}", path.display());
+        assert!(crvs_fuzz::run(target, &data), "{target} is a target");
+    }
+    eprintln!(
+        "{target}: {} corpus inputs and {} regressions replayed in {:?}",
+        corpus.len(),
+        regressions.len(),
+        started.elapsed()
+    );
+}
+
+#[test]
+fn the_change_set_corpus_replays_without_a_crash() {
+    replay("change_set");
+}
+
+#[test]
+fn the_sync_request_corpus_replays_without_a_crash() {
+    replay("sync_request");
+}
+
+#[test]
+fn the_sync_response_corpus_replays_without_a_crash() {
+    replay("sync_response");
+}
+
+#[test]
+fn the_record_chunk_corpus_replays_without_a_crash() {
+    replay("record_chunk");
+}
+
+#[test]
+fn the_server_ingest_corpus_replays_without_a_crash() {
+    replay("server_ingest");
+}
+
+#[test]
+fn the_json_inputs_corpus_replays_without_a_crash() {
+    replay("json_inputs");
+}
+
+#[test]
+fn every_target_has_a_corpus_folder_and_unknown_names_are_refused() {
+    for target in crvs_fuzz::TARGETS {
+        assert!(
+            !inputs("corpus", target).is_empty(),
+            "fuzz/corpus/{target} holds inputs"
+        );
+    }
+    assert!(!crvs_fuzz::run("no_such_target", b""));
+}
