@@ -266,6 +266,14 @@ pub fn decode_changes(blob: &[u8]) -> Result<Vec<automerge::Change>, RecordError
     }
     let change = automerge::Change::from_bytes(blob.to_vec())
         .map_err(|_| RecordError::Malformed("a change does not decode"))?;
+    // Automerge accepts some encodings of a change that it would not write
+    // itself. Such a change keeps the hash of its bytes while it is in
+    // memory, but a document saved with it derives another hash on loading
+    // and no longer loads: the server's compacted copy of the record would
+    // be lost. Found by fuzzing (`fuzz/regressions/record_chunk/`).
+    if automerge::Change::from(change.decode()).hash() != change.hash() {
+        return Err(RecordError::Malformed("a change is not encoded canonically"));
+    }
     Ok(vec![change])
 }
 
