@@ -490,9 +490,13 @@ impl Ingest {
 /// change set the server accepts advances the chain and may edit the base
 /// record.
 pub fn server_ingest(data: &[u8]) {
-    let Some((&mode, rest)) = data.split_first() else {
-        return;
-    };
+    server_ingest_answer(data);
+}
+
+/// [`server_ingest`], returning the server's answer (`None` for empty
+/// input).
+pub fn server_ingest_answer(data: &[u8]) -> Option<SyncResponse> {
+    let (&mode, rest) = data.split_first()?;
     let ingest = ingest();
     let record_id = if mode & 1 == 0 {
         uuid::Uuid::now_v7().into_bytes()
@@ -504,7 +508,7 @@ pub fn server_ingest(data: &[u8]) {
         changes.push(base_record_bytes().to_vec());
     }
     changes.push(rest.to_vec());
-    ingest.sync(vec![RecordChanges { record_id, changes }]);
+    Some(ingest.sync(vec![RecordChanges { record_id, changes }]))
 }
 
 // ---------------------------------------------------------------- JSON
