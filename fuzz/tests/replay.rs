@@ -7,6 +7,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use crvs_schema::workflow::{Action, Transition};
+
 fn inputs(kind: &str, target: &str) -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(kind).join(target);
     let Ok(entries) = std::fs::read_dir(&dir) else {
@@ -92,8 +94,21 @@ fn committed(kind: &str, target: &str, name: &str) -> Vec<u8> {
 /// approved birth sent through it is applied and gets its KIdC.
 #[test]
 fn an_approved_birth_through_the_server_target_is_applied_and_registered() {
-    let seed = committed("corpus", "server_ingest", "seed-new-approved-document");
-    let answer = crvs_fuzz::server_ingest_answer(&seed).expect("an answer");
+    let mut doc = crvs_fuzz::new_base_record();
+    for (action, by) in [(Action::Verify, "checker"), (Action::Approve, "registrar")] {
+        let step = Transition {
+            action,
+            by: by.into(),
+            at_ms: crvs_fuzz::NOW_MS - 3_600_000,
+            device: "tablet".into(),
+            reason: None,
+        };
+        crvs_schema::record::append_transition(&mut doc, &step).expect("a step");
+    }
+    // Byte 0 = 0: a new record, its chunk alone.
+    let mut input = vec![0];
+    input.extend_from_slice(&doc.save_nocompress());
+    let answer = crvs_fuzz::server_ingest_answer(&input).expect("an answer");
     assert!(answer.refusal.is_none(), "{:?}", answer.refusal);
     assert_eq!(answer.acks.len(), 1);
     assert!(
