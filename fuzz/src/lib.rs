@@ -323,7 +323,8 @@ fn server_actor() -> ActorId {
 /// `prepare_record` treats it: a document chunk as a new record (load, no
 /// server actor, the tablet's rules, validation); any chunk through
 /// `record::decode_changes`, applied to an empty document and to a real
-/// record, and checked; then the server's own edit, saved and loaded again.
+/// stored record, and checked; then the server's own edit, and the bytes
+/// the server would store, which must load again.
 pub fn record_chunk(data: &[u8]) {
     caught(|| {
         let today = today();
@@ -335,23 +336,38 @@ pub fn record_chunk(data: &[u8]) {
                 .get_changes_meta(&[])
                 .iter()
                 .any(|m| *m.actor == server_actor());
-            check_and_edit(None, doc, today);
+            // Kept verbatim, as the server keeps it.
+            check_and_edit(None, doc, data, today);
         }
         let Ok(changes) = record::decode_changes(data) else {
             return;
         };
-        for before in [None, Some(base_record())] {
-            let mut doc = before.clone().unwrap_or_default();
+        let fresh: Vec<u8> = changes
+            .iter()
+            .flat_map(|c| c.raw_bytes().iter().copied())
+            .collect();
+        for stored in [None, Some(base_record_bytes())] {
+            let mut doc =
+                stored.map_or_else(AutoCommit::new, |b| AutoCommit::load(b).expect("the base loads"));
+            let before = stored.map(|_| doc.document().clone());
             if doc.apply_changes(changes.clone()).is_ok() && doc.get_missing_deps(&[]).is_empty() {
-                check_and_edit(before.map(|mut b| b.document().clone()), doc, today);
+                check_and_edit(
+                    stored.map(|b| (before.expect("a stored record"), b)),
+                    doc,
+                    &fresh,
+                    today,
+                );
             }
         }
     });
 }
 
-/// The server's check of a record, and its edit of one that passes.
-fn check_and_edit(before: Option<Automerge>, mut doc: AutoCommit, today: Date) {
-    let Ok(view) = record::check_tablet_changes(before.as_ref(), &doc) else {
+/// The server's check of a record, its edit of one that passes, and what
+/// it stores (`server_edits_saved`): the stored bytes, the tablet's fresh
+/// bytes and the server's change appended verbatim, or (for a record above
+/// 64 KiB) the whole document saved, must load again with the same heads.
+fn check_and_edit(stored: Option<(Automerge, &[u8])>, mut doc: AutoCommit, fresh: &[u8], today: Date) {
+    let Ok(view) = record::check_tablet_changes(stored.as_ref().map(|s| &s.0), &doc) else {
         return;
     };
     let _ = view.status();
@@ -359,15 +375,29 @@ fn check_and_edit(before: Option<Automerge>, mut doc: AutoCommit, today: Date) {
         let _ = birth::validate(&view.data, today);
     }
     doc.set_actor(server_actor());
-    if record::set_hold(&mut doc, "invalid_on_receipt").is_ok() {
-        let saved = doc.save();
-        let mut again = AutoCommit::load(&saved).expect("a record the server saved loads again");
-        assert_eq!(
-            again.get_heads().len(),
-            doc.get_heads().len(),
-            "the saved record has the same heads"
-        );
+    if record::set_hold(&mut doc, "invalid_on_receipt").is_err() {
+        return;
     }
+    let server_change = doc
+        .commit()
+        .and_then(|_| doc.get_last_local_change())
+        .map(|c| c.raw_bytes().to_vec());
+    let mut blob = stored.as_ref().map_or_else(Vec::new, |s| s.1.to_vec());
+    blob.extend_from_slice(fresh);
+    blob.extend_from_slice(server_change.as_deref().unwrap_or_default());
+    let mut again = AutoCommit::load(&blob).expect("a record as the server stores it loads again");
+    assert_eq!(
+        again.get_heads(),
+        doc.get_heads(),
+        "the stored record has the same heads"
+    );
+    let mut compacted =
+        AutoCommit::load(&doc.save()).expect("a record as the server compacts it loads again");
+    assert_eq!(
+        compacted.get_heads(),
+        doc.get_heads(),
+        "the compacted record has the same heads"
+    );
 }
 
 // ---------------------------------------------------------------- server
