@@ -15,7 +15,8 @@
 //! **Panics.** The server catches a panic per record (automerge 0.12's
 //! decoder panics on some malformed documents) and refuses the change set
 //! as `malformed`. The targets mirror that, and no more: a panic raised in
-//! automerge's own source while a target expects one is not a crash; any
+//! automerge's own source (or `hexane`, its column codec) while a target
+//! expects one is not a crash; any
 //! other panic is, including one the server's `catch_unwind` would have
 //! swallowed (a bug in our code must not hide behind that net). Set
 //! `CRVS_FUZZ_STRICT_AUTOMERGE=1` to make automerge's panics crash too
@@ -101,8 +102,12 @@ pub static AUTOMERGE_PANICS: AtomicU64 = AtomicU64::new(0);
 /// The places in automerge's source that panicked, each reported once.
 static AUTOMERGE_PANIC_SITES: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
 
+/// Automerge's source, and `hexane`, its column encoding crate (its
+/// decoder `unwrap`s, e.g. under `Change::from_bytes`).
 fn is_automerge_source(file: &str) -> bool {
-    file.contains("/automerge-0.") || file.contains("\\automerge-0.")
+    ["automerge-0.", "hexane-"]
+        .iter()
+        .any(|c| file.contains(&format!("/{c}")) || file.contains(&format!("\\{c}")))
 }
 
 /// Chains a panic hook in front of the engine's (libFuzzer's aborts): a
