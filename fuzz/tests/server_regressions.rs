@@ -57,8 +57,8 @@ fn regression(name: &str) -> Vec<u8> {
 /// (`BadChecksum`): every later sync of that record would have failed
 /// with an internal error. Now each is refused as malformed, and the
 /// stored record stays usable.
-#[test]
-fn a_change_whose_checksum_does_not_match_is_refused_and_the_record_stays_usable() {
+/// A server on a temporary folder, and an enrolled tablet.
+fn enrolled() -> (tempfile::TempDir, Server, Tablet) {
     let dir = tempfile::tempdir().expect("temp dir");
     let server = Server::open_with_clock(dir.path(), Arc::new(|| crvs_fuzz::NOW_MS)).expect("server");
     let token = admin::create_token(&server, crvs_fuzz::OFFICE, 3_600_000).expect("token");
@@ -87,6 +87,12 @@ fn a_change_whose_checksum_does_not_match_is_refused_and_the_record_stays_usable
         next_seq: 1,
         last_hash: [0; 32],
     };
+    (dir, server, tablet)
+}
+
+#[test]
+fn a_change_whose_checksum_does_not_match_is_refused_and_the_record_stays_usable() {
+    let (_dir, server, mut tablet) = enrolled();
     // The record the fuzzed changes were made against.
     let mut doc = crvs_fuzz::new_base_record();
     let id = uuid::Uuid::now_v7().into_bytes();
@@ -154,4 +160,31 @@ fn step(action: Action, by: &str) -> Transition {
         device: "tablet".into(),
         reason: None,
     }
+}
+
+/// Found by `record_chunk` (`fuzz/regressions/record_chunk/`): 476 bytes
+/// of automerge "bundle" chunk (type 3), which `Change::from_bytes`
+/// accepts and whose run-length columns it expands without limit (over
+/// 2 GiB and still growing when libFuzzer stopped it). Sent by an enrolled
+/// device, it would have taken the server down. It is refused by its type
+/// before automerge sees it.
+#[test]
+fn a_bundle_chunk_is_refused_before_automerge_expands_it() {
+    let (_dir, server, mut tablet) = enrolled();
+    let bomb = regression("automerge-bundle-chunk-allocates-gigabytes");
+    assert_eq!(bomb.len(), 476);
+    assert_eq!(bomb[8], 3, "a bundle chunk");
+    let started = std::time::Instant::now();
+    let resp = tablet.sync(
+        &server,
+        vec![RecordChanges {
+            record_id: uuid::Uuid::now_v7().into_bytes(),
+            changes: vec![bomb],
+        }],
+    );
+    assert_eq!(resp.refusal.map(|r| r.code), Some(RefusalCode::Malformed));
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "refused quickly"
+    );
 }

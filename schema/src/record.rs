@@ -259,6 +259,13 @@ pub fn is_document_chunk(blob: &[u8]) -> bool {
 /// indices instead of 32-byte hashes, about a quarter fewer bytes on the
 /// wire. Either way the result is the list of changes, hashes verified.
 pub fn decode_changes(blob: &[u8]) -> Result<Vec<automerge::Change>, RecordError> {
+    // Only the two chunk types a tablet sends. `Change::from_bytes` also
+    // takes a bundle (type 3), whose run-length columns it expands
+    // without limit: 476 bytes made it allocate over 2 GiB. Found by
+    // fuzzing (`fuzz/regressions/record_chunk/`).
+    if blob.get(8).is_none_or(|&t| t > 1) {
+        return Err(RecordError::Malformed("not a document or change chunk"));
+    }
     if is_document_chunk(blob) {
         // Chunk type 0: a document. Loading it checks its heads.
         let doc = automerge::Automerge::load(blob)?;
