@@ -81,7 +81,7 @@ fn enrolled() -> (tempfile::TempDir, Server, Tablet) {
     let device_id = *uuid::Uuid::parse_str(&enrolled.device_id)
         .expect("uuid")
         .as_bytes();
-    let mut tablet = Tablet {
+    let tablet = Tablet {
         key,
         device_id,
         next_seq: 1,
