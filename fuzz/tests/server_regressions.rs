@@ -174,17 +174,23 @@ fn a_bundle_chunk_is_refused_before_automerge_expands_it() {
     let bomb = regression("automerge-bundle-chunk-allocates-gigabytes");
     assert_eq!(bomb.len(), 476);
     assert_eq!(bomb[8], 3, "a bundle chunk");
-    let started = std::time::Instant::now();
-    let resp = tablet.sync(
-        &server,
-        vec![RecordChanges {
-            record_id: uuid::Uuid::now_v7().into_bytes(),
-            changes: vec![bomb],
-        }],
-    );
-    assert_eq!(resp.refusal.map(|r| r.code), Some(RefusalCode::Malformed));
-    assert!(
-        started.elapsed() < std::time::Duration::from_secs(5),
-        "refused quickly"
-    );
+    // The same behind a document chunk (1,700 bytes): `AutoCommit::load`
+    // reads every chunk that follows the first.
+    let behind = regression("automerge-document-with-trailing-bundle-allocates-gigabytes");
+    assert_eq!(behind[8], 0, "starts as a document chunk");
+    for chunk in [bomb, behind] {
+        let started = std::time::Instant::now();
+        let resp = tablet.sync(
+            &server,
+            vec![RecordChanges {
+                record_id: uuid::Uuid::now_v7().into_bytes(),
+                changes: vec![chunk],
+            }],
+        );
+        assert_eq!(resp.refusal.map(|r| r.code), Some(RefusalCode::Malformed));
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "refused quickly"
+        );
+    }
 }
