@@ -311,7 +311,7 @@ fn sigterm_stops_accepting_and_lets_a_request_in_flight_finish() {
     let mut s = TcpStream::connect(addr).unwrap();
     let body = [0u8; 200];
     s.write_all(
-        b"POST /v1/sync HTTP/1.1\r\nHost: x\r\nx-crvs-protocol: 1\r\n\
+        b"POST /v1/sync HTTP/1.1\r\nHost: x\r\nx-crvs-protocol: 2\r\n\
           Content-Type: application/octet-stream\r\nContent-Length: 200\r\n\r\n",
     )
     .unwrap();

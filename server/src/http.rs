@@ -3,7 +3,7 @@
 //! * `GET /v1/health` → `{"status":"ok"}`;
 //! * `POST /v1/enroll` (JSON [`EnrollRequest`] → [`EnrollResponse`]);
 //! * `POST /v1/sync` (binary: a sealed `SyncRequest` → a sealed
-//!   `SyncResponse`), with the header `x-crvs-protocol: 1`.
+//!   `SyncResponse`), with the header `x-crvs-protocol: 2`.
 //!
 //! Handlers are thin: they move bytes to [`Server`] methods on the blocking
 //! pool and return them. Errors become JSON in one place

@@ -63,7 +63,7 @@ fn closed_within(s: &mut TcpStream, limit: Duration) -> Option<Duration> {
     }
 }
 
-const SYNC_HEAD: &[u8] = b"POST /v1/sync HTTP/1.1\r\nHost: x\r\nx-crvs-protocol: 1\r\n\
+const SYNC_HEAD: &[u8] = b"POST /v1/sync HTTP/1.1\r\nHost: x\r\nx-crvs-protocol: 2\r\n\
     Content-Type: application/octet-stream\r\nContent-Length: 1000\r\n\r\n";
 
 #[test]
