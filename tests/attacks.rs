@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crvs_e2e::{Server, ServerOptions, Tablet, fixture, token};
+use crvs_e2e::{Server, ServerOptions, Tablet, fixture, health_latency, rss_kib, token};
 use crvs_schema::wire::{self, ChangeSet, RecordChanges, SignedChangeSet, SyncRequest};
 use ed25519_dalek::SigningKey;
 
@@ -174,8 +174,8 @@ impl Monitor {
         let handle = std::thread::spawn(move || {
             let (mut max_rss, mut max_health, mut samples, mut misses) = (0u64, Duration::ZERO, 0, 0);
             while !flag.load(Ordering::SeqCst) {
-                max_rss = max_rss.max(rss_kib(pid));
-                match health(addr, Duration::from_secs(1)) {
+                max_rss = max_rss.max(rss_kib(pid).unwrap_or(0));
+                match health_latency(addr, Duration::from_secs(1)) {
                     Some(t) => max_health = max_health.max(t),
                     None => misses += 1,
                 }
@@ -191,29 +191,6 @@ impl Monitor {
         self.stop.store(true, Ordering::SeqCst);
         self.handle.join().expect("monitor")
     }
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-fn health(addr: SocketAddr, limit: Duration) -> Option<Duration> {
-    let start = Instant::now();
-    let mut s = TcpStream::connect_timeout(&addr, limit).ok()?;
-    s.set_read_timeout(Some(limit)).ok()?;
-    s.write_all(b"GET /v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .ok()?;
-    let mut buf = Vec::new();
-    let _ = s.read_to_end(&mut buf);
-    let took = start.elapsed();
-    (buf.starts_with(b"HTTP/1.1 200") && took <= limit).then_some(took)
 }
 
 /// An automerge change chunk of 40 bytes whose one column claims a run of
@@ -244,7 +221,7 @@ fn bombs_huge_documents_deep_json_and_parallel_uploads_leave_the_server_bounded_
     honest.init_and_enroll(COMMUNE, &server);
     let attacker = Arc::new(Attacker::enroll(&server));
     let monitor = Monitor::start(&server);
-    let rss_before = rss_kib(server.pid());
+    let rss_before = server.rss_kib();
 
     // 1. Many small bombs in one request: 16 change sets (the most a
     // request may carry), each a few hundred bytes that decompress to
@@ -352,7 +329,7 @@ fn bombs_huge_documents_deep_json_and_parallel_uploads_leave_the_server_bounded_
     assert_eq!(misses, 0, "health answered within a second every time");
     assert!(samples >= 5);
     assert!(
-        health(server.addr, Duration::from_secs(1)).is_some(),
+        server.health_latency(Duration::from_secs(1)).is_some(),
         "still serving"
     );
 }

@@ -393,21 +393,26 @@ impl RequestHeader {
     }
 }
 
+/// The signed [`RequestHeader`] for `body`, followed by `body`.
+fn seal_request_frame(key: &SigningKey, device_id: [u8; 16], counter: u64, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(REQUEST_HEADER_LEN + body.len());
+    out.push(SYNC_VERSION);
+    out.extend_from_slice(&device_id);
+    out.extend_from_slice(&counter.to_le_bytes());
+    out.extend_from_slice(&(body.len() as u64).to_le_bytes());
+    out.extend_from_slice(&Sha256::digest(body));
+    let sig = key.sign(&signed_message(REQUEST_DOMAIN, &out, &[]));
+    out.extend_from_slice(&sig.to_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
 impl SyncRequest {
     /// Encodes and signs: the [`RequestHeader`], then the bincode body.
     pub fn seal(&self, key: &SigningKey) -> Result<Vec<u8>, WireError> {
         let body = bincode::encode_to_vec(self, bincode::config::standard())
             .map_err(|e| WireError::Encode(e.to_string()))?;
-        let mut out = Vec::with_capacity(REQUEST_HEADER_LEN + body.len());
-        out.push(SYNC_VERSION);
-        out.extend_from_slice(&self.device_id);
-        out.extend_from_slice(&self.counter.to_le_bytes());
-        out.extend_from_slice(&(body.len() as u64).to_le_bytes());
-        out.extend_from_slice(&Sha256::digest(&body));
-        let sig = key.sign(&signed_message(REQUEST_DOMAIN, &out, &[]));
-        out.extend_from_slice(&sig.to_bytes());
-        out.extend_from_slice(&body);
-        Ok(out)
+        Ok(seal_request_frame(key, self.device_id, self.counter, &body))
     }
 
     /// Verifies a whole sealed request with the device's key and decodes
@@ -775,16 +780,7 @@ pub fn fuzz_seal_request_body(key: &SigningKey, body: &[u8]) -> Vec<u8> {
     // decodes, so that a body the fuzzer gets right opens all the way.
     let (device_id, counter) = decode_within::<SyncRequest, { 2 * MAX_SYNC_REQUEST_BYTES }>(body)
         .map_or(([0; 16], 0), |r| (r.device_id, r.counter));
-    let mut out = Vec::with_capacity(REQUEST_HEADER_LEN + body.len());
-    out.push(SYNC_VERSION);
-    out.extend_from_slice(&device_id);
-    out.extend_from_slice(&counter.to_le_bytes());
-    out.extend_from_slice(&(body.len() as u64).to_le_bytes());
-    out.extend_from_slice(&Sha256::digest(body));
-    let sig = key.sign(&signed_message(REQUEST_DOMAIN, &out, &[]));
-    out.extend_from_slice(&sig.to_bytes());
-    out.extend_from_slice(body);
-    out
+    seal_request_frame(key, device_id, counter, body)
 }
 
 /// Fuzzing only: frames and signs arbitrary (compressed) `body` bytes as a

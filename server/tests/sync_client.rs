@@ -143,7 +143,8 @@ impl Transport for Wire {
     }
 }
 
-fn setup() -> (tempfile::TempDir, Registrar, Wire) {
+/// A server and a tablet store, not enrolled yet.
+fn unenrolled() -> (tempfile::TempDir, Registrar, Wire) {
     let dir = tempfile::tempdir().expect("temp dir");
     let wire = Wire::open(&dir.path().join("server"));
     let tablet = Registrar::init_with_kdf(
@@ -153,6 +154,11 @@ fn setup() -> (tempfile::TempDir, Registrar, Wire) {
         KdfParams::INSECURE_FOR_TESTS,
     )
     .expect("store");
+    (dir, tablet, wire)
+}
+
+fn setup() -> (tempfile::TempDir, Registrar, Wire) {
+    let (dir, tablet, wire) = unenrolled();
     let token = admin::create_token(&wire.server(), COMMUNE, 3_600_000).expect("token");
     tablet
         .enroll_with(&wire, "http://in-process", &token.token)
@@ -319,15 +325,7 @@ fn an_answer_signed_by_another_key_is_refused() {
 
 #[test]
 fn an_enrolment_answer_with_a_swapped_server_key_is_refused_and_the_token_still_enrols_the_tablet() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let wire = Wire::open(&dir.path().join("server"));
-    let tablet = Registrar::init_with_kdf(
-        dir.path().join("tablet"),
-        "correct horse battery staple",
-        COMMUNE,
-        KdfParams::INSECURE_FOR_TESTS,
-    )
-    .expect("store");
+    let (_dir, tablet, wire) = unenrolled();
     let token = admin::create_token(&wire.server(), COMMUNE, 3_600_000).expect("token");
     wire.swap_enrolment_key.set(true);
     match tablet.enroll_with(&wire, "http://in-process", &token.token) {
@@ -353,15 +351,7 @@ fn an_enrolment_answer_with_a_swapped_server_key_is_refused_and_the_token_still_
 
 #[test]
 fn a_mistyped_token_is_refused_on_the_tablet_before_anything_is_sent() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let wire = Wire::open(&dir.path().join("server"));
-    let tablet = Registrar::init_with_kdf(
-        dir.path().join("tablet"),
-        "correct horse battery staple",
-        COMMUNE,
-        KdfParams::INSECURE_FOR_TESTS,
-    )
-    .expect("store");
+    let (_dir, tablet, wire) = unenrolled();
     let token = admin::create_token(&wire.server(), COMMUNE, 3_600_000)
         .expect("token")
         .token;

@@ -330,28 +330,12 @@ impl Server {
     /// `GET /v1/health` on a fresh plain-HTTP connection: the time it took,
     /// or `None` if no `200` came within `limit`.
     pub fn health_latency(&self, limit: Duration) -> Option<Duration> {
-        let start = Instant::now();
-        let mut s = TcpStream::connect_timeout(&self.addr, limit).ok()?;
-        s.set_read_timeout(Some(limit)).ok()?;
-        write!(
-            s,
-            "GET /v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        )
-        .ok()?;
-        let mut buf = Vec::new();
-        let _ = s.read_to_end(&mut buf);
-        let took = start.elapsed();
-        (buf.starts_with(b"HTTP/1.1 200") && took <= limit).then_some(took)
+        health_latency(self.addr, limit)
     }
 
     /// The server's resident memory (`VmRSS`), in KiB.
     pub fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("proc status");
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmRSS")
+        rss_kib(self.pid()).expect("VmRSS")
     }
 
     /// Waits (at most `limit`) for the process to exit by itself.
@@ -395,6 +379,33 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// `GET /v1/health` at `addr` on a fresh plain-HTTP connection: the time it
+/// took, or `None` if no `200` came within `limit`. (A free function, so a
+/// monitoring thread can call it without holding the `Server`.)
+pub fn health_latency(addr: SocketAddr, limit: Duration) -> Option<Duration> {
+    let start = Instant::now();
+    let mut s = TcpStream::connect_timeout(&addr, limit).ok()?;
+    s.set_read_timeout(Some(limit)).ok()?;
+    write!(
+        s,
+        "GET /v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let took = start.elapsed();
+    (buf.starts_with(b"HTTP/1.1 200") && took <= limit).then_some(took)
+}
+
+/// The resident memory (`VmRSS`) of process `pid`, in KiB, if it runs.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
 /// `crvs-server --json ARGS --data DIR`.
