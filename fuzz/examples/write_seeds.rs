@@ -186,7 +186,16 @@ fn main() {
         "frame-pinned-v1",
         &with_mode(0, &pinned("sync-request-v1.hex")),
     );
-    write("sync_request", "body-real", &with_mode(1, &req_bytes[65..]));
+    write(
+        "sync_request",
+        "frame-pinned-v2",
+        &with_mode(0, &pinned("sync-request-v2.hex")),
+    );
+    write(
+        "sync_request",
+        "body-real",
+        &with_mode(1, &req_bytes[wire::REQUEST_HEADER_LEN..]),
+    );
 
     // ---- sync answers
     let resp = SyncResponse {
