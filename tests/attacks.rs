@@ -55,6 +55,7 @@ impl Attacker {
             cursor: 0,
             device_clock_ms: 0,
             change_sets,
+            evidence: Vec::new(),
         }
         .seal(&self.key)
         .expect("seal")

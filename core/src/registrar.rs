@@ -15,6 +15,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use automerge::{ActorId, AutoCommit, Change, ChangeHash};
 use crvs_schema::enrol::{self, EnrolmentToken};
+use crvs_schema::evidence::IssuanceProof;
 use crvs_schema::gazetteer::{GazetteerCode, Level};
 use crvs_schema::record::{self, RecordKind, RecordView};
 use crvs_schema::wire::{self, RecordChanges, SignedChangeSet, SyncRequest, SyncResponse};
@@ -199,6 +200,10 @@ fn doc_aad(id: &[u8; 16]) -> Vec<u8> {
 
 fn kidc_aad(id: &[u8; 16]) -> Vec<u8> {
     aad("records", id, "kidc")
+}
+
+fn evidence_aad(id: &[u8; 16]) -> Vec<u8> {
+    aad("kidc_evidence", id, "proof")
 }
 
 fn outbox_aad(seq: u64) -> Vec<u8> {
@@ -762,6 +767,7 @@ impl Registrar {
                     sent.push((row.seq, row.hash, row.record_count));
                     change_sets.push(bytes.to_vec());
                 }
+                let evidence = self.evidence_for(&conn, &change_sets, &enrolled)?;
                 let cursor = store::get_meta::<i64>(&conn, meta::CURSOR)?.unwrap_or(0).max(0) as u64;
                 drop(conn);
                 let counter = self.next_request_counter()?;
@@ -771,6 +777,7 @@ impl Registrar {
                     cursor,
                     device_clock_ms: now_ms(),
                     change_sets,
+                    evidence,
                 }
                 .seal(&enrolled.signing_key)?;
                 (request, sent, cursor)
@@ -812,7 +819,7 @@ impl Registrar {
                 )
             };
             let outcome = sync::interpret(&sent_hashes, acked_before, next_seq, &resp)?;
-            let applied = self.store_answer(&resp, &outcome, acked_before)?;
+            let applied = self.store_answer(&resp, &outcome, acked_before, &enrolled.server_key)?;
             for &(seq, _, records) in &sent {
                 if outcome.acked.contains(&seq) && seq > highest_acked {
                     report.pushed += 1;
@@ -1007,6 +1014,7 @@ impl Registrar {
         resp: &SyncResponse,
         outcome: &sync::Outcome,
         acked_before: u64,
+        server_key: &VerifyingKey,
     ) -> Result<Applied> {
         let now = now_ms();
         let mut conn = lock(&self.conn);
@@ -1025,6 +1033,7 @@ impl Registrar {
         for update in &resp.updates {
             self.apply_update(&tx, update, now, &mut applied)?;
         }
+        self.keep_evidence(&tx, &resp.issuances, server_key)?;
         store::set_meta(&tx, meta::CURSOR, resp.cursor as i64)?;
         store::set_meta(&tx, meta::LAST_SERVER_TIME, resp.server_time_ms)?;
         tx.commit()?;
@@ -1071,6 +1080,75 @@ impl Registrar {
         row.server_updated_at = Some(now);
         store::update_record(tx, &row)?;
         applied.updated += 1;
+        Ok(())
+    }
+}
+
+impl Registrar {
+    /// The proofs of the KIdCs held by records of `change_sets` (this
+    /// tablet's own, about to be sent): after a restore from backup the
+    /// server records those codes again instead of drawing new ones.
+    /// Nothing to decode while the tablet holds no proof at all.
+    fn evidence_for(
+        &self,
+        conn: &Connection,
+        change_sets: &[Vec<u8>],
+        enrolled: &Enrolled,
+    ) -> Result<Vec<IssuanceProof>> {
+        if change_sets.is_empty() || store::count_evidence(conn)? == 0 {
+            return Ok(Vec::new());
+        }
+        let own_key = enrolled.signing_key.verifying_key();
+        let mut seen = std::collections::HashSet::new();
+        let mut proofs = Vec::new();
+        for bytes in change_sets {
+            let cs = SignedChangeSet::from_bytes(bytes.clone())?.open(&own_key)?;
+            for rc in cs.records {
+                if !seen.insert(rc.record_id) {
+                    continue;
+                }
+                if let Some(sealed) = store::get_evidence(conn, &rc.record_id)? {
+                    let plain = self.key.open(&evidence_aad(&rc.record_id), &sealed)?;
+                    let proof = IssuanceProof::from_bytes(&plain)
+                        .ok_or_else(|| Error::Corrupt("a stored KIdC proof is malformed".into()))?;
+                    proofs.push(proof);
+                }
+            }
+        }
+        Ok(proofs)
+    }
+
+    /// Keeps the server's proofs of codes this tablet's records hold: only
+    /// proofs that verify with the pinned server key, for a record that
+    /// holds exactly that code.
+    fn keep_evidence(
+        &self,
+        tx: &Transaction<'_>,
+        proofs: &[IssuanceProof],
+        server_key: &VerifyingKey,
+    ) -> Result<()> {
+        for proof in proofs {
+            let Ok(kidc) = proof.verify(server_key) else {
+                tracing::warn!("the server sent a KIdC proof that does not verify; ignored");
+                continue;
+            };
+            let Some(row) = store::get_record(tx, &proof.record_id)? else {
+                continue;
+            };
+            let held = match &row.kidc_sealed {
+                Some(sealed) => self.key.open(&kidc_aad(&row.id), sealed)?,
+                None => continue,
+            };
+            if held.as_slice() != kidc.as_str().as_bytes() {
+                tracing::warn!(record = %RecordId(row.id), "a KIdC proof names another code than the record holds; ignored");
+                continue;
+            }
+            store::put_evidence(
+                tx,
+                &row.id,
+                &self.key.seal(&evidence_aad(&row.id), &proof.to_bytes()),
+            )?;
+        }
         Ok(())
     }
 }

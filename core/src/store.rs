@@ -33,7 +33,10 @@ pub const MAGIC: &str = "crvs-tablet-store";
 
 /// The numbered migrations, in order. Index + 1 is the `user_version`
 /// after the step.
-const MIGRATIONS: &[&str] = &[include_str!("../migrations/001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../migrations/001_init.sql"),
+    include_str!("../migrations/002_kidc_evidence.sql"),
+];
 
 /// Keys of the `meta` table.
 pub mod meta {
@@ -402,4 +405,31 @@ pub fn mark_acked(tx: &Transaction<'_>, seq: u64, at: i64) -> Result<()> {
 pub fn unack_from(tx: &Transaction<'_>, seq: u64) -> Result<()> {
     tx.execute("UPDATE outbox SET acked_at = NULL WHERE seq >= ?1", [seq as i64])?;
     Ok(())
+}
+
+/// Stores (or replaces) the sealed proof of a record's KIdC.
+pub fn put_evidence(tx: &Transaction<'_>, record_id: &[u8; 16], proof_sealed: &[u8]) -> Result<()> {
+    tx.execute(
+        "INSERT INTO kidc_evidence (record_id, proof_sealed) VALUES (?1, ?2)
+         ON CONFLICT (record_id) DO UPDATE SET proof_sealed = excluded.proof_sealed",
+        params![record_id.as_slice(), proof_sealed],
+    )?;
+    Ok(())
+}
+
+/// The sealed proof of a record's KIdC, if the tablet holds one.
+pub fn get_evidence(conn: &Connection, record_id: &[u8; 16]) -> Result<Option<Vec<u8>>> {
+    Ok(conn
+        .query_row(
+            "SELECT proof_sealed FROM kidc_evidence WHERE record_id = ?1",
+            [record_id.as_slice()],
+            |r| r.get(0),
+        )
+        .optional()?)
+}
+
+/// How many records hold a proof of their KIdC.
+pub fn count_evidence(conn: &Connection) -> Result<u64> {
+    let n: i64 = conn.query_row("SELECT COUNT(*) FROM kidc_evidence", [], |r| r.get(0))?;
+    Ok(n as u64)
 }

@@ -306,6 +306,7 @@ mod tests {
             updates: vec![],
             cursor: 0,
             more: false,
+            issuances: Vec::new(),
         }
     }
 

@@ -178,6 +178,7 @@ fn main() {
         counter: 4,
         device_clock_ms: NOW_MS,
         change_sets: vec![bytes.to_vec(), pinned("change-set-v1.hex")],
+        evidence: Vec::new(),
     };
     let req_bytes = req.seal(&key).expect("seal request");
     write("sync_request", "frame-real", &with_mode(0, &req_bytes));
@@ -190,6 +191,11 @@ fn main() {
         "sync_request",
         "frame-pinned-v2",
         &with_mode(0, &pinned("sync-request-v2.hex")),
+    );
+    write(
+        "sync_request",
+        "frame-pinned-v3",
+        &with_mode(0, &pinned("sync-request-v3.hex")),
     );
     write(
         "sync_request",
@@ -219,6 +225,7 @@ fn main() {
         }],
         cursor: 40,
         more: true,
+        issuances: Vec::new(),
     };
     let resp_bytes = resp.seal(&server_key()).expect("seal answer");
     write("sync_response", "frame-real", &with_mode(0, &resp_bytes));

@@ -433,6 +433,7 @@ fn request(device_id: [u8; 16], cursor: u64, change_sets: Vec<Vec<u8>>) -> Vec<u
         cursor,
         device_clock_ms: NOW_MS,
         change_sets,
+        evidence: Vec::new(),
     }
     .seal(&device_key())
     .expect("a request seals")

@@ -37,6 +37,7 @@ impl Tablet {
             },
             device_clock_ms: crvs_fuzz::NOW_MS,
             change_sets: vec![cs.as_bytes().to_vec()],
+            evidence: Vec::new(),
         }
         .seal(&self.key)
         .expect("seal request");

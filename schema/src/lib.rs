@@ -1,7 +1,8 @@
 //! `crvs-schema`: the shared vocabulary of the civil registration system.
 //!
 //! Domain types and their validation ([`birth`], [`date`], [`gazetteer`]),
-//! the Khmer Identification Code ([`kidc`]), the workflow rules
+//! the Khmer Identification Code ([`kidc`]) and the server's signed
+//! evidence of an issued one ([`evidence`]), the workflow rules
 //! ([`workflow`]), the layout of a record's automerge document ([`record`])
 //! and the sync protocol's wire format ([`wire`]).
 //!
@@ -12,6 +13,7 @@ pub mod birth;
 pub mod bounds;
 pub mod date;
 pub mod enrol;
+pub mod evidence;
 pub mod gazetteer;
 pub mod kidc;
 pub mod record;

@@ -35,6 +35,8 @@ use bincode::{Decode, Encode};
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use sha2::{Digest, Sha256};
 
+use crate::evidence::IssuanceProof;
+
 /// The format version of the enrolment messages and of the
 /// `x-crvs-protocol` header. Version 2: the token authenticates the
 /// server, and sync requests carry a request counter.
@@ -56,6 +58,8 @@ pub const MAX_REQUEST_DECODED: usize = 32 << 20;
 pub const MAX_SYNC_RESPONSE_DECODED: usize = 64 << 20;
 /// Most records in one change set (a tablet puts at most 100 in one).
 pub const MAX_RECORDS_PER_CHANGE_SET: usize = 1000;
+/// Most KIdC proofs in one sync request: one per record it may carry.
+pub const MAX_EVIDENCE_PER_REQUEST: usize = MAX_CHANGE_SETS_PER_REQUEST * MAX_RECORDS_PER_CHANGE_SET;
 /// zstd level for change sets: bandwidth is the scarce resource.
 pub const CHANGE_SET_ZSTD_LEVEL: i32 = 19;
 /// The version byte of the change sets this build seals.
@@ -304,14 +308,45 @@ pub struct SyncRequest {
     pub device_clock_ms: i64,
     /// Signed change sets ([`SignedChangeSet::as_bytes`]), in sequence order.
     pub change_sets: Vec<Vec<u8>>,
+    /// The server's proofs of the KIdCs that records of these change sets
+    /// already hold: after a restore from backup the server re-records
+    /// those codes instead of drawing new ones.
+    pub evidence: Vec<IssuanceProof>,
 }
 
-/// The format version of sync request and response frames. Version 1
-/// requests carried a random nonce that nobody checked, so a captured
-/// request could be replayed; servers refuse them, and a tablet must be
-/// updated (its sealed change sets, of either change-set version, travel
-/// unchanged inside version-2 requests).
-pub const SYNC_VERSION: u8 = 2;
+/// A version-2 request body: [`SyncRequest`] without `evidence`.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+struct SyncRequestV2 {
+    device_id: [u8; 16],
+    counter: u64,
+    cursor: u64,
+    device_clock_ms: i64,
+    change_sets: Vec<Vec<u8>>,
+}
+
+impl From<SyncRequestV2> for SyncRequest {
+    fn from(r: SyncRequestV2) -> SyncRequest {
+        SyncRequest {
+            device_id: r.device_id,
+            counter: r.counter,
+            cursor: r.cursor,
+            device_clock_ms: r.device_clock_ms,
+            change_sets: r.change_sets,
+            evidence: Vec::new(),
+        }
+    }
+}
+
+/// The format version of the sync request and response frames this build
+/// seals. Version 1 requests carried a random nonce that nobody checked,
+/// so a captured request could be replayed; servers refuse them, and a
+/// tablet must be updated (its sealed change sets, of either change-set
+/// version, travel unchanged inside later requests). Version 3 adds the
+/// KIdC proofs (`SyncRequest::evidence`, `SyncResponse::issuances`);
+/// servers still read version 2 and answer it in version 2.
+pub const SYNC_VERSION: u8 = 3;
+/// The oldest sync version servers still read.
+pub const OLDEST_SYNC_VERSION: u8 = 2;
 
 /// Length of the authenticated header in front of a sync request's body.
 pub const REQUEST_HEADER_LEN: usize = 1 + 16 + 8 + 8 + 32 + SIG;
@@ -330,7 +365,7 @@ impl RequestHeader {
         let Some(&version) = bytes.first() else {
             return Err(WireError::Truncated);
         };
-        if version != SYNC_VERSION {
+        if !(OLDEST_SYNC_VERSION..=SYNC_VERSION).contains(&version) {
             return Err(WireError::UnsupportedVersion(version));
         }
         let bytes: [u8; REQUEST_HEADER_LEN] = bytes
@@ -338,6 +373,12 @@ impl RequestHeader {
             .and_then(|b| b.try_into().ok())
             .ok_or(WireError::Truncated)?;
         Ok(RequestHeader { bytes })
+    }
+
+    /// The format version the request was sealed in (its answer is
+    /// sealed in the same one).
+    pub fn version(&self) -> u8 {
+        self.bytes[0]
     }
 
     /// The device that claims to have signed it.
@@ -379,7 +420,11 @@ impl RequestHeader {
         if Sha256::digest(body).as_slice() != self.body_hash() {
             return Err(WireError::BadSignature);
         }
-        let request: SyncRequest = decode_within::<_, { 2 * MAX_SYNC_REQUEST_BYTES }>(body)?;
+        let request: SyncRequest = if self.version() == 2 {
+            decode_within::<SyncRequestV2, { 2 * MAX_SYNC_REQUEST_BYTES }>(body)?.into()
+        } else {
+            decode_within::<SyncRequest, { 2 * MAX_SYNC_REQUEST_BYTES }>(body)?
+        };
         if request.device_id != self.device_id() || request.counter != self.counter() {
             return Err(WireError::Decode("the body does not match its header".into()));
         }
@@ -389,14 +434,30 @@ impl RequestHeader {
                 limit: MAX_CHANGE_SETS_PER_REQUEST,
             });
         }
+        if request.evidence.len() > MAX_EVIDENCE_PER_REQUEST {
+            return Err(WireError::TooMany {
+                what: "KIdC proofs in one request",
+                limit: MAX_EVIDENCE_PER_REQUEST,
+            });
+        }
         Ok(request)
     }
 }
 
 /// The signed [`RequestHeader`] for `body`, followed by `body`.
 fn seal_request_frame(key: &SigningKey, device_id: [u8; 16], counter: u64, body: &[u8]) -> Vec<u8> {
+    seal_request_frame_in(SYNC_VERSION, key, device_id, counter, body)
+}
+
+fn seal_request_frame_in(
+    version: u8,
+    key: &SigningKey,
+    device_id: [u8; 16],
+    counter: u64,
+    body: &[u8],
+) -> Vec<u8> {
     let mut out = Vec::with_capacity(REQUEST_HEADER_LEN + body.len());
-    out.push(SYNC_VERSION);
+    out.push(version);
     out.extend_from_slice(&device_id);
     out.extend_from_slice(&counter.to_le_bytes());
     out.extend_from_slice(&(body.len() as u64).to_le_bytes());
@@ -413,6 +474,22 @@ impl SyncRequest {
         let body = bincode::encode_to_vec(self, bincode::config::standard())
             .map_err(|e| WireError::Encode(e.to_string()))?;
         Ok(seal_request_frame(key, self.device_id, self.counter, &body))
+    }
+
+    /// Seals in version 2, as tablets of that version did (without
+    /// `evidence`): for tests that old tablets keep working.
+    #[doc(hidden)]
+    pub fn seal_version_2(&self, key: &SigningKey) -> Result<Vec<u8>, WireError> {
+        let v2 = SyncRequestV2 {
+            device_id: self.device_id,
+            counter: self.counter,
+            cursor: self.cursor,
+            device_clock_ms: self.device_clock_ms,
+            change_sets: self.change_sets.clone(),
+        };
+        let body = bincode::encode_to_vec(&v2, bincode::config::standard())
+            .map_err(|e| WireError::Encode(e.to_string()))?;
+        Ok(seal_request_frame_in(2, key, self.device_id, self.counter, &body))
     }
 
     /// Verifies a whole sealed request with the device's key and decodes
@@ -552,24 +629,77 @@ pub struct SyncResponse {
     pub cursor: u64,
     /// More updates wait beyond this page.
     pub more: bool,
+    /// For each record of `updates` that holds a KIdC, the server's proof
+    /// of it, for the tablet to keep.
+    pub issuances: Vec<IssuanceProof>,
 }
 
 impl SyncResponse {
-    /// Encodes, compresses and signs with the server key.
+    /// Encodes, compresses and signs with the server key, in this build's
+    /// version.
     pub fn seal(&self, key: &SigningKey) -> Result<Vec<u8>, WireError> {
-        let body = bincode::encode_to_vec(self, bincode::config::standard())
-            .map_err(|e| WireError::Encode(e.to_string()))?;
+        self.seal_for(SYNC_VERSION, key)
+    }
+
+    /// [`SyncResponse::seal`] in the version of the request it answers
+    /// (a version-2 answer carries no `issuances`).
+    pub fn seal_for(&self, version: u8, key: &SigningKey) -> Result<Vec<u8>, WireError> {
+        let body = if version == 2 {
+            let v2 = SyncResponseV2 {
+                request_hash: self.request_hash,
+                server_time_ms: self.server_time_ms,
+                acks: self.acks.clone(),
+                refusal: self.refusal.clone(),
+                next_seq: self.next_seq,
+                updates: self.updates.clone(),
+                cursor: self.cursor,
+                more: self.more,
+            };
+            bincode::encode_to_vec(&v2, bincode::config::standard())
+        } else if version == SYNC_VERSION {
+            bincode::encode_to_vec(self, bincode::config::standard())
+        } else {
+            return Err(WireError::UnsupportedVersion(version));
+        }
+        .map_err(|e| WireError::Encode(e.to_string()))?;
         let compressed = zstd::bulk::compress(&body, 3).map_err(|e| WireError::Encode(e.to_string()))?;
-        Ok(seal_frame(key, RESPONSE_DOMAIN, &compressed))
+        Ok(seal_frame(key, RESPONSE_DOMAIN, version, &compressed))
     }
 
     /// Verifies with the pinned server key, then decodes within limits.
     pub fn open(bytes: &[u8], server_key: &VerifyingKey) -> Result<SyncResponse, WireError> {
-        let (sig, body) = split_frame(bytes)?;
-        verify_frame(server_key, RESPONSE_DOMAIN, sig, body)?;
+        let (version, sig, body) = split_frame(bytes)?;
+        verify_frame(server_key, RESPONSE_DOMAIN, version, sig, body)?;
         let decoded = decompress_limited(body, MAX_SYNC_RESPONSE_DECODED)?;
+        if version == 2 {
+            let v2: SyncResponseV2 = decode_limited(&decoded)?;
+            return Ok(SyncResponse {
+                request_hash: v2.request_hash,
+                server_time_ms: v2.server_time_ms,
+                acks: v2.acks,
+                refusal: v2.refusal,
+                next_seq: v2.next_seq,
+                updates: v2.updates,
+                cursor: v2.cursor,
+                more: v2.more,
+                issuances: Vec::new(),
+            });
+        }
         decode_limited(&decoded)
     }
+}
+
+/// A version-2 answer: [`SyncResponse`] without `issuances`.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+struct SyncResponseV2 {
+    request_hash: Hash,
+    server_time_ms: i64,
+    acks: Vec<Ack>,
+    refusal: Option<Refusal>,
+    next_seq: u64,
+    updates: Vec<RecordUpdate>,
+    cursor: u64,
+    more: bool,
 }
 
 fn signed_message(domain: &[u8], header: &[u8], payload: &[u8]) -> Vec<u8> {
@@ -580,31 +710,37 @@ fn signed_message(domain: &[u8], header: &[u8], payload: &[u8]) -> Vec<u8> {
     m
 }
 
-fn seal_frame(key: &SigningKey, domain: &[u8], body: &[u8]) -> Vec<u8> {
-    let sig = key.sign(&signed_message(domain, &[SYNC_VERSION], body));
+fn seal_frame(key: &SigningKey, domain: &[u8], version: u8, body: &[u8]) -> Vec<u8> {
+    let sig = key.sign(&signed_message(domain, &[version], body));
     let mut out = Vec::with_capacity(1 + SIG + body.len());
-    out.push(SYNC_VERSION);
+    out.push(version);
     out.extend_from_slice(&sig.to_bytes());
     out.extend_from_slice(body);
     out
 }
 
-fn split_frame(bytes: &[u8]) -> Result<(&[u8], &[u8]), WireError> {
+fn split_frame(bytes: &[u8]) -> Result<(u8, &[u8], &[u8]), WireError> {
     let Some(&version) = bytes.first() else {
         return Err(WireError::Truncated);
     };
-    if version != SYNC_VERSION {
+    if !(OLDEST_SYNC_VERSION..=SYNC_VERSION).contains(&version) {
         return Err(WireError::UnsupportedVersion(version));
     }
     if bytes.len() < 1 + SIG {
         return Err(WireError::Truncated);
     }
-    Ok((&bytes[1..1 + SIG], &bytes[1 + SIG..]))
+    Ok((version, &bytes[1..1 + SIG], &bytes[1 + SIG..]))
 }
 
-fn verify_frame(key: &VerifyingKey, domain: &[u8], sig: &[u8], body: &[u8]) -> Result<(), WireError> {
+fn verify_frame(
+    key: &VerifyingKey,
+    domain: &[u8],
+    version: u8,
+    sig: &[u8],
+    body: &[u8],
+) -> Result<(), WireError> {
     let sig = Signature::from_slice(sig).map_err(|_| WireError::BadSignature)?;
-    key.verify_strict(&signed_message(domain, &[SYNC_VERSION], body), &sig)
+    key.verify_strict(&signed_message(domain, &[version], body), &sig)
         .map_err(|_| WireError::BadSignature)
 }
 
@@ -787,7 +923,7 @@ pub fn fuzz_seal_request_body(key: &SigningKey, body: &[u8]) -> Vec<u8> {
 /// sync response.
 #[doc(hidden)]
 pub fn fuzz_seal_response_body(key: &SigningKey, body: &[u8]) -> Vec<u8> {
-    seal_frame(key, RESPONSE_DOMAIN, body)
+    seal_frame(key, RESPONSE_DOMAIN, SYNC_VERSION, body)
 }
 
 #[cfg(test)]
@@ -874,6 +1010,7 @@ mod tests {
             cursor: 12,
             device_clock_ms: 5,
             change_sets: vec![vec![1, 2, 3]],
+            evidence: Vec::new(),
         }
     }
 
@@ -995,6 +1132,7 @@ mod tests {
             }],
             cursor: 77,
             more: false,
+            issuances: Vec::new(),
         };
         let bytes = resp.seal(&key(5)).unwrap();
         assert_eq!(SyncResponse::open(&bytes, &key(5).verifying_key()).unwrap(), resp);
@@ -1039,6 +1177,7 @@ mod tests {
             cursor: 41,
             device_clock_ms: 0,
             change_sets: vec![cs.as_bytes().to_vec()],
+            evidence: Vec::new(),
         }
         .seal(&key(1))
         .unwrap();
@@ -1072,14 +1211,64 @@ mod tests {
         );
     }
 
-    /// A version-2 sync request, pinned: tablets of this version seal
+    /// A version-2 sync request, pinned: tablets of that version sealed
     /// exactly these bytes, and servers must keep reading them.
     #[test]
-    fn version_2_sync_request_bytes_are_pinned() {
+    fn version_2_sync_request_bytes_are_pinned_and_still_read() {
         let bytes = pinned("sync-request-v2.hex");
+        assert_eq!(bytes[0], 2);
+        let req = SyncRequest::open(&bytes, &key(1).verifying_key()).unwrap();
+        assert_eq!(req, request(), "read with no evidence");
+        assert_eq!(req.seal_version_2(&key(1)).unwrap(), bytes);
+        let header = RequestHeader::parse(&bytes).unwrap();
+        assert_eq!(header.version(), 2, "its answer goes out in version 2");
+    }
+
+    /// A version-3 sync request, pinned: this build seals exactly these
+    /// bytes, and servers must keep reading them.
+    #[test]
+    fn version_3_sync_request_bytes_are_pinned() {
+        let bytes = pinned("sync-request-v3.hex");
+        assert_eq!(bytes[0], SYNC_VERSION);
         let req = SyncRequest::open(&bytes, &key(1).verifying_key()).unwrap();
         assert_eq!(req, request());
         assert_eq!(req.seal(&key(1)).unwrap(), bytes, "sealing gives the same bytes");
+    }
+
+    #[test]
+    fn an_answer_goes_out_in_the_version_of_its_request_and_reads_back() {
+        let mut resp = SyncResponse {
+            request_hash: [1; 32],
+            server_time_ms: 5,
+            acks: Vec::new(),
+            refusal: None,
+            next_seq: 1,
+            updates: Vec::new(),
+            cursor: 0,
+            more: false,
+            issuances: Vec::new(),
+        };
+        resp.issuances.push(IssuanceProof::sign(
+            &key(2),
+            [7; 16],
+            &crate::Kidc::parse("1000000001").unwrap(),
+        ));
+        let v3 = resp.seal(&key(2)).unwrap();
+        assert_eq!(v3[0], 3);
+        assert_eq!(SyncResponse::open(&v3, &key(2).verifying_key()).unwrap(), resp);
+        let v2 = resp.seal_for(2, &key(2)).unwrap();
+        assert_eq!(v2[0], 2);
+        let read = SyncResponse::open(&v2, &key(2).verifying_key()).unwrap();
+        assert!(read.issuances.is_empty(), "version 2 carries no proofs");
+        assert_eq!(read.request_hash, resp.request_hash);
+        assert!(resp.seal_for(1, &key(2)).is_err());
+        // A frame's version byte is signed: changing it breaks the signature.
+        let mut relabelled = v3.clone();
+        relabelled[0] = 2;
+        assert_eq!(
+            SyncResponse::open(&relabelled, &key(2).verifying_key()).unwrap_err(),
+            WireError::BadSignature
+        );
     }
 
     #[test]

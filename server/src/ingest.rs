@@ -46,11 +46,12 @@
 //! or one code for two records, impossible; and the answer leaves only
 //! after that transaction committed.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use automerge::{AutoCommit, Change, ChangeHash};
 use crvs_schema::birth::{self, BirthRegistration};
 use crvs_schema::bounds;
+use crvs_schema::evidence::IssuanceProof;
 use crvs_schema::kidc::Category;
 use crvs_schema::record::{self, RecordKind, TabletChangeError};
 use crvs_schema::wire::{
@@ -76,6 +77,15 @@ pub const FEED_PAGE: usize = 1000;
 pub const HOLD_INVALID_ON_RECEIPT: &str = "invalid_on_receipt";
 /// The issuance-log reason of a KIdC given to an approved birth.
 pub const REASON_BIRTH_APPROVED: &str = "birth_approved";
+/// The issuance-log reason of a code issued before a restore from backup
+/// and recorded again: from the tablet's signed evidence, or from the
+/// ledger's reservation.
+pub const REASON_RECORDED_AGAIN: &str = "birth_approved_recorded_again";
+/// The hold code of an approved birth whose earlier code cannot be
+/// recorded again without giving one code to two records (the evidence
+/// and the ledger disagree, or the code went to another record). An
+/// operator must look: no code is issued meanwhile.
+pub const HOLD_KIDC_CONFLICT: &str = "kidc_conflict";
 /// Draws of a KIdC before giving up (a collision is one in ~10⁸ per draw
 /// while the space is nearly empty).
 const MAX_KIDC_DRAWS: usize = 64;
@@ -127,6 +137,9 @@ struct Ctx<'a> {
     key: &'a VerifyingKey,
     now_ms: i64,
     today: Date,
+    /// Codes the tablet proved the server issued, by record id (only
+    /// proofs that verify with the server's key).
+    evidence: &'a HashMap<[u8; 16], Kidc>,
 }
 
 /// Counters for the request's log line (no personal data).
@@ -135,6 +148,12 @@ struct Stats {
     records: usize,
     kidcs: usize,
     holds: usize,
+    /// Codes recorded again from evidence or from the ledger.
+    recorded_again: usize,
+    /// Codes issued by this request, to reserve in the ledger before it
+    /// commits (codes of a change set rolled back stay in it: reserving
+    /// one too many is harmless, the record gets the same one next time).
+    reserve: Vec<(Kidc, Uuid)>,
 }
 
 /// Authenticates a sync request from its header alone: the device is
@@ -196,12 +215,14 @@ pub fn handle_sync(server: &Server, body: &[u8]) -> Result<Vec<u8>, ApiError> {
             WireError::BadSignature => ApiError::BadRequestSignature,
             other => ApiError::from_wire(other),
         })?;
+    let evidence = verified_evidence(server, &request.evidence, device_id);
     let early = Ctx {
         server,
         device: &seen,
         key: &key,
         now_ms,
         today,
+        evidence: &evidence,
     };
     let incoming = open_change_sets(&early, request.change_sets)?;
 
@@ -247,6 +268,7 @@ pub fn handle_sync(server: &Server, body: &[u8]) -> Result<Vec<u8>, ApiError> {
         key: &key,
         now_ms,
         today,
+        evidence: &evidence,
     };
     let mut chain = Chain {
         last_seq: device.last_seq,
@@ -313,6 +335,19 @@ pub fn handle_sync(server: &Server, body: &[u8]) -> Result<Vec<u8>, ApiError> {
             }),
         }
     }
+    // The tablet keeps the server's proof of every code it receives.
+    let mut issuances = Vec::new();
+    let mut proved = HashSet::new();
+    for u in &updates {
+        if proved.insert(u.record_id)
+            && let Some(k) = tx.issued_kidc(Uuid::from_bytes(u.record_id))?
+        {
+            issuances.push(IssuanceProof::sign(server.signing_key(), u.record_id, &k));
+        }
+    }
+    // Every code issued here is reserved outside the database first: a
+    // restored backup never draws it again (see `crate::ledger`).
+    server.ledger().reserve(&stats.reserve, now_ms)?;
     // Durable before the answer leaves.
     tx.commit()?;
 
@@ -324,6 +359,7 @@ pub fn handle_sync(server: &Server, body: &[u8]) -> Result<Vec<u8>, ApiError> {
         refused = refusal.as_ref().map(|r| r.code.as_str()),
         records = stats.records,
         kidcs = stats.kidcs,
+        recorded_again = stats.recorded_again,
         holds = stats.holds,
         updates = updates.len(),
         cursor,
@@ -338,14 +374,36 @@ pub fn handle_sync(server: &Server, body: &[u8]) -> Result<Vec<u8>, ApiError> {
         updates,
         cursor,
         more,
+        issuances,
     };
+    // In the request's version: a version-2 tablet reads a version-2 answer.
     response
-        .seal(server.signing_key())
+        .seal_for(header.version(), server.signing_key())
         .map_err(|e| ApiError::Internal(format!("sealing the answer failed: {e}")))
 }
 
 /// The sequence number in a change set's header, if the bytes are long
 /// enough to hold one (for refusing bytes that do not frame).
+/// The codes of `proofs` that the server's key signed, by record. A proof
+/// that does not verify is ignored (it proves nothing) and counted.
+fn verified_evidence(server: &Server, proofs: &[IssuanceProof], device_id: Uuid) -> HashMap<[u8; 16], Kidc> {
+    let key = server.signing_key().verifying_key();
+    let mut out = HashMap::with_capacity(proofs.len());
+    let mut bad = 0usize;
+    for p in proofs {
+        match p.verify(&key) {
+            Ok(k) => {
+                out.insert(p.record_id, k);
+            }
+            Err(_) => bad += 1,
+        }
+    }
+    if bad > 0 {
+        tracing::warn!(device = %device_id, bad, "KIdC proofs that this server did not sign were ignored");
+    }
+    out
+}
+
 fn peek_seq(bytes: &[u8]) -> Option<u64> {
     bytes
         .get(17..25)
@@ -788,7 +846,7 @@ fn prepare_record_inner(
                 .document()
                 .get_changes_meta(&[])
                 .iter()
-                .any(|m| *m.actor == *ctx.server.actor())
+                .any(|m| ctx.server.is_server_actor(&m.actor))
             {
                 return Err(server_actor_refusal(seq));
             }
@@ -835,8 +893,16 @@ fn prepare_record_inner(
                     .map_err(|e| refuse(seq, RefusalCode::InvalidRecord, e.to_string()))?;
                 if tablet_status == Some(Status::Approved) {
                     let category = kidc_category(&reg);
+                    // A code the server proved it issued before (the
+                    // database was restored since) is the one to record
+                    // again; otherwise a fresh draw, checked against the
+                    // issuance log and the ledger in `issue_kidc`.
                     // `rand::rng()` is a CSPRNG seeded from the operating system.
-                    kidc = Some((Kidc::generate(category, &mut rand::rng()), category));
+                    let drawn = match ctx.evidence.get(record_id.as_bytes()) {
+                        Some(k) => *k,
+                        None => Kidc::generate(category, &mut rand::rng()),
+                    };
+                    kidc = Some((drawn, category));
                 }
             }
             Err(problems) => {
@@ -866,7 +932,7 @@ fn prepare_record_inner(
         doc,
         stored.as_ref(),
         &fresh,
-        new_hold,
+        new_hold.then_some(HOLD_INVALID_ON_RECEIPT),
         kidc.as_ref().map(|k| &k.0),
     )?;
     if saved.blob.len() > MAX_RECORD_DOC_BYTES {
@@ -925,7 +991,7 @@ fn apply_tablet_changes(
             if seen.insert(h) && doc.get_change_meta_by_hash(&h).is_none() {
                 // A server change the server already has (a tablet that
                 // sends its whole document) is harmless; a new one is not.
-                if change.actor_id() == ctx.server.actor() {
+                if ctx.server.is_server_actor(change.actor_id()) {
                     return Err(server_actor_refusal(seq));
                 }
                 fresh.push(change);
@@ -968,13 +1034,13 @@ fn server_edits_saved(
     mut doc: AutoCommit,
     stored: Option<&StoredRecord>,
     fresh: &[u8],
-    hold: bool,
+    hold: Option<&str>,
     kidc: Option<&Kidc>,
 ) -> Result<Saved, Step> {
     let failed = |_| internal("writing the server part of a record failed");
     doc.set_actor(ctx.server.actor().clone());
-    if hold {
-        record::set_hold(&mut doc, HOLD_INVALID_ON_RECEIPT).map_err(failed)?;
+    if let Some(code) = hold {
+        record::set_hold(&mut doc, code).map_err(failed)?;
     }
     if let Some(k) = kidc {
         record::set_registration(&mut doc, k, ctx.now_ms).map_err(failed)?;
@@ -1016,7 +1082,7 @@ fn finish_record(
         fresh,
         office,
         kind,
-        status,
+        mut status,
         new_hold,
         kidc,
         mut saved,
@@ -1026,19 +1092,45 @@ fn finish_record(
         stats.holds += 1;
     }
     if let Some((drawn, category)) = kidc {
-        let issued = issue_kidc(tx, ctx, record_id, seq, category, drawn)?;
-        if issued != drawn {
-            // The drawn code was taken: redo the edits with the issued one
-            // on the document as it was before them, so that no other
-            // person's code ever appears in this record.
+        let issued = issue_kidc(tx, ctx, record_id, seq, category, drawn, stats)?;
+        if issued != Issued::Code(drawn) {
+            // The drawn code was taken, or another is this record's, or
+            // none may be issued: redo the edits on the document as it
+            // was before them, so that no other person's code ever
+            // appears in this record.
             let mut doc = AutoCommit::new();
             for bytes in [stored.as_ref().map_or(&[][..], |s| &s.doc), &fresh] {
                 doc.load_incremental(bytes)
                     .map_err(|_| internal("a record document does not reload"))?;
             }
-            saved = server_edits_saved(ctx, doc, stored.as_ref(), &fresh, new_hold, Some(&issued))?;
+            match issued {
+                Issued::Code(k) => {
+                    saved = server_edits_saved(
+                        ctx,
+                        doc,
+                        stored.as_ref(),
+                        &fresh,
+                        new_hold.then_some(HOLD_INVALID_ON_RECEIPT),
+                        Some(&k),
+                    )?;
+                }
+                Issued::Conflict => {
+                    saved = server_edits_saved(
+                        ctx,
+                        doc,
+                        stored.as_ref(),
+                        &fresh,
+                        Some(HOLD_KIDC_CONFLICT),
+                        None,
+                    )?;
+                    status = Status::Held;
+                    stats.holds += 1;
+                }
+            }
         }
-        stats.kidcs += 1;
+        if matches!(issued, Issued::Code(_)) {
+            stats.kidcs += 1;
+        }
     }
     let record = StoredRecord {
         record_id,
@@ -1061,8 +1153,26 @@ fn finish_record(
     Ok(())
 }
 
-/// The record's KIdC: the one already in the issuance log, else `drawn`
-/// if it is free, else a fresh draw that is.
+/// What [`issue_kidc`] decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Issued {
+    /// The record's code.
+    Code(Kidc),
+    /// The record had a code before a restore, and recording it again
+    /// would give one code to two records: hold it, issue nothing.
+    Conflict,
+}
+
+/// The record's KIdC, in this order:
+///
+/// 1. the one already in the issuance log;
+/// 2. the one issued before the database was restored from a backup: the
+///    tablet's signed evidence, or the ledger's reservation (they must
+///    agree, and the code must not be another record's);
+/// 3. `drawn` if neither the issuance log nor the ledger holds it, else a
+///    fresh draw that neither holds.
+///
+/// Every code issued is pushed to `stats.reserve`, for the ledger.
 fn issue_kidc(
     tx: &mut dyn WriteTx,
     ctx: &Ctx<'_>,
@@ -1070,29 +1180,86 @@ fn issue_kidc(
     seq: u64,
     category: Category,
     drawn: Kidc,
-) -> Result<Kidc, Step> {
+    stats: &mut Stats,
+) -> Result<Issued, Step> {
+    let evidence = ctx.evidence.get(record_id.as_bytes()).copied();
     if let Some(k) = tx.issued_kidc(record_id)? {
-        tracing::warn!(record = %record_id, "record already in the issuance log: its code is reused");
-        return Ok(k);
+        if evidence.is_some_and(|e| e != k) {
+            tracing::warn!(record = %record_id, "the tablet's evidence names another code than the issuance log; the log stands");
+        } else {
+            tracing::warn!(record = %record_id, "record already in the issuance log: its code is reused");
+        }
+        return Ok(Issued::Code(k));
     }
-    let mut kidc = drawn;
-    for _ in 0..MAX_KIDC_DRAWS {
-        let inserted = tx.insert_issuance(&Issuance {
-            kidc: &kidc,
+    let ledger = ctx.server.ledger();
+    let reserved = ledger.code_for(record_id)?;
+    let known = match (evidence, reserved) {
+        (Some(e), Some(l)) if e != l => {
+            tracing::error!(record = %record_id, "the tablet's evidence and the KIdC ledger name different codes; record held");
+            return Ok(Issued::Conflict);
+        }
+        (e, l) => e.or(l),
+    };
+    fn issuance<'k>(
+        kidc: &'k Kidc,
+        reason: &'k str,
+        record_id: Uuid,
+        category: Category,
+        ctx: &Ctx<'_>,
+        seq: u64,
+    ) -> Issuance<'k> {
+        Issuance {
+            kidc,
             record_id,
             category: category.digit(),
             issued_at_ms: ctx.now_ms,
             device_id: ctx.device.device_id,
             seq,
-            reason: REASON_BIRTH_APPROVED,
-        })?;
-        if inserted {
-            return Ok(kidc);
+            reason,
         }
-        if let Some(k) = tx.issued_kidc(record_id)? {
-            return Ok(k);
+    }
+    if let Some(k) = known {
+        if ledger.holder_of(&k)?.is_some_and(|holder| holder != record_id)
+            || !tx.insert_issuance(&issuance(
+                &k,
+                REASON_RECORDED_AGAIN,
+                record_id,
+                category,
+                ctx,
+                seq,
+            ))?
+        {
+            tracing::error!(record = %record_id, "the code this record held before the restore went to another record; record held");
+            return Ok(Issued::Conflict);
         }
-        tracing::info!(record = %record_id, "drawn KIdC already issued; drawing again");
+        tracing::info!(
+            record = %record_id,
+            from = if evidence.is_some() { "evidence" } else { "ledger" },
+            "a code issued before the restore recorded again"
+        );
+        stats.recorded_again += 1;
+        stats.reserve.push((k, record_id));
+        return Ok(Issued::Code(k));
+    }
+    let mut kidc = drawn;
+    for _ in 0..MAX_KIDC_DRAWS {
+        if ledger.holder_of(&kidc)?.is_none() {
+            if tx.insert_issuance(&issuance(
+                &kidc,
+                REASON_BIRTH_APPROVED,
+                record_id,
+                category,
+                ctx,
+                seq,
+            ))? {
+                stats.reserve.push((kidc, record_id));
+                return Ok(Issued::Code(kidc));
+            }
+            if let Some(k) = tx.issued_kidc(record_id)? {
+                return Ok(Issued::Code(k));
+            }
+        }
+        tracing::info!(record = %record_id, "drawn KIdC already issued or reserved; drawing again");
         kidc = Kidc::generate(category, &mut rand::rng());
     }
     Err(internal("no unused KIdC found after many draws"))

@@ -17,10 +17,12 @@
 //! only ids, counts, sequence numbers and codes.
 
 pub mod admin;
+pub mod backup;
 pub mod error;
 pub mod http;
 pub mod ingest;
 pub mod keys;
+pub mod ledger;
 pub mod listener;
 pub mod storage;
 
@@ -31,6 +33,7 @@ use automerge::ActorId;
 use ed25519_dalek::SigningKey;
 
 pub use error::ApiError;
+use ledger::KidcLedger;
 use storage::sqlite::SqliteStorage;
 use storage::{Storage, StorageError};
 
@@ -54,6 +57,9 @@ pub struct Server {
     storage: Box<dyn Storage>,
     key: SigningKey,
     actor: ActorId,
+    /// Every actor the server ever used, this one included.
+    actors: std::collections::HashSet<ActorId>,
+    ledger: KidcLedger,
     clock: Clock,
     dir: PathBuf,
 }
@@ -137,27 +143,39 @@ impl Server {
         clock: Clock,
         dir: PathBuf,
     ) -> Result<Server, StorageError> {
-        let actor = {
+        // A new automerge actor for every start: a database restored from
+        // a backup (by `crvs-server restore` or by copying files) must
+        // never make a change whose actor and sequence number a tablet
+        // already holds from before the restore.
+        let now = clock();
+        let (actor, actors) = {
+            let mut id = [0u8; 16];
+            rand::Rng::fill_bytes(&mut rand::rng(), &mut id);
             let mut tx = storage.begin()?;
-            let actor = match tx.meta(ACTOR_META_KEY)? {
-                Some(hex_id) => {
-                    let bytes = hex::decode(hex_id).map_err(|_| StorageError::Corrupt("server actor id"))?;
-                    ActorId::from(bytes)
-                }
-                None => {
-                    let mut id = [0u8; 16];
-                    rand::Rng::fill_bytes(&mut rand::rng(), &mut id);
-                    tx.set_meta(ACTOR_META_KEY, &hex::encode(id))?;
-                    ActorId::from(id)
-                }
-            };
+            tx.add_server_actor(&hex::encode(id), now)?;
+            tx.set_meta(ACTOR_META_KEY, &hex::encode(id))?;
+            let mut actors = std::collections::HashSet::new();
+            for hex_id in tx.server_actors()? {
+                let bytes = hex::decode(hex_id).map_err(|_| StorageError::Corrupt("server actor id"))?;
+                actors.insert(ActorId::from(bytes));
+            }
             tx.commit()?;
-            actor
+            (ActorId::from(id), actors)
         };
+        let issued = storage.issuances()?;
+        let (ledger, opened) = KidcLedger::open(&dir.join(ledger::LEDGER_FILE), &issued, now)?;
+        if opened.created && !issued.is_empty() {
+            tracing::warn!(
+                codes = issued.len(),
+                "the KIdC ledger was missing and is rebuilt from the issuance log: codes issued after it was lost are known only from the tablets' evidence"
+            );
+        }
         Ok(Server {
             storage,
             key,
             actor,
+            actors,
+            ledger,
             clock,
             dir,
         })
@@ -173,9 +191,20 @@ impl Server {
         &self.key
     }
 
-    /// The automerge actor id of every change the server makes.
+    /// The automerge actor id of every change this server process makes.
     pub fn actor(&self) -> &ActorId {
         &self.actor
+    }
+
+    /// Whether `actor` is one the server ever used (a tablet may not send
+    /// a change made with it).
+    pub fn is_server_actor(&self, actor: &ActorId) -> bool {
+        self.actors.contains(actor)
+    }
+
+    /// The ledger of reserved KIdCs.
+    pub fn ledger(&self) -> &KidcLedger {
+        &self.ledger
     }
 
     /// Now, by the server's clock.

@@ -6,6 +6,8 @@
 //! crvs-server enroll-token --data DIR --commune CODE [--ttl-hours H] [--qr FILE.png]
 //! crvs-server devices      --data DIR
 //! crvs-server revoke       --data DIR DEVICE_ID
+//! crvs-server backup       --data DIR --out FILE
+//! crvs-server restore      --data DIR --from FILE
 //! ```
 //!
 //! `--json` (anywhere on the line) makes every command print exactly one
@@ -102,6 +104,35 @@ enum Command {
         /// The device id.
         device_id: String,
     },
+    /// Copy the database to FILE with SQLite's online backup, while the
+    /// server runs.
+    Backup {
+        /// The data folder.
+        #[arg(long)]
+        data: PathBuf,
+        /// The backup file to write (must not exist).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Replace the database with a backup. The server must be stopped; the
+    /// replaced database is moved aside, and the KIdC ledger is kept.
+    Restore {
+        /// The data folder.
+        #[arg(long)]
+        data: PathBuf,
+        /// The backup file.
+        #[arg(long, value_name = "FILE")]
+        from: PathBuf,
+    },
+}
+
+fn backup_error(e: crvs_server::backup::BackupError) -> ApiError {
+    use crvs_server::backup::BackupError;
+    match e {
+        BackupError::Storage(s) => ApiError::from(s),
+        BackupError::Io(io) => ApiError::Internal(format!("i/o error: {io}")),
+        other => ApiError::Invalid(other.to_string()),
+    }
 }
 
 fn init_logging() {
@@ -178,6 +209,8 @@ fn run(cli: Cli) -> Result<(), ApiError> {
                     "open-files limit (soft limit raised to the hard limit)"
                 );
             }
+            // One serving process per data folder; `restore` waits for none.
+            let _lock = crvs_server::backup::lock_data_dir(&data).map_err(backup_error)?;
             let server = Arc::new(open(&data)?);
             let runtime = tokio::runtime::Runtime::new()
                 .map_err(|e| ApiError::Internal(format!("cannot start the runtime: {e}")))?;
@@ -262,6 +295,45 @@ fn run(cli: Cli) -> Result<(), ApiError> {
                     .join("\n")
             };
             print_line(json_mode, &json!({"devices": devices}), &text);
+            Ok(())
+        }
+        Command::Backup { data, out } => {
+            let now = crvs_server::system_clock()();
+            let r = crvs_server::backup::backup(&data, &out, now).map_err(backup_error)?;
+            let value = serde_json::to_value(&r).map_err(|e| ApiError::Internal(e.to_string()))?;
+            print_line(
+                json_mode,
+                &value,
+                &format!(
+                    "backup written to {} ({} bytes: {} records, {} codes, {} devices)",
+                    r.file.display(),
+                    r.bytes,
+                    r.records,
+                    r.issuances,
+                    r.devices
+                ),
+            );
+            Ok(())
+        }
+        Command::Restore { data, from } => {
+            let now = crvs_server::system_clock()();
+            let r = crvs_server::backup::restore(&data, &from, now).map_err(backup_error)?;
+            let value = serde_json::to_value(&r).map_err(|e| ApiError::Internal(e.to_string()))?;
+            print_line(
+                json_mode,
+                &value,
+                &format!(
+                    "restored from {}: {} codes in the backup, {} issued since and reserved, recorded again as tablets resend{}",
+                    r.restored_from.display(),
+                    r.issuances,
+                    r.codes_to_record_again,
+                    if r.ledger_rebuilt {
+                        "; WARNING: the KIdC ledger was missing and was rebuilt from the backup alone"
+                    } else {
+                        ""
+                    }
+                ),
+            );
             Ok(())
         }
         Command::Revoke { data, device_id } => {

@@ -759,7 +759,7 @@ fn random_and_truncated_bodies_are_malformed_and_store_nothing() {
 }
 
 #[test]
-fn a_reopened_server_keeps_its_key_actor_and_data() {
+fn a_reopened_server_keeps_its_key_and_data_and_takes_a_new_actor() {
     let (dir, server) = server();
     let mut tablet = Tablet::enroll(&server, OFFICE);
     let (_, cs) = approved_birth(&mut tablet);
@@ -771,7 +771,11 @@ fn a_reopened_server_keeps_its_key_actor_and_data() {
     drop(server);
     let server = Server::open(dir.path()).expect("reopen");
     assert_eq!(server.signing_key().verifying_key(), key);
-    assert_eq!(server.actor(), &actor);
+    assert_ne!(server.actor(), &actor, "a new actor at every start");
+    assert!(
+        server.is_server_actor(&actor),
+        "the old actor is still the server's"
+    );
     let r = sync(&server, &tablet, vec![cs]);
     assert_eq!(r.acks[0].outcome, AckOutcome::AlreadyApplied);
 }
@@ -1057,4 +1061,147 @@ fn an_honest_new_record_has_exactly_one_operation_per_visible_value() {
     let mut doc = tablet.new_doc(OFFICE, &birth(), &[Action::Verify, Action::Approve]);
     let loaded = automerge::Automerge::load(&doc.save_nocompress()).expect("loads");
     assert_eq!(automerge::ReadDoc::stats(&loaded).num_ops, 4 + 3);
+}
+
+// ---- recovery: KIdC proofs, and tablets of sync version 2
+
+/// [`approved_birth`], with the tablet's document.
+fn approved_birth_with_doc(tablet: &mut Tablet) -> ([u8; 16], Vec<u8>, AutoCommit) {
+    let id = new_record_id();
+    let mut doc = tablet.new_doc(OFFICE, &birth(), &[Action::Verify, Action::Approve]);
+    let cs = tablet.seal(vec![record_changes(id, Tablet::all_changes(&mut doc))]);
+    (id, cs, doc)
+}
+
+fn issuance_reasons(dir: &Path) -> Vec<(String, String, String)> {
+    let conn = rusqlite::Connection::open(dir.join(crvs_server::DB_FILE)).expect("db");
+    let mut st = conn
+        .prepare("SELECT record_id, kidc, reason FROM kidc_issuance ORDER BY record_id")
+        .expect("prepare");
+    st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .expect("query")
+        .collect::<Result<_, _>>()
+        .expect("rows")
+}
+
+#[test]
+fn every_answer_carries_the_servers_proof_of_each_code_it_delivers() {
+    let (_dir, server) = server();
+    let mut tablet = Tablet::enroll(&server, OFFICE);
+    let (id, cs, mut doc) = approved_birth_with_doc(&mut tablet);
+    let resp = sync(&server, &tablet, vec![cs]);
+    let proof = resp
+        .issuances
+        .iter()
+        .find(|p| p.record_id == id)
+        .expect("a proof for the approved record");
+    let code = proof
+        .verify(&server.signing_key().verifying_key())
+        .expect("signed by the server");
+    assert_eq!(
+        kidc_in_updates(&resp, id, &mut doc),
+        Some(code),
+        "the proof names the code delivered"
+    );
+}
+
+#[test]
+fn a_proven_code_is_recorded_again_instead_of_a_new_draw() {
+    let (dir, server) = server();
+    let mut tablet = Tablet::enroll(&server, OFFICE);
+    let (id, cs, mut doc) = approved_birth_with_doc(&mut tablet);
+    // As if this server had issued the code before a restore lost it.
+    let code = Kidc::parse("1000000001").unwrap();
+    let proof = crvs_schema::evidence::IssuanceProof::sign(server.signing_key(), id, &code);
+    let resp = open_response(
+        &server,
+        &server
+            .handle_sync(&tablet.request_with_evidence(vec![cs], vec![proof]))
+            .expect("sync"),
+    );
+    assert_eq!(resp.acks[0].outcome, AckOutcome::Applied);
+    assert_eq!(kidc_in_updates(&resp, id, &mut doc), Some(code));
+    let log = issuance_reasons(dir.path());
+    assert_eq!(log.len(), 1);
+    assert_eq!(log[0].1, "1000000001");
+    assert_eq!(log[0].2, "birth_approved_recorded_again");
+}
+
+#[test]
+fn a_proof_this_server_did_not_sign_is_ignored() {
+    let (dir, server) = server();
+    let mut tablet = Tablet::enroll(&server, OFFICE);
+    let (id, cs, mut doc) = approved_birth_with_doc(&mut tablet);
+    let forged = crvs_schema::evidence::IssuanceProof::sign(
+        &ed25519_dalek::SigningKey::from_bytes(&[9; 32]),
+        id,
+        &Kidc::parse("1000000001").unwrap(),
+    );
+    let resp = open_response(
+        &server,
+        &server
+            .handle_sync(&tablet.request_with_evidence(vec![cs], vec![forged]))
+            .expect("sync"),
+    );
+    let got = kidc_in_updates(&resp, id, &mut doc).expect("a code");
+    assert_ne!(got.as_str(), "1000000001", "the forged code was not taken");
+    assert_eq!(issuance_reasons(dir.path())[0].2, "birth_approved");
+}
+
+#[test]
+fn a_proven_code_that_another_record_holds_holds_the_record_and_issues_nothing() {
+    let (dir, server) = server();
+    let mut tablet = Tablet::enroll(&server, OFFICE);
+    let (first, cs, mut doc) = approved_birth_with_doc(&mut tablet);
+    let resp = sync(&server, &tablet, vec![cs]);
+    let taken = kidc_in_updates(&resp, first, &mut doc).expect("a code");
+    // A validly signed proof that names the first record's code for a
+    // second record: recording it would give one code to two people.
+    let (second, cs, mut doc2) = approved_birth_with_doc(&mut tablet);
+    let proof = crvs_schema::evidence::IssuanceProof::sign(server.signing_key(), second, &taken);
+    let resp = open_response(
+        &server,
+        &server
+            .handle_sync(&tablet.request_with_evidence(vec![cs], vec![proof]))
+            .expect("sync"),
+    );
+    assert_eq!(resp.acks[0].outcome, AckOutcome::Applied, "held, not refused");
+    assert_eq!(
+        kidc_in_updates(&resp, second, &mut doc2),
+        None,
+        "no code for the second record"
+    );
+    assert_eq!(kidcs(dir.path()).len(), 1, "nothing issued");
+    let status: String = rusqlite::Connection::open(dir.path().join(crvs_server::DB_FILE))
+        .unwrap()
+        .query_row(
+            "SELECT status FROM records WHERE record_id = ?1",
+            [uuid::Uuid::from_bytes(second).to_string()],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(status, "held");
+}
+
+#[test]
+fn a_version_2_tablet_still_syncs_and_reads_its_answer_in_version_2() {
+    let (dir, server) = server();
+    let mut tablet = Tablet::enroll(&server, OFFICE);
+    let (id, cs, mut doc) = approved_birth_with_doc(&mut tablet);
+    let request = crvs_schema::wire::SyncRequest {
+        device_id: tablet.device_id,
+        counter: 1,
+        cursor: 0,
+        device_clock_ms: support::now_ms(),
+        change_sets: vec![cs],
+        evidence: Vec::new(),
+    }
+    .seal_version_2(&tablet.key)
+    .unwrap();
+    let answer = server.handle_sync(&request).expect("sync");
+    assert_eq!(answer[0], 2, "answered in the request's version");
+    let resp = open_response(&server, &answer);
+    assert_eq!(resp.acks[0].outcome, AckOutcome::Applied);
+    assert!(kidc_in_updates(&resp, id, &mut doc).is_some());
+    assert_eq!(kidcs(dir.path()).len(), 1);
 }

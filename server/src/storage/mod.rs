@@ -215,6 +215,9 @@ pub trait Storage: Send + Sync {
     /// An enrolment token by its lookup hash (read-only; does not wait for
     /// the writer, so an unauthenticated enrolment never holds it up).
     fn token(&self, token_hash: &str) -> Result<Option<TokenRow>, StorageError>;
+
+    /// Every code of the issuance log and its record (read-only).
+    fn issuances(&self) -> Result<Vec<(Kidc, Uuid)>, StorageError>;
 }
 
 /// The primitive operations of a write transaction.
@@ -306,4 +309,9 @@ pub trait WriteTx {
 
     /// Every device.
     fn list_devices(&mut self) -> Result<Vec<Device>, StorageError>;
+
+    /// Records an automerge actor id (hex) the server uses.
+    fn add_server_actor(&mut self, actor_hex: &str, at_ms: i64) -> Result<(), StorageError>;
+    /// Every automerge actor id (hex) the server ever used.
+    fn server_actors(&mut self) -> Result<Vec<String>, StorageError>;
 }

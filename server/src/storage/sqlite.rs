@@ -37,6 +37,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../../migrations/001_init.sql")),
     (2, include_str!("../../migrations/002_device_refusal.sql")),
     (3, include_str!("../../migrations/003_replay_and_enrolment.sql")),
+    (4, include_str!("../../migrations/004_recovery.sql")),
 ];
 
 impl From<rusqlite::Error> for StorageError {
@@ -141,6 +142,21 @@ impl Storage for SqliteStorage {
 
     fn token(&self, token_hash: &str) -> Result<Option<TokenRow>, StorageError> {
         token(&self.reader(), token_hash)
+    }
+
+    fn issuances(&self) -> Result<Vec<(Kidc, Uuid)>, StorageError> {
+        let conn = self.reader();
+        let mut st = conn.prepare("SELECT kidc, record_id FROM kidc_issuance")?;
+        let rows = st.query_map([], |r| {
+            Ok((r.get::<_, String>(0)?, parse_uuid(&r.get::<_, String>(1)?)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (code, record) = row?;
+            let kidc = Kidc::parse(&code).map_err(|_| StorageError::Corrupt("issued kidc does not parse"))?;
+            out.push((kidc, record));
+        }
+        Ok(out)
     }
 }
 
@@ -550,5 +566,19 @@ impl WriteTx for SqliteTx<'_> {
 
     fn list_devices(&mut self) -> Result<Vec<Device>, StorageError> {
         list_devices(&self.conn)
+    }
+
+    fn add_server_actor(&mut self, actor_hex: &str, at_ms: i64) -> Result<(), StorageError> {
+        self.conn.execute(
+            "INSERT INTO server_actors (actor_id, first_used) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+            params![actor_hex, at_ms],
+        )?;
+        Ok(())
+    }
+
+    fn server_actors(&mut self) -> Result<Vec<String>, StorageError> {
+        let mut st = self.conn.prepare("SELECT actor_id FROM server_actors")?;
+        let rows = st.query_map([], |r| r.get::<_, String>(0))?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
 }

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 use automerge::{ActorId, AutoCommit};
+use crvs_schema::evidence::IssuanceProof;
 use crvs_schema::record::{self, RecordKind};
 use crvs_schema::wire::{self, ChangeSet, Hash, RecordChanges, SignedChangeSet, SyncRequest, SyncResponse};
 use crvs_schema::workflow::{Action, Transition};
@@ -159,6 +160,11 @@ impl Tablet {
     /// Seals a sync request carrying `change_sets`, with the next request
     /// counter.
     pub fn request(&self, change_sets: Vec<Vec<u8>>) -> Vec<u8> {
+        self.request_with_evidence(change_sets, Vec::new())
+    }
+
+    /// [`Tablet::request`] with KIdC proofs.
+    pub fn request_with_evidence(&self, change_sets: Vec<Vec<u8>>, evidence: Vec<IssuanceProof>) -> Vec<u8> {
         self.counter.set(self.counter.get() + 1);
         SyncRequest {
             device_id: self.device_id,
@@ -166,6 +172,7 @@ impl Tablet {
             cursor: self.cursor,
             device_clock_ms: now_ms(),
             change_sets,
+            evidence,
         }
         .seal(&self.key)
         .expect("seal request")

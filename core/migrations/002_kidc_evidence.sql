@@ -1,0 +1,11 @@
+-- crvs tablet store, version 2: the server's proof of every KIdC received.
+--
+-- A proof is the server's signature over the record id and its code
+-- (crvs_schema::evidence::IssuanceProof). When the server is restored from
+-- a backup older than the code, the tablet's resent change sets travel
+-- with their records' proofs, and the server records the same code again
+-- instead of drawing a new one. Sealed: the code identifies a person.
+CREATE TABLE kidc_evidence (
+    record_id     BLOB PRIMARY KEY NOT NULL REFERENCES records (id),  -- UUIDv7, 16 bytes
+    proof_sealed  BLOB NOT NULL                                     -- sealed IssuanceProof::to_bytes()
+) STRICT;

@@ -1,0 +1,243 @@
+//! The KIdC ledger: every code this server ever reserved, kept outside its
+//! database.
+//!
+//! KIdCs are drawn at random (DESIGN.md), so no high-water mark can say
+//! which codes were used. A database restored from a backup forgets the
+//! codes issued after the backup was taken; drawing again could hand one
+//! of them to a second child. So every code is first *reserved* here, in a
+//! small SQLite file of its own (`kidc-ledger.db` in the data folder),
+//! durably, before the database transaction that issues it commits:
+//!
+//! 1. draw a code that neither the issuance log nor the ledger holds;
+//! 2. insert it into the issuance log (in the request's transaction);
+//! 3. before that transaction commits, reserve every code it issued in the
+//!    ledger (one ledger transaction, one fsync);
+//! 4. commit.
+//!
+//! A crash between 3 and 4 leaves a reservation without an issuance: the
+//! record gets the same code when its change set comes again
+//! ([`KidcLedger::code_for`]). `crvs-server restore` never touches the
+//! ledger, so after a restore every code issued since the backup is still
+//! reserved: it is never drawn again, and the record it went to gets it
+//! back. The ledger is append-only (triggers).
+//!
+//! If the whole machine is lost, the ledger goes with the database (keep
+//! the data folder on a volume that is itself replicated, or copy the
+//! ledger off the machine often: it holds codes and record ids only). The
+//! tablets' [`crvs_schema::evidence::IssuanceProof`]s then rebuild what
+//! they hold; see ARCHITECTURE.md, "Recovery".
+
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+
+use crvs_schema::Kidc;
+use rusqlite::{Connection, OptionalExtension, params};
+use uuid::Uuid;
+
+use crate::storage::StorageError;
+
+/// The ledger's file name inside the data folder.
+pub const LEDGER_FILE: &str = "kidc-ledger.db";
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS reserved (
+    kidc        TEXT PRIMARY KEY,
+    record_id   TEXT NOT NULL UNIQUE,
+    reserved_at BIGINT NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS reserved_no_update BEFORE UPDATE ON reserved
+BEGIN
+    SELECT RAISE(ABORT, 'the KIdC ledger is append-only');
+END;
+CREATE TRIGGER IF NOT EXISTS reserved_no_delete BEFORE DELETE ON reserved
+BEGIN
+    SELECT RAISE(ABORT, 'the KIdC ledger is append-only');
+END;
+";
+
+/// The ledger of reserved codes (see the module documentation).
+pub struct KidcLedger {
+    conn: Mutex<Connection>,
+}
+
+impl std::fmt::Debug for KidcLedger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KidcLedger").finish_non_exhaustive()
+    }
+}
+
+/// What opening the ledger found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LedgerOpened {
+    /// The file did not exist and was made now.
+    pub created: bool,
+    /// Codes of the issuance log that the ledger lacked and now holds.
+    pub imported: usize,
+}
+
+impl KidcLedger {
+    /// Opens (creating if needed) the ledger at `path`, and reserves every
+    /// code of `issued` it lacks (the issuance log of the database: a
+    /// ledger made after codes were issued, or lost and made again, starts
+    /// from it).
+    pub fn open(
+        path: &Path,
+        issued: &[(Kidc, Uuid)],
+        now_ms: i64,
+    ) -> Result<(KidcLedger, LedgerOpened), StorageError> {
+        let created = !path.exists();
+        crate::private_file(path)?;
+        let mut conn = Connection::open(path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;")?;
+        conn.execute_batch(SCHEMA)?;
+        let held: i64 = conn.query_row("SELECT COUNT(*) FROM reserved", [], |r| r.get(0))?;
+        let mut imported = 0;
+        if (held as usize) < issued.len() || created {
+            let tx = conn.transaction()?;
+            {
+                let mut stmt = tx.prepare(
+                    "INSERT OR IGNORE INTO reserved (kidc, record_id, reserved_at) VALUES (?1, ?2, ?3)",
+                )?;
+                for (kidc, record) in issued {
+                    imported += stmt.execute(params![kidc.as_str(), record.to_string(), now_ms])?;
+                }
+            }
+            tx.commit()?;
+        }
+        if imported > 0 {
+            tracing::info!(imported, "codes of the issuance log reserved in the KIdC ledger");
+        }
+        Ok((
+            KidcLedger {
+                conn: Mutex::new(conn),
+            },
+            LedgerOpened { created, imported },
+        ))
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The code reserved for `record_id`, if any.
+    pub fn code_for(&self, record_id: Uuid) -> Result<Option<Kidc>, StorageError> {
+        let code: Option<String> = self
+            .conn()
+            .query_row(
+                "SELECT kidc FROM reserved WHERE record_id = ?1",
+                [record_id.to_string()],
+                |r| r.get(0),
+            )
+            .optional()?;
+        code.map(|c| Kidc::parse(&c).map_err(|_| StorageError::Corrupt("a code in the KIdC ledger")))
+            .transpose()
+    }
+
+    /// The record `kidc` is reserved for, if it is.
+    pub fn holder_of(&self, kidc: &Kidc) -> Result<Option<Uuid>, StorageError> {
+        let id: Option<String> = self
+            .conn()
+            .query_row(
+                "SELECT record_id FROM reserved WHERE kidc = ?1",
+                [kidc.as_str()],
+                |r| r.get(0),
+            )
+            .optional()?;
+        id.map(|s| Uuid::parse_str(&s).map_err(|_| StorageError::Corrupt("a record id in the KIdC ledger")))
+            .transpose()
+    }
+
+    /// Reserves codes, durably, in one transaction. A code already
+    /// reserved for the same record is kept; one reserved for another
+    /// record fails the whole call (the caller checked with
+    /// [`KidcLedger::holder_of`] under the single writer, so that means
+    /// the ledger was changed behind the server's back).
+    pub fn reserve(&self, entries: &[(Kidc, Uuid)], now_ms: i64) -> Result<(), StorageError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        {
+            let mut find = tx.prepare("SELECT record_id FROM reserved WHERE kidc = ?1")?;
+            let mut insert =
+                tx.prepare("INSERT INTO reserved (kidc, record_id, reserved_at) VALUES (?1, ?2, ?3)")?;
+            for (kidc, record) in entries {
+                let holder: Option<String> = find.query_row([kidc.as_str()], |r| r.get(0)).optional()?;
+                match holder {
+                    Some(h) if h == record.to_string() => {}
+                    Some(_) => return Err(StorageError::Corrupt("a KIdC is reserved for another record")),
+                    None => {
+                        insert.execute(params![kidc.as_str(), record.to_string(), now_ms])?;
+                    }
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// How many codes are reserved.
+    pub fn len(&self) -> Result<u64, StorageError> {
+        let n: i64 = self
+            .conn()
+            .query_row("SELECT COUNT(*) FROM reserved", [], |r| r.get(0))?;
+        Ok(n as u64)
+    }
+
+    /// No code is reserved.
+    pub fn is_empty(&self) -> Result<bool, StorageError> {
+        Ok(self.len()? == 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code(s: &str) -> Kidc {
+        Kidc::parse(s).expect("valid")
+    }
+
+    #[test]
+    fn reservations_survive_reopening_and_cannot_move_to_another_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(LEDGER_FILE);
+        let r1 = Uuid::now_v7();
+        let r2 = Uuid::now_v7();
+        let (ledger, opened) = KidcLedger::open(&path, &[(code("1000000001"), r1)], 1).unwrap();
+        assert_eq!(
+            opened,
+            LedgerOpened {
+                created: true,
+                imported: 1
+            }
+        );
+        ledger.reserve(&[(code("1000000028"), r2)], 2).unwrap();
+        ledger
+            .reserve(&[(code("1000000028"), r2)], 3)
+            .expect("the same reservation again is fine");
+        assert!(ledger.reserve(&[(code("1000000028"), r1)], 4).is_err());
+        drop(ledger);
+
+        let (ledger, opened) = KidcLedger::open(&path, &[(code("1000000001"), r1)], 5).unwrap();
+        assert_eq!(
+            opened,
+            LedgerOpened {
+                created: false,
+                imported: 0
+            }
+        );
+        assert_eq!(ledger.code_for(r2).unwrap(), Some(code("1000000028")));
+        assert_eq!(ledger.holder_of(&code("1000000001")).unwrap(), Some(r1));
+        assert_eq!(ledger.len().unwrap(), 2);
+
+        let conn = Connection::open(&path).unwrap();
+        assert!(conn.execute("DELETE FROM reserved", []).is_err(), "append-only");
+        assert!(
+            conn.execute("UPDATE reserved SET record_id = 'x'", []).is_err(),
+            "append-only"
+        );
+    }
+}
