@@ -56,6 +56,8 @@ impl Attacker {
             device_clock_ms: 0,
             change_sets,
             evidence: Vec::new(),
+            lineage: [0; 16],
+            adopted: None,
         }
         .seal(&self.key)
         .expect("seal")

@@ -18,7 +18,7 @@ use crvs_schema::enrol::{self, EnrolmentToken};
 use crvs_schema::evidence::IssuanceProof;
 use crvs_schema::gazetteer::{GazetteerCode, Level};
 use crvs_schema::record::{self, RecordKind, RecordView};
-use crvs_schema::wire::{self, RecordChanges, SignedChangeSet, SyncRequest, SyncResponse};
+use crvs_schema::wire::{self, ChainPosition, RecordChanges, SignedChangeSet, SyncRequest, SyncResponse};
 use crvs_schema::workflow::{self, Action, Transition};
 use crvs_schema::{BirthRegistration, Date};
 use ed25519_dalek::{SigningKey, VerifyingKey};
@@ -667,11 +667,31 @@ impl Registrar {
             true => None,
             false => Some(self.enrolled(&conn)?.signing_key.verifying_key()),
         };
+        // The chain runs 1, 2, 3, ... except where the store adopted the
+        // server's position: it then continues after the adopted change
+        // set, from its hash.
+        let adoptions: std::collections::HashMap<u64, [u8; 32]> =
+            store::adoptions(&conn)?.into_iter().collect();
         let mut prev = [0u8; 32];
-        for (i, (seq, hash)) in chain.iter().enumerate() {
-            if *seq != i as u64 + 1 {
-                return Err(Error::Corrupt(format!("the outbox skips from {i} to {seq}")));
+        let mut expected = 1u64;
+        for (seq, hash) in &chain {
+            if *seq != expected {
+                let adopted = adoptions
+                    .iter()
+                    .filter(|(a, _)| **a + 1 == *seq && **a >= expected)
+                    .map(|(_, h)| *h)
+                    .next();
+                match adopted {
+                    Some(h) => prev = h,
+                    None => {
+                        return Err(Error::Corrupt(format!(
+                            "the outbox skips from {} to {seq}",
+                            expected - 1
+                        )));
+                    }
+                }
             }
+            expected = seq + 1;
             let row = store::outbox_from(&conn, *seq, 1)?
                 .into_iter()
                 .next()
@@ -692,7 +712,17 @@ impl Registrar {
             }
             prev = *hash;
         }
-        if next_seq != chain.len() as u64 + 1 || last_hash.as_slice() != prev {
+        // After an adoption with nothing made since, the chain ends at the
+        // adopted position.
+        if let Some((&a, h)) = adoptions
+            .iter()
+            .filter(|(a, _)| **a >= expected)
+            .max_by_key(|(a, _)| **a)
+        {
+            expected = a + 1;
+            prev = *h;
+        }
+        if next_seq != expected || last_hash.as_slice() != prev {
             return Err(Error::Corrupt(
                 "the outbox bookkeeping does not match its change sets".into(),
             ));
@@ -746,6 +776,7 @@ impl Registrar {
             return self.finish(report);
         }
         let mut rewinds = 0;
+        let mut adoptions = 0;
         let mut counter_resets = 0;
         let mut highest_acked = acked_at_start;
         loop {
@@ -768,6 +799,12 @@ impl Registrar {
                     change_sets.push(bytes.to_vec());
                 }
                 let evidence = self.evidence_for(&conn, &change_sets, &enrolled)?;
+                drop(conn);
+                // Read for every request: an adoption makes a new one.
+                let lineage = self.lineage()?;
+                let conn = lock(&self.conn);
+                let adopted =
+                    store::get_meta::<Vec<u8>>(&conn, meta::ADOPTED)?.and_then(|b| decode_position(&b));
                 let cursor = store::get_meta::<i64>(&conn, meta::CURSOR)?.unwrap_or(0).max(0) as u64;
                 drop(conn);
                 let counter = self.next_request_counter()?;
@@ -778,6 +815,8 @@ impl Registrar {
                     device_clock_ms: now_ms(),
                     change_sets,
                     evidence,
+                    lineage,
+                    adopted,
                 }
                 .seal(&enrolled.signing_key)?;
                 (request, sent, cursor)
@@ -829,6 +868,28 @@ impl Registrar {
             }
             report.pulled += applied.updated;
             report.kidcs_received += applied.kidcs;
+            if let Some(position) = outcome.adopt {
+                adoptions += 1;
+                if adoptions > 1 {
+                    return Err(Error::Protocol(
+                        "the server's chain position keeps moving away from this tablet's".into(),
+                    ));
+                }
+                let records = self.adopt(position)?;
+                tracing::warn!(
+                    server_seq = position.seq,
+                    records,
+                    "this tablet's chain disagreed with the server's (a lost commit, or an old copy of the store): adopted the server's position; sending its records again"
+                );
+                report.adopted_server_seq = Some(position.seq);
+                report.change_sets_created += self.fill_outbox(&enrolled)?;
+                total = report.pushed + {
+                    let conn = lock(&self.conn);
+                    store::count_outbox_after(&conn, Self::acked_seq(&conn)?)?
+                };
+                highest_acked = position.seq;
+                continue;
+            }
             if let Some(from) = outcome.rewind_to {
                 rewinds += 1;
                 if rewinds > sync::MAX_REWINDS {
@@ -1036,6 +1097,14 @@ impl Registrar {
         self.keep_evidence(&tx, &resp.issuances, server_key)?;
         store::set_meta(&tx, meta::CURSOR, resp.cursor as i64)?;
         store::set_meta(&tx, meta::LAST_SERVER_TIME, resp.server_time_ms)?;
+        if resp
+            .refusal
+            .as_ref()
+            .is_none_or(|r| r.code != wire::RefusalCode::ClonedStore)
+        {
+            // The server took a request of this lineage: the adoption is done.
+            store::set_meta(&tx, meta::ADOPTED, Vec::<u8>::new())?;
+        }
         tx.commit()?;
         Ok(applied)
     }
@@ -1084,7 +1153,65 @@ impl Registrar {
     }
 }
 
+fn encode_position(p: &ChainPosition) -> Vec<u8> {
+    let mut v = p.seq.to_be_bytes().to_vec();
+    v.extend_from_slice(&p.hash);
+    v
+}
+
+fn decode_position(b: &[u8]) -> Option<ChainPosition> {
+    if b.len() != 40 {
+        return None;
+    }
+    Some(ChainPosition {
+        seq: u64::from_be_bytes(b[..8].try_into().ok()?),
+        hash: b[8..].try_into().ok()?,
+    })
+}
+
 impl Registrar {
+    /// The store's lineage, made on first use.
+    fn lineage(&self) -> Result<[u8; 16]> {
+        let conn = &mut *lock(&self.conn);
+        if let Some(l) = store::get_meta::<Vec<u8>>(conn, meta::LINEAGE)?
+            && let Ok(l) = <[u8; 16]>::try_from(l.as_slice())
+        {
+            return Ok(l);
+        }
+        let lineage: [u8; 16] = rand::random();
+        let tx = conn.transaction()?;
+        store::set_meta(&tx, meta::LINEAGE, lineage.to_vec())?;
+        tx.commit()?;
+        Ok(lineage)
+    }
+
+    /// Adopts the server's chain position, in one transaction: the change
+    /// sets after the last acknowledged one are dropped (the server never
+    /// applied them as they are), their records are marked to be sent
+    /// again in full (the server keeps what it already has), the chain
+    /// continues from the server's position, and the store takes a new
+    /// lineage. Returns how many records will be sent again.
+    fn adopt(&self, position: ChainPosition) -> Result<u64> {
+        let conn = &mut *lock(&self.conn);
+        let tx = conn.transaction()?;
+        let acked = Self::acked_seq(&tx)?;
+        if position.seq < acked {
+            return Err(Error::Protocol(
+                "the server's chain is behind this tablet's and differs from it".into(),
+            ));
+        }
+        let records = store::forget_unacknowledged(&tx, acked)?;
+        let lineage: [u8; 16] = rand::random();
+        store::set_meta(&tx, meta::ACKED_SEQ, position.seq as i64)?;
+        store::set_meta(&tx, meta::NEXT_SEQ, position.seq as i64 + 1)?;
+        store::set_meta(&tx, meta::LAST_HASH, position.hash.to_vec())?;
+        store::set_meta(&tx, meta::LINEAGE, lineage.to_vec())?;
+        store::set_meta(&tx, meta::ADOPTED, encode_position(&position))?;
+        store::record_adoption(&tx, position.seq, &position.hash, now_ms())?;
+        tx.commit()?;
+        Ok(records)
+    }
+
     /// The proofs of the KIdCs held by records of `change_sets` (this
     /// tablet's own, about to be sent): after a restore from backup the
     /// server records those codes again instead of drawing new ones.

@@ -35,7 +35,7 @@ pub const MAGIC: &str = "crvs-tablet-store";
 /// after the step.
 const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/001_init.sql"),
-    include_str!("../migrations/002_kidc_evidence.sql"),
+    include_str!("../migrations/002_recovery.sql"),
 ];
 
 /// Keys of the `meta` table.
@@ -82,6 +82,13 @@ pub mod meta {
     /// before the request leaves: the server refuses any request whose
     /// counter is not above the last one it accepted.
     pub const REQUEST_COUNTER: &str = "request_counter";
+    /// The store's lineage (16 random bytes), sent with every sync
+    /// request; made anew when the store adopts the server's chain.
+    pub const LINEAGE: &str = "lineage";
+    /// The server chain position (seq, 8 bytes big-endian, then the
+    /// 32-byte hash) this store adopted, until the server accepts a
+    /// request of its new lineage. Empty: none.
+    pub const ADOPTED: &str = "adopted_position";
     /// The device key made for an enrolment that has not completed yet,
     /// sealed: enrolling again with the same token reuses it, so the
     /// server recognises the same tablet.
@@ -432,4 +439,44 @@ pub fn get_evidence(conn: &Connection, record_id: &[u8; 16]) -> Result<Option<Ve
 pub fn count_evidence(conn: &Connection) -> Result<u64> {
     let n: i64 = conn.query_row("SELECT COUNT(*) FROM kidc_evidence", [], |r| r.get(0))?;
     Ok(n as u64)
+}
+
+/// Drops the change sets after `acked` (never applied as they are) and
+/// marks the records they carried for sending again in full: the tablet
+/// adopts the server's chain position. Returns how many records.
+pub fn forget_unacknowledged(tx: &Transaction<'_>, acked: u64) -> Result<u64> {
+    tx.execute("DELETE FROM outbox WHERE seq > ?1", [acked as i64])?;
+    let n = tx.execute(
+        "UPDATE records SET dirty = 1, outboxed_heads = x'', last_outbox_seq = NULL WHERE last_outbox_seq > ?1",
+        [acked as i64],
+    )?;
+    Ok(n as u64)
+}
+
+/// Records that the store adopted the server's chain position `seq`/`hash`.
+pub fn record_adoption(tx: &Transaction<'_>, seq: u64, hash: &[u8; 32], at: i64) -> Result<()> {
+    tx.execute(
+        "INSERT INTO chain_adoptions (seq, hash, adopted_at) VALUES (?1, ?2, ?3)
+         ON CONFLICT (seq) DO UPDATE SET hash = excluded.hash, adopted_at = excluded.adopted_at",
+        params![seq as i64, hash.as_slice(), at],
+    )?;
+    Ok(())
+}
+
+/// Every adoption of the server's chain position: `(seq, hash)`, in order.
+pub fn adoptions(conn: &Connection) -> Result<Vec<(u64, [u8; 32])>> {
+    let mut stmt = conn.prepare("SELECT seq, hash FROM chain_adoptions ORDER BY seq")?;
+    let rows = stmt.query_map([], |r| {
+        let hash: Vec<u8> = r.get(1)?;
+        Ok((r.get::<_, i64>(0)? as u64, hash))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (seq, hash) = row?;
+        let hash: [u8; 32] = hash
+            .try_into()
+            .map_err(|_| Error::Corrupt("a recorded chain adoption is malformed".into()))?;
+        out.push((seq, hash));
+    }
+    Ok(out)
 }

@@ -21,7 +21,9 @@
 
 use std::ops::ControlFlow;
 
-use crvs_schema::wire::{ChangeSet, Hash, RecordChanges, RefusalCode, SignedChangeSet, SyncResponse};
+use crvs_schema::wire::{
+    ChainPosition, ChangeSet, Hash, RecordChanges, RefusalCode, SignedChangeSet, SyncResponse,
+};
 use ed25519_dalek::SigningKey;
 
 use crate::error::{Error, Result};
@@ -114,6 +116,11 @@ pub struct SyncReport {
     /// state), the sequence number it resent from.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resent_from: Option<u64>,
+    /// When this tablet's chain disagreed with the server's (it lost its
+    /// last commit, or runs from an old copy of its store): the server's
+    /// sequence number it adopted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub adopted_server_seq: Option<u64>,
     /// The observer cancelled the sync.
     pub cancelled: bool,
 }
@@ -205,6 +212,12 @@ pub struct Outcome {
     /// A refusal that stops the sync, after the acknowledgements above are
     /// stored: `(code, message)`.
     pub refused: Option<(String, String)>,
+    /// The server holds a chain for this device that this tablet's does
+    /// not continue: it lost its last commit, or runs from an old copy of
+    /// its store. The tablet adopts this position, and sends again, under
+    /// the next sequence numbers, the records of the change sets it made
+    /// that were not acknowledged.
+    pub adopt: Option<ChainPosition>,
 }
 
 /// Checks an answer against the change sets sent (`sent`: sequence
@@ -242,6 +255,21 @@ pub fn interpret(
         out.acked.push(*seq);
     }
     let acked_now = out.acked.last().copied().unwrap_or(0).max(acked_seq);
+    if let Some(r) = &resp.refusal
+        && r.code == RefusalCode::ClonedStore
+    {
+        // Another copy of this store holds the device's chain: this copy
+        // stops, and never adopts its way back in.
+        out.refused = Some((r.code.as_str().to_string(), r.message.clone()));
+        return Ok(out);
+    }
+    // Format 3 answers name the server's chain position (format 2 leave
+    // its hash zero): the tablet can adopt it.
+    let can_adopt = resp.chain.hash != [0; 32] && resp.chain.seq >= acked_now;
+    if resp.next_seq > next_seq && can_adopt {
+        out.adopt = Some(resp.chain);
+        return Ok(out);
+    }
     if resp.next_seq > next_seq {
         return Err(Error::Protocol(format!(
             "the server expects change set {} but this tablet made only {}: was the store restored from a backup?",
@@ -257,6 +285,7 @@ pub fn interpret(
             }
             _ => out.refused = Some((r.code.as_str().to_string(), r.message.clone())),
         },
+        Some(r) if r.code == RefusalCode::HashChainMismatch && can_adopt => out.adopt = Some(resp.chain),
         Some(r) => out.refused = Some((r.code.as_str().to_string(), r.message.clone())),
         None => {
             // Nothing refused, but the server expects a change set the
@@ -307,6 +336,7 @@ mod tests {
             cursor: 0,
             more: false,
             issuances: Vec::new(),
+            chain: ChainPosition::default(),
         }
     }
 

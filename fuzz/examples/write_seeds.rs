@@ -179,6 +179,8 @@ fn main() {
         device_clock_ms: NOW_MS,
         change_sets: vec![bytes.to_vec(), pinned("change-set-v1.hex")],
         evidence: Vec::new(),
+        lineage: [0; 16],
+        adopted: None,
     };
     let req_bytes = req.seal(&key).expect("seal request");
     write("sync_request", "frame-real", &with_mode(0, &req_bytes));
@@ -226,6 +228,7 @@ fn main() {
         cursor: 40,
         more: true,
         issuances: Vec::new(),
+        chain: wire::ChainPosition::default(),
     };
     let resp_bytes = resp.seal(&server_key()).expect("seal answer");
     write("sync_response", "frame-real", &with_mode(0, &resp_bytes));

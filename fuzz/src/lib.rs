@@ -434,6 +434,8 @@ fn request(device_id: [u8; 16], cursor: u64, change_sets: Vec<Vec<u8>>) -> Vec<u
         device_clock_ms: NOW_MS,
         change_sets,
         evidence: Vec::new(),
+        lineage: [0; 16],
+        adopted: None,
     }
     .seal(&device_key())
     .expect("a request seals")

@@ -38,6 +38,8 @@ impl Tablet {
             device_clock_ms: crvs_fuzz::NOW_MS,
             change_sets: vec![cs.as_bytes().to_vec()],
             evidence: Vec::new(),
+            lineage: [0; 16],
+            adopted: None,
         }
         .seal(&self.key)
         .expect("seal request");

@@ -312,6 +312,25 @@ pub struct SyncRequest {
     /// already hold: after a restore from backup the server re-records
     /// those codes instead of drawing new ones.
     pub evidence: Vec<IssuanceProof>,
+    /// The store's lineage: random, made anew each time the store adopts
+    /// the server's chain position. Two copies of one store (a clone, or
+    /// an old backup put back while the original lives on) end up with
+    /// different lineages, and the server refuses the one that is not the
+    /// device's current lineage. Zeros: none (a version-2 tablet).
+    pub lineage: [u8; 16],
+    /// Set while the store has just adopted the server's chain position:
+    /// that position. The server switches the device to this request's
+    /// lineage only if it is still its position.
+    pub adopted: Option<ChainPosition>,
+}
+
+/// A device's position in its hash chain: the last applied change set.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Encode, Decode)]
+pub struct ChainPosition {
+    /// Its sequence number (0: none yet).
+    pub seq: u64,
+    /// Its hash (zeros: none yet).
+    pub hash: Hash,
 }
 
 /// A version-2 request body: [`SyncRequest`] without `evidence`.
@@ -333,6 +352,8 @@ impl From<SyncRequestV2> for SyncRequest {
             device_clock_ms: r.device_clock_ms,
             change_sets: r.change_sets,
             evidence: Vec::new(),
+            lineage: [0; 16],
+            adopted: None,
         }
     }
 }
@@ -567,6 +588,9 @@ pub enum RefusalCode {
     InvalidRecord,
     /// Larger than the limits.
     TooLarge,
+    /// Another copy of this store took over the device's chain: this copy
+    /// may not sync (version 3 only).
+    ClonedStore,
 }
 
 impl RefusalCode {
@@ -582,6 +606,7 @@ impl RefusalCode {
             RefusalCode::ServerOwnedField => "server_owned_field",
             RefusalCode::InvalidRecord => "invalid_record",
             RefusalCode::TooLarge => "too_large",
+            RefusalCode::ClonedStore => "cloned_store",
         }
     }
 }
@@ -632,6 +657,10 @@ pub struct SyncResponse {
     /// For each record of `updates` that holds a KIdC, the server's proof
     /// of it, for the tablet to keep.
     pub issuances: Vec<IssuanceProof>,
+    /// The device's chain position once this request was applied. A
+    /// tablet whose own chain disagrees (it lost its last commit, or runs
+    /// from an old copy of its store) adopts it.
+    pub chain: ChainPosition,
 }
 
 impl SyncResponse {
@@ -683,6 +712,10 @@ impl SyncResponse {
                 cursor: v2.cursor,
                 more: v2.more,
                 issuances: Vec::new(),
+                chain: ChainPosition {
+                    seq: v2.next_seq.saturating_sub(1),
+                    hash: [0; 32],
+                },
             });
         }
         decode_limited(&decoded)
@@ -1011,6 +1044,8 @@ mod tests {
             device_clock_ms: 5,
             change_sets: vec![vec![1, 2, 3]],
             evidence: Vec::new(),
+            lineage: [0; 16],
+            adopted: None,
         }
     }
 
@@ -1133,6 +1168,7 @@ mod tests {
             cursor: 77,
             more: false,
             issuances: Vec::new(),
+            chain: ChainPosition::default(),
         };
         let bytes = resp.seal(&key(5)).unwrap();
         assert_eq!(SyncResponse::open(&bytes, &key(5).verifying_key()).unwrap(), resp);
@@ -1178,6 +1214,8 @@ mod tests {
             device_clock_ms: 0,
             change_sets: vec![cs.as_bytes().to_vec()],
             evidence: Vec::new(),
+            lineage: [0; 16],
+            adopted: None,
         }
         .seal(&key(1))
         .unwrap();
@@ -1247,6 +1285,7 @@ mod tests {
             cursor: 0,
             more: false,
             issuances: Vec::new(),
+            chain: ChainPosition::default(),
         };
         resp.issuances.push(IssuanceProof::sign(
             &key(2),

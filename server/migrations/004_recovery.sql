@@ -11,3 +11,14 @@ CREATE TABLE server_actors (
 );
 INSERT INTO server_actors (actor_id, first_used)
     SELECT value, 0 FROM server_meta WHERE key = 'server_actor_id';
+
+-- A store's lineage (sync format 3): random, made anew each time a tablet
+-- adopts the server's chain position after losing its own (a lost
+-- commit, an old copy of its store put back). A request of another
+-- lineage is refused as a clone, unless it adopted the device's current
+-- position; the refusals are counted for the operators.
+ALTER TABLE devices ADD COLUMN lineage TEXT;
+ALTER TABLE devices ADD COLUMN clone_refusals BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE devices ADD COLUMN clone_refused_at BIGINT;
+-- How many times the device adopted the server's chain position.
+ALTER TABLE devices ADD COLUMN adoptions BIGINT NOT NULL DEFAULT 0;

@@ -276,6 +276,24 @@ pub struct DeviceSummary {
     /// (`{seq, code, at}`): the device cannot sync past it. Cleared when it
     /// syncs past it.
     pub blocked: Option<Blocked>,
+    /// Set when requests came from another copy of the device's store and
+    /// were refused (`{refusals, last_at}`): someone copied the tablet's
+    /// store, or put an old copy back while the original lives on. Check
+    /// the device, revoke it and enrol the tablet you keep again.
+    pub clone: Option<CloneSeen>,
+    /// How many times it adopted the server's chain position because it
+    /// had lost its own (a lost commit, an old copy of its store put
+    /// back). Each time, its unacknowledged records were sent again.
+    pub adoptions: u64,
+}
+
+/// Requests refused because they came from a copy of the device's store.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CloneSeen {
+    /// How many.
+    pub refusals: u64,
+    /// The last one, ms since the epoch.
+    pub last_at: i64,
 }
 
 /// A device stuck behind a refused change set.
@@ -308,6 +326,11 @@ impl From<&Device> for DeviceSummary {
                 code: r.code.clone(),
                 at: r.at_ms,
             }),
+            clone: d.clone_refused_at_ms.map(|last_at| CloneSeen {
+                refusals: d.clone_refusals,
+                last_at,
+            }),
+            adoptions: d.adoptions,
         }
     }
 }

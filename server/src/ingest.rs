@@ -55,8 +55,8 @@ use crvs_schema::evidence::IssuanceProof;
 use crvs_schema::kidc::Category;
 use crvs_schema::record::{self, RecordKind, TabletChangeError};
 use crvs_schema::wire::{
-    self, Ack, AckOutcome, ChangeSet, Hash, REQUEST_HEADER_LEN, RecordChanges, RecordUpdate, Refusal,
-    RefusalCode, RequestHeader, SignedChangeSet, SyncResponse, WireError,
+    self, Ack, AckOutcome, ChainPosition, ChangeSet, Hash, REQUEST_HEADER_LEN, RecordChanges, RecordUpdate,
+    Refusal, RefusalCode, RequestHeader, SignedChangeSet, SyncResponse, WireError,
 };
 use crvs_schema::workflow::{self, Status};
 use crvs_schema::{Date, Kidc};
@@ -261,6 +261,32 @@ pub fn handle_sync(server: &Server, body: &[u8]) -> Result<Vec<u8>, ApiError> {
     if flagged {
         tracing::warn!(device = %device_id, skew_ms, "device clock is off by more than a day");
     }
+    if let Some(refused) = check_lineage(&mut *tx, &device, request.lineage, request.adopted, now_ms)? {
+        // Another copy of this store: its counter is recorded (no replay
+        // of it either), nothing else; no feed for it.
+        tx.commit()?;
+        let response = SyncResponse {
+            request_hash: wire::request_hash(body),
+            server_time_ms: now_ms,
+            acks: Vec::new(),
+            refusal: Some(refused),
+            next_seq: device.last_seq.saturating_add(1),
+            updates: Vec::new(),
+            cursor: request.cursor,
+            more: false,
+            issuances: Vec::new(),
+            chain: ChainPosition {
+                seq: device.last_seq,
+                hash: device.last_hash,
+            },
+        };
+        return response
+            .seal_for(header.version(), server.signing_key())
+            .map_err(|e| ApiError::Internal(format!("sealing the answer failed: {e}")));
+    }
+    // A tablet of format 3 adopts the server's position when its own
+    // chain disagrees (it lost its last commit): not blocked by that.
+    let can_adopt = request.lineage != [0; 16];
 
     let ctx = Ctx {
         server,
@@ -287,8 +313,11 @@ pub fn handle_sync(server: &Server, body: &[u8]) -> Result<Vec<u8>, ApiError> {
             }
             Err(Step::Refused(r)) => {
                 tx.rollback_to_savepoint()?;
-                if r.code == RefusalCode::SequenceGap {
-                    // The tablet resends what is missing: not stuck.
+                if r.code == RefusalCode::SequenceGap
+                    || (r.code == RefusalCode::HashChainMismatch && can_adopt)
+                {
+                    // The tablet resends what is missing, or adopts the
+                    // server's chain position: not stuck.
                     tracing::info!(device = %device_id, seq = r.seq, code = r.code.as_str(), "change set refused");
                 } else {
                     // A resend of the same bytes gets the same refusal: the
@@ -375,6 +404,10 @@ pub fn handle_sync(server: &Server, body: &[u8]) -> Result<Vec<u8>, ApiError> {
         cursor,
         more,
         issuances,
+        chain: ChainPosition {
+            seq: chain.last_seq,
+            hash: chain.last_hash,
+        },
     };
     // In the request's version: a version-2 tablet reads a version-2 answer.
     response
@@ -384,6 +417,54 @@ pub fn handle_sync(server: &Server, body: &[u8]) -> Result<Vec<u8>, ApiError> {
 
 /// The sequence number in a change set's header, if the bytes are long
 /// enough to hold one (for refusing bytes that do not frame).
+/// The store-lineage rule (sync format 3): a request of the device's
+/// lineage passes; a request of another lineage passes only if it adopted
+/// the device's current chain position (it lost its own, and now takes
+/// over the chain), and then its lineage becomes the device's; any other
+/// comes from another copy of the store and is refused, by name, and
+/// counted. The first lineage a device shows is taken as its own. Format-2
+/// requests carry none and are not checked.
+fn check_lineage(
+    tx: &mut dyn WriteTx,
+    device: &Device,
+    lineage: [u8; 16],
+    adopted: Option<ChainPosition>,
+    now_ms: i64,
+) -> Result<Option<Refusal>, ApiError> {
+    if lineage == [0; 16] || device.lineage == Some(lineage) {
+        return Ok(None);
+    }
+    let position = ChainPosition {
+        seq: device.last_seq,
+        hash: device.last_hash,
+    };
+    if device.lineage.is_none() || adopted == Some(position) {
+        if device.lineage.is_some() {
+            tracing::warn!(
+                device = %device.device_id,
+                seq = device.last_seq,
+                "the device adopted the server's chain position (it lost its own): its other copies are refused from now on"
+            );
+        }
+        tx.set_lineage(device.device_id, &lineage, device.lineage.is_some())?;
+        return Ok(None);
+    }
+    tx.record_clone_refusal(device.device_id, now_ms)?;
+    tracing::warn!(
+        device = %device.device_id,
+        refusals = device.clone_refusals + 1,
+        "sync refused: the request comes from another copy of the device's store"
+    );
+    Ok(Some(Refusal {
+        seq: device.last_seq.saturating_add(1),
+        code: RefusalCode::ClonedStore,
+        expected_seq: None,
+        message: "another copy of this tablet's store syncs as this device; this copy may not sync. \
+                  Contact the operators: the device must be checked and enrolled again"
+            .into(),
+    }))
+}
+
 /// The codes of `proofs` that the server's key signed, by record. A proof
 /// that does not verify is ignored (it proves nothing) and counted.
 fn verified_evidence(server: &Server, proofs: &[IssuanceProof], device_id: Uuid) -> HashMap<[u8; 16], Kidc> {

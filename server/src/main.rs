@@ -278,7 +278,7 @@ fn run(cli: Cli) -> Result<(), ApiError> {
                     .iter()
                     .map(|d| {
                         format!(
-                            "{}  commune {}  {}  last sync {}  seq {}{}{}",
+                            "{}  commune {}  {}  last sync {}  seq {}{}{}{}",
                             d.device_id,
                             d.commune,
                             if d.revoked { "REVOKED" } else { "active" },
@@ -288,6 +288,10 @@ fn run(cli: Cli) -> Result<(), ApiError> {
                             d.blocked.as_ref().map_or(String::new(), |b| format!(
                                 "  BLOCKED at change set {} ({})",
                                 b.seq, b.code
+                            )),
+                            d.clone.as_ref().map_or(String::new(), |c| format!(
+                                "  CLONE: {} requests from another copy of its store refused",
+                                c.refusals
                             ))
                         )
                     })

@@ -1195,6 +1195,8 @@ fn a_version_2_tablet_still_syncs_and_reads_its_answer_in_version_2() {
         device_clock_ms: support::now_ms(),
         change_sets: vec![cs],
         evidence: Vec::new(),
+        lineage: [0; 16],
+        adopted: None,
     }
     .seal_version_2(&tablet.key)
     .unwrap();

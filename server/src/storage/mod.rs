@@ -75,6 +75,15 @@ pub struct Device {
     pub refused: Option<DeviceRefusal>,
     /// The counter of the last sync request accepted from it (0: none).
     pub last_request_counter: u64,
+    /// The lineage of the store it syncs from (sync format 3), once known.
+    pub lineage: Option<[u8; 16]>,
+    /// Requests refused because they came from another copy of its store.
+    pub clone_refusals: u64,
+    /// When the last of them was refused.
+    pub clone_refused_at_ms: Option<i64>,
+    /// How many times it adopted the server's chain position (it lost its
+    /// own: a lost commit, an old copy of its store).
+    pub adoptions: u64,
 }
 
 /// A change set refused for a reason a resend cannot fix.
@@ -268,6 +277,12 @@ pub trait WriteTx {
     fn record_sync(&mut self, device_id: Uuid, seen: &SyncSeen) -> Result<bool, StorageError>;
     /// Moves a device's chain to its newest applied change set.
     fn advance_device(&mut self, device_id: Uuid, seq: u64, hash: &Hash) -> Result<(), StorageError>;
+    /// Sets the lineage of the store the device syncs from; `adopted`
+    /// counts an adoption of the server's chain position.
+    fn set_lineage(&mut self, device_id: Uuid, lineage: &[u8; 16], adopted: bool)
+    -> Result<(), StorageError>;
+    /// Counts a request refused as coming from another copy of the store.
+    fn record_clone_refusal(&mut self, device_id: Uuid, at_ms: i64) -> Result<(), StorageError>;
     /// Records that the device's next change set was refused for good
     /// (until [`WriteTx::advance_device`] clears it).
     fn record_refusal(&mut self, device_id: Uuid, refusal: &DeviceRefusal) -> Result<(), StorageError>;

@@ -198,7 +198,8 @@ fn parse_hex<const N: usize>(s: &str) -> rusqlite::Result<[u8; N]> {
 }
 
 const DEVICE_COLUMNS: &str = "device_id, office, public_key, enrolled_at, revoked_at, last_seq, last_hash, \
-     last_sync_at, last_device_clock_ms, clock_skew_ms, clock_flagged_at, refused_seq, refused_code, refused_at, last_request_counter";
+     last_sync_at, last_device_clock_ms, clock_skew_ms, clock_flagged_at, refused_seq, refused_code, refused_at, last_request_counter, \
+     lineage, clone_refusals, clone_refused_at, adoptions";
 
 fn device_row(r: &Row<'_>) -> rusqlite::Result<Device> {
     Ok(Device {
@@ -226,6 +227,13 @@ fn device_row(r: &Row<'_>) -> rusqlite::Result<Device> {
             _ => None,
         },
         last_request_counter: to_u64(r.get(14)?)?,
+        lineage: r
+            .get::<_, Option<String>>(15)?
+            .map(|h| parse_hex(&h))
+            .transpose()?,
+        clone_refusals: to_u64(r.get(16)?)?,
+        clone_refused_at_ms: r.get(17)?,
+        adoptions: to_u64(r.get(18)?)?,
     })
 }
 
@@ -399,6 +407,27 @@ impl WriteTx for SqliteTx<'_> {
                  WHERE device_id = ?1",
         )?;
         st.execute(params![device_id.to_string(), to_i64(seq)?, hex::encode(hash)])?;
+        Ok(())
+    }
+
+    fn set_lineage(
+        &mut self,
+        device_id: Uuid,
+        lineage: &[u8; 16],
+        adopted: bool,
+    ) -> Result<(), StorageError> {
+        self.conn.execute(
+            "UPDATE devices SET lineage = ?2, adoptions = adoptions + ?3 WHERE device_id = ?1",
+            params![device_id.to_string(), hex::encode(lineage), i64::from(adopted)],
+        )?;
+        Ok(())
+    }
+
+    fn record_clone_refusal(&mut self, device_id: Uuid, at_ms: i64) -> Result<(), StorageError> {
+        self.conn.execute(
+            "UPDATE devices SET clone_refusals = clone_refusals + 1, clone_refused_at = ?2 WHERE device_id = ?1",
+            params![device_id.to_string(), at_ms],
+        )?;
         Ok(())
     }
 

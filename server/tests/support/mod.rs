@@ -64,6 +64,8 @@ pub struct Tablet {
     pub cursor: u64,
     /// The last request counter used.
     pub counter: std::cell::Cell<u64>,
+    /// The store's lineage (sync format 3).
+    pub lineage: [u8; 16],
 }
 
 /// The enrolment request of a tablet with `key`, for the printed `token`.
@@ -93,6 +95,7 @@ impl Tablet {
             last_hash: [0; 32],
             cursor: 0,
             counter: std::cell::Cell::new(0),
+            lineage: rand::random(),
         }
     }
 
@@ -173,6 +176,8 @@ impl Tablet {
             device_clock_ms: now_ms(),
             change_sets,
             evidence,
+            lineage: self.lineage,
+            adopted: None,
         }
         .seal(&self.key)
         .expect("seal request")

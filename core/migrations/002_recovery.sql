@@ -9,3 +9,14 @@ CREATE TABLE kidc_evidence (
     record_id     BLOB PRIMARY KEY NOT NULL REFERENCES records (id),  -- UUIDv7, 16 bytes
     proof_sealed  BLOB NOT NULL                                     -- sealed IssuanceProof::to_bytes()
 ) STRICT;
+
+-- Each time the store adopted the server's chain position (it lost its
+-- last commit, or an old copy of it was put back): the server's sequence
+-- number and hash it continued from. The outbox has no rows for the change
+-- sets the server applied before that; `crvs check` accepts the chain's
+-- gap only where an adoption explains it.
+CREATE TABLE chain_adoptions (
+    seq         INTEGER PRIMARY KEY NOT NULL,  -- the server's last applied change set
+    hash        BLOB NOT NULL,                 -- its hash: the next change set links to it
+    adopted_at  INTEGER NOT NULL               -- device clock
+) STRICT;
