@@ -136,6 +136,8 @@ pub struct RecordSummary {
     pub sync_state: SyncState,
     /// The KIdC, once assigned.
     pub kidc: Option<String>,
+    /// The server's hold reason code, while the server holds it.
+    pub hold: Option<String>,
     /// Device clock at creation, ms.
     pub created_at_ms: i64,
     /// Device clock when the server's changes last arrived, ms.
@@ -630,12 +632,19 @@ impl Registrar {
                     ),
                     None => None,
                 };
+                // Only a held record's document is opened, for its reason.
+                let hold = if row.status == workflow::Status::Held.as_str() {
+                    record::read(&self.load_doc(&row)?)?.server.hold
+                } else {
+                    None
+                };
                 Ok(RecordSummary {
                     id: RecordId(row.id),
                     kind: row.kind.clone(),
                     status: row.status.clone(),
                     sync_state: SyncState::of(&row, acked),
                     kidc,
+                    hold,
                     created_at_ms: row.created_at,
                     server_updated_at_ms: row.server_updated_at,
                 })
@@ -1312,6 +1321,9 @@ fn record_to_json(r: &Record) -> Json {
     if let Some(k) = &r.view.server.kidc {
         out["kidc"] = json!(k.as_str());
     }
+    if let Some(h) = &r.view.server.hold {
+        out["hold"] = json!(h);
+    }
     if let Some(t) = r.server_updated_at_ms {
         out["server_updated_at"] = json!(format_utc(t));
     }
@@ -1328,6 +1340,9 @@ fn summary_to_json(s: &RecordSummary) -> Json {
     });
     if let Some(k) = &s.kidc {
         out["kidc"] = json!(k);
+    }
+    if let Some(h) = &s.hold {
+        out["hold"] = json!(h);
     }
     if let Some(t) = s.server_updated_at_ms {
         out["server_updated_at"] = json!(format_utc(t));

@@ -283,6 +283,13 @@ pub fn set_hold(doc: &mut AutoCommit, code: &str) -> Result<(), RecordError> {
     write_server_part(doc, &part)
 }
 
+/// Server side: lifts the record's hold (an operator released it).
+pub fn clear_hold(doc: &mut AutoCommit) -> Result<(), RecordError> {
+    let mut part = read_server_part(doc)?;
+    part.hold = None;
+    write_server_part(doc, &part)
+}
+
 fn read_server_part(doc: &AutoCommit) -> Result<ServerPart, RecordError> {
     match doc.get(automerge::ROOT, SERVER)? {
         Some((Value::Scalar(v), _)) => match v.as_ref() {

@@ -22,3 +22,33 @@ ALTER TABLE devices ADD COLUMN clone_refusals BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE devices ADD COLUMN clone_refused_at BIGINT;
 -- How many times the device adopted the server's chain position.
 ALTER TABLE devices ADD COLUMN adoptions BIGINT NOT NULL DEFAULT 0;
+
+-- Records held for review, and what operators did about them. A hold is
+-- set by the server (the reason is a stable code); `crvs-server release`
+-- re-checks the record and lifts the hold only if it now passes. Every
+-- release attempt is audited (who, when, why, and the outcome); the audit
+-- is append-only.
+CREATE TABLE holds (
+    record_id   TEXT PRIMARY KEY,
+    office      TEXT NOT NULL,
+    reason      TEXT NOT NULL,
+    since       BIGINT NOT NULL,
+    released_at BIGINT
+);
+CREATE TABLE hold_releases (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    record_id   TEXT NOT NULL,
+    hold_reason TEXT NOT NULL,
+    by_operator TEXT NOT NULL,
+    why         TEXT NOT NULL,
+    at          BIGINT NOT NULL,
+    outcome     TEXT NOT NULL
+);
+CREATE TRIGGER hold_releases_no_update BEFORE UPDATE ON hold_releases
+BEGIN
+    SELECT RAISE(ABORT, 'hold_releases is append-only');
+END;
+CREATE TRIGGER hold_releases_no_delete BEFORE DELETE ON hold_releases
+BEGIN
+    SELECT RAISE(ABORT, 'hold_releases is append-only');
+END;

@@ -344,3 +344,96 @@ pub fn devices(server: &Server) -> Result<Vec<DeviceSummary>, ApiError> {
         .map(DeviceSummary::from)
         .collect())
 }
+
+/// A held record, as `crvs-server holds` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct HoldView {
+    /// The record.
+    pub record_id: String,
+    /// Its office (commune).
+    pub office: String,
+    /// The hold's reason code (`invalid_on_receipt`, `invalid_workflow`,
+    /// `kidc_conflict`).
+    pub reason: String,
+    /// When it was held, ms since the epoch.
+    pub since: i64,
+}
+
+/// Every record held and not released, oldest first.
+pub fn holds(server: &Server) -> Result<Vec<HoldView>, ApiError> {
+    Ok(server
+        .storage()
+        .holds()?
+        .into_iter()
+        .map(|h| HoldView {
+            record_id: h.record_id.to_string(),
+            office: h.office,
+            reason: h.reason,
+            since: h.since,
+        })
+        .collect())
+}
+
+/// What `crvs-server release` did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReleaseView {
+    /// The record.
+    pub record_id: String,
+    /// The hold was lifted.
+    pub released: bool,
+    /// The reason it was held.
+    pub hold_reason: String,
+    /// Its status now.
+    pub status: String,
+    /// The KIdC the release issued, if it issued one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kidc: Option<String>,
+    /// Why it stays held (rules and field names, no values).
+    pub problems: Vec<String>,
+}
+
+/// An operator's id: 1 to 64 letters, digits and `._@-`.
+pub fn check_operator(by: &str) -> Result<(), ApiError> {
+    let ok = !by.is_empty()
+        && by.len() <= 64
+        && by
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '@' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::Invalid(
+            "--by must be the operator's id: 1 to 64 letters, digits and . _ @ -".into(),
+        ))
+    }
+}
+
+/// An operator's reason: 1 to 1000 characters, no control characters.
+pub fn check_reason(reason: &str) -> Result<(), ApiError> {
+    let trimmed = reason.trim();
+    if trimmed.is_empty() || reason.chars().count() > 1000 || reason.chars().any(char::is_control) {
+        return Err(ApiError::Invalid(
+            "--reason must say why, in 1 to 1000 characters on one line".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Re-checks a held record and releases it if it now passes (see
+/// [`crate::ingest::release_hold`]). Audited.
+pub fn release(server: &Server, record_id: &str, by: &str, reason: &str) -> Result<ReleaseView, ApiError> {
+    check_operator(by)?;
+    check_reason(reason)?;
+    let id = Uuid::parse_str(record_id.trim())
+        .map_err(|_| ApiError::Invalid("RECORD_ID must be a record id (a UUID)".into()))?;
+    let r = crate::ingest::release_hold(server, id, by, reason.trim())?
+        .ok_or_else(|| ApiError::Invalid(format!("record {id} is not held")))?;
+    Ok(ReleaseView {
+        record_id: id.to_string(),
+        released: r.released,
+        hold_reason: r.hold_reason,
+        status: r.status.as_str().to_string(),
+        kidc: r.kidc.map(|k| k.as_str().to_string()),
+        problems: r.problems,
+    })
+}

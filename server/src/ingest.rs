@@ -66,7 +66,7 @@ use uuid::Uuid;
 use crate::Server;
 use crate::error::ApiError;
 use crate::storage::{
-    Device, DeviceRefusal, Issuance, LogEntry, StorageError, StoredRecord, SyncSeen, WriteTx,
+    Device, DeviceRefusal, Issuance, LogEntry, ReleaseAudit, StorageError, StoredRecord, SyncSeen, WriteTx,
 };
 
 /// A device clock further than this from the server's is flagged.
@@ -86,6 +86,10 @@ pub const REASON_RECORDED_AGAIN: &str = "birth_approved_recorded_again";
 /// and the ledger disagree, or the code went to another record). An
 /// operator must look: no code is issued meanwhile.
 pub const HOLD_KIDC_CONFLICT: &str = "kidc_conflict";
+/// The hold code of a record whose workflow breaks the rules (a verifier
+/// who is the clerk, an approval before verification, ...): a content
+/// problem, so the record is held and the rest of its change set applies.
+pub const HOLD_INVALID_WORKFLOW: &str = "invalid_workflow";
 /// Draws of a KIdC before giving up (a collision is one in ~10⁸ per draw
 /// while the space is nearly empty).
 const MAX_KIDC_DRAWS: usize = 64;
@@ -201,7 +205,10 @@ pub fn handle_sync(server: &Server, body: &[u8]) -> Result<Vec<u8>, ApiError> {
     }
     let header = RequestHeader::parse(body).map_err(ApiError::from_wire)?;
     let now_ms = server.now_ms();
-    let today = Date::today_in_cambodia(now_ms);
+    // The latest date a record may carry: the server's date, plus the day
+    // of clock difference tolerated (a birth "tomorrow" by the server's
+    // clock is a tablet a few hours ahead, not a problem).
+    let today = Date::today_in_cambodia(now_ms.saturating_add(CLOCK_TOLERANCE_MS as i64));
 
     // Before the writer: authenticate, check signatures, decode, and
     // prepare the records the change sets create. This is most of the
@@ -841,7 +848,8 @@ struct Prepared {
     kind: RecordKind,
     status: Status,
     /// The server's edits: the hold, if it set one now.
-    new_hold: bool,
+    /// The hold the server set now, if it did.
+    new_hold: Option<&'static str>,
     /// The KIdC to issue (drawn, not yet in the issuance log).
     kidc: Option<(Kidc, Category)>,
     /// The bytes to store, and the server's change to feed to the device.
@@ -943,8 +951,16 @@ fn prepare_record_inner(
             (doc, fresh, before)
         }
     };
-    let view =
-        record::check_tablet_changes(before.as_ref(), &doc).map_err(|e| tablet_change_refusal(seq, e))?;
+    // Content problems (the workflow's rules) hold the record; the layout,
+    // the server's fields and the history refuse the change set.
+    let (view, workflow_problem) = match record::check_tablet_changes(before.as_ref(), &doc) {
+        Ok(view) => (view, false),
+        Err(TabletChangeError::Workflow(w)) => match record::read(&doc) {
+            Ok(view) => (view, true),
+            Err(_) => return Err(tablet_change_refusal(seq, TabletChangeError::Workflow(w))),
+        },
+        Err(e) => return Err(tablet_change_refusal(seq, e)),
+    };
     if stored.is_none() && before.is_none() && rc_was_document {
         // Every operation of a new record is visible when there are
         // exactly as many as its visible values (kind, office, data, the
@@ -965,9 +981,14 @@ fn prepare_record_inner(
         ));
     }
 
-    let mut new_hold = false;
+    let mut new_hold: Option<&'static str> = None;
     let mut kidc = None;
-    if view.kind == RecordKind::Birth && view.server.kidc.is_none() && view.server.hold.is_none() {
+    if workflow_problem {
+        if view.server.hold.is_none() {
+            new_hold = Some(HOLD_INVALID_WORKFLOW);
+            tracing::info!(record = %record_id, "record held: its workflow breaks the rules");
+        }
+    } else if view.kind == RecordKind::Birth && view.server.kidc.is_none() && view.server.hold.is_none() {
         match birth::validate(&view.data, ctx.today) {
             Ok(reg) => {
                 let tablet_status = workflow::derive(&view.transitions)
@@ -987,7 +1008,7 @@ fn prepare_record_inner(
                 }
             }
             Err(problems) => {
-                new_hold = true;
+                new_hold = Some(HOLD_INVALID_ON_RECEIPT);
                 tracing::info!(
                     record = %record_id,
                     problems = problems.problems.len(),
@@ -999,21 +1020,29 @@ fn prepare_record_inner(
     // The status once the server's edits are in: they never depend on
     // which code was drawn, so a redraw in `finish_record` keeps it.
     let mut view = view;
-    if new_hold {
-        view.server.hold = Some(HOLD_INVALID_ON_RECEIPT.to_string());
+    if let Some(code) = new_hold {
+        view.server.hold = Some(code.to_string());
     }
     if let Some((k, _)) = &kidc {
         view.server.kidc = Some(*k);
     }
-    let status = view
-        .status()
-        .map_err(|e| refuse(seq, RefusalCode::InvalidRecord, e.to_string()))?;
+    let status = if workflow_problem {
+        // A registered record keeps its registration; the hold flags it.
+        if view.server.kidc.is_some() {
+            Status::Registered
+        } else {
+            Status::Held
+        }
+    } else {
+        view.status()
+            .map_err(|e| refuse(seq, RefusalCode::InvalidRecord, e.to_string()))?
+    };
     let saved = server_edits_saved(
         ctx,
         doc,
         stored.as_ref(),
         &fresh,
-        new_hold.then_some(HOLD_INVALID_ON_RECEIPT),
+        new_hold,
         kidc.as_ref().map(|k| &k.0),
     )?;
     if saved.blob.len() > MAX_RECORD_DOC_BYTES {
@@ -1169,9 +1198,7 @@ fn finish_record(
         mut saved,
     } = p;
     stats.records += 1;
-    if new_hold {
-        stats.holds += 1;
-    }
+    let mut hold = new_hold;
     if let Some((drawn, category)) = kidc {
         let issued = issue_kidc(tx, ctx, record_id, seq, category, drawn, stats)?;
         if issued != Issued::Code(drawn) {
@@ -1186,14 +1213,7 @@ fn finish_record(
             }
             match issued {
                 Issued::Code(k) => {
-                    saved = server_edits_saved(
-                        ctx,
-                        doc,
-                        stored.as_ref(),
-                        &fresh,
-                        new_hold.then_some(HOLD_INVALID_ON_RECEIPT),
-                        Some(&k),
-                    )?;
+                    saved = server_edits_saved(ctx, doc, stored.as_ref(), &fresh, new_hold, Some(&k))?;
                 }
                 Issued::Conflict => {
                     saved = server_edits_saved(
@@ -1205,7 +1225,7 @@ fn finish_record(
                         None,
                     )?;
                     status = Status::Held;
-                    stats.holds += 1;
+                    hold = Some(HOLD_KIDC_CONFLICT);
                 }
             }
         }
@@ -1229,6 +1249,10 @@ fn finish_record(
     }
     if let Some(c) = &saved.server_change {
         tx.append_server_change(ctx.device.device_id, record_id, c, ctx.now_ms)?;
+    }
+    if let Some(reason) = hold {
+        stats.holds += 1;
+        tx.insert_hold(record_id, &record.office, reason, ctx.now_ms)?;
     }
     tracing::debug!(record = %record_id, seq, status = status.as_str(), "record applied");
     Ok(())
@@ -1344,6 +1368,153 @@ fn issue_kidc(
         kidc = Kidc::generate(category, &mut rand::rng());
     }
     Err(internal("no unused KIdC found after many draws"))
+}
+
+/// What a release attempt found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Released {
+    /// The hold's reason code.
+    pub hold_reason: String,
+    /// The hold was lifted.
+    pub released: bool,
+    /// The record's status afterwards.
+    pub status: Status,
+    /// The KIdC issued by the release, if it issued one.
+    pub kidc: Option<Kidc>,
+    /// Why it is still held: rule codes and field names, no values.
+    pub problems: Vec<String>,
+}
+
+/// Re-checks a held record against the server's rules now, and lifts its
+/// hold if it passes: for an approved birth it issues the KIdC (through
+/// the issuance log and the ledger, as a sync would). The server's change
+/// goes to the record's device's feed. Every attempt is audited with the
+/// operator, the reason and the outcome. `None` when the record is not
+/// held.
+pub fn release_hold(
+    server: &Server,
+    record_id: Uuid,
+    by: &str,
+    why: &str,
+) -> Result<Option<Released>, ApiError> {
+    let now_ms = server.now_ms();
+    let today = Date::today_in_cambodia(now_ms.saturating_add(CLOCK_TOLERANCE_MS as i64));
+    let mut tx = server.storage().begin()?;
+    let Some(hold) = tx.hold(record_id)? else {
+        return Ok(None);
+    };
+    let stored = tx
+        .load_record(record_id)?
+        .ok_or_else(|| ApiError::Internal("a held record is missing".into()))?;
+    let device = tx
+        .device(stored.origin_device)?
+        .ok_or_else(|| ApiError::Internal("a record's device is missing".into()))?;
+    let key = VerifyingKey::from_bytes(&device.public_key)
+        .map_err(|_| ApiError::Internal("a stored device key is invalid".into()))?;
+    let mut doc = AutoCommit::load(&stored.doc)
+        .map_err(|_| ApiError::Internal("a stored record does not load".into()))?;
+    let view =
+        record::read(&doc).map_err(|e| ApiError::Internal(format!("a stored record does not read: {e}")))?;
+    let evidence = HashMap::new();
+    let ctx = Ctx {
+        server,
+        device: &device,
+        key: &key,
+        now_ms,
+        today,
+        evidence: &evidence,
+    };
+    let mut problems = Vec::new();
+    let tablet_status = match workflow::derive(&view.transitions) {
+        Ok(s) => s,
+        Err(e) => {
+            problems.push(format!("workflow: {e}"));
+            None
+        }
+    };
+    let mut reg = None;
+    if view.kind == RecordKind::Birth {
+        match birth::validate(&view.data, today) {
+            Ok(r) => reg = Some(r),
+            Err(e) => problems.extend(e.problems.iter().map(|p| format!("{}: {}", p.field, p.problem))),
+        }
+    }
+    let mut stats = Stats::default();
+    let mut kidc = None;
+    if problems.is_empty()
+        && tablet_status == Some(Status::Approved)
+        && view.server.kidc.is_none()
+        && let Some(reg) = &reg
+    {
+        let category = kidc_category(reg);
+        let drawn = Kidc::generate(category, &mut rand::rng());
+        // The device's last sequence number stands for "released by an
+        // operator" in the issuance log's `seq` column.
+        match issue_kidc(
+            &mut *tx,
+            &ctx,
+            record_id,
+            device.last_seq,
+            category,
+            drawn,
+            &mut stats,
+        ) {
+            Ok(Issued::Code(k)) => kidc = Some(k),
+            Ok(Issued::Conflict) => problems.push("kidc_conflict".into()),
+            Err(Step::Failed(e)) => return Err(e),
+            Err(_) => return Err(ApiError::Internal("issuing the KIdC failed".into())),
+        }
+    }
+    let released = problems.is_empty();
+    let mut status = view.status().unwrap_or(Status::Held);
+    if released {
+        doc.set_actor(server.actor().clone());
+        let failed = |_| ApiError::Internal("writing the server part of a record failed".into());
+        record::clear_hold(&mut doc).map_err(failed)?;
+        if let Some(k) = &kidc {
+            record::set_registration(&mut doc, k, now_ms).map_err(failed)?;
+        }
+        let change = doc
+            .commit()
+            .and_then(|_| doc.get_last_local_change())
+            .map(|c| c.raw_bytes().to_vec());
+        let after = record::read(&doc)
+            .map_err(|e| ApiError::Internal(format!("a released record does not read: {e}")))?;
+        status = after.status().unwrap_or(Status::Held);
+        tx.update_record(&StoredRecord {
+            status: status.as_str().to_string(),
+            doc: doc.save(),
+            updated_at_ms: now_ms,
+            ..stored
+        })?;
+        if let Some(c) = change {
+            tx.append_server_change(device.device_id, record_id, &c, now_ms)?;
+        }
+    }
+    tx.audit_release(&ReleaseAudit {
+        record_id,
+        hold_reason: &hold.reason,
+        by,
+        why,
+        at_ms: now_ms,
+        outcome: if released { "released" } else { "still_held" },
+    })?;
+    server.ledger().reserve(&stats.reserve, now_ms)?;
+    tx.commit()?;
+    tracing::info!(
+        record = %record_id,
+        released,
+        problems = problems.len(),
+        kidc_issued = kidc.is_some(),
+        "hold release attempted"
+    );
+    Ok(Some(Released {
+        hold_reason: hold.reason,
+        released,
+        status,
+        kidc,
+        problems,
+    }))
 }
 
 #[cfg(test)]

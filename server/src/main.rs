@@ -6,6 +6,8 @@
 //! crvs-server enroll-token --data DIR --commune CODE [--ttl-hours H] [--qr FILE.png]
 //! crvs-server devices      --data DIR
 //! crvs-server revoke       --data DIR DEVICE_ID
+//! crvs-server holds        --data DIR
+//! crvs-server release      --data DIR RECORD_ID --by OPERATOR --reason TEXT
 //! crvs-server backup       --data DIR --out FILE
 //! crvs-server restore      --data DIR --from FILE
 //! ```
@@ -103,6 +105,27 @@ enum Command {
         data: PathBuf,
         /// The device id.
         device_id: String,
+    },
+    /// List the records held for review.
+    Holds {
+        /// The data folder.
+        #[arg(long)]
+        data: PathBuf,
+    },
+    /// Re-check a held record and release it if it now passes (issuing its
+    /// KIdC if it is an approved birth). Audited: who, when, why.
+    Release {
+        /// The data folder.
+        #[arg(long)]
+        data: PathBuf,
+        /// The record id.
+        record_id: String,
+        /// The operator's id.
+        #[arg(long)]
+        by: String,
+        /// Why.
+        #[arg(long)]
+        reason: String,
     },
     /// Copy the database to FILE with SQLite's online backup, while the
     /// server runs.
@@ -299,6 +322,48 @@ fn run(cli: Cli) -> Result<(), ApiError> {
                     .join("\n")
             };
             print_line(json_mode, &json!({"devices": devices}), &text);
+            Ok(())
+        }
+        Command::Holds { data } => {
+            let server = open(&data)?;
+            let holds = admin::holds(&server)?;
+            let text = if holds.is_empty() {
+                "no holds".to_string()
+            } else {
+                holds
+                    .iter()
+                    .map(|h| {
+                        format!(
+                            "{}  commune {}  {}  since {}",
+                            h.record_id, h.office, h.reason, h.since
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            };
+            print_line(json_mode, &json!({"holds": holds}), &text);
+            Ok(())
+        }
+        Command::Release {
+            data,
+            record_id,
+            by,
+            reason,
+        } => {
+            let server = open(&data)?;
+            let r = admin::release(&server, &record_id, &by, &reason)?;
+            let value = serde_json::to_value(&r).map_err(|e| ApiError::Internal(e.to_string()))?;
+            let text = if r.released {
+                format!(
+                    "record {} released: {}{}",
+                    r.record_id,
+                    r.status,
+                    r.kidc.as_ref().map_or(String::new(), |k| format!(", KIdC {k}"))
+                )
+            } else {
+                format!("record {} stays held: {}", r.record_id, r.problems.join("; "))
+            };
+            print_line(json_mode, &value, &text);
             Ok(())
         }
         Command::Backup { data, out } => {

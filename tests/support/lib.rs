@@ -184,6 +184,8 @@ pub struct ServerOptions {
     pub log_level: Option<String>,
     /// The CA (PEM) that issued the TLS certificate, for the health check.
     pub ca_pem: Option<String>,
+    /// Extra environment variables (e.g. `LD_PRELOAD` of libfaketime).
+    pub env: Vec<(String, String)>,
 }
 
 /// A running `crvs-server serve` process.
@@ -249,6 +251,7 @@ impl Server {
         if let Some((cert, key)) = &options.tls {
             cmd.arg("--tls-cert").arg(cert).arg("--tls-key").arg(key);
         }
+        cmd.envs(options.env.iter().map(|(k, v)| (k, v)));
         cmd.args(&options.args)
             .env("RUST_LOG", options.log_level.as_deref().unwrap_or("warn"))
             .stdout(Stdio::piped());
@@ -735,4 +738,34 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
 /// Whether `haystack` contains `needle`.
 pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// The environment that runs a process with its clock moved by `offset`
+/// (libfaketime syntax, e.g. `-3d`), or `None` when libfaketime is not
+/// installed (`apt-get install faketime`). With `CRVS_REQUIRE_FAKETIME=1`
+/// (set by `.ci/run`) its absence fails the test instead.
+pub fn faketime_env(offset: &str) -> Option<Vec<(String, String)>> {
+    let lib = [
+        "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+        "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
+        "/usr/lib/faketime/libfaketime.so.1",
+    ]
+    .into_iter()
+    .find(|p| Path::new(p).exists());
+    match lib {
+        Some(lib) => Some(vec![
+            ("LD_PRELOAD".into(), lib.into()),
+            ("FAKETIME".into(), offset.into()),
+            ("FAKETIME_DONT_FAKE_MONOTONIC".into(), "1".into()),
+            ("FAKETIME_NO_CACHE".into(), "1".into()),
+        ]),
+        None => {
+            assert!(
+                std::env::var("CRVS_REQUIRE_FAKETIME").is_err(),
+                "libfaketime is required here: apt-get install faketime"
+            );
+            eprintln!("SKIPPED: libfaketime is not installed (apt-get install faketime)");
+            None
+        }
+    }
 }

@@ -208,6 +208,36 @@ pub struct TokenRow {
     pub used_by: Option<(Uuid, [u8; 32])>,
 }
 
+/// A record held for review, not yet released.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HoldRow {
+    /// The record.
+    pub record_id: Uuid,
+    /// Its office.
+    pub office: String,
+    /// The hold's reason code.
+    pub reason: String,
+    /// When it was held, server ms.
+    pub since: i64,
+}
+
+/// One audited release attempt.
+#[derive(Debug, Clone, Copy)]
+pub struct ReleaseAudit<'a> {
+    /// The record.
+    pub record_id: Uuid,
+    /// The hold's reason code.
+    pub hold_reason: &'a str,
+    /// The operator.
+    pub by: &'a str,
+    /// Why, in the operator's words.
+    pub why: &'a str,
+    /// When, server ms.
+    pub at_ms: i64,
+    /// `released`, or `still_held`.
+    pub outcome: &'a str,
+}
+
 /// A storage backend.
 pub trait Storage: Send + Sync {
     /// Starts the write transaction, waiting until the single writer is
@@ -227,6 +257,9 @@ pub trait Storage: Send + Sync {
 
     /// Every code of the issuance log and its record (read-only).
     fn issuances(&self) -> Result<Vec<(Kidc, Uuid)>, StorageError>;
+
+    /// Every record held and not released, oldest first (read-only).
+    fn holds(&self) -> Result<Vec<HoldRow>, StorageError>;
 }
 
 /// The primitive operations of a write transaction.
@@ -324,6 +357,20 @@ pub trait WriteTx {
 
     /// Every device.
     fn list_devices(&mut self) -> Result<Vec<Device>, StorageError>;
+
+    /// Records that a record is held (again) for `reason`.
+    fn insert_hold(
+        &mut self,
+        record_id: Uuid,
+        office: &str,
+        reason: &str,
+        at_ms: i64,
+    ) -> Result<(), StorageError>;
+    /// The record's hold, if it is held and not released.
+    fn hold(&mut self, record_id: Uuid) -> Result<Option<HoldRow>, StorageError>;
+    /// Audits a release attempt; when it released the record, marks the
+    /// hold released.
+    fn audit_release(&mut self, audit: &ReleaseAudit<'_>) -> Result<(), StorageError>;
 
     /// Records an automerge actor id (hex) the server uses.
     fn add_server_actor(&mut self, actor_hex: &str, at_ms: i64) -> Result<(), StorageError>;

@@ -27,8 +27,8 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
 use uuid::Uuid;
 
 use super::{
-    Device, DeviceRefusal, Issuance, LogEntry, NewDevice, ServerChange, Storage, StorageError, StoredRecord,
-    SyncSeen, TokenRow, WriteTx,
+    Device, DeviceRefusal, HoldRow, Issuance, LogEntry, NewDevice, ReleaseAudit, ServerChange, Storage,
+    StorageError, StoredRecord, SyncSeen, TokenRow, WriteTx,
 };
 
 /// The numbered migrations, applied in order. `user_version` is the number
@@ -142,6 +142,15 @@ impl Storage for SqliteStorage {
 
     fn token(&self, token_hash: &str) -> Result<Option<TokenRow>, StorageError> {
         token(&self.reader(), token_hash)
+    }
+
+    fn holds(&self) -> Result<Vec<HoldRow>, StorageError> {
+        let conn = self.reader();
+        let mut st = conn.prepare_cached(
+            "SELECT record_id, office, reason, since FROM holds WHERE released_at IS NULL ORDER BY since, record_id",
+        )?;
+        let rows = st.query_map([], hold_row)?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
 
     fn issuances(&self) -> Result<Vec<(Kidc, Uuid)>, StorageError> {
@@ -269,6 +278,15 @@ fn token(conn: &Connection, token_hash: &str) -> Result<Option<TokenRow>, Storag
             })
         })
         .optional()?)
+}
+
+fn hold_row(r: &Row<'_>) -> rusqlite::Result<HoldRow> {
+    Ok(HoldRow {
+        record_id: parse_uuid(&r.get::<_, String>(0)?)?,
+        office: r.get(1)?,
+        reason: r.get(2)?,
+        since: r.get(3)?,
+    })
 }
 
 fn list_devices(conn: &Connection) -> Result<Vec<Device>, StorageError> {
@@ -595,6 +613,50 @@ impl WriteTx for SqliteTx<'_> {
 
     fn list_devices(&mut self) -> Result<Vec<Device>, StorageError> {
         list_devices(&self.conn)
+    }
+
+    fn insert_hold(
+        &mut self,
+        record_id: Uuid,
+        office: &str,
+        reason: &str,
+        at_ms: i64,
+    ) -> Result<(), StorageError> {
+        self.conn.execute(
+            "INSERT INTO holds (record_id, office, reason, since) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (record_id) DO UPDATE SET reason = excluded.reason, since = excluded.since, released_at = NULL",
+            params![record_id.to_string(), office, reason, at_ms],
+        )?;
+        Ok(())
+    }
+
+    fn hold(&mut self, record_id: Uuid) -> Result<Option<HoldRow>, StorageError> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT record_id, office, reason, since FROM holds WHERE record_id = ?1 AND released_at IS NULL",
+        )?;
+        Ok(st.query_row([record_id.to_string()], hold_row).optional()?)
+    }
+
+    fn audit_release(&mut self, a: &ReleaseAudit<'_>) -> Result<(), StorageError> {
+        self.conn.execute(
+            "INSERT INTO hold_releases (record_id, hold_reason, by_operator, why, at, outcome)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                a.record_id.to_string(),
+                a.hold_reason,
+                a.by,
+                a.why,
+                a.at_ms,
+                a.outcome
+            ],
+        )?;
+        if a.outcome == "released" {
+            self.conn.execute(
+                "UPDATE holds SET released_at = ?2 WHERE record_id = ?1",
+                params![a.record_id.to_string(), a.at_ms],
+            )?;
+        }
+        Ok(())
     }
 
     fn add_server_actor(&mut self, actor_hex: &str, at_ms: i64) -> Result<(), StorageError> {
