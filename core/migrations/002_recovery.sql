@@ -20,3 +20,8 @@ CREATE TABLE chain_adoptions (
     hash        BLOB NOT NULL,                 -- its hash: the next change set links to it
     adopted_at  INTEGER NOT NULL               -- device clock
 ) STRICT;
+
+-- When the server set the record aside (an operator unblocked this tablet,
+-- stuck behind a change set that carried it): none of its changes are sent
+-- again; it must be registered again as a new record.
+ALTER TABLE records ADD COLUMN set_aside_at INTEGER;

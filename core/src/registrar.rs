@@ -86,6 +86,10 @@ pub enum SyncState {
     Pending,
     /// The server acknowledged every change.
     Synced,
+    /// The server set it aside (an operator unblocked this tablet, stuck
+    /// behind a change set that carried it): nothing of it is sent; it
+    /// must be registered again.
+    SetAside,
 }
 
 impl SyncState {
@@ -94,11 +98,14 @@ impl SyncState {
         match self {
             SyncState::Pending => "pending",
             SyncState::Synced => "synced",
+            SyncState::SetAside => "set_aside",
         }
     }
 
     fn of(row: &RecordRow, acked_seq: u64) -> SyncState {
-        if row.dirty || row.last_outbox_seq.is_some_and(|s| s > acked_seq) {
+        if row.set_aside_at.is_some() {
+            SyncState::SetAside
+        } else if row.dirty || row.last_outbox_seq.is_some_and(|s| s > acked_seq) {
             SyncState::Pending
         } else {
             SyncState::Synced
@@ -533,6 +540,7 @@ impl Registrar {
             dirty: true,
             last_outbox_seq: None,
             server_updated_at: None,
+            set_aside_at: None,
         };
         let tx = conn.transaction()?;
         store::insert_record(&tx, &row)?;
@@ -867,7 +875,13 @@ impl Registrar {
                 )
             };
             let outcome = sync::interpret(&sent_hashes, acked_before, next_seq, &resp)?;
-            let applied = self.store_answer(&resp, &outcome, acked_before, &enrolled.server_key)?;
+            let applied = self.store_answer(
+                &resp,
+                &outcome,
+                acked_before,
+                &enrolled.server_key,
+                &enrolled.signing_key.verifying_key(),
+            )?;
             for &(seq, _, records) in &sent {
                 if outcome.acked.contains(&seq) && seq > highest_acked {
                     report.pushed += 1;
@@ -1085,6 +1099,7 @@ impl Registrar {
         outcome: &sync::Outcome,
         acked_before: u64,
         server_key: &VerifyingKey,
+        own_key: &VerifyingKey,
     ) -> Result<Applied> {
         let now = now_ms();
         let mut conn = lock(&self.conn);
@@ -1093,6 +1108,26 @@ impl Registrar {
         for &seq in &outcome.acked {
             store::mark_acked(&tx, seq, now)?;
             acked = acked.max(seq);
+        }
+        for &seq in &outcome.set_aside {
+            // The records it carried are set aside: decoded from this
+            // tablet's own copy of the change set.
+            if let Some(row) = store::outbox_from(&tx, seq, 1)?
+                .into_iter()
+                .find(|r| r.seq == seq)
+            {
+                let bytes = self.key.open(&outbox_aad(seq), &row.body_sealed)?;
+                let ids: Vec<[u8; 16]> = SignedChangeSet::from_bytes(bytes.to_vec())?
+                    .open(own_key)
+                    .map(|cs| cs.records.iter().map(|r| r.record_id).collect())
+                    .unwrap_or_default();
+                tracing::warn!(
+                    seq,
+                    records = ids.len(),
+                    "the server set a change set aside; its records must be registered again"
+                );
+                store::mark_set_aside(&tx, &ids, now)?;
+            }
         }
         if let Some(from) = outcome.rewind_to {
             store::unack_from(&tx, from)?;

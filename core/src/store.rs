@@ -214,10 +214,12 @@ pub struct RecordRow {
     pub last_outbox_seq: Option<u64>,
     /// When server changes last arrived (device clock, ms).
     pub server_updated_at: Option<i64>,
+    /// When the server set it aside (device clock, ms).
+    pub set_aside_at: Option<i64>,
 }
 
 const RECORD_COLUMNS: &str = "id, kind, status, created_at, updated_at, doc_sealed, kidc_sealed, \
-     outboxed_heads, dirty, last_outbox_seq, server_updated_at";
+     outboxed_heads, dirty, last_outbox_seq, server_updated_at, set_aside_at";
 
 fn record_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RecordRow> {
     let id: Vec<u8> = r.get(0)?;
@@ -237,6 +239,7 @@ fn record_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RecordRow> {
         dirty: r.get::<_, i64>(8)? != 0,
         last_outbox_seq: r.get::<_, Option<i64>>(9)?.map(|s| s as u64),
         server_updated_at: r.get(10)?,
+        set_aside_at: r.get(11)?,
     })
 }
 
@@ -244,7 +247,7 @@ fn record_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RecordRow> {
 pub fn insert_record(tx: &Transaction<'_>, row: &RecordRow) -> Result<()> {
     tx.execute(
         &format!(
-            "INSERT INTO records ({RECORD_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
+            "INSERT INTO records ({RECORD_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
         ),
         params![
             row.id.as_slice(),
@@ -258,6 +261,7 @@ pub fn insert_record(tx: &Transaction<'_>, row: &RecordRow) -> Result<()> {
             row.dirty as i64,
             row.last_outbox_seq.map(|s| s as i64),
             row.server_updated_at,
+            row.set_aside_at,
         ],
     )?;
     Ok(())
@@ -267,7 +271,7 @@ pub fn insert_record(tx: &Transaction<'_>, row: &RecordRow) -> Result<()> {
 pub fn update_record(tx: &Transaction<'_>, row: &RecordRow) -> Result<()> {
     let n = tx.execute(
         "UPDATE records SET status = ?2, updated_at = ?3, doc_sealed = ?4, kidc_sealed = ?5,
-             outboxed_heads = ?6, dirty = ?7, last_outbox_seq = ?8, server_updated_at = ?9
+             outboxed_heads = ?6, dirty = ?7, last_outbox_seq = ?8, server_updated_at = ?9, set_aside_at = ?10
          WHERE id = ?1",
         params![
             row.id.as_slice(),
@@ -279,6 +283,7 @@ pub fn update_record(tx: &Transaction<'_>, row: &RecordRow) -> Result<()> {
             row.dirty as i64,
             row.last_outbox_seq.map(|s| s as i64),
             row.server_updated_at,
+            row.set_aside_at,
         ],
     )?;
     if n == 1 { Ok(()) } else { Err(Error::NotFound) }
@@ -305,7 +310,7 @@ pub fn all_records(conn: &Connection) -> Result<Vec<RecordRow>> {
 /// Records with local changes not yet in any change set, oldest first.
 pub fn dirty_records(conn: &Connection) -> Result<Vec<RecordRow>> {
     let mut stmt = conn.prepare(&format!(
-        "SELECT {RECORD_COLUMNS} FROM records WHERE dirty = 1 ORDER BY id"
+        "SELECT {RECORD_COLUMNS} FROM records WHERE dirty = 1 AND set_aside_at IS NULL ORDER BY id"
     ))?;
     let rows = stmt.query_map([], record_from_row)?;
     Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
@@ -479,4 +484,15 @@ pub fn adoptions(conn: &Connection) -> Result<Vec<(u64, [u8; 32])>> {
         out.push((seq, hash));
     }
     Ok(out)
+}
+
+/// Marks records set aside by the server: nothing of them is sent again.
+pub fn mark_set_aside(tx: &Transaction<'_>, ids: &[[u8; 16]], at: i64) -> Result<()> {
+    for id in ids {
+        tx.execute(
+            "UPDATE records SET set_aside_at = COALESCE(set_aside_at, ?2), dirty = 0 WHERE id = ?1",
+            params![id.as_slice(), at],
+        )?;
+    }
+    Ok(())
 }

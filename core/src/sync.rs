@@ -206,6 +206,9 @@ pub fn take_for_request(lengths: &[u64], max_count: usize, max_bytes: u64) -> us
 pub struct Outcome {
     /// Sequence numbers acknowledged (each one's hash checked), in order.
     pub acked: Vec<u64>,
+    /// Of those, the ones the server set aside (an operator unblocked this
+    /// tablet): their records are set aside.
+    pub set_aside: Vec<u64>,
     /// The server lost change sets from this sequence number on: forget
     /// their acknowledgements and resend from there.
     pub rewind_to: Option<u64>,
@@ -253,6 +256,9 @@ pub fn interpret(
             )));
         }
         out.acked.push(*seq);
+        if ack.outcome == crvs_schema::wire::AckOutcome::SetAside {
+            out.set_aside.push(*seq);
+        }
     }
     let acked_now = out.acked.last().copied().unwrap_or(0).max(acked_seq);
     if let Some(r) = &resp.refusal

@@ -552,6 +552,10 @@ pub enum AckOutcome {
     Applied,
     /// Applied earlier; this resend changed nothing.
     AlreadyApplied,
+    /// Set aside by an operator (the device was stuck behind it): kept as
+    /// evidence, nothing of it applied; its records are set aside for good
+    /// (sync format 3; a format-2 answer says `AlreadyApplied`).
+    SetAside,
 }
 
 /// The acknowledgement of one change set.
@@ -677,7 +681,17 @@ impl SyncResponse {
             let v2 = SyncResponseV2 {
                 request_hash: self.request_hash,
                 server_time_ms: self.server_time_ms,
-                acks: self.acks.clone(),
+                acks: self
+                    .acks
+                    .iter()
+                    .map(|a| Ack {
+                        outcome: match a.outcome {
+                            AckOutcome::SetAside => AckOutcome::AlreadyApplied,
+                            other => other,
+                        },
+                        ..a.clone()
+                    })
+                    .collect(),
                 refusal: self.refusal.clone(),
                 next_seq: self.next_seq,
                 updates: self.updates.clone(),

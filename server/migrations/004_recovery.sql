@@ -52,3 +52,49 @@ CREATE TRIGGER hold_releases_no_delete BEFORE DELETE ON hold_releases
 BEGIN
     SELECT RAISE(ABORT, 'hold_releases is append-only');
 END;
+
+-- A device stuck behind a change set it cannot fix (refused for a reason
+-- a resend cannot cure) is unblocked by an operator: the next change set
+-- with that sequence number is *set aside*: kept verbatim as evidence,
+-- nothing of it applied, and the device's chain moves past it. Its
+-- records are set aside for good (their later changes are ignored, not
+-- refused); the tablet marks them so, and they must be registered again.
+ALTER TABLE devices ADD COLUMN unblock_seq BIGINT;
+CREATE TABLE unblocks (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    device_id   TEXT NOT NULL,
+    seq         BIGINT NOT NULL,
+    code        TEXT NOT NULL,
+    by_operator TEXT NOT NULL,
+    why         TEXT NOT NULL,
+    at          BIGINT NOT NULL
+);
+CREATE TABLE set_aside (
+    device_id TEXT NOT NULL,
+    seq       BIGINT NOT NULL,
+    hash      TEXT NOT NULL,
+    signed    BLOB NOT NULL,
+    at        BIGINT NOT NULL,
+    PRIMARY KEY (device_id, seq)
+);
+CREATE TABLE set_aside_records (
+    record_id TEXT PRIMARY KEY,
+    device_id TEXT NOT NULL,
+    seq       BIGINT NOT NULL
+);
+CREATE TRIGGER unblocks_no_update BEFORE UPDATE ON unblocks
+BEGIN
+    SELECT RAISE(ABORT, 'unblocks is append-only');
+END;
+CREATE TRIGGER unblocks_no_delete BEFORE DELETE ON unblocks
+BEGIN
+    SELECT RAISE(ABORT, 'unblocks is append-only');
+END;
+CREATE TRIGGER set_aside_no_update BEFORE UPDATE ON set_aside
+BEGIN
+    SELECT RAISE(ABORT, 'set_aside is append-only');
+END;
+CREATE TRIGGER set_aside_no_delete BEFORE DELETE ON set_aside
+BEGIN
+    SELECT RAISE(ABORT, 'set_aside is append-only');
+END;

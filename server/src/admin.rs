@@ -437,3 +437,46 @@ pub fn release(server: &Server, record_id: &str, by: &str, reason: &str) -> Resu
         problems: r.problems,
     })
 }
+
+/// What `crvs-server unblock` armed.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct UnblockView {
+    /// The device.
+    pub device_id: String,
+    /// The change set that will be set aside.
+    pub seq: u64,
+    /// Why it was refused.
+    pub code: String,
+}
+
+/// Unblocks a device stuck behind a refused change set: that change set
+/// will be set aside when the device next sends it (kept verbatim as
+/// evidence, nothing applied, its records set aside for good: they must be
+/// registered again), and the device's chain moves past it. Audited.
+pub fn unblock(server: &Server, device_id: &str, by: &str, reason: &str) -> Result<UnblockView, ApiError> {
+    check_operator(by)?;
+    check_reason(reason)?;
+    let id = Uuid::parse_str(device_id.trim())
+        .map_err(|_| ApiError::Invalid("DEVICE_ID must be a device id (a UUID)".into()))?;
+    let now = server.now_ms();
+    let mut tx = server.storage().begin()?;
+    let device = tx.device(id)?.ok_or(ApiError::NoSuchDevice(id.to_string()))?;
+    let Some(refused) = device.refused else {
+        return Err(ApiError::Invalid(format!("device {id} is not blocked")));
+    };
+    tx.request_unblock(&crate::storage::UnblockAudit {
+        device_id: id,
+        seq: refused.seq,
+        code: &refused.code,
+        by,
+        why: reason.trim(),
+        at_ms: now,
+    })?;
+    tx.commit()?;
+    tracing::warn!(device = %id, seq = refused.seq, code = refused.code.as_str(), "device unblocked: its refused change set will be set aside");
+    Ok(UnblockView {
+        device_id: id.to_string(),
+        seq: refused.seq,
+        code: refused.code,
+    })
+}

@@ -684,7 +684,18 @@ fn apply_change_set(
     }
     let hash = cs.hash();
     if seq <= chain.last_seq {
-        return match tx.logged_hash(ctx.device.device_id, seq)? {
+        let logged = tx.logged_hash(ctx.device.device_id, seq)?;
+        if logged.is_none() && tx.set_aside_hash(ctx.device.device_id, seq)? == Some(hash) {
+            return Ok((
+                Ack {
+                    seq,
+                    hash,
+                    outcome: AckOutcome::SetAside,
+                },
+                chain,
+            ));
+        }
+        return match logged {
             Some(logged) if logged == hash => Ok((
                 Ack {
                     seq,
@@ -707,6 +718,44 @@ fn apply_change_set(
             expected_seq: Some(expected),
             message: format!("change set {seq} arrived but {expected} is expected next"),
         }));
+    }
+    if ctx.device.unblock_seq == Some(seq) {
+        // An operator unblocked the device: this change set is set aside,
+        // whatever it holds (kept verbatim, nothing applied), and the chain
+        // moves past it. Its records, as far as it decodes, are set aside.
+        let records: Vec<Uuid> = match opened {
+            Some(Ok(body)) => body
+                .records
+                .iter()
+                .map(|p| Uuid::from_bytes(p.rc.record_id))
+                .collect(),
+            _ => cs
+                .open(ctx.key)
+                .map(|b| b.records.iter().map(|r| Uuid::from_bytes(r.record_id)).collect())
+                .unwrap_or_default(),
+        };
+        tx.set_aside(
+            &LogEntry {
+                device_id: ctx.device.device_id,
+                seq,
+                hash: &hash,
+                signed: cs.as_bytes(),
+                received_at_ms: ctx.now_ms,
+            },
+            &records,
+        )?;
+        tracing::warn!(device = %ctx.device.device_id, seq, records = records.len(), "change set set aside, as an operator asked");
+        return Ok((
+            Ack {
+                seq,
+                hash,
+                outcome: AckOutcome::SetAside,
+            },
+            Chain {
+                last_seq: seq,
+                last_hash: hash,
+            },
+        ));
     }
     let body = match opened {
         Some(opened) => opened,
@@ -765,6 +814,17 @@ fn apply_records(
     records: Vec<Pending>,
     stats: &mut Stats,
 ) -> Result<(), Step> {
+    // Records an operator set aside take no more changes: ignored, not
+    // refused (the tablet stops sending them once it learns).
+    let mut kept = Vec::with_capacity(records.len());
+    for p in records {
+        if tx.is_set_aside(Uuid::from_bytes(p.rc.record_id))? {
+            tracing::info!(record = %Uuid::from_bytes(p.rc.record_id), seq, "changes to a set-aside record ignored");
+            continue;
+        }
+        kept.push(p);
+    }
+    let records = kept;
     let mut ids = HashSet::with_capacity(records.len());
     let distinct = records.iter().all(|p| ids.insert(p.rc.record_id));
     if !distinct {

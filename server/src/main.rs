@@ -8,6 +8,7 @@
 //! crvs-server revoke       --data DIR DEVICE_ID
 //! crvs-server holds        --data DIR
 //! crvs-server release      --data DIR RECORD_ID --by OPERATOR --reason TEXT
+//! crvs-server unblock      --data DIR DEVICE_ID --by OPERATOR --reason TEXT
 //! crvs-server backup       --data DIR --out FILE
 //! crvs-server restore      --data DIR --from FILE
 //! ```
@@ -120,6 +121,22 @@ enum Command {
         data: PathBuf,
         /// The record id.
         record_id: String,
+        /// The operator's id.
+        #[arg(long)]
+        by: String,
+        /// Why.
+        #[arg(long)]
+        reason: String,
+    },
+    /// Unblock a device stuck behind a change set it cannot fix: that change
+    /// set is set aside when it next comes (kept as evidence, nothing of it
+    /// applied; its records must be registered again). Audited.
+    Unblock {
+        /// The data folder.
+        #[arg(long)]
+        data: PathBuf,
+        /// The device id.
+        device_id: String,
         /// The operator's id.
         #[arg(long)]
         by: String,
@@ -364,6 +381,25 @@ fn run(cli: Cli) -> Result<(), ApiError> {
                 format!("record {} stays held: {}", r.record_id, r.problems.join("; "))
             };
             print_line(json_mode, &value, &text);
+            Ok(())
+        }
+        Command::Unblock {
+            data,
+            device_id,
+            by,
+            reason,
+        } => {
+            let server = open(&data)?;
+            let u = admin::unblock(&server, &device_id, &by, &reason)?;
+            let value = serde_json::to_value(&u).map_err(|e| ApiError::Internal(e.to_string()))?;
+            print_line(
+                json_mode,
+                &value,
+                &format!(
+                    "device {} unblocked: change set {} ({}) will be set aside at its next sync; its records must be registered again",
+                    u.device_id, u.seq, u.code
+                ),
+            );
             Ok(())
         }
         Command::Backup { data, out } => {

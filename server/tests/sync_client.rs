@@ -448,3 +448,92 @@ fn a_panicking_observer_ends_the_sync_without_harm() {
     assert_eq!(server.applied_change_sets(), 1);
     r.check().unwrap();
 }
+
+#[test]
+fn a_device_blocked_for_good_is_unblocked_its_change_set_set_aside_and_the_next_ones_apply() {
+    let (_dir, r, server) = setup();
+    let first = r.register_birth(&sok_dara(), "clerk").unwrap();
+    r.sync_with(&server, &quiet()).unwrap();
+    // The device is moved to another commune on the server: the tablet's
+    // next change set lies outside its office, a refusal no resend cures.
+    let device_id = r.device_id().unwrap().expect("enrolled");
+    {
+        let conn = rusqlite::Connection::open(server.dir.join(crvs_server::DB_FILE)).unwrap();
+        conn.execute(
+            "UPDATE devices SET office = '171004' WHERE device_id = ?1",
+            [&device_id],
+        )
+        .unwrap();
+    }
+    let stuck = r.register_birth(&sok_dara(), "clerk").unwrap();
+    for _ in 0..2 {
+        match r.sync_with(&server, &quiet()) {
+            Err(Error::ServerRefused { code, .. }) => assert_eq!(code, "out_of_scope"),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+    let devices = admin::devices(&server.server()).unwrap();
+    assert_eq!(
+        devices[0].blocked.as_ref().map(|b| b.code.as_str()),
+        Some("out_of_scope")
+    );
+
+    // Unblocking needs an operator and a reason, and a blocked device.
+    assert!(admin::unblock(&server.server(), &device_id, "", "x").is_err());
+    let u = admin::unblock(
+        &server.server(),
+        &device_id,
+        "op-1",
+        "tablet moved; records re-entered",
+    )
+    .unwrap();
+    assert_eq!((u.seq, u.code.as_str()), (2, "out_of_scope"));
+
+    // Back in its commune. The stuck change set is set aside; the next
+    // registration goes through.
+    {
+        let conn = rusqlite::Connection::open(server.dir.join(crvs_server::DB_FILE)).unwrap();
+        conn.execute(
+            "UPDATE devices SET office = '171003' WHERE device_id = ?1",
+            [&device_id],
+        )
+        .unwrap();
+    }
+    let report = r.sync_with(&server, &quiet()).unwrap();
+    assert_eq!(report.pending, 0, "{report:?}");
+    let state = |id| {
+        r.list()
+            .unwrap()
+            .into_iter()
+            .find(|s| &s.id == id)
+            .unwrap()
+            .sync_state
+    };
+    assert_eq!(
+        state(&stuck),
+        SyncState::SetAside,
+        "the tablet knows its record was set aside"
+    );
+    assert_eq!(state(&first), SyncState::Synced);
+    assert_eq!(server.count("SELECT COUNT(*) FROM set_aside"), 1);
+    assert_eq!(server.count("SELECT COUNT(*) FROM set_aside_records"), 1);
+    assert_eq!(
+        server.count("SELECT COUNT(*) FROM records"),
+        1,
+        "nothing of it applied"
+    );
+    assert!(admin::devices(&server.server()).unwrap()[0].blocked.is_none());
+    assert_eq!(server.count("SELECT COUNT(*) FROM unblocks"), 1, "audited");
+
+    // Further edits of the set-aside record are never sent; new records are.
+    r.verify(&stuck, "checker").unwrap();
+    let next = r.register_birth(&sok_dara(), "clerk").unwrap();
+    r.verify(&next, "checker").unwrap();
+    r.approve(&next, "registrar").unwrap();
+    r.sync_with(&server, &quiet()).unwrap();
+    assert_eq!(state(&next), SyncState::Synced);
+    assert_eq!(state(&stuck), SyncState::SetAside);
+    assert_eq!(server.count("SELECT COUNT(*) FROM records"), 2);
+    assert_eq!(server.count("SELECT COUNT(*) FROM kidc_issuance"), 1);
+    r.check().unwrap();
+}

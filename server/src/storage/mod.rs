@@ -84,6 +84,9 @@ pub struct Device {
     /// How many times it adopted the server's chain position (it lost its
     /// own: a lost commit, an old copy of its store).
     pub adoptions: u64,
+    /// An operator unblocked it: its change set with this sequence number
+    /// is set aside when it comes.
+    pub unblock_seq: Option<u64>,
 }
 
 /// A change set refused for a reason a resend cannot fix.
@@ -238,6 +241,23 @@ pub struct ReleaseAudit<'a> {
     pub outcome: &'a str,
 }
 
+/// An operator's unblock of a device.
+#[derive(Debug, Clone, Copy)]
+pub struct UnblockAudit<'a> {
+    /// The device.
+    pub device_id: Uuid,
+    /// The refused change set's sequence number.
+    pub seq: u64,
+    /// Its refusal code.
+    pub code: &'a str,
+    /// The operator.
+    pub by: &'a str,
+    /// Why.
+    pub why: &'a str,
+    /// When, server ms.
+    pub at_ms: i64,
+}
+
 /// A storage backend.
 pub trait Storage: Send + Sync {
     /// Starts the write transaction, waiting until the single writer is
@@ -371,6 +391,17 @@ pub trait WriteTx {
     /// Audits a release attempt; when it released the record, marks the
     /// hold released.
     fn audit_release(&mut self, audit: &ReleaseAudit<'_>) -> Result<(), StorageError>;
+
+    /// Audits an unblock and arms it: the device's change set `seq` will
+    /// be set aside.
+    fn request_unblock(&mut self, audit: &UnblockAudit<'_>) -> Result<(), StorageError>;
+    /// Sets a change set aside: keeps its bytes, marks its records, moves
+    /// the device's chain past it, and clears its block.
+    fn set_aside(&mut self, entry: &LogEntry<'_>, records: &[Uuid]) -> Result<(), StorageError>;
+    /// The hash of a device's change set `seq`, if it was set aside.
+    fn set_aside_hash(&mut self, device_id: Uuid, seq: u64) -> Result<Option<Hash>, StorageError>;
+    /// Whether a record was set aside.
+    fn is_set_aside(&mut self, record_id: Uuid) -> Result<bool, StorageError>;
 
     /// Records an automerge actor id (hex) the server uses.
     fn add_server_actor(&mut self, actor_hex: &str, at_ms: i64) -> Result<(), StorageError>;

@@ -28,7 +28,7 @@ use uuid::Uuid;
 
 use super::{
     Device, DeviceRefusal, HoldRow, Issuance, LogEntry, NewDevice, ReleaseAudit, ServerChange, Storage,
-    StorageError, StoredRecord, SyncSeen, TokenRow, WriteTx,
+    StorageError, StoredRecord, SyncSeen, TokenRow, UnblockAudit, WriteTx,
 };
 
 /// The numbered migrations, applied in order. `user_version` is the number
@@ -208,7 +208,7 @@ fn parse_hex<const N: usize>(s: &str) -> rusqlite::Result<[u8; N]> {
 
 const DEVICE_COLUMNS: &str = "device_id, office, public_key, enrolled_at, revoked_at, last_seq, last_hash, \
      last_sync_at, last_device_clock_ms, clock_skew_ms, clock_flagged_at, refused_seq, refused_code, refused_at, last_request_counter, \
-     lineage, clone_refusals, clone_refused_at, adoptions";
+     lineage, clone_refusals, clone_refused_at, adoptions, unblock_seq";
 
 fn device_row(r: &Row<'_>) -> rusqlite::Result<Device> {
     Ok(Device {
@@ -243,6 +243,7 @@ fn device_row(r: &Row<'_>) -> rusqlite::Result<Device> {
         clone_refusals: to_u64(r.get(16)?)?,
         clone_refused_at_ms: r.get(17)?,
         adoptions: to_u64(r.get(18)?)?,
+        unblock_seq: r.get::<_, Option<i64>>(19)?.map(to_u64).transpose()?,
     })
 }
 
@@ -657,6 +658,63 @@ impl WriteTx for SqliteTx<'_> {
             )?;
         }
         Ok(())
+    }
+
+    fn request_unblock(&mut self, a: &UnblockAudit<'_>) -> Result<(), StorageError> {
+        self.conn.execute(
+            "INSERT INTO unblocks (device_id, seq, code, by_operator, why, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![a.device_id.to_string(), to_i64(a.seq)?, a.code, a.by, a.why, a.at_ms],
+        )?;
+        self.conn.execute(
+            "UPDATE devices SET unblock_seq = ?2 WHERE device_id = ?1",
+            params![a.device_id.to_string(), to_i64(a.seq)?],
+        )?;
+        Ok(())
+    }
+
+    fn set_aside(&mut self, e: &LogEntry<'_>, records: &[Uuid]) -> Result<(), StorageError> {
+        self.conn.execute(
+            "INSERT INTO set_aside (device_id, seq, hash, signed, at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                e.device_id.to_string(),
+                to_i64(e.seq)?,
+                hex::encode(e.hash),
+                e.signed,
+                e.received_at_ms
+            ],
+        )?;
+        for r in records {
+            self.conn.execute(
+                "INSERT INTO set_aside_records (record_id, device_id, seq) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+                params![r.to_string(), e.device_id.to_string(), to_i64(e.seq)?],
+            )?;
+        }
+        self.conn.execute(
+            "UPDATE devices SET last_seq = ?2, last_hash = ?3, unblock_seq = NULL,
+                 refused_seq = NULL, refused_code = NULL, refused_at = NULL
+             WHERE device_id = ?1",
+            params![e.device_id.to_string(), to_i64(e.seq)?, hex::encode(e.hash)],
+        )?;
+        Ok(())
+    }
+
+    fn set_aside_hash(&mut self, device_id: Uuid, seq: u64) -> Result<Option<Hash>, StorageError> {
+        let h: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT hash FROM set_aside WHERE device_id = ?1 AND seq = ?2",
+                params![device_id.to_string(), to_i64(seq)?],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(h.map(|h| parse_hex(&h)).transpose()?)
+    }
+
+    fn is_set_aside(&mut self, record_id: Uuid) -> Result<bool, StorageError> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT 1 FROM set_aside_records WHERE record_id = ?1")?;
+        Ok(st.exists([record_id.to_string()])?)
     }
 
     fn add_server_actor(&mut self, actor_hex: &str, at_ms: i64) -> Result<(), StorageError> {
