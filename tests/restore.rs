@@ -106,9 +106,20 @@ fn drill(lose_the_ledger: bool) {
         }
         t.run(&["sync"]).expect_ok();
     }
+    // A fourth tablet enrolls after the backup (with the ledger kept, the
+    // restore puts its device back).
+    let late = Tablet::new(tmp.path().join("tablet-late"));
+    let mut late_ids = Vec::new();
+    if !lose_the_ledger {
+        late.init_and_enroll("171003", &server);
+        late_ids.push(late.register_approved(&files.next().unwrap()));
+        late.run(&["sync"]).expect_ok();
+    }
+    let late_before = codes(&late, &late_ids);
     let before: Vec<HashMap<String, Kidc>> = tablets.iter().zip(&ids).map(|(t, i)| codes(t, i)).collect();
-    let all_before: HashSet<Kidc> = before.iter().flat_map(|m| m.values().copied()).collect();
+    let mut all_before: HashSet<Kidc> = before.iter().flat_map(|m| m.values().copied()).collect();
     assert_eq!(all_before.len(), 12, "twelve distinct codes before the restore");
+    all_before.extend(late_before.values().copied());
 
     // The disaster.
     assert_eq!(
@@ -128,9 +139,14 @@ fn drill(lose_the_ledger: bool) {
     let restored = admin(&server_data, &["restore", "--from", backup.to_str().unwrap()]).expect_ok();
     assert_eq!(restored["issuances"], 3, "{restored}");
     assert_eq!(restored["ledger_rebuilt"], lose_the_ledger, "{restored}");
-    let expected_unaccounted = if lose_the_ledger { 0 } else { 9 };
+    let expected_unaccounted = if lose_the_ledger { 0 } else { 10 };
     assert_eq!(
         restored["codes_to_record_again"], expected_unaccounted,
+        "{restored}"
+    );
+    assert_eq!(
+        restored["devices_restored"],
+        u64::from(!lose_the_ledger),
         "{restored}"
     );
     assert_eq!(
@@ -150,8 +166,18 @@ fn drill(lose_the_ledger: bool) {
         );
         assert_eq!(&codes(t, mine), had, "every record keeps the KIdC it had");
     }
+    if !lose_the_ledger {
+        // Its device is back; the server asks for everything again.
+        let report = late.run(&["sync"]).expect_ok();
+        assert_eq!(report["resent_from"], 1, "{report}");
+        assert_eq!(codes(&late, &late_ids), late_before, "it keeps its code too");
+    }
     let log = issuance_log(&server_data);
-    assert_eq!(log.len(), 12, "each lost code recorded again, and nothing more");
+    assert_eq!(
+        log.len(),
+        12 + late_ids.len(),
+        "each lost code recorded again, and nothing more"
+    );
     let logged: HashMap<String, Kidc> = log
         .iter()
         .map(|(k, r, _)| (r.clone(), Kidc::parse(k).unwrap()))
@@ -169,7 +195,11 @@ fn drill(lose_the_ledger: bool) {
         .iter()
         .filter(|(_, _, reason)| reason == "birth_approved_recorded_again")
         .count();
-    assert_eq!(again, 9, "the nine lost codes were recorded again, not drawn");
+    assert_eq!(
+        again,
+        9 + late_ids.len(),
+        "the lost codes were recorded again, not drawn"
+    );
 
     // New approvals get fresh codes, different from every earlier one.
     let mut fresh = HashSet::new();
@@ -186,14 +216,14 @@ fn drill(lose_the_ledger: bool) {
         mine.extend(new_ids);
     }
     let log = issuance_log(&server_data);
-    assert_eq!(log.len(), 18);
+    assert_eq!(log.len(), 18 + late_ids.len());
     let distinct: HashSet<&String> = log.iter().map(|(k, _, _)| k).collect();
-    assert_eq!(distinct.len(), 18, "no code issued twice");
+    assert_eq!(distinct.len(), log.len(), "no code issued twice");
     // And a second sync of everyone changes nothing.
     for t in &tablets {
         t.run(&["sync"]).expect_ok();
     }
-    assert_eq!(issuance_log(&server_data).len(), 18);
+    assert_eq!(issuance_log(&server_data).len(), 18 + late_ids.len());
     drop(server);
 }
 

@@ -208,6 +208,16 @@ pub fn enroll(server: &Server, req: &EnrollRequest) -> Result<EnrollResponse, Ap
                 public_key: key,
                 enrolled_at_ms: now,
             })?;
+            // Outside the database first: a restore from an older backup
+            // puts the device back (see `crate::ledger`).
+            server.ledger().record_enrolment(&crate::ledger::LedgerDevice {
+                device_id,
+                office: row.office.clone(),
+                public_key: hex::encode(key),
+                enrolled_at_ms: now,
+                token_hash: token_hash.clone(),
+                revoked_at_ms: None,
+            })?;
             tx.commit()?;
             tracing::info!(device = %device_id, office = %row.office, "device enrolled");
             device_id
@@ -246,6 +256,10 @@ pub fn revoke(server: &Server, device_id: &str) -> Result<Device, ApiError> {
         return Err(ApiError::NoSuchDevice(id.to_string()));
     }
     let device = tx.device(id)?.ok_or(ApiError::NoSuchDevice(id.to_string()))?;
+    // Outside the database first: a restore never brings it back.
+    server
+        .ledger()
+        .record_revocation(id, device.revoked_at_ms.unwrap_or_else(|| server.now_ms()))?;
     tx.commit()?;
     tracing::info!(device = %id, "device revoked");
     Ok(device)

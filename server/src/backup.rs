@@ -212,7 +212,18 @@ pub struct RestoreReport {
     /// Unused enrolment tokens expired (one may have been used after the
     /// backup: make new ones).
     pub tokens_expired: u64,
+    /// Devices enrolled after the backup, put back from the ledger (they
+    /// resend everything on their next sync).
+    pub devices_restored: u64,
+    /// Revocations made after the backup, kept from the ledger.
+    pub revocations_kept: u64,
 }
+
+/// How far every device's request counter jumps at a restore: requests
+/// captured before it (counters the backup does not know) are refused, and
+/// honest tablets continue above it by themselves (`replayed_request`
+/// tells them the counter).
+pub const COUNTER_JUMP: i64 = 1 << 32;
 
 fn feed_head(conn: &Connection) -> Result<u64, BackupError> {
     let max: Option<i64> = conn.query_row("SELECT MAX(cursor) FROM server_changes", [], |r| r.get(0))?;
@@ -274,9 +285,51 @@ pub fn restore(data: &Path, from: &Path, now_ms: i64) -> Result<RestoreReport, B
     // Migrate the copy to this build's schema, then adjust it.
     drop(SqliteStorage::open(&staging)?);
     let tokens_expired;
+    let mut devices_restored = 0;
+    let mut revocations_kept = 0;
+    let ledger_devices = crate::ledger::read_devices(&data.join(LEDGER_FILE))?;
     {
         let conn = Connection::open(&staging)?;
         let tx = conn.unchecked_transaction()?;
+        // Enrolments and revocations made after the backup.
+        for d in &ledger_devices {
+            let id = d.device_id.to_string();
+            let known: i64 =
+                tx.query_row("SELECT COUNT(*) FROM devices WHERE device_id = ?1", [&id], |r| {
+                    r.get(0)
+                })?;
+            if known == 0 {
+                tx.execute(
+                    "INSERT INTO devices (device_id, office, public_key, enrolled_at, last_hash)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![
+                        id,
+                        d.office,
+                        d.public_key,
+                        d.enrolled_at_ms,
+                        hex::encode([0u8; 32])
+                    ],
+                )?;
+                if !d.token_hash.is_empty() {
+                    tx.execute(
+                        "UPDATE enrollment_tokens SET used_at = ?2, device_id = ?3, public_key = ?4
+                         WHERE token_hash = ?1 AND used_at IS NULL",
+                        params![d.token_hash, d.enrolled_at_ms, id, d.public_key],
+                    )?;
+                }
+                devices_restored += 1;
+            }
+            if let Some(at) = d.revoked_at_ms {
+                revocations_kept += tx.execute(
+                    "UPDATE devices SET revoked_at = ?2 WHERE device_id = ?1 AND revoked_at IS NULL",
+                    params![id, at],
+                )? as u64;
+            }
+        }
+        tx.execute(
+            "UPDATE devices SET last_request_counter = last_request_counter + ?1",
+            [COUNTER_JUMP],
+        )?;
         let updated = tx.execute(
             "UPDATE sqlite_sequence SET seq = ?1 WHERE name = 'server_changes'",
             [feed_floor as i64],
@@ -354,5 +407,7 @@ pub fn restore(data: &Path, from: &Path, now_ms: i64) -> Result<RestoreReport, B
         ledger_rebuilt: opened.created,
         feed_floor,
         tokens_expired,
+        devices_restored,
+        revocations_kept,
     })
 }

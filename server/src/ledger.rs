@@ -53,7 +53,79 @@ CREATE TRIGGER IF NOT EXISTS reserved_no_delete BEFORE DELETE ON reserved
 BEGIN
     SELECT RAISE(ABORT, 'the KIdC ledger is append-only');
 END;
+CREATE TABLE IF NOT EXISTS devices (
+    device_id   TEXT PRIMARY KEY,
+    office      TEXT NOT NULL,
+    public_key  TEXT NOT NULL,
+    enrolled_at BIGINT NOT NULL,
+    token_hash  TEXT NOT NULL,
+    revoked_at  BIGINT
+);
+CREATE TRIGGER IF NOT EXISTS devices_no_delete BEFORE DELETE ON devices
+BEGIN
+    SELECT RAISE(ABORT, 'the ledger is append-only');
+END;
+CREATE TRIGGER IF NOT EXISTS devices_no_unrevoke BEFORE UPDATE ON devices
+    WHEN OLD.revoked_at IS NOT NULL OR NEW.device_id IS NOT OLD.device_id
+      OR NEW.public_key IS NOT OLD.public_key OR NEW.office IS NOT OLD.office
+BEGIN
+    SELECT RAISE(ABORT, 'the ledger only records a revocation once');
+END;
 ";
+
+/// An enrolment, as the ledger keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerDevice {
+    /// The device id.
+    pub device_id: Uuid,
+    /// Its office.
+    pub office: String,
+    /// Its public key (hex).
+    pub public_key: String,
+    /// When it enrolled.
+    pub enrolled_at_ms: i64,
+    /// The lookup hash of the token it used (empty when unknown).
+    pub token_hash: String,
+    /// When it was revoked, if it was.
+    pub revoked_at_ms: Option<i64>,
+}
+
+/// The enrolments a ledger file holds (none when it does not exist).
+pub fn read_devices(path: &Path) -> Result<Vec<LedgerDevice>, StorageError> {
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.execute_batch(SCHEMA)?;
+    let mut st = conn.prepare(
+        "SELECT device_id, office, public_key, enrolled_at, token_hash, revoked_at FROM devices ORDER BY enrolled_at",
+    )?;
+    let rows = st.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, i64>(3)?,
+            r.get::<_, String>(4)?,
+            r.get::<_, Option<i64>>(5)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (id, office, public_key, enrolled_at_ms, token_hash, revoked_at_ms) = row?;
+        out.push(LedgerDevice {
+            device_id: Uuid::parse_str(&id)
+                .map_err(|_| StorageError::Corrupt("a device id in the ledger"))?,
+            office,
+            public_key,
+            enrolled_at_ms,
+            token_hash,
+            revoked_at_ms,
+        });
+    }
+    Ok(out)
+}
 
 /// The ledger of reserved codes (see the module documentation).
 pub struct KidcLedger {
@@ -175,6 +247,63 @@ impl KidcLedger {
             }
         }
         tx.commit()?;
+        Ok(())
+    }
+
+    /// Records an enrolment, durably (before the database commits it): a
+    /// restore from a backup older than the enrolment puts the device back.
+    pub fn record_enrolment(&self, d: &LedgerDevice) -> Result<(), StorageError> {
+        self.conn().execute(
+            "INSERT INTO devices (device_id, office, public_key, enrolled_at, token_hash, revoked_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (device_id) DO NOTHING",
+            params![
+                d.device_id.to_string(),
+                d.office,
+                d.public_key,
+                d.enrolled_at_ms,
+                d.token_hash,
+                d.revoked_at_ms
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Imports enrolments the ledger lacks (a ledger made after devices
+    /// enrolled), with their revocations, in one transaction.
+    pub fn import_devices(&self, devices: &[LedgerDevice]) -> Result<(), StorageError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        for d in devices {
+            tx.execute(
+                "INSERT INTO devices (device_id, office, public_key, enrolled_at, token_hash, revoked_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (device_id) DO NOTHING",
+                params![
+                    d.device_id.to_string(),
+                    d.office,
+                    d.public_key,
+                    d.enrolled_at_ms,
+                    d.token_hash,
+                    d.revoked_at_ms
+                ],
+            )?;
+            if let Some(at) = d.revoked_at_ms {
+                tx.execute(
+                    "UPDATE devices SET revoked_at = ?2 WHERE device_id = ?1 AND revoked_at IS NULL",
+                    params![d.device_id.to_string(), at],
+                )?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Records a revocation, durably: a restore never brings a revoked
+    /// device back.
+    pub fn record_revocation(&self, device_id: Uuid, at_ms: i64) -> Result<(), StorageError> {
+        self.conn().execute(
+            "UPDATE devices SET revoked_at = ?2 WHERE device_id = ?1 AND revoked_at IS NULL",
+            params![device_id.to_string(), at_ms],
+        )?;
         Ok(())
     }
 

@@ -164,6 +164,19 @@ impl Server {
         };
         let issued = storage.issuances()?;
         let (ledger, opened) = KidcLedger::open(&dir.join(ledger::LEDGER_FILE), &issued, now)?;
+        let devices: Vec<ledger::LedgerDevice> = storage
+            .list_devices()?
+            .into_iter()
+            .map(|d| ledger::LedgerDevice {
+                device_id: d.device_id,
+                office: d.office,
+                public_key: hex::encode(d.public_key),
+                enrolled_at_ms: d.enrolled_at_ms,
+                token_hash: String::new(),
+                revoked_at_ms: d.revoked_at_ms,
+            })
+            .collect();
+        ledger.import_devices(&devices)?;
         if opened.created && !issued.is_empty() {
             tracing::warn!(
                 codes = issued.len(),
