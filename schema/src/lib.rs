@@ -2,7 +2,8 @@
 //!
 //! Domain types and their validation ([`birth`], [`date`], [`gazetteer`]),
 //! the Khmer Identification Code ([`kidc`]), the workflow rules
-//! ([`workflow`]), the layout of a record's automerge document ([`record`])
+//! ([`workflow`]), which characters names and ids may not hold
+//! ([`text`]), the layout of a record's automerge document ([`record`])
 //! and the sync protocol's wire format ([`wire`]).
 //!
 //! **Architecture invariant:** this crate does no I/O. It never touches a
@@ -15,6 +16,7 @@ pub mod enrol;
 pub mod gazetteer;
 pub mod kidc;
 pub mod record;
+pub mod text;
 pub mod wire;
 pub mod workflow;
 

@@ -23,9 +23,11 @@
 //!    device's office and belongs to it (`out_of_scope`);
 //! 8. the server's own part, with the server's actor, only when it has
 //!    something to say: a hold when the birth data does not validate
-//!    against the *server's* date (never a refusal: that would block the
-//!    tablet's outbox forever); and for an approved birth without a hold,
-//!    its KIdC;
+//!    against the *server's* date and the record's office
+//!    (`birth::validate_at_office`: a residence outside the commune
+//!    without `registered_away_from_residence`) — never a refusal: that
+//!    would block the tablet's outbox forever; and for an approved birth
+//!    without a hold, its KIdC;
 //! 9. the signed bytes go verbatim into the append-only change-set log and
 //!    the device's chain advances.
 //!
@@ -51,6 +53,7 @@ use std::collections::HashSet;
 use automerge::{AutoCommit, Change, ChangeHash};
 use crvs_schema::birth::{self, BirthRegistration};
 use crvs_schema::bounds;
+use crvs_schema::gazetteer::{GazetteerCode, Level};
 use crvs_schema::kidc::Category;
 use crvs_schema::record::{self, RecordKind, TabletChangeError};
 use crvs_schema::wire::{
@@ -829,7 +832,15 @@ fn prepare_record_inner(
     let mut new_hold = false;
     let mut kidc = None;
     if view.kind == RecordKind::Birth && view.server.kidc.is_none() && view.server.hold.is_none() {
-        match birth::validate(&view.data, ctx.today) {
+        // The record lies in the device's office (checked above), a commune
+        // from enrolment; a code that does not parse holds the record.
+        let validated = match GazetteerCode::parse_level(&view.office, Level::Commune) {
+            Ok(office) => birth::validate_at_office(&view.data, ctx.today, &office),
+            Err(_) => Err(birth::ValidationError {
+                problems: vec![birth::FieldProblem::new("office", "must be a commune code")],
+            }),
+        };
+        match validated {
             Ok(reg) => {
                 let tablet_status = workflow::derive(&view.transitions)
                     .map_err(|e| refuse(seq, RefusalCode::InvalidRecord, e.to_string()))?;
@@ -841,10 +852,13 @@ fn prepare_record_inner(
             }
             Err(problems) => {
                 new_hold = true;
+                // Field names and rules only: never the values.
+                let fields: Vec<&str> = problems.problems.iter().map(|p| p.field.as_str()).collect();
                 tracing::info!(
                     record = %record_id,
                     problems = problems.problems.len(),
-                    "record held: its data does not validate against the server's date"
+                    fields = %fields.join(","),
+                    "record held: its data does not validate on receipt (server's date, device's office)"
                 );
             }
         }
