@@ -555,7 +555,8 @@ fn summarize(problems: &[FieldProblem]) -> String {
 /// Normalizes a name in Khmer script for storage and comparison: removes
 /// zero-width spaces (U+200B, and U+FEFF), applies Unicode NFC, trims, and
 /// collapses each run of whitespace inside the name to one space. The
-/// joiners (U+200C, U+200D) are kept: they change how Khmer signs combine.
+/// joiners (U+200C, U+200D) are kept: they change how Khmer signs combine
+/// (a word of nothing but joiners is dropped).
 ///
 /// It does not yet reorder Khmer signs typed in a non-canonical order
 /// beyond what NFC does.
@@ -576,7 +577,11 @@ pub fn normalize_latin_name(name: &str) -> String {
 fn normalize_without(name: &str, removed: impl Fn(char) -> bool) -> String {
     let composed: String = name.chars().filter(|&c| !removed(c)).nfc().collect();
     let mut out = String::with_capacity(composed.len());
-    for word in composed.split_whitespace() {
+    // A word of nothing but joiners is nothing: a name of joiners is empty.
+    for word in composed
+        .split_whitespace()
+        .filter(|w| !w.chars().all(text::is_khmer_zero_width))
+    {
         if !out.is_empty() {
             out.push(' ');
         }
@@ -1812,6 +1817,17 @@ mod tests {
         assert_eq!(reg.remarks.as_deref(), Some("ម្ដាយ\u{200B}មក"));
         assert_eq!(normalize_latin_name(" SO\u{200C}K \u{FEFF}"), "SOK");
         assert_eq!(normalize_name("ស\u{200C}ុខ"), "ស\u{200C}ុខ");
+        assert_eq!(normalize_name("សុខ \u{200D}\u{200C} ដារ៉ា"), "សុខ ដារ៉ា");
+        // A name of joiners alone is empty.
+        let doc = with(sok_dara(), "/child/given_name", Some(json!("\u{200D}")));
+        let doc = with(doc, "/mother/given_name_latin", Some(json!(" \u{200C} ")));
+        assert_eq!(
+            problems_of(&doc).problems,
+            [
+                FieldProblem::new("child.given_name", "must not be empty"),
+                FieldProblem::new("mother.given_name_latin", "must not be empty"),
+            ]
+        );
     }
 
     #[test]
