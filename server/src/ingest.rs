@@ -852,12 +852,10 @@ fn prepare_record_inner(
             }
             Err(problems) => {
                 new_hold = true;
-                // Field names and rules only: never the values.
-                let fields: Vec<&str> = problems.problems.iter().map(|p| p.field.as_str()).collect();
+                // A count only: an unknown key's name is the tablet's text.
                 tracing::info!(
                     record = %record_id,
                     problems = problems.problems.len(),
-                    fields = %fields.join(","),
                     "record held: its data does not validate on receipt (server's date, device's office)"
                 );
             }
