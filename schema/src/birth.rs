@@ -483,20 +483,18 @@ impl BirthRegistration {
 /// JSON text as a value; malformed JSON is a single problem for the field
 /// `"$"` with its line and column.
 fn parse_json(json: &str) -> Result<Value, ValidationError> {
-    {
-        serde_json::from_str(json).map_err(|e| {
-            let what = match e.classify() {
-                serde_json::error::Category::Eof => "is not valid JSON: it ends too early",
-                _ => "is not valid JSON",
-            };
-            ValidationError {
-                problems: vec![FieldProblem::new(
-                    "$",
-                    format!("{what} (line {}, column {})", e.line(), e.column()),
-                )],
-            }
-        })
-    }
+    serde_json::from_str(json).map_err(|e| {
+        let what = match e.classify() {
+            serde_json::error::Category::Eof => "is not valid JSON: it ends too early",
+            _ => "is not valid JSON",
+        };
+        ValidationError {
+            problems: vec![FieldProblem::new(
+                "$",
+                format!("{what} (line {}, column {})", e.line(), e.column()),
+            )],
+        }
+    })
 }
 
 /// One bad field: which one (dotted path such as
