@@ -56,7 +56,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for (t, tablet) in tablets.iter().enumerate() {
         for n in 0..4 {
             let line = births.next().ok_or("ran out of sample births")?;
-            let id = tablet.register_birth(line, &format!("clerk-{t}"))?;
+            // The sample families live in commune 171003; a tablet
+            // registers the births of its own commune's families.
+            let line = in_commune(line, tablet.office())?;
+            let id = tablet.register_birth(&line, &format!("clerk-{t}"))?;
             if t == 2 && n == 3 {
                 tablet.reject(
                     &id,
@@ -87,4 +90,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     Ok(())
+}
+
+/// `line` with its residence moved to the village of `commune` with the
+/// same number.
+fn in_commune(line: &str, commune: &str) -> Result<String, Box<dyn std::error::Error>> {
+    let mut doc: serde_json::Value = serde_json::from_str(line)?;
+    let village = doc["residence_village_code"]
+        .as_str()
+        .and_then(|v| v.get(6..))
+        .ok_or("a residence village code")?
+        .to_owned();
+    doc["residence_village_code"] = format!("{commune}{village}").into();
+    Ok(doc.to_string())
 }

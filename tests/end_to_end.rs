@@ -36,8 +36,12 @@ fn two_offline_tablets_get_distinct_valid_kidcs_for_every_approved_birth() {
 
     // The connection goes away: a registration day in the villages.
     server.kill();
-    let births = bench_births();
-    let files = write_births(&tmp.path().join("births"), &births[..10]);
+    let mut births = bench_births()[..10].to_vec();
+    // Tablet b's families live in its commune.
+    for line in &mut births[6..] {
+        *line = living_in(line, "171004");
+    }
+    let files = write_births(&tmp.path().join("births"), &births);
     let mut approved = Vec::new();
     let mut others = Vec::new();
     for f in &files[..5] {

@@ -70,6 +70,10 @@ pub enum Error {
     /// The store's files are damaged or are not a crvs store.
     #[error("the store is damaged or not a crvs store: {0}")]
     Corrupt(String),
+    /// The device clock is not set: it reads a date before
+    /// 2025-01-01 (see `registrar::EARLIEST_CLOCK_MS`). Nothing was stored.
+    #[error("the device clock is wrong: it reads a date before 2025-01-01")]
+    Clock,
 }
 
 impl Error {
@@ -92,6 +96,7 @@ impl Error {
             Error::Cancelled => "cancelled",
             Error::Storage(_) => "storage",
             Error::Corrupt(_) => "corrupt",
+            Error::Clock => "clock",
         }
     }
 
@@ -118,6 +123,7 @@ impl Error {
             Error::Cancelled => "Nothing was lost: sync again to continue.",
             Error::Storage(_) => "Check free space and file permissions, then try again.",
             Error::Corrupt(_) => "Restore the store from a backup, or contact support.",
+            Error::Clock => "Set the tablet's date and time, then try again. Nothing was stored.",
         }
     }
 }
@@ -156,7 +162,12 @@ impl From<crvs_schema::ValidationError> for Error {
 
 impl From<crvs_schema::workflow::WorkflowError> for Error {
     fn from(e: crvs_schema::workflow::WorkflowError) -> Self {
-        Error::NotAllowed(e.to_string())
+        use crvs_schema::workflow::WorkflowError as W;
+        match e {
+            // A malformed staff id is a bad argument, not a workflow rule.
+            W::StaffIdTooLong | W::StaffIdCharacters => Error::InvalidInput(e.to_string()),
+            other => Error::NotAllowed(other.to_string()),
+        }
     }
 }
 

@@ -38,9 +38,17 @@ use crate::transport::{HttpTransport, Transport};
 pub struct RecordId(pub [u8; 16]);
 
 impl RecordId {
-    /// A new UUIDv7.
+    /// A new UUIDv7 by the device clock (the epoch if the clock reads
+    /// before it: never a panic). [`Registrar`] mints ids with
+    /// [`RecordId::at`] after [`checked_now_ms`].
     pub fn new() -> RecordId {
-        RecordId(*uuid::Uuid::now_v7().as_bytes())
+        RecordId::at(now_ms())
+    }
+
+    /// A new UUIDv7 for the instant `unix_ms` (clamped to 0 below the
+    /// epoch), with 74 random bits.
+    pub fn at(unix_ms: i64) -> RecordId {
+        RecordId(*uuid_v7_at(unix_ms).as_bytes())
     }
 
     /// Parses the hyphenated UUID form.
@@ -188,12 +196,44 @@ impl std::fmt::Debug for Registrar {
 }
 
 /// Milliseconds since the epoch by the device clock (not trusted for
-/// anything security-relevant: the server records its own time).
+/// anything security-relevant: the server records its own time); 0 when
+/// the clock reads before the epoch.
 pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+/// The earliest device clock taken as set, 2025-01-01T00:00:00Z (in ms
+/// since the epoch): this software did not exist before, so a clock that
+/// reads earlier has been reset (a flat clock battery reads 1970, 2000 or
+/// the firmware's date) and would stamp records, and judge dates of birth,
+/// wrongly.
+pub const EARLIEST_CLOCK_MS: i64 = 1_735_689_600_000;
+
+/// The device clock in ms since the epoch, or [`Error::Clock`] when it
+/// reads before [`EARLIEST_CLOCK_MS`] (before 1970 included).
+pub fn checked_now_ms() -> Result<i64> {
+    check_clock(SystemTime::now())
+}
+
+/// [`checked_now_ms`] for the instant `now`.
+pub fn check_clock(now: SystemTime) -> Result<i64> {
+    match now.duration_since(UNIX_EPOCH) {
+        Ok(d) if d.as_millis() >= EARLIEST_CLOCK_MS as u128 => {
+            Ok(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        }
+        _ => Err(Error::Clock),
+    }
+}
+
+/// A UUIDv7 for `unix_ms` without `Uuid::now_v7`, which panics when the
+/// clock reads before 1970.
+fn uuid_v7_at(unix_ms: i64) -> uuid::Uuid {
+    let mut random = [0u8; 10];
+    rand::rng().fill_bytes(&mut random);
+    uuid::Builder::from_unix_timestamp_millis(unix_ms.max(0) as u64, &random).into_uuid()
 }
 
 const WRAP_AAD: &[u8] = b"meta\0\0wrapped_data_key";
@@ -265,6 +305,7 @@ impl Registrar {
         }
         let office = GazetteerCode::parse_level(commune.trim(), Level::Commune)
             .map_err(|e| Error::InvalidInput(format!("commune code {e}")))?;
+        let now = checked_now_ms()?;
         let mut conn = store::open(dir, true)?;
         store::migrate(&mut conn)?;
         let key = DataKey::generate();
@@ -272,7 +313,7 @@ impl Registrar {
         let mut actor = [0u8; 16];
         rand::rng().fill_bytes(&mut actor);
         let tx = conn.transaction()?;
-        store::set_meta(&tx, meta::STORE_ID, uuid::Uuid::now_v7().to_string())?;
+        store::set_meta(&tx, meta::STORE_ID, uuid_v7_at(now).to_string())?;
         store::set_meta(&tx, meta::OFFICE, office.as_str())?;
         store::set_meta(&tx, meta::KDF_PARAMS, wrapped.params.encode())?;
         store::set_meta(&tx, meta::KDF_SALT, wrapped.salt.clone())?;
@@ -507,10 +548,17 @@ impl Registrar {
 
     /// Registers a birth from its JSON (see the fixtures), entered by the
     /// staff member `by`. An invalid registration gives
-    /// [`Error::InvalidRecord`] naming every bad field, and stores nothing.
+    /// [`Error::InvalidRecord`] naming every bad field, and stores nothing;
+    /// it is checked at this store's office (`validate_at_office`: the
+    /// residence lies in its commune unless the registration says the
+    /// family registers away from home). A device clock that is not set
+    /// gives [`Error::Clock`].
     pub fn register_birth(&self, json: &str, by: &str) -> Result<RecordId> {
-        let now = now_ms();
-        let registration = BirthRegistration::from_json_str(json, Date::today_in_cambodia(now))?;
+        let now = checked_now_ms()?;
+        let office = GazetteerCode::parse_level(&self.office, Level::Commune)
+            .map_err(|_| Error::Corrupt("the store's office is not a commune code".into()))?;
+        let registration =
+            BirthRegistration::from_json_str_at_office(json, Date::today_in_cambodia(now), &office)?;
         let mut conn = lock(&self.conn);
         let submission = Transition {
             action: Action::Submit,
@@ -520,7 +568,7 @@ impl Registrar {
             reason: None,
         };
         let status = workflow::check_append(&[], &submission)?;
-        let id = RecordId::new();
+        let id = RecordId::at(now);
         let mut doc = record::new_record(
             self.actor.clone(),
             RecordKind::Birth,
@@ -572,7 +620,7 @@ impl Registrar {
         by: &str,
         reason: Option<&str>,
     ) -> Result<workflow::Status> {
-        let now = now_ms();
+        let now = checked_now_ms()?;
         let mut conn = lock(&self.conn);
         let device = self.device_label(&conn)?;
         let tx = conn.transaction()?;

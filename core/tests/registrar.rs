@@ -267,3 +267,83 @@ fn lookup_hashes_survive_reopening_the_store() {
     assert_eq!(a.lookup_hash("sok"), b.lookup_hash("sok"));
     assert_ne!(a.lookup_hash("sok"), a.lookup_hash("dara"));
 }
+
+#[test]
+fn a_residence_outside_the_office_commune_is_refused_unless_registered_away() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = new_store(dir.path());
+    let mut doc: serde_json::Value = serde_json::from_str(&sok_dara()).unwrap();
+    doc["residence_village_code"] = "12010101".into();
+    let err = r.register_birth(&doc.to_string(), "clerk").unwrap_err();
+    let Error::InvalidRecord(problems) = err else {
+        panic!("expected InvalidRecord, got {err:?}");
+    };
+    let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
+    assert_eq!(fields, ["residence_village_code"]);
+    assert!(r.list().unwrap().is_empty());
+
+    doc["registered_away_from_residence"] = true.into();
+    let id = r.register_birth(&doc.to_string(), "clerk").unwrap();
+    let shown: serde_json::Value = serde_json::from_str(&r.record_json(&id).unwrap()).unwrap();
+    assert_eq!(shown["data"]["registered_away_from_residence"], true);
+    assert_eq!(shown["data"]["residence_village_code"], "12010101");
+}
+
+#[test]
+fn a_name_with_a_right_to_left_override_is_refused_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = new_store(dir.path());
+    let mut doc: serde_json::Value = serde_json::from_str(&sok_dara()).unwrap();
+    doc["child"]["given_name_latin"] = "DARA\u{202E}".into();
+    let err = r.register_birth(&doc.to_string(), "clerk").unwrap_err();
+    let Error::InvalidRecord(problems) = err else {
+        panic!("expected InvalidRecord, got {err:?}");
+    };
+    assert_eq!(problems.len(), 1);
+    assert_eq!(problems[0].field, "child.given_name_latin");
+    assert!(problems[0].problem.contains("bidirectional"));
+    assert!(r.list().unwrap().is_empty());
+}
+
+#[test]
+fn malformed_staff_ids_are_refused_and_a_disguised_clerk_cannot_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = new_store(dir.path());
+    let long = "c".repeat(10_000);
+    for by in [long.as_str(), "clerk\nregistrar", "clerk 01"] {
+        let err = r.register_birth(&sok_dara(), by).unwrap_err();
+        assert!(matches!(err, Error::InvalidInput(_)), "{err:?}");
+        assert!(err.to_string().contains("staff id"), "{err}");
+    }
+    assert!(r.list().unwrap().is_empty());
+    let id = r.register_birth(&sok_dara(), "clerk-01").unwrap();
+    assert!(matches!(r.verify(&id, "CLERK-01"), Err(Error::NotAllowed(_))));
+    assert!(matches!(
+        r.verify(&id, "clerk-01\u{200B}"),
+        Err(Error::InvalidInput(_))
+    ));
+    assert_eq!(r.record(&id).unwrap().view.transitions.len(), 1);
+    assert_eq!(r.verify(&id, "clerk-02").unwrap(), Status::Verified);
+}
+
+#[test]
+fn a_clock_before_2025_is_an_error_not_a_panic() {
+    use crvs_core::registrar::{EARLIEST_CLOCK_MS, check_clock};
+    use std::time::{Duration, UNIX_EPOCH};
+    let before_1970 = UNIX_EPOCH - Duration::from_secs(86_400);
+    for t in [
+        before_1970,
+        UNIX_EPOCH,
+        UNIX_EPOCH + Duration::from_secs(946_684_800), // 2000-01-01
+        UNIX_EPOCH + Duration::from_millis(EARLIEST_CLOCK_MS as u64 - 1),
+    ] {
+        let err = check_clock(t).unwrap_err();
+        assert!(matches!(err, Error::Clock), "{err:?}");
+        assert_eq!(err.code(), "clock");
+    }
+    let set = UNIX_EPOCH + Duration::from_millis(EARLIEST_CLOCK_MS as u64);
+    assert_eq!(check_clock(set).unwrap(), EARLIEST_CLOCK_MS);
+    // An id for an instant before the epoch is minted, not a panic.
+    let id = RecordId::at(-86_400_000);
+    assert_eq!(RecordId::parse(&id.to_string()).unwrap(), id);
+}

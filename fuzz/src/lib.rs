@@ -31,6 +31,7 @@ use std::sync::{Arc, Mutex, Once, OnceLock};
 use automerge::{ActorId, AutoCommit, Automerge, ReadDoc};
 use crvs_schema::Date;
 use crvs_schema::birth::{self, BirthRegistration};
+use crvs_schema::gazetteer::{GazetteerCode, Level};
 use crvs_schema::record::{self, RecordKind, ServerPart};
 use crvs_schema::wire::{
     self, AckOutcome, ChangeSet, Hash, RecordChanges, SignedChangeSet, SyncRequest, SyncResponse,
@@ -381,7 +382,15 @@ fn check_and_edit(stored: Option<(Automerge, &[u8])>, mut doc: AutoCommit, fresh
     };
     let _ = view.status();
     if view.kind == RecordKind::Birth {
-        let _ = birth::validate(&view.data, today);
+        // As ingest does: against the record's office, when it is a commune.
+        match GazetteerCode::parse_level(&view.office, Level::Commune) {
+            Ok(office) => {
+                let _ = birth::validate_at_office(&view.data, today, &office);
+            }
+            Err(_) => {
+                let _ = birth::validate(&view.data, today);
+            }
+        }
     }
     doc.set_actor(server_actor());
     if record::set_hold(&mut doc, "invalid_on_receipt").is_err() {

@@ -7,7 +7,10 @@
 //!   bad field in one [`ValidationError`], each problem naming the field by
 //!   its dotted path (`child.place_of_birth.village_code`) and saying what is
 //!   expected. Problem messages never contain the input value: names are
-//!   personal data. Names are normalized with [`normalize_name`].
+//!   personal data. Names are normalized with [`normalize_name`] (Khmer
+//!   script) and [`normalize_latin_name`] (the `_latin` fields).
+//!   [`validate_at_office`] also checks the residence against the office
+//!   that registers the birth; the tablet and the server use it.
 //! * serde's `Deserialize`, for data this system has already validated and
 //!   stored. It checks the shape (fields, enums, dates, gazetteer codes) but
 //!   not the rules that need a clock or compare fields, and does not
@@ -24,9 +27,31 @@
 //!               "date_of_birth"?, "nationality", "id_document"?: { "kind", "number" } },
 //!   "father"?: { same as mother },
 //!   "informant": { "relationship", "family_name"?, "given_name"? },
-//!   "residence_village_code",
+//!   "residence_village_code", "registered_away_from_residence"?,
 //!   "remarks"? }
 //! ```
+//!
+//! # Rules beyond the shape
+//!
+//! * **Text.** No control characters, no bidirectional controls (a
+//!   right-to-left override would make a name display as something else)
+//!   and no other invisible characters ([`crate::text::is_invisible`]) in
+//!   names, the facility name, document numbers and remarks. Khmer fields
+//!   (the names without `_latin`, the facility name, the remarks) may
+//!   hold the zero-width space and the joiners (U+200B, U+200C, U+200D):
+//!   normalization removes the zero-width space and keeps the joiners.
+//!   The Latin fields may hold them too, and normalization removes all
+//!   three; document numbers may not.
+//! * **Dates.** No date after today. The registered person is at most
+//!   [`MAX_AGE_YEARS`] old today: late registrations, of adults who were
+//!   never registered too, are legitimate (and flagged by
+//!   [`BirthRegistration::is_late`]), but nobody alive was born in 1900.
+//!   A parent's date of birth, when given, puts their age at the child's
+//!   birth in [`MOTHER_AGE_AT_BIRTH`] or [`FATHER_AGE_AT_BIRTH`]; a parent
+//!   may be dead, so it is not checked against today.
+//! * **Residence** ([`validate_at_office`] only). The residence village lies
+//!   in the office's commune, unless `registered_away_from_residence` is
+//!   `true`: a family that registers away from home says so explicitly.
 //!
 //! Serializing a [`BirthRegistration`] omits absent optional fields, so a
 //! validated registration serializes back to JSON equal to its input
@@ -41,6 +66,7 @@ use unicode_normalization::UnicodeNormalization;
 
 use crate::date::Date;
 use crate::gazetteer::{GazetteerCode, GazetteerError, Level};
+use crate::text;
 
 /// A registration made more than this many days after the birth is a late
 /// registration.
@@ -53,6 +79,21 @@ pub const MAX_FACILITY_NAME_CHARS: usize = 200;
 pub const MAX_DOCUMENT_NUMBER_CHARS: usize = 50;
 /// Maximum length of the remarks, in characters.
 pub const MAX_REMARKS_CHARS: usize = 2000;
+/// The oldest a registered person can be today, in completed years. The
+/// oldest people ever recorded lived to about 117; a date of birth further
+/// back is a typing error (or 0001-01-01).
+pub const MAX_AGE_YEARS: i32 = 120;
+/// The mother's age at the child's birth, in completed years, when her
+/// date of birth is given. Births to girls of 10 and 11 are rare but real,
+/// and must be registrable; births after 65 barely exist even with
+/// assisted reproduction. A mother of 5, or one born the same day as the
+/// child, is a typing error. When the mother's date of birth is not known
+/// it is left out.
+pub const MOTHER_AGE_AT_BIRTH: std::ops::RangeInclusive<i32> = 10..=65;
+/// The father's age at the child's birth, in completed years, when his
+/// date of birth is given. Generous at the top: fathers in their 90s are
+/// documented.
+pub const FATHER_AGE_AT_BIRTH: std::ops::RangeInclusive<i32> = 12..=100;
 
 /// A closed set of string values (a JSON "enum"). Implemented by
 /// [`string_enum!`].
@@ -309,6 +350,12 @@ pub struct BirthRegistration {
     pub informant: Informant,
     /// The village (8-digit gazetteer code) where the child will live.
     pub residence_village_code: GazetteerCode,
+    /// The family registers at an office away from home: the residence
+    /// village lies outside the office's commune. JSON
+    /// `"registered_away_from_residence": true`; `false` is the same as
+    /// leaving it out, and is left out when serialized. Old records,
+    /// written before the field existed, read as `false`.
+    pub registered_away_from_residence: bool,
     /// Free-text remarks by the registrar.
     pub remarks: Option<String>,
 }
@@ -329,8 +376,14 @@ struct BirthRegistrationOut<'a> {
     father: Option<&'a Parent>,
     informant: &'a Informant,
     residence_village_code: GazetteerCode,
+    #[serde(skip_serializing_if = "is_false")]
+    registered_away_from_residence: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     remarks: Option<&'a str>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 #[derive(Deserialize)]
@@ -344,6 +397,8 @@ struct BirthRegistrationIn {
     informant: Informant,
     residence_village_code: GazetteerCode,
     #[serde(default)]
+    registered_away_from_residence: bool,
+    #[serde(default)]
     remarks: Option<String>,
 }
 
@@ -356,6 +411,7 @@ impl Serialize for BirthRegistration {
             father: self.father.as_ref(),
             informant: &self.informant,
             residence_village_code: self.residence_village_code,
+            registered_away_from_residence: self.registered_away_from_residence,
             remarks: self.remarks.as_deref(),
         }
         .serialize(serializer)
@@ -371,6 +427,7 @@ impl<'de> Deserialize<'de> for BirthRegistration {
             father,
             informant,
             residence_village_code,
+            registered_away_from_residence,
             remarks,
         } = BirthRegistrationIn::deserialize(deserializer)?;
         Ok(BirthRegistration {
@@ -379,6 +436,7 @@ impl<'de> Deserialize<'de> for BirthRegistration {
             father,
             informant,
             residence_village_code,
+            registered_away_from_residence,
             remarks,
         })
     }
@@ -388,19 +446,17 @@ impl BirthRegistration {
     /// Parses and [`validate`]s JSON text. Malformed JSON gives a single
     /// problem for the field `"$"` with its line and column.
     pub fn from_json_str(json: &str, today: Date) -> Result<BirthRegistration, ValidationError> {
-        let value: Value = serde_json::from_str(json).map_err(|e| {
-            let what = match e.classify() {
-                serde_json::error::Category::Eof => "is not valid JSON: it ends too early",
-                _ => "is not valid JSON",
-            };
-            ValidationError {
-                problems: vec![FieldProblem::new(
-                    "$",
-                    format!("{what} (line {}, column {})", e.line(), e.column()),
-                )],
-            }
-        })?;
-        validate(&value, today)
+        validate(&parse_json(json)?, today)
+    }
+
+    /// Parses and [`validate_at_office`]s JSON text, as
+    /// [`BirthRegistration::from_json_str`] does.
+    pub fn from_json_str_at_office(
+        json: &str,
+        today: Date,
+        office: &GazetteerCode,
+    ) -> Result<BirthRegistration, ValidationError> {
+        validate_at_office(&parse_json(json)?, today, office)
     }
 
     /// Same as [`validate`].
@@ -409,7 +465,9 @@ impl BirthRegistration {
     }
 
     /// Is this a late registration, made more than
-    /// [`LATE_REGISTRATION_DAYS`] days after the birth?
+    /// [`LATE_REGISTRATION_DAYS`] days after the birth? Late registrations
+    /// are accepted (adults who were never registered included); the flag
+    /// is derived, not stored, so statistics can count it on either side.
     pub fn is_late(&self, registered_on: Date) -> bool {
         registered_on.days_since(&self.child.date_of_birth) > LATE_REGISTRATION_DAYS
     }
@@ -420,6 +478,23 @@ impl BirthRegistration {
         // keys, which these types do not have.
         serde_json::to_value(self).expect("a birth registration always serializes to JSON")
     }
+}
+
+/// JSON text as a value; malformed JSON is a single problem for the field
+/// `"$"` with its line and column.
+fn parse_json(json: &str) -> Result<Value, ValidationError> {
+    serde_json::from_str(json).map_err(|e| {
+        let what = match e.classify() {
+            serde_json::error::Category::Eof => "is not valid JSON: it ends too early",
+            _ => "is not valid JSON",
+        };
+        ValidationError {
+            problems: vec![FieldProblem::new(
+                "$",
+                format!("{what} (line {}, column {})", e.line(), e.column()),
+            )],
+        }
+    })
 }
 
 /// One bad field: which one (dotted path such as
@@ -475,20 +550,36 @@ fn summarize(problems: &[FieldProblem]) -> String {
     format!("{} {noun}: {}", problems.len(), list.join("; "))
 }
 
-/// Normalizes a name for storage and comparison: removes zero-width spaces
-/// (U+200B, and U+FEFF), applies Unicode NFC, trims, and collapses each
-/// run of whitespace inside the name to one space.
+/// Normalizes a name in Khmer script for storage and comparison: removes
+/// zero-width spaces (U+200B, and U+FEFF), applies Unicode NFC, trims, and
+/// collapses each run of whitespace inside the name to one space. The
+/// joiners (U+200C, U+200D) are kept: they change how Khmer signs combine
+/// (a word of nothing but joiners is dropped).
 ///
 /// It does not yet reorder Khmer signs typed in a non-canonical order
 /// beyond what NFC does.
 pub fn normalize_name(name: &str) -> String {
-    let composed: String = name
-        .chars()
-        .filter(|&c| c != '\u{200B}' && c != '\u{FEFF}')
-        .nfc()
-        .collect();
+    normalize_without(name, |c| {
+        c == text::ZERO_WIDTH_SPACE || c == text::BYTE_ORDER_MARK
+    })
+}
+
+/// Normalizes a name in Latin script: as [`normalize_name`], and removes
+/// the joiners too (U+200C, U+200D), which mean nothing in Latin script.
+pub fn normalize_latin_name(name: &str) -> String {
+    normalize_without(name, |c| {
+        text::is_khmer_zero_width(c) || c == text::BYTE_ORDER_MARK
+    })
+}
+
+fn normalize_without(name: &str, removed: impl Fn(char) -> bool) -> String {
+    let composed: String = name.chars().filter(|&c| !removed(c)).nfc().collect();
     let mut out = String::with_capacity(composed.len());
-    for word in composed.split_whitespace() {
+    // A word of nothing but joiners is nothing: a name of joiners is empty.
+    for word in composed
+        .split_whitespace()
+        .filter(|w| !w.chars().all(text::is_khmer_zero_width))
+    {
         if !out.is_empty() {
             out.push(' ');
         }
@@ -503,8 +594,31 @@ pub fn normalize_name(name: &str) -> String {
 /// `today` is the current date in Cambodia (see
 /// [`Date::today_in_cambodia`]): dates after it are rejected.
 pub fn validate(json: &Value, today: Date) -> Result<BirthRegistration, ValidationError> {
+    validate_with(json, today, None)
+}
+
+/// [`validate`], for a registration made at `office` (the commune code of
+/// the tablet's office): the residence village must lie in that commune,
+/// unless the registration says `"registered_away_from_residence": true`,
+/// which it may say only when the residence lies outside. The tablet
+/// checks this before storing a registration, and the server again on
+/// receipt.
+pub fn validate_at_office(
+    json: &Value,
+    today: Date,
+    office: &GazetteerCode,
+) -> Result<BirthRegistration, ValidationError> {
+    validate_with(json, today, Some(office))
+}
+
+fn validate_with(
+    json: &Value,
+    today: Date,
+    office: Option<&GazetteerCode>,
+) -> Result<BirthRegistration, ValidationError> {
     let mut v = Validator {
         today,
+        office: office.copied(),
         problems: Vec::new(),
     };
     let registration = v.registration(json);
@@ -560,7 +674,44 @@ impl<'v> Obj<'v> {
 /// exactly when it has reported a problem.
 struct Validator {
     today: Date,
+    office: Option<GazetteerCode>,
     problems: Vec<FieldProblem>,
+}
+
+/// Which script a text field holds, for its invisible characters.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Script {
+    /// Khmer (or free text): the zero-width space and the joiners are
+    /// allowed.
+    Khmer,
+    /// Latin transliteration: the zero-width characters are allowed and
+    /// removed.
+    Latin,
+    /// Document numbers: no invisible character at all.
+    Code,
+}
+
+/// Which parent, for the age range at the child's birth.
+#[derive(Clone, Copy)]
+enum Role {
+    Mother,
+    Father,
+}
+
+impl Role {
+    fn word(self) -> &'static str {
+        match self {
+            Role::Mother => "mother",
+            Role::Father => "father",
+        }
+    }
+
+    fn ages(self) -> std::ops::RangeInclusive<i32> {
+        match self {
+            Role::Mother => MOTHER_AGE_AT_BIRTH,
+            Role::Father => FATHER_AGE_AT_BIRTH,
+        }
+    }
 }
 
 const REGISTRATION_FIELDS: &[&str] = &[
@@ -570,6 +721,7 @@ const REGISTRATION_FIELDS: &[&str] = &[
     "father",
     "informant",
     "residence_village_code",
+    "registered_away_from_residence",
     "remarks",
 ];
 const CHILD_FIELDS: &[&str] = &[
@@ -660,15 +812,53 @@ impl Validator {
         s
     }
 
-    /// A normalized string of at most `max` characters, possibly empty.
-    fn normalized(&mut self, value: &Value, path: &str, max: usize) -> Option<String> {
-        let raw = self.string(value, path)?;
-        // Tabs and line breaks are whitespace, collapsed by normalization.
-        if raw.chars().any(|c| c.is_control() && !c.is_whitespace()) {
+    /// Reports control characters (other than the whitespace `space_ok`
+    /// allows), bidirectional controls and invisible characters other than
+    /// those `script` allows. `None` when it reported one.
+    fn plain_text(&mut self, raw: &str, path: &str, script: Script, space_ok: bool) -> Option<()> {
+        if raw
+            .chars()
+            .any(|c| c.is_control() && !(space_ok && c.is_whitespace()))
+        {
             self.report(path, "must not contain control characters");
             return None;
         }
-        let name = normalize_name(raw);
+        if raw.chars().any(text::is_bidi_control) {
+            self.report(
+                path,
+                "must not contain bidirectional control characters (such as a right-to-left override)",
+            );
+            return None;
+        }
+        let allowed = |c: char| match script {
+            Script::Khmer | Script::Latin => text::is_khmer_zero_width(c) || c == text::BYTE_ORDER_MARK,
+            Script::Code => false,
+        };
+        if raw.chars().any(|c| text::is_invisible(c) && !allowed(c)) {
+            self.report(
+                path,
+                match script {
+                    Script::Code => "must not contain invisible characters",
+                    _ => {
+                        "must not contain invisible characters (only the zero-width space and the \
+                         joiners U+200C and U+200D are allowed)"
+                    }
+                },
+            );
+            return None;
+        }
+        Some(())
+    }
+
+    /// A normalized string of at most `max` characters, possibly empty.
+    fn normalized(&mut self, value: &Value, path: &str, max: usize, script: Script) -> Option<String> {
+        let raw = self.string(value, path)?;
+        // Tabs and line breaks are whitespace, collapsed by normalization.
+        self.plain_text(raw, path, script, true)?;
+        let name = match script {
+            Script::Latin => normalize_latin_name(raw),
+            Script::Khmer | Script::Code => normalize_name(raw),
+        };
         if name.chars().count() > max {
             self.report(path, format!("must be at most {max} characters long"));
             return None;
@@ -676,9 +866,18 @@ impl Validator {
         Some(name)
     }
 
-    /// A non-empty name, normalized.
+    /// A non-empty name in Khmer script, normalized.
     fn name(&mut self, value: &Value, path: &str) -> Option<String> {
-        let name = self.normalized(value, path, MAX_NAME_CHARS)?;
+        self.name_in(value, path, Script::Khmer)
+    }
+
+    /// A non-empty name in Latin script, normalized.
+    fn latin_name(&mut self, value: &Value, path: &str) -> Option<String> {
+        self.name_in(value, path, Script::Latin)
+    }
+
+    fn name_in(&mut self, value: &Value, path: &str, script: Script) -> Option<String> {
+        let name = self.normalized(value, path, MAX_NAME_CHARS, script)?;
         if name.is_empty() {
             self.report(path, "must not be empty");
             return None;
@@ -689,7 +888,7 @@ impl Validator {
     /// A health facility's name, normalized; may be empty (checked by the
     /// caller, since it depends on the kind of place).
     fn facility_name(&mut self, value: &Value, path: &str) -> Option<String> {
-        self.normalized(value, path, MAX_FACILITY_NAME_CHARS)
+        self.normalized(value, path, MAX_FACILITY_NAME_CHARS, Script::Khmer)
     }
 
     fn document_number(&mut self, value: &Value, path: &str) -> Option<String> {
@@ -703,10 +902,8 @@ impl Validator {
                 format!("must be at most {MAX_DOCUMENT_NUMBER_CHARS} characters long"),
             );
             None
-        } else if number.chars().any(char::is_control) {
-            self.report(path, "must not contain control characters");
-            None
         } else {
+            self.plain_text(number, path, Script::Code, false)?;
             Some(number.to_owned())
         }
     }
@@ -723,6 +920,8 @@ impl Validator {
             );
             None
         } else {
+            // Line breaks and tabs are fine in remarks.
+            self.plain_text(remarks, path, Script::Khmer, true)?;
             Some(remarks.to_owned())
         }
     }
@@ -782,6 +981,14 @@ impl Validator {
         }
     }
 
+    fn boolean(&mut self, value: &Value, path: &str) -> Option<bool> {
+        let b = value.as_bool();
+        if b.is_none() {
+            self.report(path, "must be true or false");
+        }
+        b
+    }
+
     fn event(&mut self, value: &Value, path: &str) -> Option<()> {
         if value.as_str() == Some("birth") {
             Some(())
@@ -802,11 +1009,34 @@ impl Validator {
 
         let event = self.required(&obj, "event", Self::event);
         let child = self.required(&obj, "child", Self::child);
-        let mother = self.required(&obj, "mother", |v, value, path| v.parent(value, path, child_dob));
-        let father = self.optional(&obj, "father", |v, value, path| v.parent(value, path, child_dob));
+        let mother = self.required(&obj, "mother", |v, value, path| {
+            v.parent(value, path, child_dob, Role::Mother)
+        });
+        let father = self.optional(&obj, "father", |v, value, path| {
+            v.parent(value, path, child_dob, Role::Father)
+        });
         let informant = self.required(&obj, "informant", Self::informant);
-        let residence = self.required(&obj, "residence_village_code", Self::village_code);
+        let mut residence = self.required(&obj, "residence_village_code", Self::village_code);
+        let mut away = self.optional(&obj, "registered_away_from_residence", Self::boolean);
         let remarks = self.optional(&obj, "remarks", Self::remarks);
+        if let (Some(office), Some(code), Some(is_away)) = (self.office, residence, away) {
+            let is_away = is_away.unwrap_or(false);
+            let at_home = code.is_within(&office);
+            if !at_home && !is_away {
+                self.report(
+                    "residence_village_code",
+                    "must be a village of this office's commune; for a family registering \
+                     away from home, set registered_away_from_residence to true",
+                );
+                residence = None;
+            } else if at_home && is_away {
+                self.report(
+                    "registered_away_from_residence",
+                    "must not be true: the residence village is in this office's commune",
+                );
+                away = None;
+            }
+        }
 
         event?;
         Some(BirthRegistration {
@@ -815,6 +1045,7 @@ impl Validator {
             father: father?,
             informant: informant?,
             residence_village_code: residence?,
+            registered_away_from_residence: away?.unwrap_or(false),
             remarks: remarks?,
         })
     }
@@ -823,10 +1054,19 @@ impl Validator {
         let obj = self.object(value, path, CHILD_FIELDS)?;
         let family_name = self.required(&obj, "family_name", Self::name);
         let given_name = self.optional(&obj, "given_name", Self::name);
-        let family_name_latin = self.optional(&obj, "family_name_latin", Self::name);
-        let given_name_latin = self.optional(&obj, "given_name_latin", Self::name);
+        let family_name_latin = self.optional(&obj, "family_name_latin", Self::latin_name);
+        let given_name_latin = self.optional(&obj, "given_name_latin", Self::latin_name);
         let sex = self.required(&obj, "sex", Self::choice::<Sex>);
-        let date_of_birth = self.required(&obj, "date_of_birth", Self::past_date);
+        let mut date_of_birth = self.required(&obj, "date_of_birth", Self::past_date);
+        if let Some(dob) = date_of_birth
+            && dob.age_on(self.today) > MAX_AGE_YEARS
+        {
+            self.report(
+                &obj.path("date_of_birth"),
+                format!("must not be more than {MAX_AGE_YEARS} years ago"),
+            );
+            date_of_birth = None;
+        }
         let place_of_birth = self.required(&obj, "place_of_birth", Self::place_of_birth);
         Some(Child {
             family_name: family_name?,
@@ -863,21 +1103,31 @@ impl Validator {
         })
     }
 
-    fn parent(&mut self, value: &Value, path: &str, child_dob: Option<Date>) -> Option<Parent> {
+    fn parent(&mut self, value: &Value, path: &str, child_dob: Option<Date>, role: Role) -> Option<Parent> {
         let obj = self.object(value, path, PARENT_FIELDS)?;
         let family_name = self.required(&obj, "family_name", Self::name);
         let given_name = self.required(&obj, "given_name", Self::name);
-        let family_name_latin = self.optional(&obj, "family_name_latin", Self::name);
-        let given_name_latin = self.optional(&obj, "given_name_latin", Self::name);
+        let family_name_latin = self.optional(&obj, "family_name_latin", Self::latin_name);
+        let given_name_latin = self.optional(&obj, "given_name_latin", Self::latin_name);
         let mut date_of_birth = self.optional(&obj, "date_of_birth", Self::past_date);
-        if let (Some(Some(parent_dob)), Some(child_dob)) = (date_of_birth, child_dob)
-            && parent_dob > child_dob
-        {
-            self.report(
-                &obj.path("date_of_birth"),
-                "must not be after the child's date of birth",
-            );
-            date_of_birth = None;
+        if let (Some(Some(parent_dob)), Some(child_dob)) = (date_of_birth, child_dob) {
+            let ages = role.ages();
+            let problem = if parent_dob > child_dob {
+                Some("must not be after the child's date of birth".to_owned())
+            } else if !ages.contains(&parent_dob.age_on(child_dob)) {
+                Some(format!(
+                    "must make the {} {} to {} years old at the child's birth (leave it out if unknown)",
+                    role.word(),
+                    ages.start(),
+                    ages.end()
+                ))
+            } else {
+                None
+            };
+            if let Some(problem) = problem {
+                self.report(&obj.path("date_of_birth"), problem);
+                date_of_birth = None;
+            }
         }
         let nationality = self.required(&obj, "nationality", Self::nationality);
         let id_document = self.optional(&obj, "id_document", Self::id_document);
@@ -933,6 +1183,11 @@ mod tests {
 
     fn date(s: &str) -> Date {
         Date::parse(s).expect("test date is valid")
+    }
+
+    /// The commune of the fixtures' villages.
+    fn office() -> GazetteerCode {
+        GazetteerCode::parse_level("171003", Level::Commune).expect("a commune")
     }
 
     /// The shared fixture's text, or `None` (with a note) if it is absent.
@@ -1031,14 +1286,54 @@ mod tests {
     fn the_shared_fixtures_validate_and_round_trip() {
         for name in ["birth-sok-dara.json", "birth-no-given-name.json"] {
             let Some(text) = fixture(name) else { return };
-            let reg =
-                BirthRegistration::from_json_str(&text, today()).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let reg = BirthRegistration::from_json_str_at_office(&text, today(), &office())
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
             let original: Value = serde_json::from_str(&text).expect("fixture is JSON");
             assert_eq!(reg.to_json_value(), original, "{name}");
             let via_serde: BirthRegistration =
                 serde_json::from_str(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
             assert_eq!(via_serde, reg, "{name}");
         }
+    }
+
+    /// Each valid shared fixture at the office of the commune its family
+    /// lives in. (`birth-sok-dara-again.json`, the family after its move
+    /// to 120101, needs `registered_away_from_residence` at a 171003
+    /// office, or a 120101 one.)
+    #[test]
+    fn every_valid_shared_birth_fixture_passes_the_office_rules_at_home() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/fixtures");
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            println!("skipping: {dir} is absent");
+            return;
+        };
+        let mut names: Vec<String> = entries
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.starts_with("birth-") && n.ends_with(".json") && n != "birth-invalid.json")
+            .collect();
+        names.sort();
+        for name in &names {
+            let text = std::fs::read_to_string(format!("{dir}/{name}")).expect("readable");
+            let doc: Value = serde_json::from_str(&text).expect("JSON");
+            let home = doc["residence_village_code"]
+                .as_str()
+                .and_then(|v| GazetteerCode::parse_level(v, Level::Village).ok())
+                .and_then(|v| v.commune())
+                .unwrap_or_else(|| panic!("{name}: a residence village"));
+            // The twins' `birth_order` and `type_of_birth` are not part of
+            // the layout yet (refused before these rules too); nothing else
+            // may be refused.
+            if let Err(e) = BirthRegistration::from_json_str_at_office(&text, today(), &home) {
+                let other: Vec<_> = e
+                    .problems
+                    .iter()
+                    .filter(|p| p.problem != "unknown field")
+                    .collect();
+                assert!(other.is_empty(), "{name}: {other:?}");
+                println!("{name}: {e}");
+            }
+        }
+        assert!(names.len() >= 5, "{names:?}");
     }
 
     #[test]
@@ -1096,7 +1391,7 @@ mod tests {
         };
         let mut count = 0;
         for (number, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-            let reg = BirthRegistration::from_json_str(line, today())
+            let reg = BirthRegistration::from_json_str_at_office(line, today(), &office())
                 .unwrap_or_else(|e| panic!("line {}: {e}", number + 1));
             let original: Value = serde_json::from_str(line).expect("line is JSON");
             assert_eq!(reg.to_json_value(), original, "line {}", number + 1);
@@ -1319,14 +1614,21 @@ mod tests {
     #[test]
     fn a_parent_cannot_be_born_after_the_child() {
         let doc = with(sok_dara(), "/mother/date_of_birth", Some(json!("2026-11-03")));
+        // Born the same day as the child: not after it, but aged 0.
         let doc = with(doc, "/father/date_of_birth", Some(json!("2026-11-02")));
         let err = problems_of(&doc);
         assert_eq!(
             err.problems,
-            [FieldProblem::new(
-                "mother.date_of_birth",
-                "must not be after the child's date of birth"
-            )]
+            [
+                FieldProblem::new(
+                    "mother.date_of_birth",
+                    "must not be after the child's date of birth"
+                ),
+                FieldProblem::new(
+                    "father.date_of_birth",
+                    "must make the father 12 to 100 years old at the child's birth (leave it out if unknown)"
+                ),
+            ]
         );
     }
 
@@ -1487,6 +1789,254 @@ mod tests {
         assert!(!reg.is_late(date("2026-11-02")));
         assert!(!reg.is_late(date("2026-12-02")));
         assert!(reg.is_late(date("2026-12-03")));
+    }
+
+    #[test]
+    fn bidi_controls_and_invisible_characters_are_refused_naming_the_field() {
+        let doc = with(sok_dara(), "/child/given_name", Some(json!("ដារ៉ា\u{202E}")));
+        let doc = with(
+            doc,
+            "/child/family_name_latin",
+            Some(json!("\u{2066}SOK\u{2069}")),
+        );
+        let doc = with(doc, "/mother/family_name", Some(json!("ចាន់\u{200F}")));
+        let doc = with(doc, "/mother/given_name_latin", Some(json!("SO\u{00AD}PHEA")));
+        let doc = with(
+            doc,
+            "/mother/id_document/number",
+            Some(json!("170123\u{200B}456")),
+        );
+        let doc = with(doc, "/father/given_name", Some(json!("វិចិត្រ\u{2060}")));
+        let doc = with(doc, "/informant/given_name", Some(json!("\u{17B4}សុភា")));
+        let doc = with(doc, "/remarks", Some(json!("ok \u{202E}kcatta")));
+        let err = problems_of(&doc);
+        let bidi = "must not contain bidirectional control characters (such as a right-to-left override)";
+        let invisible = "must not contain invisible characters (only the zero-width space and the \
+                         joiners U+200C and U+200D are allowed)";
+        assert_eq!(
+            err.problems,
+            [
+                FieldProblem::new("child.given_name", bidi),
+                FieldProblem::new("child.family_name_latin", bidi),
+                FieldProblem::new("mother.family_name", bidi),
+                FieldProblem::new("mother.given_name_latin", invisible),
+                FieldProblem::new(
+                    "mother.id_document.number",
+                    "must not contain invisible characters"
+                ),
+                FieldProblem::new("father.given_name", invisible),
+                FieldProblem::new("informant.given_name", invisible),
+                FieldProblem::new("remarks", bidi),
+            ]
+        );
+        assert!(!err.to_string().contains("SOK"), "{err}");
+    }
+
+    #[test]
+    fn khmer_fields_keep_the_joiners_and_latin_fields_drop_every_zero_width_character() {
+        let doc = with(
+            sok_dara(),
+            "/child/given_name",
+            Some(json!("ដា\u{200C}រ៉ា\u{200B}")),
+        );
+        let doc = with(doc, "/mother/given_name", Some(json!("សុ\u{200D}ភា")));
+        let doc = with(
+            doc,
+            "/child/given_name_latin",
+            Some(json!("DA\u{200B}RA\u{200D}")),
+        );
+        let doc = with(doc, "/mother/family_name_latin", Some(json!("\u{200C}CHAN")));
+        let doc = with(doc, "/remarks", Some(json!("ម្ដាយ\u{200B}មក")));
+        let reg = validate(&doc, today()).expect("valid");
+        assert_eq!(reg.child.given_name.as_deref(), Some("ដា\u{200C}រ៉ា"));
+        assert_eq!(reg.mother.given_name, "សុ\u{200D}ភា");
+        assert_eq!(reg.child.given_name_latin.as_deref(), Some("DARA"));
+        assert_eq!(reg.mother.family_name_latin.as_deref(), Some("CHAN"));
+        assert_eq!(reg.remarks.as_deref(), Some("ម្ដាយ\u{200B}មក"));
+        assert_eq!(normalize_latin_name(" SO\u{200C}K \u{FEFF}"), "SOK");
+        assert_eq!(normalize_name("ស\u{200C}ុខ"), "ស\u{200C}ុខ");
+        assert_eq!(normalize_name("សុខ \u{200D}\u{200C} ដារ៉ា"), "សុខ ដារ៉ា");
+        // A name of joiners alone is empty.
+        let doc = with(sok_dara(), "/child/given_name", Some(json!("\u{200D}")));
+        let doc = with(doc, "/mother/given_name_latin", Some(json!(" \u{200C} ")));
+        assert_eq!(
+            problems_of(&doc).problems,
+            [
+                FieldProblem::new("child.given_name", "must not be empty"),
+                FieldProblem::new("mother.given_name_latin", "must not be empty"),
+            ]
+        );
+    }
+
+    #[test]
+    fn nobody_born_more_than_120_years_ago_is_registered() {
+        // Today is 2027-01-31.
+        let unknown_parents = with(with(sok_dara(), "/mother/date_of_birth", None), "/father", None);
+        for dob in ["0001-01-01", "1900-06-15", "1906-01-31"] {
+            let doc = with(unknown_parents.clone(), "/child/date_of_birth", Some(json!(dob)));
+            assert_eq!(
+                problems_of(&doc).problems,
+                [FieldProblem::new(
+                    "child.date_of_birth",
+                    "must not be more than 120 years ago"
+                )],
+                "{dob}"
+            );
+        }
+        let doc = with(unknown_parents, "/child/date_of_birth", Some(json!("1906-02-01")));
+        assert!(validate(&doc, today()).is_ok());
+    }
+
+    #[test]
+    fn an_adult_never_registered_is_registered_late_not_refused() {
+        let doc = with(sok_dara(), "/child/date_of_birth", Some(json!("1968-03-10")));
+        let doc = with(doc, "/mother/date_of_birth", Some(json!("1941-07-01")));
+        let doc = with(doc, "/father", None);
+        let doc = with(doc, "/remarks", Some(json!("late registration of an adult")));
+        let reg = validate(&doc, today()).expect("a late registration is valid");
+        assert!(reg.is_late(today()));
+        assert!(
+            !validate(&sok_dara(), today())
+                .expect("valid")
+                .is_late(date("2026-11-20"))
+        );
+    }
+
+    #[test]
+    fn a_parent_age_at_the_birth_must_be_plausible() {
+        // The child was born on 2026-11-02.
+        let mother = |dob: &str| with(sok_dara(), "/mother/date_of_birth", Some(json!(dob)));
+        let father = |dob: &str| with(sok_dara(), "/father/date_of_birth", Some(json!(dob)));
+        let mother_problem =
+            "must make the mother 10 to 65 years old at the child's birth (leave it out if unknown)";
+        let father_problem =
+            "must make the father 12 to 100 years old at the child's birth (leave it out if unknown)";
+        // Aged 5, born the same day as the child, 9, 66, born in 1900 or 0001.
+        for dob in [
+            "2021-11-02",
+            "2026-11-02",
+            "2016-11-03",
+            "1960-11-02",
+            "1900-01-01",
+            "0001-01-01",
+        ] {
+            assert_eq!(
+                problems_of(&mother(dob)).problems,
+                [FieldProblem::new("mother.date_of_birth", mother_problem)],
+                "{dob}"
+            );
+        }
+        for dob in ["2014-11-03", "1925-11-02", "1900-01-01"] {
+            assert_eq!(
+                problems_of(&father(dob)).problems,
+                [FieldProblem::new("father.date_of_birth", father_problem)],
+                "{dob}"
+            );
+        }
+        // The ends of the ranges.
+        for doc in [
+            mother("2016-11-02"),
+            mother("1960-11-03"),
+            father("2014-11-02"),
+            father("1925-11-03"),
+        ] {
+            validate(&doc, today()).expect("a plausible age");
+        }
+    }
+
+    #[test]
+    fn the_residence_must_lie_in_the_office_commune_unless_registered_away() {
+        let away = with(sok_dara(), "/residence_village_code", Some(json!("12010101")));
+        let err = validate_at_office(&away, today(), &office()).expect_err("outside the commune");
+        assert_eq!(
+            err.problems,
+            [FieldProblem::new(
+                "residence_village_code",
+                "must be a village of this office's commune; for a family registering away from \
+                 home, set registered_away_from_residence to true"
+            )]
+        );
+        // Without an office (the shape alone) it is accepted.
+        assert!(validate(&away, today()).is_ok());
+        // Said explicitly, it is accepted, kept and written back.
+        let flagged = with(away, "/registered_away_from_residence", Some(json!(true)));
+        let reg = validate_at_office(&flagged, today(), &office()).expect("registered away");
+        assert!(reg.registered_away_from_residence);
+        assert_eq!(reg.to_json_value(), flagged);
+        assert_eq!(
+            serde_json::from_value::<BirthRegistration>(flagged).expect("serde"),
+            reg
+        );
+        // The flag must tell the truth.
+        let wrong = with(sok_dara(), "/registered_away_from_residence", Some(json!(true)));
+        assert_eq!(
+            validate_at_office(&wrong, today(), &office())
+                .expect_err("at home")
+                .problems,
+            [FieldProblem::new(
+                "registered_away_from_residence",
+                "must not be true: the residence village is in this office's commune"
+            )]
+        );
+        let not_bool = with(sok_dara(), "/registered_away_from_residence", Some(json!("yes")));
+        assert_eq!(
+            problems_of(&not_bool).problems,
+            [FieldProblem::new(
+                "registered_away_from_residence",
+                "must be true or false"
+            )]
+        );
+        // false is the same as leaving it out.
+        let at_home = with(sok_dara(), "/registered_away_from_residence", Some(json!(false)));
+        let reg = validate_at_office(&at_home, today(), &office()).expect("at home");
+        assert!(!reg.registered_away_from_residence);
+        assert_eq!(reg.to_json_value(), sok_dara());
+    }
+
+    #[test]
+    fn a_record_stored_before_the_away_flag_existed_still_reads() {
+        let old = sok_dara().to_string();
+        let reg: BirthRegistration = serde_json::from_str(&old).expect("old JSON deserializes");
+        assert!(!reg.registered_away_from_residence);
+        assert!(
+            reg.to_json_value()
+                .get("registered_away_from_residence")
+                .is_none()
+        );
+    }
+
+    /// The figure the issue asks for: how many of the 10,000 synthetic
+    /// births each new rule refuses (at office 171003, today 2027-01-31).
+    #[test]
+    fn the_new_rules_refuse_none_of_the_shared_bench_births() {
+        let text = match std::fs::read_to_string(BENCH) {
+            Ok(text) => text,
+            Err(e) => {
+                println!("skipping: cannot read {BENCH}: {e}");
+                return;
+            }
+        };
+        let mut refused: std::collections::BTreeMap<String, usize> = Default::default();
+        let (mut count, mut late) = (0, 0);
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            count += 1;
+            match BirthRegistration::from_json_str_at_office(line, today(), &office()) {
+                Ok(reg) => late += usize::from(reg.is_late(today())),
+                Err(e) => {
+                    for p in e.problems {
+                        *refused.entry(p.to_string()).or_default() += 1;
+                    }
+                }
+            }
+        }
+        println!(
+            "{count} births, {late} late on {}, refused by rule: {refused:?}",
+            today()
+        );
+        assert_eq!(count, 10_000);
+        assert!(refused.is_empty(), "{refused:?}");
+        // Every birth of 2026 is more than 30 days before 2027-01-31.
+        assert_eq!(late, 10_000);
     }
 
     #[test]

@@ -172,6 +172,18 @@ impl Date {
         self.to_unix_days() - other.to_unix_days()
     }
 
+    /// The age in completed years, on the date `on`, of someone born on
+    /// this date: a birthday counts from its day (29 February from 1 March
+    /// in other years). Negative when `on` is before this date.
+    pub fn age_on(self, on: Date) -> i32 {
+        let years = on.year - self.year;
+        if (on.month, on.day) < (self.month, self.day) {
+            years - 1
+        } else {
+            years
+        }
+    }
+
     /// The date `days` days later (earlier if negative), or `None` outside
     /// [`Date::MIN`]..=[`Date::MAX`].
     pub fn add_days(self, days: i64) -> Option<Date> {
@@ -232,6 +244,19 @@ mod tests {
 
     fn d(s: &str) -> Date {
         Date::parse(s).expect("test date is valid")
+    }
+
+    #[test]
+    fn age_counts_completed_years() {
+        assert_eq!(d("1998-04-15").age_on(d("2026-11-02")), 28);
+        assert_eq!(d("1998-11-02").age_on(d("2026-11-02")), 28);
+        assert_eq!(d("1998-11-03").age_on(d("2026-11-02")), 27);
+        assert_eq!(d("2026-11-02").age_on(d("2026-11-02")), 0);
+        assert_eq!(d("2026-11-03").age_on(d("2026-11-02")), -1);
+        // Born on 29 February: a year older on 1 March in common years.
+        assert_eq!(d("2000-02-29").age_on(d("2001-02-28")), 0);
+        assert_eq!(d("2000-02-29").age_on(d("2001-03-01")), 1);
+        assert_eq!(d("0001-01-01").age_on(d("2027-01-31")), 2026);
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! Domain types and their validation ([`birth`], [`date`], [`gazetteer`]),
 //! the Khmer Identification Code ([`kidc`]) and the server's signed
 //! evidence of an issued one ([`evidence`]), the workflow rules
-//! ([`workflow`]), the layout of a record's automerge document ([`record`])
+//! ([`workflow`]), which characters names and ids may not hold
+//! ([`text`]), the layout of a record's automerge document ([`record`])
 //! and the sync protocol's wire format ([`wire`]).
 //!
 //! **Architecture invariant:** this crate does no I/O. It never touches a
@@ -17,6 +18,7 @@ pub mod evidence;
 pub mod gazetteer;
 pub mod kidc;
 pub mod record;
+pub mod text;
 pub mod wire;
 pub mod workflow;
 

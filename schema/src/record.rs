@@ -632,6 +632,8 @@ pub fn check_tablet_changes<R1: ReadDoc, R2: ReadDoc>(
             )));
         }
     }
+    // Steps the server already has; the others are new.
+    let mut known_steps = 0;
     if let Some((b, rb)) = &root_before {
         let snap_before = |key: &str| snapshot_entry(*b, &root, key.into(), rb.get(key)).map_err(am);
         let snap_after =
@@ -641,16 +643,22 @@ pub fn check_tablet_changes<R1: ReadDoc, R2: ReadDoc>(
                 return Err(TabletChangeError::Immutable(key));
             }
         }
-        if !is_prefix_list(&snap_before(TRANSITIONS)?, &snap_after(TRANSITIONS)?) {
+        let steps_before = snap_before(TRANSITIONS)?;
+        if !is_prefix_list(&steps_before, &snap_after(TRANSITIONS)?) {
             return Err(TabletChangeError::TransitionsRewritten);
         }
+        known_steps = steps_before[0]["$items"].as_array().map_or(0, Vec::len);
     }
     let view = read_root(after, &root_after).map_err(|e| match e {
         RecordError::Workflow(w) => TabletChangeError::Workflow(w),
         other => TabletChangeError::Malformed(other.to_string()),
     })?;
-    // Every transition, old and new, must follow the rules.
+    // Every transition, old and new, must follow the rules; a new one's
+    // staff id must also have the form new steps have.
     workflow::derive(&view.transitions).map_err(TabletChangeError::Workflow)?;
+    for t in view.transitions.iter().skip(known_steps) {
+        workflow::check_staff_id(&t.by).map_err(TabletChangeError::Workflow)?;
+    }
     if view.transitions.is_empty() {
         return Err(TabletChangeError::Workflow(WorkflowError::MustStartWithSubmit));
     }
@@ -879,6 +887,36 @@ mod tests {
             check_tablet_changes(Some(&before), &doc).unwrap_err(),
             TabletChangeError::Workflow(WorkflowError::VerifierIsClerk)
         );
+    }
+
+    #[test]
+    fn a_new_step_with_a_bad_staff_id_is_refused_but_an_old_one_stays_readable() {
+        // A record written before staff ids had a charset.
+        let mut doc = new_record(
+            actor(1),
+            RecordKind::Birth,
+            "171003",
+            &sample(),
+            &submit("Clerk One"),
+        )
+        .unwrap();
+        assert!(check_tablet_changes(None::<&Automerge>, &doc).is_err());
+        let before = copy(&mut doc);
+        let mut v = submit("checker");
+        v.action = Action::Verify;
+        append_transition(&mut doc, &v).unwrap();
+        assert!(check_tablet_changes(Some(&before), &doc).is_ok());
+        let before = copy(&mut doc);
+        for by in ["a".repeat(10_000), "registrar\nclerk".to_owned()] {
+            let mut forged = AutoCommit::load(&doc.save()).unwrap();
+            let mut a = submit(&by);
+            a.action = Action::Approve;
+            append_transition(&mut forged, &a).unwrap();
+            assert!(matches!(
+                check_tablet_changes(Some(&before), &forged).unwrap_err(),
+                TabletChangeError::Workflow(WorkflowError::StaffIdTooLong | WorkflowError::StaffIdCharacters)
+            ));
+        }
     }
 
     #[test]

@@ -13,6 +13,12 @@
 //! ```
 
 use serde::{Deserialize, Serialize};
+use unicode_normalization::UnicodeNormalization;
+
+use crate::text;
+
+/// The longest staff id, in characters.
+pub const MAX_STAFF_ID_CHARS: usize = 64;
 
 /// What a staff member did to a record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -133,6 +139,49 @@ pub enum WorkflowError {
     /// Every transition names a staff member.
     #[error("a staff id is required")]
     MissingStaff,
+    /// A staff id longer than [`MAX_STAFF_ID_CHARS`].
+    #[error("the staff id must be at most {MAX_STAFF_ID_CHARS} characters long")]
+    StaffIdTooLong,
+    /// A staff id with a character outside its charset.
+    #[error(
+        "the staff id may contain only the letters A to Z and a to z, the digits 0 to 9, \
+         '.', '_', '-' and '@'"
+    )]
+    StaffIdCharacters,
+}
+
+/// Checks the staff id of a new step: 1 to [`MAX_STAFF_ID_CHARS`]
+/// characters from `A-Z a-z 0-9 . _ - @` (so no spaces, line breaks or
+/// invisible characters). Staff ids are typed by hand on tablets and end
+/// up in printed notices; such ids are what offices hand out
+/// (`clerk-01`, `KH-171003-007`, an e-mail address).
+///
+/// Steps already in a record are not checked again: a record written by an
+/// earlier version stays readable. The comparison between staff members
+/// uses [`staff_id_key`] in any case.
+pub fn check_staff_id(by: &str) -> Result<(), WorkflowError> {
+    if by.is_empty() {
+        return Err(WorkflowError::MissingStaff);
+    }
+    if by.chars().count() > MAX_STAFF_ID_CHARS {
+        return Err(WorkflowError::StaffIdTooLong);
+    }
+    if !by
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'@'))
+    {
+        return Err(WorkflowError::StaffIdCharacters);
+    }
+    Ok(())
+}
+
+/// The form in which two staff ids are compared: Unicode NFKC, invisible
+/// characters ([`text::is_invisible`]) removed, whitespace trimmed, lower
+/// case. `CLERK-01`, `clerk-01` followed by a zero-width space, and
+/// `ｃｌｅｒｋ－０１` (full width) are all the same staff member.
+pub fn staff_id_key(by: &str) -> String {
+    let visible: String = by.nfkc().filter(|&c| !text::is_invisible(c)).collect();
+    visible.trim().to_lowercase()
 }
 
 /// Applies one transition to the state a record is in (`None` before its
@@ -142,7 +191,7 @@ pub fn next_status(
     clerk: Option<&str>,
     t: &Transition,
 ) -> Result<Status, WorkflowError> {
-    if t.by.trim().is_empty() {
+    if staff_id_key(&t.by).is_empty() {
         return Err(WorkflowError::MissingStaff);
     }
     let Some(current) = current else {
@@ -154,7 +203,7 @@ pub fn next_status(
     match (t.action, current) {
         (Action::Submit, _) => Err(WorkflowError::AlreadySubmitted),
         (Action::Verify, Status::Submitted) => {
-            if clerk.is_some_and(|c| c.trim() == t.by.trim()) {
+            if clerk.is_some_and(|c| staff_id_key(c) == staff_id_key(&t.by)) {
                 Err(WorkflowError::VerifierIsClerk)
             } else {
                 Ok(Status::Verified)
@@ -186,9 +235,10 @@ pub fn derive(transitions: &[Transition]) -> Result<Option<Status>, WorkflowErro
     Ok(status)
 }
 
-/// Checks that `t` may be appended to `transitions`, and returns the state
-/// that results.
+/// Checks that `t` may be appended to `transitions` (its staff id by
+/// [`check_staff_id`] too), and returns the state that results.
 pub fn check_append(transitions: &[Transition], t: &Transition) -> Result<Status, WorkflowError> {
+    check_staff_id(&t.by)?;
     let current = derive(transitions)?;
     let clerk = transitions
         .iter()
@@ -228,9 +278,83 @@ mod tests {
             check_append(&ts, &t(Action::Verify, "clerk")),
             Err(WorkflowError::VerifierIsClerk)
         );
+        // Spaces around it do not make another staff member (a stored
+        // step may have them; a new one may not).
         assert_eq!(
-            check_append(&ts, &t(Action::Verify, " clerk ")),
+            derive(&[t(Action::Submit, "clerk"), t(Action::Verify, " clerk ")]),
             Err(WorkflowError::VerifierIsClerk)
+        );
+    }
+
+    #[test]
+    fn the_clerk_cannot_verify_their_own_record_under_another_spelling() {
+        let ts = vec![t(Action::Submit, "clerk-01")];
+        for disguised in [
+            "CLERK-01",
+            "Clerk-01",
+            "clerk-01\u{200B}",
+            "\u{200B}clerk-01",
+            "clerk\u{2060}-01",
+            "\u{202E}clerk-01",
+            "ｃｌｅｒｋ－０１",
+        ] {
+            // Through the history (as the server reads it) ...
+            let mut history = ts.clone();
+            history.push(t(Action::Verify, disguised));
+            assert_eq!(
+                derive(&history),
+                Err(WorkflowError::VerifierIsClerk),
+                "{disguised:?}"
+            );
+            assert_eq!(staff_id_key(disguised), "clerk-01", "{disguised:?}");
+        }
+        // ... and a new step is refused for its characters before that.
+        assert_eq!(
+            check_append(&ts, &t(Action::Verify, "clerk-01\u{200B}")),
+            Err(WorkflowError::StaffIdCharacters)
+        );
+        assert_eq!(
+            check_append(&ts, &t(Action::Verify, "CLERK-01")),
+            Err(WorkflowError::VerifierIsClerk)
+        );
+        assert_eq!(
+            check_append(&ts, &t(Action::Verify, "clerk-02")),
+            Ok(Status::Verified)
+        );
+    }
+
+    #[test]
+    fn staff_ids_are_short_and_plain() {
+        let ts = vec![t(Action::Submit, "clerk")];
+        let long = "a".repeat(10_000);
+        for (by, expected) in [
+            (long.as_str(), WorkflowError::StaffIdTooLong),
+            ("checker\nregistrar", WorkflowError::StaffIdCharacters),
+            ("check er", WorkflowError::StaffIdCharacters),
+            ("checker\u{202E}", WorkflowError::StaffIdCharacters),
+            ("ពិនិត្យ", WorkflowError::StaffIdCharacters),
+            ("", WorkflowError::MissingStaff),
+            ("\u{200B}", WorkflowError::StaffIdCharacters),
+        ] {
+            assert_eq!(check_append(&ts, &t(Action::Verify, by)), Err(expected), "{by:?}");
+        }
+        let longest = "a".repeat(MAX_STAFF_ID_CHARS);
+        for by in [
+            longest.as_str(),
+            "KH-171003-007",
+            "sophea.chan@moi.gov.kh",
+            "clerk_2",
+        ] {
+            assert_eq!(
+                check_append(&ts, &t(Action::Verify, by)),
+                Ok(Status::Verified),
+                "{by}"
+            );
+        }
+        // An invisible-only staff id in history counts as no staff id.
+        assert_eq!(
+            derive(&[t(Action::Submit, "\u{200B}\u{2060}")]),
+            Err(WorkflowError::MissingStaff)
         );
     }
 

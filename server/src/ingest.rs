@@ -23,9 +23,11 @@
 //!    device's office and belongs to it (`out_of_scope`);
 //! 8. the server's own part, with the server's actor, only when it has
 //!    something to say: a hold when the birth data does not validate
-//!    against the *server's* date (never a refusal: that would block the
-//!    tablet's outbox forever); and for an approved birth without a hold,
-//!    its KIdC;
+//!    against the *server's* date and the record's office
+//!    (`birth::validate_at_office`: a residence outside the commune
+//!    without `registered_away_from_residence`) — never a refusal: that
+//!    would block the tablet's outbox forever; and for an approved birth
+//!    without a hold, its KIdC;
 //! 9. the signed bytes go verbatim into the append-only change-set log and
 //!    the device's chain advances.
 //!
@@ -52,6 +54,7 @@ use automerge::{AutoCommit, Change, ChangeHash};
 use crvs_schema::birth::{self, BirthRegistration};
 use crvs_schema::bounds;
 use crvs_schema::evidence::IssuanceProof;
+use crvs_schema::gazetteer::{GazetteerCode, Level};
 use crvs_schema::kidc::Category;
 use crvs_schema::record::{self, RecordKind, TabletChangeError};
 use crvs_schema::wire::{
@@ -1049,7 +1052,7 @@ fn prepare_record_inner(
             tracing::info!(record = %record_id, "record held: its workflow breaks the rules");
         }
     } else if view.kind == RecordKind::Birth && view.server.kidc.is_none() && view.server.hold.is_none() {
-        match birth::validate(&view.data, ctx.today) {
+        match validate_birth(&view, ctx.today) {
             Ok(reg) => {
                 let tablet_status = workflow::derive(&view.transitions)
                     .map_err(|e| refuse(seq, RefusalCode::InvalidRecord, e.to_string()))?;
@@ -1069,10 +1072,11 @@ fn prepare_record_inner(
             }
             Err(problems) => {
                 new_hold = Some(HOLD_INVALID_ON_RECEIPT);
+                // A count only: an unknown key's name is the tablet's text.
                 tracing::info!(
                     record = %record_id,
                     problems = problems.problems.len(),
-                    "record held: its data does not validate against the server's date"
+                    "record held: its data does not validate on receipt (server's date, device's office)"
                 );
             }
         }
@@ -1184,6 +1188,22 @@ fn apply_tablet_changes(
         ));
     }
     Ok((doc, bytes, before))
+}
+
+/// The server's re-validation of a birth: its data, dated no later than
+/// `latest`, at the record's office. The record lies in the device's office
+/// (checked before), a commune from enrolment; a code that does not parse
+/// fails validation (the record is held).
+fn validate_birth(
+    view: &record::RecordView,
+    latest: Date,
+) -> Result<BirthRegistration, birth::ValidationError> {
+    match GazetteerCode::parse_level(&view.office, Level::Commune) {
+        Ok(office) => birth::validate_at_office(&view.data, latest, &office),
+        Err(_) => Err(birth::ValidationError {
+            problems: vec![birth::FieldProblem::new("office", "must be a commune code")],
+        }),
+    }
 }
 
 /// **KIdC category:** citizen when either parent's nationality is `KHM`.
@@ -1494,7 +1514,7 @@ pub fn release_hold(
     };
     let mut reg = None;
     if view.kind == RecordKind::Birth {
-        match birth::validate(&view.data, today) {
+        match validate_birth(&view, today) {
             Ok(r) => reg = Some(r),
             Err(e) => problems.extend(e.problems.iter().map(|p| format!("{}: {}", p.field, p.problem))),
         }

@@ -426,6 +426,55 @@ fn a_birth_invalid_by_the_servers_date_is_held_without_a_kidc() {
 }
 
 #[test]
+fn a_birth_living_outside_the_commune_forged_past_the_tablet_is_held_without_a_kidc() {
+    let (dir, server) = server();
+    let mut tablet = Tablet::enroll(&server, OFFICE);
+    // A village of commune 120101 (Phnom Penh), sent by a 171003 tablet.
+    let mut data = birth();
+    data["residence_village_code"] = serde_json::json!("12010101");
+    let held = new_record_id();
+    let mut held_doc = tablet.new_doc(OFFICE, &data, &[Action::Verify, Action::Approve]);
+    // The same, said to be registered away from home: issued.
+    data["registered_away_from_residence"] = serde_json::json!(true);
+    let away = new_record_id();
+    let mut away_doc = tablet.new_doc(OFFICE, &data, &[Action::Verify, Action::Approve]);
+    let cs = tablet.seal(vec![
+        record_changes(held, Tablet::all_changes(&mut held_doc)),
+        record_changes(away, Tablet::all_changes(&mut away_doc)),
+    ]);
+    let r = sync(&server, &tablet, vec![cs]);
+    assert!(r.refusal.is_none(), "held, not refused");
+    assert_eq!(r.acks[0].outcome, AckOutcome::Applied);
+    assert!(kidc_in_updates(&r, held, &mut held_doc).is_none());
+    let view = record::read(&held_doc).expect("reads");
+    assert_eq!(view.server.hold.as_deref(), Some("invalid_on_receipt"));
+    assert!(kidc_in_updates(&r, away, &mut away_doc).is_some());
+    assert_eq!(record::read(&away_doc).expect("reads").server.hold, None);
+    assert_eq!(kidcs(dir.path()).len(), 1);
+}
+
+#[test]
+fn a_step_with_a_forged_staff_id_is_refused() {
+    // A verifier of 10,000 characters, one with a line break, and the
+    // clerk again in capitals behind a zero-width space.
+    for by in [
+        "v".repeat(10_000),
+        "checker\nregistrar".to_owned(),
+        "CLERK\u{200B}".to_owned(),
+    ] {
+        let (dir, server) = server();
+        let mut tablet = Tablet::enroll(&server, OFFICE);
+        let id = new_record_id();
+        let mut doc = tablet.new_doc(OFFICE, &birth(), &[]);
+        record::append_transition(&mut doc, &support::step(Action::Verify, &by)).expect("append");
+        let cs = tablet.seal(vec![record_changes(id, Tablet::all_changes(&mut doc))]);
+        let r = sync(&server, &tablet, vec![cs]);
+        assert_eq!(r.refusal.expect("refused").code, RefusalCode::InvalidRecord);
+        assert_eq!(count(dir.path(), "SELECT COUNT(*) FROM records"), 0);
+    }
+}
+
+#[test]
 fn a_foreign_residents_child_gets_the_foreign_resident_category() {
     let (_dir, server) = server();
     let mut tablet = Tablet::enroll(&server, OFFICE);

@@ -44,6 +44,20 @@ pub fn bench_births() -> Vec<String> {
         .collect()
 }
 
+/// A birth (one JSON line) of a family living in `commune` rather than in
+/// the commune of its residence village (the sample's are all in 171003):
+/// the residence becomes the village of `commune` with the same number, so
+/// a tablet of `commune` accepts it.
+pub fn living_in(line: &str, commune: &str) -> String {
+    let mut doc: Value = serde_json::from_str(line).expect("a birth is JSON");
+    let village = doc["residence_village_code"]
+        .as_str()
+        .expect("residence")
+        .to_owned();
+    doc["residence_village_code"] = format!("{commune}{}", &village[6..]).into();
+    doc.to_string()
+}
+
 /// Every line of `fixtures/births-sample.jsonl`.
 pub fn all_sample_births() -> Vec<String> {
     let path = workspace().join("fixtures/births-sample.jsonl");
