@@ -454,9 +454,10 @@ fn a_birth_living_outside_the_commune_forged_past_the_tablet_is_held_without_a_k
 }
 
 #[test]
-fn a_step_with_a_forged_staff_id_is_refused() {
+fn a_step_with_a_forged_staff_id_holds_its_record_without_a_kidc() {
     // A verifier of 10,000 characters, one with a line break, and the
-    // clerk again in capitals behind a zero-width space.
+    // clerk again in capitals behind a zero-width space: a content problem,
+    // so the record is held (the rest of its change set would apply).
     for by in [
         "v".repeat(10_000),
         "checker\nregistrar".to_owned(),
@@ -467,10 +468,17 @@ fn a_step_with_a_forged_staff_id_is_refused() {
         let id = new_record_id();
         let mut doc = tablet.new_doc(OFFICE, &birth(), &[]);
         record::append_transition(&mut doc, &support::step(Action::Verify, &by)).expect("append");
+        record::append_transition(&mut doc, &support::step(Action::Approve, "registrar")).expect("append");
         let cs = tablet.seal(vec![record_changes(id, Tablet::all_changes(&mut doc))]);
         let r = sync(&server, &tablet, vec![cs]);
-        assert_eq!(r.refusal.expect("refused").code, RefusalCode::InvalidRecord);
-        assert_eq!(count(dir.path(), "SELECT COUNT(*) FROM records"), 0);
+        assert!(r.refusal.is_none());
+        assert!(kidc_in_updates(&r, id, &mut doc).is_none(), "no code");
+        assert_eq!(
+            record::read(&doc).expect("reads").server.hold.as_deref(),
+            Some("invalid_workflow")
+        );
+        assert_eq!(kidcs(dir.path()).len(), 0);
+        assert_eq!(admin::holds(&server).expect("holds").len(), 1);
     }
 }
 
