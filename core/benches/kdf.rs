@@ -4,7 +4,8 @@
 //!
 //! A low-end Android tablet is 3 to 5 times slower than one core of a
 //! current x86 machine: the production setting should take 0.1 to 0.17 s
-//! here to cost about half a second there.
+//! here to cost about half a second there. The fastest of the runs is the
+//! figure least disturbed by other work on a shared machine.
 //!
 //! `cargo bench -p crvs-core --bench kdf` prints one JSON object.
 
@@ -15,7 +16,9 @@ use serde_json::json;
 
 const RUNS: usize = 9;
 
-fn median_ms(params: KdfParams) -> f64 {
+/// The median and the fastest of `RUNS` unlocks, in ms. The fastest is the
+/// one least disturbed by other work on the machine.
+fn unlock_ms(params: KdfParams) -> (f64, f64) {
     let aad = b"bench";
     let pass = Passphrase::from("a long passphrase the registrar chose");
     let key = DataKey::generate();
@@ -30,26 +33,18 @@ fn median_ms(params: KdfParams) -> f64 {
         })
         .collect();
     times.sort_by(|a, b| a.total_cmp(b));
-    times[RUNS / 2]
+    (times[RUNS / 2], times[0])
 }
 
 fn main() {
     let candidates = [
         ("before_2026_12", KdfParams::BEFORE_2026_12),
-        (
-            "m64_t2",
-            KdfParams {
-                m_cost: 65536,
-                t_cost: 2,
-                p_cost: 1,
-            },
-        ),
         ("production", KdfParams::PRODUCTION),
         (
-            "m64_t4",
+            "m64_t3",
             KdfParams {
                 m_cost: 65536,
-                t_cost: 4,
+                t_cost: 3,
                 p_cost: 1,
             },
         ),
@@ -64,13 +59,14 @@ fn main() {
     ];
     let mut out = serde_json::Map::new();
     for (name, params) in candidates {
-        let ms = median_ms(params);
+        let (median, fastest) = unlock_ms(params);
         out.insert(
             name.to_string(),
             json!({
                 "params": params.encode(),
-                "unlock_ms_median": (ms * 10.0).round() / 10.0,
-                "low_end_tablet_ms_estimate": [(ms * 3.0).round(), (ms * 5.0).round()],
+                "unlock_ms_median": (median * 10.0).round() / 10.0,
+                "unlock_ms_fastest": (fastest * 10.0).round() / 10.0,
+                "low_end_tablet_ms_estimate": [(fastest * 3.0).round(), (fastest * 5.0).round()],
             }),
         );
     }

@@ -64,16 +64,20 @@ pub struct KdfParams {
 }
 
 impl KdfParams {
-    /// The production setting: 64 MiB, 3 passes, 1 lane (RFC 9106's
-    /// second recommendation with one lane: a tablet's Argon2id runs on one
-    /// core). About half a second on a low-end Android tablet, which is 3 to
-    /// 5 times slower than one core of a current x86 machine, where it takes
-    /// about 0.1 s (`cargo bench -p crvs-core --bench kdf`); 64 MiB is
-    /// nothing to a tablet with 2 GB. Raising it later re-wraps every store
-    /// on its next unlock ([`KdfParams::is_weaker_than`]).
+    /// The production setting: 64 MiB, 2 passes, 1 lane (a tablet's
+    /// Argon2id runs on one core). About 0.12 s on one core of the x86
+    /// development machine, 3.3 times the previous setting
+    /// (`cargo bench -p crvs-core --bench kdf`), so 0.35 to 0.6 s on a
+    /// low-end Android tablet, which is 3 to 5 times slower: the half
+    /// second a tablet can afford. A third pass (RFC 9106's 64 MiB
+    /// recommendation) would take 0.5 to 0.85 s there. Memory is what a
+    /// guessing attacker pays for per parallel guess, so it got the larger
+    /// share; 64 MiB is little to a tablet with 2 GB. Raising it later
+    /// re-wraps every store on its next unlock
+    /// ([`KdfParams::is_weaker_than`]).
     pub const PRODUCTION: KdfParams = KdfParams {
         m_cost: 65536,
-        t_cost: 3,
+        t_cost: 2,
         p_cost: 1,
     };
 
@@ -94,6 +98,11 @@ impl KdfParams {
         p_cost: 1,
     };
 
+    /// The most memory a stored setting may ask for: 1 GiB.
+    pub const MAX_M_COST: u32 = 1 << 20;
+    /// The most passes a stored setting may ask for.
+    pub const MAX_T_COST: u32 = 64;
+
     /// Whether `other` costs more in memory or passes and less in neither:
     /// a store wrapped with `self` should be re-wrapped with `other`. The
     /// lane count alone never makes a setting weaker or stronger.
@@ -113,7 +122,7 @@ impl KdfParams {
         }
     }
 
-    /// The stored form, `argon2id;m=65536;t=3;p=1`.
+    /// The stored form, `argon2id;m=65536;t=2;p=1`.
     pub fn encode(&self) -> String {
         format!("argon2id;m={};t={};p={}", self.m_cost, self.t_cost, self.p_cost)
     }
@@ -140,6 +149,16 @@ impl KdfParams {
         };
         if parts.next().is_some() {
             return Err(bad());
+        }
+        // A damaged or doctored row must not make the unlock allocate
+        // gigabytes or run for hours.
+        if params.m_cost > KdfParams::MAX_M_COST
+            || params.t_cost > KdfParams::MAX_T_COST
+            || params.p_cost > 16
+        {
+            return Err(CryptoError::BadParams(
+                "the stored cost is beyond any this app sets".into(),
+            ));
         }
         Ok(params)
     }
@@ -207,9 +226,11 @@ impl PartialEq for Passphrase {
 
 /// The lowest zxcvbn score a new passphrase may have: 3, "safely
 /// unguessable" (an estimated 10^8 guesses or more). At the production
-/// cost one guess takes about 0.1 s of a current CPU core, so 10^8 guesses
-/// cost about a third of a core-year, and a passphrase of score 4 (10^10)
-/// about 30 core-years.
+/// cost one guess takes about 0.12 s of a current CPU core and 64 MiB, so
+/// 10^8 guesses cost about a third of a core-year, and a passphrase of
+/// score 4 (10^10) about 40 core-years (GPUs do better; by how much for
+/// 64 MiB Argon2id was not measured here). Score 4 would ask for longer
+/// passphrases than registrars type on a tablet every morning.
 pub const MIN_PASSPHRASE_SCORE: u8 = 3;
 
 /// Why a passphrase was refused: zxcvbn's warning and suggestions, which
@@ -223,8 +244,9 @@ pub struct WeakPassphrase {
 }
 
 /// Checks that `passphrase` is strong enough for a new store key: zxcvbn
-/// score at least [`MIN_PASSPHRASE_SCORE`], counting `context` (the office
-/// code, the app's name) as words an attacker would try first.
+/// score at least [`MIN_PASSPHRASE_SCORE`], counting the store's `office`
+/// code and the app's own words (`crvs`, `kidc`, `registrar`) as words an
+/// attacker would try first.
 ///
 /// zxcvbn's word lists are English (and names common in the USA): a
 /// romanised Khmer name with a year, such as `sokdara2024`, passes, though
@@ -233,8 +255,8 @@ pub struct WeakPassphrase {
 /// zxcvbn looks at the first 100 characters and copies parts of them into
 /// strings of its own that are not wiped: this runs only when a passphrase
 /// is chosen (`init`, a passphrase change), never at unlock.
-pub fn check_strength(passphrase: &Passphrase, context: &[&str]) -> Result<(), WeakPassphrase> {
-    let entropy = zxcvbn::zxcvbn(passphrase.expose(), context);
+pub fn check_strength(passphrase: &Passphrase, office: &str) -> Result<(), WeakPassphrase> {
+    let entropy = zxcvbn::zxcvbn(passphrase.expose(), &[office, "crvs", "kidc", "registrar"]);
     let score = u8::from(entropy.score());
     if score >= MIN_PASSPHRASE_SCORE {
         return Ok(());
@@ -560,7 +582,7 @@ mod tests {
     #[test]
     fn kdf_params_round_trip_through_their_stored_form() {
         let p = KdfParams::PRODUCTION;
-        assert_eq!(p.encode(), "argon2id;m=65536;t=3;p=1");
+        assert_eq!(p.encode(), "argon2id;m=65536;t=2;p=1");
         let old = KdfParams::BEFORE_2026_12;
         assert_eq!(old.encode(), "argon2id;m=19456;t=2;p=1");
         assert_eq!(KdfParams::decode(&old.encode()).unwrap(), old);
@@ -568,6 +590,10 @@ mod tests {
         assert!(KdfParams::decode("scrypt;m=1;t=1;p=1").is_err());
         assert!(KdfParams::decode("argon2id;m=1;t=1").is_err());
         assert!(KdfParams::decode("argon2id;m=1;t=1;p=1;x=2").is_err());
+        assert!(KdfParams::decode("argon2id;m=1048576;t=64;p=16").is_ok());
+        assert!(KdfParams::decode("argon2id;m=1048577;t=3;p=1").is_err());
+        assert!(KdfParams::decode("argon2id;m=65536;t=65;p=1").is_err());
+        assert!(KdfParams::decode("argon2id;m=65536;t=3;p=17").is_err());
     }
 
     #[test]
@@ -606,7 +632,7 @@ mod tests {
             "aaaaaaaaaaaaaaaa",
             "correcthorse",
         ] {
-            let Err(err) = check_strength(&weak.into(), &["171003", "crvs"]) else {
+            let Err(err) = check_strength(&weak.into(), "171003") else {
                 panic!("{weak} passed");
             };
             assert!(err.score < MIN_PASSPHRASE_SCORE, "{weak}");
@@ -631,11 +657,7 @@ mod tests {
             // The new passphrase of the CLI's passphrase-change test.
             "rice fields after the monsoon rains",
         ] {
-            assert_eq!(
-                check_strength(&strong.into(), &["171003", "crvs"]),
-                Ok(()),
-                "{strong}"
-            );
+            assert_eq!(check_strength(&strong.into(), "171003"), Ok(()), "{strong}");
         }
     }
 

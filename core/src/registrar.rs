@@ -255,11 +255,6 @@ fn rewrap(
     Ok(true)
 }
 
-/// Words an attacker tries first against a store, besides zxcvbn's lists.
-fn passphrase_context(office: &str) -> [&str; 4] {
-    [office, "crvs", "kidc", "registrar"]
-}
-
 impl Registrar {
     /// Creates a new store in `dir` for the office `commune` (a 6-digit
     /// gazetteer commune code), protected by `passphrase`, which must pass
@@ -285,7 +280,7 @@ impl Registrar {
         }
         let office = GazetteerCode::parse_level(commune.trim(), Level::Commune)
             .map_err(|e| Error::InvalidInput(format!("commune code {e}")))?;
-        crate::crypto::check_strength(passphrase, &passphrase_context(office.as_str()))?;
+        crate::crypto::check_strength(passphrase, office.as_str())?;
         let mut conn = store::open(dir, true)?;
         store::migrate(&mut conn)?;
         let key = DataKey::generate();
@@ -389,7 +384,7 @@ impl Registrar {
     /// and replaced in one transaction: afterwards `old` no longer opens
     /// the store. Nothing else is re-encrypted (the data key stays).
     pub fn change_passphrase(&self, old: &Passphrase, new: &Passphrase) -> Result<()> {
-        crate::crypto::check_strength(new, &passphrase_context(&self.office))?;
+        crate::crypto::check_strength(new, &self.office)?;
         if new == old {
             return Err(Error::InvalidInput(
                 "the new passphrase must differ from the old one".into(),

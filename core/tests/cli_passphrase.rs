@@ -108,7 +108,7 @@ fn crvs_passphrase_change_rewraps_the_key_under_the_new_passphrase() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let j = json(&out);
     assert_eq!(j["changed"], true);
-    assert_eq!(j["kdf"], "argon2id;m=65536;t=3;p=1");
+    assert_eq!(j["kdf"], "argon2id;m=65536;t=2;p=1");
     assert!(!shows(&out, NEW) && !shows(&out, PASSPHRASE));
 
     // The old passphrase no longer opens the store; the new one does, and

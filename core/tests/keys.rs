@@ -87,7 +87,7 @@ fn a_store_made_with_the_previous_production_setting_rises_to_the_current_one() 
     let r = Registrar::open(dir.path(), &pass()).unwrap();
     assert_eq!(r.kdf_params().unwrap(), KdfParams::PRODUCTION);
     drop(r);
-    assert_eq!(stored_key(dir.path()).params.encode(), "argon2id;m=65536;t=3;p=1");
+    assert_eq!(stored_key(dir.path()).params.encode(), "argon2id;m=65536;t=2;p=1");
     Registrar::open(dir.path(), &pass()).unwrap();
 }
 
