@@ -65,12 +65,12 @@ pub struct KdfParams {
 
 impl KdfParams {
     /// The production setting: 64 MiB, 2 passes, 1 lane (a tablet's
-    /// Argon2id runs on one core). About 0.12 s on one core of the x86
-    /// development machine, 3.3 times the previous setting
-    /// (`cargo bench -p crvs-core --bench kdf`), so 0.35 to 0.6 s on a
-    /// low-end Android tablet, which is 3 to 5 times slower: the half
-    /// second a tablet can afford. A third pass (RFC 9106's 64 MiB
-    /// recommendation) would take 0.5 to 0.85 s there. Memory is what a
+    /// Argon2id runs on one core). About 0.14 s on one core of the x86
+    /// development machine (median; 0.13 s at best), 3.8 times the previous
+    /// setting's 37 ms (`cargo bench -p crvs-core --bench kdf`), so 0.4 to
+    /// 0.7 s on a low-end Android tablet, which is 3 to 5 times slower:
+    /// the half second a tablet can afford. A third pass (RFC 9106's 64 MiB
+    /// recommendation) measured 0.19 to 0.24 s here, 0.6 to 1.2 s there. Memory is what a
     /// guessing attacker pays for per parallel guess, so it got the larger
     /// share; 64 MiB is little to a tablet with 2 GB. Raising it later
     /// re-wraps every store on its next unlock
@@ -226,9 +226,9 @@ impl PartialEq for Passphrase {
 
 /// The lowest zxcvbn score a new passphrase may have: 3, "safely
 /// unguessable" (an estimated 10^8 guesses or more). At the production
-/// cost one guess takes about 0.12 s of a current CPU core and 64 MiB, so
-/// 10^8 guesses cost about a third of a core-year, and a passphrase of
-/// score 4 (10^10) about 40 core-years (GPUs do better; by how much for
+/// cost one guess takes about 0.14 s of a current CPU core and 64 MiB, so
+/// 10^8 guesses cost about 0.45 core-years, and a passphrase of score 4
+/// (10^10) about 45 core-years (GPUs do better; by how much for
 /// 64 MiB Argon2id was not measured here). Score 4 would ask for longer
 /// passphrases than registrars type on a tablet every morning.
 pub const MIN_PASSPHRASE_SCORE: u8 = 3;
