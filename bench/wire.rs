@@ -61,7 +61,7 @@ fn run(dir: &Path, births: &[String], batch: usize) -> serde_json::Value {
     };
     let tablet = Registrar::init_with_kdf(
         dir.join(format!("tablet-{batch}")),
-        "bench",
+        &"a long passphrase the registrar chose".into(),
         "171003",
         KdfParams::INSECURE_FOR_TESTS,
     )

@@ -41,7 +41,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let token = crvs_server::admin::create_token(&server, commune, 24 * 3600 * 1000)?;
         let tablet = Registrar::init(
             day.path().join(format!("tablet-{commune}")),
-            "passphrase",
+            &"mango trees shade the commune office".into(),
             commune,
         )?;
         let enrolled = tablet.enroll(&url, &token.token, None)?;

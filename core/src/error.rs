@@ -16,6 +16,10 @@ pub enum Error {
     /// The passphrase does not open this store. Nothing was changed.
     #[error("wrong passphrase: the store could not be unlocked")]
     WrongPassphrase,
+    /// A new passphrase (at `init`, or a passphrase change) is too easy
+    /// to guess. The reason never repeats the passphrase.
+    #[error("the passphrase is too weak: {0}")]
+    WeakPassphrase(String),
     /// The registration is invalid; every bad field is listed.
     #[error("the registration is invalid ({} problem(s))", .0.len())]
     InvalidRecord(Vec<FieldProblem>),
@@ -81,6 +85,7 @@ impl Error {
     pub fn code(&self) -> &'static str {
         match self {
             Error::WrongPassphrase => "wrong_passphrase",
+            Error::WeakPassphrase(_) => "weak_passphrase",
             Error::InvalidRecord(_) => "invalid_record",
             Error::NotAllowed(_) => "not_allowed",
             Error::NotFound => "not_found",
@@ -104,6 +109,9 @@ impl Error {
     pub fn hint(&self) -> &'static str {
         match self {
             Error::WrongPassphrase => "Check the passphrase (CRVS_PASSPHRASE) and try again.",
+            Error::WeakPassphrase(_) => {
+                "Choose a longer passphrase: four or more words that do not belong together, not a name, a date or a saying."
+            }
             Error::InvalidRecord(_) => "Correct the fields listed and submit the registration again.",
             Error::NotAllowed(_) => "Check the record's status and who performs the step.",
             Error::NotFound => "Check the record id; `crvs list` shows the records in this store.",
@@ -142,6 +150,12 @@ impl From<rusqlite::Error> for Error {
             // rusqlite's messages name SQL, tables and columns, never values.
             _ => Error::Storage(e.to_string()),
         }
+    }
+}
+
+impl From<crate::crypto::WeakPassphrase> for Error {
+    fn from(e: crate::crypto::WeakPassphrase) -> Self {
+        Error::WeakPassphrase(e.reason)
     }
 }
 

@@ -20,6 +20,7 @@ pub mod transport;
 
 pub use crvs_schema::FieldProblem;
 pub use crvs_schema::workflow::Status;
+pub use crypto::Passphrase;
 pub use error::{Error, Result};
 pub use registrar::{Enrollment, Record, RecordId, RecordSummary, Registrar, SyncState};
 pub use sync::{Quiet, SyncObserver, SyncPhase, SyncProgress, SyncReport};

@@ -27,7 +27,7 @@ use rusqlite::{Connection, Transaction};
 use serde_json::{Value as Json, json};
 use zeroize::Zeroizing;
 
-use crate::crypto::{DataKey, KdfParams, WrappedKey, aad};
+use crate::crypto::{DataKey, KdfParams, Passphrase, WrappedKey, aad};
 use crate::error::{Error, Result};
 use crate::store::{self, OutboxRow, RecordRow, meta};
 use crate::sync::{self, Chain, SyncObserver, SyncPhase, SyncProgress, SyncReport};
@@ -183,6 +183,9 @@ pub struct Registrar {
     key: DataKey,
     actor: ActorId,
     office: String,
+    /// The Argon2id setting this build asks for: the store's is raised to
+    /// it on unlock, and a passphrase change never goes below it.
+    kdf: KdfParams,
     sync_lock: Mutex<()>,
 }
 
@@ -283,19 +286,45 @@ fn heads_from_bytes(bytes: &[u8]) -> Result<Vec<ChangeHash>> {
         .collect())
 }
 
+/// Wraps `key` again under `passphrase` with `kdf` and a new salt, and
+/// replaces `old` with it in one immediate transaction if `old` is still
+/// the stored wrapping (another process may have re-wrapped it or changed
+/// the passphrase meanwhile: then nothing is written). Returns whether it
+/// wrote.
+fn rewrap(
+    conn: &mut Connection,
+    key: &DataKey,
+    passphrase: &Passphrase,
+    old: &WrappedKey,
+    kdf: KdfParams,
+) -> Result<bool> {
+    // The slow derivation runs before the transaction, so no writer waits
+    // for it.
+    let new = key.wrap(passphrase, kdf, WRAP_AAD)?;
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    if !store::replace_wrapped_key(&tx, old, &new)? {
+        return Ok(false);
+    }
+    tx.commit()?;
+    Ok(true)
+}
+
 impl Registrar {
     /// Creates a new store in `dir` for the office `commune` (a 6-digit
-    /// gazetteer commune code), protected by `passphrase`.
-    pub fn init(dir: impl AsRef<Path>, passphrase: &str, commune: &str) -> Result<Registrar> {
+    /// gazetteer commune code), protected by `passphrase`, which must pass
+    /// [`crate::crypto::check_strength`] ([`Error::WeakPassphrase`]
+    /// otherwise).
+    pub fn init(dir: impl AsRef<Path>, passphrase: &Passphrase, commune: &str) -> Result<Registrar> {
         Registrar::init_with_kdf(dir, passphrase, commune, KdfParams::PRODUCTION)
     }
 
     /// [`Registrar::init`] with chosen Argon2id parameters. Production code
     /// uses [`KdfParams::PRODUCTION`]; [`KdfParams::INSECURE_FOR_TESTS`]
-    /// exists only to make tests fast.
+    /// exists only to make tests fast. The passphrase is checked all the
+    /// same.
     pub fn init_with_kdf(
         dir: impl AsRef<Path>,
-        passphrase: &str,
+        passphrase: &Passphrase,
         commune: &str,
         kdf: KdfParams,
     ) -> Result<Registrar> {
@@ -306,6 +335,7 @@ impl Registrar {
         let office = GazetteerCode::parse_level(commune.trim(), Level::Commune)
             .map_err(|e| Error::InvalidInput(format!("commune code {e}")))?;
         let now = checked_now_ms()?;
+        crate::crypto::check_strength(passphrase, office.as_str())?;
         let mut conn = store::open(dir, true)?;
         store::migrate(&mut conn)?;
         let key = DataKey::generate();
@@ -333,24 +363,53 @@ impl Registrar {
             key,
             actor: ActorId::from(actor),
             office: office.as_str().to_string(),
+            kdf,
             sync_lock: Mutex::new(()),
         })
     }
 
     /// Opens the store in `dir`. A wrong passphrase gives
-    /// [`Error::WrongPassphrase`] and changes nothing.
-    pub fn open(dir: impl AsRef<Path>, passphrase: &str) -> Result<Registrar> {
+    /// [`Error::WrongPassphrase`] and changes nothing. A store whose key is
+    /// wrapped with a cheaper Argon2id setting than
+    /// [`KdfParams::PRODUCTION`] is re-wrapped with it (see
+    /// [`Registrar::open_with_kdf`]).
+    pub fn open(dir: impl AsRef<Path>, passphrase: &Passphrase) -> Result<Registrar> {
+        Registrar::open_with_kdf(dir, passphrase, KdfParams::PRODUCTION)
+    }
+
+    /// [`Registrar::open`], raising the store's Argon2id setting to `kdf`
+    /// when the stored one [is weaker](KdfParams::is_weaker_than): the
+    /// data key is wrapped again under the same passphrase with a new salt,
+    /// and the parameters, salt and wrapped key are replaced in one
+    /// transaction, so a crash leaves either the old wrapping or the new,
+    /// and the passphrase opens both. A stronger stored setting is kept.
+    /// If the re-wrap cannot be written (a full disk), the store still
+    /// opens and the next unlock tries again.
+    pub fn open_with_kdf(
+        dir: impl AsRef<Path>,
+        passphrase: &Passphrase,
+        kdf: KdfParams,
+    ) -> Result<Registrar> {
         let dir = dir.as_ref();
         let mut conn = store::open(dir, false)?;
-        let params: String = store::require_meta(&conn, meta::KDF_PARAMS)?;
-        let wrapped = WrappedKey {
-            params: crate::crypto::KdfParams::decode(&params)?,
-            salt: store::require_meta(&conn, meta::KDF_SALT)?,
-            sealed: store::require_meta(&conn, meta::WRAPPED_KEY)?,
-        };
+        let wrapped = store::read_wrapped_key(&conn)?;
         let key = DataKey::unwrap(passphrase, &wrapped, WRAP_AAD)?;
         // Migrations run only once the passphrase is known to be right.
         store::migrate(&mut conn)?;
+        if wrapped.params.is_weaker_than(&kdf) {
+            match rewrap(&mut conn, &key, passphrase, &wrapped, kdf) {
+                Ok(true) => tracing::info!(
+                    from = %wrapped.params.encode(),
+                    to = %kdf.encode(),
+                    "store key re-wrapped with a stronger key derivation"
+                ),
+                Ok(false) => {}
+                Err(e) => tracing::warn!(
+                    code = e.code(),
+                    "the store key could not be re-wrapped; next unlock retries"
+                ),
+            }
+        }
         let actor: Vec<u8> = store::require_meta(&conn, meta::ACTOR)?;
         if actor.len() != 16 {
             return Err(Error::Corrupt("the store's actor id is malformed".into()));
@@ -362,8 +421,52 @@ impl Registrar {
             key,
             actor: ActorId::from(actor.as_slice()),
             office,
+            kdf,
             sync_lock: Mutex::new(()),
         })
+    }
+
+    /// The Argon2id setting the store's key is wrapped with now.
+    pub fn kdf_params(&self) -> Result<KdfParams> {
+        Ok(store::read_wrapped_key(&lock(&self.conn))?.params)
+    }
+
+    /// Changes the store's passphrase: `old` must unwrap the stored key
+    /// ([`Error::WrongPassphrase`] otherwise, nothing changed) and `new`
+    /// must pass the strength check ([`Error::WeakPassphrase`]) and differ
+    /// from `old`. The data key is wrapped under `new` with a fresh salt
+    /// and the stronger of the stored and the build's Argon2id settings,
+    /// and replaced in one transaction: afterwards `old` no longer opens
+    /// the store. Nothing else is re-encrypted (the data key stays).
+    pub fn change_passphrase(&self, old: &Passphrase, new: &Passphrase) -> Result<()> {
+        crate::crypto::check_strength(new, &self.office)?;
+        if new == old {
+            return Err(Error::InvalidInput(
+                "the new passphrase must differ from the old one".into(),
+            ));
+        }
+        // The key derivations run outside the lock and the transaction; the
+        // replacement only happens if the stored key is still the one `old`
+        // unwrapped.
+        let current = store::read_wrapped_key(&lock(&self.conn))?;
+        let unwrapped = DataKey::unwrap(old, &current, WRAP_AAD)?;
+        if !unwrapped.same_key(&self.key) {
+            return Err(Error::Corrupt(
+                "the store's wrapped key is not this store's key".into(),
+            ));
+        }
+        let params = current.params.at_least(self.kdf);
+        let wrapped = self.key.wrap(new, params, WRAP_AAD)?;
+        let mut conn = lock(&self.conn);
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        if !store::replace_wrapped_key(&tx, &current, &wrapped)? {
+            return Err(Error::NotAllowed(
+                "the passphrase was changed meanwhile by another process; open the store again".into(),
+            ));
+        }
+        tx.commit()?;
+        tracing::info!(kdf = %params.encode(), "store passphrase changed");
+        Ok(())
     }
 
     /// The store folder.

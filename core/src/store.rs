@@ -189,6 +189,35 @@ pub fn set_meta<T: ToSql>(tx: &Transaction<'_>, key: &str, value: T) -> Result<(
     Ok(())
 }
 
+/// The data key as wrapped in `meta`: its KDF parameters, salt and sealed
+/// key.
+pub fn read_wrapped_key(conn: &Connection) -> Result<crate::crypto::WrappedKey> {
+    let params: String = require_meta(conn, meta::KDF_PARAMS)?;
+    Ok(crate::crypto::WrappedKey {
+        params: crate::crypto::KdfParams::decode(&params)?,
+        salt: require_meta(conn, meta::KDF_SALT)?,
+        sealed: require_meta(conn, meta::WRAPPED_KEY)?,
+    })
+}
+
+/// Replaces the wrapped data key (parameters, salt and sealed key, all
+/// three in `tx`) if the stored one is still `expected`; returns whether
+/// it did. A store whose key was re-wrapped meanwhile by another process
+/// (a passphrase change) is left alone.
+pub fn replace_wrapped_key(
+    tx: &Transaction<'_>,
+    expected: &crate::crypto::WrappedKey,
+    new: &crate::crypto::WrappedKey,
+) -> Result<bool> {
+    if read_wrapped_key(tx)? != *expected {
+        return Ok(false);
+    }
+    set_meta(tx, meta::KDF_PARAMS, new.params.encode())?;
+    set_meta(tx, meta::KDF_SALT, new.salt.clone())?;
+    set_meta(tx, meta::WRAPPED_KEY, new.sealed.clone())?;
+    Ok(true)
+}
+
 /// A row of `records`.
 #[derive(Debug, Clone)]
 pub struct RecordRow {

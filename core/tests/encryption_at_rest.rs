@@ -76,7 +76,7 @@ fn no_name_or_document_number_appears_in_any_store_file_open_or_closed() {
     drop(r);
     assert_no_personal_data(dir.path());
     // And the data is all there, behind the passphrase.
-    let r = crvs_core::Registrar::open(dir.path(), PASSPHRASE).unwrap();
+    let r = crvs_core::Registrar::open(dir.path(), &PASSPHRASE.into()).unwrap();
     let shown = r.record_json(&a).unwrap();
     assert!(shown.contains("SOPHEA") && shown.contains("170123456"));
     drop(r);

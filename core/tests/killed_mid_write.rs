@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use crvs_core::Registrar;
+use crvs_core::crypto::KdfParams;
 
 fn crvs(dir: &std::path::Path, args: &[&str]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_crvs"));
@@ -25,7 +26,7 @@ fn crvs(dir: &std::path::Path, args: &[&str]) -> Command {
 /// Reopens the store and checks everything: it opens, lists, every record
 /// decrypts and reads, the outbox's sequence and hash chain hold.
 fn assert_consistent(dir: &std::path::Path) -> usize {
-    let r = Registrar::open(dir, PASSPHRASE).expect("the store reopens after a kill");
+    let r = Registrar::open(dir, &PASSPHRASE.into()).expect("the store reopens after a kill");
     let list = r.list().expect("list works");
     for s in &list {
         let rec = r.record(&s.id).expect("every record decrypts and reads");
@@ -73,7 +74,7 @@ fn a_store_killed_mid_write_reopens_consistent() {
         .unwrap();
     assert!(status.success());
     let _ = crvs(&store, &["sync"]).status().unwrap();
-    let r = Registrar::open(&store, PASSPHRASE).unwrap();
+    let r = Registrar::open(&store, &PASSPHRASE.into()).unwrap();
     let n = r.check().unwrap();
     assert!(n >= 1);
     assert!(r.list().unwrap().iter().all(|s| s.status == "submitted"));
@@ -117,4 +118,45 @@ fn a_child_registering_many_records_killed_at_varied_points_leaves_whole_records
         std::thread::sleep(Duration::from_millis(50));
         assert_consistent(&store);
     }
+}
+
+#[test]
+fn a_rewrap_killed_at_varied_points_leaves_a_store_the_passphrase_opens() {
+    // A store made with a cheap setting: the `crvs` child (production
+    // setting) re-wraps its key on unlock, and is killed before, during or
+    // after the derivation and the one-transaction replacement.
+    let dir = tempfile::tempdir().unwrap();
+    let mut raised = 0;
+    for round in 0..10u64 {
+        let store = dir.path().join(format!("store-{round}"));
+        drop(new_store(&store));
+        let mut child = crvs(&store, &["list"]).spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(round * 45));
+        let _ = child.kill();
+        let _ = child.wait().unwrap();
+        // The test's own open keeps whatever setting it finds.
+        let r = Registrar::open_with_kdf(&store, &PASSPHRASE.into(), KdfParams::INSECURE_FOR_TESTS)
+            .expect("the passphrase opens the store after a kill mid-rewrap");
+        let params = r.kdf_params().unwrap();
+        assert!(
+            params == KdfParams::INSECURE_FOR_TESTS || params == KdfParams::PRODUCTION,
+            "{params:?}"
+        );
+        raised += usize::from(params == KdfParams::PRODUCTION);
+        assert!(matches!(
+            Registrar::open_with_kdf(
+                &store,
+                &"not the passphrase".into(),
+                KdfParams::INSECURE_FOR_TESTS
+            ),
+            Err(crvs_core::Error::WrongPassphrase)
+        ));
+    }
+    // A child left alone finishes the re-wrap.
+    let store = dir.path().join("store-unkilled");
+    drop(new_store(&store));
+    assert!(crvs(&store, &["list"]).status().unwrap().success());
+    let r = Registrar::open_with_kdf(&store, &PASSPHRASE.into(), KdfParams::INSECURE_FOR_TESTS).unwrap();
+    assert_eq!(r.kdf_params().unwrap(), KdfParams::PRODUCTION);
+    eprintln!("{raised} of 10 killed children had finished the re-wrap");
 }

@@ -160,15 +160,15 @@ fn a_wrong_passphrase_is_refused_and_changes_nothing() {
     let db = dir.path().join("crvs.db");
     let before = std::fs::read(&db).unwrap();
     assert!(matches!(
-        Registrar::open(dir.path(), "wrong"),
+        Registrar::open(dir.path(), &"wrong".into()),
         Err(Error::WrongPassphrase)
     ));
     assert!(matches!(
-        Registrar::open(dir.path(), ""),
+        Registrar::open(dir.path(), &"".into()),
         Err(Error::WrongPassphrase)
     ));
     assert_eq!(std::fs::read(&db).unwrap(), before, "the database file changed");
-    let r = Registrar::open(dir.path(), PASSPHRASE).unwrap();
+    let r = Registrar::open(dir.path(), &PASSPHRASE.into()).unwrap();
     assert_eq!(r.list().unwrap().len(), 1);
 }
 
@@ -179,7 +179,7 @@ fn init_refuses_an_existing_store_and_a_bad_commune() {
     assert!(matches!(
         Registrar::init_with_kdf(
             dir.path(),
-            "p",
+            &PASSPHRASE.into(),
             COMMUNE,
             crvs_core::crypto::KdfParams::INSECURE_FOR_TESTS
         ),
@@ -189,14 +189,14 @@ fn init_refuses_an_existing_store_and_a_bad_commune() {
     for bad in ["1710", "17100301", "991003", "abcdef"] {
         assert!(
             matches!(
-                Registrar::init(other.path(), "p", bad),
+                Registrar::init(other.path(), &PASSPHRASE.into(), bad),
                 Err(Error::InvalidInput(_))
             ),
             "{bad}"
         );
     }
     assert!(matches!(
-        Registrar::open(other.path(), "p"),
+        Registrar::open(other.path(), &"p".into()),
         Err(Error::NotInitialized)
     ));
 }
@@ -205,7 +205,7 @@ fn init_refuses_an_existing_store_and_a_bad_commune() {
 fn a_file_that_is_not_a_store_is_reported_corrupt() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("crvs.db"), vec![0x55u8; 8192]).unwrap();
-    let err = Registrar::open(dir.path(), "p").unwrap_err();
+    let err = Registrar::open(dir.path(), &"p".into()).unwrap_err();
     assert!(matches!(err, Error::Corrupt(_)), "{err:?}");
     let other = tempfile::tempdir().unwrap();
     let conn = rusqlite::Connection::open(other.path().join("crvs.db")).unwrap();
@@ -213,7 +213,7 @@ fn a_file_that_is_not_a_store_is_reported_corrupt() {
         .unwrap();
     drop(conn);
     assert!(matches!(
-        Registrar::open(other.path(), "p"),
+        Registrar::open(other.path(), &"p".into()),
         Err(Error::Corrupt(_))
     ));
 }
@@ -262,8 +262,8 @@ fn sync_against_an_unreachable_server_is_offline_and_keeps_the_outbox() {
 fn lookup_hashes_survive_reopening_the_store() {
     let dir = tempfile::tempdir().unwrap();
     drop(new_store(dir.path()));
-    let a = Registrar::open(dir.path(), PASSPHRASE).unwrap();
-    let b = Registrar::open(dir.path(), PASSPHRASE).unwrap();
+    let a = Registrar::open(dir.path(), &PASSPHRASE.into()).unwrap();
+    let b = Registrar::open(dir.path(), &PASSPHRASE.into()).unwrap();
     assert_eq!(a.lookup_hash("sok"), b.lookup_hash("sok"));
     assert_ne!(a.lookup_hash("sok"), a.lookup_hash("dara"));
 }

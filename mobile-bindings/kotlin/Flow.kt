@@ -22,6 +22,7 @@ import kotlin.system.exitProcess
 import kotlinx.coroutines.runBlocking
 
 const val PASSPHRASE = "a long passphrase the registrar chose"
+const val NEW_PASSPHRASE = "rice fields after the monsoon rains"
 const val COMMUNE = "171003"
 var checks = 0
 
@@ -89,6 +90,15 @@ fun flow() {
     Registrar.init(store, PASSPHRASE, COMMUNE).close()
     expectError<CrvsException.AlreadyInitialized> { Registrar.init(store, PASSPHRASE, COMMUNE) }
     expectError<CrvsException.WrongPassphrase> { Registrar.open(store, "not the passphrase") }
+    // A weak passphrase is refused at init, its reason does not repeat it.
+    val weak = expectError<CrvsException.WeakPassphrase> {
+        Registrar.init(File(System.getenv("CRVS_WORK_DIR"), "weak").path, "letmein123", COMMUNE)
+    }
+    check(weak.reason.isNotEmpty() && "letmein123" !in weak.reason) { "the weak passphrase's reason" }
+    // A passphrase change: afterwards only the new one opens; then back.
+    Registrar.open(store, PASSPHRASE).use { it.changePassphrase(PASSPHRASE, NEW_PASSPHRASE) }
+    expectError<CrvsException.WrongPassphrase> { Registrar.open(store, PASSPHRASE) }
+    Registrar.open(store, NEW_PASSPHRASE).use { it.changePassphrase(NEW_PASSPHRASE, PASSPHRASE) }
     Registrar.open(store, PASSPHRASE).use { registrar ->
         expectError<CrvsException.NotEnrolled> { runBlocking { registrar.sync(Recorder()) } }
         // A CA that is not a PEM certificate is refused before anything is sent.

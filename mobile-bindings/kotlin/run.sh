@@ -51,6 +51,8 @@ done
 grep -q 'public static func create(storeDir: String, passphrase: String, commune: String)' "$work/swift/CrvsMobile.swift"
 grep -q 'public protocol SyncProgress' "$work/swift/CrvsMobile.swift"
 grep -q '^enum CrvsError: Swift.Error' "$work/swift/CrvsMobile.swift"
+grep -q 'open func changePassphrase(old: String, new: String)' "$work/swift/CrvsMobile.swift"
+grep -q 'case WeakPassphrase(' "$work/swift/CrvsMobile.swift"
 echo "ok: $(ls "$work/swift" | tr '\n' ' ')"
 
 echo "== generate the Kotlin bindings and compile Flow.kt"

@@ -128,6 +128,16 @@ pub enum CrvsError {
         /// The core's message.
         reason: String,
     },
+    // Variants added later go below, so that earlier ones keep their
+    // position in the generated bindings.
+    /// A new passphrase (`init`, `change_passphrase`) is too easy to
+    /// guess. Nothing was created or changed: show the reason and ask for
+    /// a longer one.
+    #[error("the passphrase is too weak: {reason}")]
+    WeakPassphrase {
+        /// What is wrong and what would help (never the passphrase).
+        reason: String,
+    },
 }
 
 impl From<crvs_core::Error> for CrvsError {
@@ -135,6 +145,7 @@ impl From<crvs_core::Error> for CrvsError {
         use crvs_core::Error as E;
         match e {
             E::WrongPassphrase => CrvsError::WrongPassphrase,
+            E::WeakPassphrase(reason) => CrvsError::WeakPassphrase { reason },
             E::InvalidRecord(problems) => CrvsError::InvalidRecord {
                 problems: problems.into_iter().map(FieldProblem::from).collect(),
             },
@@ -178,6 +189,12 @@ mod tests {
         let problem = crvs_core::FieldProblem::new("child.sex", "is required");
         let cases = [
             (E::WrongPassphrase, CrvsError::WrongPassphrase),
+            (
+                E::WeakPassphrase("Add another word or two.".into()),
+                CrvsError::WeakPassphrase {
+                    reason: "Add another word or two.".into(),
+                },
+            ),
             (
                 E::InvalidRecord(vec![problem]),
                 CrvsError::InvalidRecord {

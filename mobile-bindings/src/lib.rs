@@ -8,7 +8,7 @@
 //! no personal data.
 //!
 //! The API mirrors the registrar CLI `crvs`: [`Registrar::init`] /
-//! [`Registrar::open`], `enroll`, `register_birth`, `verify`, `approve`,
+//! [`Registrar::open`], `change_passphrase`, `enroll`, `register_birth`, `verify`, `approve`,
 //! `reject`, `record_json` (the JSON of `crvs show`), `list_json` and the
 //! async `sync`, which reports to a foreign [`SyncProgress`].
 //!
@@ -16,6 +16,14 @@
 //! half a second; `enroll` is one HTTP round trip): call them off the UI
 //! thread. `sync` runs the core's blocking sync on a thread of its own and
 //! needs no async runtime on the Rust side.
+//!
+//! Passphrases arrive as `String`s. uniffi lifts a `String` argument from
+//! the buffer the foreign side filled without copying it, and each method
+//! moves it at once into a zeroizing [`crvs_core::Passphrase`], so that
+//! buffer is wiped when the call returns and the core holds no other copy.
+//! The foreign side's own copies (the JVM or Swift string, the UTF-8 bytes
+//! it encoded before the call) are outside Rust's reach: the app should
+//! keep the passphrase no longer than it needs it.
 
 use std::sync::Arc;
 
@@ -101,17 +109,32 @@ fn record_id(id: &str) -> Result<RecordId, CrvsError> {
 impl Registrar {
     /// Creates a new store in `store_dir` for the office `commune` (a
     /// 6-digit commune code), protected by `passphrase`.
+    /// `WeakPassphrase` if the passphrase is too easy to guess (its reason
+    /// is for the user; it never repeats the passphrase);
     /// `AlreadyInitialized` if the folder holds a store.
     #[uniffi::constructor]
     pub fn init(store_dir: String, passphrase: String, commune: String) -> Result<Arc<Registrar>, CrvsError> {
+        let passphrase = crvs_core::Passphrase::new(passphrase);
         Registrar::wrap(crvs_core::Registrar::init(store_dir, &passphrase, &commune))
     }
 
     /// Opens the store in `store_dir`. `WrongPassphrase` changes nothing;
-    /// `NotInitialized` if there is no store.
+    /// `NotInitialized` if there is no store. A store whose key derivation
+    /// is cheaper than this build's is re-wrapped on the way (once).
     #[uniffi::constructor]
     pub fn open(store_dir: String, passphrase: String) -> Result<Arc<Registrar>, CrvsError> {
+        let passphrase = crvs_core::Passphrase::new(passphrase);
         Registrar::wrap(crvs_core::Registrar::open(store_dir, &passphrase))
+    }
+
+    /// Changes the store's passphrase from `old` to `new`: afterwards only
+    /// `new` opens the store. `WrongPassphrase` if `old` is not the
+    /// current passphrase, `WeakPassphrase` if `new` is too easy to guess,
+    /// `InvalidInput` if they are the same; nothing changes then.
+    pub fn change_passphrase(&self, old: String, new: String) -> Result<(), CrvsError> {
+        let old = crvs_core::Passphrase::new(old);
+        let new = crvs_core::Passphrase::new(new);
+        Ok(self.core.change_passphrase(&old, &new)?)
     }
 
     /// Enrols this tablet with the server at `server_url` using a one-time
@@ -178,5 +201,54 @@ impl Registrar {
             observer.outcome(result)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OLD: &str = "a long passphrase the registrar chose";
+    const NEW: &str = "rice fields after the monsoon rains";
+
+    fn store_dir(dir: &tempfile::TempDir) -> String {
+        dir.path().join("store").display().to_string()
+    }
+
+    #[test]
+    fn init_refuses_a_weak_passphrase_across_the_boundary_without_repeating_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = Registrar::init(store_dir(&dir), "letmein123".into(), "171003".into()).unwrap_err();
+        let CrvsError::WeakPassphrase { reason } = &err else {
+            panic!("expected WeakPassphrase, got {err:?}");
+        };
+        assert!(!reason.is_empty());
+        assert!(!err.to_string().contains("letmein123"));
+        assert!(matches!(
+            Registrar::open(store_dir(&dir), OLD.into()),
+            Err(CrvsError::NotInitialized)
+        ));
+    }
+
+    #[test]
+    fn a_changed_passphrase_opens_the_store_and_the_old_one_no_longer_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Registrar::init(store_dir(&dir), OLD.into(), "171003".into()).unwrap();
+        assert_eq!(
+            r.change_passphrase("not the passphrase".into(), NEW.into()),
+            Err(CrvsError::WrongPassphrase)
+        );
+        assert!(matches!(
+            r.change_passphrase(OLD.into(), "letmein123".into()),
+            Err(CrvsError::WeakPassphrase { .. })
+        ));
+        r.change_passphrase(OLD.into(), NEW.into()).unwrap();
+        drop(r);
+        assert!(matches!(
+            Registrar::open(store_dir(&dir), OLD.into()),
+            Err(CrvsError::WrongPassphrase)
+        ));
+        let r = Registrar::open(store_dir(&dir), NEW.into()).unwrap();
+        assert_eq!(r.list_json().unwrap(), r#"{"records":[]}"#);
     }
 }

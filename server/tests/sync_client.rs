@@ -149,7 +149,7 @@ fn unenrolled() -> (tempfile::TempDir, Registrar, Wire) {
     let wire = Wire::open(&dir.path().join("server"));
     let tablet = Registrar::init_with_kdf(
         dir.path().join("tablet"),
-        "correct horse battery staple",
+        &"correct horse battery staple".into(),
         COMMUNE,
         KdfParams::INSECURE_FOR_TESTS,
     )
@@ -383,13 +383,13 @@ fn a_tablet_store_restored_from_an_old_copy_continues_above_the_servers_request_
         let e = e.unwrap();
         std::fs::copy(e.path(), copy.join(e.file_name())).unwrap();
     }
-    let r = Registrar::open(&store, "correct horse battery staple").unwrap();
+    let r = Registrar::open(&store, &"correct horse battery staple".into()).unwrap();
     for _ in 0..3 {
         r.sync_with(&server, &quiet()).unwrap();
     }
     drop(r);
     // The old copy comes back: its counter is behind the server's.
-    let restored = Registrar::open(&copy, "correct horse battery staple").unwrap();
+    let restored = Registrar::open(&copy, &"correct horse battery staple".into()).unwrap();
     let report = restored.sync_with(&server, &quiet()).expect("sync continues");
     assert!(report.requests >= 2, "one refused as behind, then one above it");
     restored

@@ -29,6 +29,7 @@ from crvs_mobile import (  # noqa: E402  (the path is set just above)
 )
 
 PASSPHRASE = "a long passphrase the registrar chose"
+NEW_PASSPHRASE = "rice fields after the monsoon rains"
 COMMUNE = "171003"
 CHECKS = 0
 
@@ -105,6 +106,14 @@ def main():
     Registrar.init(store, PASSPHRASE, COMMUNE)
     expect_error(CrvsError.AlreadyInitialized, lambda: Registrar.init(store, PASSPHRASE, COMMUNE))
     expect_error(CrvsError.WrongPassphrase, lambda: Registrar.open(store, "not the passphrase"))
+    # A weak passphrase is refused at init, its reason does not repeat it.
+    weak = expect_error(CrvsError.WeakPassphrase,
+                        lambda: Registrar.init(os.path.join(os.environ["CRVS_WORK_DIR"], "weak"), "letmein123", COMMUNE))
+    check(weak.reason and "letmein123" not in str(weak), "the weak passphrase's reason")
+    # A passphrase change: afterwards only the new one opens; then back.
+    Registrar.open(store, PASSPHRASE).change_passphrase(PASSPHRASE, NEW_PASSPHRASE)
+    expect_error(CrvsError.WrongPassphrase, lambda: Registrar.open(store, PASSPHRASE))
+    Registrar.open(store, NEW_PASSPHRASE).change_passphrase(NEW_PASSPHRASE, PASSPHRASE)
     registrar = Registrar.open(store, PASSPHRASE)
 
     # Not enrolled yet: a sync says so.

@@ -5,7 +5,10 @@
 //! on stdout; on failure it is `{"error": CODE, "message": TEXT}` (plus
 //! `"problems"` for an invalid registration), and the exit status is
 //! non-zero. The passphrase comes only from the environment variable
-//! `CRVS_PASSPHRASE`.
+//! `CRVS_PASSPHRASE` (and a new one, for `crvs passphrase change`, from
+//! `CRVS_NEW_PASSPHRASE`). It goes straight from the variable's `String`
+//! into a zeroizing [`Passphrase`]; the process's environment block keeps
+//! its own copy, which we do not control.
 
 use std::io::{IsTerminal, Write};
 use std::ops::ControlFlow;
@@ -13,11 +16,15 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use crvs_core::{Error, FieldProblem, RecordId, Registrar, SyncPhase, SyncProgress};
+use crvs_core::{Error, FieldProblem, Passphrase, RecordId, Registrar, SyncPhase, SyncProgress};
 use serde_json::{Value as Json, json};
+use zeroize::Zeroize;
 
 /// The environment variable that holds the store passphrase.
 const PASSPHRASE_ENV: &str = "CRVS_PASSPHRASE";
+/// The environment variable that holds the new passphrase for
+/// `crvs passphrase change`.
+const NEW_PASSPHRASE_ENV: &str = "CRVS_NEW_PASSPHRASE";
 
 #[derive(Parser)]
 #[command(
@@ -102,6 +109,19 @@ enum Command {
     /// Check that every record and change set in the store decrypts and
     /// that the outbox's hash chain is intact.
     Check,
+    /// The store passphrase.
+    Passphrase {
+        #[command(subcommand)]
+        command: PassphraseCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PassphraseCommand {
+    /// Change the store passphrase: the current one from CRVS_PASSPHRASE,
+    /// the new one from CRVS_NEW_PASSPHRASE (it must be as strong as at
+    /// `init`). Afterwards only the new one opens the store.
+    Change,
 }
 
 #[derive(Subcommand)]
@@ -211,19 +231,34 @@ fn print_failure(f: &Failure, json: bool) {
     }
 }
 
-fn passphrase() -> Result<String, Failure> {
-    match std::env::var(PASSPHRASE_ENV) {
-        Ok(p) if !p.is_empty() => Ok(p),
-        _ => Err(Failure {
-            code: "passphrase_missing",
-            message: format!(
-                "the store passphrase is not set: put it in the environment variable {PASSPHRASE_ENV}"
-            ),
-            hint: "The passphrase is never taken from the command line.",
-            problems: Vec::new(),
-            exit: 1,
-        }),
+/// Reads a passphrase from the environment variable `var`, moving the
+/// variable's `String` into a zeroizing [`Passphrase`] without a copy.
+fn env_passphrase(var: &'static str) -> Result<Passphrase, Failure> {
+    match std::env::var(var) {
+        Ok(p) if !p.is_empty() => Ok(Passphrase::new(p)),
+        Ok(_) => Err(passphrase_missing(var)),
+        Err(std::env::VarError::NotPresent) => Err(passphrase_missing(var)),
+        Err(std::env::VarError::NotUnicode(os)) => {
+            os.into_encoded_bytes().zeroize();
+            Err(Failure::from(Error::InvalidInput(format!(
+                "the environment variable {var} is not valid UTF-8"
+            ))))
+        }
     }
+}
+
+fn passphrase_missing(var: &'static str) -> Failure {
+    Failure {
+        code: "passphrase_missing",
+        message: format!("the store passphrase is not set: put it in the environment variable {var}"),
+        hint: "The passphrase is never taken from the command line.",
+        problems: Vec::new(),
+        exit: 1,
+    }
+}
+
+fn passphrase() -> Result<Passphrase, Failure> {
+    env_passphrase(PASSPHRASE_ENV)
 }
 
 fn store_dir(cli: &Cli) -> Result<PathBuf, Failure> {
@@ -371,6 +406,23 @@ fn run(cli: &Cli) -> Result<Output, Failure> {
             Ok(Output {
                 json: json!({ "ok": true, "records": n }),
                 text: format!("The store is consistent: {n} record(s) checked."),
+            })
+        }
+        Command::Passphrase {
+            command: PassphraseCommand::Change,
+        } => {
+            let dir = store_dir(cli)?;
+            let old = passphrase()?;
+            let new = env_passphrase(NEW_PASSPHRASE_ENV)?;
+            let r = Registrar::open(&dir, &old)?;
+            r.change_passphrase(&old, &new)?;
+            let kdf = r.kdf_params()?;
+            Ok(Output {
+                json: json!({ "changed": true, "kdf": kdf.encode() }),
+                text: format!(
+                    "The passphrase of the store in {} is changed: only the new one opens it now. Put it in {PASSPHRASE_ENV}.",
+                    dir.display()
+                ),
             })
         }
     }

@@ -26,7 +26,7 @@ pub fn no_given_name() -> String {
 }
 
 pub fn new_store(dir: &Path) -> Registrar {
-    Registrar::init_with_kdf(dir, PASSPHRASE, COMMUNE, KdfParams::INSECURE_FOR_TESTS).expect("init")
+    Registrar::init_with_kdf(dir, &PASSPHRASE.into(), COMMUNE, KdfParams::INSECURE_FOR_TESTS).expect("init")
 }
 
 /// Answers an enrolment the way the server does (signed), for a given
