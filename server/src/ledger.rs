@@ -253,19 +253,7 @@ impl KidcLedger {
     /// Records an enrolment, durably (before the database commits it): a
     /// restore from a backup older than the enrolment puts the device back.
     pub fn record_enrolment(&self, d: &LedgerDevice) -> Result<(), StorageError> {
-        self.conn().execute(
-            "INSERT INTO devices (device_id, office, public_key, enrolled_at, token_hash, revoked_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (device_id) DO NOTHING",
-            params![
-                d.device_id.to_string(),
-                d.office,
-                d.public_key,
-                d.enrolled_at_ms,
-                d.token_hash,
-                d.revoked_at_ms
-            ],
-        )?;
-        Ok(())
+        self.import_devices(std::slice::from_ref(d))
     }
 
     /// Imports enrolments the ledger lacks (a ledger made after devices
