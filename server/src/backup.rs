@@ -44,7 +44,9 @@ pub enum BackupError {
     #[error("{0} exists already; choose a new file name (a backup never overwrites one)")]
     Exists(PathBuf),
     /// A server is running on the data folder.
-    #[error("a crvs-server process is serving {0}; stop it before restoring")]
+    #[error(
+        "another crvs-server process is serving {0}; stop it first (one server per data folder, and none during a restore)"
+    )]
     Running(PathBuf),
     /// The file is not a healthy crvs-server database.
     #[error("{0} is not a usable crvs-server backup: {1}")]
