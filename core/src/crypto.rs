@@ -285,10 +285,12 @@ impl Drop for Key {
     }
 }
 
-/// The store's random data key, and the lookup key derived from it.
+/// The store's random data key, and the lookup and row-MAC keys derived
+/// from it.
 pub struct DataKey {
     key: Key,
     lookup: Key,
+    row_mac: Key,
 }
 
 impl std::fmt::Debug for DataKey {
@@ -308,9 +310,12 @@ impl DataKey {
     fn from_bytes(bytes: &[u8; 32]) -> DataKey {
         let mut lookup = Zeroizing::new([0u8; 32]);
         lookup.copy_from_slice(&hmac_sha256(bytes, b"crvs/lookup-key/v1"));
+        let mut row_mac = Zeroizing::new([0u8; 32]);
+        row_mac.copy_from_slice(&hmac_sha256(bytes, b"crvs/row-mac-key/v1"));
         DataKey {
             key: Key(*bytes),
             lookup: Key(*lookup),
+            row_mac: Key(*row_mac),
         }
     }
 
@@ -328,6 +333,13 @@ impl DataKey {
     /// not store the token itself.
     pub fn lookup_hash(&self, token: &str) -> [u8; 32] {
         hmac_sha256(&self.lookup.0, token.as_bytes())
+    }
+
+    /// A copy of the key that authenticates the store's rows (see
+    /// [`crate::integrity`]), derived from the data key, so it changes with
+    /// nothing but the data key.
+    pub fn row_mac_key(&self) -> Zeroizing<[u8; 32]> {
+        Zeroizing::new(self.row_mac.0)
     }
 
     /// Whether `other` is the same key (constant-time).
@@ -450,7 +462,7 @@ fn open_with(key: &[u8; 32], aad: &[u8], sealed: &[u8]) -> Result<Zeroizing<Vec<
 }
 
 /// HMAC-SHA256 (RFC 2104).
-fn hmac_sha256(key: &[u8], msg: &[u8]) -> [u8; 32] {
+pub(crate) fn hmac_sha256(key: &[u8], msg: &[u8]) -> [u8; 32] {
     const BLOCK: usize = 64;
     let mut k = Zeroizing::new([0u8; BLOCK]);
     if key.len() > BLOCK {

@@ -74,6 +74,11 @@ pub enum Error {
     /// The store's files are damaged or are not a crvs store.
     #[error("the store is damaged or not a crvs store: {0}")]
     Corrupt(String),
+    /// Rows of the store were changed outside crvs (someone edited the
+    /// file without the passphrase): it names them, by table and id or
+    /// key, never by content. Nothing was sent or changed.
+    #[error("the store was changed outside crvs: {}", .0.join(", "))]
+    Tampered(Vec<String>),
     /// The device clock is not set: it reads a date before
     /// 2025-01-01 (see `registrar::EARLIEST_CLOCK_MS`). Nothing was stored.
     #[error("the device clock is wrong: it reads a date before 2025-01-01")]
@@ -101,6 +106,7 @@ impl Error {
             Error::Cancelled => "cancelled",
             Error::Storage(_) => "storage",
             Error::Corrupt(_) => "corrupt",
+            Error::Tampered(_) => "tampered",
             Error::Clock => "clock",
         }
     }
@@ -131,6 +137,9 @@ impl Error {
             Error::Cancelled => "Nothing was lost: sync again to continue.",
             Error::Storage(_) => "Check free space and file permissions, then try again.",
             Error::Corrupt(_) => "Restore the store from a backup, or contact support.",
+            Error::Tampered(_) => {
+                "Nothing was sent or changed. Keep the tablet as it is and call the district office: someone edited the store's file."
+            }
             Error::Clock => "Set the tablet's date and time, then try again. Nothing was stored.",
         }
     }
@@ -147,6 +156,9 @@ impl From<rusqlite::Error> for Error {
                 Error::Corrupt("the database file is not a SQLite database".into())
             }
             Some(ErrorCode::DatabaseCorrupt) => Error::Corrupt("the database file is corrupt".into()),
+            // A trigger refused to write over a row that fails its MAC
+            // (see `integrity`).
+            _ if e.to_string().contains(crate::integrity::TAMPERED_MARK) => crate::integrity::classify(e),
             // rusqlite's messages name SQL, tables and columns, never values.
             _ => Error::Storage(e.to_string()),
         }

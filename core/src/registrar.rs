@@ -29,6 +29,7 @@ use zeroize::Zeroizing;
 
 use crate::crypto::{DataKey, KdfParams, Passphrase, WrappedKey, aad};
 use crate::error::{Error, Result};
+use crate::integrity;
 use crate::store::{self, OutboxRow, RecordRow, meta};
 use crate::sync::{self, Chain, SyncObserver, SyncPhase, SyncProgress, SyncReport};
 use crate::transport::{HttpTransport, Transport};
@@ -336,10 +337,11 @@ impl Registrar {
             .map_err(|e| Error::InvalidInput(format!("commune code {e}")))?;
         let now = checked_now_ms()?;
         crate::crypto::check_strength(passphrase, office.as_str())?;
-        let mut conn = store::open(dir, true)?;
-        store::migrate(&mut conn)?;
         let key = DataKey::generate();
         let wrapped = key.wrap(passphrase, kdf, WRAP_AAD)?;
+        let mut conn = store::open(dir, true)?;
+        crate::integrity::register(&conn, &key)?;
+        store::migrate(&mut conn)?;
         let mut actor = [0u8; 16];
         rand::rng().fill_bytes(&mut actor);
         let tx = conn.transaction()?;
@@ -394,6 +396,10 @@ impl Registrar {
         let mut conn = store::open(dir, false)?;
         let wrapped = store::read_wrapped_key(&conn)?;
         let key = DataKey::unwrap(passphrase, &wrapped, WRAP_AAD)?;
+        // The schema must be exactly ours before the key is registered: a
+        // trigger slipped into the file would run with it.
+        crate::integrity::check_schema(&conn, store::MIGRATIONS, store::user_version(&conn)?)?;
+        crate::integrity::register(&conn, &key)?;
         // Migrations run only once the passphrase is known to be right.
         store::migrate(&mut conn)?;
         if wrapped.params.is_weaker_than(&kdf) {
@@ -757,6 +763,7 @@ impl Registrar {
     /// Reads and decrypts one record.
     pub fn record(&self, id: &RecordId) -> Result<Record> {
         let conn = lock(&self.conn);
+        integrity::ensure_intact(&conn, integrity::Scope::Record(&id.0))?;
         let row = store::get_record(&conn, &id.0)?.ok_or(Error::NotFound)?;
         let acked = Self::acked_seq(&conn)?;
         let doc = self.load_doc(&row)?;
@@ -780,6 +787,7 @@ impl Registrar {
     /// Every record, without personal data, oldest first.
     pub fn list(&self) -> Result<Vec<RecordSummary>> {
         let conn = lock(&self.conn);
+        integrity::ensure_intact(&conn, integrity::Scope::All)?;
         let acked = Self::acked_seq(&conn)?;
         store::all_records(&conn)?
             .into_iter()
@@ -823,10 +831,48 @@ impl Registrar {
     /// the hash chain links. Returns the number of records checked.
     pub fn check(&self) -> Result<usize> {
         let conn = lock(&self.conn);
+        // Every row's MAC, the sum of them, and the schema.
+        integrity::check_schema(&conn, store::MIGRATIONS, store::user_version(&conn)?)?;
+        let mut bad = integrity::tampered_rows(&conn, integrity::Scope::All)?;
+        // Every record's plaintext columns against its sealed document
+        // (catches what was changed before the store had row MACs).
         let rows = store::all_records(&conn)?;
         for row in &rows {
-            let doc = self.load_doc(row)?;
-            record::read(&doc)?.status()?;
+            let id = RecordId(row.id);
+            let Ok(mut doc) = self.load_doc(row) else {
+                bad.push(format!("records {id} (its document does not open)"));
+                continue;
+            };
+            let view = record::read(&doc)?;
+            if view.status()?.as_str() != row.status {
+                bad.push(format!("records {id} (status differs from its document)"));
+            }
+            let kidc = match &row.kidc_sealed {
+                Some(s) => match self.key.open(&kidc_aad(&row.id), s) {
+                    Ok(k) => Some(k.to_vec()),
+                    Err(_) => {
+                        bad.push(format!("records {id} (its KIdC does not open)"));
+                        continue;
+                    }
+                },
+                None => None,
+            };
+            if kidc != view.server.kidc.as_ref().map(|k| k.as_str().as_bytes().to_vec()) {
+                bad.push(format!("records {id} (KIdC differs from its document)"));
+            }
+            if !row.dirty && row.set_aside_at.is_none() {
+                let mine = doc
+                    .get_changes(&heads_from_bytes(&row.outboxed_heads)?)
+                    .iter()
+                    .any(|c| c.actor_id() == &self.actor);
+                if mine {
+                    bad.push(format!("records {id} (unsent changes not marked for sending)"));
+                }
+            }
+        }
+        if !bad.is_empty() {
+            bad.dedup();
+            return Err(Error::Tampered(bad));
         }
         let next_seq = store::get_meta::<i64>(&conn, meta::NEXT_SEQ)?.unwrap_or(1) as u64;
         let last_hash: Vec<u8> = store::require_meta(&conn, meta::LAST_HASH)?;
@@ -918,6 +964,9 @@ impl Registrar {
         let mut report = SyncReport::default();
         let enrolled = {
             let conn = lock(&self.conn);
+            // Nothing leaves a store that was edited around its
+            // encryption: its server key or its bookkeeping may be forged.
+            integrity::ensure_intact(&conn, integrity::Scope::All)?;
             self.enrolled(&conn)?
         };
         // (a) New changes into the outbox, in one transaction.
@@ -1153,14 +1202,18 @@ impl Registrar {
         let now = now_ms();
         let mut conn = lock(&self.conn);
         let tx = conn.transaction()?;
-        let dirty = store::dirty_records(&tx)?;
-        if dirty.is_empty() {
-            return Ok(0);
-        }
-        let mut changes = Vec::with_capacity(dirty.len());
+        // Every record's sealed document is compared with the heads already
+        // put into change sets: the `dirty` flag only says which records
+        // show as pending, it does not decide what is sent.
+        let candidates = store::unsent_candidates(&tx)?;
+        let mut changes = Vec::new();
         let mut rows = std::collections::HashMap::new();
-        for mut row in dirty {
+        for mut row in candidates {
             let mut doc = self.load_doc(&row)?;
+            let heads = heads_to_bytes(&doc.get_heads());
+            if !row.dirty && heads == row.outboxed_heads {
+                continue;
+            }
             let since = heads_from_bytes(&row.outboxed_heads)?;
             // Only this tablet's own changes: the server's came from it.
             let new_changes = doc.get_changes(&since);
@@ -1177,7 +1230,10 @@ impl Registrar {
                     .map(|c| c.raw_bytes().to_vec())
                     .collect()
             };
-            row.outboxed_heads = heads_to_bytes(&doc.get_heads());
+            if !row.dirty && !mine.is_empty() {
+                tracing::warn!(record = %RecordId(row.id), "unsent changes found in a record not marked for sending");
+            }
+            row.outboxed_heads = heads;
             row.dirty = false;
             if mine.is_empty() {
                 store::update_record(&tx, &row)?;
@@ -1188,6 +1244,10 @@ impl Registrar {
                 changes: mine,
             });
             rows.insert(row.id, row);
+        }
+        if changes.is_empty() {
+            tx.commit()?;
+            return Ok(0);
         }
         let mut chain = Chain {
             next_seq: store::get_meta::<i64>(&tx, meta::NEXT_SEQ)?.unwrap_or(1).max(1) as u64,

@@ -33,9 +33,11 @@ pub const MAGIC: &str = "crvs-tablet-store";
 
 /// The numbered migrations, in order. Index + 1 is the `user_version`
 /// after the step.
-const MIGRATIONS: &[&str] = &[
+pub(crate) const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/001_init.sql"),
     include_str!("../migrations/002_recovery.sql"),
+    // Needs `crate::integrity::register` on the connection.
+    include_str!("../migrations/003_integrity.sql"),
 ];
 
 /// Keys of the `meta` table.
@@ -144,7 +146,7 @@ pub fn open(dir: &Path, create: bool) -> Result<Connection> {
     Ok(conn)
 }
 
-fn user_version(conn: &Connection) -> Result<usize> {
+pub(crate) fn user_version(conn: &Connection) -> Result<usize> {
     let v: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     usize::try_from(v).map_err(|_| Error::Corrupt("the schema version is negative".into()))
 }
@@ -336,10 +338,13 @@ pub fn all_records(conn: &Connection) -> Result<Vec<RecordRow>> {
     Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
 }
 
-/// Records with local changes not yet in any change set, oldest first.
-pub fn dirty_records(conn: &Connection) -> Result<Vec<RecordRow>> {
+/// Records that may hold local changes not yet in any change set, oldest
+/// first: every record the server has not set aside. The `dirty` flag is
+/// not trusted to find them: the caller compares each sealed document with
+/// the heads already put into change sets, so a lost flag hides nothing.
+pub fn unsent_candidates(conn: &Connection) -> Result<Vec<RecordRow>> {
     let mut stmt = conn.prepare(&format!(
-        "SELECT {RECORD_COLUMNS} FROM records WHERE dirty = 1 AND set_aside_at IS NULL ORDER BY id"
+        "SELECT {RECORD_COLUMNS} FROM records WHERE set_aside_at IS NULL ORDER BY id"
     ))?;
     let rows = stmt.query_map([], record_from_row)?;
     Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)

@@ -6,7 +6,7 @@
 mod common;
 
 use common::*;
-use crvs_core::crypto::{KdfParams, WrappedKey};
+use crvs_core::crypto::{DataKey, KdfParams, WrappedKey, aad};
 use crvs_core::{Error, Passphrase, Registrar, store};
 
 /// A cheap setting above `INSECURE_FOR_TESTS`, standing for "a later
@@ -106,6 +106,9 @@ fn the_wrapped_key_is_replaced_only_if_it_is_still_the_one_read() {
         ..current.clone()
     };
     let mut conn = store::open(dir.path(), false).unwrap();
+    // Writes need the store's key (every row carries a MAC under it).
+    let key = DataKey::unwrap(&pass(), &current, &aad("meta", b"", "wrapped_data_key")).unwrap();
+    crvs_core::integrity::register(&conn, &key).unwrap();
     let tx = conn.transaction().unwrap();
     assert!(!store::replace_wrapped_key(&tx, &stale, &replacement).unwrap());
     tx.commit().unwrap();

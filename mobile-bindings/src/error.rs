@@ -138,6 +138,14 @@ pub enum CrvsError {
         /// What is wrong and what would help (never the passphrase).
         reason: String,
     },
+    /// Rows of the store were changed outside the app (someone edited its
+    /// file without the passphrase). Nothing was sent or changed: keep the
+    /// tablet as it is and call the district office.
+    #[error("the store was changed outside crvs: {}", .rows.join(", "))]
+    Tampered {
+        /// The rows, by table and id or key (never their content).
+        rows: Vec<String>,
+    },
 }
 
 impl From<crvs_core::Error> for CrvsError {
@@ -162,6 +170,7 @@ impl From<crvs_core::Error> for CrvsError {
             E::Protocol(reason) => CrvsError::Protocol { reason },
             E::Cancelled => CrvsError::Cancelled,
             E::Corrupt(reason) => CrvsError::Corrupt { reason },
+            E::Tampered(rows) => CrvsError::Tampered { rows },
             other => CrvsError::Other {
                 code: other.code().to_string(),
                 reason: other.to_string(),
