@@ -347,3 +347,90 @@ fn a_lost_dirty_flag_hides_nothing_work_is_found_from_the_sealed_records() {
     }
     assert_eq!(s.tablet.run(&["check"]).expect_ok()["ok"], true);
 }
+
+/// The store of the previous version (schema 2; see
+/// `tests/data/store-v2/README.md`), copied into `dir`.
+fn previous_version_store(dir: &Path) -> Tablet {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::copy(
+        workspace().join("tests/data/store-v2/crvs.db"),
+        dir.join("crvs.db"),
+    )
+    .unwrap();
+    Tablet::new(dir.to_path_buf())
+}
+
+const V2_APPROVED: [&str; 2] = [
+    "01a24202-6d01-7ee2-9248-29a59ee4690b",
+    "01a24202-6d89-7a08-b169-531943a5abad",
+];
+const V2_SUBMITTED: &str = "01a24202-6e0e-78b4-951a-426e1cfbb528";
+
+#[test]
+fn a_store_of_the_previous_version_upgrades_keeps_its_records_and_syncs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = previous_version_store(&tmp.path().join("tablet"));
+    assert_eq!(t.run(&["check"]).expect_ok()["records"], 3);
+    let version: i64 = Connection::open(t.dir.join("crvs.db"))
+        .unwrap()
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, 3, "the store was upgraded");
+    let list = t.run(&["list"]).expect_ok();
+    assert_eq!(list["records"].as_array().unwrap().len(), 3);
+    // It works as any store: a step, an enrolment, a sync.
+    t.run(&["verify", V2_SUBMITTED, "--by", "clerk-2"]).expect_ok();
+    t.run(&["approve", V2_SUBMITTED, "--by", "registrar-1"])
+        .expect_ok();
+    let server = Server::start(&tmp.path().join("server"));
+    let tok = token(&server.data, "171003");
+    t.run(&["enroll", "--server", &server.url(), "--token", &tok])
+        .expect_ok();
+    t.run(&["sync"]).expect_ok();
+    assert_eq!(server_records(&server.data), 3);
+    for id in V2_APPROVED.iter().chain([&V2_SUBMITTED]) {
+        assert_eq!(t.show(id)["status"], "registered", "{id}");
+    }
+    assert_eq!(t.run(&["check"]).expect_ok()["ok"], true);
+    // And it is protected now.
+    attacker(&t.dir, Way::NoTriggers)
+        .execute("UPDATE records SET status = 'rejected'", [])
+        .unwrap();
+    refused(&t, &["list"]);
+}
+
+#[test]
+fn an_edit_made_before_the_upgrade_is_named_by_check_and_hides_nothing() {
+    // Before row MACs, the file was edited: an approved birth marked
+    // rejected and sent. The upgrade authenticates rows as they stand,
+    // but check compares them with the sealed documents, and sync finds
+    // the unsent work from the documents.
+    let tmp = tempfile::tempdir().unwrap();
+    let t = previous_version_store(&tmp.path().join("tablet"));
+    let id = blob_id(V2_APPROVED[0]);
+    Connection::open(t.dir.join("crvs.db"))
+        .unwrap()
+        .execute(
+            "UPDATE records SET status = 'rejected', dirty = 0 WHERE id = ?1",
+            [id],
+        )
+        .unwrap();
+    let message = refused(&t, &["check"]);
+    assert!(
+        message.contains(&format!(
+            "records {} (status differs from its document)",
+            V2_APPROVED[0]
+        )),
+        "{message}"
+    );
+    assert!(
+        message.contains("unsent changes not marked for sending"),
+        "{message}"
+    );
+    let server = Server::start(&tmp.path().join("server"));
+    let tok = token(&server.data, "171003");
+    t.run(&["enroll", "--server", &server.url(), "--token", &tok])
+        .expect_ok();
+    t.run(&["sync"]).expect_ok();
+    assert_eq!(server_records(&server.data), 3, "nothing was hidden");
+}

@@ -270,6 +270,12 @@ mod tests {
                     reason: "bad file".into(),
                 },
             ),
+            (
+                E::Tampered(vec!["records 0190".into(), "integrity".into()]),
+                CrvsError::Tampered {
+                    rows: vec!["records 0190".into(), "integrity".into()],
+                },
+            ),
         ];
         for (core, expected) in cases {
             assert_eq!(CrvsError::from(core), expected);
