@@ -213,6 +213,10 @@ fn unacknowledged_change_sets_marked_acknowledged_are_found() {
         true,
     );
     refused(&s.tablet, &["list"]);
+    let run = s.tablet.run(&["check"]);
+    let rows: Vec<String> = serde_json::from_value(run.json["rows"].clone()).unwrap();
+    assert!(rows.iter().any(|r| r == "outbox 2"), "{rows:?}");
+    assert!(rows.iter().any(|r| r == "meta acked_seq"), "{rows:?}");
     let message = refused(&s.tablet, &["check"]);
     assert!(message.contains("outbox 2"), "{message}");
     assert!(message.contains("meta acked_seq"), "{message}");

@@ -142,6 +142,8 @@ struct Failure {
     message: String,
     hint: &'static str,
     problems: Vec<FieldProblem>,
+    /// The rows that failed their check (`tampered`): table and id or key.
+    rows: Vec<String>,
     exit: u8,
 }
 
@@ -151,11 +153,16 @@ impl From<Error> for Failure {
             Error::InvalidRecord(p) => p.clone(),
             _ => Vec::new(),
         };
+        let rows = match &e {
+            Error::Tampered(rows) => rows.clone(),
+            _ => Vec::new(),
+        };
         Failure {
             code: e.code(),
             message: e.to_string(),
             hint: e.hint(),
             problems,
+            rows,
             exit: 1,
         }
     }
@@ -167,6 +174,7 @@ fn usage(message: impl Into<String>) -> Failure {
         message: message.into(),
         hint: "Run `crvs --help` for the commands and their arguments.",
         problems: Vec::new(),
+        rows: Vec::new(),
         exit: 2,
     }
 }
@@ -227,6 +235,9 @@ fn print_failure(f: &Failure, json: bool) {
         if !f.problems.is_empty() {
             obj["problems"] = json!(f.problems);
         }
+        if !f.rows.is_empty() {
+            obj["rows"] = json!(f.rows);
+        }
         println!("{obj}");
     }
 }
@@ -253,6 +264,7 @@ fn passphrase_missing(var: &'static str) -> Failure {
         message: format!("the store passphrase is not set: put it in the environment variable {var}"),
         hint: "The passphrase is never taken from the command line.",
         problems: Vec::new(),
+        rows: Vec::new(),
         exit: 1,
     }
 }
@@ -300,6 +312,7 @@ fn run(cli: &Cli) -> Result<Output, Failure> {
                     message: format!("cannot read the CA file {}: {e}", path.display()),
                     hint: "Check the path of the CA file from the sync operators.",
                     problems: Vec::new(),
+                    rows: Vec::new(),
                     exit: 1,
                 })?),
             };
@@ -324,6 +337,7 @@ fn run(cli: &Cli) -> Result<Output, Failure> {
                 message: format!("cannot read the registration file {}: {e}", file.display()),
                 hint: "Check the file's path and that it is UTF-8 JSON.",
                 problems: Vec::new(),
+                rows: Vec::new(),
                 exit: 1,
             })?;
             let r = open(cli)?;
