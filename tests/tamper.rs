@@ -22,8 +22,12 @@ use rusqlite::functions::FunctionFlags;
 /// How the attacker gets past the store's triggers.
 #[derive(Debug, Clone, Copy)]
 enum Way {
-    /// Stand-in functions: `crvs_row_mac` gives zeros, `crvs_xor` works.
+    /// Stand-in functions: `crvs_row_mac` gives zeros, `crvs_xor` works,
+    /// `crvs_repairing` says no.
     StandIns,
+    /// The same, with `crvs_repairing` saying yes (the triggers then write
+    /// over rows whose MAC fails, with MACs that do not verify).
+    StandInsRepairing,
     /// Triggers switched off for the connection (every `mac` left as it
     /// was).
     NoTriggers,
@@ -32,8 +36,11 @@ enum Way {
 fn attacker(store: &Path, way: Way) -> Connection {
     let conn = Connection::open(store.join("crvs.db")).expect("open the store file");
     match way {
-        Way::StandIns => {
+        Way::StandIns | Way::StandInsRepairing => {
             let f = FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC;
+            let repairing = matches!(way, Way::StandInsRepairing);
+            conn.create_scalar_function("crvs_repairing", 0, f, move |_| Ok(repairing))
+                .unwrap();
             conn.create_scalar_function("crvs_row_mac", -1, f, |_| Ok(vec![0u8; 32]))
                 .unwrap();
             conn.create_scalar_function("crvs_xor", -1, f, |ctx| {
@@ -131,6 +138,14 @@ fn edit(sql: &str, outboxed: bool) -> Setup {
         .expect_err("the store's triggers refuse an edit with stand-in functions");
     assert!(err.to_string().contains("crvs_tampered"), "{err}");
     assert_eq!(s.tablet.run(&["check"]).expect_ok()["ok"], true);
+    // Stand-ins that turn the guard off: the edit lands with MACs that do
+    // not verify.
+    attacker(&s.tablet.dir, Way::StandInsRepairing)
+        .execute_batch(sql)
+        .unwrap();
+    refused(&s.tablet, &["check"]);
+    refused(&s.tablet, &["sync"]);
+    assert_eq!(server_records(&s.server.data), 2);
     // Dropped triggers: the schema is not the store's any more.
     let conn = attacker(&s.tablet.dir, Way::NoTriggers);
     let triggers: Vec<String> = conn
@@ -173,11 +188,41 @@ fn assert_found(s: &Setup, must_name: &[&str]) {
     }
 }
 
+/// `crvs repair` rebuilds what the sealed data vouches for; then the
+/// store checks clean, and a sync brings the server to `expect` records,
+/// every one of the tablet's records registered with its code.
+fn repaired_then_synced(s: &Setup, expect: i64) -> Vec<String> {
+    let report = s.tablet.run(&["repair", "--by", "support-1"]).expect_ok();
+    assert_eq!(report["ok"], true, "{report}");
+    let repaired: Vec<String> = serde_json::from_value(report["repaired"].clone()).unwrap();
+    assert!(!repaired.is_empty(), "{report}");
+    assert_eq!(s.tablet.run(&["check"]).expect_ok()["ok"], true);
+    s.tablet.run(&["sync"]).expect_ok();
+    assert_eq!(server_records(&s.server.data), expect);
+    let list = s.tablet.run(&["list"]).expect_ok();
+    let records = list["records"].as_array().unwrap();
+    assert_eq!(records.len() as i64, expect);
+    for r in records {
+        assert_eq!(r["status"], "registered", "{r}");
+        assert_eq!(r["sync_state"], "synced", "{r}");
+    }
+    assert_eq!(s.tablet.run(&["check"]).expect_ok()["ok"], true);
+    // A second repair finds nothing to do.
+    let again = s.tablet.run(&["repair", "--by", "support-1"]).expect_ok();
+    assert_eq!(again["repaired"], serde_json::json!([]), "{again}");
+    repaired
+}
+
 #[test]
 fn clearing_the_dirty_flag_is_found_and_nothing_is_hidden() {
     let s = edit("UPDATE records SET dirty = 0", false);
     assert_found(&s, &["records", &s.pending[0], &s.pending[2]]);
     refused(&s.tablet, &["show", &s.pending[1]]);
+    let repaired = repaired_then_synced(&s, 5);
+    assert!(
+        repaired.contains(&format!("records {}", s.pending[2])),
+        "{repaired:?}"
+    );
 }
 
 #[test]
@@ -192,6 +237,7 @@ fn a_status_changed_in_the_file_is_found() {
     refused(&s.tablet, &["show", &s.pending[0]]);
     // The other records still show.
     s.tablet.show(&s.pending[1]);
+    repaired_then_synced(&s, 5);
 }
 
 #[test]
@@ -203,6 +249,32 @@ fn kidcs_swapped_between_rows_are_found() {
         false,
     );
     assert_found(&s, &[&s.synced[0], &s.synced[1]]);
+    // The codes come back from the sealed documents, each to its record.
+    let codes = |s: &Setup| -> Vec<String> {
+        s.synced
+            .iter()
+            .map(|id| s.tablet.show(id)["kidc"].as_str().unwrap().to_string())
+            .collect()
+    };
+    repaired_then_synced(&s, 5);
+    let after = codes(&s);
+    let on_server: Vec<String> = {
+        let db = Connection::open_with_flags(
+            s.server.data.join("server.db"),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .unwrap();
+        s.synced
+            .iter()
+            .map(|id| {
+                db.query_row("SELECT kidc FROM kidc_issuance WHERE record_id = ?1", [id], |r| {
+                    r.get::<_, String>(0)
+                })
+                .unwrap()
+            })
+            .collect()
+    };
+    assert_eq!(after, on_server);
 }
 
 #[test]
@@ -221,6 +293,18 @@ fn unacknowledged_change_sets_marked_acknowledged_are_found() {
     assert!(message.contains("outbox 2"), "{message}");
     assert!(message.contains("meta acked_seq"), "{message}");
     refused(&s.tablet, &["sync"]);
+    let report = s.tablet.run(&["repair", "--by", "support-1"]).expect_ok();
+    assert_eq!(report["ok"], true, "{report}");
+    assert_eq!(s.tablet.run(&["check"]).expect_ok()["ok"], true);
+    // Every change set is waiting to be sent again.
+    let list = s.tablet.run(&["list"]).expect_ok();
+    let pending = list["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["sync_state"] == "pending")
+        .count();
+    assert!(pending >= 3, "{list}");
 }
 
 #[test]
@@ -231,6 +315,13 @@ fn a_deleted_record_or_a_row_put_back_from_an_older_copy_is_found() {
         .execute("DELETE FROM records WHERE id = ?1", [blob_id(&s.pending[0])])
         .unwrap();
     assert_found(&s, &["integrity"]);
+    // The deleted record is gone from this tablet (its sealed document
+    // went with it); the rest is repaired and sent.
+    let repaired = repaired_then_synced(&s, 4);
+    assert!(
+        repaired.iter().any(|r| r.starts_with("integrity")),
+        "{repaired:?}"
+    );
 
     // Put back: a record's row as it was before it was sent and got its
     // code, MAC and all. The row authenticates; the sum does not.
@@ -268,6 +359,9 @@ fn a_deleted_record_or_a_row_put_back_from_an_older_copy_is_found() {
     refused(&s.tablet, &["sync"]);
     let message = refused(&s.tablet, &["check"]);
     assert!(message.contains("integrity"), "{message}");
+    // Repair pulls the server's updates again: the record put back gets
+    // its code back.
+    repaired_then_synced(&s, 5);
 }
 
 #[test]
@@ -277,11 +371,23 @@ fn a_redirected_server_and_a_set_aside_flag_are_found() {
         false,
     );
     assert_found(&s, &["meta server_url"]);
+    // Only an enrolment sets the server's address: not repairable.
+    let report = s.tablet.run(&["repair", "--by", "support-1"]).expect_ok();
+    assert_eq!(report["ok"], false, "{report}");
+    assert!(
+        report["unrecoverable"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("meta server_url"),
+        "{report}"
+    );
+    refused(&s.tablet, &["check"]);
     let s = edit(
         "UPDATE records SET set_aside_at = 1 WHERE id = (SELECT id FROM records ORDER BY id LIMIT 1 OFFSET 3)",
         false,
     );
     assert_found(&s, &[&s.pending[1]]);
+    repaired_then_synced(&s, 5);
 }
 
 #[test]

@@ -75,6 +75,7 @@ fn register_with(conn: &Connection, mac_key: Zeroizing<[u8; 32]>) -> Result<()> 
     conn.create_scalar_function("crvs_row_mac", -1, flags, move |ctx| {
         Ok(row_mac(&mac_key, ctx)?.to_vec())
     })?;
+    set_repairing(conn, false)?;
     conn.create_scalar_function("crvs_xor", -1, flags, |ctx| {
         let mut out = [0u8; 32];
         for i in 0..ctx.len() {
@@ -91,6 +92,39 @@ fn register_with(conn: &Connection, mac_key: Zeroizing<[u8; 32]>) -> Result<()> 
         Ok(out.to_vec())
     })?;
     Ok(())
+}
+
+/// Turns the triggers' refusal to write over a row that fails its MAC off
+/// (`on`) or on again, for `crvs repair` on a connection that unlocked the
+/// store: the MACs it writes still need the key.
+pub fn set_repairing(conn: &Connection, on: bool) -> Result<()> {
+    let flags = FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_INNOCUOUS;
+    conn.create_scalar_function("crvs_repairing", 0, flags, move |_| Ok(on))?;
+    Ok(())
+}
+
+/// Recomputes `integrity.sum` from the rows as they are (repair only:
+/// the rows deleted or put back cannot be named).
+pub fn rebuild_sum(conn: &Connection) -> Result<()> {
+    let sum = sum_of_macs(conn)?;
+    conn.execute("UPDATE integrity SET sum = ?1 WHERE id = 1", [sum.as_slice()])?;
+    Ok(())
+}
+
+fn sum_of_macs(conn: &Connection) -> Result<[u8; 32]> {
+    let mut sum = [0u8; 32];
+    for (table, _, _) in TABLES {
+        let mut stmt = conn.prepare(&format!("SELECT mac FROM {table}"))?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            if let ValueRef::Blob(b) = row.get_ref(0)?
+                && b.len() == 32
+            {
+                sum.iter_mut().zip(b).for_each(|(s, x)| *s ^= x);
+            }
+        }
+    }
+    Ok(sum)
 }
 
 /// HMAC over the arguments, each framed by its type and length, so no two
@@ -183,11 +217,34 @@ pub enum Scope<'a> {
     Record(&'a [u8; 16]),
 }
 
+/// A row that fails its MAC, or the sum.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Tampered {
+    /// A row: its table and primary key.
+    Row(&'static str, rusqlite::types::Value),
+    /// The sum: rows were deleted, or put back from an older copy.
+    Sum,
+}
+
+impl std::fmt::Display for Tampered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Tampered::Row(table, key) => write!(f, "{table} {}", describe_key(ValueRef::from(key))),
+            Tampered::Sum => f.write_str("integrity (rows were deleted or put back from an older copy)"),
+        }
+    }
+}
+
 /// Recomputes the `mac` of the rows in `scope` and, for [`Scope::All`],
 /// the sum; names every row that fails: `records <uuid>`, `outbox <seq>`,
 /// `meta <key>`, `kidc_evidence <uuid>`, `chain_adoptions <seq>`, or
 /// `integrity` when rows were deleted or put back. Ids and keys only.
 pub fn tampered_rows(conn: &Connection, scope: Scope<'_>) -> Result<Vec<String>> {
+    Ok(tampered(conn, scope)?.iter().map(ToString::to_string).collect())
+}
+
+/// [`tampered_rows`], structured.
+pub fn tampered(conn: &Connection, scope: Scope<'_>) -> Result<Vec<Tampered>> {
     let mut bad = Vec::new();
     for (table, pk, columns) in TABLES {
         let filter = match (scope, *table) {
@@ -205,29 +262,18 @@ pub fn tampered_rows(conn: &Connection, scope: Scope<'_>) -> Result<Vec<String>>
             _ => stmt.query([])?,
         };
         while let Some(row) = rows.next()? {
-            bad.push(format!("{table} {}", describe_key(row.get_ref(0)?)));
+            bad.push(Tampered::Row(table, row.get::<_, rusqlite::types::Value>(0)?));
         }
     }
     if matches!(scope, Scope::All) {
-        let mut sum = [0u8; 32];
-        for (table, _, _) in TABLES {
-            let mut stmt = conn.prepare(&format!("SELECT mac FROM {table}"))?;
-            let mut rows = stmt.query([])?;
-            while let Some(row) = rows.next()? {
-                if let ValueRef::Blob(b) = row.get_ref(0)?
-                    && b.len() == 32
-                {
-                    sum.iter_mut().zip(b).for_each(|(s, x)| *s ^= x);
-                }
-            }
-        }
+        let sum = sum_of_macs(conn)?;
         let ok: bool = conn.query_row(
             "SELECT sum = ?1 AND tag IS crvs_row_mac('integrity', id, sum) FROM integrity WHERE id = 1",
             [sum.as_slice()],
             |r| r.get(0),
         )?;
         if !ok {
-            bad.push("integrity (rows were deleted or put back from an older copy)".to_string());
+            bad.push(Tampered::Sum);
         }
     }
     Ok(bad)
@@ -253,4 +299,9 @@ fn describe_key(v: ValueRef<'_>) -> String {
         ValueRef::Blob(b) => hex::encode(b),
         ValueRef::Null | ValueRef::Real(_) => "?".to_string(),
     }
+}
+
+/// The tables whose rows carry a MAC, in the order they are checked.
+pub fn tables() -> impl Iterator<Item = &'static str> {
+    TABLES.iter().map(|(t, _, _)| *t)
 }

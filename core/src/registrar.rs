@@ -9,6 +9,9 @@
 //! uniffi facade) call. It returns JSON strings where a binding would
 //! otherwise need to mirror record types (`record_json`, `list_json`).
 
+mod repair;
+pub use repair::RepairReport;
+
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};

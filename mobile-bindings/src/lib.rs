@@ -86,6 +86,16 @@ impl From<crvs_core::Enrollment> for Enrollment {
     }
 }
 
+/// What `repair` did: rows rebuilt from the store's sealed data, and rows
+/// only an enrolment can set (then enrol the tablet again).
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct RepairReport {
+    /// Rows rebuilt or reset, by table and id or key.
+    pub repaired: Vec<String>,
+    /// Rows that cannot be rebuilt; `check` still names them.
+    pub unrecoverable: Vec<String>,
+}
+
 /// An open, encrypted tablet store. Safe to share between threads.
 #[derive(Debug, uniffi::Object)]
 pub struct Registrar {
@@ -182,6 +192,22 @@ impl Registrar {
     /// `data`, `transitions`, `server`, ...
     pub fn record_json(&self, id: String) -> Result<String, CrvsError> {
         Ok(self.core.record_json(&record_id(&id)?)?)
+    }
+
+    /// Checks the whole store as `crvs check` does and returns how many
+    /// records it holds. `Tampered` names the rows changed outside the app.
+    pub fn check(&self) -> Result<u64, CrvsError> {
+        Ok(self.core.check()? as u64)
+    }
+
+    /// Rebuilds the rows `check` names from the store's sealed data, as
+    /// `crvs repair --by STAFF` does (for the district office).
+    pub fn repair(&self, by: String) -> Result<RepairReport, CrvsError> {
+        let r = self.core.repair(&by)?;
+        Ok(RepairReport {
+            repaired: r.repaired,
+            unrecoverable: r.unrecoverable,
+        })
     }
 
     /// Every record without personal data, as `crvs list --json` prints

@@ -106,9 +106,19 @@ enum Command {
     },
     /// List the records (no personal data).
     List,
-    /// Check that every record and change set in the store decrypts and
-    /// that the outbox's hash chain is intact.
+    /// Check that every record and change set in the store decrypts, that
+    /// the outbox's hash chain is intact, and that no row was changed
+    /// outside crvs (it names the rows that were).
     Check,
+    /// Rebuild the rows `check` names from the store's sealed data, and
+    /// reset what the server's answers re-establish (for the district
+    /// office, after a `tampered` error). Rows only an enrolment can set
+    /// are reported, not rebuilt.
+    Repair {
+        /// The staff id of who repairs it (recorded in the log).
+        #[arg(long)]
+        by: String,
+    },
     /// The store passphrase.
     Passphrase {
         #[command(subcommand)]
@@ -420,6 +430,31 @@ fn run(cli: &Cli) -> Result<Output, Failure> {
             Ok(Output {
                 json: json!({ "ok": true, "records": n }),
                 text: format!("The store is consistent: {n} record(s) checked."),
+            })
+        }
+        Command::Repair { by } => {
+            let r = open(cli)?;
+            let report = r.repair(by)?;
+            let ok = report.unrecoverable.is_empty();
+            let text = if report.repaired.is_empty() && ok {
+                "Nothing to repair: the store is consistent.".to_string()
+            } else {
+                let mut t = format!(
+                    "Repaired {} row(s); sync to send them again.",
+                    report.repaired.len()
+                );
+                if !ok {
+                    t.push_str(&format!(
+                        "\nNot repairable ({}): {}. Enrol the tablet again.",
+                        report.unrecoverable.len(),
+                        report.unrecoverable.join(", ")
+                    ));
+                }
+                t
+            };
+            Ok(Output {
+                json: json!({ "ok": ok, "repaired": report.repaired, "unrecoverable": report.unrecoverable }),
+                text,
             })
         }
         Command::Passphrase {
