@@ -544,3 +544,22 @@ fn an_edit_made_before_the_upgrade_is_named_by_check_and_hides_nothing() {
     t.run(&["sync"]).expect_ok();
     assert_eq!(server_records(&server.data), 3, "nothing was hidden");
 }
+
+#[test]
+fn a_stored_column_that_would_compute_macs_for_the_attacker_stops_the_store_from_opening() {
+    // A generated column is computed by whoever writes the row: with the
+    // key registered, it would hand the attacker a valid MAC for a forged
+    // row. The schema check refuses the store before the key is there.
+    let s = setup();
+    attacker(&s.tablet.dir, Way::StandIns)
+        .execute_batch(
+            "ALTER TABLE records ADD COLUMN leak BLOB AS (crvs_row_mac('records', id, kind, status, \
+             created_at, updated_at, doc_sealed, kidc_sealed, outboxed_heads, 0, last_outbox_seq, \
+             server_updated_at, set_aside_at)) VIRTUAL;",
+        )
+        .unwrap();
+    let message = refused(&s.tablet, &["list"]);
+    assert!(message.contains("schema table records"), "{message}");
+    refused(&s.tablet, &["sync"]);
+    assert_eq!(server_records(&s.server.data), 2);
+}

@@ -180,7 +180,18 @@ fn schema_of(conn: &Connection) -> Result<Vec<(String, String, String)>> {
         "SELECT type, name, COALESCE(sql, '') FROM sqlite_schema
          WHERE name NOT LIKE 'sqlite_%' ORDER BY type, name",
     )?;
-    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+    // Whitespace is collapsed: how `ALTER TABLE` rewrites a table's SQL
+    // text is SQLite's, and a later SQLite must not make an upgraded store
+    // look edited. Everything else (a generated column, a default, a
+    // trigger's body) must match exactly.
+    let rows = stmt.query_map([], |r| {
+        let sql: String = r.get(2)?;
+        Ok((
+            r.get(0)?,
+            r.get(1)?,
+            sql.split_whitespace().collect::<Vec<_>>().join(" "),
+        ))
+    })?;
     Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
 }
 

@@ -399,9 +399,9 @@ impl Registrar {
         let mut conn = store::open(dir, false)?;
         let wrapped = store::read_wrapped_key(&conn)?;
         let key = DataKey::unwrap(passphrase, &wrapped, WRAP_AAD)?;
-        // The schema must be exactly ours before the key is registered: a
-        // trigger slipped into the file would run with it.
-        crate::integrity::check_schema(&conn, store::MIGRATIONS, store::user_version(&conn)?)?;
+        // `store::open` checked that the schema is exactly ours, before
+        // the key is registered: a trigger slipped into the file would run
+        // with it.
         crate::integrity::register(&conn, &key)?;
         // Migrations run only once the passphrase is known to be right.
         store::migrate(&mut conn)?;

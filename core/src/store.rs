@@ -128,6 +128,12 @@ pub fn open(dir: &Path, create: bool) -> Result<Connection> {
     }
     conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON; PRAGMA temp_store=2;")?;
     if !create {
+        // Before anything reads the tables: the schema must be exactly the
+        // one the migrations make (see `integrity::check_schema`).
+        let version = user_version(&conn)?;
+        if version > 0 && version <= MIGRATIONS.len() {
+            crate::integrity::check_schema(&conn, MIGRATIONS, version)?;
+        }
         let check: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
         if check != "ok" {
             return Err(Error::Corrupt("the database failed its integrity check".into()));
