@@ -305,6 +305,24 @@ fn unacknowledged_change_sets_marked_acknowledged_are_found() {
         .filter(|r| r["sync_state"] == "pending")
         .count();
     assert!(pending >= 3, "{list}");
+    // The server comes back on its address: every change set is offered
+    // again, the ones it has are acknowledged by hash, nothing twice.
+    let mut s = s;
+    let addr = s.server.addr.to_string();
+    s.server = Server::start_on(&s.server.data, &addr);
+    repaired_then_synced_after_repair(&s, 5);
+}
+
+/// The end of [`repaired_then_synced`], for a store already repaired.
+fn repaired_then_synced_after_repair(s: &Setup, expect: i64) {
+    s.tablet.run(&["sync"]).expect_ok();
+    assert_eq!(server_records(&s.server.data), expect);
+    let list = s.tablet.run(&["list"]).expect_ok();
+    for r in list["records"].as_array().unwrap() {
+        assert_eq!(r["status"], "registered", "{r}");
+        assert_eq!(r["sync_state"], "synced", "{r}");
+    }
+    assert_eq!(s.tablet.run(&["check"]).expect_ok()["ok"], true);
 }
 
 #[test]
