@@ -841,36 +841,8 @@ impl Registrar {
         // (catches what was changed before the store had row MACs).
         let rows = store::all_records(&conn)?;
         for row in &rows {
-            let id = RecordId(row.id);
-            let Ok(mut doc) = self.load_doc(row) else {
-                bad.push(format!("records {id} (its document does not open)"));
-                continue;
-            };
-            let view = record::read(&doc)?;
-            if view.status()?.as_str() != row.status {
-                bad.push(format!("records {id} (status differs from its document)"));
-            }
-            let kidc = match &row.kidc_sealed {
-                Some(s) => match self.key.open(&kidc_aad(&row.id), s) {
-                    Ok(k) => Some(k.to_vec()),
-                    Err(_) => {
-                        bad.push(format!("records {id} (its KIdC does not open)"));
-                        continue;
-                    }
-                },
-                None => None,
-            };
-            if kidc != view.server.kidc.as_ref().map(|k| k.as_str().as_bytes().to_vec()) {
-                bad.push(format!("records {id} (KIdC differs from its document)"));
-            }
-            if !row.dirty && row.set_aside_at.is_none() {
-                let mine = doc
-                    .get_changes(&heads_from_bytes(&row.outboxed_heads)?)
-                    .iter()
-                    .any(|c| c.actor_id() == &self.actor);
-                if mine {
-                    bad.push(format!("records {id} (unsent changes not marked for sending)"));
-                }
+            for why in self.disagreements_with_document(row)? {
+                bad.push(format!("records {} ({why})", RecordId(row.id)));
             }
         }
         if !bad.is_empty() {

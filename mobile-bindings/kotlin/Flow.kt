@@ -162,6 +162,9 @@ fun flow() {
         check(kidcIsValid(kidc)) { "a valid KIdC, got $kidc" }
         check(kidc!!.startsWith("1")) { "category 1: the parents are Khmer" }
         check(field(registrar.listJson(), "kidc") == kidc) { "the list shows the KIdC" }
+        check(registrar.check() == 1uL) { "check counts the one record" }
+        val repair = registrar.repair("support-1")
+        check(repair.repaired.isEmpty() && repair.unrecoverable.isEmpty()) { "nothing to repair: $repair" }
 
         System.err.println("$checks passed, 0 failed")
         println("{\"record_id\":\"$id\",\"kidc\":\"$kidc\",\"device_id\":\"${enrollment.deviceId}\"}")

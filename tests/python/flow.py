@@ -193,6 +193,10 @@ def main():
     check(json.loads(registrar.record_json(record_id))["kidc"] == kidc, "the KIdC survives a reopen")
     report = asyncio.run(registrar.sync(Recorder()))
     check(report.pushed == 0 and report.kidcs_received == 0, f"idle sync: {report}")
+    # The store checks clean, and a repair of a clean store changes nothing.
+    check(registrar.check() == 1, "check counts the one record")
+    repair = registrar.repair("support-1")
+    check(repair.repaired == [] and repair.unrecoverable == [], f"nothing to repair: {repair}")
 
     print(f"{CHECKS} passed, 0 failed", file=sys.stderr)
     print(json.dumps({"record_id": record_id, "kidc": kidc, "device_id": enrollment.device_id}))

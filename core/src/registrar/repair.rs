@@ -57,7 +57,7 @@ impl Registrar {
         // before the store had MACs) are rebuilt too.
         let mut records: BTreeSet<[u8; 16]> = BTreeSet::new();
         for row in store::all_records(conn)? {
-            if self.disagrees_with_document(&row)? {
+            if !self.disagreements_with_document(&row)?.is_empty() {
                 records.insert(row.id);
             }
         }
@@ -195,33 +195,38 @@ impl Registrar {
         Ok(report)
     }
 
-    /// Whether a record's plaintext columns disagree with its sealed
-    /// document (status, KIdC, or unsent changes not marked for sending).
-    fn disagrees_with_document(&self, row: &store::RecordRow) -> Result<bool> {
+    /// How a record's plaintext columns disagree with its sealed document
+    /// (empty if they agree): the document or the KIdC does not open, the
+    /// status or the KIdC differs, unsent changes are not marked for
+    /// sending.
+    pub(super) fn disagreements_with_document(&self, row: &store::RecordRow) -> Result<Vec<&'static str>> {
         let Ok(mut doc) = self.load_doc(row) else {
-            return Ok(true);
+            return Ok(vec!["its document does not open"]);
         };
+        let mut out = Vec::new();
         let view = record::read(&doc)?;
         if view.status()?.as_str() != row.status {
-            return Ok(true);
+            out.push("status differs from its document");
         }
         let kidc = match &row.kidc_sealed {
-            Some(s) => match self.key.open(&kidc_aad(&row.id), s) {
-                Ok(k) => Some(k.to_vec()),
-                Err(_) => return Ok(true),
-            },
+            Some(s) => self.key.open(&kidc_aad(&row.id), s).ok().map(|k| k.to_vec()),
             None => None,
         };
-        if kidc != view.server.kidc.as_ref().map(|k| k.as_str().as_bytes().to_vec()) {
-            return Ok(true);
+        if row.kidc_sealed.is_some() && kidc.is_none() {
+            out.push("its KIdC does not open");
+        } else if kidc != view.server.kidc.as_ref().map(|k| k.as_str().as_bytes().to_vec()) {
+            out.push("KIdC differs from its document");
         }
         if !row.dirty && row.set_aside_at.is_none() {
             let since = super::heads_from_bytes(&row.outboxed_heads)?;
-            return Ok(doc
+            if doc
                 .get_changes(&since)
                 .iter()
-                .any(|c| c.actor_id() == &self.actor));
+                .any(|c| c.actor_id() == &self.actor)
+            {
+                out.push("unsent changes not marked for sending");
+            }
         }
-        Ok(false)
+        Ok(out)
     }
 }
