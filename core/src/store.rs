@@ -1,10 +1,11 @@
 //! The SQLite store: opening, migrations, and row access.
 //!
-//! [`open`] is the one way into a database: it sets the pragmas (WAL,
-//! `synchronous=FULL`, `foreign_keys=ON`, `temp_store=2`), checks that the
-//! file is a healthy crvs store (`PRAGMA quick_check`, the `magic` meta
-//! row), and runs the numbered migrations embedded from `migrations/`,
-//! tracked with `PRAGMA user_version`, one step per transaction.
+//! [`open`] is the one way into a database: through [`crvs_sqlite::open`]
+//! (a 0600 file, WAL, `synchronous=FULL`, `foreign_keys=ON`,
+//! `temp_store=MEMORY`, `trusted_schema=OFF`, `PRAGMA quick_check`, a
+//! store newer than the code refused), then the `magic` meta row; the
+//! numbered migrations embedded from `migrations/`, tracked with
+//! `PRAGMA user_version`, one step per transaction, run in [`migrate`].
 //!
 //! Functions here move rows, not meaning: sealing and unsealing happen in
 //! the callers, which hold the data key. Functions that write take a
@@ -19,10 +20,9 @@
 //! nothing: the registrar restores the folder from a backup.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use rusqlite::types::{FromSql, ToSql};
-use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use crate::error::{Error, Result};
 
@@ -116,31 +116,26 @@ pub fn open(dir: &Path, create: bool) -> Result<Connection> {
     if create {
         std::fs::create_dir_all(dir)?;
     }
-    let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    if create {
-        flags |= OpenFlags::SQLITE_OPEN_CREATE;
-    }
-    let conn = Connection::open_with_flags(&path, flags)?;
-    conn.busy_timeout(Duration::from_secs(10))?;
-    let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
-    if !mode.eq_ignore_ascii_case("wal") {
-        return Err(Error::Storage(format!("the database refused WAL mode ({mode})")));
-    }
-    conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON; PRAGMA temp_store=2;")?;
+    // Migrations wait until the registrar knows the passphrase is right.
+    // The integrity check runs below, after the schema check: a generated
+    // column slipped into the file must be named as such, not fail inside
+    // `quick_check`.
+    let options = crvs_sqlite::OpenOptions {
+        create,
+        migrations: MIGRATIONS,
+        migrate: crvs_sqlite::Migrate::Later,
+        quick_check: false,
+        ..Default::default()
+    };
+    let conn = crvs_sqlite::open(&path, &options).map_err(open_error)?;
     if !create {
         // Before anything reads the tables: the schema must be exactly the
         // one the migrations make (see `integrity::check_schema`).
         let version = user_version(&conn)?;
-        if version > 0 && version <= MIGRATIONS.len() {
-            crate::integrity::check_schema(&conn, MIGRATIONS, version)?;
-        }
+        crate::integrity::check_schema(&conn, MIGRATIONS, version)?;
         let check: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
         if check != "ok" {
             return Err(Error::Corrupt("the database failed its integrity check".into()));
-        }
-        let version = user_version(&conn)?;
-        if version == 0 {
-            return Err(Error::Corrupt("the database is not a crvs store".into()));
         }
     }
     if !create {
@@ -152,27 +147,33 @@ pub fn open(dir: &Path, create: bool) -> Result<Connection> {
     Ok(conn)
 }
 
+/// The store's schema version.
 pub(crate) fn user_version(conn: &Connection) -> Result<usize> {
-    let v: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-    usize::try_from(v).map_err(|_| Error::Corrupt("the schema version is negative".into()))
+    Ok(crvs_sqlite::user_version(conn).map_err(open_error)? as usize)
 }
 
 /// Runs every migration above the database's `user_version`, each in its
 /// own transaction together with the version bump.
 pub fn migrate(conn: &mut Connection) -> Result<()> {
-    let current = user_version(conn)?;
-    if current > MIGRATIONS.len() {
-        return Err(Error::Corrupt(format!(
-            "the store was written by a newer version of crvs (schema {current}); update the app"
-        )));
-    }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current) {
-        let tx = conn.transaction()?;
-        tx.execute_batch(sql)?;
-        tx.pragma_update(None, "user_version", i as i64 + 1)?;
-        tx.commit()?;
-    }
+    crvs_sqlite::migrate(conn, MIGRATIONS).map_err(open_error)?;
     Ok(())
+}
+
+/// The store's errors for [`crvs_sqlite::OpenError`]s.
+fn open_error(e: crvs_sqlite::OpenError) -> Error {
+    use crvs_sqlite::OpenError;
+    match e {
+        OpenError::Missing => Error::NotInitialized,
+        OpenError::Uninitialized => Error::Corrupt("the database is not a crvs store".into()),
+        OpenError::Corrupt => Error::Corrupt("the database failed its integrity check".into()),
+        OpenError::TooNew { found, .. } => Error::Corrupt(format!(
+            "the store was written by a newer version of crvs (schema {found}); update the app"
+        )),
+        OpenError::NotWal(mode) => Error::Storage(format!("the database refused WAL mode ({mode})")),
+        OpenError::Migration { source, .. } | OpenError::Sqlite(source) => source.into(),
+        OpenError::Io(e) => e.into(),
+        other => Error::Storage(other.to_string()),
+    }
 }
 
 /// Reads a meta value.

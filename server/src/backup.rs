@@ -23,7 +23,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use rusqlite::backup::{Backup, StepResult};
-use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::DB_FILE;
 use crate::ledger::{KidcLedger, LEDGER_FILE};
@@ -61,6 +61,12 @@ pub enum BackupError {
 
 impl From<rusqlite::Error> for BackupError {
     fn from(e: rusqlite::Error) -> Self {
+        BackupError::Storage(e.into())
+    }
+}
+
+impl From<crvs_sqlite::OpenError> for BackupError {
+    fn from(e: crvs_sqlite::OpenError) -> Self {
         BackupError::Storage(e.into())
     }
 }
@@ -129,8 +135,7 @@ pub fn backup(data: &Path, out: &Path, now_ms: i64) -> Result<BackupReport, Back
     let _ = std::fs::remove_file(&partial);
     crate::private_file(&partial)?;
     {
-        let src = Connection::open_with_flags(&db, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-        src.busy_timeout(std::time::Duration::from_secs(10))?;
+        let src = crvs_sqlite::open_read_only(&db, None)?;
         let mut dst = Connection::open(&partial)?;
         {
             let b = Backup::new(&src, &mut dst)?;
@@ -158,7 +163,7 @@ pub fn backup(data: &Path, out: &Path, now_ms: i64) -> Result<BackupReport, Back
     File::open(&partial)?.sync_all()?;
     std::fs::rename(&partial, out)?;
     sync_dir(parent(out))?;
-    let conn = Connection::open_with_flags(out, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let conn = crvs_sqlite::open_read_only(out, None)?;
     Ok(BackupReport {
         file: out.to_path_buf(),
         bytes: std::fs::metadata(out)?.len(),
@@ -254,7 +259,7 @@ pub fn restore(data: &Path, from: &Path, now_ms: i64) -> Result<RestoreReport, B
     let backup_head;
     let backup_taken_at_ms;
     {
-        let src = Connection::open_with_flags(from, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        let src = crvs_sqlite::open_read_only(from, None)
             .map_err(|_| BackupError::NotABackup(from.to_path_buf(), "it does not open".into()))?;
         check(&src, from)?;
         backup_head = feed_head(&src)?;
@@ -274,7 +279,7 @@ pub fn restore(data: &Path, from: &Path, now_ms: i64) -> Result<RestoreReport, B
     // readable; otherwise (the machine was lost) a random margin keeps
     // two restores of one backup apart.
     let current_head = if db.exists() {
-        Connection::open_with_flags(&db, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        crvs_sqlite::open_read_only(&db, None)
             .ok()
             .and_then(|c| feed_head(&c).ok())
             .unwrap_or(0)

@@ -39,7 +39,12 @@ use crate::storage::StorageError;
 /// The ledger's file name inside the data folder.
 pub const LEDGER_FILE: &str = "kidc-ledger.db";
 
-const SCHEMA: &str = "
+/// The ledger's numbered migrations (see [`crvs_sqlite`]). The first keeps
+/// its `IF NOT EXISTS`: ledgers made before the ledger had numbered
+/// migrations hold its tables at `user_version` 0, and take it as is.
+const MIGRATIONS: &[crvs_sqlite::Migration] = &[SCHEMA_1];
+
+const SCHEMA_1: &str = "
 CREATE TABLE IF NOT EXISTS reserved (
     kidc        TEXT PRIMARY KEY,
     record_id   TEXT NOT NULL UNIQUE,
@@ -95,9 +100,7 @@ pub fn read_devices(path: &Path) -> Result<Vec<LedgerDevice>, StorageError> {
     if !path.exists() {
         return Ok(Vec::new());
     }
-    let conn = Connection::open(path)?;
-    conn.busy_timeout(std::time::Duration::from_secs(10))?;
-    conn.execute_batch(SCHEMA)?;
+    let conn = open(path)?;
     let mut st = conn.prepare(
         "SELECT device_id, office, public_key, enrolled_at, token_hash, revoked_at FROM devices ORDER BY enrolled_at",
     )?;
@@ -125,6 +128,17 @@ pub fn read_devices(path: &Path) -> Result<Vec<LedgerDevice>, StorageError> {
         });
     }
     Ok(out)
+}
+
+/// Opens (creating if needed) the ledger file and runs its migrations,
+/// with the conventions of every crvs database ([`crvs_sqlite::open`]).
+fn open(path: &Path) -> Result<Connection, StorageError> {
+    let options = crvs_sqlite::OpenOptions {
+        create: true,
+        migrations: MIGRATIONS,
+        ..Default::default()
+    };
+    Ok(crvs_sqlite::open(path, &options)?)
 }
 
 /// The ledger of reserved codes (see the module documentation).
@@ -158,11 +172,7 @@ impl KidcLedger {
         now_ms: i64,
     ) -> Result<(KidcLedger, LedgerOpened), StorageError> {
         let created = !path.exists();
-        crate::private_file(path)?;
-        let mut conn = Connection::open(path)?;
-        conn.busy_timeout(std::time::Duration::from_secs(10))?;
-        conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;")?;
-        conn.execute_batch(SCHEMA)?;
+        let mut conn = open(path)?;
         let held: i64 = conn.query_row("SELECT COUNT(*) FROM reserved", [], |r| r.get(0))?;
         let mut imported = 0;
         if (held as usize) < issued.len() || created {
@@ -253,15 +263,34 @@ impl KidcLedger {
     /// Records an enrolment, durably (before the database commits it): a
     /// restore from a backup older than the enrolment puts the device back.
     pub fn record_enrolment(&self, d: &LedgerDevice) -> Result<(), StorageError> {
-        self.import_devices(std::slice::from_ref(d))
+        self.import_devices(std::slice::from_ref(d))?;
+        Ok(())
     }
 
     /// Imports enrolments the ledger lacks (a ledger made after devices
-    /// enrolled), with their revocations, in one transaction.
-    pub fn import_devices(&self, devices: &[LedgerDevice]) -> Result<(), StorageError> {
+    /// enrolled), with revocations it lacks, in one transaction; returns
+    /// how many devices it wrote. When the ledger holds them all (every
+    /// start of a server whose ledger was never lost), it reads one table
+    /// and writes nothing.
+    pub fn import_devices(&self, devices: &[LedgerDevice]) -> Result<usize, StorageError> {
         let mut conn = self.conn();
+        // Each device the ledger holds, and whether it knows it revoked.
+        let held: std::collections::HashMap<String, bool> = conn
+            .prepare("SELECT device_id, revoked_at IS NOT NULL FROM devices")?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        let missing: Vec<&LedgerDevice> = devices
+            .iter()
+            .filter(|d| match held.get(&d.device_id.to_string()) {
+                None => true,
+                Some(&revoked) => !revoked && d.revoked_at_ms.is_some(),
+            })
+            .collect();
+        if missing.is_empty() {
+            return Ok(0);
+        }
         let tx = conn.transaction()?;
-        for d in devices {
+        for d in &missing {
             tx.execute(
                 "INSERT INTO devices (device_id, office, public_key, enrolled_at, token_hash, revoked_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (device_id) DO NOTHING",
@@ -282,7 +311,7 @@ impl KidcLedger {
             }
         }
         tx.commit()?;
-        Ok(())
+        Ok(missing.len())
     }
 
     /// Records a revocation, durably: a restore never brings a revoked
@@ -356,5 +385,57 @@ mod tests {
             conn.execute("UPDATE reserved SET record_id = 'x'", []).is_err(),
             "append-only"
         );
+    }
+
+    fn device(revoked_at_ms: Option<i64>) -> LedgerDevice {
+        LedgerDevice {
+            device_id: Uuid::from_u128(7),
+            office: "171003".into(),
+            public_key: "ab".repeat(32),
+            enrolled_at_ms: 1,
+            token_hash: String::new(),
+            revoked_at_ms,
+        }
+    }
+
+    #[test]
+    fn importing_devices_writes_only_what_the_ledger_lacks() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(LEDGER_FILE);
+        let (ledger, _) = KidcLedger::open(&path, &[], 1).unwrap();
+        assert_eq!(ledger.import_devices(&[device(None)]).unwrap(), 1);
+        assert_eq!(ledger.import_devices(&[device(None)]).unwrap(), 0, "held already");
+        assert_eq!(
+            ledger.import_devices(&[device(Some(5))]).unwrap(),
+            1,
+            "a revocation it lacked"
+        );
+        assert_eq!(ledger.import_devices(&[device(Some(5))]).unwrap(), 0);
+        assert_eq!(
+            ledger.import_devices(&[device(None)]).unwrap(),
+            0,
+            "never un-revoked"
+        );
+        drop(ledger);
+        assert_eq!(read_devices(&path).unwrap(), [device(Some(5))]);
+    }
+
+    #[test]
+    fn a_ledger_made_before_numbered_migrations_opens_and_keeps_its_codes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(LEDGER_FILE);
+        let r1 = Uuid::now_v7();
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(SCHEMA_1).unwrap();
+        conn.execute(
+            "INSERT INTO reserved (kidc, record_id, reserved_at) VALUES ('1000000001', ?1, 1)",
+            [r1.to_string()],
+        )
+        .unwrap();
+        drop(conn);
+        let (ledger, opened) = KidcLedger::open(&path, &[], 2).unwrap();
+        assert!(!opened.created);
+        assert_eq!(ledger.code_for(r1).unwrap(), Some(code("1000000001")));
+        assert_eq!(crvs_sqlite::user_version(&ledger.conn()).unwrap(), 1);
     }
 }

@@ -176,7 +176,10 @@ impl Server {
                 revoked_at_ms: d.revoked_at_ms,
             })
             .collect();
-        ledger.import_devices(&devices)?;
+        let imported = ledger.import_devices(&devices)?;
+        if imported > 0 {
+            tracing::info!(imported, "enrolments the KIdC ledger lacked are now in it");
+        }
         if opened.created && !issued.is_empty() {
             tracing::warn!(
                 codes = issued.len(),

@@ -45,6 +45,20 @@ pub enum StorageError {
     Io(#[from] std::io::Error),
 }
 
+impl From<crvs_sqlite::OpenError> for StorageError {
+    fn from(e: crvs_sqlite::OpenError) -> Self {
+        use crvs_sqlite::OpenError;
+        match e {
+            OpenError::TooNew { found, supported } => StorageError::TooNew {
+                found: found.into(),
+                supported: supported.into(),
+            },
+            OpenError::Io(e) => StorageError::Io(e),
+            other => StorageError::Database(other.to_string()),
+        }
+    }
+}
+
 /// An enrolled device, as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Device {

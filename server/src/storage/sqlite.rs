@@ -1,11 +1,13 @@
 //! The embedded SQLite backend (WAL mode), the default: one command starts
 //! a working server with its data in one folder.
 //!
-//! [`SqliteStorage::open`] is the only way in. It sets the pragmas (WAL,
-//! `synchronous=FULL` so that a committed transaction survives a power cut,
-//! foreign keys, a busy timeout so that CLI commands and the server share
-//! the file) and runs the numbered migrations of `server/migrations/`,
-//! tracked with `PRAGMA user_version`, one step per transaction.
+//! [`SqliteStorage::open`] is the only way in. It opens the writer through
+//! [`crvs_sqlite::open`] (a 0600 file; WAL, `synchronous=FULL` so that a
+//! committed transaction survives a power cut, foreign keys, a busy
+//! timeout so that CLI commands and the server share the file; a database
+//! newer than the build refused) and runs the numbered migrations of
+//! `server/migrations/`, tracked with `PRAGMA user_version`, one step per
+//! transaction; the reader through [`crvs_sqlite::open_read_only`].
 //!
 //! There is exactly one writer connection, behind a mutex: a write
 //! transaction holds it from `BEGIN IMMEDIATE` to `COMMIT`, so writers are
@@ -23,7 +25,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use crvs_schema::Kidc;
 use crvs_schema::wire::Hash;
-use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
+use rusqlite::{Connection, OptionalExtension, Row, params};
 use uuid::Uuid;
 
 use super::{
@@ -31,13 +33,13 @@ use super::{
     StorageError, StoredRecord, SyncSeen, TokenRow, UnblockAudit, WriteTx,
 };
 
-/// The numbered migrations, applied in order. `user_version` is the number
-/// of the last one applied.
-const MIGRATIONS: &[(i64, &str)] = &[
-    (1, include_str!("../../migrations/001_init.sql")),
-    (2, include_str!("../../migrations/002_device_refusal.sql")),
-    (3, include_str!("../../migrations/003_replay_and_enrolment.sql")),
-    (4, include_str!("../../migrations/004_recovery.sql")),
+/// The numbered migrations, applied in order: the `n`th takes
+/// `user_version` from `n - 1` to `n`.
+const MIGRATIONS: &[crvs_sqlite::Migration] = &[
+    include_str!("../../migrations/001_init.sql"),
+    include_str!("../../migrations/002_device_refusal.sql"),
+    include_str!("../../migrations/003_replay_and_enrolment.sql"),
+    include_str!("../../migrations/004_recovery.sql"),
 ];
 
 impl From<rusqlite::Error> for StorageError {
@@ -59,57 +61,23 @@ impl std::fmt::Debug for SqliteStorage {
     }
 }
 
-fn configure(conn: &Connection) -> Result<(), StorageError> {
-    conn.busy_timeout(std::time::Duration::from_secs(10))?;
-    conn.execute_batch(
-        "PRAGMA journal_mode = WAL;
-         PRAGMA synchronous = FULL;
-         PRAGMA foreign_keys = ON;
-         PRAGMA cache_size = -32768;",
-    )?;
-    conn.set_prepared_statement_cache_capacity(64);
-    Ok(())
-}
-
-fn migrate(conn: &mut Connection) -> Result<(), StorageError> {
-    let supported = MIGRATIONS.last().map_or(0, |m| m.0);
-    loop {
-        // `BEGIN IMMEDIATE` first, then read the version: a second process
-        // opening the same file at the same moment waits, then sees the
-        // migration done.
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let current: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-        if current > supported {
-            return Err(StorageError::TooNew {
-                found: current,
-                supported,
-            });
-        }
-        let Some((version, sql)) = MIGRATIONS.iter().find(|m| m.0 == current + 1) else {
-            return Ok(());
-        };
-        tx.execute_batch(sql)?;
-        tx.execute_batch(&format!("PRAGMA user_version = {version}"))?;
-        tx.commit()?;
-        tracing::info!(version, "applied storage migration");
-    }
-}
-
 impl SqliteStorage {
     /// Opens (creating if needed) the database at `path`: pragmas,
     /// migrations, one writer and one reader connection.
     pub fn open(path: &Path) -> Result<SqliteStorage, StorageError> {
-        // Created 0600 before SQLite opens it: its -wal and -shm files
-        // take the same mode.
-        crate::private_file(path)?;
-        let mut writer = Connection::open(path)?;
-        configure(&writer)?;
-        migrate(&mut writer)?;
-        let reader = Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
-        )?;
-        reader.busy_timeout(std::time::Duration::from_secs(10))?;
+        let options = crvs_sqlite::OpenOptions {
+            create: true,
+            migrations: MIGRATIONS,
+            migrate: crvs_sqlite::Migrate::Later,
+            cache_size_kib: Some(32 * 1024),
+            statement_cache: Some(64),
+            ..Default::default()
+        };
+        let mut writer = crvs_sqlite::open(path, &options)?;
+        for version in crvs_sqlite::migrate(&mut writer, MIGRATIONS)? {
+            tracing::info!(version, "applied storage migration");
+        }
+        let reader = crvs_sqlite::open_read_only(path, Some(MIGRATIONS))?;
         reader.set_prepared_statement_cache_capacity(16);
         Ok(SqliteStorage {
             writer: Mutex::new(writer),

@@ -1,0 +1,287 @@
+//! `crvs_sqlite::open` on real files.
+
+use std::path::Path;
+
+use crvs_sqlite::{Migrate, Migration, OpenError, OpenOptions, migrate, open, open_read_only, user_version};
+use rusqlite::Connection;
+
+const V1: Migration = "CREATE TABLE a (id INTEGER PRIMARY KEY, x TEXT NOT NULL);";
+const V2: Migration = "CREATE TABLE b (id INTEGER PRIMARY KEY, a INTEGER NOT NULL REFERENCES a(id));";
+const V3: Migration = "ALTER TABLE a ADD COLUMN y TEXT; INSERT INTO a (x, y) VALUES ('m', 'n');";
+
+fn create(migrations: &[Migration]) -> OpenOptions<'_> {
+    OpenOptions {
+        create: true,
+        migrations,
+        ..OpenOptions::default()
+    }
+}
+
+fn existing(migrations: &[Migration]) -> OpenOptions<'_> {
+    OpenOptions {
+        migrations,
+        ..OpenOptions::default()
+    }
+}
+
+fn pragma<T: rusqlite::types::FromSql>(conn: &Connection, name: &str) -> T {
+    conn.query_row(&format!("PRAGMA {name}"), [], |r| r.get(0))
+        .unwrap()
+}
+
+#[cfg(unix)]
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+#[test]
+fn a_fresh_file_is_created_migrated_and_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("x.db");
+    let conn = open(&path, &create(&[V1, V2])).unwrap();
+    assert_eq!(user_version(&conn).unwrap(), 2);
+    assert_eq!(pragma::<String>(&conn, "journal_mode"), "wal");
+    assert_eq!(pragma::<i64>(&conn, "synchronous"), 2, "FULL");
+    assert_eq!(pragma::<i64>(&conn, "foreign_keys"), 1);
+    assert_eq!(pragma::<i64>(&conn, "temp_store"), 2, "MEMORY");
+    assert_eq!(pragma::<i64>(&conn, "trusted_schema"), 0);
+    assert_eq!(pragma::<i64>(&conn, "busy_timeout"), 10_000);
+    // Foreign keys are enforced.
+    assert!(conn.execute("INSERT INTO b (a) VALUES (42)", []).is_err());
+}
+
+#[test]
+fn a_missing_file_is_not_created_without_create() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("x.db");
+    assert!(matches!(open(&path, &existing(&[V1])), Err(OpenError::Missing)));
+    assert!(matches!(
+        open_read_only(&path, Some(&[V1])),
+        Err(OpenError::Missing)
+    ));
+    assert!(!path.exists());
+}
+
+#[test]
+fn a_file_no_migration_touched_is_refused_without_create() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("x.db");
+    Connection::open(&path)
+        .unwrap()
+        .execute_batch("CREATE TABLE t (x); INSERT INTO t VALUES (1);")
+        .unwrap();
+    assert!(matches!(
+        open(&path, &existing(&[V1])),
+        Err(OpenError::Uninitialized)
+    ));
+    assert!(matches!(
+        open_read_only(&path, Some(&[V1])),
+        Err(OpenError::Uninitialized)
+    ));
+}
+
+#[test]
+fn a_database_at_v1_is_migrated_to_the_last_version_keeping_its_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("x.db");
+    let conn = open(&path, &create(&[V1])).unwrap();
+    conn.execute("INSERT INTO a (x) VALUES ('kept')", []).unwrap();
+    drop(conn);
+    let conn = open(&path, &existing(&[V1, V2, V3])).unwrap();
+    assert_eq!(user_version(&conn).unwrap(), 3);
+    let rows: Vec<(String, Option<String>)> = conn
+        .prepare("SELECT x, y FROM a ORDER BY id")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(rows, [("kept".into(), None), ("m".into(), Some("n".into()))]);
+    // Opening again applies nothing.
+    drop(conn);
+    let mut conn = open(&path, &existing(&[V1, V2, V3])).unwrap();
+    assert_eq!(migrate(&mut conn, &[V1, V2, V3]).unwrap(), Vec::<u32>::new());
+    let count: i64 = conn
+        .query_row("SELECT COUNT(*) FROM a", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(count, 2);
+}
+
+#[test]
+fn migrations_wait_when_told_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("x.db");
+    drop(open(&path, &create(&[V1])).unwrap());
+    let options = OpenOptions {
+        migrate: Migrate::Later,
+        ..existing(&[V1, V2])
+    };
+    let mut conn = open(&path, &options).unwrap();
+    assert_eq!(user_version(&conn).unwrap(), 1);
+    assert_eq!(migrate(&mut conn, &[V1, V2]).unwrap(), [2]);
+    assert_eq!(user_version(&conn).unwrap(), 2);
+}
+
+#[test]
+fn a_database_newer_than_the_code_is_refused_and_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("x.db");
+    drop(open(&path, &create(&[V1, V2, V3])).unwrap());
+    for options in [
+        existing(&[V1, V2]),
+        create(&[V1, V2]),
+        OpenOptions {
+            migrate: Migrate::Later,
+            ..existing(&[V1, V2])
+        },
+    ] {
+        let err = open(&path, &options).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                OpenError::TooNew {
+                    found: 3,
+                    supported: 2
+                }
+            ),
+            "{err:?}"
+        );
+        let message = err.to_string();
+        assert!(
+            message.contains("version 3") && message.contains("(2)"),
+            "{message}"
+        );
+        assert!(message.contains("newer build"), "{message}");
+    }
+    assert!(matches!(
+        open_read_only(&path, Some(&[V1, V2])),
+        Err(OpenError::TooNew {
+            found: 3,
+            supported: 2
+        })
+    ));
+    let conn = Connection::open(&path).unwrap();
+    assert_eq!(user_version(&conn).unwrap(), 3);
+}
+
+#[test]
+fn a_failed_migration_rolls_back_whole_and_keeps_the_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("x.db");
+    drop(open(&path, &create(&[V1])).unwrap());
+    // The step's first statement works, its second fails.
+    let bad: Migration = "CREATE TABLE c (x); INSERT INTO nowhere VALUES (1);";
+    let err = open(&path, &existing(&[V1, V2, bad])).unwrap_err();
+    assert!(matches!(err, OpenError::Migration { version: 3, .. }), "{err:?}");
+    let conn = Connection::open(&path).unwrap();
+    // V2 committed on its own; the failed step left nothing.
+    assert_eq!(user_version(&conn).unwrap(), 2);
+    let tables: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'c'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(tables, 0);
+}
+
+#[cfg(unix)]
+#[test]
+fn a_created_database_and_its_wal_are_0600() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("x.db");
+    let conn = open(&path, &create(&[V1])).unwrap();
+    conn.execute("INSERT INTO a (x) VALUES ('v')", []).unwrap();
+    assert_eq!(mode(&path), 0o600);
+    let wal = dir.path().join("x.db-wal");
+    assert!(wal.exists());
+    assert_eq!(mode(&wal), 0o600);
+    assert_eq!(mode(&dir.path().join("x.db-shm")), 0o600);
+}
+
+#[cfg(unix)]
+#[test]
+fn a_looser_mode_is_tightened_by_a_read_write_open_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("x.db");
+    let conn = open(&path, &create(&[V1])).unwrap();
+    conn.execute("INSERT INTO a (x) VALUES ('v')", []).unwrap();
+    let files = [
+        path.clone(),
+        dir.path().join("x.db-wal"),
+        dir.path().join("x.db-shm"),
+    ];
+    for f in &files {
+        std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let reader = open_read_only(&path, Some(&[V1])).unwrap();
+    let count: i64 = reader
+        .query_row("SELECT COUNT(*) FROM a", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(count, 1);
+    assert_eq!(mode(&path), 0o644, "a read-only open changes nothing");
+    drop(reader);
+    drop(open(&path, &existing(&[V1])).unwrap());
+    for f in &files {
+        if f.exists() {
+            assert_eq!(mode(f), 0o600, "{}", f.display());
+        }
+    }
+    drop(conn);
+}
+
+#[test]
+fn a_read_only_connection_reads_the_writers_commits_and_cannot_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("x.db");
+    let writer = open(&path, &create(&[V1])).unwrap();
+    let reader = open_read_only(&path, Some(&[V1])).unwrap();
+    writer.execute("INSERT INTO a (x) VALUES ('v')", []).unwrap();
+    let count: i64 = reader
+        .query_row("SELECT COUNT(*) FROM a", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(count, 1);
+    assert!(reader.execute("INSERT INTO a (x) VALUES ('w')", []).is_err());
+    assert_eq!(pragma::<i64>(&reader, "trusted_schema"), 0);
+}
+
+#[test]
+fn a_read_only_open_refuses_a_database_not_yet_migrated() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("x.db");
+    drop(open(&path, &create(&[V1])).unwrap());
+    let err = open_read_only(&path, Some(&[V1, V2])).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            OpenError::TooOld {
+                found: 1,
+                supported: 2
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("read-write"), "{err}");
+    // Without a version to expect (a file to copy), it opens.
+    let conn = open_read_only(&path, None).unwrap();
+    assert_eq!(user_version(&conn).unwrap(), 1);
+}
+
+#[test]
+fn a_file_that_is_not_sqlite_is_refused_as_not_a_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("x.db");
+    std::fs::write(&path, vec![0x55u8; 8192]).unwrap();
+    let options = OpenOptions {
+        quick_check: true,
+        ..existing(&[V1])
+    };
+    let err = open(&path, &options).unwrap_err();
+    let OpenError::Sqlite(e) = err else {
+        panic!("{err:?}")
+    };
+    assert_eq!(e.sqlite_error_code(), Some(rusqlite::ErrorCode::NotADatabase));
+}
