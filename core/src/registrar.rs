@@ -1012,6 +1012,7 @@ impl Registrar {
                 }
                 other => other?,
             };
+            crate::fault::point("after_answer");
             // (c) Check the answer, then store it in one transaction.
             let resp = SyncResponse::open(&answer, &enrolled.server_key)?;
             if resp.request_hash != wire::request_hash(&request) {
@@ -1237,6 +1238,7 @@ impl Registrar {
         }
         store::set_meta(&tx, meta::NEXT_SEQ, chain.next_seq as i64)?;
         store::set_meta(&tx, meta::LAST_HASH, chain.last_hash.to_vec())?;
+        crate::fault::point("before_outbox_commit");
         tx.commit()?;
         tracing::info!(change_sets = made, "change sets added to the outbox");
         Ok(made)
