@@ -122,9 +122,6 @@ pub(crate) fn uuid_v7_at(unix_ms: i64) -> uuid::Uuid {
 const WRAP_AAD: &[u8] = b"meta\0\0wrapped_data_key";
 const SIGNING_KEY_AAD: &[u8] = b"meta\0\0signing_key";
 const PENDING_SIGNING_KEY_AAD: &[u8] = b"meta\0\0pending_signing_key";
-/// The highest server request counter a tablet adopts: far below
-/// `u64::MAX`, so that even a forged answer cannot leave it no room.
-pub(crate) const MAX_ADOPTED_COUNTER: u64 = 1 << 62;
 
 pub(crate) fn doc_aad(id: &[u8; 16]) -> Vec<u8> {
     aad("records", id, "doc")

@@ -29,6 +29,9 @@ use ed25519_dalek::SigningKey;
 use crate::error::{Error, Result};
 
 mod driver;
+pub mod machine;
+
+pub use machine::{Step, SyncMachine};
 
 /// At most this many records per change set.
 pub const MAX_RECORDS_PER_CHANGE_SET: usize = 100;

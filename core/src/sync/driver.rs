@@ -4,13 +4,14 @@
 use automerge::Change;
 use crvs_schema::evidence::IssuanceProof;
 use crvs_schema::record;
-use crvs_schema::wire::{self, ChainPosition, RecordChanges, SignedChangeSet, SyncRequest, SyncResponse};
+use crvs_schema::wire::{self, ChainPosition, RecordChanges, SignedChangeSet, SyncResponse};
 use ed25519_dalek::VerifyingKey;
 use rusqlite::{Connection, Transaction};
 
 use crate::error::{Error, Result};
 use crate::registrar::*;
 use crate::store::{self, OutboxRow, meta};
+use crate::sync::machine::{AnswerContext, Applied, Batch, OutgoingChangeSet, Step, SyncMachine};
 use crate::sync::{self, Chain, SyncObserver, SyncPhase, SyncProgress, SyncReport};
 use crate::transport::{HttpTransport, Transport};
 
@@ -30,201 +31,167 @@ impl Registrar {
     /// unacknowledged change set in order, and applies the server's
     /// updates, over `transport`. Safe to interrupt at any point and to
     /// repeat.
+    ///
+    /// The decisions are [`SyncMachine`]'s; this is its driver, the store
+    /// and `transport` at its edges.
     pub fn sync_with(&self, transport: &dyn Transport, observer: &dyn SyncObserver) -> Result<SyncReport> {
         let _one_sync_at_a_time = lock(&self.sync_lock);
-        let mut report = SyncReport::default();
         let enrolled = {
             let conn = lock(&self.conn);
             self.enrolled(&conn)?
         };
-        // (a) New changes into the outbox, in one transaction.
-        report.change_sets_created = self.fill_outbox(&enrolled)?;
-        let (acked_at_start, waiting) = {
+        // New changes into the outbox, in one transaction.
+        let created = self.fill_outbox(&enrolled)?;
+        let (acked, waiting) = {
             let conn = lock(&self.conn);
             let acked = Self::acked_seq(&conn)?;
             (acked, store::count_outbox_after(&conn, acked)?)
         };
-        let mut total = waiting;
-        let progress = |phase, report: &SyncReport, total| {
+        let mut machine = SyncMachine::start(
+            enrolled.server_key,
+            enrolled.signing_key.clone(),
+            acked,
+            waiting,
+            created,
+        );
+        let progress = |phase, m: &SyncMachine| {
+            let report = m.report();
             sync::notify(
                 observer,
                 SyncProgress {
                     phase,
                     pushed: report.pushed,
-                    total,
+                    total: m.total(),
                     pulled: report.pulled,
                 },
             )
         };
-        if progress(SyncPhase::Preparing, &report, total).is_break() {
-            report.cancelled = true;
-            return self.finish(report);
+        if progress(SyncPhase::Preparing, &machine).is_break() {
+            machine.cancel();
+            return self.finish(machine.into_report());
         }
-        let mut rewinds = 0;
-        let mut adoptions = 0;
-        let mut counter_resets = 0;
-        let mut highest_acked = acked_at_start;
+        let mut step = Step::Build;
         loop {
-            // (b) The next run of unacknowledged change sets.
-            let (request, sent, cursor_before) = {
-                let conn = lock(&self.conn);
-                let acked = Self::acked_seq(&conn)?;
-                let rows = store::outbox_from(&conn, acked + 1, sync::MAX_CHANGE_SETS_PER_REQUEST)?;
-                let lengths: Vec<u64> = rows.iter().map(|r| r.byte_len).collect();
-                let n = sync::take_for_request(
-                    &lengths,
-                    sync::MAX_CHANGE_SETS_PER_REQUEST,
-                    sync::MAX_REQUEST_BYTES,
-                );
-                let mut change_sets = Vec::with_capacity(n);
-                let mut sent = Vec::with_capacity(n);
-                for row in rows.into_iter().take(n) {
-                    let bytes = self.key.open(&outbox_aad(row.seq), &row.body_sealed)?;
-                    sent.push((row.seq, row.hash, row.record_count));
-                    change_sets.push(bytes.to_vec());
+            step = match step {
+                Step::Build => {
+                    let batch = self.next_batch(&enrolled)?;
+                    let (request, phase) = machine.send(batch)?;
+                    if progress(phase, &machine).is_break() {
+                        machine.cancel();
+                        break;
+                    }
+                    machine.sent();
+                    match transport.sync(&request) {
+                        Ok(answer) => {
+                            crate::fault::point("after_answer");
+                            let ctx = self.answer_context()?;
+                            machine.on_answer(&answer, ctx)?
+                        }
+                        Err(e) => machine.on_failure(e)?,
+                    }
                 }
-                let evidence = self.evidence_for(&conn, &change_sets, &enrolled)?;
-                drop(conn);
-                // Read for every request: an adoption makes a new one.
-                let lineage = self.lineage()?;
-                let conn = lock(&self.conn);
-                let adopted =
-                    store::get_meta::<Vec<u8>>(&conn, meta::ADOPTED)?.and_then(|b| decode_position(&b));
-                let cursor = store::get_meta::<i64>(&conn, meta::CURSOR)?.unwrap_or(0).max(0) as u64;
-                drop(conn);
-                let counter = self.next_request_counter()?;
-                let request = SyncRequest {
-                    device_id: enrolled.device_id,
-                    counter,
-                    cursor,
-                    device_clock_ms: now_ms(),
-                    change_sets,
-                    evidence,
-                    lineage,
-                    adopted,
-                }
-                .seal(&enrolled.signing_key)?;
-                (request, sent, cursor)
-            };
-            let phase = if sent.is_empty() {
-                SyncPhase::Pulling
-            } else {
-                SyncPhase::Pushing
-            };
-            if progress(phase, &report, total).is_break() {
-                report.cancelled = true;
-                break;
-            }
-            report.requests += 1;
-            let answer = match transport.sync(&request) {
-                Err(Error::CounterBehind(last)) if counter_resets == 0 && last < MAX_ADOPTED_COUNTER => {
-                    // The server saw a later counter: this store was
-                    // restored from a backup (or someone replayed one of
-                    // its requests, which changed nothing). Continue above
-                    // it; the refused request changed nothing.
-                    counter_resets += 1;
-                    tracing::warn!(last, "the server's request counter is ahead; continuing above it");
+                Step::RaiseCounter(last) => {
                     self.raise_request_counter(last)?;
-                    continue;
+                    Step::Build
                 }
-                other => other?,
+                Step::Store(decisions) => {
+                    let applied = self.store_answer(
+                        &decisions.response,
+                        &decisions.outcome,
+                        decisions.acked_before,
+                        &enrolled.server_key,
+                        &enrolled.signing_key.verifying_key(),
+                    )?;
+                    let remaining = self.remaining()?;
+                    let next = machine.stored(applied, remaining)?;
+                    if !matches!(next, Step::Adopt(_)) && progress(SyncPhase::Pulling, &machine).is_break() {
+                        machine.cancel();
+                        break;
+                    }
+                    next
+                }
+                Step::Adopt(position) => {
+                    let records = self.adopt(position)?;
+                    tracing::warn!(
+                        server_seq = position.seq,
+                        records,
+                        "this tablet's chain disagreed with the server's (a lost commit, or an old copy of the store): adopted the server's position; sending its records again"
+                    );
+                    let created = self.fill_outbox(&enrolled)?;
+                    let remaining = self.remaining()?;
+                    machine.adopted(position, created, remaining)
+                }
+                Step::Done => break,
             };
-            crate::fault::point("after_answer");
-            // (c) Check the answer, then store it in one transaction.
-            let resp = SyncResponse::open(&answer, &enrolled.server_key)?;
-            if resp.request_hash != wire::request_hash(&request) {
-                return Err(Error::Protocol("the answer is for another request".into()));
-            }
-            let sent_hashes: Vec<(u64, wire::Hash)> = sent.iter().map(|&(s, h, _)| (s, h)).collect();
-            let (acked_before, next_seq) = {
-                let conn = lock(&self.conn);
-                (
-                    Self::acked_seq(&conn)?,
-                    store::get_meta::<i64>(&conn, meta::NEXT_SEQ)?.unwrap_or(1).max(1) as u64,
-                )
-            };
-            let outcome = sync::interpret(&sent_hashes, acked_before, next_seq, &resp)?;
-            let applied = self.store_answer(
-                &resp,
-                &outcome,
-                acked_before,
-                &enrolled.server_key,
-                &enrolled.signing_key.verifying_key(),
-            )?;
-            for &(seq, _, records) in &sent {
-                if outcome.acked.contains(&seq) && seq > highest_acked {
-                    report.pushed += 1;
-                    report.records_pushed += records;
-                    highest_acked = seq;
-                }
-            }
-            report.pulled += applied.updated;
-            report.kidcs_received += applied.kidcs;
-            if let Some(position) = outcome.adopt {
-                adoptions += 1;
-                if adoptions > 1 {
-                    return Err(Error::Protocol(
-                        "the server's chain position keeps moving away from this tablet's".into(),
-                    ));
-                }
-                let records = self.adopt(position)?;
-                tracing::warn!(
-                    server_seq = position.seq,
-                    records,
-                    "this tablet's chain disagreed with the server's (a lost commit, or an old copy of the store): adopted the server's position; sending its records again"
-                );
-                report.adopted_server_seq = Some(position.seq);
-                report.change_sets_created += self.fill_outbox(&enrolled)?;
-                total = report.pushed + {
-                    let conn = lock(&self.conn);
-                    store::count_outbox_after(&conn, Self::acked_seq(&conn)?)?
-                };
-                highest_acked = position.seq;
-                continue;
-            }
-            if let Some(from) = outcome.rewind_to {
-                rewinds += 1;
-                if rewinds > sync::MAX_REWINDS {
-                    return Err(Error::Protocol(
-                        "the server keeps asking for the same change sets".into(),
-                    ));
-                }
-                tracing::warn!(from, "the server lost change sets; resending them");
-                report.resent_from = Some(report.resent_from.map_or(from, |r: u64| r.min(from)));
-                total += highest_acked.saturating_sub(from - 1);
-                highest_acked = from - 1;
-            }
-            if let Some((code, message)) = outcome.refused {
-                tracing::warn!(code = code.as_str(), "the server refused a change set");
-                return Err(Error::ServerRefused { code, message });
-            }
-            if progress(SyncPhase::Pulling, &report, total).is_break() {
-                report.cancelled = true;
-                break;
-            }
-            let remaining = {
-                let conn = lock(&self.conn);
-                store::count_outbox_after(&conn, Self::acked_seq(&conn)?)?
-            };
-            let progressed = !outcome.acked.is_empty()
-                || outcome.rewind_to.is_some()
-                || !resp.updates.is_empty()
-                || resp.cursor != cursor_before;
-            if remaining == 0 && !resp.more {
-                break;
-            }
-            if !progressed {
-                return Err(Error::Protocol("the server's answer made no progress".into()));
-            }
         }
-        if !report.cancelled {
+        if !machine.report().cancelled {
             let conn = &mut *lock(&self.conn);
             let tx = conn.transaction()?;
             store::set_meta(&tx, meta::LAST_SYNC_AT, now_ms())?;
             tx.commit()?;
-            let _ = progress(SyncPhase::Done, &report, total);
+            let _ = progress(SyncPhase::Done, &machine);
         }
-        self.finish(report)
+        self.finish(machine.into_report())
+    }
+
+    /// Change sets not yet acknowledged.
+    fn remaining(&self) -> Result<u64> {
+        let conn = lock(&self.conn);
+        store::count_outbox_after(&conn, Self::acked_seq(&conn)?)
+    }
+
+    /// What an answer is checked against: the acknowledged sequence number
+    /// and the chain's next one.
+    fn answer_context(&self) -> Result<AnswerContext> {
+        let conn = lock(&self.conn);
+        Ok(AnswerContext {
+            acked: Self::acked_seq(&conn)?,
+            next_seq: store::get_meta::<i64>(&conn, meta::NEXT_SEQ)?.unwrap_or(1).max(1) as u64,
+        })
+    }
+
+    /// Reads the next run of unacknowledged change sets and what goes
+    /// with them, and takes the request counter (durably).
+    fn next_batch(&self, enrolled: &Enrolled) -> Result<Batch> {
+        let conn = lock(&self.conn);
+        let acked = Self::acked_seq(&conn)?;
+        let rows = store::outbox_from(&conn, acked + 1, sync::MAX_CHANGE_SETS_PER_REQUEST)?;
+        let lengths: Vec<u64> = rows.iter().map(|r| r.byte_len).collect();
+        let n = sync::take_for_request(
+            &lengths,
+            sync::MAX_CHANGE_SETS_PER_REQUEST,
+            sync::MAX_REQUEST_BYTES,
+        );
+        let mut change_sets = Vec::with_capacity(n);
+        for row in rows.into_iter().take(n) {
+            let bytes = self.key.open(&outbox_aad(row.seq), &row.body_sealed)?;
+            change_sets.push(OutgoingChangeSet {
+                seq: row.seq,
+                hash: row.hash,
+                records: row.record_count,
+                bytes: bytes.to_vec(),
+            });
+        }
+        let raw: Vec<Vec<u8>> = change_sets.iter().map(|c| c.bytes.clone()).collect();
+        let evidence = self.evidence_for(&conn, &raw, enrolled)?;
+        drop(conn);
+        // Read for every request: an adoption makes a new one.
+        let lineage = self.lineage()?;
+        let conn = lock(&self.conn);
+        let adopted = store::get_meta::<Vec<u8>>(&conn, meta::ADOPTED)?.and_then(|b| decode_position(&b));
+        let cursor = store::get_meta::<i64>(&conn, meta::CURSOR)?.unwrap_or(0).max(0) as u64;
+        drop(conn);
+        let counter = self.next_request_counter()?;
+        Ok(Batch {
+            device_id: enrolled.device_id,
+            change_sets,
+            evidence,
+            lineage,
+            adopted,
+            cursor,
+            counter,
+            device_clock_ms: now_ms(),
+        })
     }
 
     /// Takes the next request counter, durably, before the request leaves:
@@ -592,10 +559,4 @@ impl Registrar {
         }
         Ok(())
     }
-}
-
-#[derive(Default)]
-struct Applied {
-    updated: u64,
-    kidcs: u64,
 }
