@@ -3,7 +3,8 @@
 //!
 //! Armed by the environment variable `CRVS_FAULT=<point>` (abort the first
 //! time the point is reached) or `CRVS_FAULT=<point>:<n>` (the n-th time,
-//! counting from 1), read once, the first time any point is reached. On
+//! counting from 1), read once: at start by `crvs` (`check_env`), or else
+//! the first time any point is reached. On
 //! reaching an armed point the process prints one line on stderr,
 //! `fault point reached: <point>`, and calls [`std::process::abort`]
 //! (SIGABRT: no destructor runs, no transaction is rolled back politely,
@@ -77,13 +78,17 @@ fn armed() -> Option<&'static Armed> {
         .as_ref()
 }
 
-/// Checks `CRVS_FAULT` at start, so that a misspelt point fails loudly
-/// instead of never firing. `Ok` when unset.
+/// Reads `CRVS_FAULT` at start (the binaries call this first), so that a
+/// misspelt point fails loudly instead of never firing, and arms the
+/// point. `Ok` when unset.
 pub fn check_env() -> Result<(), String> {
-    match std::env::var(ENV) {
-        Ok(v) if !v.is_empty() => parse(&v, POINTS).map(|_| ()),
-        _ => Ok(()),
+    if let Ok(v) = std::env::var(ENV)
+        && !v.is_empty()
+    {
+        parse(&v, POINTS)?;
     }
+    let _ = armed();
+    Ok(())
 }
 
 /// Whether this is the armed hit of `point`: counts the hit, and is true

@@ -4,8 +4,8 @@
 //!
 //! Armed by the environment variable `CRVS_FAULT=<point>` (abort the first
 //! time the point is reached) or `CRVS_FAULT=<point>:<n>` (the n-th time,
-//! counting from 1, over all requests), read once, the first time any
-//! point is reached; `crvs-server serve` refuses an unknown point at start.
+//! counting from 1, over all requests), read once at start by `crvs-server`
+//! (`check_env`, which refuses an unknown point).
 //! On reaching an armed point the process prints one line on stderr,
 //! `fault point reached: <point>`, and calls [`std::process::abort`]
 //! (SIGABRT).
@@ -81,13 +81,17 @@ fn armed() -> Option<&'static Armed> {
         .as_ref()
 }
 
-/// Checks `CRVS_FAULT` at start, so that a misspelt point fails loudly
-/// instead of never firing. `Ok` when unset.
+/// Reads `CRVS_FAULT` at start (the binaries call this first), so that a
+/// misspelt point fails loudly instead of never firing, and arms the
+/// point. `Ok` when unset.
 pub fn check_env() -> Result<(), String> {
-    match std::env::var(ENV) {
-        Ok(v) if !v.is_empty() => parse(&v, POINTS).map(|_| ()),
-        _ => Ok(()),
+    if let Ok(v) = std::env::var(ENV)
+        && !v.is_empty()
+    {
+        parse(&v, POINTS)?;
     }
+    let _ = armed();
+    Ok(())
 }
 
 /// Whether this is the armed hit of `point`: counts the hit, and is true
