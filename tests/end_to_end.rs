@@ -164,19 +164,34 @@ fn a_server_killed_during_a_sync_comes_back_and_the_next_sync_completes() {
     let files = write_births(&tmp.path().join("births"), &births[..12]);
     let ids: Vec<String> = files.iter().map(|f| t.register_approved(f)).collect();
 
-    // Start a sync and pull the plug on the server while it runs.
-    let child = std::process::Command::new(bin("crvs"))
-        .arg("--store")
-        .arg(&t.dir)
-        .args(["sync", "--json"])
-        .env("CRVS_PASSPHRASE", PASSPHRASE)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(15));
-    server.kill();
-    let _ = child.wait_with_output();
+    // Pull the plug on the server in the middle of the sync: at the named
+    // fault point `after_commit` (`crvs_server::fault`), when it has
+    // applied everything and issued every code but answered nothing. (A
+    // kill after a guessed delay landed before any request.)
+    server.terminate();
+    let log = tmp.path().join("server.log");
+    let mut server = Server::start_with(
+        &server_data,
+        &ServerOptions {
+            listen: Some(addr.to_string()),
+            log_file: Some(log.clone()),
+            env: vec![("CRVS_FAULT".into(), "after_commit".into())],
+            ..ServerOptions::default()
+        },
+    );
+    assert_eq!(t.run(&["sync"]).expect_err(), "offline");
+    let status = server.wait_exit(std::time::Duration::from_secs(20));
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(6),
+        "SIGABRT"
+    );
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(logged.contains("fault point reached: after_commit\n"), "{logged}");
+    assert_eq!(count(&server_data, "SELECT COUNT(*) FROM kidc_issuance"), 12);
+    for id in &ids {
+        assert!(kidc_of(&t.show(id)).is_none(), "the tablet heard nothing yet");
+    }
 
     let _server = Server::start_on(&server_data, &addr.to_string());
     t.run(&["sync"]).expect_ok();

@@ -13,6 +13,7 @@
 
 pub mod crypto;
 pub mod error;
+pub mod fault;
 pub mod integrity;
 pub mod registrar;
 pub mod store;

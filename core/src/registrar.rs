@@ -8,6 +8,9 @@
 //! **API boundary:** this is what `crvs` (the CLI) and `crvs-mobile` (the
 //! uniffi facade) call. It returns JSON strings where a binding would
 //! otherwise need to mirror record types (`record_json`, `list_json`).
+//!
+//! The record types and their JSON live in `records`; the sync (outbox,
+//! push, answers, adoption, evidence) in `crate::sync`.
 
 mod repair;
 pub use repair::RepairReport;
@@ -16,152 +19,29 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use automerge::{ActorId, AutoCommit, Change, ChangeHash};
+use automerge::{ActorId, AutoCommit, ChangeHash};
 use crvs_schema::enrol::{self, EnrolmentToken};
-use crvs_schema::evidence::IssuanceProof;
 use crvs_schema::gazetteer::{GazetteerCode, Level};
-use crvs_schema::record::{self, RecordKind, RecordView};
-use crvs_schema::wire::{self, ChainPosition, RecordChanges, SignedChangeSet, SyncRequest, SyncResponse};
+use crvs_schema::record::{self, RecordKind};
+use crvs_schema::wire::SignedChangeSet;
 use crvs_schema::workflow::{self, Action, Transition};
 use crvs_schema::{BirthRegistration, Date};
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use rand::Rng;
-use rusqlite::{Connection, Transaction};
+use rusqlite::Connection;
 use serde_json::{Value as Json, json};
 use zeroize::Zeroizing;
 
 use crate::crypto::{DataKey, KdfParams, Passphrase, WrappedKey, aad};
 use crate::error::{Error, Result};
 use crate::integrity;
-use crate::store::{self, OutboxRow, RecordRow, meta};
-use crate::sync::{self, Chain, SyncObserver, SyncPhase, SyncProgress, SyncReport};
+use crate::store::{self, RecordRow, meta};
 use crate::transport::{HttpTransport, Transport};
 
-/// A record's id: a UUIDv7 minted on the tablet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct RecordId(pub [u8; 16]);
+mod records;
 
-impl RecordId {
-    /// A new UUIDv7 by the device clock (the epoch if the clock reads
-    /// before it: never a panic). [`Registrar`] mints ids with
-    /// [`RecordId::at`] after [`checked_now_ms`].
-    pub fn new() -> RecordId {
-        RecordId::at(now_ms())
-    }
-
-    /// A new UUIDv7 for the instant `unix_ms` (clamped to 0 below the
-    /// epoch), with 74 random bits.
-    pub fn at(unix_ms: i64) -> RecordId {
-        RecordId(*uuid_v7_at(unix_ms).as_bytes())
-    }
-
-    /// Parses the hyphenated UUID form.
-    pub fn parse(s: &str) -> Result<RecordId> {
-        uuid::Uuid::parse_str(s.trim())
-            .map(|u| RecordId(*u.as_bytes()))
-            .map_err(|_| Error::InvalidInput("a record id must be a UUID".into()))
-    }
-}
-
-impl Default for RecordId {
-    fn default() -> Self {
-        RecordId::new()
-    }
-}
-
-impl std::fmt::Display for RecordId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        uuid::Uuid::from_bytes(self.0).hyphenated().fmt(f)
-    }
-}
-
-impl std::str::FromStr for RecordId {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        RecordId::parse(s)
-    }
-}
-
-/// Whether the server has everything the tablet changed in a record.
-///
-/// * `pending`: the record has changes the server has not acknowledged,
-///   either not yet put into a change set or in a change set still waiting
-///   for its acknowledgement.
-/// * `synced`: every change made on this tablet is acknowledged.
-///
-/// When the server's own changes (a KIdC, a hold) last arrived is shown
-/// beside it, as `server_updated_at`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SyncState {
-    /// Changes wait for the server's acknowledgement.
-    Pending,
-    /// The server acknowledged every change.
-    Synced,
-    /// The server set it aside (an operator unblocked this tablet, stuck
-    /// behind a change set that carried it): nothing of it is sent; it
-    /// must be registered again.
-    SetAside,
-}
-
-impl SyncState {
-    /// The stable name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SyncState::Pending => "pending",
-            SyncState::Synced => "synced",
-            SyncState::SetAside => "set_aside",
-        }
-    }
-
-    fn of(row: &RecordRow, acked_seq: u64) -> SyncState {
-        if row.set_aside_at.is_some() {
-            SyncState::SetAside
-        } else if row.dirty || row.last_outbox_seq.is_some_and(|s| s > acked_seq) {
-            SyncState::Pending
-        } else {
-            SyncState::Synced
-        }
-    }
-}
-
-/// A record, decrypted.
-#[derive(Debug, Clone)]
-pub struct Record {
-    /// Its id.
-    pub id: RecordId,
-    /// Its document, decoded.
-    pub view: RecordView,
-    /// Its sync state.
-    pub sync_state: SyncState,
-    /// Device clock at creation, ms.
-    pub created_at_ms: i64,
-    /// Device clock at the last change, ms.
-    pub updated_at_ms: i64,
-    /// Device clock when the server's changes last arrived, ms.
-    pub server_updated_at_ms: Option<i64>,
-}
-
-/// A line of the record list: no personal data.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RecordSummary {
-    /// Its id.
-    pub id: RecordId,
-    /// Kind of event.
-    pub kind: String,
-    /// Workflow state.
-    pub status: String,
-    /// Sync state.
-    pub sync_state: SyncState,
-    /// The KIdC, once assigned.
-    pub kidc: Option<String>,
-    /// The server's hold reason code, while the server holds it.
-    pub hold: Option<String>,
-    /// Device clock at creation, ms.
-    pub created_at_ms: i64,
-    /// Device clock when the server's changes last arrived, ms.
-    pub server_updated_at_ms: Option<i64>,
-}
+pub use records::{Record, RecordId, RecordSummary, SyncState, format_utc};
+pub(crate) use records::{record_to_json, summary_to_json};
 
 /// What enrolment gave the tablet.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -172,25 +52,25 @@ pub struct Enrollment {
     pub office: String,
 }
 
-struct Enrolled {
-    device_id: [u8; 16],
-    server_url: String,
-    server_ca: Option<String>,
-    server_key: VerifyingKey,
-    signing_key: SigningKey,
+pub(crate) struct Enrolled {
+    pub(crate) device_id: [u8; 16],
+    pub(crate) server_url: String,
+    pub(crate) server_ca: Option<String>,
+    pub(crate) server_key: VerifyingKey,
+    pub(crate) signing_key: SigningKey,
 }
 
 /// An open tablet store.
 pub struct Registrar {
-    dir: PathBuf,
-    conn: Mutex<Connection>,
-    key: DataKey,
-    actor: ActorId,
-    office: String,
+    pub(crate) dir: PathBuf,
+    pub(crate) conn: Mutex<Connection>,
+    pub(crate) key: DataKey,
+    pub(crate) actor: ActorId,
+    pub(crate) office: String,
     /// The Argon2id setting this build asks for: the store's is raised to
     /// it on unlock, and a passphrase change never goes below it.
-    kdf: KdfParams,
-    sync_lock: Mutex<()>,
+    pub(crate) kdf: KdfParams,
+    pub(crate) sync_lock: Mutex<()>,
 }
 
 impl std::fmt::Debug for Registrar {
@@ -237,7 +117,7 @@ pub fn check_clock(now: SystemTime) -> Result<i64> {
 
 /// A UUIDv7 for `unix_ms` without `Uuid::now_v7`, which panics when the
 /// clock reads before 1970.
-fn uuid_v7_at(unix_ms: i64) -> uuid::Uuid {
+pub(crate) fn uuid_v7_at(unix_ms: i64) -> uuid::Uuid {
     let mut random = [0u8; 10];
     rand::rng().fill_bytes(&mut random);
     uuid::Builder::from_unix_timestamp_millis(unix_ms.max(0) as u64, &random).into_uuid()
@@ -246,37 +126,34 @@ fn uuid_v7_at(unix_ms: i64) -> uuid::Uuid {
 const WRAP_AAD: &[u8] = b"meta\0\0wrapped_data_key";
 const SIGNING_KEY_AAD: &[u8] = b"meta\0\0signing_key";
 const PENDING_SIGNING_KEY_AAD: &[u8] = b"meta\0\0pending_signing_key";
-/// The highest server request counter a tablet adopts: far below
-/// `u64::MAX`, so that even a forged answer cannot leave it no room.
-const MAX_ADOPTED_COUNTER: u64 = 1 << 62;
 
-fn doc_aad(id: &[u8; 16]) -> Vec<u8> {
+pub(crate) fn doc_aad(id: &[u8; 16]) -> Vec<u8> {
     aad("records", id, "doc")
 }
 
-fn kidc_aad(id: &[u8; 16]) -> Vec<u8> {
+pub(crate) fn kidc_aad(id: &[u8; 16]) -> Vec<u8> {
     aad("records", id, "kidc")
 }
 
-fn evidence_aad(id: &[u8; 16]) -> Vec<u8> {
+pub(crate) fn evidence_aad(id: &[u8; 16]) -> Vec<u8> {
     aad("kidc_evidence", id, "proof")
 }
 
-fn outbox_aad(seq: u64) -> Vec<u8> {
+pub(crate) fn outbox_aad(seq: u64) -> Vec<u8> {
     aad("outbox", &seq.to_be_bytes(), "body")
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding the lock rolled back its transaction (rusqlite
     // rolls back on drop), so the connection is still consistent.
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn heads_to_bytes(heads: &[ChangeHash]) -> Vec<u8> {
+pub(crate) fn heads_to_bytes(heads: &[ChangeHash]) -> Vec<u8> {
     heads.iter().flat_map(|h| h.0).collect()
 }
 
-fn heads_from_bytes(bytes: &[u8]) -> Result<Vec<ChangeHash>> {
+pub(crate) fn heads_from_bytes(bytes: &[u8]) -> Result<Vec<ChangeHash>> {
     if !bytes.len().is_multiple_of(32) {
         return Err(Error::Corrupt("a record's outboxed heads are malformed".into()));
     }
@@ -614,7 +491,7 @@ impl Registrar {
         Ok(key)
     }
 
-    fn enrolled(&self, conn: &Connection) -> Result<Enrolled> {
+    pub(crate) fn enrolled(&self, conn: &Connection) -> Result<Enrolled> {
         let Some(device) = store::get_meta::<String>(conn, meta::DEVICE_ID)? else {
             return Err(Error::NotEnrolled);
         };
@@ -653,7 +530,7 @@ impl Registrar {
         Ok(store::get_meta::<String>(conn, meta::DEVICE_ID)?.unwrap_or_else(|| self.actor.to_hex_string()))
     }
 
-    fn load_doc(&self, row: &RecordRow) -> Result<AutoCommit> {
+    pub(crate) fn load_doc(&self, row: &RecordRow) -> Result<AutoCommit> {
         let bytes = self.key.open(&doc_aad(&row.id), &row.doc_sealed)?;
         Ok(AutoCommit::load(&bytes)?.with_actor(self.actor.clone()))
     }
@@ -759,7 +636,7 @@ impl Registrar {
         Ok(status)
     }
 
-    fn acked_seq(conn: &Connection) -> Result<u64> {
+    pub(crate) fn acked_seq(conn: &Connection) -> Result<u64> {
         Ok(store::get_meta::<i64>(conn, meta::ACKED_SEQ)?.unwrap_or(0).max(0) as u64)
     }
 
@@ -918,655 +795,4 @@ impl Registrar {
         }
         Ok(rows.len())
     }
-
-    /// Syncs with the enrolled server over HTTP. See [`Registrar::sync_with`].
-    pub fn sync(&self, observer: &dyn SyncObserver) -> Result<SyncReport> {
-        let (url, ca) = {
-            let conn = lock(&self.conn);
-            let e = self.enrolled(&conn)?;
-            (e.server_url, e.server_ca)
-        };
-        let transport = HttpTransport::with_ca(&url, ca.as_deref())?;
-        self.sync_with(&transport, observer)
-    }
-
-    /// Puts new changes into signed change sets, pushes every
-    /// unacknowledged change set in order, and applies the server's
-    /// updates, over `transport`. Safe to interrupt at any point and to
-    /// repeat.
-    pub fn sync_with(&self, transport: &dyn Transport, observer: &dyn SyncObserver) -> Result<SyncReport> {
-        let _one_sync_at_a_time = lock(&self.sync_lock);
-        let mut report = SyncReport::default();
-        let enrolled = {
-            let conn = lock(&self.conn);
-            // Nothing leaves a store that was edited around its
-            // encryption: its server key or its bookkeeping may be forged.
-            integrity::ensure_intact(&conn, integrity::Scope::All)?;
-            self.enrolled(&conn)?
-        };
-        // (a) New changes into the outbox, in one transaction.
-        report.change_sets_created = self.fill_outbox(&enrolled)?;
-        let (acked_at_start, waiting) = {
-            let conn = lock(&self.conn);
-            let acked = Self::acked_seq(&conn)?;
-            (acked, store::count_outbox_after(&conn, acked)?)
-        };
-        let mut total = waiting;
-        let progress = |phase, report: &SyncReport, total| {
-            sync::notify(
-                observer,
-                SyncProgress {
-                    phase,
-                    pushed: report.pushed,
-                    total,
-                    pulled: report.pulled,
-                },
-            )
-        };
-        if progress(SyncPhase::Preparing, &report, total).is_break() {
-            report.cancelled = true;
-            return self.finish(report);
-        }
-        let mut rewinds = 0;
-        let mut adoptions = 0;
-        let mut counter_resets = 0;
-        let mut highest_acked = acked_at_start;
-        loop {
-            // (b) The next run of unacknowledged change sets.
-            let (request, sent, cursor_before) = {
-                let conn = lock(&self.conn);
-                let acked = Self::acked_seq(&conn)?;
-                let rows = store::outbox_from(&conn, acked + 1, sync::MAX_CHANGE_SETS_PER_REQUEST)?;
-                let lengths: Vec<u64> = rows.iter().map(|r| r.byte_len).collect();
-                let n = sync::take_for_request(
-                    &lengths,
-                    sync::MAX_CHANGE_SETS_PER_REQUEST,
-                    sync::MAX_REQUEST_BYTES,
-                );
-                let mut change_sets = Vec::with_capacity(n);
-                let mut sent = Vec::with_capacity(n);
-                for row in rows.into_iter().take(n) {
-                    let bytes = self.key.open(&outbox_aad(row.seq), &row.body_sealed)?;
-                    sent.push((row.seq, row.hash, row.record_count));
-                    change_sets.push(bytes.to_vec());
-                }
-                let evidence = self.evidence_for(&conn, &change_sets, &enrolled)?;
-                drop(conn);
-                // Read for every request: an adoption makes a new one.
-                let lineage = self.lineage()?;
-                let conn = lock(&self.conn);
-                let adopted =
-                    store::get_meta::<Vec<u8>>(&conn, meta::ADOPTED)?.and_then(|b| decode_position(&b));
-                let cursor = store::get_meta::<i64>(&conn, meta::CURSOR)?.unwrap_or(0).max(0) as u64;
-                drop(conn);
-                let counter = self.next_request_counter()?;
-                let request = SyncRequest {
-                    device_id: enrolled.device_id,
-                    counter,
-                    cursor,
-                    device_clock_ms: now_ms(),
-                    change_sets,
-                    evidence,
-                    lineage,
-                    adopted,
-                }
-                .seal(&enrolled.signing_key)?;
-                (request, sent, cursor)
-            };
-            let phase = if sent.is_empty() {
-                SyncPhase::Pulling
-            } else {
-                SyncPhase::Pushing
-            };
-            if progress(phase, &report, total).is_break() {
-                report.cancelled = true;
-                break;
-            }
-            report.requests += 1;
-            let answer = match transport.sync(&request) {
-                Err(Error::CounterBehind(last)) if counter_resets == 0 && last < MAX_ADOPTED_COUNTER => {
-                    // The server saw a later counter: this store was
-                    // restored from a backup (or someone replayed one of
-                    // its requests, which changed nothing). Continue above
-                    // it; the refused request changed nothing.
-                    counter_resets += 1;
-                    tracing::warn!(last, "the server's request counter is ahead; continuing above it");
-                    self.raise_request_counter(last)?;
-                    continue;
-                }
-                other => other?,
-            };
-            // (c) Check the answer, then store it in one transaction.
-            let resp = SyncResponse::open(&answer, &enrolled.server_key)?;
-            if resp.request_hash != wire::request_hash(&request) {
-                return Err(Error::Protocol("the answer is for another request".into()));
-            }
-            let sent_hashes: Vec<(u64, wire::Hash)> = sent.iter().map(|&(s, h, _)| (s, h)).collect();
-            let (acked_before, next_seq) = {
-                let conn = lock(&self.conn);
-                (
-                    Self::acked_seq(&conn)?,
-                    store::get_meta::<i64>(&conn, meta::NEXT_SEQ)?.unwrap_or(1).max(1) as u64,
-                )
-            };
-            let outcome = sync::interpret(&sent_hashes, acked_before, next_seq, &resp)?;
-            let applied = self.store_answer(
-                &resp,
-                &outcome,
-                acked_before,
-                &enrolled.server_key,
-                &enrolled.signing_key.verifying_key(),
-            )?;
-            for &(seq, _, records) in &sent {
-                if outcome.acked.contains(&seq) && seq > highest_acked {
-                    report.pushed += 1;
-                    report.records_pushed += records;
-                    highest_acked = seq;
-                }
-            }
-            report.pulled += applied.updated;
-            report.kidcs_received += applied.kidcs;
-            if let Some(position) = outcome.adopt {
-                adoptions += 1;
-                if adoptions > 1 {
-                    return Err(Error::Protocol(
-                        "the server's chain position keeps moving away from this tablet's".into(),
-                    ));
-                }
-                let records = self.adopt(position)?;
-                tracing::warn!(
-                    server_seq = position.seq,
-                    records,
-                    "this tablet's chain disagreed with the server's (a lost commit, or an old copy of the store): adopted the server's position; sending its records again"
-                );
-                report.adopted_server_seq = Some(position.seq);
-                report.change_sets_created += self.fill_outbox(&enrolled)?;
-                total = report.pushed + {
-                    let conn = lock(&self.conn);
-                    store::count_outbox_after(&conn, Self::acked_seq(&conn)?)?
-                };
-                highest_acked = position.seq;
-                continue;
-            }
-            if let Some(from) = outcome.rewind_to {
-                rewinds += 1;
-                if rewinds > sync::MAX_REWINDS {
-                    return Err(Error::Protocol(
-                        "the server keeps asking for the same change sets".into(),
-                    ));
-                }
-                tracing::warn!(from, "the server lost change sets; resending them");
-                report.resent_from = Some(report.resent_from.map_or(from, |r: u64| r.min(from)));
-                total += highest_acked.saturating_sub(from - 1);
-                highest_acked = from - 1;
-            }
-            if let Some((code, message)) = outcome.refused {
-                tracing::warn!(code = code.as_str(), "the server refused a change set");
-                return Err(Error::ServerRefused { code, message });
-            }
-            if progress(SyncPhase::Pulling, &report, total).is_break() {
-                report.cancelled = true;
-                break;
-            }
-            let remaining = {
-                let conn = lock(&self.conn);
-                store::count_outbox_after(&conn, Self::acked_seq(&conn)?)?
-            };
-            let progressed = !outcome.acked.is_empty()
-                || outcome.rewind_to.is_some()
-                || !resp.updates.is_empty()
-                || resp.cursor != cursor_before;
-            if remaining == 0 && !resp.more {
-                break;
-            }
-            if !progressed {
-                return Err(Error::Protocol("the server's answer made no progress".into()));
-            }
-        }
-        if !report.cancelled {
-            let conn = &mut *lock(&self.conn);
-            let tx = conn.transaction()?;
-            store::set_meta(&tx, meta::LAST_SYNC_AT, now_ms())?;
-            tx.commit()?;
-            let _ = progress(SyncPhase::Done, &report, total);
-        }
-        self.finish(report)
-    }
-
-    /// Takes the next request counter, durably, before the request leaves:
-    /// a request the server accepted is never followed by one with a
-    /// counter at or below it, even after a crash.
-    fn next_request_counter(&self) -> Result<u64> {
-        let conn = &mut *lock(&self.conn);
-        let tx = conn.transaction()?;
-        let last = store::get_meta::<i64>(&tx, meta::REQUEST_COUNTER)?
-            .unwrap_or(0)
-            .max(0) as u64;
-        let next = last + 1;
-        store::set_meta(&tx, meta::REQUEST_COUNTER, next as i64)?;
-        tx.commit()?;
-        Ok(next)
-    }
-
-    /// Moves the request counter up to `last` (never down).
-    fn raise_request_counter(&self, last: u64) -> Result<()> {
-        let conn = &mut *lock(&self.conn);
-        let tx = conn.transaction()?;
-        let mine = store::get_meta::<i64>(&tx, meta::REQUEST_COUNTER)?
-            .unwrap_or(0)
-            .max(0) as u64;
-        store::set_meta(&tx, meta::REQUEST_COUNTER, mine.max(last) as i64)?;
-        tx.commit()?;
-        Ok(())
-    }
-
-    fn finish(&self, mut report: SyncReport) -> Result<SyncReport> {
-        let conn = lock(&self.conn);
-        let acked = Self::acked_seq(&conn)?;
-        report.pending = store::count_outbox_after(&conn, acked)?;
-        report.records_pending = store::all_records(&conn)?
-            .iter()
-            .filter(|r| SyncState::of(r, acked) == SyncState::Pending)
-            .count() as u64;
-        Ok(report)
-    }
-
-    /// Batches every record's new local changes into signed change sets in
-    /// the outbox, in one transaction. Returns how many were made.
-    fn fill_outbox(&self, enrolled: &Enrolled) -> Result<u64> {
-        let now = now_ms();
-        let mut conn = lock(&self.conn);
-        let tx = conn.transaction()?;
-        // Every record's sealed document is compared with the heads already
-        // put into change sets: the `dirty` flag only says which records
-        // show as pending, it does not decide what is sent.
-        let candidates = store::unsent_candidates(&tx)?;
-        let mut changes = Vec::new();
-        let mut rows = std::collections::HashMap::new();
-        for mut row in candidates {
-            let mut doc = self.load_doc(&row)?;
-            let heads = heads_to_bytes(&doc.get_heads());
-            if !row.dirty && heads == row.outboxed_heads {
-                continue;
-            }
-            let since = heads_from_bytes(&row.outboxed_heads)?;
-            // Only this tablet's own changes: the server's came from it.
-            let new_changes = doc.get_changes(&since);
-            let first_time = since.is_empty() && new_changes.iter().all(|c| c.actor_id() == &self.actor);
-            let mine: Vec<Vec<u8>> = if first_time && !new_changes.is_empty() {
-                // A record the server has never seen travels as one
-                // document chunk: its changes' dependencies become indices
-                // instead of 32-byte hashes (see `record::decode_changes`).
-                vec![doc.save_nocompress()]
-            } else {
-                new_changes
-                    .into_iter()
-                    .filter(|c| c.actor_id() == &self.actor)
-                    .map(|c| c.raw_bytes().to_vec())
-                    .collect()
-            };
-            if !row.dirty && !mine.is_empty() {
-                tracing::warn!(record = %RecordId(row.id), "unsent changes found in a record not marked for sending");
-            }
-            row.outboxed_heads = heads;
-            row.dirty = false;
-            if mine.is_empty() {
-                store::update_record(&tx, &row)?;
-                continue;
-            }
-            changes.push(RecordChanges {
-                record_id: row.id,
-                changes: mine,
-            });
-            rows.insert(row.id, row);
-        }
-        if changes.is_empty() {
-            tx.commit()?;
-            return Ok(0);
-        }
-        let mut chain = Chain {
-            next_seq: store::get_meta::<i64>(&tx, meta::NEXT_SEQ)?.unwrap_or(1).max(1) as u64,
-            last_hash: store::require_meta::<Vec<u8>>(&tx, meta::LAST_HASH)?
-                .try_into()
-                .map_err(|_| Error::Corrupt("the stored hash chain is malformed".into()))?,
-        };
-        let batches = sync::batch(
-            changes,
-            sync::MAX_RECORDS_PER_CHANGE_SET,
-            sync::MAX_RAW_BYTES_PER_CHANGE_SET,
-        );
-        let members: Vec<Vec<[u8; 16]>> = batches
-            .iter()
-            .map(|b| b.iter().map(|r| r.record_id).collect())
-            .collect();
-        let signed = sync::seal_batches(
-            &mut chain,
-            &enrolled.signing_key,
-            enrolled.device_id,
-            now,
-            batches,
-        )?;
-        let made = signed.len() as u64;
-        for (cs, ids) in signed.into_iter().zip(members) {
-            let seq = cs.seq();
-            let hash = cs.hash();
-            let bytes = cs.into_bytes();
-            store::insert_outbox(
-                &tx,
-                &OutboxRow {
-                    seq,
-                    hash,
-                    byte_len: bytes.len() as u64,
-                    body_sealed: self.key.seal(&outbox_aad(seq), &bytes),
-                    record_count: ids.len() as u64,
-                    created_at: now,
-                    acked_at: None,
-                },
-            )?;
-            for id in ids {
-                if let Some(mut row) = rows.remove(&id) {
-                    row.last_outbox_seq = Some(seq);
-                    store::update_record(&tx, &row)?;
-                }
-            }
-        }
-        store::set_meta(&tx, meta::NEXT_SEQ, chain.next_seq as i64)?;
-        store::set_meta(&tx, meta::LAST_HASH, chain.last_hash.to_vec())?;
-        tx.commit()?;
-        tracing::info!(change_sets = made, "change sets added to the outbox");
-        Ok(made)
-    }
-
-    /// Stores an answer in one transaction: acknowledgements, a rewind,
-    /// the server's updates and the new cursor.
-    fn store_answer(
-        &self,
-        resp: &SyncResponse,
-        outcome: &sync::Outcome,
-        acked_before: u64,
-        server_key: &VerifyingKey,
-        own_key: &VerifyingKey,
-    ) -> Result<Applied> {
-        let now = now_ms();
-        let mut conn = lock(&self.conn);
-        let tx = conn.transaction()?;
-        let mut acked = acked_before;
-        for &seq in &outcome.acked {
-            store::mark_acked(&tx, seq, now)?;
-            acked = acked.max(seq);
-        }
-        for &seq in &outcome.set_aside {
-            // The records it carried are set aside: decoded from this
-            // tablet's own copy of the change set.
-            if let Some(row) = store::outbox_from(&tx, seq, 1)?
-                .into_iter()
-                .find(|r| r.seq == seq)
-            {
-                let bytes = self.key.open(&outbox_aad(seq), &row.body_sealed)?;
-                let ids: Vec<[u8; 16]> = SignedChangeSet::from_bytes(bytes.to_vec())?
-                    .open(own_key)
-                    .map(|cs| cs.records.iter().map(|r| r.record_id).collect())
-                    .unwrap_or_default();
-                tracing::warn!(
-                    seq,
-                    records = ids.len(),
-                    "the server set a change set aside; its records must be registered again"
-                );
-                store::mark_set_aside(&tx, &ids, now)?;
-            }
-        }
-        if let Some(from) = outcome.rewind_to {
-            store::unack_from(&tx, from)?;
-            acked = from - 1;
-        }
-        store::set_meta(&tx, meta::ACKED_SEQ, acked as i64)?;
-        let mut applied = Applied::default();
-        for update in &resp.updates {
-            self.apply_update(&tx, update, now, &mut applied)?;
-        }
-        self.keep_evidence(&tx, &resp.issuances, server_key)?;
-        store::set_meta(&tx, meta::CURSOR, resp.cursor as i64)?;
-        store::set_meta(&tx, meta::LAST_SERVER_TIME, resp.server_time_ms)?;
-        if resp
-            .refusal
-            .as_ref()
-            .is_none_or(|r| r.code != wire::RefusalCode::ClonedStore)
-        {
-            // The server took a request of this lineage: the adoption is done.
-            store::set_meta(&tx, meta::ADOPTED, Vec::<u8>::new())?;
-        }
-        tx.commit()?;
-        Ok(applied)
-    }
-
-    fn apply_update(
-        &self,
-        tx: &Transaction<'_>,
-        update: &wire::RecordUpdate,
-        now: i64,
-        applied: &mut Applied,
-    ) -> Result<()> {
-        let id = RecordId(update.record_id);
-        let Some(mut row) = store::get_record(tx, &update.record_id)? else {
-            tracing::warn!(record = %id, "the server sent changes for a record this store does not have");
-            return Ok(());
-        };
-        let mut doc = self.load_doc(&row)?;
-        let before = doc.get_heads();
-        let changes = update
-            .changes
-            .iter()
-            .map(|c| Change::from_bytes(c.clone()))
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|_| Error::Protocol("the server sent an unreadable change".into()))?;
-        doc.apply_changes(changes)
-            .map_err(|_| Error::Protocol("the server sent a change that does not apply".into()))?;
-        if doc.get_heads() == before {
-            return Ok(());
-        }
-        if !doc.get_missing_deps(&[]).is_empty() {
-            tracing::warn!(record = %id, "server changes wait for changes this store lacks");
-        }
-        let view = record::read(&doc)?;
-        if let Some(kidc) = &view.server.kidc {
-            if row.kidc_sealed.is_none() {
-                applied.kidcs += 1;
-            }
-            row.kidc_sealed = Some(self.key.seal(&kidc_aad(&row.id), kidc.as_str().as_bytes()));
-        }
-        row.status = view.status()?.as_str().to_string();
-        row.doc_sealed = self.key.seal(&doc_aad(&row.id), &doc.save());
-        row.server_updated_at = Some(now);
-        store::update_record(tx, &row)?;
-        applied.updated += 1;
-        Ok(())
-    }
-}
-
-fn encode_position(p: &ChainPosition) -> Vec<u8> {
-    let mut v = p.seq.to_be_bytes().to_vec();
-    v.extend_from_slice(&p.hash);
-    v
-}
-
-fn decode_position(b: &[u8]) -> Option<ChainPosition> {
-    if b.len() != 40 {
-        return None;
-    }
-    Some(ChainPosition {
-        seq: u64::from_be_bytes(b[..8].try_into().ok()?),
-        hash: b[8..].try_into().ok()?,
-    })
-}
-
-impl Registrar {
-    /// The store's lineage, made on first use.
-    fn lineage(&self) -> Result<[u8; 16]> {
-        let conn = &mut *lock(&self.conn);
-        if let Some(l) = store::get_meta::<Vec<u8>>(conn, meta::LINEAGE)?
-            && let Ok(l) = <[u8; 16]>::try_from(l.as_slice())
-        {
-            return Ok(l);
-        }
-        let lineage: [u8; 16] = rand::random();
-        let tx = conn.transaction()?;
-        store::set_meta(&tx, meta::LINEAGE, lineage.to_vec())?;
-        tx.commit()?;
-        Ok(lineage)
-    }
-
-    /// Adopts the server's chain position, in one transaction: the change
-    /// sets after the last acknowledged one are dropped (the server never
-    /// applied them as they are), their records are marked to be sent
-    /// again in full (the server keeps what it already has), the chain
-    /// continues from the server's position, and the store takes a new
-    /// lineage. Returns how many records will be sent again.
-    fn adopt(&self, position: ChainPosition) -> Result<u64> {
-        let conn = &mut *lock(&self.conn);
-        let tx = conn.transaction()?;
-        let acked = Self::acked_seq(&tx)?;
-        if position.seq < acked {
-            return Err(Error::Protocol(
-                "the server's chain is behind this tablet's and differs from it".into(),
-            ));
-        }
-        let records = store::forget_unacknowledged(&tx, acked)?;
-        let lineage: [u8; 16] = rand::random();
-        store::set_meta(&tx, meta::ACKED_SEQ, position.seq as i64)?;
-        store::set_meta(&tx, meta::NEXT_SEQ, position.seq as i64 + 1)?;
-        store::set_meta(&tx, meta::LAST_HASH, position.hash.to_vec())?;
-        store::set_meta(&tx, meta::LINEAGE, lineage.to_vec())?;
-        store::set_meta(&tx, meta::ADOPTED, encode_position(&position))?;
-        store::record_adoption(&tx, position.seq, &position.hash, now_ms())?;
-        tx.commit()?;
-        Ok(records)
-    }
-
-    /// The proofs of the KIdCs held by records of `change_sets` (this
-    /// tablet's own, about to be sent): after a restore from backup the
-    /// server records those codes again instead of drawing new ones.
-    /// Nothing to decode while the tablet holds no proof at all.
-    fn evidence_for(
-        &self,
-        conn: &Connection,
-        change_sets: &[Vec<u8>],
-        enrolled: &Enrolled,
-    ) -> Result<Vec<IssuanceProof>> {
-        if change_sets.is_empty() || store::count_evidence(conn)? == 0 {
-            return Ok(Vec::new());
-        }
-        let own_key = enrolled.signing_key.verifying_key();
-        let mut seen = std::collections::HashSet::new();
-        let mut proofs = Vec::new();
-        for bytes in change_sets {
-            let cs = SignedChangeSet::from_bytes(bytes.clone())?.open(&own_key)?;
-            for rc in cs.records {
-                if !seen.insert(rc.record_id) {
-                    continue;
-                }
-                if let Some(sealed) = store::get_evidence(conn, &rc.record_id)? {
-                    let plain = self.key.open(&evidence_aad(&rc.record_id), &sealed)?;
-                    let proof = IssuanceProof::from_bytes(&plain)
-                        .ok_or_else(|| Error::Corrupt("a stored KIdC proof is malformed".into()))?;
-                    proofs.push(proof);
-                }
-            }
-        }
-        Ok(proofs)
-    }
-
-    /// Keeps the server's proofs of codes this tablet's records hold: only
-    /// proofs that verify with the pinned server key, for a record that
-    /// holds exactly that code.
-    fn keep_evidence(
-        &self,
-        tx: &Transaction<'_>,
-        proofs: &[IssuanceProof],
-        server_key: &VerifyingKey,
-    ) -> Result<()> {
-        for proof in proofs {
-            let Ok(kidc) = proof.verify(server_key) else {
-                tracing::warn!("the server sent a KIdC proof that does not verify; ignored");
-                continue;
-            };
-            let Some(row) = store::get_record(tx, &proof.record_id)? else {
-                continue;
-            };
-            let held = match &row.kidc_sealed {
-                Some(sealed) => self.key.open(&kidc_aad(&row.id), sealed)?,
-                None => continue,
-            };
-            if held.as_slice() != kidc.as_str().as_bytes() {
-                tracing::warn!(record = %RecordId(row.id), "a KIdC proof names another code than the record holds; ignored");
-                continue;
-            }
-            store::put_evidence(
-                tx,
-                &row.id,
-                &self.key.seal(&evidence_aad(&row.id), &proof.to_bytes()),
-            )?;
-        }
-        Ok(())
-    }
-}
-
-#[derive(Default)]
-struct Applied {
-    updated: u64,
-    kidcs: u64,
-}
-
-/// Formats device-clock milliseconds as RFC 3339 UTC (`2026-11-28T20:54:37Z`).
-pub fn format_utc(ms: i64) -> String {
-    let days = ms.div_euclid(86_400_000);
-    let rem = ms.rem_euclid(86_400_000) / 1000;
-    let date = Date::from_unix_days(days).map_or_else(|| "0000-01-01".to_string(), |d| d.to_string());
-    format!("{date}T{:02}:{:02}:{:02}Z", rem / 3600, rem / 60 % 60, rem % 60)
-}
-
-fn record_to_json(r: &Record) -> Json {
-    let status = r.view.status().map(|s| s.as_str()).unwrap_or("invalid");
-    let mut out = json!({
-        "record_id": r.id.to_string(),
-        "kind": r.view.kind.as_str(),
-        "office": r.view.office,
-        "status": status,
-        "sync_state": r.sync_state.as_str(),
-        "data": r.view.data,
-        "transitions": r.view.transitions,
-        "conflicts": r.view.conflicts,
-        "server": r.view.server,
-        "created_at": format_utc(r.created_at_ms),
-        "updated_at": format_utc(r.updated_at_ms),
-    });
-    if let Some(k) = &r.view.server.kidc {
-        out["kidc"] = json!(k.as_str());
-    }
-    if let Some(h) = &r.view.server.hold {
-        out["hold"] = json!(h);
-    }
-    if let Some(t) = r.server_updated_at_ms {
-        out["server_updated_at"] = json!(format_utc(t));
-    }
-    out
-}
-
-fn summary_to_json(s: &RecordSummary) -> Json {
-    let mut out = json!({
-        "record_id": s.id.to_string(),
-        "kind": s.kind,
-        "status": s.status,
-        "sync_state": s.sync_state.as_str(),
-        "created_at": format_utc(s.created_at_ms),
-    });
-    if let Some(k) = &s.kidc {
-        out["kidc"] = json!(k);
-    }
-    if let Some(h) = &s.hold {
-        out["hold"] = json!(h);
-    }
-    if let Some(t) = s.server_updated_at_ms {
-        out["server_updated_at"] = json!(format_utc(t));
-    }
-    out
 }

@@ -28,6 +28,11 @@ use ed25519_dalek::SigningKey;
 
 use crate::error::{Error, Result};
 
+mod driver;
+pub mod machine;
+
+pub use machine::{Step, SyncMachine};
+
 /// At most this many records per change set.
 pub const MAX_RECORDS_PER_CHANGE_SET: usize = 100;
 /// At most this many raw change bytes per change set (half of the server's

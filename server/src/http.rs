@@ -367,6 +367,12 @@ async fn sync(State(app): State<App>, headers: HeaderMap, mut body: Body) -> Res
         .map_err(|_| ApiError::Busy)?;
     let server = app.server.clone();
     let answer = blocking(move || server.handle_sync(&whole)).await?;
+    crate::fault::point("after_commit");
+    let answer = if crate::fault::fires("mid_answer") {
+        Body::new(HalfThenAbort::new(Bytes::from(answer)))
+    } else {
+        Body::from(answer)
+    };
     Ok((
         [
             (
@@ -378,7 +384,53 @@ async fn sync(State(app): State<App>, headers: HeaderMap, mut body: Body) -> Res
                 HeaderValue::from(u16::from(FORMAT_VERSION)),
             ),
         ],
-        Bytes::from(answer),
+        answer,
     )
         .into_response())
+}
+
+/// The answer body when the fault point `mid_answer` fires: the first half
+/// of the bytes, then, once hyper has had the time to write them to the
+/// socket (it flushes while the body is pending), an abort. Its exact size
+/// goes in `Content-Length`, so the tablet knows the answer is cut.
+struct HalfThenAbort {
+    first: Option<Bytes>,
+    total: u64,
+    wait: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl HalfThenAbort {
+    fn new(answer: Bytes) -> HalfThenAbort {
+        HalfThenAbort {
+            total: answer.len() as u64,
+            first: Some(answer.slice(..answer.len() / 2)),
+            wait: None,
+        }
+    }
+}
+
+impl hyper::body::Body for HalfThenAbort {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        use std::future::Future;
+        if let Some(first) = self.first.take() {
+            return std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(first))));
+        }
+        let wait = self
+            .wait
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(Duration::from_millis(200))));
+        match wait.as_mut().poll(cx) {
+            std::task::Poll::Pending => std::task::Poll::Pending,
+            std::task::Poll::Ready(()) => crate::fault::abort_at("mid_answer"),
+        }
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::SizeHint::with_exact(self.total)
+    }
 }

@@ -235,6 +235,7 @@ pub fn handle_sync(server: &Server, body: &[u8]) -> Result<Vec<u8>, ApiError> {
         evidence: &evidence,
     };
     let incoming = open_change_sets(&early, request.change_sets)?;
+    crate::fault::point("after_decode");
 
     let mut tx = server.storage().begin()?;
     // Read again inside the write transaction, on every request: a

@@ -19,6 +19,7 @@
 pub mod admin;
 pub mod backup;
 pub mod error;
+pub mod fault;
 pub mod http;
 pub mod ingest;
 pub mod keys;

@@ -476,6 +476,14 @@ fn main() -> ExitCode {
     };
     init_logging();
     let json_mode = cli.json;
+    if let Err(e) = crvs_server::fault::check_env() {
+        // Only tests arm fault points; a misspelt one must not pass unseen.
+        eprintln!("error: {e}");
+        if json_mode {
+            println!("{}", json!({"error": "usage", "message": e}));
+        }
+        return ExitCode::from(2);
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -217,6 +217,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Err(e) = crvs_core::fault::check_env() {
+        // Only tests arm fault points; a misspelt one must not pass unseen.
+        print_failure(&usage(e), cli.json);
+        return ExitCode::from(2);
+    }
     match run(&cli) {
         Ok(out) => {
             if cli.json {

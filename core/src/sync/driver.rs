@@ -1,0 +1,577 @@
+//! The sync driver: fills the outbox, pushes unacknowledged change sets,
+//! stores the answers, adopts the server's chain, keeps KIdC evidence.
+
+use automerge::Change;
+use crvs_schema::evidence::IssuanceProof;
+use crvs_schema::record;
+use crvs_schema::wire::{self, ChainPosition, RecordChanges, SignedChangeSet, SyncResponse};
+use ed25519_dalek::VerifyingKey;
+use rusqlite::{Connection, Transaction};
+
+use crate::error::{Error, Result};
+use crate::integrity;
+use crate::registrar::*;
+use crate::store::{self, OutboxRow, meta};
+use crate::sync::machine::{AnswerContext, Applied, Batch, OutgoingChangeSet, Step, SyncMachine};
+use crate::sync::{self, Chain, SyncObserver, SyncPhase, SyncProgress, SyncReport};
+use crate::transport::{HttpTransport, Transport};
+
+impl Registrar {
+    /// Syncs with the enrolled server over HTTP. See [`Registrar::sync_with`].
+    pub fn sync(&self, observer: &dyn SyncObserver) -> Result<SyncReport> {
+        let (url, ca) = {
+            let conn = lock(&self.conn);
+            let e = self.enrolled(&conn)?;
+            (e.server_url, e.server_ca)
+        };
+        let transport = HttpTransport::with_ca(&url, ca.as_deref())?;
+        self.sync_with(&transport, observer)
+    }
+
+    /// Puts new changes into signed change sets, pushes every
+    /// unacknowledged change set in order, and applies the server's
+    /// updates, over `transport`. Safe to interrupt at any point and to
+    /// repeat.
+    ///
+    /// The decisions are [`SyncMachine`]'s; this is its driver, the store
+    /// and `transport` at its edges.
+    pub fn sync_with(&self, transport: &dyn Transport, observer: &dyn SyncObserver) -> Result<SyncReport> {
+        let _one_sync_at_a_time = lock(&self.sync_lock);
+        let enrolled = {
+            let conn = lock(&self.conn);
+            // Nothing leaves a store that was edited around its
+            // encryption: its server key or its bookkeeping may be forged.
+            integrity::ensure_intact(&conn, integrity::Scope::All)?;
+            self.enrolled(&conn)?
+        };
+        // New changes into the outbox, in one transaction.
+        let created = self.fill_outbox(&enrolled)?;
+        let (acked, waiting) = {
+            let conn = lock(&self.conn);
+            let acked = Self::acked_seq(&conn)?;
+            (acked, store::count_outbox_after(&conn, acked)?)
+        };
+        let mut machine = SyncMachine::start(
+            enrolled.server_key,
+            enrolled.signing_key.clone(),
+            acked,
+            waiting,
+            created,
+        );
+        let progress = |phase, m: &SyncMachine| {
+            let report = m.report();
+            sync::notify(
+                observer,
+                SyncProgress {
+                    phase,
+                    pushed: report.pushed,
+                    total: m.total(),
+                    pulled: report.pulled,
+                },
+            )
+        };
+        if progress(SyncPhase::Preparing, &machine).is_break() {
+            machine.cancel();
+            return self.finish(machine.into_report());
+        }
+        let mut step = Step::Build;
+        loop {
+            step = match step {
+                Step::Build => {
+                    let batch = self.next_batch(&enrolled)?;
+                    let (request, phase) = machine.send(batch)?;
+                    if progress(phase, &machine).is_break() {
+                        machine.cancel();
+                        break;
+                    }
+                    machine.sent();
+                    match transport.sync(&request) {
+                        Ok(answer) => {
+                            crate::fault::point("after_answer");
+                            let ctx = self.answer_context()?;
+                            machine.on_answer(&answer, ctx)?
+                        }
+                        Err(e) => machine.on_failure(e)?,
+                    }
+                }
+                Step::RaiseCounter(last) => {
+                    self.raise_request_counter(last)?;
+                    Step::Build
+                }
+                Step::Store(decisions) => {
+                    let applied = self.store_answer(
+                        &decisions.response,
+                        &decisions.outcome,
+                        decisions.acked_before,
+                        &enrolled.server_key,
+                        &enrolled.signing_key.verifying_key(),
+                    )?;
+                    let remaining = self.remaining()?;
+                    let next = machine.stored(applied, remaining)?;
+                    if !matches!(next, Step::Adopt(_)) && progress(SyncPhase::Pulling, &machine).is_break() {
+                        machine.cancel();
+                        break;
+                    }
+                    next
+                }
+                Step::Adopt(position) => {
+                    let records = self.adopt(position)?;
+                    tracing::warn!(
+                        server_seq = position.seq,
+                        records,
+                        "this tablet's chain disagreed with the server's (a lost commit, or an old copy of the store): adopted the server's position; sending its records again"
+                    );
+                    let created = self.fill_outbox(&enrolled)?;
+                    let remaining = self.remaining()?;
+                    machine.adopted(position, created, remaining)
+                }
+                Step::Done => break,
+            };
+        }
+        if !machine.report().cancelled {
+            let conn = &mut *lock(&self.conn);
+            let tx = conn.transaction()?;
+            store::set_meta(&tx, meta::LAST_SYNC_AT, now_ms())?;
+            tx.commit()?;
+            let _ = progress(SyncPhase::Done, &machine);
+        }
+        self.finish(machine.into_report())
+    }
+
+    /// Change sets not yet acknowledged.
+    fn remaining(&self) -> Result<u64> {
+        let conn = lock(&self.conn);
+        store::count_outbox_after(&conn, Self::acked_seq(&conn)?)
+    }
+
+    /// What an answer is checked against: the acknowledged sequence number
+    /// and the chain's next one.
+    fn answer_context(&self) -> Result<AnswerContext> {
+        let conn = lock(&self.conn);
+        Ok(AnswerContext {
+            acked: Self::acked_seq(&conn)?,
+            next_seq: store::get_meta::<i64>(&conn, meta::NEXT_SEQ)?.unwrap_or(1).max(1) as u64,
+        })
+    }
+
+    /// Reads the next run of unacknowledged change sets and what goes
+    /// with them, and takes the request counter (durably).
+    fn next_batch(&self, enrolled: &Enrolled) -> Result<Batch> {
+        let conn = lock(&self.conn);
+        let acked = Self::acked_seq(&conn)?;
+        let rows = store::outbox_from(&conn, acked + 1, sync::MAX_CHANGE_SETS_PER_REQUEST)?;
+        let lengths: Vec<u64> = rows.iter().map(|r| r.byte_len).collect();
+        let n = sync::take_for_request(
+            &lengths,
+            sync::MAX_CHANGE_SETS_PER_REQUEST,
+            sync::MAX_REQUEST_BYTES,
+        );
+        let mut change_sets = Vec::with_capacity(n);
+        for row in rows.into_iter().take(n) {
+            let bytes = self.key.open(&outbox_aad(row.seq), &row.body_sealed)?;
+            change_sets.push(OutgoingChangeSet {
+                seq: row.seq,
+                hash: row.hash,
+                records: row.record_count,
+                bytes: bytes.to_vec(),
+            });
+        }
+        let raw: Vec<Vec<u8>> = change_sets.iter().map(|c| c.bytes.clone()).collect();
+        let evidence = self.evidence_for(&conn, &raw, enrolled)?;
+        drop(conn);
+        // Read for every request: an adoption makes a new one.
+        let lineage = self.lineage()?;
+        let conn = lock(&self.conn);
+        let adopted = store::get_meta::<Vec<u8>>(&conn, meta::ADOPTED)?.and_then(|b| decode_position(&b));
+        let cursor = store::get_meta::<i64>(&conn, meta::CURSOR)?.unwrap_or(0).max(0) as u64;
+        drop(conn);
+        let counter = self.next_request_counter()?;
+        Ok(Batch {
+            device_id: enrolled.device_id,
+            change_sets,
+            evidence,
+            lineage,
+            adopted,
+            cursor,
+            counter,
+            device_clock_ms: now_ms(),
+        })
+    }
+
+    /// Takes the next request counter, durably, before the request leaves:
+    /// a request the server accepted is never followed by one with a
+    /// counter at or below it, even after a crash.
+    fn next_request_counter(&self) -> Result<u64> {
+        let conn = &mut *lock(&self.conn);
+        let tx = conn.transaction()?;
+        let last = store::get_meta::<i64>(&tx, meta::REQUEST_COUNTER)?
+            .unwrap_or(0)
+            .max(0) as u64;
+        let next = last + 1;
+        store::set_meta(&tx, meta::REQUEST_COUNTER, next as i64)?;
+        tx.commit()?;
+        Ok(next)
+    }
+
+    /// Moves the request counter up to `last` (never down).
+    fn raise_request_counter(&self, last: u64) -> Result<()> {
+        let conn = &mut *lock(&self.conn);
+        let tx = conn.transaction()?;
+        let mine = store::get_meta::<i64>(&tx, meta::REQUEST_COUNTER)?
+            .unwrap_or(0)
+            .max(0) as u64;
+        store::set_meta(&tx, meta::REQUEST_COUNTER, mine.max(last) as i64)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn finish(&self, mut report: SyncReport) -> Result<SyncReport> {
+        let conn = lock(&self.conn);
+        let acked = Self::acked_seq(&conn)?;
+        report.pending = store::count_outbox_after(&conn, acked)?;
+        report.records_pending = store::all_records(&conn)?
+            .iter()
+            .filter(|r| SyncState::of(r, acked) == SyncState::Pending)
+            .count() as u64;
+        Ok(report)
+    }
+
+    /// Batches every record's new local changes into signed change sets in
+    /// the outbox, in one transaction. Returns how many were made.
+    fn fill_outbox(&self, enrolled: &Enrolled) -> Result<u64> {
+        let now = now_ms();
+        let mut conn = lock(&self.conn);
+        let tx = conn.transaction()?;
+        // Every record's sealed document is compared with the heads already
+        // put into change sets: the `dirty` flag only says which records
+        // show as pending, it does not decide what is sent.
+        let candidates = store::unsent_candidates(&tx)?;
+        let mut changes = Vec::new();
+        let mut rows = std::collections::HashMap::new();
+        for mut row in candidates {
+            let mut doc = self.load_doc(&row)?;
+            let heads = heads_to_bytes(&doc.get_heads());
+            if !row.dirty && heads == row.outboxed_heads {
+                continue;
+            }
+            let since = heads_from_bytes(&row.outboxed_heads)?;
+            // Only this tablet's own changes: the server's came from it.
+            let new_changes = doc.get_changes(&since);
+            let first_time = since.is_empty() && new_changes.iter().all(|c| c.actor_id() == &self.actor);
+            let mine: Vec<Vec<u8>> = if first_time && !new_changes.is_empty() {
+                // A record the server has never seen travels as one
+                // document chunk: its changes' dependencies become indices
+                // instead of 32-byte hashes (see `record::decode_changes`).
+                vec![doc.save_nocompress()]
+            } else {
+                new_changes
+                    .into_iter()
+                    .filter(|c| c.actor_id() == &self.actor)
+                    .map(|c| c.raw_bytes().to_vec())
+                    .collect()
+            };
+            if !row.dirty && !mine.is_empty() {
+                tracing::warn!(record = %RecordId(row.id), "unsent changes found in a record not marked for sending");
+            }
+            row.outboxed_heads = heads;
+            row.dirty = false;
+            if mine.is_empty() {
+                store::update_record(&tx, &row)?;
+                continue;
+            }
+            changes.push(RecordChanges {
+                record_id: row.id,
+                changes: mine,
+            });
+            rows.insert(row.id, row);
+        }
+        if changes.is_empty() {
+            tx.commit()?;
+            return Ok(0);
+        }
+        let mut chain = Chain {
+            next_seq: store::get_meta::<i64>(&tx, meta::NEXT_SEQ)?.unwrap_or(1).max(1) as u64,
+            last_hash: store::require_meta::<Vec<u8>>(&tx, meta::LAST_HASH)?
+                .try_into()
+                .map_err(|_| Error::Corrupt("the stored hash chain is malformed".into()))?,
+        };
+        let batches = sync::batch(
+            changes,
+            sync::MAX_RECORDS_PER_CHANGE_SET,
+            sync::MAX_RAW_BYTES_PER_CHANGE_SET,
+        );
+        let members: Vec<Vec<[u8; 16]>> = batches
+            .iter()
+            .map(|b| b.iter().map(|r| r.record_id).collect())
+            .collect();
+        let signed = sync::seal_batches(
+            &mut chain,
+            &enrolled.signing_key,
+            enrolled.device_id,
+            now,
+            batches,
+        )?;
+        let made = signed.len() as u64;
+        for (cs, ids) in signed.into_iter().zip(members) {
+            let seq = cs.seq();
+            let hash = cs.hash();
+            let bytes = cs.into_bytes();
+            store::insert_outbox(
+                &tx,
+                &OutboxRow {
+                    seq,
+                    hash,
+                    byte_len: bytes.len() as u64,
+                    body_sealed: self.key.seal(&outbox_aad(seq), &bytes),
+                    record_count: ids.len() as u64,
+                    created_at: now,
+                    acked_at: None,
+                },
+            )?;
+            for id in ids {
+                if let Some(mut row) = rows.remove(&id) {
+                    row.last_outbox_seq = Some(seq);
+                    store::update_record(&tx, &row)?;
+                }
+            }
+        }
+        store::set_meta(&tx, meta::NEXT_SEQ, chain.next_seq as i64)?;
+        store::set_meta(&tx, meta::LAST_HASH, chain.last_hash.to_vec())?;
+        crate::fault::point("before_outbox_commit");
+        tx.commit()?;
+        tracing::info!(change_sets = made, "change sets added to the outbox");
+        Ok(made)
+    }
+
+    /// Stores an answer in one transaction: acknowledgements, a rewind,
+    /// the server's updates and the new cursor.
+    fn store_answer(
+        &self,
+        resp: &SyncResponse,
+        outcome: &sync::Outcome,
+        acked_before: u64,
+        server_key: &VerifyingKey,
+        own_key: &VerifyingKey,
+    ) -> Result<Applied> {
+        let now = now_ms();
+        let mut conn = lock(&self.conn);
+        let tx = conn.transaction()?;
+        let mut acked = acked_before;
+        for &seq in &outcome.acked {
+            store::mark_acked(&tx, seq, now)?;
+            acked = acked.max(seq);
+        }
+        for &seq in &outcome.set_aside {
+            // The records it carried are set aside: decoded from this
+            // tablet's own copy of the change set.
+            if let Some(row) = store::outbox_from(&tx, seq, 1)?
+                .into_iter()
+                .find(|r| r.seq == seq)
+            {
+                let bytes = self.key.open(&outbox_aad(seq), &row.body_sealed)?;
+                let ids: Vec<[u8; 16]> = SignedChangeSet::from_bytes(bytes.to_vec())?
+                    .open(own_key)
+                    .map(|cs| cs.records.iter().map(|r| r.record_id).collect())
+                    .unwrap_or_default();
+                tracing::warn!(
+                    seq,
+                    records = ids.len(),
+                    "the server set a change set aside; its records must be registered again"
+                );
+                store::mark_set_aside(&tx, &ids, now)?;
+            }
+        }
+        if let Some(from) = outcome.rewind_to {
+            store::unack_from(&tx, from)?;
+            acked = from - 1;
+        }
+        store::set_meta(&tx, meta::ACKED_SEQ, acked as i64)?;
+        let mut applied = Applied::default();
+        for update in &resp.updates {
+            self.apply_update(&tx, update, now, &mut applied)?;
+        }
+        self.keep_evidence(&tx, &resp.issuances, server_key)?;
+        store::set_meta(&tx, meta::CURSOR, resp.cursor as i64)?;
+        store::set_meta(&tx, meta::LAST_SERVER_TIME, resp.server_time_ms)?;
+        if resp
+            .refusal
+            .as_ref()
+            .is_none_or(|r| r.code != wire::RefusalCode::ClonedStore)
+        {
+            // The server took a request of this lineage: the adoption is done.
+            store::set_meta(&tx, meta::ADOPTED, Vec::<u8>::new())?;
+        }
+        tx.commit()?;
+        Ok(applied)
+    }
+
+    fn apply_update(
+        &self,
+        tx: &Transaction<'_>,
+        update: &wire::RecordUpdate,
+        now: i64,
+        applied: &mut Applied,
+    ) -> Result<()> {
+        let id = RecordId(update.record_id);
+        let Some(mut row) = store::get_record(tx, &update.record_id)? else {
+            tracing::warn!(record = %id, "the server sent changes for a record this store does not have");
+            return Ok(());
+        };
+        let mut doc = self.load_doc(&row)?;
+        let before = doc.get_heads();
+        let changes = update
+            .changes
+            .iter()
+            .map(|c| Change::from_bytes(c.clone()))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|_| Error::Protocol("the server sent an unreadable change".into()))?;
+        doc.apply_changes(changes)
+            .map_err(|_| Error::Protocol("the server sent a change that does not apply".into()))?;
+        if doc.get_heads() == before {
+            return Ok(());
+        }
+        if !doc.get_missing_deps(&[]).is_empty() {
+            tracing::warn!(record = %id, "server changes wait for changes this store lacks");
+        }
+        let view = record::read(&doc)?;
+        if let Some(kidc) = &view.server.kidc {
+            if row.kidc_sealed.is_none() {
+                applied.kidcs += 1;
+            }
+            row.kidc_sealed = Some(self.key.seal(&kidc_aad(&row.id), kidc.as_str().as_bytes()));
+        }
+        row.status = view.status()?.as_str().to_string();
+        row.doc_sealed = self.key.seal(&doc_aad(&row.id), &doc.save());
+        row.server_updated_at = Some(now);
+        store::update_record(tx, &row)?;
+        applied.updated += 1;
+        Ok(())
+    }
+}
+
+fn encode_position(p: &ChainPosition) -> Vec<u8> {
+    let mut v = p.seq.to_be_bytes().to_vec();
+    v.extend_from_slice(&p.hash);
+    v
+}
+
+fn decode_position(b: &[u8]) -> Option<ChainPosition> {
+    if b.len() != 40 {
+        return None;
+    }
+    Some(ChainPosition {
+        seq: u64::from_be_bytes(b[..8].try_into().ok()?),
+        hash: b[8..].try_into().ok()?,
+    })
+}
+
+impl Registrar {
+    /// The store's lineage, made on first use.
+    fn lineage(&self) -> Result<[u8; 16]> {
+        let conn = &mut *lock(&self.conn);
+        if let Some(l) = store::get_meta::<Vec<u8>>(conn, meta::LINEAGE)?
+            && let Ok(l) = <[u8; 16]>::try_from(l.as_slice())
+        {
+            return Ok(l);
+        }
+        let lineage: [u8; 16] = rand::random();
+        let tx = conn.transaction()?;
+        store::set_meta(&tx, meta::LINEAGE, lineage.to_vec())?;
+        tx.commit()?;
+        Ok(lineage)
+    }
+
+    /// Adopts the server's chain position, in one transaction: the change
+    /// sets after the last acknowledged one are dropped (the server never
+    /// applied them as they are), their records are marked to be sent
+    /// again in full (the server keeps what it already has), the chain
+    /// continues from the server's position, and the store takes a new
+    /// lineage. Returns how many records will be sent again.
+    fn adopt(&self, position: ChainPosition) -> Result<u64> {
+        let conn = &mut *lock(&self.conn);
+        let tx = conn.transaction()?;
+        let acked = Self::acked_seq(&tx)?;
+        if position.seq < acked {
+            return Err(Error::Protocol(
+                "the server's chain is behind this tablet's and differs from it".into(),
+            ));
+        }
+        let records = store::forget_unacknowledged(&tx, acked)?;
+        let lineage: [u8; 16] = rand::random();
+        store::set_meta(&tx, meta::ACKED_SEQ, position.seq as i64)?;
+        store::set_meta(&tx, meta::NEXT_SEQ, position.seq as i64 + 1)?;
+        store::set_meta(&tx, meta::LAST_HASH, position.hash.to_vec())?;
+        store::set_meta(&tx, meta::LINEAGE, lineage.to_vec())?;
+        store::set_meta(&tx, meta::ADOPTED, encode_position(&position))?;
+        store::record_adoption(&tx, position.seq, &position.hash, now_ms())?;
+        tx.commit()?;
+        Ok(records)
+    }
+
+    /// The proofs of the KIdCs held by records of `change_sets` (this
+    /// tablet's own, about to be sent): after a restore from backup the
+    /// server records those codes again instead of drawing new ones.
+    /// Nothing to decode while the tablet holds no proof at all.
+    fn evidence_for(
+        &self,
+        conn: &Connection,
+        change_sets: &[Vec<u8>],
+        enrolled: &Enrolled,
+    ) -> Result<Vec<IssuanceProof>> {
+        if change_sets.is_empty() || store::count_evidence(conn)? == 0 {
+            return Ok(Vec::new());
+        }
+        let own_key = enrolled.signing_key.verifying_key();
+        let mut seen = std::collections::HashSet::new();
+        let mut proofs = Vec::new();
+        for bytes in change_sets {
+            let cs = SignedChangeSet::from_bytes(bytes.clone())?.open(&own_key)?;
+            for rc in cs.records {
+                if !seen.insert(rc.record_id) {
+                    continue;
+                }
+                if let Some(sealed) = store::get_evidence(conn, &rc.record_id)? {
+                    let plain = self.key.open(&evidence_aad(&rc.record_id), &sealed)?;
+                    let proof = IssuanceProof::from_bytes(&plain)
+                        .ok_or_else(|| Error::Corrupt("a stored KIdC proof is malformed".into()))?;
+                    proofs.push(proof);
+                }
+            }
+        }
+        Ok(proofs)
+    }
+
+    /// Keeps the server's proofs of codes this tablet's records hold: only
+    /// proofs that verify with the pinned server key, for a record that
+    /// holds exactly that code.
+    fn keep_evidence(
+        &self,
+        tx: &Transaction<'_>,
+        proofs: &[IssuanceProof],
+        server_key: &VerifyingKey,
+    ) -> Result<()> {
+        for proof in proofs {
+            let Ok(kidc) = proof.verify(server_key) else {
+                tracing::warn!("the server sent a KIdC proof that does not verify; ignored");
+                continue;
+            };
+            let Some(row) = store::get_record(tx, &proof.record_id)? else {
+                continue;
+            };
+            let held = match &row.kidc_sealed {
+                Some(sealed) => self.key.open(&kidc_aad(&row.id), sealed)?,
+                None => continue,
+            };
+            if held.as_slice() != kidc.as_str().as_bytes() {
+                tracing::warn!(record = %RecordId(row.id), "a KIdC proof names another code than the record holds; ignored");
+                continue;
+            }
+            store::put_evidence(
+                tx,
+                &row.id,
+                &self.key.seal(&evidence_aad(&row.id), &proof.to_bytes()),
+            )?;
+        }
+        Ok(())
+    }
+}
