@@ -122,11 +122,12 @@ fn two_offline_tablets_get_distinct_valid_kidcs_for_every_approved_birth() {
 #[test]
 fn a_server_that_vanishes_mid_answer_loses_and_duplicates_nothing() {
     let tmp = tempfile::tempdir().unwrap();
-    let server_data = tmp.path().join("server");
-    let server = Server::start(&server_data);
-    let proxy = CuttingProxy::start(server.addr);
-    let t = Tablet::new(tmp.path().join("tablet"));
-    t.init_and_enroll_via("171003", &server, &proxy.url());
+    let BehindProxy {
+        server_data,
+        server: _server,
+        proxy,
+        tablet: t,
+    } = BehindProxy::start(tmp.path());
     let births = bench_births();
     let files = write_births(&tmp.path().join("births"), &births[..8]);
 

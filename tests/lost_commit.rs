@@ -8,15 +8,6 @@ use std::path::Path;
 use crvs_e2e::*;
 use serde_json::Value;
 
-fn count(server_data: &Path, sql: &str) -> i64 {
-    let db = rusqlite::Connection::open_with_flags(
-        server_data.join("server.db"),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .expect("open server db");
-    db.query_row(sql, [], |r| r.get(0)).expect("count")
-}
-
 /// A copy of a store folder (the `crvs` process has exited, so its WAL
 /// was checkpointed into the database file).
 fn copy_store(from: &Path, to: &Path) {
@@ -49,11 +40,12 @@ fn all_registered(t: &Tablet) -> usize {
 #[test]
 fn a_tablet_whose_answer_was_lost_and_whose_last_commit_was_lost_recovers() {
     let tmp = tempfile::tempdir().unwrap();
-    let server_data = tmp.path().join("server");
-    let server = Server::start(&server_data);
-    let proxy = CuttingProxy::start(server.addr);
-    let t = Tablet::new(tmp.path().join("tablet"));
-    t.init_and_enroll_via("171003", &server, &proxy.url());
+    let BehindProxy {
+        server_data,
+        server,
+        proxy,
+        tablet: t,
+    } = BehindProxy::start(tmp.path());
     let files = write_births(&tmp.path().join("births"), &bench_births()[..24]);
     for f in &files[..4] {
         t.register_approved(f);
@@ -71,7 +63,7 @@ fn a_tablet_whose_answer_was_lost_and_whose_last_commit_was_lost_recovers() {
     proxy.cut_after(1);
     assert_eq!(t.run(&["sync"]).expect_err(), "offline");
     assert_eq!(
-        count(&server_data, "SELECT COUNT(*) FROM records"),
+        server_count(&server_data, "SELECT COUNT(*) FROM records"),
         24,
         "the server applied it"
     );
@@ -85,13 +77,16 @@ fn a_tablet_whose_answer_was_lost_and_whose_last_commit_was_lost_recovers() {
     );
     assert_eq!(all_registered(&t), 24, "every record registered, none pending");
     assert_eq!(
-        count(&server_data, "SELECT COUNT(*) FROM records"),
+        server_count(&server_data, "SELECT COUNT(*) FROM records"),
         24,
         "nothing duplicated"
     );
-    assert_eq!(count(&server_data, "SELECT COUNT(*) FROM kidc_issuance"), 24);
     assert_eq!(
-        count(
+        server_count(&server_data, "SELECT COUNT(*) FROM kidc_issuance"),
+        24
+    );
+    assert_eq!(
+        server_count(
             &server_data,
             "SELECT COUNT(DISTINCT record_id) FROM kidc_issuance"
         ),
@@ -142,8 +137,11 @@ fn a_tablet_restored_from_an_old_copy_of_its_store_syncs_again() {
     let report = t.run(&["sync"]).expect_ok();
     assert_eq!(report["adopted_server_seq"], 3, "{report}");
     assert_eq!(all_registered(&t), 4, "the old copy's two and the two new ones");
-    assert_eq!(count(&server_data, "SELECT COUNT(*) FROM records"), 8);
-    assert_eq!(count(&server_data, "SELECT COUNT(*) FROM kidc_issuance"), 8);
+    assert_eq!(server_count(&server_data, "SELECT COUNT(*) FROM records"), 8);
+    assert_eq!(
+        server_count(&server_data, "SELECT COUNT(*) FROM kidc_issuance"),
+        8
+    );
     assert!(device(&server)["blocked"].is_null());
 }
 
@@ -193,7 +191,7 @@ fn a_cloned_store_is_recognised_and_one_copy_is_refused_by_name_for_good() {
     assert!(text.ok);
     // Nothing of the refused copy reached the server after the fork.
     assert_eq!(
-        count(&server_data, "SELECT COUNT(*) FROM records"),
+        server_count(&server_data, "SELECT COUNT(*) FROM records"),
         3 + 3,
         "a's two before the refusals, b's fork record, and b's three later ones"
     );

@@ -52,11 +52,7 @@ fn python_registers_verifies_approves_and_syncs_a_birth_to_a_valid_kidc() {
     let kidc = result["kidc"].as_str().expect("kidc");
     crvs_schema::Kidc::parse(kidc).expect("the schema accepts the KIdC");
     let record_id = result["record_id"].as_str().expect("record id");
-    let db = rusqlite::Connection::open_with_flags(
-        server_data.join("server.db"),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .unwrap();
+    let db = server_db(&server_data);
     let issued: Vec<(String, String)> = db
         .prepare("SELECT kidc, record_id FROM kidc_issuance")
         .unwrap()

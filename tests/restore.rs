@@ -44,11 +44,7 @@ fn codes(tablet: &Tablet, ids: &[String]) -> HashMap<String, Kidc> {
 
 /// The issuance log: (code, record, reason).
 fn issuance_log(server_data: &Path) -> Vec<(String, String, String)> {
-    let db = rusqlite::Connection::open_with_flags(
-        server_data.join("server.db"),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .expect("open server db");
+    let db = server_db(server_data);
     let mut st = db
         .prepare("SELECT kidc, record_id, reason FROM kidc_issuance")
         .expect("prepare");

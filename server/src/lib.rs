@@ -100,27 +100,7 @@ pub fn private_dir(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Makes sure `path` exists and is readable and writable by its owner only
-/// (0600 on unix), without touching its contents. SQLite gives a
-/// database's `-wal` and `-shm` files the mode of the database file, so
-/// creating the database this way keeps all three private.
-pub fn private_file(path: &Path) -> std::io::Result<()> {
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(false);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-        opts.mode(0o600);
-        let f = opts.open(path)?;
-        let mode = f.metadata()?.permissions().mode();
-        if mode & 0o077 != 0 {
-            f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-        }
-    }
-    #[cfg(not(unix))]
-    opts.open(path)?;
-    Ok(())
-}
+pub use crvs_sqlite::private_file;
 
 impl Server {
     /// Opens the server whose data lives in `dir` (created on first use):

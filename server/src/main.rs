@@ -194,6 +194,20 @@ fn open(dir: &std::path::Path) -> Result<Server, ApiError> {
     Server::open(dir).map_err(ApiError::from)
 }
 
+/// An operator command's answer as JSON.
+fn to_json(answer: &impl serde::Serialize) -> Result<Value, ApiError> {
+    serde_json::to_value(answer).map_err(|e| ApiError::Internal(e.to_string()))
+}
+
+/// One line per item, or `none` when there is no item.
+fn lines<T>(items: &[T], none: &str, line: impl Fn(&T) -> String) -> String {
+    if items.is_empty() {
+        none.to_string()
+    } else {
+        items.iter().map(line).collect::<Vec<_>>().join("\n")
+    }
+}
+
 fn print_line(json_mode: bool, value: &Value, text: &str) {
     let mut out = std::io::stdout().lock();
     let _ = if json_mode {
@@ -301,7 +315,7 @@ fn run(cli: Cli) -> Result<(), ApiError> {
             if let Some(path) = &qr {
                 admin::write_token_qr(&t.token, path)?;
             }
-            let mut value = serde_json::to_value(&t).map_err(|e| ApiError::Internal(e.to_string()))?;
+            let mut value = to_json(&t)?;
             if let Some(path) = &qr {
                 value["qr"] = json!(path.display().to_string());
             }
@@ -311,53 +325,37 @@ fn run(cli: Cli) -> Result<(), ApiError> {
         Command::Devices { data } => {
             let server = open(&data)?;
             let devices = admin::devices(&server)?;
-            let text = if devices.is_empty() {
-                "no devices".to_string()
-            } else {
-                devices
-                    .iter()
-                    .map(|d| {
-                        format!(
-                            "{}  commune {}  {}  last sync {}  seq {}{}{}{}",
-                            d.device_id,
-                            d.commune,
-                            if d.revoked { "REVOKED" } else { "active" },
-                            d.last_sync.map_or("never".to_string(), |t| t.to_string()),
-                            d.last_seq,
-                            if d.clock_flagged { "  CLOCK OFF" } else { "" },
-                            d.blocked.as_ref().map_or(String::new(), |b| format!(
-                                "  BLOCKED at change set {} ({})",
-                                b.seq, b.code
-                            )),
-                            d.clone.as_ref().map_or(String::new(), |c| format!(
-                                "  CLONE: {} requests from another copy of its store refused",
-                                c.refusals
-                            ))
-                        )
-                    })
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            };
+            let text = lines(&devices, "no devices", |d| {
+                format!(
+                    "{}  commune {}  {}  last sync {}  seq {}{}{}{}",
+                    d.device_id,
+                    d.commune,
+                    if d.revoked { "REVOKED" } else { "active" },
+                    d.last_sync.map_or("never".to_string(), |t| t.to_string()),
+                    d.last_seq,
+                    if d.clock_flagged { "  CLOCK OFF" } else { "" },
+                    d.blocked.as_ref().map_or(String::new(), |b| format!(
+                        "  BLOCKED at change set {} ({})",
+                        b.seq, b.code
+                    )),
+                    d.clone.as_ref().map_or(String::new(), |c| format!(
+                        "  CLONE: {} requests from another copy of its store refused",
+                        c.refusals
+                    ))
+                )
+            });
             print_line(json_mode, &json!({"devices": devices}), &text);
             Ok(())
         }
         Command::Holds { data } => {
             let server = open(&data)?;
             let holds = admin::holds(&server)?;
-            let text = if holds.is_empty() {
-                "no holds".to_string()
-            } else {
-                holds
-                    .iter()
-                    .map(|h| {
-                        format!(
-                            "{}  commune {}  {}  since {}",
-                            h.record_id, h.office, h.reason, h.since
-                        )
-                    })
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            };
+            let text = lines(&holds, "no holds", |h| {
+                format!(
+                    "{}  commune {}  {}  since {}",
+                    h.record_id, h.office, h.reason, h.since
+                )
+            });
             print_line(json_mode, &json!({"holds": holds}), &text);
             Ok(())
         }
@@ -369,7 +367,7 @@ fn run(cli: Cli) -> Result<(), ApiError> {
         } => {
             let server = open(&data)?;
             let r = admin::release(&server, &record_id, &by, &reason)?;
-            let value = serde_json::to_value(&r).map_err(|e| ApiError::Internal(e.to_string()))?;
+            let value = to_json(&r)?;
             let text = if r.released {
                 format!(
                     "record {} released: {}{}",
@@ -391,7 +389,7 @@ fn run(cli: Cli) -> Result<(), ApiError> {
         } => {
             let server = open(&data)?;
             let u = admin::unblock(&server, &device_id, &by, &reason)?;
-            let value = serde_json::to_value(&u).map_err(|e| ApiError::Internal(e.to_string()))?;
+            let value = to_json(&u)?;
             print_line(
                 json_mode,
                 &value,
@@ -405,7 +403,7 @@ fn run(cli: Cli) -> Result<(), ApiError> {
         Command::Backup { data, out } => {
             let now = crvs_server::system_clock()();
             let r = crvs_server::backup::backup(&data, &out, now).map_err(backup_error)?;
-            let value = serde_json::to_value(&r).map_err(|e| ApiError::Internal(e.to_string()))?;
+            let value = to_json(&r)?;
             print_line(
                 json_mode,
                 &value,
@@ -423,7 +421,7 @@ fn run(cli: Cli) -> Result<(), ApiError> {
         Command::Restore { data, from } => {
             let now = crvs_server::system_clock()();
             let r = crvs_server::backup::restore(&data, &from, now).map_err(backup_error)?;
-            let value = serde_json::to_value(&r).map_err(|e| ApiError::Internal(e.to_string()))?;
+            let value = to_json(&r)?;
             print_line(
                 json_mode,
                 &value,

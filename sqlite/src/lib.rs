@@ -184,7 +184,7 @@ pub fn open(path: &Path, options: &OpenOptions<'_>) -> Result<Connection, OpenEr
     if !existed && !options.create {
         return Err(OpenError::Missing);
     }
-    private_file(path, options.create)?;
+    private_database(path, options.create)?;
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
@@ -307,43 +307,46 @@ fn supported(migrations: &[Migration]) -> u32 {
 /// Creates `path` with mode 0600 if it is missing (when `create`), and
 /// tightens an existing database file and its `-wal` and `-shm` files to
 /// 0600 if they are looser.
-fn private_file(path: &Path, create: bool) -> std::io::Result<()> {
+fn private_database(path: &Path, create: bool) -> std::io::Result<()> {
+    if create {
+        // Made 0600 before SQLite opens it, so the -wal and -shm files
+        // SQLite creates take the same mode.
+        private_file(path)?;
+    }
+    for suffix in ["", "-wal", "-shm"] {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        match tighten(Path::new(&name)) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !suffix.is_empty() => {}
+            other => other?,
+        }
+    }
+    Ok(())
+}
+
+/// Creates `path` readable by its owner only (0600 on unix) if it is
+/// missing, and tightens it to 0600 if it is looser; never truncates it.
+/// For every file of a data folder: databases, backups, keys, a token's
+/// QR code.
+pub fn private_file(path: &Path) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)?;
+    tighten(path)
+}
+
+/// Sets `path` to 0600 if its mode lets anyone but the owner in.
+fn tighten(path: &Path) -> std::io::Result<()> {
     #[cfg(unix)]
     {
-        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-        if create {
-            // Made 0600 before SQLite opens it, so the -wal and -shm files
-            // SQLite creates take the same mode.
-            std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .mode(0o600)
-                .open(path)?;
-        }
-        let mut name = path.as_os_str().to_owned();
-        let base = name.clone();
-        for suffix in ["", "-wal", "-shm"] {
-            name.clone_from(&base);
-            name.push(suffix);
-            let file = Path::new(&name);
-            match std::fs::metadata(file) {
-                Ok(meta) if meta.permissions().mode() & 0o077 != 0 => {
-                    std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600))?;
-                }
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound && !suffix.is_empty() => {}
-                Err(e) => return Err(e),
-            }
+        use std::os::unix::fs::PermissionsExt;
+        if std::fs::metadata(path)?.permissions().mode() & 0o077 != 0 {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
         }
     }
     #[cfg(not(unix))]
-    if create {
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)?;
-    }
+    std::fs::metadata(path)?;
     Ok(())
 }

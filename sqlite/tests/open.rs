@@ -285,3 +285,19 @@ fn a_file_that_is_not_sqlite_is_refused_as_not_a_database() {
     };
     assert_eq!(e.sqlite_error_code(), Some(rusqlite::ErrorCode::NotADatabase));
 }
+
+#[cfg(unix)]
+#[test]
+fn private_file_makes_a_missing_file_0600_and_tightens_one_without_touching_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let made = dir.path().join("made");
+    crvs_sqlite::private_file(&made).unwrap();
+    assert_eq!(mode(&made), 0o600);
+    let loose = dir.path().join("loose");
+    std::fs::write(&loose, b"kept").unwrap();
+    std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o644)).unwrap();
+    crvs_sqlite::private_file(&loose).unwrap();
+    assert_eq!(mode(&loose), 0o600);
+    assert_eq!(std::fs::read(&loose).unwrap(), b"kept");
+}

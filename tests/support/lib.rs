@@ -599,6 +599,54 @@ impl CuttingProxy {
     }
 }
 
+/// A server in `root/server`, a [`CuttingProxy`] in front of it, and a
+/// tablet in `root/tablet` made and enrolled (office 171003) through the
+/// proxy: the tablet's every sync can lose its answer.
+pub struct BehindProxy {
+    /// The server's data folder.
+    pub server_data: PathBuf,
+    /// The server process.
+    pub server: Server,
+    /// The proxy the tablet syncs through.
+    pub proxy: CuttingProxy,
+    /// The tablet.
+    pub tablet: Tablet,
+}
+
+impl BehindProxy {
+    /// Starts the server and the proxy, and enrols the tablet.
+    pub fn start(root: &Path) -> BehindProxy {
+        let server_data = root.join("server");
+        let server = Server::start(&server_data);
+        let proxy = CuttingProxy::start(server.addr);
+        let tablet = Tablet::new(root.join("tablet"));
+        tablet.init_and_enroll_via("171003", &server, &proxy.url());
+        BehindProxy {
+            server_data,
+            server,
+            proxy,
+            tablet,
+        }
+    }
+}
+
+/// The server database in the data folder `server_data`, read-only.
+pub fn server_db(server_data: &Path) -> rusqlite::Connection {
+    rusqlite::Connection::open_with_flags(
+        server_data.join("server.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .expect("open server db")
+}
+
+/// The one number `sql` selects from the server database in
+/// `server_data` (a `COUNT(*)`).
+pub fn server_count(server_data: &Path, sql: &str) -> i64 {
+    server_db(server_data)
+        .query_row(sql, [], |r| r.get(0))
+        .expect("count")
+}
+
 /// `GET url` over HTTPS trusting only `ca_pem`: the status and the body.
 pub fn https_get(url: &str, ca_pem: &str) -> Result<(u16, String), String> {
     let mut resp = tls_agent(ca_pem).get(url).call().map_err(|e| e.to_string())?;
