@@ -11,7 +11,14 @@
 //! * one tablet sending one change set per request (the slowest case);
 //! * one tablet with a backlog, sending 10 change sets per request, as the
 //!   sync client does (`MAX_CHANGE_SETS_PER_REQUEST`);
-//! * four tablets syncing at once, each from its own thread.
+//! * four tablets syncing at once, each from its own thread;
+//! * 100 tablets at once, each sending change sets of 1 to 5 records, one
+//!   per request, as commune tablets do (`BENCH_PER_CHANGE_SET=0`).
+//!
+//! The server's clock is fixed at 2027-01-31, after every bench birth, so
+//! that none is held; the run asserts that every record was registered
+//! with exactly one KIdC. Each tablet advances its pull cursor from each
+//! answer, as a real one does.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -44,25 +51,56 @@ fn main() {
         for (cs_per_req, devices) in [(1, 1), (10, 1), (1, 4)] {
             run(records, per_cs, cs_per_req, devices);
         }
+        // Commune tablets: 100 at once, each request 1 to 5 records.
+        run(records, SMALL, 1, 100);
     }
+}
+
+/// `BENCH_PER_CHANGE_SET=0`: change sets of 1, 2, 3, 4, 5, 1, ... records,
+/// as commune tablets send them.
+const SMALL: usize = 0;
+
+/// `items` cut into change sets of `per_cs` records, or of 1 to 5 with
+/// [`SMALL`].
+fn change_sets_of<T>(items: &[T], per_cs: usize) -> Vec<&[T]> {
+    let mut out = Vec::new();
+    let mut rest = items;
+    let mut i = 0;
+    while !rest.is_empty() {
+        let n = if per_cs == SMALL { 1 + i % 5 } else { per_cs }.min(rest.len());
+        let (head, tail) = rest.split_at(n);
+        out.push(head);
+        rest = tail;
+        i += 1;
+    }
+    out
 }
 
 fn run(records: usize, per_cs: usize, cs_per_req: usize, devices: usize) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let server = Server::open(dir.path()).expect("server opens");
+    // A fixed server clock, 2027-01-31 (UTC midnight): after every bench
+    // birth, so that none is held for a date in the future (about 8% are
+    // dated after the real today).
+    let fixed: crvs_server::Clock = std::sync::Arc::new(|| 1_801_353_600_000);
+    let server = Server::open_with_clock(dir.path(), fixed).expect("server opens");
     let births = support::bench_births(records);
     let records = births.len();
 
     // Build every request first (not timed).
     let prep = Instant::now();
     let per_device = records.div_ceil(devices);
-    let mut plans: Vec<Vec<Vec<u8>>> = Vec::new();
+    // Per device: its tablet and its change sets, grouped per request. The
+    // requests are sealed while the clock runs, because each carries the
+    // pull cursor of the answer before it, as a real tablet's does (a
+    // request that never advances its cursor makes every answer resend
+    // the whole feed).
+    let mut plans: Vec<(Tablet, Vec<Vec<Vec<u8>>>)> = Vec::new();
     let mut change_sets = 0;
     let mut wire_bytes = 0usize;
     for chunk in births.chunks(per_device) {
         let mut tablet = Tablet::enroll(&server, support::OFFICE);
         let mut sealed = Vec::new();
-        for batch in chunk.chunks(per_cs) {
+        for batch in change_sets_of(chunk, per_cs) {
             let recs = batch
                 .iter()
                 .map(|b| {
@@ -75,24 +113,23 @@ fn run(records: usize, per_cs: usize, cs_per_req: usize, devices: usize) {
             sealed.push(cs);
             change_sets += 1;
         }
-        let requests = sealed
-            .chunks(cs_per_req)
-            .map(|c| tablet.request(c.to_vec()))
-            .collect();
-        plans.push(requests);
+        let requests = sealed.chunks(cs_per_req).map(<[Vec<u8>]>::to_vec).collect();
+        plans.push((tablet, requests));
     }
     let prep_s = prep.elapsed().as_secs_f64();
 
     let cpu_start = cpu_seconds();
     let start = Instant::now();
     std::thread::scope(|s| {
-        for plan in &plans {
+        for (tablet, plan) in &mut plans {
             let server = &server;
             s.spawn(move || {
-                for req in plan {
-                    let answer = server.handle_sync(req).expect("sync succeeds");
+                for change_sets in plan.drain(..) {
+                    let req = tablet.request(change_sets);
+                    let answer = server.handle_sync(&req).expect("sync succeeds");
                     let resp = support::open_response(server, &answer);
                     assert!(resp.refusal.is_none(), "refused: {:?}", resp.refusal);
+                    tablet.cursor = resp.cursor;
                 }
             });
         }
@@ -103,12 +140,13 @@ fn run(records: usize, per_cs: usize, cs_per_req: usize, devices: usize) {
     let (kidcs, statuses) = tally(dir.path());
     let registered = statuses.iter().find(|s| s.0 == "registered").map_or(0, |s| s.1);
     assert_eq!(kidcs, registered, "every registered record has exactly one KIdC");
+    assert_eq!(registered, records, "every record registered: {statuses:?}");
     println!(
         "{}",
         serde_json::json!({
             "records": records,
             "change_sets": change_sets,
-            "records_per_change_set": per_cs,
+            "records_per_change_set": if per_cs == SMALL { serde_json::json!("1 to 5") } else { serde_json::json!(per_cs) },
             "change_sets_per_request": cs_per_req,
             "devices": devices,
             "seconds": secs,
