@@ -20,6 +20,7 @@ pub mod admin;
 pub mod backup;
 pub mod error;
 pub mod fault;
+pub mod group_commit;
 pub mod http;
 pub mod ingest;
 pub mod keys;
@@ -32,6 +33,8 @@ use std::sync::Arc;
 
 use automerge::ActorId;
 use ed25519_dalek::SigningKey;
+
+use group_commit::{GroupCommit, GroupStats};
 
 pub use error::ApiError;
 use ledger::KidcLedger;
@@ -63,6 +66,8 @@ pub struct Server {
     ledger: KidcLedger,
     clock: Clock,
     dir: PathBuf,
+    /// Sync requests that reach the writer together commit together.
+    group: GroupCommit<ingest::Job, Result<ingest::Written, ApiError>>,
 }
 
 impl std::fmt::Debug for Server {
@@ -175,6 +180,7 @@ impl Server {
             ledger,
             clock,
             dir,
+            group: GroupCommit::default(),
         })
     }
 
@@ -212,6 +218,17 @@ impl Server {
     /// The data folder.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The commit group of sync requests (see [`group_commit`]).
+    pub(crate) fn write_group(&self) -> &GroupCommit<ingest::Job, Result<ingest::Written, ApiError>> {
+        &self.group
+    }
+
+    /// How many commit groups ran so far, and how many sync requests they
+    /// held (requests per fsync).
+    pub fn commit_groups(&self) -> GroupStats {
+        self.group.stats()
     }
 
     /// Handles one sync request: the body of `POST /v1/sync` in, the sealed

@@ -296,18 +296,43 @@ pub trait Storage: Send + Sync {
     fn holds(&self) -> Result<Vec<HoldRow>, StorageError>;
 }
 
+/// The savepoints of a write transaction (see [`WriteTx::savepoint`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Savepoint {
+    /// Around one sync request in a commit group: a request that fails is
+    /// undone alone, and the others of its group commit.
+    Request,
+    /// Around one change set of a request: a refused change set is undone
+    /// alone, and those before it stand.
+    ChangeSet,
+}
+
+impl Savepoint {
+    /// Its SQL name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Savepoint::Request => "request",
+            Savepoint::ChangeSet => "change_set",
+        }
+    }
+}
+
 /// The primitive operations of a write transaction.
 ///
 /// Every read sees the transaction's own writes. Nothing is visible to
 /// others, or durable, before [`WriteTx::commit`] returns.
 pub trait WriteTx {
-    /// Sets a savepoint (one at a time): [`WriteTx::rollback_to_savepoint`]
-    /// undoes everything after it.
-    fn savepoint(&mut self) -> Result<(), StorageError>;
-    /// Forgets the savepoint, keeping its writes.
-    fn release_savepoint(&mut self) -> Result<(), StorageError>;
-    /// Undoes every write since the savepoint, and forgets it.
-    fn rollback_to_savepoint(&mut self) -> Result<(), StorageError>;
+    /// Sets a savepoint: [`WriteTx::rollback_to_savepoint`] undoes every
+    /// write after it. Savepoints nest: one [`Savepoint::Request`] per
+    /// request of a commit group, one [`Savepoint::ChangeSet`] inside it
+    /// per change set; each is released or rolled back before the next of
+    /// its kind is set.
+    fn savepoint(&mut self, sp: Savepoint) -> Result<(), StorageError>;
+    /// Forgets the savepoint (and any set after it), keeping their writes.
+    fn release_savepoint(&mut self, sp: Savepoint) -> Result<(), StorageError>;
+    /// Undoes every write since the savepoint, and forgets it (and any set
+    /// after it).
+    fn rollback_to_savepoint(&mut self, sp: Savepoint) -> Result<(), StorageError>;
     /// Makes every write durable (on disk) and visible.
     fn commit(self: Box<Self>) -> Result<(), StorageError>;
 

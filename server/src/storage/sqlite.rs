@@ -29,8 +29,8 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use uuid::Uuid;
 
 use super::{
-    Device, DeviceRefusal, HoldRow, Issuance, LogEntry, NewDevice, ReleaseAudit, ServerChange, Storage,
-    StorageError, StoredRecord, SyncSeen, TokenRow, UnblockAudit, WriteTx,
+    Device, DeviceRefusal, HoldRow, Issuance, LogEntry, NewDevice, ReleaseAudit, Savepoint, ServerChange,
+    Storage, StorageError, StoredRecord, SyncSeen, TokenRow, UnblockAudit, WriteTx,
 };
 
 /// The numbered migrations, applied in order: the `n`th takes
@@ -267,19 +267,21 @@ fn list_devices(conn: &Connection) -> Result<Vec<Device>, StorageError> {
 }
 
 impl WriteTx for SqliteTx<'_> {
-    fn savepoint(&mut self) -> Result<(), StorageError> {
-        self.conn.execute_batch("SAVEPOINT change_set")?;
+    fn savepoint(&mut self, sp: Savepoint) -> Result<(), StorageError> {
+        self.conn.execute_batch(&format!("SAVEPOINT {}", sp.name()))?;
         Ok(())
     }
 
-    fn release_savepoint(&mut self) -> Result<(), StorageError> {
-        self.conn.execute_batch("RELEASE SAVEPOINT change_set")?;
-        Ok(())
-    }
-
-    fn rollback_to_savepoint(&mut self) -> Result<(), StorageError> {
+    fn release_savepoint(&mut self, sp: Savepoint) -> Result<(), StorageError> {
         self.conn
-            .execute_batch("ROLLBACK TO SAVEPOINT change_set; RELEASE SAVEPOINT change_set")?;
+            .execute_batch(&format!("RELEASE SAVEPOINT {}", sp.name()))?;
+        Ok(())
+    }
+
+    fn rollback_to_savepoint(&mut self, sp: Savepoint) -> Result<(), StorageError> {
+        let name = sp.name();
+        self.conn
+            .execute_batch(&format!("ROLLBACK TO SAVEPOINT {name}; RELEASE SAVEPOINT {name}"))?;
         Ok(())
     }
 

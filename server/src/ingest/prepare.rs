@@ -1,0 +1,378 @@
+//! The pure part of applying a record's changes: decode, apply, check,
+//! re-validate, and the server's own edits.
+
+use std::collections::HashSet;
+
+use automerge::{AutoCommit, Change, ChangeHash};
+use crvs_schema::birth::{self, BirthRegistration};
+use crvs_schema::bounds;
+use crvs_schema::gazetteer::{GazetteerCode, Level};
+use crvs_schema::kidc::Category;
+use crvs_schema::record::{self, RecordKind, TabletChangeError};
+use crvs_schema::wire::{RecordChanges, RefusalCode};
+use crvs_schema::workflow::{self, Status};
+use crvs_schema::{Date, Kidc};
+use uuid::Uuid;
+
+use crate::storage::StoredRecord;
+
+use super::apply::tablet_change_refusal;
+use super::{COMPACT_ABOVE, Ctx, HOLD_INVALID_ON_RECEIPT, HOLD_INVALID_WORKFLOW, Step, internal, refuse};
+
+/// A record with the tablet's changes applied and checked, and the
+/// server's edits committed, ready to be stored. Only the KIdC is not yet
+/// in the issuance log.
+pub(super) struct Prepared {
+    pub(super) record_id: Uuid,
+    pub(super) stored: Option<StoredRecord>,
+    /// The tablet's bytes the stored document did not have, ready to be
+    /// appended to it verbatim: a document chunk, or change chunks.
+    pub(super) fresh: Vec<u8>,
+    pub(super) office: String,
+    pub(super) kind: RecordKind,
+    pub(super) status: Status,
+    /// The server's edits: the hold, if it set one now.
+    /// The hold the server set now, if it did.
+    pub(super) new_hold: Option<&'static str>,
+    /// The KIdC to issue (drawn, not yet in the issuance log).
+    pub(super) kidc: Option<(Kidc, Category)>,
+    /// The bytes to store, and the server's change to feed to the device.
+    pub(super) saved: Saved,
+}
+
+/// A record document with the server's change committed, as stored.
+pub(super) struct Saved {
+    pub(super) blob: Vec<u8>,
+    pub(super) server_change: Option<Vec<u8>>,
+}
+
+/// The pure part of applying one record's changes: decode, apply, check,
+/// and the server's own edits, committed; `None` when the changes hold
+/// nothing the stored record does not already have.
+///
+/// Automerge's decoder panics on some malformed documents whose checksum
+/// is valid (a buggy or hostile tablet can send one): such a panic is a
+/// `malformed` refusal of the change set, like any other undecodable
+/// input, not a failed request that the tablet would retry forever.
+pub(super) fn prepare_record(
+    ctx: &Ctx<'_>,
+    seq: u64,
+    rc: RecordChanges,
+    stored: Option<StoredRecord>,
+) -> Result<Option<Prepared>, Step> {
+    let record_id = Uuid::from_bytes(rc.record_id);
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        prepare_record_inner(ctx, seq, rc, stored)
+    }))
+    .unwrap_or_else(|_| {
+        tracing::warn!(record = %record_id, seq, "the automerge decoder panicked on a record");
+        Err(refuse(
+            seq,
+            RefusalCode::Malformed,
+            "a record's automerge data is malformed (the decoder failed on it)",
+        ))
+    })
+}
+
+/// Most elements (change or document chunks) in one record's changes.
+pub const MAX_CHUNKS_PER_RECORD: usize = 1000;
+/// Largest stored document of one record. A birth is about 2 KB; a record
+/// edited a hundred times stays far below.
+pub const MAX_RECORD_DOC_BYTES: usize = 1 << 20;
+
+pub(super) fn bounds_refusal(seq: u64, e: &bounds::BoundsError) -> Step {
+    match e {
+        bounds::BoundsError::TooManyBytes(_) | bounds::BoundsError::TooManyEntries(_) => {
+            refuse(seq, RefusalCode::TooLarge, e.to_string())
+        }
+        other => refuse(seq, RefusalCode::Malformed, other.to_string()),
+    }
+}
+
+pub(super) fn prepare_record_inner(
+    ctx: &Ctx<'_>,
+    seq: u64,
+    rc: RecordChanges,
+    stored: Option<StoredRecord>,
+) -> Result<Option<Prepared>, Step> {
+    let record_id = Uuid::from_bytes(rc.record_id);
+    // Bounded before automerge sees a byte: no chunk may claim more
+    // operations, or inflate to more bytes, than a record can need.
+    if rc.changes.len() > MAX_CHUNKS_PER_RECORD {
+        return Err(refuse(
+            seq,
+            RefusalCode::TooLarge,
+            "a record carries too many changes",
+        ));
+    }
+    for raw in &rc.changes {
+        bounds::check(raw, &bounds::Limits::RECORD).map_err(|e| bounds_refusal(seq, &e))?;
+    }
+    let rc_was_document = matches!(rc.changes.as_slice(), [chunk] if record::is_document_chunk(chunk));
+    let (mut doc, fresh, before) = match (&stored, rc.changes.as_slice()) {
+        // The common case: a record the server has not seen, sent as one
+        // document chunk. Loading it checks its hashes; it is kept verbatim.
+        (None, [chunk]) if record::is_document_chunk(chunk) => {
+            let mut doc = AutoCommit::load(chunk)
+                .map_err(|_| refuse(seq, RefusalCode::Malformed, "an automerge document does not load"))?;
+            if doc
+                .document()
+                .get_changes_meta(&[])
+                .iter()
+                .any(|m| ctx.server.is_server_actor(&m.actor))
+            {
+                return Err(server_actor_refusal(seq));
+            }
+            let mut rc = rc;
+            let chunk = rc.changes.pop().unwrap_or_default();
+            (doc, chunk, None)
+        }
+        _ => {
+            let (doc, fresh, before) = apply_tablet_changes(ctx, seq, rc, stored.as_ref())?;
+            if fresh.is_empty() {
+                return Ok(None);
+            }
+            (doc, fresh, before)
+        }
+    };
+    // Content problems (the workflow's rules) hold the record; the layout,
+    // the server's fields and the history refuse the change set.
+    let (view, workflow_problem) = match record::check_tablet_changes(before.as_ref(), &doc) {
+        Ok(view) => (view, false),
+        Err(TabletChangeError::Workflow(w)) => match record::read(&doc) {
+            Ok(view) => (view, true),
+            Err(_) => return Err(tablet_change_refusal(seq, TabletChangeError::Workflow(w))),
+        },
+        Err(e) => return Err(tablet_change_refusal(seq, e)),
+    };
+    if stored.is_none() && before.is_none() && rc_was_document {
+        // Every operation of a new record is visible when there are
+        // exactly as many as its visible values (kind, office, data, the
+        // list, one per step): then nothing can hide. Otherwise each
+        // operation is checked (the general path checks its fresh
+        // changes in `apply_tablet_changes`).
+        let visible = 4 + view.transitions.len() as u64;
+        if automerge::ReadDoc::stats(doc.document()).num_ops != visible {
+            record::check_tablet_operations(&doc.get_changes(&[]), true)
+                .map_err(|e| tablet_change_refusal(seq, e))?;
+        }
+    }
+    if view.office != ctx.device.office {
+        return Err(refuse(
+            seq,
+            RefusalCode::OutOfScope,
+            "the record lies outside the device's office",
+        ));
+    }
+
+    let mut new_hold: Option<&'static str> = None;
+    let mut kidc = None;
+    if workflow_problem {
+        if view.server.hold.is_none() {
+            new_hold = Some(HOLD_INVALID_WORKFLOW);
+            tracing::info!(record = %record_id, "record held: its workflow breaks the rules");
+        }
+    } else if view.kind == RecordKind::Birth && view.server.kidc.is_none() && view.server.hold.is_none() {
+        match validate_birth(&view, ctx.today) {
+            Ok(reg) => {
+                let tablet_status = workflow::derive(&view.transitions)
+                    .map_err(|e| refuse(seq, RefusalCode::InvalidRecord, e.to_string()))?;
+                if tablet_status == Some(Status::Approved) {
+                    let category = kidc_category(&reg);
+                    // A code the server proved it issued before (the
+                    // database was restored since) is the one to record
+                    // again; otherwise a fresh draw, checked against the
+                    // issuance log and the ledger in `issue_kidc`.
+                    // `rand::rng()` is a CSPRNG seeded from the operating system.
+                    let drawn = match ctx.evidence.get(record_id.as_bytes()) {
+                        Some(k) => *k,
+                        None => Kidc::generate(category, &mut rand::rng()),
+                    };
+                    kidc = Some((drawn, category));
+                }
+            }
+            Err(problems) => {
+                new_hold = Some(HOLD_INVALID_ON_RECEIPT);
+                // A count only: an unknown key's name is the tablet's text.
+                tracing::info!(
+                    record = %record_id,
+                    problems = problems.problems.len(),
+                    "record held: its data does not validate on receipt (server's date, device's office)"
+                );
+            }
+        }
+    }
+    // The status once the server's edits are in: they never depend on
+    // which code was drawn, so a redraw in `finish_record` keeps it.
+    let mut view = view;
+    if let Some(code) = new_hold {
+        view.server.hold = Some(code.to_string());
+    }
+    if let Some((k, _)) = &kidc {
+        view.server.kidc = Some(*k);
+    }
+    let status = if workflow_problem {
+        // A registered record keeps its registration; the hold flags it.
+        if view.server.kidc.is_some() {
+            Status::Registered
+        } else {
+            Status::Held
+        }
+    } else {
+        view.status()
+            .map_err(|e| refuse(seq, RefusalCode::InvalidRecord, e.to_string()))?
+    };
+    let saved = server_edits_saved(
+        ctx,
+        doc,
+        stored.as_ref(),
+        &fresh,
+        new_hold,
+        kidc.as_ref().map(|k| &k.0),
+    )?;
+    if saved.blob.len() > MAX_RECORD_DOC_BYTES {
+        return Err(refuse(
+            seq,
+            RefusalCode::TooLarge,
+            format!("the record's document would exceed {MAX_RECORD_DOC_BYTES} bytes"),
+        ));
+    }
+    Ok(Some(Prepared {
+        record_id,
+        stored,
+        fresh,
+        office: view.office,
+        kind: view.kind,
+        status,
+        new_hold,
+        kidc,
+        saved,
+    }))
+}
+
+pub(super) fn server_actor_refusal(seq: u64) -> Step {
+    refuse(
+        seq,
+        RefusalCode::ServerOwnedField,
+        "a change carries the server's actor id",
+    )
+}
+
+/// The general path: decode each change or document chunk, keep the
+/// changes the stored document lacks, and apply them. Returns the
+/// document, the raw bytes of the changes it gained, and the document as
+/// it was before (for an existing record).
+pub(super) fn apply_tablet_changes(
+    ctx: &Ctx<'_>,
+    seq: u64,
+    rc: RecordChanges,
+    stored: Option<&StoredRecord>,
+) -> Result<(AutoCommit, Vec<u8>, Option<automerge::Automerge>), Step> {
+    let mut doc = match stored {
+        Some(s) => {
+            AutoCommit::load(&s.doc).map_err(|_| internal("a stored record document does not load"))?
+        }
+        None => AutoCommit::new(),
+    };
+    let mut seen: HashSet<ChangeHash> = HashSet::new();
+    let mut fresh: Vec<Change> = Vec::with_capacity(rc.changes.len());
+    // Each element is a change chunk, or a document chunk
+    // (`record::decode_changes`).
+    for raw in &rc.changes {
+        let decoded = record::decode_changes(raw)
+            .map_err(|_| refuse(seq, RefusalCode::Malformed, "an automerge change does not decode"))?;
+        for change in decoded {
+            let h = change.hash();
+            if seen.insert(h) && doc.get_change_meta_by_hash(&h).is_none() {
+                // A server change the server already has (a tablet that
+                // sends its whole document) is harmless; a new one is not.
+                if ctx.server.is_server_actor(change.actor_id()) {
+                    return Err(server_actor_refusal(seq));
+                }
+                fresh.push(change);
+            }
+        }
+    }
+    if fresh.is_empty() {
+        return Ok((doc, Vec::new(), None));
+    }
+    record::check_tablet_operations(&fresh, stored.is_none()).map_err(|e| tablet_change_refusal(seq, e))?;
+    let before = stored.map(|_| doc.document().clone());
+    let bytes: Vec<u8> = fresh.iter().flat_map(|c| c.raw_bytes().iter().copied()).collect();
+    doc.apply_changes(fresh)
+        .map_err(|_| refuse(seq, RefusalCode::Malformed, "the automerge changes do not apply"))?;
+    if !doc.get_missing_deps(&[]).is_empty() {
+        return Err(refuse(
+            seq,
+            RefusalCode::InvalidRecord,
+            "a change depends on changes the server has not received",
+        ));
+    }
+    Ok((doc, bytes, before))
+}
+
+/// The server's re-validation of a birth: its data, dated no later than
+/// `latest`, at the record's office. The record lies in the device's office
+/// (checked before), a commune from enrolment; a code that does not parse
+/// fails validation (the record is held).
+pub(super) fn validate_birth(
+    view: &record::RecordView,
+    latest: Date,
+) -> Result<BirthRegistration, birth::ValidationError> {
+    match GazetteerCode::parse_level(&view.office, Level::Commune) {
+        Ok(office) => birth::validate_at_office(&view.data, latest, &office),
+        Err(_) => Err(birth::ValidationError {
+            problems: vec![birth::FieldProblem::new("office", "must be a commune code")],
+        }),
+    }
+}
+
+/// **KIdC category:** citizen when either parent's nationality is `KHM`.
+pub(super) fn kidc_category(reg: &BirthRegistration) -> Category {
+    if reg.mother.nationality == "KHM" || reg.father.as_ref().is_some_and(|f| f.nationality == "KHM") {
+        Category::CITIZEN
+    } else {
+        Category::FOREIGN_RESIDENT
+    }
+}
+
+/// Makes the server's edits of a record (if it has any to make) with the
+/// server's actor, commits them, and produces the bytes to store: the
+/// stored bytes with the fresh ones and the server's change appended, or
+/// a compacted `save()` once that grows large.
+pub(super) fn server_edits_saved(
+    ctx: &Ctx<'_>,
+    mut doc: AutoCommit,
+    stored: Option<&StoredRecord>,
+    fresh: &[u8],
+    hold: Option<&str>,
+    kidc: Option<&Kidc>,
+) -> Result<Saved, Step> {
+    let failed = |_| internal("writing the server part of a record failed");
+    doc.set_actor(ctx.server.actor().clone());
+    if let Some(code) = hold {
+        record::set_hold(&mut doc, code).map_err(failed)?;
+    }
+    if let Some(k) = kidc {
+        record::set_registration(&mut doc, k, ctx.now_ms).map_err(failed)?;
+    }
+    let server_change = doc
+        .commit()
+        .and_then(|_| doc.get_last_local_change())
+        .map(|c| c.raw_bytes().to_vec());
+    let stored_len = stored.map_or(0, |s| s.doc.len());
+    let added = fresh.len() + server_change.as_ref().map_or(0, Vec::len);
+    let blob = if stored.is_some() && stored_len + added > COMPACT_ABOVE {
+        doc.save()
+    } else {
+        let mut b = Vec::with_capacity(stored_len + added);
+        b.extend_from_slice(stored.map_or(&[][..], |s| &s.doc));
+        b.extend_from_slice(fresh);
+        if let Some(c) = &server_change {
+            b.extend_from_slice(c);
+        }
+        b
+    };
+
+    Ok(Saved { blob, server_change })
+}
