@@ -16,7 +16,11 @@
 //! `panicked` result, and the next group runs as usual.
 //!
 //! A request's result is handed out only after the group's work function
-//! returned, so an answer never leaves before the commit it reports.
+//! returned, and then its `settle` function: the leader gives up the lead
+//! first, so that the next group's work overlaps this group's wait for
+//! the disk (the work commits without syncing; `settle` syncs, and turns
+//! every result into an error if it cannot). So an answer never leaves
+//! before the commit it reports is durable.
 
 use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -36,6 +40,8 @@ struct State<J, R> {
     queue: Vec<(u64, J)>,
     done: HashMap<u64, R>,
     leading: bool,
+    /// Requests in the running group.
+    running: usize,
     next_ticket: u64,
     /// Groups run, and requests in them (for the log and the tests).
     groups: u64,
@@ -52,6 +58,10 @@ pub struct GroupStats {
     pub requests: u64,
     /// Time spent running groups (the writer's busy time).
     pub busy: std::time::Duration,
+    /// Requests waiting for the next group now.
+    pub queued: usize,
+    /// Requests in the group running now.
+    pub running: usize,
 }
 
 impl<J, R> std::fmt::Debug for GroupCommit<J, R> {
@@ -69,6 +79,7 @@ impl<J, R> Default for GroupCommit<J, R> {
                 queue: Vec::new(),
                 done: HashMap::new(),
                 leading: false,
+                running: 0,
                 next_ticket: 0,
                 groups: 0,
                 grouped: 0,
@@ -93,13 +104,21 @@ impl<J, R> GroupCommit<J, R> {
             groups: st.groups,
             requests: st.grouped,
             busy: st.busy,
+            queued: st.queue.len(),
+            running: st.running,
         }
     }
 
     /// Queues `job` and returns its result once its group ran: as the
     /// leader, running `work` over the group, or as a follower, woken
     /// when the leader is done. Blocking.
-    pub fn run(&self, job: J, work: impl Fn(Vec<J>) -> Vec<R>, panicked: impl Fn() -> R) -> R {
+    pub fn run(
+        &self,
+        job: J,
+        work: impl Fn(Vec<J>) -> Vec<R>,
+        settle: impl Fn(&mut [R]),
+        panicked: impl Fn() -> R,
+    ) -> R {
         let mut st = self.lock();
         let ticket = st.next_ticket;
         st.next_ticket += 1;
@@ -108,7 +127,9 @@ impl<J, R> GroupCommit<J, R> {
             if let Some(result) = st.done.remove(&ticket) {
                 return result;
             }
-            if st.leading {
+            // Wait while a group runs, or while this request's group
+            // settles and nothing else is queued.
+            if st.leading || st.queue.is_empty() {
                 st = self.wake.wait(st).unwrap_or_else(|p| p.into_inner());
                 continue;
             }
@@ -116,17 +137,25 @@ impl<J, R> GroupCommit<J, R> {
             st.leading = true;
             let take = st.queue.len().min(MAX_GROUP);
             let (tickets, jobs): (Vec<u64>, Vec<J>) = st.queue.drain(..take).unzip();
+            st.running = take;
             drop(st);
             let n = jobs.len();
             let started = std::time::Instant::now();
             let results = catch_unwind(AssertUnwindSafe(|| work(jobs)))
                 .ok()
                 .filter(|r| r.len() == n);
+            // Let the next group start while this one settles.
             st = self.lock();
             st.leading = false;
+            st.running = 0;
             st.groups += 1;
             st.grouped += n as u64;
             st.busy += started.elapsed();
+            self.wake.notify_all();
+            drop(st);
+            let results =
+                results.and_then(|mut r| catch_unwind(AssertUnwindSafe(|| settle(&mut r))).ok().map(|()| r));
+            st = self.lock();
             match results {
                 Some(results) => st.done.extend(tickets.into_iter().zip(results)),
                 None => {
@@ -167,6 +196,7 @@ mod tests {
                                 std::thread::sleep(Duration::from_millis(5));
                                 jobs.into_iter().map(|j| j * 10).collect()
                             },
+                            |results| results.iter_mut().for_each(|r| *r += 1),
                             || usize::MAX,
                         )
                     })
@@ -174,7 +204,7 @@ mod tests {
                 .collect();
             handles.into_iter().map(|h| h.join().expect("thread")).collect()
         });
-        assert_eq!(results, (0..40).map(|i| i * 10).collect::<Vec<_>>());
+        assert_eq!(results, (0..40).map(|i| i * 10 + 1).collect::<Vec<_>>());
         let stats = group.stats();
         assert_eq!(stats.requests, 40);
         assert_eq!(stats.groups, runs.load(Ordering::SeqCst) as u64);
@@ -188,13 +218,25 @@ mod tests {
     #[test]
     fn a_panicking_group_fails_its_jobs_and_the_next_group_runs() {
         let group: GroupCommit<i32, Result<i32, &'static str>> = GroupCommit::default();
-        let r = group.run(1, |_| panic!("boom"), || Err("panicked"));
+        let ok = |jobs: Vec<i32>| jobs.into_iter().map(Ok).collect();
+        let r = group.run(1, |_| panic!("boom"), |_| {}, || Err("panicked"));
         assert_eq!(r, Err("panicked"));
-        let r = group.run(2, |jobs| jobs.into_iter().map(Ok).collect(), || Err("panicked"));
+        let r = group.run(2, ok, |_| {}, || Err("panicked"));
         assert_eq!(r, Ok(2));
         // A work function that loses a result fails the group too.
-        let r = group.run(3, |_| Vec::new(), || Err("panicked"));
+        let r = group.run(3, |_| Vec::new(), |_| {}, || Err("panicked"));
         assert_eq!(r, Err("panicked"));
-        assert_eq!(group.stats().groups, 3);
+        // So does a panic while settling.
+        let r = group.run(4, ok, |_| panic!("disk"), || Err("panicked"));
+        assert_eq!(r, Err("panicked"));
+        // A settle that fails turns the results into errors.
+        let r = group.run(
+            5,
+            ok,
+            |rs| rs.iter_mut().for_each(|r| *r = Err("unsynced")),
+            || Err("panicked"),
+        );
+        assert_eq!(r, Err("unsynced"));
+        assert_eq!(group.stats().groups, 5);
     }
 }

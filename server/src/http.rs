@@ -60,7 +60,10 @@ pub struct Limits {
     /// How long a request waits for its share of the body budget, or for
     /// a worker, before it is told the server is busy (503).
     pub queue_timeout: Duration,
-    /// Sync requests processed at once (each uses up to four threads).
+    /// Sync requests processed at once. Each uses up to four threads for
+    /// its work before the writer (`crate::ingest`), then waits, without
+    /// using a core, for its commit group (`crate::group_commit`): the
+    /// more requests are in, the more share one commit and one sync.
     pub sync_workers: usize,
     /// Enrolments handled at once; more wait (their bodies unread).
     pub enroll_concurrency: usize,
@@ -76,7 +79,7 @@ impl Default for Limits {
             min_upload_rate: 8 * 1024,
             body_budget_bytes: 64 << 20,
             queue_timeout: Duration::from_secs(30),
-            sync_workers: 8,
+            sync_workers: 64,
             enroll_concurrency: 16,
             enroll_timeout: Duration::from_secs(30),
         }

@@ -144,6 +144,7 @@ fn open(path: &Path) -> Result<Connection, StorageError> {
 /// The ledger of reserved codes (see the module documentation).
 pub struct KidcLedger {
     conn: Mutex<Connection>,
+    path: std::path::PathBuf,
 }
 
 impl std::fmt::Debug for KidcLedger {
@@ -187,12 +188,16 @@ impl KidcLedger {
             }
             tx.commit()?;
         }
+        // Every write below syncs the log itself, except those of
+        // `reserve_unsynced` (group commit syncs them, off the writer).
+        crvs_sqlite::defer_sync(&conn, path)?;
         if imported > 0 {
             tracing::info!(imported, "codes of the issuance log reserved in the KIdC ledger");
         }
         Ok((
             KidcLedger {
                 conn: Mutex::new(conn),
+                path: path.to_path_buf(),
             },
             LedgerOpened { created, imported },
         ))
@@ -204,28 +209,18 @@ impl KidcLedger {
 
     /// The code reserved for `record_id`, if any.
     pub fn code_for(&self, record_id: Uuid) -> Result<Option<Kidc>, StorageError> {
-        let code: Option<String> = self
-            .conn()
-            .query_row(
-                "SELECT kidc FROM reserved WHERE record_id = ?1",
-                [record_id.to_string()],
-                |r| r.get(0),
-            )
-            .optional()?;
+        let conn = self.conn();
+        let mut st = conn.prepare_cached("SELECT kidc FROM reserved WHERE record_id = ?1")?;
+        let code: Option<String> = st.query_row([record_id.to_string()], |r| r.get(0)).optional()?;
         code.map(|c| Kidc::parse(&c).map_err(|_| StorageError::Corrupt("a code in the KIdC ledger")))
             .transpose()
     }
 
     /// The record `kidc` is reserved for, if it is.
     pub fn holder_of(&self, kidc: &Kidc) -> Result<Option<Uuid>, StorageError> {
-        let id: Option<String> = self
-            .conn()
-            .query_row(
-                "SELECT record_id FROM reserved WHERE kidc = ?1",
-                [kidc.as_str()],
-                |r| r.get(0),
-            )
-            .optional()?;
+        let conn = self.conn();
+        let mut st = conn.prepare_cached("SELECT record_id FROM reserved WHERE kidc = ?1")?;
+        let id: Option<String> = st.query_row([kidc.as_str()], |r| r.get(0)).optional()?;
         id.map(|s| Uuid::parse_str(&s).map_err(|_| StorageError::Corrupt("a record id in the KIdC ledger")))
             .transpose()
     }
@@ -239,12 +234,24 @@ impl KidcLedger {
         if entries.is_empty() {
             return Ok(());
         }
+        self.reserve_unsynced(entries, now_ms)?;
+        self.sync()
+    }
+
+    /// [`KidcLedger::reserve`], durable only once [`KidcLedger::sync`]
+    /// returns. Group commit calls it under the writer, before the
+    /// database's commit, and syncs after; nothing is answered before both
+    /// are synced.
+    pub fn reserve_unsynced(&self, entries: &[(Kidc, Uuid)], now_ms: i64) -> Result<(), StorageError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         {
-            let mut find = tx.prepare("SELECT record_id FROM reserved WHERE kidc = ?1")?;
+            let mut find = tx.prepare_cached("SELECT record_id FROM reserved WHERE kidc = ?1")?;
             let mut insert =
-                tx.prepare("INSERT INTO reserved (kidc, record_id, reserved_at) VALUES (?1, ?2, ?3)")?;
+                tx.prepare_cached("INSERT INTO reserved (kidc, record_id, reserved_at) VALUES (?1, ?2, ?3)")?;
             for (kidc, record) in entries {
                 let holder: Option<String> = find.query_row([kidc.as_str()], |r| r.get(0)).optional()?;
                 match holder {
@@ -258,6 +265,11 @@ impl KidcLedger {
         }
         tx.commit()?;
         Ok(())
+    }
+
+    /// Makes every write so far durable (one sync of the ledger's log).
+    pub fn sync(&self) -> Result<(), StorageError> {
+        Ok(crvs_sqlite::sync_log(&self.path)?)
     }
 
     /// Records an enrolment, durably (before the database commits it): a
@@ -311,6 +323,8 @@ impl KidcLedger {
             }
         }
         tx.commit()?;
+        drop(conn);
+        self.sync()?;
         Ok(missing.len())
     }
 
@@ -321,7 +335,7 @@ impl KidcLedger {
             "UPDATE devices SET revoked_at = ?2 WHERE device_id = ?1 AND revoked_at IS NULL",
             params![device_id.to_string(), at_ms],
         )?;
-        Ok(())
+        self.sync()
     }
 
     /// How many codes are reserved.

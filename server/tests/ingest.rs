@@ -1268,3 +1268,90 @@ fn a_version_2_tablet_still_syncs_and_reads_its_answer_in_version_2() {
     assert!(kidc_in_updates(&resp, id, &mut doc).is_some());
     assert_eq!(kidcs(dir.path()).len(), 1);
 }
+
+/// Group commit: requests that reach the writer together run in one
+/// transaction, each under its own savepoint. The test holds the writer
+/// so that every request queues; then they run as one group, in which
+/// each duplicate of a request is refused as a replay under the writer
+/// (both copies passed the check before it), and nothing of it undoes
+/// the others.
+#[test]
+fn a_commit_group_keeps_each_request_apart() {
+    let (dir, server) = server();
+    let mut requests = Vec::new();
+    let mut records = Vec::new();
+    for i in 0..12 {
+        let mut tablet = Tablet::enroll(&server, OFFICE);
+        let (id, cs) = approved_birth(&mut tablet);
+        let req = tablet.request(vec![cs]);
+        if i % 3 == 0 {
+            // The same bytes twice (a replay racing its original).
+            requests.push((i, req.clone()));
+        }
+        requests.push((i, req));
+        records.push(id);
+    }
+    let before = server.commit_groups();
+    let held = server.storage().begin().expect("the test holds the writer");
+    let results: Vec<(usize, Result<Vec<u8>, ApiError>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = requests
+            .iter()
+            .map(|(i, req)| {
+                let server = &server;
+                s.spawn(move || (*i, server.handle_sync(req)))
+            })
+            .collect();
+        // The first request leads a group that waits for the writer; the
+        // others queue behind it.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while {
+            let g = server.commit_groups();
+            g.queued + g.running < requests.len()
+        } {
+            assert!(std::time::Instant::now() < deadline, "the requests never queued");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        drop(held);
+        handles.into_iter().map(|h| h.join().expect("thread")).collect()
+    });
+    let after = server.commit_groups();
+    assert_eq!(after.requests - before.requests, requests.len() as u64);
+    assert!(
+        after.groups - before.groups <= 2,
+        "{} requests ran in {} groups",
+        requests.len(),
+        after.groups - before.groups
+    );
+    for i in 0..12 {
+        let outcomes: Vec<&Result<Vec<u8>, ApiError>> =
+            results.iter().filter(|(j, _)| *j == i).map(|(_, r)| r).collect();
+        let ok: Vec<_> = outcomes.iter().filter_map(|r| r.as_ref().ok()).collect();
+        assert_eq!(ok.len(), 1, "request {i}: exactly one copy is answered");
+        let resp = open_response(&server, ok[0]);
+        assert!(resp.refusal.is_none());
+        assert_eq!(resp.acks.len(), 1);
+        assert_eq!(resp.acks[0].outcome, AckOutcome::Applied);
+        assert_eq!(resp.issuances.len(), 1, "request {i}: its KIdC proof");
+        for r in outcomes.iter().filter(|r| r.is_err()) {
+            assert!(
+                matches!(r, Err(ApiError::ReplayedRequest { .. })),
+                "request {i}: the copy is a replay: {r:?}"
+            );
+        }
+    }
+    assert_eq!(
+        count(
+            dir.path(),
+            "SELECT COUNT(*) FROM records WHERE status = 'registered'"
+        ),
+        12
+    );
+    assert_eq!(count(dir.path(), "SELECT COUNT(*) FROM kidc_issuance"), 12);
+    assert_eq!(count(dir.path(), "SELECT COUNT(*) FROM change_set_log"), 12);
+    let issued = kidcs(dir.path());
+    for id in &records {
+        let id = uuid::Uuid::from_bytes(*id).to_string();
+        assert_eq!(issued.iter().filter(|(r, _)| *r == id).count(), 1);
+    }
+    assert_eq!(server.ledger().len().expect("ledger"), 12, "every code reserved");
+}

@@ -72,8 +72,8 @@ mod write;
 use open::{open_change_sets, verified_evidence};
 pub use prepare::{MAX_CHUNKS_PER_RECORD, MAX_RECORD_DOC_BYTES};
 pub use release::{Released, release_hold};
-use write::write_group;
 pub(crate) use write::{Job, Written};
+use write::{settle_group, write_group};
 
 /// A device clock further than this from the server's is flagged.
 pub const CLOCK_TOLERANCE_MS: u64 = 24 * 3600 * 1000;
@@ -259,6 +259,7 @@ pub fn handle_sync(server: &Server, body: &[u8]) -> Result<Vec<u8>, ApiError> {
     let written = server.write_group().run(
         job,
         |jobs| write_group(server, jobs),
+        |results| settle_group(server, results),
         || Err(ApiError::Internal("the commit group failed".into())),
     )?;
 

@@ -1,6 +1,7 @@
 //! Under the writer: a commit group's requests, each under its own
 //! savepoint, in one transaction; the KIdCs they issue reserved in the
 //! ledger, in one ledger transaction, before that transaction commits.
+//! Then, off the writer, both logs synced before any answer leaves.
 
 use std::collections::{HashMap, HashSet};
 
@@ -89,14 +90,30 @@ pub(crate) fn write_group(server: &Server, jobs: Vec<Job>) -> Vec<Result<Written
     // a change set rolled back may be among them: reserving one too many
     // is harmless (the record gets the same one next time).
     let now_ms = server.now_ms();
-    if let Err(e) = server.ledger().reserve(&reserve, now_ms) {
+    if let Err(e) = server.ledger().reserve_unsynced(&reserve, now_ms) {
         return group_failed("reserving KIdCs in the ledger failed", &e);
     }
-    // Durable before any answer leaves.
-    if let Err(e) = tx.commit() {
+    // Visible now, durable once `settle_group` synced both logs: no answer
+    // leaves before.
+    if let Err(e) = tx.commit_unsynced() {
         return group_failed("the commit failed", &e);
     }
     results
+}
+
+/// Makes a group's commit durable, off the writer: the ledger's log first,
+/// then the database's. If either cannot be synced, every request of the
+/// group fails (what it wrote is kept, and its resend is acknowledged as
+/// already applied, with the same codes).
+pub(crate) fn settle_group(server: &Server, results: &mut [Result<Written, ApiError>]) {
+    if let Err(e) = server.ledger().sync().and_then(|()| server.storage().sync_log()) {
+        tracing::error!(requests = results.len(), error = %e, "syncing a commit group to disk failed");
+        for r in results {
+            *r = Err(ApiError::Internal(
+                "the server could not write to its disk; sync again later".into(),
+            ));
+        }
+    }
 }
 
 /// One request, under the writer. See the module documentation of

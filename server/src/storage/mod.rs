@@ -294,6 +294,10 @@ pub trait Storage: Send + Sync {
 
     /// Every record held and not released, oldest first (read-only).
     fn holds(&self) -> Result<Vec<HoldRow>, StorageError>;
+
+    /// Makes every transaction committed so far durable (see
+    /// [`WriteTx::commit_unsynced`]). Called without the writer.
+    fn sync_log(&self) -> Result<(), StorageError>;
 }
 
 /// The savepoints of a write transaction (see [`WriteTx::savepoint`]).
@@ -335,6 +339,11 @@ pub trait WriteTx {
     fn rollback_to_savepoint(&mut self, sp: Savepoint) -> Result<(), StorageError>;
     /// Makes every write durable (on disk) and visible.
     fn commit(self: Box<Self>) -> Result<(), StorageError>;
+    /// Makes every write visible, and durable only once
+    /// [`Storage::sync_log`] returns: group commit releases the writer
+    /// before it waits for the disk, and answers only after. A backend
+    /// whose commit is durable anyway implements it as [`WriteTx::commit`].
+    fn commit_unsynced(self: Box<Self>) -> Result<(), StorageError>;
 
     /// A value of `server_meta`.
     fn meta(&mut self, key: &str) -> Result<Option<String>, StorageError>;

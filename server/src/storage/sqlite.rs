@@ -20,7 +20,7 @@
 //! backup: tablets keep their signed change sets after acknowledgement,
 //! and a sequence gap makes the server ask them for the missing ones.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
 use crvs_schema::Kidc;
@@ -53,6 +53,7 @@ impl From<rusqlite::Error> for StorageError {
 pub struct SqliteStorage {
     writer: Mutex<Connection>,
     reader: Mutex<Connection>,
+    path: PathBuf,
 }
 
 impl std::fmt::Debug for SqliteStorage {
@@ -77,11 +78,14 @@ impl SqliteStorage {
         for version in crvs_sqlite::migrate(&mut writer, MIGRATIONS)? {
             tracing::info!(version, "applied storage migration");
         }
+        // Commits append to the log; `sync_log` (or `commit`) syncs it.
+        crvs_sqlite::defer_sync(&writer, path)?;
         let reader = crvs_sqlite::open_read_only(path, Some(MIGRATIONS))?;
         reader.set_prepared_statement_cache_capacity(16);
         Ok(SqliteStorage {
             writer: Mutex::new(writer),
             reader: Mutex::new(reader),
+            path: path.to_path_buf(),
         })
     }
 
@@ -97,7 +101,11 @@ impl Storage for SqliteStorage {
         // (`SqliteTx::drop`), so the connection is clean.
         let conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         conn.execute_batch("BEGIN IMMEDIATE")?;
-        Ok(Box::new(SqliteTx { conn, open: true }))
+        Ok(Box::new(SqliteTx {
+            conn,
+            open: true,
+            path: &self.path,
+        }))
     }
 
     fn list_devices(&self) -> Result<Vec<Device>, StorageError> {
@@ -121,6 +129,10 @@ impl Storage for SqliteStorage {
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
 
+    fn sync_log(&self) -> Result<(), StorageError> {
+        Ok(crvs_sqlite::sync_log(&self.path)?)
+    }
+
     fn issuances(&self) -> Result<Vec<(Kidc, Uuid)>, StorageError> {
         let conn = self.reader();
         let mut st = conn.prepare("SELECT kidc, record_id FROM kidc_issuance")?;
@@ -141,6 +153,8 @@ impl Storage for SqliteStorage {
 struct SqliteTx<'a> {
     conn: MutexGuard<'a, Connection>,
     open: bool,
+    /// The database file (its log is synced at commit).
+    path: &'a Path,
 }
 
 impl Drop for SqliteTx<'_> {
@@ -285,7 +299,14 @@ impl WriteTx for SqliteTx<'_> {
         Ok(())
     }
 
-    fn commit(mut self: Box<Self>) -> Result<(), StorageError> {
+    fn commit(self: Box<Self>) -> Result<(), StorageError> {
+        let path = self.path;
+        self.commit_unsynced()?;
+        crvs_sqlite::sync_log(path)?;
+        Ok(())
+    }
+
+    fn commit_unsynced(mut self: Box<Self>) -> Result<(), StorageError> {
         self.conn.execute_batch("COMMIT")?;
         self.open = false;
         Ok(())
