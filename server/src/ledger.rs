@@ -172,17 +172,31 @@ impl KidcLedger {
         issued: &[(Kidc, Uuid)],
         now_ms: i64,
     ) -> Result<(KidcLedger, LedgerOpened), StorageError> {
+        Self::open_lazy(path, issued.len() as u64, &|| Ok(issued.to_vec()), now_ms)
+    }
+
+    /// [`KidcLedger::open`] with the issuance log read only when the
+    /// ledger holds fewer codes than its `issued_count`, or was just made:
+    /// a start of a server with a million codes, whose ledger holds them
+    /// all, reads two counts, not a million rows.
+    pub fn open_lazy(
+        path: &Path,
+        issued_count: u64,
+        load_issued: &dyn Fn() -> Result<Vec<(Kidc, Uuid)>, StorageError>,
+        now_ms: i64,
+    ) -> Result<(KidcLedger, LedgerOpened), StorageError> {
         let created = !path.exists();
         let mut conn = open(path)?;
         let held: i64 = conn.query_row("SELECT COUNT(*) FROM reserved", [], |r| r.get(0))?;
         let mut imported = 0;
-        if (held as usize) < issued.len() || created {
+        if (held as u64) < issued_count || created {
+            let issued = load_issued()?;
             let tx = conn.transaction()?;
             {
                 let mut stmt = tx.prepare(
                     "INSERT OR IGNORE INTO reserved (kidc, record_id, reserved_at) VALUES (?1, ?2, ?3)",
                 )?;
-                for (kidc, record) in issued {
+                for (kidc, record) in &issued {
                     imported += stmt.execute(params![kidc.as_str(), record.to_string(), now_ms])?;
                 }
             }

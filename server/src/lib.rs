@@ -148,8 +148,13 @@ impl Server {
             tx.commit()?;
             (ActorId::from(id), actors)
         };
-        let issued = storage.issuances()?;
-        let (ledger, opened) = KidcLedger::open(&dir.join(ledger::LEDGER_FILE), &issued, now)?;
+        let issued = storage.issuance_count()?;
+        let (ledger, opened) = KidcLedger::open_lazy(
+            &dir.join(ledger::LEDGER_FILE),
+            issued,
+            &|| storage.issuances(),
+            now,
+        )?;
         let devices: Vec<ledger::LedgerDevice> = storage
             .list_devices()?
             .into_iter()
@@ -166,9 +171,9 @@ impl Server {
         if imported > 0 {
             tracing::info!(imported, "enrolments the KIdC ledger lacked are now in it");
         }
-        if opened.created && !issued.is_empty() {
+        if opened.created && issued > 0 {
             tracing::warn!(
-                codes = issued.len(),
+                codes = issued,
                 "the KIdC ledger was missing and is rebuilt from the issuance log: codes issued after it was lost are known only from the tablets' evidence"
             );
         }

@@ -292,6 +292,9 @@ pub trait Storage: Send + Sync {
     /// Every code of the issuance log and its record (read-only).
     fn issuances(&self) -> Result<Vec<(Kidc, Uuid)>, StorageError>;
 
+    /// How many codes the issuance log holds (read-only).
+    fn issuance_count(&self) -> Result<u64, StorageError>;
+
     /// Every record held and not released, oldest first (read-only).
     fn holds(&self) -> Result<Vec<HoldRow>, StorageError>;
 

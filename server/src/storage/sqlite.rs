@@ -133,6 +133,13 @@ impl Storage for SqliteStorage {
         Ok(crvs_sqlite::sync_log(&self.path)?)
     }
 
+    fn issuance_count(&self) -> Result<u64, StorageError> {
+        let n: i64 = self
+            .reader()
+            .query_row("SELECT COUNT(*) FROM kidc_issuance", [], |r| r.get(0))?;
+        Ok(n as u64)
+    }
+
     fn issuances(&self) -> Result<Vec<(Kidc, Uuid)>, StorageError> {
         let conn = self.reader();
         let mut st = conn.prepare("SELECT kidc, record_id FROM kidc_issuance")?;
