@@ -26,7 +26,7 @@ use uuid::Uuid;
 
 use crate::Server;
 use crate::error::ApiError;
-use crate::storage::{Device, NewDevice, TokenRow};
+use crate::storage::{Device, NewDevice, Storage, TokenRow};
 
 /// How long a token stays valid unless told otherwise.
 pub const DEFAULT_TOKEN_TTL_MS: i64 = 7 * 24 * 3600 * 1000;
@@ -350,13 +350,8 @@ impl From<&Device> for DeviceSummary {
 }
 
 /// Every device.
-pub fn devices(server: &Server) -> Result<Vec<DeviceSummary>, ApiError> {
-    Ok(server
-        .storage()
-        .list_devices()?
-        .iter()
-        .map(DeviceSummary::from)
-        .collect())
+pub fn devices(storage: &dyn Storage) -> Result<Vec<DeviceSummary>, ApiError> {
+    Ok(storage.list_devices()?.iter().map(DeviceSummary::from).collect())
 }
 
 /// A held record, as `crvs-server holds` shows it.
@@ -374,9 +369,8 @@ pub struct HoldView {
 }
 
 /// Every record held and not released, oldest first.
-pub fn holds(server: &Server) -> Result<Vec<HoldView>, ApiError> {
-    Ok(server
-        .storage()
+pub fn holds(storage: &dyn Storage) -> Result<Vec<HoldView>, ApiError> {
+    Ok(storage
         .holds()?
         .into_iter()
         .map(|h| HoldView {

@@ -29,6 +29,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
+use crvs_server::storage::sqlite::SqliteStorage;
 use crvs_server::{ApiError, Server, admin, http};
 use serde_json::{Value, json};
 
@@ -194,6 +195,19 @@ fn open(dir: &std::path::Path) -> Result<Server, ApiError> {
     Server::open(dir).map_err(ApiError::from)
 }
 
+/// The database alone, for commands that only read it: no server actor is
+/// started and the ledger is not opened (a running server keeps both).
+fn open_storage(dir: &std::path::Path) -> Result<SqliteStorage, ApiError> {
+    let db = dir.join(crvs_server::DB_FILE);
+    if !db.exists() {
+        return Err(ApiError::Internal(format!(
+            "no server database in {}: check --data",
+            dir.display()
+        )));
+    }
+    SqliteStorage::open(&db).map_err(ApiError::from)
+}
+
 /// An operator command's answer as JSON.
 fn to_json(answer: &impl serde::Serialize) -> Result<Value, ApiError> {
     serde_json::to_value(answer).map_err(|e| ApiError::Internal(e.to_string()))
@@ -323,8 +337,7 @@ fn run(cli: Cli) -> Result<(), ApiError> {
             Ok(())
         }
         Command::Devices { data } => {
-            let server = open(&data)?;
-            let devices = admin::devices(&server)?;
+            let devices = admin::devices(&open_storage(&data)?)?;
             let text = lines(&devices, "no devices", |d| {
                 format!(
                     "{}  commune {}  {}  last sync {}  seq {}{}{}{}",
@@ -348,8 +361,7 @@ fn run(cli: Cli) -> Result<(), ApiError> {
             Ok(())
         }
         Command::Holds { data } => {
-            let server = open(&data)?;
-            let holds = admin::holds(&server)?;
+            let holds = admin::holds(&open_storage(&data)?)?;
             let text = lines(&holds, "no holds", |h| {
                 format!(
                     "{}  commune {}  {}  since {}",

@@ -113,7 +113,7 @@ fn a_content_problem_holds_only_its_record_and_the_rest_of_the_change_set_applie
     let v = after(&resp, good_id, &mut good);
     assert!(v.server.kidc.is_some(), "the good record is registered");
 
-    let holds = admin::holds(&server).unwrap();
+    let holds = admin::holds(server.storage()).unwrap();
     let mut held: Vec<(String, String)> = holds
         .iter()
         .map(|h| (h.record_id.clone(), h.reason.clone()))
@@ -161,7 +161,7 @@ fn a_release_rechecks_the_record_issues_its_kidc_once_it_passes_and_is_audited()
         "{:?}",
         r.problems
     );
-    assert_eq!(admin::holds(&server).unwrap().len(), 1);
+    assert_eq!(admin::holds(server.storage()).unwrap().len(), 1);
 
     // Refused input: an operator id with a newline, an empty reason, a
     // record that is not held.
@@ -175,7 +175,7 @@ fn a_release_rechecks_the_record_issues_its_kidc_once_it_passes_and_is_audited()
     assert!(r.released, "{:?}", r.problems);
     assert_eq!(r.status, "registered");
     let kidc = Kidc::parse(r.kidc.as_deref().expect("a code")).unwrap();
-    assert!(admin::holds(&server).unwrap().is_empty());
+    assert!(admin::holds(server.storage()).unwrap().is_empty());
     // A second release finds no hold.
     assert!(admin::release(&server, &record, "op-7", "again").is_err());
 

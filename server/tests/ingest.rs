@@ -264,7 +264,7 @@ fn a_device_stuck_behind_a_refused_change_set_shows_as_blocked_until_it_syncs_pa
     let (_dir, server) = server();
     let mut tablet = Tablet::enroll(&server, OFFICE);
     let blocked = |server: &Server| {
-        admin::devices(server).expect("devices")[0]
+        admin::devices(server.storage()).expect("devices")[0]
             .blocked
             .as_ref()
             .map(|b| (b.seq, b.code.clone()))
@@ -292,7 +292,7 @@ fn a_device_stuck_behind_a_refused_change_set_shows_as_blocked_until_it_syncs_pa
         assert_eq!(r.refusal.map(|r| r.code), Some(RefusalCode::OutOfScope));
         assert_eq!(blocked(&server), Some((1, "out_of_scope".to_string())));
     }
-    let listed = serde_json::to_value(admin::devices(&server).expect("devices")).expect("json");
+    let listed = serde_json::to_value(admin::devices(server.storage()).expect("devices")).expect("json");
     assert_eq!(listed[0]["blocked"]["code"], "out_of_scope");
     // A tablet that replaces it (say, rebuilt from its records) syncs past it.
     tablet.next_seq = 1;
@@ -402,7 +402,7 @@ fn the_same_record_resent_or_reapproved_never_gets_a_second_kidc() {
     assert_eq!(r.acks.len(), 3);
     assert!(r.refusal.is_none());
     assert_eq!(kidcs(dir.path()).len(), 1, "never a second code");
-    let holds = admin::holds(&server).expect("holds");
+    let holds = admin::holds(server.storage()).expect("holds");
     assert_eq!(holds.len(), 1);
     assert_eq!(holds[0].reason, "invalid_workflow");
 }
@@ -478,7 +478,7 @@ fn a_step_with_a_forged_staff_id_holds_its_record_without_a_kidc() {
             Some("invalid_workflow")
         );
         assert_eq!(kidcs(dir.path()).len(), 0);
-        assert_eq!(admin::holds(&server).expect("holds").len(), 1);
+        assert_eq!(admin::holds(server.storage()).expect("holds").len(), 1);
     }
 }
 
@@ -757,7 +757,7 @@ fn racing_enrolments_with_one_token_enrol_one_device() {
         handles.into_iter().map(|h| h.join().expect("thread")).collect()
     });
     assert_eq!(results.iter().filter(|ok| **ok).count(), 1);
-    assert_eq!(admin::devices(&server).expect("devices").len(), 1);
+    assert_eq!(admin::devices(server.storage()).expect("devices").len(), 1);
 }
 
 #[test]
@@ -787,7 +787,7 @@ fn a_device_clock_off_by_more_than_a_day_is_flagged() {
     let server = Server::open_with_clock(dir.path(), clock).expect("open");
     let tablet = Tablet::enroll(&server, OFFICE);
     server.handle_sync(&tablet.request(vec![])).expect("sync");
-    let devices = admin::devices(&server).expect("devices");
+    let devices = admin::devices(server.storage()).expect("devices");
     assert!(devices[0].clock_flagged);
     assert!(devices[0].last_sync.is_some());
 }
@@ -1016,7 +1016,7 @@ fn a_document_that_makes_the_automerge_decoder_panic_is_refused_as_malformed() {
     );
     assert_eq!(r.refusal.map(|r| r.code), Some(RefusalCode::Malformed));
     assert_eq!(count(dir.path(), "SELECT COUNT(*) FROM records"), 0);
-    let blocked = admin::devices(&server).expect("devices")[0].blocked.clone();
+    let blocked = admin::devices(server.storage()).expect("devices")[0].blocked.clone();
     assert_eq!(blocked.map(|b| b.code), Some("malformed".to_string()));
     // The server still serves: another tablet registers a birth.
     let mut other = Tablet::enroll(&server, OFFICE);

@@ -343,7 +343,7 @@ fn an_enrolment_answer_with_a_swapped_server_key_is_refused_and_the_token_still_
         .enroll_with(&wire, "http://in-process", &token.token)
         .expect("the token is still good");
     assert_eq!(wire.count("SELECT COUNT(*) FROM devices"), 1);
-    let devices = admin::devices(&wire.server()).expect("devices");
+    let devices = admin::devices(wire.server().storage()).expect("devices");
     assert_eq!(devices[0].device_id, e.device_id);
     tablet.register_birth(&sok_dara(), "clerk").unwrap();
     assert_eq!(tablet.sync_with(&wire, &quiet()).unwrap().pushed, 1);
@@ -472,7 +472,7 @@ fn a_device_blocked_for_good_is_unblocked_its_change_set_set_aside_and_the_next_
             other => panic!("expected a refusal, got {other:?}"),
         }
     }
-    let devices = admin::devices(&server.server()).unwrap();
+    let devices = admin::devices(server.server().storage()).unwrap();
     assert_eq!(
         devices[0].blocked.as_ref().map(|b| b.code.as_str()),
         Some("out_of_scope")
@@ -522,7 +522,7 @@ fn a_device_blocked_for_good_is_unblocked_its_change_set_set_aside_and_the_next_
         1,
         "nothing of it applied"
     );
-    assert!(admin::devices(&server.server()).unwrap()[0].blocked.is_none());
+    assert!(admin::devices(server.server().storage()).unwrap()[0].blocked.is_none());
     assert_eq!(server.count("SELECT COUNT(*) FROM unblocks"), 1, "audited");
 
     // Further edits of the set-aside record are never sent; new records are.
