@@ -304,9 +304,10 @@ pub struct PinHashParams {
 /// The PIN hash's cost: 19 MiB, 2 passes, 1 lane (OWASP's minimum for
 /// Argon2id). A tablet verifies a PIN each time a staff member acts, so
 /// the cost aims at 100 to 250 ms there; low-end tablets are 3 to 5 times
-/// slower than a current x86 core, and this setting takes about 30 to 40
-/// ms on one (the test `pin_hash_timing` in `server/tests/staff.rs`
-/// prints it). The passphrase that unlocks a tablet's store costs more
+/// slower than a current x86 core, and this setting takes about 35 ms on
+/// one core of the development machine (median of 7 verifications, 33 to
+/// 36 ms; the test `pin_hash_timing` in `server/tests/staff.rs` prints
+/// it), so about 105 to 175 ms on a tablet. The passphrase that unlocks a tablet's store costs more
 /// (64 MiB): it is typed once a session, a PIN at every step. The
 /// parameters are inside each PHC string, so a later change applies to
 /// new PINs and old ones still verify.

@@ -12,9 +12,14 @@
 //! at a time ([`Storage::begin`] blocks until the writer is free), so two
 //! requests for the same device or record never interleave.
 //!
+//! The staff roster ([`WriteTx::put_staff`], [`WriteTx::remove_staff`],
+//! [`Storage::roster`], [`Storage::staff_role_at`]) keeps each office's
+//! current staff and an append-only history of every change; what a put
+//! writes is decided once, by [`plan_staff_put`], for every backend.
+//!
 //! **Architecture invariant:** the change-set log, the KIdC issuance log
-//! and the staff history are append-only; every backend enforces it in the database itself
-//! (triggers), not only in this code.
+//! and the staff history are append-only; every backend enforces it in
+//! the database itself (triggers), not only in this code.
 
 pub mod sqlite;
 
