@@ -288,6 +288,7 @@ fn run_staff(json_mode: bool, command: StaffCommand) -> Result<(), ApiError> {
             id,
             by,
         } => {
+            staff::check_commune(&commune)?;
             let server = open(&data)?;
             let c = staff::remove(&server, &commune, &id, by.as_deref())?;
             print_line(
@@ -298,6 +299,7 @@ fn run_staff(json_mode: bool, command: StaffCommand) -> Result<(), ApiError> {
             Ok(())
         }
         StaffCommand::List { data, commune } => {
+            staff::check_commune(&commune)?;
             let server = open(&data)?;
             let roster = staff::list(&server, &commune)?;
             let text = lines(&roster, "no staff", staff_line);

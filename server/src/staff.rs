@@ -441,6 +441,12 @@ fn os_user_name() -> Option<String> {
     None
 }
 
+/// Checks a `--commune` argument: a 6-digit commune code of the
+/// gazetteer. Returns the code.
+pub fn check_commune(code: &str) -> Result<String, ApiError> {
+    commune(code)
+}
+
 fn commune(code: &str) -> Result<String, ApiError> {
     GazetteerCode::parse_level(code.trim(), Level::Commune)
         .map(|c| c.as_str().to_string())

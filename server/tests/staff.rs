@@ -504,7 +504,19 @@ fn a_commune_code_must_be_a_commune() {
         );
         let r = staff(dir.path(), &["list", "--commune", bad], None);
         assert_eq!(r.code, 1, "{bad:?}");
+        let r = staff(
+            dir.path(),
+            &["remove", "--commune", bad, "--id", "clerk-01"],
+            None,
+        );
+        assert_eq!(
+            (r.code, r.json["error"].as_str()),
+            (1, Some("invalid_argument")),
+            "{bad:?}"
+        );
     }
+    // Refused before anything is written: no database was made.
+    assert!(!dir.path().join(crvs_server::DB_FILE).exists());
 }
 
 /// Not an assertion on time: prints what hashing and verifying a PIN at
