@@ -87,6 +87,15 @@ pub enum ApiError {
     /// An operator command named a device that does not exist.
     #[error("no device with id {0}")]
     NoSuchDevice(String),
+    /// An operator command named a staff member who is not on the
+    /// office's roster. Staff ids are not personal data.
+    #[error("{staff_id} is not on the roster of commune {office}")]
+    NoSuchStaff {
+        /// The office (commune code).
+        office: String,
+        /// The staff id as given.
+        staff_id: String,
+    },
     /// No such route.
     #[error("no such endpoint")]
     NotFound,
@@ -121,7 +130,9 @@ impl ApiError {
                 StatusCode::CONFLICT
             }
             ApiError::TokenExpired => StatusCode::GONE,
-            ApiError::NoSuchDevice(_) | ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::NoSuchDevice(_) | ApiError::NoSuchStaff { .. } | ApiError::NotFound => {
+                StatusCode::NOT_FOUND
+            }
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Storage(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -147,6 +158,7 @@ impl ApiError {
             ApiError::WrongOffice { .. } => "wrong_office",
             ApiError::Invalid(_) => "invalid_argument",
             ApiError::NoSuchDevice(_) => "unknown_device",
+            ApiError::NoSuchStaff { .. } => "unknown_staff",
             ApiError::NotFound => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::Storage(_) => "storage_error",

@@ -26,6 +26,7 @@ pub mod ingest;
 pub mod keys;
 pub mod ledger;
 pub mod listener;
+pub mod staff;
 pub mod storage;
 
 use std::path::{Path, PathBuf};

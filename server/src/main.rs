@@ -11,7 +11,16 @@
 //! crvs-server unblock      --data DIR DEVICE_ID --by OPERATOR --reason TEXT
 //! crvs-server backup       --data DIR --out FILE
 //! crvs-server restore      --data DIR --from FILE
+//! CRVS_PIN=… crvs-server staff add --data DIR --commune CODE --id STAFF
+//!                          --role clerk|verifier|registrar[,…] [--by OPERATOR]
+//! crvs-server staff remove --data DIR --commune CODE --id STAFF [--by OPERATOR]
+//! crvs-server staff list   --data DIR --commune CODE
 //! ```
+//!
+//! `staff add` reads the PIN from the environment variable `CRVS_PIN`
+//! only, never from the command line (which other users of the machine
+//! can read); the roster keeps an Argon2id hash of it (see
+//! `crvs_server::staff`).
 //!
 //! `--json` (anywhere on the line) makes every command print exactly one
 //! JSON object on stdout; failures then print `{"error", "message"}` there
@@ -155,6 +164,12 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
     },
+    /// The staff roster of a commune: who may act on its tablets, with
+    /// which roles. Every change is kept in an append-only history.
+    Staff {
+        #[command(subcommand)]
+        command: StaffCommand,
+    },
     /// Replace the database with a backup. The server must be stopped; the
     /// replaced database is moved aside, and the KIdC ledger is kept.
     Restore {
@@ -165,6 +180,134 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         from: PathBuf,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum StaffCommand {
+    /// Add a staff member to a commune's roster, or change the roles (and,
+    /// with CRVS_PIN set, the PIN) of one on it. The PIN comes from the
+    /// environment variable CRVS_PIN only: 6 to 12 digits, not one digit
+    /// repeated, not a straight run. It is required to add a person.
+    Add {
+        /// The data folder.
+        #[arg(long)]
+        data: PathBuf,
+        /// The 6-digit commune code.
+        #[arg(long)]
+        commune: String,
+        /// The staff id (compared without regard to case: CLERK-01 and
+        /// clerk-01 are one person).
+        #[arg(long)]
+        id: String,
+        /// The roles, comma-separated: clerk, verifier, registrar (may be
+        /// given more than once).
+        #[arg(long = "role", required = true, value_name = "ROLES")]
+        roles: Vec<String>,
+        /// The operator's id, for the history (default: the OS user).
+        #[arg(long)]
+        by: Option<String>,
+    },
+    /// Take a staff member off a commune's roster: they cannot act from
+    /// the tablets' next sync on.
+    Remove {
+        /// The data folder.
+        #[arg(long)]
+        data: PathBuf,
+        /// The 6-digit commune code.
+        #[arg(long)]
+        commune: String,
+        /// The staff id.
+        #[arg(long)]
+        id: String,
+        /// The operator's id, for the history (default: the OS user).
+        #[arg(long)]
+        by: Option<String>,
+    },
+    /// List a commune's roster, removed members included (never a PIN or
+    /// its hash).
+    List {
+        /// The data folder.
+        #[arg(long)]
+        data: PathBuf,
+        /// The 6-digit commune code.
+        #[arg(long)]
+        commune: String,
+    },
+}
+
+fn staff_line(s: &crvs_server::staff::StaffView) -> String {
+    format!(
+        "{}  {}{}",
+        s.id,
+        if s.roles.is_empty() {
+            "no roles".to_string()
+        } else {
+            s.roles.names().join(",")
+        },
+        s.removed_at
+            .map_or(String::new(), |t| format!("  REMOVED at {t}"))
+    )
+}
+
+fn run_staff(json_mode: bool, command: StaffCommand) -> Result<(), ApiError> {
+    use crvs_server::staff;
+    match command {
+        StaffCommand::Add {
+            data,
+            commune,
+            id,
+            roles,
+            by,
+        } => {
+            let pin = staff::Pin::from_env()
+                .map_err(|e| ApiError::Invalid(format!("{} refused: {e}", staff::PIN_ENV)))?;
+            // Everything checked, and the PIN hashed, before the data
+            // folder is opened.
+            let addition = staff::prepare_add(&commune, &id, &roles.join(","), pin.as_ref(), by.as_deref())?;
+            drop(pin);
+            let server = open(&data)?;
+            let c = staff::add(&server, &addition)?;
+            let what = if c.changes.is_empty() {
+                "unchanged".to_string()
+            } else {
+                c.changes
+                    .iter()
+                    .map(|e| e.as_str().replace('_', " "))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            print_line(
+                json_mode,
+                &to_json(&c)?,
+                &format!("commune {}: {} ({what})", c.commune, staff_line(&c.staff)),
+            );
+            Ok(())
+        }
+        StaffCommand::Remove {
+            data,
+            commune,
+            id,
+            by,
+        } => {
+            staff::check_commune(&commune)?;
+            let server = open(&data)?;
+            let c = staff::remove(&server, &commune, &id, by.as_deref())?;
+            print_line(
+                json_mode,
+                &to_json(&c)?,
+                &format!("{} removed from the roster of commune {}", c.staff.id, c.commune),
+            );
+            Ok(())
+        }
+        StaffCommand::List { data, commune } => {
+            staff::check_commune(&commune)?;
+            let server = open(&data)?;
+            let roster = staff::list(&server, &commune)?;
+            let text = lines(&roster, "no staff", staff_line);
+            print_line(json_mode, &json!({"staff": roster}), &text);
+            Ok(())
+        }
+    }
 }
 
 fn backup_error(e: crvs_server::backup::BackupError) -> ApiError {
@@ -451,6 +594,7 @@ fn run(cli: Cli) -> Result<(), ApiError> {
             );
             Ok(())
         }
+        Command::Staff { command } => run_staff(json_mode, command),
         Command::Revoke { data, device_id } => {
             let server = open(&data)?;
             let d = admin::revoke(&server, &device_id)?;

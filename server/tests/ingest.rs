@@ -1016,7 +1016,9 @@ fn a_document_that_makes_the_automerge_decoder_panic_is_refused_as_malformed() {
     );
     assert_eq!(r.refusal.map(|r| r.code), Some(RefusalCode::Malformed));
     assert_eq!(count(dir.path(), "SELECT COUNT(*) FROM records"), 0);
-    let blocked = admin::devices(server.storage()).expect("devices")[0].blocked.clone();
+    let blocked = admin::devices(server.storage()).expect("devices")[0]
+        .blocked
+        .clone();
     assert_eq!(blocked.map(|b| b.code), Some("malformed".to_string()));
     // The server still serves: another tablet registers a birth.
     let mut other = Tablet::enroll(&server, OFFICE);

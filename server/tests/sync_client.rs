@@ -522,7 +522,11 @@ fn a_device_blocked_for_good_is_unblocked_its_change_set_set_aside_and_the_next_
         1,
         "nothing of it applied"
     );
-    assert!(admin::devices(server.server().storage()).unwrap()[0].blocked.is_none());
+    assert!(
+        admin::devices(server.server().storage()).unwrap()[0]
+            .blocked
+            .is_none()
+    );
     assert_eq!(server.count("SELECT COUNT(*) FROM unblocks"), 1, "audited");
 
     // Further edits of the set-aside record are never sent; new records are.

@@ -12,15 +12,22 @@
 //! at a time ([`Storage::begin`] blocks until the writer is free), so two
 //! requests for the same device or record never interleave.
 //!
-//! **Architecture invariant:** the change-set log and the KIdC issuance log
-//! are append-only; every backend enforces it in the database itself
-//! (triggers), not only in this code.
+//! The staff roster ([`WriteTx::put_staff`], [`WriteTx::remove_staff`],
+//! [`Storage::roster`], [`Storage::staff_role_at`]) keeps each office's
+//! current staff and an append-only history of every change; what a put
+//! writes is decided once, by [`plan_staff_put`], for every backend.
+//!
+//! **Architecture invariant:** the change-set log, the KIdC issuance log
+//! and the staff history are append-only; every backend enforces it in
+//! the database itself (triggers), not only in this code.
 
 pub mod sqlite;
 
 use crvs_schema::Kidc;
 use crvs_schema::wire::Hash;
 use uuid::Uuid;
+
+use crate::staff::Roles;
 
 /// A storage failure. Messages name tables and operations, never values.
 #[derive(Debug, thiserror::Error)]
@@ -272,6 +279,163 @@ pub struct UnblockAudit<'a> {
     pub at_ms: i64,
 }
 
+/// A staff member of an office's roster, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaffMember {
+    /// The office (today a commune code).
+    pub office: String,
+    /// The staff id as the operator first entered it.
+    pub staff_id: String,
+    /// Its comparison form ([`staff_key`]): the roster's key.
+    pub staff_key: String,
+    /// The roles held (none once removed).
+    pub roles: Roles,
+    /// The PIN's Argon2id PHC string; `None` once removed.
+    pub pin_hash: Option<String>,
+    /// When the person was (last) put on the roster, server ms.
+    pub added_at_ms: i64,
+    /// The last change, server ms.
+    pub updated_at_ms: i64,
+    /// When the person was removed, if they are off the roster.
+    pub removed_at_ms: Option<i64>,
+}
+
+impl StaffMember {
+    /// On the roster now (not removed).
+    pub fn is_active(&self) -> bool {
+        self.removed_at_ms.is_none()
+    }
+}
+
+/// The form in which a roster compares staff ids: the workflow's
+/// [`crvs_schema::workflow::staff_id_key`], so the roster and the
+/// workflow's "verifier is not the clerk" rule agree on who is who.
+pub fn staff_key(staff_id: &str) -> String {
+    crvs_schema::workflow::staff_id_key(staff_id)
+}
+
+/// One kind of entry of the append-only staff history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StaffEvent {
+    /// Put on the roster (first time, or again after a removal).
+    Added,
+    /// The roles changed.
+    RolesChanged,
+    /// A PIN was set (its hash is on the roster, not in the history).
+    PinSet,
+    /// Taken off the roster.
+    Removed,
+}
+
+impl StaffEvent {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StaffEvent::Added => "added",
+            StaffEvent::RolesChanged => "roles_changed",
+            StaffEvent::PinSet => "pin_set",
+            StaffEvent::Removed => "removed",
+        }
+    }
+
+    /// Parses the stored name.
+    pub fn parse(s: &str) -> Option<StaffEvent> {
+        Some(match s {
+            "added" => StaffEvent::Added,
+            "roles_changed" => StaffEvent::RolesChanged,
+            "pin_set" => StaffEvent::PinSet,
+            "removed" => StaffEvent::Removed,
+            _ => return None,
+        })
+    }
+}
+
+/// An add or update of a staff member ([`WriteTx::put_staff`]).
+#[derive(Debug, Clone, Copy)]
+pub struct StaffPut<'a> {
+    /// The office.
+    pub office: &'a str,
+    /// The staff id as entered (checked by the caller).
+    pub staff_id: &'a str,
+    /// The roles the person holds from now on (at least one).
+    pub roles: Roles,
+    /// A new PIN's PHC string, if one is set. Required to put a person
+    /// on the roster (first time or after a removal).
+    pub pin_hash: Option<&'a str>,
+    /// The operator, for the history.
+    pub by: &'a str,
+    /// Now, server ms.
+    pub at_ms: i64,
+}
+
+/// What [`WriteTx::put_staff`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StaffPutOutcome {
+    /// Written: the roster row as it now stands and the history entries
+    /// appended (none when nothing changed).
+    Done {
+        /// The roster row.
+        member: StaffMember,
+        /// The history entries appended, in order.
+        events: Vec<StaffEvent>,
+    },
+    /// Nothing written: the person is not on the roster, and putting them
+    /// on it needs a PIN.
+    PinNeeded,
+}
+
+/// The roster row and history entries of a put, given the row it finds
+/// (shared by every backend, so they all write the same history).
+///
+/// Times never run backwards for one person: an event is dated no earlier
+/// than the person's last one, so the history stays in order even when
+/// the server's clock was set back.
+pub fn plan_staff_put(
+    existing: Option<&StaffMember>,
+    put: &StaffPut<'_>,
+) -> Option<(StaffMember, Vec<StaffEvent>)> {
+    let key = staff_key(put.staff_id);
+    match existing.filter(|m| m.is_active()) {
+        None => {
+            let pin_hash = put.pin_hash?;
+            let at = existing.map_or(put.at_ms, |m| put.at_ms.max(m.updated_at_ms));
+            Some((
+                StaffMember {
+                    office: put.office.to_string(),
+                    // A person put back after a removal takes the id as
+                    // entered now.
+                    staff_id: put.staff_id.to_string(),
+                    staff_key: key,
+                    roles: put.roles,
+                    pin_hash: Some(pin_hash.to_string()),
+                    added_at_ms: at,
+                    updated_at_ms: at,
+                    removed_at_ms: None,
+                },
+                vec![StaffEvent::Added, StaffEvent::PinSet],
+            ))
+        }
+        Some(m) => {
+            let at = put.at_ms.max(m.updated_at_ms);
+            let mut events = Vec::new();
+            let mut member = m.clone();
+            if m.roles != put.roles {
+                events.push(StaffEvent::RolesChanged);
+                member.roles = put.roles;
+            }
+            if let Some(h) = put.pin_hash {
+                events.push(StaffEvent::PinSet);
+                member.pin_hash = Some(h.to_string());
+            }
+            if !events.is_empty() {
+                member.updated_at_ms = at;
+            }
+            Some((member, events))
+        }
+    }
+}
+
 /// A storage backend.
 pub trait Storage: Send + Sync {
     /// Starts the write transaction, waiting until the single writer is
@@ -297,6 +461,16 @@ pub trait Storage: Send + Sync {
 
     /// Every record held and not released, oldest first (read-only).
     fn holds(&self) -> Result<Vec<HoldRow>, StorageError>;
+
+    /// The roster of an office, current and removed members, by staff id
+    /// (read-only).
+    fn roster(&self, office: &str) -> Result<Vec<StaffMember>, StorageError>;
+
+    /// Whether the person (a staff id, or its [`staff_key`]) was on the
+    /// office's roster at `at_ms` (server ms), and with which roles,
+    /// answered from the history (read-only). An event counts from its own
+    /// time on: at the instant of a removal the person is off the roster.
+    fn staff_role_at(&self, office: &str, staff: &str, at_ms: i64) -> Result<Option<Roles>, StorageError>;
 
     /// Makes every transaction committed so far durable (see
     /// [`WriteTx::commit_unsynced`]). Called without the writer.
@@ -453,6 +627,29 @@ pub trait WriteTx {
     fn set_aside_hash(&mut self, device_id: Uuid, seq: u64) -> Result<Option<Hash>, StorageError>;
     /// Whether a record was set aside.
     fn is_set_aside(&mut self, record_id: Uuid) -> Result<bool, StorageError>;
+
+    /// A roster row (current or removed) by staff id or [`staff_key`].
+    fn staff(&mut self, office: &str, staff: &str) -> Result<Option<StaffMember>, StorageError>;
+    /// Adds a staff member to an office's roster, or updates one already
+    /// on it (the roles; the PIN if a hash is given), and appends every
+    /// change to the history ([`plan_staff_put`]). Staff ids are compared
+    /// by [`staff_key`]: `CLERK-01` and `clerk-01` are one person.
+    fn put_staff(&mut self, put: &StaffPut<'_>) -> Result<StaffPutOutcome, StorageError>;
+    /// Takes a person off the roster: `removed_at` set, the PIN hash
+    /// dropped, `removed` appended to the history. `None` (nothing
+    /// written) when the person is not on the roster.
+    fn remove_staff(
+        &mut self,
+        office: &str,
+        staff: &str,
+        by: &str,
+        at_ms: i64,
+    ) -> Result<Option<StaffMember>, StorageError>;
+    /// The roster of an office, current and removed members, by staff id.
+    fn roster(&mut self, office: &str) -> Result<Vec<StaffMember>, StorageError>;
+    /// [`Storage::staff_role_at`] inside the transaction.
+    fn staff_role_at(&mut self, office: &str, staff: &str, at_ms: i64)
+    -> Result<Option<Roles>, StorageError>;
 
     /// Records an automerge actor id (hex) the server uses.
     fn add_server_actor(&mut self, actor_hex: &str, at_ms: i64) -> Result<(), StorageError>;

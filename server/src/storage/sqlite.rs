@@ -30,8 +30,10 @@ use uuid::Uuid;
 
 use super::{
     Device, DeviceRefusal, HoldRow, Issuance, LogEntry, NewDevice, ReleaseAudit, Savepoint, ServerChange,
-    Storage, StorageError, StoredRecord, SyncSeen, TokenRow, UnblockAudit, WriteTx,
+    StaffEvent, StaffMember, StaffPut, StaffPutOutcome, Storage, StorageError, StoredRecord, SyncSeen,
+    TokenRow, UnblockAudit, WriteTx, plan_staff_put, staff_key,
 };
+use crate::staff::Roles;
 
 /// The numbered migrations, applied in order: the `n`th takes
 /// `user_version` from `n - 1` to `n`.
@@ -40,6 +42,7 @@ const MIGRATIONS: &[crvs_sqlite::Migration] = &[
     include_str!("../../migrations/002_device_refusal.sql"),
     include_str!("../../migrations/003_replay_and_enrolment.sql"),
     include_str!("../../migrations/004_recovery.sql"),
+    include_str!("../../migrations/005_staff.sql"),
 ];
 
 impl From<rusqlite::Error> for StorageError {
@@ -138,6 +141,14 @@ impl Storage for SqliteStorage {
             .reader()
             .query_row("SELECT COUNT(*) FROM kidc_issuance", [], |r| r.get(0))?;
         Ok(n as u64)
+    }
+
+    fn roster(&self, office: &str) -> Result<Vec<StaffMember>, StorageError> {
+        roster(&self.reader(), office)
+    }
+
+    fn staff_role_at(&self, office: &str, staff: &str, at_ms: i64) -> Result<Option<Roles>, StorageError> {
+        staff_role_at(&self.reader(), office, staff, at_ms)
     }
 
     fn issuances(&self) -> Result<Vec<(Kidc, Uuid)>, StorageError> {
@@ -285,6 +296,99 @@ fn list_devices(conn: &Connection) -> Result<Vec<Device>, StorageError> {
     ))?;
     let rows = st.query_map([], device_row)?;
     Ok(rows.collect::<Result<Vec<_>, _>>()?)
+}
+
+const STAFF_COLUMNS: &str = "office, staff_id, staff_key, roles, pin_hash, added_at, updated_at, removed_at";
+
+fn stored_roles(text: &str) -> rusqlite::Result<Roles> {
+    Roles::from_stored(text).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            0,
+            rusqlite::types::Type::Text,
+            "unknown role in the stored roster".into(),
+        )
+    })
+}
+
+fn staff_row(r: &Row<'_>) -> rusqlite::Result<StaffMember> {
+    Ok(StaffMember {
+        office: r.get(0)?,
+        staff_id: r.get(1)?,
+        staff_key: r.get(2)?,
+        roles: stored_roles(&r.get::<_, String>(3)?)?,
+        pin_hash: r.get(4)?,
+        added_at_ms: r.get(5)?,
+        updated_at_ms: r.get(6)?,
+        removed_at_ms: r.get(7)?,
+    })
+}
+
+fn staff(conn: &Connection, office: &str, staff: &str) -> Result<Option<StaffMember>, StorageError> {
+    let mut st = conn.prepare_cached(&format!(
+        "SELECT {STAFF_COLUMNS} FROM staff WHERE office = ?1 AND staff_key = ?2"
+    ))?;
+    Ok(st
+        .query_row(params![office, staff_key(staff)], staff_row)
+        .optional()?)
+}
+
+fn roster(conn: &Connection, office: &str) -> Result<Vec<StaffMember>, StorageError> {
+    let mut st = conn.prepare_cached(&format!(
+        "SELECT {STAFF_COLUMNS} FROM staff WHERE office = ?1 ORDER BY staff_key"
+    ))?;
+    let rows = st.query_map(params![office], staff_row)?;
+    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+}
+
+fn staff_role_at(
+    conn: &Connection,
+    office: &str,
+    staff: &str,
+    at_ms: i64,
+) -> Result<Option<Roles>, StorageError> {
+    // The person's last event at or before `at_ms`. Events of one person
+    // never run backwards in time (`plan_staff_put`); `id` orders those of
+    // one millisecond.
+    let mut st = conn.prepare_cached(
+        "SELECT event, roles FROM staff_history WHERE office = ?1 AND staff_key = ?2 AND at <= ?3
+         ORDER BY at DESC, id DESC LIMIT 1",
+    )?;
+    let last: Option<(String, String)> = st
+        .query_row(params![office, staff_key(staff), at_ms], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .optional()?;
+    let Some((event, roles)) = last else {
+        return Ok(None);
+    };
+    match StaffEvent::parse(&event) {
+        Some(StaffEvent::Removed) => Ok(None),
+        Some(_) => Ok(Some(stored_roles(&roles)?)),
+        None => Err(StorageError::Corrupt("unknown staff history event")),
+    }
+}
+
+fn append_staff_event(
+    conn: &Connection,
+    member: &StaffMember,
+    event: StaffEvent,
+    by: &str,
+    at_ms: i64,
+) -> Result<(), StorageError> {
+    let mut st = conn.prepare_cached(
+        "INSERT INTO staff_history (office, staff_key, staff_id, event, roles, at, by_operator)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?;
+    st.execute(params![
+        member.office,
+        member.staff_key,
+        member.staff_id,
+        event.as_str(),
+        member.roles.to_stored(),
+        at_ms,
+        by
+    ])?;
+    Ok(())
 }
 
 impl WriteTx for SqliteTx<'_> {
@@ -713,6 +817,78 @@ impl WriteTx for SqliteTx<'_> {
             .conn
             .prepare_cached("SELECT 1 FROM set_aside_records WHERE record_id = ?1")?;
         Ok(st.exists([record_id.to_string()])?)
+    }
+
+    fn staff(&mut self, office: &str, staff_id: &str) -> Result<Option<StaffMember>, StorageError> {
+        staff(&self.conn, office, staff_id)
+    }
+
+    fn put_staff(&mut self, put: &StaffPut<'_>) -> Result<StaffPutOutcome, StorageError> {
+        let existing = staff(&self.conn, put.office, put.staff_id)?;
+        let Some((member, events)) = plan_staff_put(existing.as_ref(), put) else {
+            return Ok(StaffPutOutcome::PinNeeded);
+        };
+        if events.is_empty() {
+            return Ok(StaffPutOutcome::Done { member, events });
+        }
+        let mut st = self.conn.prepare_cached(
+            "INSERT INTO staff (office, staff_key, staff_id, roles, pin_hash, added_at, updated_at, removed_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+             ON CONFLICT (office, staff_key) DO UPDATE SET staff_id = excluded.staff_id,
+                 roles = excluded.roles, pin_hash = excluded.pin_hash, added_at = excluded.added_at,
+                 updated_at = excluded.updated_at, removed_at = excluded.removed_at",
+        )?;
+        st.execute(params![
+            member.office,
+            member.staff_key,
+            member.staff_id,
+            member.roles.to_stored(),
+            member.pin_hash,
+            member.added_at_ms,
+            member.updated_at_ms,
+            member.removed_at_ms
+        ])?;
+        for event in &events {
+            append_staff_event(&self.conn, &member, *event, put.by, member.updated_at_ms)?;
+        }
+        Ok(StaffPutOutcome::Done { member, events })
+    }
+
+    fn remove_staff(
+        &mut self,
+        office: &str,
+        staff_id: &str,
+        by: &str,
+        at_ms: i64,
+    ) -> Result<Option<StaffMember>, StorageError> {
+        let Some(mut member) = staff(&self.conn, office, staff_id)?.filter(StaffMember::is_active) else {
+            return Ok(None);
+        };
+        let at = at_ms.max(member.updated_at_ms);
+        self.conn.execute(
+            "UPDATE staff SET roles = '', pin_hash = NULL, updated_at = ?3, removed_at = ?3
+             WHERE office = ?1 AND staff_key = ?2",
+            params![office, member.staff_key, at],
+        )?;
+        member.roles = Roles::NONE;
+        member.pin_hash = None;
+        member.updated_at_ms = at;
+        member.removed_at_ms = Some(at);
+        append_staff_event(&self.conn, &member, StaffEvent::Removed, by, at)?;
+        Ok(Some(member))
+    }
+
+    fn roster(&mut self, office: &str) -> Result<Vec<StaffMember>, StorageError> {
+        roster(&self.conn, office)
+    }
+
+    fn staff_role_at(
+        &mut self,
+        office: &str,
+        staff_id: &str,
+        at_ms: i64,
+    ) -> Result<Option<Roles>, StorageError> {
+        staff_role_at(&self.conn, office, staff_id, at_ms)
     }
 
     fn add_server_actor(&mut self, actor_hex: &str, at_ms: i64) -> Result<(), StorageError> {
