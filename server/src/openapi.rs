@@ -13,9 +13,9 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::notify::body::{
-    BirthNotification, BirthType, CauseOfDeath, DeathNotification, Deceased, ErrorDoc, Notification,
-    NotificationAccepted, NotifiedChild, NotifiedIdDocument, NotifiedMother, NotifiedPlace, ProblemDoc,
-    Source,
+    BirthKind, BirthNotification, BirthType, CauseOfDeath, DeathKind, DeathNotification, Deceased, ErrorDoc,
+    Notification, NotificationAccepted, NotifiedChild, NotifiedIdDocument, NotifiedMother, NotifiedPlace,
+    ProblemDoc, Source,
 };
 
 /// The security scheme's name in the document.
@@ -35,7 +35,9 @@ pub const API_KEY_SCHEME: &str = "api_key";
     components(schemas(
         Notification,
         BirthNotification,
+        BirthKind,
         DeathNotification,
+        DeathKind,
         Source,
         NotifiedChild,
         BirthType,

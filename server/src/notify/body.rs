@@ -21,8 +21,13 @@ use utoipa::openapi::schema::{KnownFormat, Object, ObjectBuilder, SchemaFormat, 
 
 /// A notification of a birth or a death, from a health facility's system
 /// or a court. `kind` says which.
+///
+/// (Each kind carries its own `kind` field rather than serde's internal
+/// tag: the document then describes each kind as one closed object, where
+/// an internal tag would sit beside an object that refuses unknown
+/// fields, which a strict validator reads as refusing `kind`.)
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[serde(untagged)]
 pub enum Notification {
     /// `"kind": "birth"`.
     Birth(BirthNotification),
@@ -83,11 +88,29 @@ pub struct Source {
     pub reference: String,
 }
 
+/// `"birth"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum BirthKind {
+    /// A birth.
+    Birth,
+}
+
+/// `"death"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DeathKind {
+    /// A death.
+    Death,
+}
+
 /// A birth notified by the health facility where it took place (or by a
 /// court).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BirthNotification {
+    /// Always `birth`.
+    pub kind: BirthKind,
     /// The sender and its reference.
     pub source: Source,
     /// The child.
@@ -240,6 +263,8 @@ pub struct NotifiedIdDocument {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeathNotification {
+    /// Always `death`.
+    pub kind: DeathKind,
     /// The sender and its reference.
     pub source: Source,
     /// Who died.

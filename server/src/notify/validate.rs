@@ -23,8 +23,8 @@ use crvs_schema::{Date, GazetteerCode, Kidc, text};
 use serde_json::{Map, Value};
 
 use super::body::{
-    BirthNotification, BirthType, CauseOfDeath, DeathNotification, Deceased, Notification, NotifiedChild,
-    NotifiedIdDocument, NotifiedMother, NotifiedPlace, Source,
+    BirthKind, BirthNotification, BirthType, CauseOfDeath, DeathKind, DeathNotification, Deceased,
+    Notification, NotifiedChild, NotifiedIdDocument, NotifiedMother, NotifiedPlace, Source,
 };
 
 /// Longest cause of death in words, in characters.
@@ -535,6 +535,7 @@ impl Walk {
         let mother = self.required(&obj, "mother", |w, v, p| w.mother(v, p, child_dob));
         let residence = self.required(&obj, "residence_village_code", Self::village_code);
         Some(BirthNotification {
+            kind: BirthKind::Birth,
             source: source?,
             child: child?,
             place_of_birth: place_of_birth?,
@@ -640,6 +641,7 @@ impl Walk {
         let cause_of_death = self.optional(&obj, "cause_of_death", Self::cause);
         let residence = self.required(&obj, "residence_village_code", Self::village_code);
         Some(DeathNotification {
+            kind: DeathKind::Death,
             source: source?,
             deceased: deceased?,
             date_of_death: date_of_death?,
