@@ -366,7 +366,7 @@ pub struct ProblemDoc {
 pub struct ErrorDoc {
     /// A stable code: `unauthenticated` (401), `forbidden` (403),
     /// `invalid_notification` (422), `conflict` (409), `too_large` (413),
-    /// `malformed` (400), `busy` (503), ...
+    /// `malformed` (400), `internal_error` (500).
     pub error: String,
     /// For people; names fields, never repeats a value.
     pub message: String,
