@@ -358,6 +358,7 @@ fn fixtures_are_verbatim_copies_of_the_shared_ones() {
         "birth-invalid.json",
         "birth-no-given-name.json",
         "birth-sok-dara.json",
+        "notification-birth.json",
     ] {
         assert_eq!(
             std::fs::read(fixture(name)).unwrap(),

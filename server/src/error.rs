@@ -96,6 +96,26 @@ pub enum ApiError {
         /// The staff id as given.
         staff_id: String,
     },
+    /// No API key, or not one of ours, or a revoked one: the answer does
+    /// not say which (`401` with `WWW-Authenticate: Bearer`).
+    #[error("a valid API key is required: send the header Authorization: Bearer KEY")]
+    Unauthenticated,
+    /// A valid API key without the endpoint's scope (`403`).
+    #[error("this API key does not have the scope {0}")]
+    MissingScope(&'static str),
+    /// A notification that fails validation (`422`); the message names
+    /// every bad field and repeats no value.
+    #[error("the notification is invalid: {0}")]
+    InvalidNotification(crvs_schema::ValidationError),
+    /// Another notification was received under the same source system and
+    /// reference (`409`). Nothing was changed.
+    #[error(
+        "another notification was received under this source system and reference; nothing was changed (send a new reference for a new notification)"
+    )]
+    NotificationConflict,
+    /// An operator command named an API key that does not exist.
+    #[error("no API key with id {0}")]
+    NoSuchApiKey(String),
     /// No such route.
     #[error("no such endpoint")]
     NotFound,
@@ -119,20 +139,24 @@ impl ApiError {
             }
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
-            ApiError::UnknownDevice | ApiError::BadRequestSignature | ApiError::UnknownToken => {
-                StatusCode::UNAUTHORIZED
-            }
-            ApiError::DeviceRevoked => StatusCode::FORBIDDEN,
+            ApiError::UnknownDevice
+            | ApiError::BadRequestSignature
+            | ApiError::UnknownToken
+            | ApiError::Unauthenticated => StatusCode::UNAUTHORIZED,
+            ApiError::DeviceRevoked | ApiError::MissingScope(_) => StatusCode::FORBIDDEN,
+            ApiError::InvalidNotification(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::Busy => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::SyncInProgress => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::TokenUsed | ApiError::WrongOffice { .. } | ApiError::ReplayedRequest { .. } => {
-                StatusCode::CONFLICT
-            }
+            ApiError::TokenUsed
+            | ApiError::WrongOffice { .. }
+            | ApiError::ReplayedRequest { .. }
+            | ApiError::NotificationConflict => StatusCode::CONFLICT,
             ApiError::TokenExpired => StatusCode::GONE,
-            ApiError::NoSuchDevice(_) | ApiError::NoSuchStaff { .. } | ApiError::NotFound => {
-                StatusCode::NOT_FOUND
-            }
+            ApiError::NoSuchDevice(_)
+            | ApiError::NoSuchStaff { .. }
+            | ApiError::NoSuchApiKey(_)
+            | ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Storage(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -159,6 +183,11 @@ impl ApiError {
             ApiError::Invalid(_) => "invalid_argument",
             ApiError::NoSuchDevice(_) => "unknown_device",
             ApiError::NoSuchStaff { .. } => "unknown_staff",
+            ApiError::Unauthenticated => "unauthenticated",
+            ApiError::MissingScope(_) => "forbidden",
+            ApiError::InvalidNotification(_) => "invalid_notification",
+            ApiError::NotificationConflict => "conflict",
+            ApiError::NoSuchApiKey(_) => "unknown_api_key",
             ApiError::NotFound => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::Storage(_) => "storage_error",
@@ -201,7 +230,27 @@ impl IntoResponse for ApiError {
         } else {
             tracing::info!(code = self.code(), status = status.as_u16(), "request refused");
         }
-        let mut response = (status, axum::Json(self.body())).into_response();
+        let mut body = match serde_json::to_value(self.body()) {
+            Ok(body) => body,
+            Err(_) => serde_json::json!({"error": self.code(), "message": "the server failed"}),
+        };
+        if let ApiError::InvalidNotification(e) = &self {
+            // Every bad field by its path, with what is expected of it.
+            body["problems"] = serde_json::to_value(&e.problems).unwrap_or_default();
+        }
+        let challenge = match &self {
+            ApiError::Unauthenticated => Some("Bearer realm=\"crvs\"".to_string()),
+            ApiError::MissingScope(scope) => Some(format!(
+                "Bearer realm=\"crvs\", error=\"insufficient_scope\", scope=\"{scope}\""
+            )),
+            _ => None,
+        };
+        let mut response = (status, axum::Json(body)).into_response();
+        if let Some(challenge) = challenge.and_then(|c| axum::http::HeaderValue::from_str(&c).ok()) {
+            response
+                .headers_mut()
+                .insert(axum::http::header::WWW_AUTHENTICATE, challenge);
+        }
         if matches!(
             status,
             StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS

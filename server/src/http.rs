@@ -3,7 +3,12 @@
 //! * `GET /v1/health` → `{"status":"ok"}`;
 //! * `POST /v1/enroll` (JSON [`EnrollRequest`] → [`EnrollResponse`]);
 //! * `POST /v1/sync` (binary: a sealed `SyncRequest` → a sealed
-//!   `SyncResponse`), with the header `x-crvs-protocol: 2`.
+//!   `SyncResponse`), with the header `x-crvs-protocol: 2`;
+//! * `POST /v1/notifications` (JSON [`Notification`] →
+//!   `{"notification_id"}`, `201` new, `200` a replay), with
+//!   `Authorization: Bearer KEY` (an API key of scope `notify`);
+//! * `GET /v1/openapi.json`: the OpenAPI document of the JSON API
+//!   ([`crate::openapi`]).
 //!
 //! Handlers are thin: they move bytes to [`Server`] methods on the blocking
 //! pool and return them. Errors become JSON in one place
@@ -36,11 +41,15 @@ use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 use uuid::Uuid;
 
+use crate::api_keys::{self, Scope};
 use crate::error::ApiError;
 use crate::listener::ListenerConfig;
+use crate::notify::body::{ErrorDoc, NotificationAccepted};
+use crate::notify::{self, Notification};
 use crate::{Server, admin};
 
-/// Largest JSON body accepted (an enrolment request is about 400 bytes).
+/// Largest JSON body accepted (an enrolment request is about 400 bytes, a
+/// notification about 1 KiB).
 pub const MAX_JSON_BYTES: usize = 16 * 1024;
 
 /// The limits of the HTTP layer. Every one bounds what a client can make
@@ -69,6 +78,10 @@ pub struct Limits {
     pub enroll_concurrency: usize,
     /// Time for a whole enrolment request.
     pub enroll_timeout: Duration,
+    /// Notifications handled at once; more wait (their bodies unread).
+    pub notify_concurrency: usize,
+    /// Time for a whole notification request.
+    pub notify_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -82,13 +95,15 @@ impl Default for Limits {
             sync_workers: 64,
             enroll_concurrency: 16,
             enroll_timeout: Duration::from_secs(30),
+            notify_concurrency: 16,
+            notify_timeout: Duration::from_secs(30),
         }
     }
 }
 
 /// What the handlers share: the server and the gates in front of it.
 #[derive(Clone)]
-struct App {
+pub(crate) struct App {
     server: Arc<Server>,
     limits: Arc<Limits>,
     /// The body budget, in KiB.
@@ -129,6 +144,19 @@ pub fn router_with(server: Arc<Server>, limits: Limits) -> Router {
         // The sync body is read by the handler itself, after the header is
         // authenticated, within its own limits and deadlines.
         .route("/v1/sync", post(sync).layer(DefaultBodyLimit::disable()))
+        // The notification body is read by the handler after the API key
+        // is checked, at most `MAX_JSON_BYTES`.
+        .route(
+            "/v1/notifications",
+            post(post_notification).layer((
+                TimeoutLayer::with_status_code(
+                    axum::http::StatusCode::REQUEST_TIMEOUT,
+                    limits.notify_timeout,
+                ),
+                ConcurrencyLimitLayer::new(limits.notify_concurrency.max(1)),
+            )),
+        )
+        .route("/v1/openapi.json", get(openapi))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(app)
@@ -232,6 +260,90 @@ async fn enroll(
     let Json(req) = body?;
     let server = app.server.clone();
     Ok(Json(blocking(move || admin::enroll(&server, &req)).await?))
+}
+
+async fn openapi() -> Response {
+    (
+        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        crate::openapi::document(),
+    )
+        .into_response()
+}
+
+/// Receives a birth or death notification.
+///
+/// The API key is checked first (through the read-only connection), and
+/// only then is the body read, at most [`MAX_JSON_BYTES`]. A notification
+/// sent again under the same `source.system` and `source.reference` with
+/// the same content is answered `200` with the same id and creates
+/// nothing.
+#[utoipa::path(
+    post,
+    path = "/v1/notifications",
+    tag = "notifications",
+    request_body(
+        content = Notification,
+        content_type = "application/json",
+        description = "A birth or death notification, at most 16 KiB."
+    ),
+    responses(
+        (status = 201, description = "A new notification, stored and routed to the commune of residence", body = NotificationAccepted),
+        (status = 200, description = "A replay of a notification received before (same source system, reference and content): the same id, nothing created", body = NotificationAccepted),
+        (status = 400, description = "The body is not JSON (`malformed`)", body = ErrorDoc),
+        (status = 401, description = "No API key, an unknown one or a revoked one (`unauthenticated`)", body = ErrorDoc,
+            headers(("WWW-Authenticate" = String, description = "Bearer"))),
+        (status = 403, description = "The API key lacks the scope notify (`forbidden`)", body = ErrorDoc),
+        (status = 409, description = "Another notification was received under this source system and reference (`conflict`); nothing changed", body = ErrorDoc),
+        (status = 413, description = "The body is larger than 16 KiB (`too_large`)", body = ErrorDoc),
+        (status = 422, description = "The notification is invalid (`invalid_notification`): `problems` names every bad field", body = ErrorDoc),
+    ),
+    security(("api_key" = ["notify"]))
+)]
+pub(crate) async fn post_notification(
+    State(app): State<App>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    // 1. Who is it? Nothing of the body is read before.
+    let key = api_keys::bearer(&headers)?;
+    let server = app.server.clone();
+    let key = blocking(move || api_keys::authenticate(&server, &key, Scope::Notify)).await?;
+
+    // 2. The body, bounded.
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_JSON_BYTES as u64) {
+        return Err(ApiError::TooLarge(MAX_JSON_BYTES));
+    }
+    let bytes = http_body_util::Limited::new(body, MAX_JSON_BYTES)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                ApiError::TooLarge(MAX_JSON_BYTES)
+            } else {
+                ApiError::Malformed("the request body could not be read".into())
+            }
+        })?
+        .to_bytes();
+
+    // 3. Validate and store (under the writer).
+    let server = app.server.clone();
+    let received = blocking(move || notify::receive(&server, &key, &bytes)).await?;
+    let status = if received.created {
+        axum::http::StatusCode::CREATED
+    } else {
+        axum::http::StatusCode::OK
+    };
+    Ok((
+        status,
+        Json(NotificationAccepted {
+            notification_id: received.notification_id.to_string(),
+        }),
+    )
+        .into_response())
 }
 
 /// Removes its device from the in-flight set when the request ends, however

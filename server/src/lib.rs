@@ -9,6 +9,10 @@
 //! the server's changes for that tablet. Everything is stored through the
 //! [`storage::Storage`] trait ([`storage::sqlite`] is the embedded default).
 //!
+//! Institutions' systems send birth and death notifications over
+//! `POST /v1/notifications` with an API key ([`api_keys`], [`notify`]);
+//! the JSON API is described at `/v1/openapi.json` ([`openapi`]).
+//!
 //! [`Server`] ties the parts together and is usable without HTTP:
 //! [`Server::handle_sync`] takes the request bytes and returns the sealed
 //! answer, which is how the benchmark drives it.
@@ -17,6 +21,7 @@
 //! only ids, counts, sequence numbers and codes.
 
 pub mod admin;
+pub mod api_keys;
 pub mod backup;
 pub mod error;
 pub mod fault;
@@ -26,6 +31,8 @@ pub mod ingest;
 pub mod keys;
 pub mod ledger;
 pub mod listener;
+pub mod notify;
+pub mod openapi;
 pub mod staff;
 pub mod storage;
 
@@ -55,6 +62,15 @@ pub fn system_clock() -> Clock {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
     })
+}
+
+/// A new UUIDv7 whose time is `now_ms` by the server's clock (never
+/// `Uuid::now_v7`, which reads the system clock; a time before 1970 is
+/// taken as 1970).
+pub fn new_id(now_ms: i64) -> uuid::Uuid {
+    let ms = u64::try_from(now_ms).unwrap_or(0);
+    let ts = uuid::Timestamp::from_unix(uuid::NoContext, ms / 1000, ((ms % 1000) * 1_000_000) as u32);
+    uuid::Uuid::new_v7(ts)
 }
 
 /// A running server's state: storage, keys, clock.

@@ -9,6 +9,10 @@
 //! crvs-server holds        --data DIR
 //! crvs-server release      --data DIR RECORD_ID --by OPERATOR --reason TEXT
 //! crvs-server unblock      --data DIR DEVICE_ID --by OPERATOR --reason TEXT
+//! crvs-server api-key      --data DIR --name NAME --scope notify
+//! crvs-server api-key revoke --data DIR --id ID
+//! crvs-server api-key list   --data DIR
+//! crvs-server notifications --data DIR [--overdue [--days N]]
 //! crvs-server backup       --data DIR --out FILE
 //! crvs-server restore      --data DIR --from FILE
 //! CRVS_PIN=… crvs-server staff add --data DIR --commune CODE --id STAFF
@@ -154,6 +158,36 @@ enum Command {
         #[arg(long)]
         reason: String,
     },
+    /// Make an API key for an institution's system (shown once; only its
+    /// hash is kept), or revoke or list keys.
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+    ApiKey {
+        #[command(subcommand)]
+        action: Option<ApiKeyAction>,
+        /// The data folder.
+        #[arg(long, required = true)]
+        data: Option<PathBuf>,
+        /// Who holds the key (the system's name, for the operators).
+        #[arg(long, required = true)]
+        name: Option<String>,
+        /// What the key may do: notify (send birth and death
+        /// notifications), or verify (reserved; grants nothing yet).
+        #[arg(long, required = true)]
+        scope: Option<String>,
+    },
+    /// List the birth and death notifications not yet registered (ids and
+    /// codes only), or with --overdue those received more than --days ago.
+    Notifications {
+        /// The data folder.
+        #[arg(long)]
+        data: PathBuf,
+        /// Only those unregistered for more than --days days.
+        #[arg(long)]
+        overdue: bool,
+        /// Days after which an unregistered notification is overdue.
+        #[arg(long, requires = "overdue", default_value_t = crvs_server::notify::DEFAULT_OVERDUE_DAYS)]
+        days: u32,
+    },
     /// Copy the database to FILE with SQLite's online backup, while the
     /// server runs.
     Backup {
@@ -232,6 +266,25 @@ enum StaffCommand {
         /// The 6-digit commune code.
         #[arg(long)]
         commune: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ApiKeyAction {
+    /// Revoke a key: it is refused from its next request on.
+    Revoke {
+        /// The data folder.
+        #[arg(long)]
+        data: PathBuf,
+        /// The key's id (printed when it was made, and by `api-key list`).
+        #[arg(long)]
+        id: String,
+    },
+    /// List the keys (ids, names, scopes; never the keys).
+    List {
+        /// The data folder.
+        #[arg(long)]
+        data: PathBuf,
     },
 }
 
@@ -553,6 +606,75 @@ fn run(cli: Cli) -> Result<(), ApiError> {
                     u.device_id, u.seq, u.code
                 ),
             );
+            Ok(())
+        }
+        Command::ApiKey {
+            action: None,
+            data: Some(data),
+            name: Some(name),
+            scope: Some(scope),
+        } => {
+            let server = open(&data)?;
+            let k = crvs_server::api_keys::create(&server, &name, &scope)?;
+            let value = to_json(&k)?;
+            print_line(json_mode, &value, &k.key);
+            if !json_mode {
+                eprintln!(
+                    "API key {} ({}, scope {}): give it to the system now; it is not shown again",
+                    k.id, k.name, k.scope
+                );
+            }
+            Ok(())
+        }
+        Command::ApiKey { action: None, .. } => Err(ApiError::Invalid(
+            "api-key needs --data, --name and --scope".into(),
+        )),
+        Command::ApiKey {
+            action: Some(ApiKeyAction::Revoke { data, id }),
+            ..
+        } => {
+            let server = open(&data)?;
+            let k = crvs_server::api_keys::revoke(&server, &id)?;
+            let value = json!({"id": k.id, "revoked": true, "revoked_at": k.revoked_at});
+            print_line(
+                json_mode,
+                &value,
+                &format!("API key {} ({}) revoked", k.id, k.name),
+            );
+            Ok(())
+        }
+        Command::ApiKey {
+            action: Some(ApiKeyAction::List { data }),
+            ..
+        } => {
+            let server = open(&data)?;
+            let keys = crvs_server::api_keys::list(&server)?;
+            let text = lines(&keys, "no API keys", |k| {
+                format!(
+                    "{}  {}  scope {}  {}",
+                    k.id,
+                    k.name,
+                    k.scope,
+                    if k.revoked_at.is_some() {
+                        "REVOKED"
+                    } else {
+                        "active"
+                    }
+                )
+            });
+            print_line(json_mode, &json!({"api_keys": keys}), &text);
+            Ok(())
+        }
+        Command::Notifications { data, overdue, days } => {
+            let server = open(&data)?;
+            let list = crvs_server::notify::unregistered(&server, overdue.then_some(days))?;
+            let text = lines(&list, "no notifications", |n| {
+                format!(
+                    "{}  {}  commune {}  received {}  {} {}",
+                    n.notification_id, n.kind, n.commune, n.received_at, n.source_system, n.reference
+                )
+            });
+            print_line(json_mode, &json!({"notifications": list}), &text);
             Ok(())
         }
         Command::Backup { data, out } => {

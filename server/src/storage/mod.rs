@@ -436,6 +436,48 @@ pub fn plan_staff_put(
     }
 }
 
+/// An institution's API key, as stored (by the hash of the key).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKeyRow {
+    /// The key's id (a UUID), which names it in the CLI and the log.
+    pub id: Uuid,
+    /// The operator's name for it (the system that holds it).
+    pub name: String,
+    /// What it may do (`notify`, ...).
+    pub scope: String,
+    /// SHA-256 of the key, hex.
+    pub key_hash: String,
+    /// When it was made, server ms.
+    pub created_at_ms: i64,
+    /// When it was revoked, if it was.
+    pub revoked_at_ms: Option<i64>,
+}
+
+/// A notification of a birth or death, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredNotification {
+    /// Its id (UUIDv7, minted by the server at receipt).
+    pub notification_id: Uuid,
+    /// `birth` or `death`.
+    pub kind: String,
+    /// The sending system, as it names itself.
+    pub source_system: String,
+    /// The sender's reference, unique per system.
+    pub source_reference: String,
+    /// The commune of residence (6 digits), where it is routed.
+    pub commune: String,
+    /// The validated notification, as JSON. Holds names.
+    pub payload: String,
+    /// The API key that sent it.
+    pub api_key_id: Uuid,
+    /// When it was received, server ms.
+    pub received_at_ms: i64,
+    /// The record registered for it, once there is one.
+    pub registered_record_id: Option<Uuid>,
+    /// When that record was registered.
+    pub registered_at_ms: Option<i64>,
+}
+
 /// A storage backend.
 pub trait Storage: Send + Sync {
     /// Starts the write transaction, waiting until the single writer is
@@ -471,6 +513,25 @@ pub trait Storage: Send + Sync {
     /// answered from the history (read-only). An event counts from its own
     /// time on: at the instant of a removal the person is off the roster.
     fn staff_role_at(&self, office: &str, staff: &str, at_ms: i64) -> Result<Option<Roles>, StorageError>;
+    /// An API key by the hash of the key (read-only; does not wait for
+    /// the writer, so an unauthenticated request never holds it up).
+    fn api_key(&self, key_hash: &str) -> Result<Option<ApiKeyRow>, StorageError>;
+
+    /// Every API key, revoked ones included, oldest first (read-only).
+    fn api_keys(&self) -> Result<Vec<ApiKeyRow>, StorageError>;
+
+    /// The notifications pending for commune `commune` (6 digits): not
+    /// yet registered, oldest first (read-only). What the commune's
+    /// tablets are to receive.
+    fn pending_notifications(&self, commune: &str) -> Result<Vec<StoredNotification>, StorageError>;
+
+    /// Every notification not yet registered that was received before
+    /// `received_before_ms` (all of them with `None`), oldest first
+    /// (read-only).
+    fn unregistered_notifications(
+        &self,
+        received_before_ms: Option<i64>,
+    ) -> Result<Vec<StoredNotification>, StorageError>;
 
     /// Makes every transaction committed so far durable (see
     /// [`WriteTx::commit_unsynced`]). Called without the writer.
@@ -650,6 +711,22 @@ pub trait WriteTx {
     /// [`Storage::staff_role_at`] inside the transaction.
     fn staff_role_at(&mut self, office: &str, staff: &str, at_ms: i64)
     -> Result<Option<Roles>, StorageError>;
+    /// Stores a new API key.
+    fn insert_api_key(&mut self, key: &ApiKeyRow) -> Result<(), StorageError>;
+    /// Revokes an API key. False when it does not exist; revoking twice
+    /// keeps the first time.
+    fn revoke_api_key(&mut self, id: Uuid, at_ms: i64) -> Result<bool, StorageError>;
+
+    /// Stores a new notification. False, and nothing written, when one
+    /// with the same source system and reference exists (the caller reads
+    /// it with [`WriteTx::notification_by_source`]).
+    fn insert_notification(&mut self, notification: &StoredNotification) -> Result<bool, StorageError>;
+    /// The notification a system sent under `reference`, if any.
+    fn notification_by_source(
+        &mut self,
+        system: &str,
+        reference: &str,
+    ) -> Result<Option<StoredNotification>, StorageError>;
 
     /// Records an automerge actor id (hex) the server uses.
     fn add_server_actor(&mut self, actor_hex: &str, at_ms: i64) -> Result<(), StorageError>;

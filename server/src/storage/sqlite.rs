@@ -29,9 +29,9 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use uuid::Uuid;
 
 use super::{
-    Device, DeviceRefusal, HoldRow, Issuance, LogEntry, NewDevice, ReleaseAudit, Savepoint, ServerChange,
-    StaffEvent, StaffMember, StaffPut, StaffPutOutcome, Storage, StorageError, StoredRecord, SyncSeen,
-    TokenRow, UnblockAudit, WriteTx, plan_staff_put, staff_key,
+    ApiKeyRow, Device, DeviceRefusal, HoldRow, Issuance, LogEntry, NewDevice, ReleaseAudit, Savepoint,
+    ServerChange, StaffEvent, StaffMember, StaffPut, StaffPutOutcome, Storage, StorageError,
+    StoredNotification, StoredRecord, SyncSeen, TokenRow, UnblockAudit, WriteTx, plan_staff_put, staff_key,
 };
 use crate::staff::Roles;
 
@@ -43,6 +43,7 @@ const MIGRATIONS: &[crvs_sqlite::Migration] = &[
     include_str!("../../migrations/003_replay_and_enrolment.sql"),
     include_str!("../../migrations/004_recovery.sql"),
     include_str!("../../migrations/005_staff.sql"),
+    include_str!("../../migrations/006_notifications.sql"),
 ];
 
 impl From<rusqlite::Error> for StorageError {
@@ -149,6 +150,48 @@ impl Storage for SqliteStorage {
 
     fn staff_role_at(&self, office: &str, staff: &str, at_ms: i64) -> Result<Option<Roles>, StorageError> {
         staff_role_at(&self.reader(), office, staff, at_ms)
+    }
+
+    fn api_key(&self, key_hash: &str) -> Result<Option<ApiKeyRow>, StorageError> {
+        let conn = self.reader();
+        let mut st = conn.prepare_cached(&format!(
+            "SELECT {API_KEY_COLUMNS} FROM api_keys WHERE key_hash = ?1"
+        ))?;
+        Ok(st.query_row(params![key_hash], api_key_row).optional()?)
+    }
+
+    fn api_keys(&self) -> Result<Vec<ApiKeyRow>, StorageError> {
+        let conn = self.reader();
+        let mut st = conn.prepare_cached(&format!(
+            "SELECT {API_KEY_COLUMNS} FROM api_keys ORDER BY created_at, id"
+        ))?;
+        let rows = st.query_map([], api_key_row)?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    fn pending_notifications(&self, commune: &str) -> Result<Vec<StoredNotification>, StorageError> {
+        let conn = self.reader();
+        let mut st = conn.prepare_cached(&format!(
+            "SELECT {NOTIFICATION_COLUMNS} FROM notifications
+             WHERE commune = ?1 AND registered_record_id IS NULL
+             ORDER BY received_at, notification_id"
+        ))?;
+        let rows = st.query_map(params![commune], notification_row)?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    fn unregistered_notifications(
+        &self,
+        received_before_ms: Option<i64>,
+    ) -> Result<Vec<StoredNotification>, StorageError> {
+        let conn = self.reader();
+        let mut st = conn.prepare_cached(&format!(
+            "SELECT {NOTIFICATION_COLUMNS} FROM notifications
+             WHERE registered_record_id IS NULL AND received_at < ?1
+             ORDER BY received_at, notification_id"
+        ))?;
+        let rows = st.query_map(params![received_before_ms.unwrap_or(i64::MAX)], notification_row)?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
 
     fn issuances(&self) -> Result<Vec<(Kidc, Uuid)>, StorageError> {
@@ -287,6 +330,40 @@ fn hold_row(r: &Row<'_>) -> rusqlite::Result<HoldRow> {
         office: r.get(1)?,
         reason: r.get(2)?,
         since: r.get(3)?,
+    })
+}
+
+const API_KEY_COLUMNS: &str = "id, name, scope, key_hash, created_at, revoked_at";
+
+fn api_key_row(r: &Row<'_>) -> rusqlite::Result<ApiKeyRow> {
+    Ok(ApiKeyRow {
+        id: parse_uuid(&r.get::<_, String>(0)?)?,
+        name: r.get(1)?,
+        scope: r.get(2)?,
+        key_hash: r.get(3)?,
+        created_at_ms: r.get(4)?,
+        revoked_at_ms: r.get(5)?,
+    })
+}
+
+const NOTIFICATION_COLUMNS: &str = "notification_id, kind, source_system, source_reference, commune, \
+     payload, api_key_id, received_at, registered_record_id, registered_at";
+
+fn notification_row(r: &Row<'_>) -> rusqlite::Result<StoredNotification> {
+    Ok(StoredNotification {
+        notification_id: parse_uuid(&r.get::<_, String>(0)?)?,
+        kind: r.get(1)?,
+        source_system: r.get(2)?,
+        source_reference: r.get(3)?,
+        commune: r.get(4)?,
+        payload: r.get(5)?,
+        api_key_id: parse_uuid(&r.get::<_, String>(6)?)?,
+        received_at_ms: r.get(7)?,
+        registered_record_id: r
+            .get::<_, Option<String>>(8)?
+            .map(|s| parse_uuid(&s))
+            .transpose()?,
+        registered_at_ms: r.get(9)?,
     })
 }
 
@@ -889,6 +966,66 @@ impl WriteTx for SqliteTx<'_> {
         at_ms: i64,
     ) -> Result<Option<Roles>, StorageError> {
         staff_role_at(&self.conn, office, staff_id, at_ms)
+    }
+
+    fn insert_api_key(&mut self, k: &ApiKeyRow) -> Result<(), StorageError> {
+        self.conn.execute(
+            "INSERT INTO api_keys (id, name, scope, key_hash, created_at, revoked_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                k.id.to_string(),
+                k.name,
+                k.scope,
+                k.key_hash,
+                k.created_at_ms,
+                k.revoked_at_ms
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn revoke_api_key(&mut self, id: Uuid, at_ms: i64) -> Result<bool, StorageError> {
+        Ok(self.conn.execute(
+            "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?2) WHERE id = ?1",
+            params![id.to_string(), at_ms],
+        )? == 1)
+    }
+
+    fn insert_notification(&mut self, n: &StoredNotification) -> Result<bool, StorageError> {
+        // `ON CONFLICT DO NOTHING` (SQLite and PostgreSQL alike): a second
+        // notification with the same (source_system, source_reference)
+        // writes nothing, however the requests raced.
+        let mut st = self.conn.prepare_cached(
+            "INSERT INTO notifications (notification_id, kind, source_system, source_reference, commune,
+                 payload, api_key_id, received_at, registered_record_id, registered_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) ON CONFLICT DO NOTHING",
+        )?;
+        Ok(st.execute(params![
+            n.notification_id.to_string(),
+            n.kind,
+            n.source_system,
+            n.source_reference,
+            n.commune,
+            n.payload,
+            n.api_key_id.to_string(),
+            n.received_at_ms,
+            n.registered_record_id.map(|r| r.to_string()),
+            n.registered_at_ms
+        ])? == 1)
+    }
+
+    fn notification_by_source(
+        &mut self,
+        system: &str,
+        reference: &str,
+    ) -> Result<Option<StoredNotification>, StorageError> {
+        let mut st = self.conn.prepare_cached(&format!(
+            "SELECT {NOTIFICATION_COLUMNS} FROM notifications
+             WHERE source_system = ?1 AND source_reference = ?2"
+        ))?;
+        Ok(st
+            .query_row(params![system, reference], notification_row)
+            .optional()?)
     }
 
     fn add_server_actor(&mut self, actor_hex: &str, at_ms: i64) -> Result<(), StorageError> {
