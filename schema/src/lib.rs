@@ -19,6 +19,7 @@ pub mod gazetteer;
 pub mod kidc;
 pub mod record;
 pub mod text;
+mod validation;
 pub mod wire;
 pub mod workflow;
 
