@@ -74,11 +74,11 @@ pub use choice::{IdDocumentKind, PlaceKind, Relationship, Sex};
 pub use normalize::{normalize_latin_name, normalize_name};
 pub use validator::{validate, validate_at_office};
 
+use crate::validation::parse_json;
 pub use crate::validation::{
     FieldProblem, MAX_AGE_YEARS, MAX_DOCUMENT_NUMBER_CHARS, MAX_FACILITY_NAME_CHARS, MAX_NAME_CHARS,
     MAX_REMARKS_CHARS, ValidationError,
 };
-use crate::validation::parse_json;
 
 /// A registration made more than this many days after the birth is a late
 /// registration.

@@ -37,7 +37,10 @@ impl Validator {
     /// that `event` names ("before the date of death").
     pub(crate) fn at_most_max_age(&mut self, dob: Date, on: Date, path: &str, event: &str) -> Option<Date> {
         if dob.age_on(on) > MAX_AGE_YEARS {
-            self.report(path, format!("must not be more than {MAX_AGE_YEARS} years {event}"));
+            self.report(
+                path,
+                format!("must not be more than {MAX_AGE_YEARS} years {event}"),
+            );
             return None;
         }
         Some(dob)

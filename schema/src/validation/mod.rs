@@ -395,3 +395,12 @@ impl Validator {
         })
     }
 }
+
+/// The date at `pointer` in `json`, when there is one that exists: read
+/// ahead of the walk, for the checks of other fields against it (the walk
+/// reports its own problems).
+pub(crate) fn date_at(json: &Value, pointer: &str) -> Option<Date> {
+    json.pointer(pointer)
+        .and_then(Value::as_str)
+        .and_then(|s| Date::parse(s).ok())
+}
