@@ -22,6 +22,9 @@ pub mod kidc;
 pub mod record;
 pub mod text;
 mod validation;
+
+#[cfg(test)]
+mod test_support;
 pub mod wire;
 pub mod workflow;
 

@@ -4,6 +4,7 @@
 use serde_json::{Value, json};
 
 use super::*;
+pub(super) use crate::test_support::{fields, with};
 
 mod adoption;
 mod amendment;
@@ -27,34 +28,6 @@ fn fixture(name: &str) -> Value {
     let path = format!("{FIXTURES}{name}");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
-}
-
-/// `doc` with the value at JSON pointer `pointer` replaced (or, for
-/// `None`, removed). Array elements are addressed by index.
-fn with(mut doc: Value, pointer: &str, value: Option<Value>) -> Value {
-    let (parent, key) = pointer.rsplit_once('/').expect("pointer has a slash");
-    let target = doc.pointer_mut(parent).expect("parent exists");
-    match (target, value) {
-        (Value::Object(map), Some(value)) => {
-            map.insert(key.to_owned(), value);
-        }
-        (Value::Object(map), None) => {
-            map.remove(key);
-        }
-        (Value::Array(items), Some(value)) => match key.parse::<usize>().expect("an index") {
-            i if i == items.len() => items.push(value),
-            i => items[i] = value,
-        },
-        (Value::Array(items), None) => {
-            items.remove(key.parse::<usize>().expect("an index"));
-        }
-        _ => panic!("parent is neither an object nor an array"),
-    }
-    doc
-}
-
-fn fields(err: &ValidationError) -> Vec<&str> {
-    err.problems.iter().map(|p| p.field.as_str()).collect()
 }
 
 /// The problems of an invalid document, by the dispatcher.
