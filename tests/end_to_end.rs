@@ -359,6 +359,14 @@ fn fixtures_are_verbatim_copies_of_the_shared_ones() {
         "birth-no-given-name.json",
         "birth-sok-dara.json",
         "notification-birth.json",
+        "death-elderly.json",
+        "death-by-kidc.json",
+        "marriage-heng-ly.json",
+        "marriage-underage.json",
+        "divorce-heng-ly.json",
+        "adoption-by-kidc.json",
+        "amendment-add-given-name.json",
+        "amendment-no-reason.json",
     ] {
         assert_eq!(
             std::fs::read(fixture(name)).unwrap(),

@@ -1,6 +1,7 @@
 //! `crvs-schema`: the shared vocabulary of the civil registration system.
 //!
-//! Domain types and their validation ([`birth`], [`date`], [`gazetteer`]),
+//! Domain types and their validation ([`birth`], the other vital events
+//! in [`event`], [`date`], [`gazetteer`]),
 //! the Khmer Identification Code ([`kidc`]) and the server's signed
 //! evidence of an issued one ([`evidence`]), the workflow rules
 //! ([`workflow`]), which characters names and ids may not hold
@@ -14,15 +15,21 @@ pub mod birth;
 pub mod bounds;
 pub mod date;
 pub mod enrol;
+pub mod event;
 pub mod evidence;
 pub mod gazetteer;
 pub mod kidc;
 pub mod record;
 pub mod text;
+mod validation;
+
+#[cfg(test)]
+mod test_support;
 pub mod wire;
 pub mod workflow;
 
 pub use birth::{BirthRegistration, FieldProblem, ValidationError};
 pub use date::Date;
+pub use event::Event;
 pub use gazetteer::GazetteerCode;
 pub use kidc::Kidc;

@@ -57,8 +57,6 @@
 //! validated registration serializes back to JSON equal to its input
 //! whenever the input's names were already normalized.
 
-use std::fmt;
-
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 
@@ -72,26 +70,19 @@ mod validator;
 #[cfg(test)]
 mod tests;
 
-use choice::Choice;
 pub use choice::{IdDocumentKind, PlaceKind, Relationship, Sex};
 pub use normalize::{normalize_latin_name, normalize_name};
 pub use validator::{validate, validate_at_office};
 
+use crate::validation::parse_json;
+pub use crate::validation::{
+    FieldProblem, MAX_AGE_YEARS, MAX_DOCUMENT_NUMBER_CHARS, MAX_FACILITY_NAME_CHARS, MAX_NAME_CHARS,
+    MAX_REMARKS_CHARS, ValidationError,
+};
+
 /// A registration made more than this many days after the birth is a late
 /// registration.
 pub const LATE_REGISTRATION_DAYS: i64 = 30;
-/// Maximum length of a name, in characters after normalization.
-pub const MAX_NAME_CHARS: usize = 100;
-/// Maximum length of a health facility's name, in characters.
-pub const MAX_FACILITY_NAME_CHARS: usize = 200;
-/// Maximum length of an identity document number, in characters.
-pub const MAX_DOCUMENT_NUMBER_CHARS: usize = 50;
-/// Maximum length of the remarks, in characters.
-pub const MAX_REMARKS_CHARS: usize = 2000;
-/// The oldest a registered person can be today, in completed years. The
-/// oldest people ever recorded lived to about 117; a date of birth further
-/// back is a typing error (or 0001-01-01).
-pub const MAX_AGE_YEARS: i32 = 120;
 /// The mother's age at the child's birth, in completed years, when her
 /// date of birth is given. Births to girls of 10 and 11 are rare but real,
 /// and must be registrable; births after 65 barely exist even with
@@ -128,10 +119,10 @@ pub struct Child {
     pub place_of_birth: PlaceOfBirth,
 }
 
-/// Where a child was born.
+/// Where a child was born, or a person died.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct PlaceOfBirth {
+pub struct Place {
     /// Kind of place.
     pub kind: PlaceKind,
     /// Name of the health facility: non-empty when `kind` is
@@ -139,9 +130,12 @@ pub struct PlaceOfBirth {
     /// (the existing data writes `""` for home births).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub facility_name: Option<String>,
-    /// The village (8-digit gazetteer code) where the birth took place.
+    /// The village (8-digit gazetteer code) where the event took place.
     pub village_code: GazetteerCode,
 }
+
+/// Where a child was born.
+pub type PlaceOfBirth = Place;
 
 /// A parent of the child.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -337,74 +331,4 @@ impl BirthRegistration {
         // keys, which these types do not have.
         serde_json::to_value(self).expect("a birth registration always serializes to JSON")
     }
-}
-
-/// JSON text as a value; malformed JSON is a single problem for the field
-/// `"$"` with its line and column.
-fn parse_json(json: &str) -> Result<Value, ValidationError> {
-    serde_json::from_str(json).map_err(|e| {
-        let what = match e.classify() {
-            serde_json::error::Category::Eof => "is not valid JSON: it ends too early",
-            _ => "is not valid JSON",
-        };
-        ValidationError {
-            problems: vec![FieldProblem::new(
-                "$",
-                format!("{what} (line {}, column {})", e.line(), e.column()),
-            )],
-        }
-    })
-}
-
-/// One bad field: which one (dotted path such as
-/// `child.place_of_birth.village_code`, or `$` for the whole document) and
-/// what is expected of it. Never contains the field's value.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct FieldProblem {
-    /// Dotted path of the field.
-    pub field: String,
-    /// What is wrong, e.g. "is required", "must not be in the future".
-    pub problem: String,
-}
-
-impl FieldProblem {
-    /// A problem with `field`.
-    pub fn new(field: impl Into<String>, problem: impl Into<String>) -> FieldProblem {
-        FieldProblem {
-            field: field.into(),
-            problem: problem.into(),
-        }
-    }
-}
-
-impl fmt::Display for FieldProblem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.field, self.problem)
-    }
-}
-
-/// Every problem found in a registration, in document order.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
-#[error("{}", summarize(&self.problems))]
-pub struct ValidationError {
-    /// The problems; never empty when returned by [`validate`].
-    pub problems: Vec<FieldProblem>,
-}
-
-impl ValidationError {
-    /// Is there a problem with exactly this field?
-    pub fn has_problem_with(&self, field: &str) -> bool {
-        self.problems.iter().any(|p| p.field == field)
-    }
-}
-
-/// "2 problems: a: x; b: y".
-fn summarize(problems: &[FieldProblem]) -> String {
-    let list: Vec<String> = problems.iter().map(FieldProblem::to_string).collect();
-    let noun = if problems.len() == 1 {
-        "problem"
-    } else {
-        "problems"
-    };
-    format!("{} {noun}: {}", problems.len(), list.join("; "))
 }

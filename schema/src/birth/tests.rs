@@ -2,6 +2,7 @@ use super::*;
 use serde_json::{Value, json};
 
 use crate::gazetteer::Level;
+use crate::test_support::{fields, with};
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures/");
 const BENCH: &str = concat!(
@@ -71,25 +72,6 @@ fn sok_dara() -> Value {
         "informant": { "relationship": "mother" },
         "residence_village_code": "17100301"
     })
-}
-
-/// `doc` with the value at JSON pointer `pointer` replaced (or, for
-/// `None`, removed).
-fn with(mut doc: Value, pointer: &str, value: Option<Value>) -> Value {
-    let (parent, key) = pointer.rsplit_once('/').expect("pointer has a slash");
-    let target = doc
-        .pointer_mut(parent)
-        .and_then(Value::as_object_mut)
-        .expect("parent is an object");
-    match value {
-        Some(value) => target.insert(key.to_owned(), value),
-        None => target.remove(key),
-    };
-    doc
-}
-
-fn fields(err: &ValidationError) -> Vec<&str> {
-    err.problems.iter().map(|p| p.field.as_str()).collect()
 }
 
 fn problems_of(doc: &Value) -> ValidationError {

@@ -1,11 +1,8 @@
-//! Dates and ages that make sense: no date after today, nobody older than
-//! [`MAX_AGE_YEARS`], a parent's age at the birth within its range.
+//! A parent's age at the birth within its range.
 
-use serde_json::Value;
-
-use super::Validator;
-use crate::birth::{FATHER_AGE_AT_BIRTH, MAX_AGE_YEARS, MOTHER_AGE_AT_BIRTH};
+use crate::birth::{FATHER_AGE_AT_BIRTH, MOTHER_AGE_AT_BIRTH};
 use crate::date::Date;
+use crate::validation::Validator;
 
 /// Which parent, for the age range at the child's birth.
 #[derive(Clone, Copy)]
@@ -31,35 +28,6 @@ impl Role {
 }
 
 impl Validator {
-    /// A date that exists and is not after `today`.
-    pub(super) fn past_date(&mut self, value: &Value, path: &str) -> Option<Date> {
-        let Some(s) = value.as_str() else {
-            self.report(path, "must be a date YYYY-MM-DD (a string)");
-            return None;
-        };
-        match Date::parse(s) {
-            Ok(date) if date > self.today => {
-                self.report(path, "must not be in the future");
-                None
-            }
-            Ok(date) => Some(date),
-            Err(_) => {
-                self.report(path, "must be a date YYYY-MM-DD that exists");
-                None
-            }
-        }
-    }
-
-    /// `None` (reported at `path`) when someone born on `dob` would be
-    /// more than [`MAX_AGE_YEARS`] old today.
-    pub(super) fn alive_today(&mut self, dob: Date, path: &str) -> Option<Date> {
-        if dob.age_on(self.today) > MAX_AGE_YEARS {
-            self.report(path, format!("must not be more than {MAX_AGE_YEARS} years ago"));
-            return None;
-        }
-        Some(dob)
-    }
-
     /// `None` (reported at `path`) unless a parent born on `parent_dob`,
     /// in `role`, is of a plausible age on `child_dob`.
     pub(super) fn age_at_birth(

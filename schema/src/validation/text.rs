@@ -1,14 +1,14 @@
-//! Text fields: names, the facility name, document numbers and remarks.
+//! Text fields: names, free text (facility and court names, causes of
+//! death), document numbers and remarks.
 //! No control characters, no bidirectional controls, no invisible
 //! characters other than those the field's [`Script`] allows.
 
 use serde_json::Value;
 
-use super::Validator;
-use crate::birth::{
-    MAX_DOCUMENT_NUMBER_CHARS, MAX_FACILITY_NAME_CHARS, MAX_NAME_CHARS, MAX_REMARKS_CHARS,
-    normalize_latin_name, normalize_name,
+use super::{
+    MAX_DOCUMENT_NUMBER_CHARS, MAX_FACILITY_NAME_CHARS, MAX_NAME_CHARS, MAX_REMARKS_CHARS, Validator,
 };
+use crate::birth::{normalize_latin_name, normalize_name};
 use crate::text;
 
 /// Which script a text field holds, for its invisible characters.
@@ -80,12 +80,12 @@ impl Validator {
     }
 
     /// A non-empty name in Khmer script, normalized.
-    pub(super) fn name(&mut self, value: &Value, path: &str) -> Option<String> {
+    pub(crate) fn name(&mut self, value: &Value, path: &str) -> Option<String> {
         self.name_in(value, path, Script::Khmer)
     }
 
     /// A non-empty name in Latin script, normalized.
-    pub(super) fn latin_name(&mut self, value: &Value, path: &str) -> Option<String> {
+    pub(crate) fn latin_name(&mut self, value: &Value, path: &str) -> Option<String> {
         self.name_in(value, path, Script::Latin)
     }
 
@@ -100,11 +100,23 @@ impl Validator {
 
     /// A health facility's name, normalized; may be empty (checked by the
     /// caller, since it depends on the kind of place).
-    pub(super) fn facility_name(&mut self, value: &Value, path: &str) -> Option<String> {
+    pub(crate) fn facility_name(&mut self, value: &Value, path: &str) -> Option<String> {
         self.normalized(value, path, MAX_FACILITY_NAME_CHARS, Script::Khmer)
     }
 
-    pub(super) fn document_number(&mut self, value: &Value, path: &str) -> Option<String> {
+    /// Non-empty free text in Khmer (or mixed) script of at most `max`
+    /// characters, normalized as a name is: a court's name, a cause of
+    /// death.
+    pub(crate) fn free_text(&mut self, value: &Value, path: &str, max: usize) -> Option<String> {
+        let text = self.normalized(value, path, max, Script::Khmer)?;
+        if text.is_empty() {
+            self.report(path, "must not be empty");
+            return None;
+        }
+        Some(text)
+    }
+
+    pub(crate) fn document_number(&mut self, value: &Value, path: &str) -> Option<String> {
         let number = self.string(value, path)?.trim();
         if number.is_empty() {
             self.report(path, "must not be empty");
@@ -121,7 +133,7 @@ impl Validator {
         }
     }
 
-    pub(super) fn remarks(&mut self, value: &Value, path: &str) -> Option<String> {
+    pub(crate) fn remarks(&mut self, value: &Value, path: &str) -> Option<String> {
         let remarks = self.string(value, path)?;
         if remarks.trim().is_empty() {
             self.report(path, "must not be empty (leave the field out instead)");
