@@ -1,7 +1,8 @@
 //! `crvs-schema`: the shared vocabulary of the civil registration system.
 //!
 //! Domain types and their validation ([`birth`], the other vital events
-//! in [`event`], [`date`], [`gazetteer`]),
+//! in [`event`], [`date`], [`gazetteer`]; the notifications of births and
+//! deaths that institutions send, in [`notification`]),
 //! the Khmer Identification Code ([`kidc`]) and the server's signed
 //! evidence of an issued one ([`evidence`]), the workflow rules
 //! ([`workflow`]), which characters names and ids may not hold
@@ -19,6 +20,7 @@ pub mod event;
 pub mod evidence;
 pub mod gazetteer;
 pub mod kidc;
+pub mod notification;
 pub mod record;
 pub mod text;
 mod validation;

@@ -72,6 +72,7 @@ mod tests;
 
 pub use choice::{IdDocumentKind, PlaceKind, Relationship, Sex};
 pub use normalize::{normalize_latin_name, normalize_name};
+pub(crate) use validator::Role;
 pub use validator::{validate, validate_at_office};
 
 use crate::validation::parse_json;

@@ -1,8 +1,8 @@
 //! Notifications of births and deaths from health facility systems and
 //! courts (`POST /v1/notifications`, API keys of scope `notify`).
 //!
-//! A notification is validated ([`validate::validate`], into the typed
-//! [`body::Notification`]), given a UUIDv7 from the server's clock, and
+//! A notification is validated ([`crvs_schema::notification::validate`],
+//! into the typed [`body::Notification`]), given a UUIDv7 from the server's clock, and
 //! stored with the commune of its residence village, where it is routed:
 //! the tablets of that commune are to receive it on their next sync (later
 //! work; the storage query is [`crate::storage::Storage::pending_notifications`]).
@@ -21,9 +21,9 @@
 //! *overdue* ([`unregistered`], `crvs-server notifications --overdue`).
 
 pub mod body;
-pub mod validate;
 
 use crvs_schema::Date;
+use crvs_schema::notification::validate;
 use uuid::Uuid;
 
 use crate::Server;
@@ -59,7 +59,7 @@ pub fn receive(server: &Server, key: &ApiKeyRow, body: &[u8]) -> Result<Received
     })?;
     let now = server.now_ms();
     let notification =
-        validate::validate(&json, Date::today_in_cambodia(now)).map_err(ApiError::InvalidNotification)?;
+        validate(&json, Date::today_in_cambodia(now)).map_err(ApiError::InvalidNotification)?;
     let commune = notification
         .residence_village_code()
         .commune()

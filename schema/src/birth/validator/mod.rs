@@ -12,7 +12,7 @@ use crate::validation::Validator;
 
 mod plausibility;
 
-use plausibility::Role;
+pub(crate) use plausibility::Role;
 
 /// Checks a birth registration's JSON against the expected layout and
 /// rules, and returns it typed (names normalized) or every problem found.

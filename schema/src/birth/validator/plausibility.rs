@@ -6,7 +6,7 @@ use crate::validation::Validator;
 
 /// Which parent, for the age range at the child's birth.
 #[derive(Clone, Copy)]
-pub(super) enum Role {
+pub(crate) enum Role {
     Mother,
     Father,
 }
@@ -30,7 +30,7 @@ impl Role {
 impl Validator {
     /// `None` (reported at `path`) unless a parent born on `parent_dob`,
     /// in `role`, is of a plausible age on `child_dob`.
-    pub(super) fn age_at_birth(
+    pub(crate) fn age_at_birth(
         &mut self,
         parent_dob: Date,
         child_dob: Date,
