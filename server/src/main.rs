@@ -318,7 +318,7 @@ fn run_staff(json_mode: bool, command: StaffCommand) -> Result<(), ApiError> {
             // folder is opened.
             let addition = staff::prepare_add(&commune, &id, &roles.join(","), pin.as_ref(), by.as_deref())?;
             drop(pin);
-            let server = open(&data)?;
+            let server = open_existing(&data)?;
             let c = staff::add(&server, &addition)?;
             let what = if c.changes.is_empty() {
                 "unchanged".to_string()
@@ -343,7 +343,7 @@ fn run_staff(json_mode: bool, command: StaffCommand) -> Result<(), ApiError> {
             by,
         } => {
             staff::check_commune(&commune)?;
-            let server = open(&data)?;
+            let server = open_existing(&data)?;
             let c = staff::remove(&server, &commune, &id, by.as_deref())?;
             print_line(
                 json_mode,
@@ -354,7 +354,7 @@ fn run_staff(json_mode: bool, command: StaffCommand) -> Result<(), ApiError> {
         }
         StaffCommand::List { data, commune } => {
             staff::check_commune(&commune)?;
-            let server = open(&data)?;
+            let server = open_existing(&data)?;
             let roster = staff::list(&server, &commune)?;
             let text = lines(&roster, "no staff", staff_line);
             print_line(json_mode, &json!({"staff": roster}), &text);
@@ -391,15 +391,31 @@ fn open(dir: &std::path::Path) -> Result<Server, ApiError> {
     Server::open(dir).map_err(ApiError::from)
 }
 
+/// Opens the server of an existing data folder, for the operator commands
+/// that change it: a mistyped `--data` must fail, not make a new server
+/// (with a new key) that takes a staff member, an API key or a revocation
+/// the real one never sees. Only `serve` and `enroll-token` make one.
+fn open_existing(dir: &std::path::Path) -> Result<Server, ApiError> {
+    if !dir.join(crvs_server::DB_FILE).exists() {
+        return Err(no_database(dir));
+    }
+    open(dir)
+}
+
+fn no_database(dir: &std::path::Path) -> ApiError {
+    ApiError::Invalid(format!(
+        "no server database in {}: check --data (a server's data folder holds {}; `crvs-server serve --data DIR` makes one)",
+        dir.display(),
+        crvs_server::DB_FILE
+    ))
+}
+
 /// The database alone, for commands that only read it: no server actor is
 /// started and the ledger is not opened (a running server keeps both).
 fn open_storage(dir: &std::path::Path) -> Result<SqliteStorage, ApiError> {
     let db = dir.join(crvs_server::DB_FILE);
     if !db.exists() {
-        return Err(ApiError::Internal(format!(
-            "no server database in {}: check --data",
-            dir.display()
-        )));
+        return Err(no_database(dir));
     }
     SqliteStorage::open(&db).map_err(ApiError::from)
 }
@@ -573,7 +589,7 @@ fn run(cli: Cli) -> Result<(), ApiError> {
             by,
             reason,
         } => {
-            let server = open(&data)?;
+            let server = open_existing(&data)?;
             let r = admin::release(&server, &record_id, &by, &reason)?;
             let value = to_json(&r)?;
             let text = if r.released {
@@ -595,7 +611,7 @@ fn run(cli: Cli) -> Result<(), ApiError> {
             by,
             reason,
         } => {
-            let server = open(&data)?;
+            let server = open_existing(&data)?;
             let u = admin::unblock(&server, &device_id, &by, &reason)?;
             let value = to_json(&u)?;
             print_line(
@@ -614,7 +630,7 @@ fn run(cli: Cli) -> Result<(), ApiError> {
             name: Some(name),
             scope: Some(scope),
         } => {
-            let server = open(&data)?;
+            let server = open_existing(&data)?;
             let k = crvs_server::api_keys::create(&server, &name, &scope)?;
             let value = to_json(&k)?;
             print_line(json_mode, &value, &k.key);
@@ -633,7 +649,7 @@ fn run(cli: Cli) -> Result<(), ApiError> {
             action: Some(ApiKeyAction::Revoke { data, id }),
             ..
         } => {
-            let server = open(&data)?;
+            let server = open_existing(&data)?;
             let k = crvs_server::api_keys::revoke(&server, &id)?;
             let value = json!({"id": k.id, "revoked": true, "revoked_at": k.revoked_at});
             print_line(
@@ -647,7 +663,7 @@ fn run(cli: Cli) -> Result<(), ApiError> {
             action: Some(ApiKeyAction::List { data }),
             ..
         } => {
-            let server = open(&data)?;
+            let server = open_existing(&data)?;
             let keys = crvs_server::api_keys::list(&server)?;
             let text = lines(&keys, "no API keys", |k| {
                 format!(
@@ -666,7 +682,7 @@ fn run(cli: Cli) -> Result<(), ApiError> {
             Ok(())
         }
         Command::Notifications { data, overdue, days } => {
-            let server = open(&data)?;
+            let server = open_existing(&data)?;
             let list = crvs_server::notify::unregistered(&server, overdue.then_some(days))?;
             let text = lines(&list, "no notifications", |n| {
                 format!(
@@ -718,7 +734,7 @@ fn run(cli: Cli) -> Result<(), ApiError> {
         }
         Command::Staff { command } => run_staff(json_mode, command),
         Command::Revoke { data, device_id } => {
-            let server = open(&data)?;
+            let server = open_existing(&data)?;
             let d = admin::revoke(&server, &device_id)?;
             let id = d.device_id.to_string();
             print_line(

@@ -621,6 +621,8 @@ fn notifications_unregistered_past_the_threshold_are_listed_by_the_cli_as_overdu
 #[test]
 fn an_unknown_scope_or_an_empty_name_is_refused_by_the_cli() {
     let dir = tempfile::tempdir().expect("dir");
+    // A server's data folder (the commands refuse one without a database).
+    drop(crvs_server::Server::open(dir.path()).expect("server"));
     let (ok, v) = cli(&["api-key", "--name", "HMIS", "--scope", "admin"], dir.path());
     assert!(!ok);
     assert_eq!(v["error"], "invalid_argument");

@@ -53,6 +53,14 @@ fn staff_env(dir: &Path, args: &[&str], pin: Option<&str>, user: Option<&str>) -
     }
 }
 
+/// A server's data folder: the staff commands refuse one without a
+/// database (a mistyped `--data` must not make a new server).
+fn server_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    drop(crvs_server::Server::open(dir.path()).expect("server"));
+    dir
+}
+
 fn staff(dir: &Path, args: &[&str], pin: Option<&str>) -> Run {
     staff_env(dir, args, pin, None)
 }
@@ -111,7 +119,7 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 
 #[test]
 fn staff_added_listed_and_removed_through_the_binary() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = server_dir();
     let a = ok(add(dir.path(), "clerk-01", "clerk,verifier", Some("480172")));
     assert_eq!(a["commune"], COMMUNE);
     assert_eq!(a["id"], "clerk-01");
@@ -179,7 +187,7 @@ fn staff_added_listed_and_removed_through_the_binary() {
 
 #[test]
 fn roles_are_parsed_and_unknown_roles_refused() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = server_dir();
     let a = ok(add(dir.path(), "a-1", "Registrar, clerk", Some("480172")));
     assert_eq!(roles(&a), ["clerk", "registrar"]);
     // `--role` may also be repeated.
@@ -226,7 +234,7 @@ fn roles_are_parsed_and_unknown_roles_refused() {
 
 #[test]
 fn a_pin_refused_by_the_policy_is_named_without_being_repeated() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = server_dir();
     for (pin, why) in [
         ("111111", "one digit repeated"),
         ("123456", "straight run"),
@@ -252,7 +260,7 @@ fn a_pin_refused_by_the_policy_is_named_without_being_repeated() {
 
 #[test]
 fn a_pin_is_never_stored_in_plain_form() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = server_dir();
     let (first, second) = ("480172", "593018");
     let r = add(dir.path(), "clerk-01", "clerk", Some(first));
     assert!(!r.stdout.contains(first) && !r.stderr.contains(first));
@@ -293,7 +301,7 @@ fn a_pin_is_never_stored_in_plain_form() {
 #[test]
 #[allow(non_snake_case)]
 fn CLERK_01_and_clerk_01_are_one_person() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = server_dir();
     ok(add(dir.path(), "CLERK-01", "clerk", Some("480172")));
     let hash_before = {
         let server = Server::open(dir.path()).unwrap();
@@ -346,7 +354,7 @@ fn lib_add(server: &Server, id: &str, roles: &str, pin: Option<&str>) {
 
 #[test]
 fn staff_role_at_answers_from_the_history() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = server_dir();
     let (server, now) = server_at(dir.path());
     let t0 = now.load(Ordering::SeqCst);
     let (t_add, t_change, t_remove, t_back) = (t0 + 1_000, t0 + 2_000, t0 + 3_000, t0 + 4_000);
@@ -410,7 +418,7 @@ fn staff_role_at_answers_from_the_history() {
 
 #[test]
 fn the_staff_history_is_append_only_and_names_the_operators() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = server_dir();
     ok(add(dir.path(), "clerk-01", "clerk", Some("480172")));
     ok(add(dir.path(), "clerk-01", "clerk,verifier", Some("593018")));
     // Without --by, the operating-system user.
@@ -544,4 +552,30 @@ fn pin_hash_timing() {
         times[0],
         times[times.len() - 1]
     );
+}
+
+#[test]
+fn staff_commands_refuse_a_data_folder_without_a_server_and_make_none() {
+    let parent = tempfile::tempdir().unwrap();
+    let typo = parent.path().join("crvs-dta");
+    let r = staff(
+        &typo,
+        &["add", "--commune", COMMUNE, "--id", "clerk-01", "--role", "clerk"],
+        Some("480172"),
+    );
+    assert_eq!((r.code, r.json["error"].as_str()), (1, Some("invalid_argument")));
+    assert!(r.json["message"].as_str().unwrap().contains("no server database"));
+    assert!(!r.stdout.contains("480172") && !r.stderr.contains("480172"));
+    for args in [
+        &["list", "--commune", COMMUNE][..],
+        &["remove", "--commune", COMMUNE, "--id", "clerk-01"],
+    ] {
+        let r = staff(&typo, args, None);
+        assert_eq!(
+            (r.code, r.json["error"].as_str()),
+            (1, Some("invalid_argument")),
+            "{args:?}"
+        );
+    }
+    assert!(!typo.exists(), "no data folder was made");
 }
