@@ -15,7 +15,9 @@
 //!
 //! Each key has one [`Scope`]. Keys are never deleted: `api-key revoke`
 //! marks one revoked, and it is refused from its next request on, while
-//! the notifications it sent keep naming it.
+//! the notifications it sent keep naming it. A revocation is recorded in
+//! the ledger ([`crate::ledger`]) before the database commits it, so a
+//! restore from an older backup does not make the key work again.
 
 use axum::http::HeaderMap;
 use sha2::{Digest, Sha256};
@@ -166,10 +168,15 @@ pub fn create(server: &Server, name: &str, scope: &str) -> Result<NewApiKey, Api
 pub fn revoke(server: &Server, id: &str) -> Result<ApiKeyInfo, ApiError> {
     let uuid =
         Uuid::parse_str(id.trim()).map_err(|_| ApiError::Invalid("--id must be an API key id".into()))?;
+    let now = server.now_ms();
     let mut tx = server.storage().begin()?;
-    if !tx.revoke_api_key(uuid, server.now_ms())? {
+    if !tx.revoke_api_key(uuid, now)? {
         return Err(ApiError::NoSuchApiKey(uuid.to_string()));
     }
+    // Outside the database first: a restore never makes the key work
+    // again. (A key revoked already is in the ledger already, with its
+    // first time: every start imports the database's revocations.)
+    server.ledger().record_api_key_revocations(&[(uuid, now)])?;
     tx.commit()?;
     tracing::info!(api_key_id = %uuid, "API key revoked");
     server

@@ -10,8 +10,11 @@
 //!   The database it replaces is moved aside, never deleted. It leaves the
 //!   KIdC ledger ([`crate::ledger`]) alone, so every code issued after the
 //!   backup stays reserved; it moves the pull feed's cursors above any the
-//!   lost database handed out; and it expires enrolment tokens that the
-//!   backup shows unused (one may have been used since).
+//!   lost database handed out; it expires enrolment tokens that the
+//!   backup shows unused (one may have been used since); and it applies
+//!   again what the ledger keeps and the backup lacks: device enrolments
+//!   and revocations, staff removals and API key revocations
+//!   ([`crate::ledger::reconcile`]).
 //!
 //! After a restore the server takes a new automerge actor (it does at every
 //! start, [`crate::Server::open`]); tablets resend what the server lost
@@ -224,6 +227,11 @@ pub struct RestoreReport {
     pub devices_restored: u64,
     /// Revocations made after the backup, kept from the ledger.
     pub revocations_kept: u64,
+    /// Staff members removed after the backup, removed again from the
+    /// ledger (someone added again since stays on the roster).
+    pub staff_removals_kept: u64,
+    /// API keys revoked after the backup, revoked again from the ledger.
+    pub api_key_revocations_kept: u64,
 }
 
 /// How far every device's request counter jumps at a restore: requests
@@ -397,6 +405,9 @@ pub fn restore(data: &Path, from: &Path, now_ms: i64) -> Result<RestoreReport, B
     let storage = SqliteStorage::open(&db)?;
     let issued = crate::storage::Storage::issuances(&storage)?;
     let (ledger, opened) = KidcLedger::open(&data.join(LEDGER_FILE), &issued, now_ms)?;
+    // Staff removed and API keys revoked after the backup: off the roster
+    // and refused again (every start does the same).
+    let reconciled = crate::ledger::reconcile(&ledger, &storage)?;
     let reserved = ledger.len()?;
     let issuances = issued.len() as u64;
     if opened.created {
@@ -416,5 +427,7 @@ pub fn restore(data: &Path, from: &Path, now_ms: i64) -> Result<RestoreReport, B
         tokens_expired,
         devices_restored,
         revocations_kept,
+        staff_removals_kept: reconciled.staff_removed_again as u64,
+        api_key_revocations_kept: reconciled.api_keys_revoked_again as u64,
     })
 }

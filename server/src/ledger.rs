@@ -21,6 +21,14 @@
 //! reserved: it is never drawn again, and the record it went to gets it
 //! back. The ledger is append-only (triggers).
 //!
+//! The ledger also keeps what a restore must not undo: every device
+//! enrolment and revocation, every removal of a staff member from a
+//! roster and every revocation of an API key, each written (and synced)
+//! before the database commits it. [`reconcile`] runs at every start and at
+//! the end of `crvs-server restore`: it imports into the ledger what the
+//! database holds and the ledger lacks (ledgers made before these tables),
+//! and removes again, or revokes again, whoever the database brought back.
+//!
 //! If the whole machine is lost, the ledger goes with the database (keep
 //! the data folder on a volume that is itself replicated, or copy the
 //! ledger off the machine often: it holds codes and record ids only). The
@@ -34,7 +42,7 @@ use crvs_schema::Kidc;
 use rusqlite::{Connection, OptionalExtension, params};
 use uuid::Uuid;
 
-use crate::storage::StorageError;
+use crate::storage::{StaffRemoval, Storage, StorageError};
 
 /// The ledger's file name inside the data folder.
 pub const LEDGER_FILE: &str = "kidc-ledger.db";
@@ -42,7 +50,7 @@ pub const LEDGER_FILE: &str = "kidc-ledger.db";
 /// The ledger's numbered migrations (see [`crvs_sqlite`]). The first keeps
 /// its `IF NOT EXISTS`: ledgers made before the ledger had numbered
 /// migrations hold its tables at `user_version` 0, and take it as is.
-const MIGRATIONS: &[crvs_sqlite::Migration] = &[SCHEMA_1];
+const MIGRATIONS: &[crvs_sqlite::Migration] = &[SCHEMA_1, SCHEMA_2];
 
 const SCHEMA_1: &str = "
 CREATE TABLE IF NOT EXISTS reserved (
@@ -75,6 +83,40 @@ CREATE TRIGGER IF NOT EXISTS devices_no_unrevoke BEFORE UPDATE ON devices
       OR NEW.public_key IS NOT OLD.public_key OR NEW.office IS NOT OLD.office
 BEGIN
     SELECT RAISE(ABORT, 'the ledger only records a revocation once');
+END;
+";
+
+/// Version 2: removals from the staff rosters and revocations of API
+/// keys, so that a restore from an older backup never puts a removed
+/// person back on a roster nor makes a revoked key work again. A person
+/// may be removed, added again and removed again: one row per removal.
+const SCHEMA_2: &str = "
+CREATE TABLE staff_removals (
+    office      TEXT NOT NULL,
+    staff_key   TEXT NOT NULL,
+    removed_at  BIGINT NOT NULL,
+    by_operator TEXT NOT NULL,
+    PRIMARY KEY (office, staff_key, removed_at)
+);
+CREATE TRIGGER staff_removals_no_update BEFORE UPDATE ON staff_removals
+BEGIN
+    SELECT RAISE(ABORT, 'the ledger is append-only');
+END;
+CREATE TRIGGER staff_removals_no_delete BEFORE DELETE ON staff_removals
+BEGIN
+    SELECT RAISE(ABORT, 'the ledger is append-only');
+END;
+CREATE TABLE api_key_revocations (
+    key_id     TEXT PRIMARY KEY,
+    revoked_at BIGINT NOT NULL
+);
+CREATE TRIGGER api_key_revocations_no_update BEFORE UPDATE ON api_key_revocations
+BEGIN
+    SELECT RAISE(ABORT, 'the ledger is append-only');
+END;
+CREATE TRIGGER api_key_revocations_no_delete BEFORE DELETE ON api_key_revocations
+BEGIN
+    SELECT RAISE(ABORT, 'the ledger is append-only');
 END;
 ";
 
@@ -352,6 +394,106 @@ impl KidcLedger {
         self.sync()
     }
 
+    /// Records removals from staff rosters, durably (before the database
+    /// commits them): a restore never puts the person back. Removals the
+    /// ledger holds already are skipped; returns how many it wrote, and
+    /// writes (and syncs) nothing when that is none.
+    pub fn record_staff_removals(&self, removals: &[StaffRemoval]) -> Result<usize, StorageError> {
+        let held: std::collections::HashSet<(String, String, i64)> = self
+            .staff_removals()?
+            .into_iter()
+            .map(|r| (r.office, r.staff_key, r.removed_at_ms))
+            .collect();
+        let missing: Vec<&StaffRemoval> = removals
+            .iter()
+            .filter(|r| !held.contains(&(r.office.clone(), r.staff_key.clone(), r.removed_at_ms)))
+            .collect();
+        if missing.is_empty() {
+            return Ok(0);
+        }
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let mut written = 0;
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO staff_removals (office, staff_key, removed_at, by_operator) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT DO NOTHING",
+            )?;
+            for r in missing {
+                written += insert.execute(params![r.office, r.staff_key, r.removed_at_ms, r.by])?;
+            }
+        }
+        tx.commit()?;
+        drop(conn);
+        self.sync()?;
+        Ok(written)
+    }
+
+    /// Every removal from a staff roster the ledger holds, oldest first.
+    pub fn staff_removals(&self) -> Result<Vec<StaffRemoval>, StorageError> {
+        let conn = self.conn();
+        let mut st = conn.prepare_cached(
+            "SELECT office, staff_key, removed_at, by_operator FROM staff_removals
+             ORDER BY removed_at, office, staff_key",
+        )?;
+        let rows = st.query_map([], |r| {
+            Ok(StaffRemoval {
+                office: r.get(0)?,
+                staff_key: r.get(1)?,
+                removed_at_ms: r.get(2)?,
+                by: r.get(3)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    /// Records revocations of API keys (id, when), durably (before the
+    /// database commits them): a restore never makes the key work again.
+    /// A key the ledger knows revoked keeps its first time; returns how
+    /// many it wrote, and writes (and syncs) nothing when that is none.
+    pub fn record_api_key_revocations(&self, revocations: &[(Uuid, i64)]) -> Result<usize, StorageError> {
+        let held: std::collections::HashSet<Uuid> = self
+            .api_key_revocations()?
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        let missing: Vec<&(Uuid, i64)> = revocations.iter().filter(|(id, _)| !held.contains(id)).collect();
+        if missing.is_empty() {
+            return Ok(0);
+        }
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let mut written = 0;
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO api_key_revocations (key_id, revoked_at) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+            )?;
+            for (id, at) in missing {
+                written += insert.execute(params![id.to_string(), at])?;
+            }
+        }
+        tx.commit()?;
+        drop(conn);
+        self.sync()?;
+        Ok(written)
+    }
+
+    /// Every API key revocation the ledger holds: (key id, when).
+    pub fn api_key_revocations(&self) -> Result<Vec<(Uuid, i64)>, StorageError> {
+        let conn = self.conn();
+        let mut st =
+            conn.prepare_cached("SELECT key_id, revoked_at FROM api_key_revocations ORDER BY revoked_at")?;
+        let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, at) = row?;
+            let id =
+                Uuid::parse_str(&id).map_err(|_| StorageError::Corrupt("an API key id in the ledger"))?;
+            out.push((id, at));
+        }
+        Ok(out)
+    }
+
     /// How many codes are reserved.
     pub fn len(&self) -> Result<u64, StorageError> {
         let n: i64 = self
@@ -364,6 +506,112 @@ impl KidcLedger {
     pub fn is_empty(&self) -> Result<bool, StorageError> {
         Ok(self.len()? == 0)
     }
+}
+
+/// What [`reconcile`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reconciled {
+    /// Removals of the database's staff history the ledger lacked, now in it.
+    pub staff_removals_imported: usize,
+    /// API key revocations of the database the ledger lacked, now in it.
+    pub api_key_revocations_imported: usize,
+    /// Staff members the database had on a roster although the ledger
+    /// says they were removed (and not added again since): removed again.
+    pub staff_removed_again: usize,
+    /// API keys the database had active although the ledger says they
+    /// were revoked: revoked again.
+    pub api_keys_revoked_again: usize,
+}
+
+/// Brings the ledger and the database into agreement on staff removals and
+/// API key revocations, writing only what one of them lacks (nothing at
+/// all on the start of a server whose database was never restored).
+///
+/// * The ledger takes every `removed` entry of the staff history and every
+///   revoked key it lacks (a ledger made before it kept them).
+/// * A person the ledger says was removed at `T`, whom the database has on
+///   the roster with `added_at < T`, is removed again: a `removed` entry in
+///   the history, dated `T` (or the row's last change, if later: a
+///   person's history never runs backwards), by the operator who removed
+///   them, as the ledger recorded. Someone added again at or after `T`
+///   stays: that addition came after the removal.
+/// * A key the ledger says was revoked, and the database holds active, is
+///   revoked again, at the ledger's time.
+pub fn reconcile(ledger: &KidcLedger, storage: &dyn Storage) -> Result<Reconciled, StorageError> {
+    let mut done = Reconciled {
+        staff_removals_imported: ledger.record_staff_removals(&storage.staff_removals()?)?,
+        ..Reconciled::default()
+    };
+    let keys = storage.api_keys()?;
+    let revoked: Vec<(Uuid, i64)> = keys
+        .iter()
+        .filter_map(|k| k.revoked_at_ms.map(|at| (k.id, at)))
+        .collect();
+    done.api_key_revocations_imported = ledger.record_api_key_revocations(&revoked)?;
+
+    // The database's side: the last removal of each person, by office.
+    let mut last: std::collections::BTreeMap<(String, String), StaffRemoval> = Default::default();
+    for r in ledger.staff_removals()? {
+        let k = (r.office.clone(), r.staff_key.clone());
+        if last.get(&k).is_none_or(|l| l.removed_at_ms <= r.removed_at_ms) {
+            last.insert(k, r);
+        }
+    }
+    let mut offices: std::collections::BTreeMap<&str, Vec<&StaffRemoval>> = Default::default();
+    for ((office, _), r) in &last {
+        offices.entry(office.as_str()).or_default().push(r);
+    }
+    let mut remove_again = Vec::new();
+    for (office, removals) in offices {
+        let roster = storage.roster(office)?;
+        for r in removals {
+            if roster
+                .iter()
+                .any(|m| m.staff_key == r.staff_key && m.is_active() && m.added_at_ms < r.removed_at_ms)
+            {
+                remove_again.push(r);
+            }
+        }
+    }
+    let active: std::collections::HashSet<Uuid> = keys
+        .iter()
+        .filter(|k| k.revoked_at_ms.is_none())
+        .map(|k| k.id)
+        .collect();
+    let revoke_again: Vec<(Uuid, i64)> = ledger
+        .api_key_revocations()?
+        .into_iter()
+        .filter(|(id, _)| active.contains(id))
+        .collect();
+    if remove_again.is_empty() && revoke_again.is_empty() {
+        return Ok(done);
+    }
+    let mut tx = storage.begin()?;
+    for r in remove_again {
+        // Checked again under the writer.
+        let again = tx
+            .staff(&r.office, &r.staff_key)?
+            .is_some_and(|m| m.is_active() && m.added_at_ms < r.removed_at_ms);
+        if again
+            && tx
+                .remove_staff(&r.office, &r.staff_key, &r.by, r.removed_at_ms)?
+                .is_some()
+        {
+            done.staff_removed_again += 1;
+        }
+    }
+    for (id, at) in revoke_again {
+        if tx.revoke_api_key(id, at)? {
+            done.api_keys_revoked_again += 1;
+        }
+    }
+    tx.commit()?;
+    tracing::warn!(
+        staff = done.staff_removed_again,
+        api_keys = done.api_keys_revoked_again,
+        "the database lacked removals and revocations the ledger keeps (restored from an older backup?): applied again"
+    );
+    Ok(done)
 }
 
 #[cfg(test)]
@@ -449,6 +697,51 @@ mod tests {
     }
 
     #[test]
+    fn staff_removals_and_api_key_revocations_are_kept_once_and_append_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(LEDGER_FILE);
+        let (ledger, _) = KidcLedger::open(&path, &[], 1).unwrap();
+        let removal = |at| StaffRemoval {
+            office: "171003".into(),
+            staff_key: "clerk-01".into(),
+            removed_at_ms: at,
+            by: "ops".into(),
+        };
+        assert_eq!(ledger.record_staff_removals(&[removal(5)]).unwrap(), 1);
+        assert_eq!(
+            ledger.record_staff_removals(&[removal(5)]).unwrap(),
+            0,
+            "held already"
+        );
+        assert_eq!(
+            ledger.record_staff_removals(&[removal(5), removal(9)]).unwrap(),
+            1,
+            "removed again after a return"
+        );
+        let key = Uuid::from_u128(3);
+        assert_eq!(ledger.record_api_key_revocations(&[(key, 7)]).unwrap(), 1);
+        assert_eq!(
+            ledger.record_api_key_revocations(&[(key, 8)]).unwrap(),
+            0,
+            "the first time is kept"
+        );
+        drop(ledger);
+        let (ledger, _) = KidcLedger::open(&path, &[], 2).unwrap();
+        assert_eq!(ledger.staff_removals().unwrap(), [removal(5), removal(9)]);
+        assert_eq!(ledger.api_key_revocations().unwrap(), [(key, 7)]);
+        drop(ledger);
+        let conn = Connection::open(&path).unwrap();
+        for sql in [
+            "DELETE FROM staff_removals",
+            "UPDATE staff_removals SET removed_at = 1",
+            "DELETE FROM api_key_revocations",
+            "UPDATE api_key_revocations SET revoked_at = 1",
+        ] {
+            assert!(conn.execute(sql, []).is_err(), "append-only: {sql}");
+        }
+    }
+
+    #[test]
     fn a_ledger_made_before_numbered_migrations_opens_and_keeps_its_codes() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(LEDGER_FILE);
@@ -464,6 +757,6 @@ mod tests {
         let (ledger, opened) = KidcLedger::open(&path, &[], 2).unwrap();
         assert!(!opened.created);
         assert_eq!(ledger.code_for(r1).unwrap(), Some(code("1000000001")));
-        assert_eq!(crvs_sqlite::user_version(&ledger.conn()).unwrap(), 1);
+        assert_eq!(crvs_sqlite::user_version(&ledger.conn()).unwrap(), 2);
     }
 }

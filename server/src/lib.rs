@@ -188,6 +188,18 @@ impl Server {
         if imported > 0 {
             tracing::info!(imported, "enrolments the KIdC ledger lacked are now in it");
         }
+        // Staff removals and API key revocations: the ledger takes those it
+        // lacks, the database those it lacks (restored from an older
+        // backup, or by copying files); nothing is written when neither
+        // lacks any.
+        let reconciled = ledger::reconcile(&ledger, &*storage)?;
+        if reconciled.staff_removals_imported + reconciled.api_key_revocations_imported > 0 {
+            tracing::info!(
+                staff_removals = reconciled.staff_removals_imported,
+                api_key_revocations = reconciled.api_key_revocations_imported,
+                "removals and revocations the KIdC ledger lacked are now in it"
+            );
+        }
         if opened.created && issued > 0 {
             tracing::warn!(
                 codes = issued,

@@ -41,7 +41,7 @@ use zeroize::Zeroizing;
 
 use crate::Server;
 use crate::error::ApiError;
-use crate::storage::{StaffEvent, StaffMember, StaffPut, StaffPutOutcome};
+use crate::storage::{StaffEvent, StaffMember, StaffPut, StaffPutOutcome, StaffRemoval};
 
 /// The environment variable that carries a PIN to `crvs-server staff add`.
 pub const PIN_ENV: &str = "CRVS_PIN";
@@ -579,7 +579,9 @@ pub fn add(server: &Server, a: &StaffAddition) -> Result<StaffChange, ApiError> 
 }
 
 /// Takes a staff member off a commune's roster: from the tablets' next
-/// sync on they cannot act; their PIN hash is dropped.
+/// sync on they cannot act; their PIN hash is dropped. The removal is
+/// recorded in the ledger ([`crate::ledger`]), synced, before the database
+/// commits it, so a restore from an older backup does not put them back.
 pub fn remove(
     server: &Server,
     commune_code: &str,
@@ -596,6 +598,13 @@ pub fn remove(
             office: commune.clone(),
             staff_id: id.to_string(),
         })?;
+    // Outside the database first: a restore never puts them back.
+    server.ledger().record_staff_removals(&[StaffRemoval {
+        office: member.office.clone(),
+        staff_key: member.staff_key.clone(),
+        removed_at_ms: member.removed_at_ms.unwrap_or(member.updated_at_ms),
+        by: by.clone(),
+    }])?;
     tx.commit()?;
     tracing::info!(office = %commune, "staff member removed from the roster");
     Ok(StaffChange {

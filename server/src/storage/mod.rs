@@ -436,6 +436,20 @@ pub fn plan_staff_put(
     }
 }
 
+/// A removal from a roster, as the staff history and the ledger
+/// ([`crate::ledger`]) keep it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct StaffRemoval {
+    /// The office.
+    pub office: String,
+    /// The person's [`staff_key`].
+    pub staff_key: String,
+    /// When they were removed, server ms.
+    pub removed_at_ms: i64,
+    /// The operator who removed them.
+    pub by: String,
+}
+
 /// An institution's API key, as stored (by the hash of the key).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiKeyRow {
@@ -519,6 +533,11 @@ pub trait Storage: Send + Sync {
 
     /// Every API key, revoked ones included, oldest first (read-only).
     fn api_keys(&self) -> Result<Vec<ApiKeyRow>, StorageError>;
+
+    /// Every `removed` entry of the staff history, of every office
+    /// (read-only): what the ledger must also know
+    /// ([`crate::ledger::reconcile`]).
+    fn staff_removals(&self) -> Result<Vec<StaffRemoval>, StorageError>;
 
     /// The notifications pending for commune `commune` (6 digits): not
     /// yet registered, oldest first (read-only). What the commune's

@@ -30,7 +30,7 @@ use uuid::Uuid;
 
 use super::{
     ApiKeyRow, Device, DeviceRefusal, HoldRow, Issuance, LogEntry, NewDevice, ReleaseAudit, Savepoint,
-    ServerChange, StaffEvent, StaffMember, StaffPut, StaffPutOutcome, Storage, StorageError,
+    ServerChange, StaffEvent, StaffMember, StaffPut, StaffPutOutcome, StaffRemoval, Storage, StorageError,
     StoredNotification, StoredRecord, SyncSeen, TokenRow, UnblockAudit, WriteTx, plan_staff_put, staff_key,
 };
 use crate::staff::Roles;
@@ -166,6 +166,23 @@ impl Storage for SqliteStorage {
             "SELECT {API_KEY_COLUMNS} FROM api_keys ORDER BY created_at, id"
         ))?;
         let rows = st.query_map([], api_key_row)?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    fn staff_removals(&self) -> Result<Vec<StaffRemoval>, StorageError> {
+        let conn = self.reader();
+        let mut st = conn.prepare_cached(
+            "SELECT office, staff_key, at, by_operator FROM staff_history WHERE event = 'removed'
+             ORDER BY at, id",
+        )?;
+        let rows = st.query_map([], |r| {
+            Ok(StaffRemoval {
+                office: r.get(0)?,
+                staff_key: r.get(1)?,
+                removed_at_ms: r.get(2)?,
+                by: r.get(3)?,
+            })
+        })?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
 
