@@ -90,7 +90,16 @@ fn main() {
     served.set_actor(ActorId::from([0x5e; 16]));
     let kidc = Kidc::parse("1234567897").or_else(|_| Kidc::parse("1000000001"));
     if let Ok(k) = &kidc {
-        record::set_registration(&mut served, k, NOW_MS).expect("registration");
+        record::set_registration(
+            &mut served,
+            &record::Registration {
+                kidc: Some(*k),
+                number: "171003/2026/000001".into(),
+                at_ms: NOW_MS,
+                late: false,
+            },
+        )
+        .expect("registration");
     } else {
         record::set_hold(&mut served, "invalid_on_receipt").expect("hold");
     }

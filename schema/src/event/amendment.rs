@@ -33,6 +33,12 @@ pub struct Amendment {
     /// Free-text remarks by the registrar.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remarks: Option<String>,
+    /// The id of the record amended (a UUID in its hyphenated lower-case
+    /// form). A file a registrar hands in has none: the tablet adds it
+    /// (`crvs amend ID FILE`), and the server holds an amendment record
+    /// without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amends: Option<String>,
 }
 
 impl Amendment {
@@ -41,6 +47,46 @@ impl Amendment {
     pub fn to_json_value(&self) -> Value {
         super::tagged_json(EventKind::Amendment, self)
     }
+
+    /// The birth registration `data` (its JSON) with this amendment's
+    /// changes made: each dotted path set to its new value, `null`
+    /// removing the field; a missing parent object (a father added) is
+    /// created. The result must pass [`crate::birth::validate`] again
+    /// before it stands.
+    pub fn apply_to(&self, data: &Value) -> Value {
+        let mut out = data.clone();
+        for (field, new) in &self.changes {
+            crate::record::set_json_path(&mut out, field.as_str(), new);
+        }
+        out
+    }
+
+    /// The value at each changed path in `data` before the change (`null`
+    /// where there was none), in the order of [`Amendment::changes`].
+    pub fn old_values(&self, data: &Value) -> Vec<(BirthField, Value)> {
+        self.changes
+            .keys()
+            .map(|f| {
+                let old = f
+                    .as_str()
+                    .split('.')
+                    .try_fold(data, |v, k| v.get(k))
+                    .cloned()
+                    .unwrap_or(Value::Null);
+                (*f, old)
+            })
+            .collect()
+    }
+}
+
+/// Is `s` a UUID in its hyphenated lower-case form?
+pub fn is_record_id(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 36
+        && b.iter().enumerate().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => *c == b'-',
+            _ => c.is_ascii_digit() || (b'a'..=b'f').contains(c),
+        })
 }
 
 impl BirthField {
@@ -93,7 +139,7 @@ impl AmendmentReason {
     }
 }
 
-const AMENDMENT_FIELDS: &[&str] = &["event", "changes", "reason", "remarks"];
+const AMENDMENT_FIELDS: &[&str] = &["event", "changes", "reason", "remarks", "amends"];
 
 /// Checks an amendment's JSON against the layout and rules (see
 /// [`super`]), and returns it typed (new values normalized) or every
@@ -139,6 +185,13 @@ impl Validator {
         let mut changes = self.required(&obj, "changes", Self::changes);
         let reason = self.required(&obj, "reason", Self::choice::<AmendmentReason>);
         let remarks = self.optional(&obj, "remarks", Self::remarks);
+        let amends = self.optional(&obj, "amends", |v, value, path| match value.as_str() {
+            Some(s) if is_record_id(s) => Some(s.to_owned()),
+            _ => {
+                v.report(path, "must be a record id (a UUID, hyphenated, lower case)");
+                None
+            }
+        });
         if let (Some(fields), Some(reason)) = (&changes, reason) {
             let refused: Vec<BirthField> = fields.keys().copied().filter(|f| !reason.allows(*f)).collect();
             for field in &refused {
@@ -156,6 +209,7 @@ impl Validator {
             changes: changes?,
             reason: reason?,
             remarks: remarks?,
+            amends: amends?,
         })
     }
 

@@ -105,7 +105,7 @@ mod person;
 mod tests;
 
 pub use adoption::{ADOPTIVE_PARENT_MIN_AGE, AdoptionRegistration, AdoptiveParent, validate_adoption};
-pub use amendment::{Amendment, validate_amendment};
+pub use amendment::{Amendment, is_record_id, validate_amendment};
 pub use choice::{
     AmendmentReason, BirthField, CertifiedBy, DeathInformantRelationship, EventKind, MaritalStatus,
 };

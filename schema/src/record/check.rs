@@ -23,6 +23,10 @@ pub enum TabletChangeError {
     /// `kind` and `office` are written once.
     #[error("the change set rewrites the record's '{0}', which is written once")]
     Immutable(&'static str),
+    /// The event data of an approved record changed: once a record is
+    /// approved, only a registered amendment changes its data.
+    #[error("the change set rewrites the data of an approved record; only an amendment may change it")]
+    RegisteredDataChanged,
     /// Transitions are append-only.
     #[error("the change set rewrites or removes earlier workflow steps")]
     TransitionsRewritten,
@@ -223,6 +227,15 @@ pub fn check_tablet_changes<R1: ReadDoc, R2: ReadDoc>(
             if snap_before(key)? != snap_after(key)? {
                 return Err(TabletChangeError::Immutable(key));
             }
+        }
+        // Approved (or beyond, registered): the data is the legal record.
+        let approved_before = read_root(*b, rb).is_ok_and(|v| {
+            v.transitions
+                .iter()
+                .any(|t| t.action == workflow::Action::Approve)
+        });
+        if approved_before && snap_before(DATA)? != snap_after(DATA)? {
+            return Err(TabletChangeError::RegisteredDataChanged);
         }
         let steps_before = snap_before(TRANSITIONS)?;
         if !is_prefix_list(&steps_before, &snap_after(TRANSITIONS)?) {

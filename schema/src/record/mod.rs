@@ -37,6 +37,7 @@ use automerge::{
 };
 use serde_json::Value as Json;
 
+use crate::event::EventKind;
 use crate::kidc::Kidc;
 use crate::workflow::{self, Action, Status, Transition, WorkflowError};
 
@@ -62,28 +63,64 @@ pub const SERVER: &str = "server";
 /// The root keys a tablet may write.
 pub const TABLET_ROOT_KEYS: [&str; 4] = [KIND, OFFICE, DATA, TRANSITIONS];
 
-/// Kinds of vital event. Only births exist so far.
+/// Kinds of vital event. Each record holds one registration, of the event
+/// its kind names (an amendment is a record of its own that names the
+/// birth record it amends).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum RecordKind {
     /// A birth registration.
     Birth,
+    /// A death registration.
+    Death,
+    /// A marriage registration.
+    Marriage,
+    /// A divorce registration.
+    Divorce,
+    /// An adoption registration.
+    Adoption,
+    /// An amendment of a registered birth.
+    Amendment,
 }
 
 impl RecordKind {
-    /// The stable name.
+    /// Every kind.
+    pub const ALL: [RecordKind; 6] = [
+        RecordKind::Birth,
+        RecordKind::Death,
+        RecordKind::Marriage,
+        RecordKind::Divorce,
+        RecordKind::Adoption,
+        RecordKind::Amendment,
+    ];
+
+    /// The stable name (the same as the registration's `"event"`).
     pub fn as_str(self) -> &'static str {
         match self {
             RecordKind::Birth => "birth",
+            RecordKind::Death => "death",
+            RecordKind::Marriage => "marriage",
+            RecordKind::Divorce => "divorce",
+            RecordKind::Adoption => "adoption",
+            RecordKind::Amendment => "amendment",
         }
     }
 
     /// Parses the stable name.
     pub fn parse(s: &str) -> Option<RecordKind> {
-        match s {
-            "birth" => Some(RecordKind::Birth),
-            _ => None,
+        RecordKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    /// The record kind of a registration of `event`.
+    pub fn of_event(event: EventKind) -> RecordKind {
+        match event {
+            EventKind::Birth => RecordKind::Birth,
+            EventKind::Death => RecordKind::Death,
+            EventKind::Marriage => RecordKind::Marriage,
+            EventKind::Divorce => RecordKind::Divorce,
+            EventKind::Adoption => RecordKind::Adoption,
+            EventKind::Amendment => RecordKind::Amendment,
         }
     }
 }
@@ -112,10 +149,64 @@ pub struct ServerPart {
     /// Server time of registration, in ms since the epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registered_at_ms: Option<i64>,
+    /// The registration number, `office/year/sequence` (such as
+    /// `171003/2026/000042`), given when the server registers the event.
+    /// Births registered before numbers existed have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registration_number: Option<String>,
+    /// Registered after the legal period (a birth more than the
+    /// configured number of days after the day of birth).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub late: bool,
     /// Why the server holds the record for review (a stable code such as
     /// `invalid_on_receipt` or `probable_duplicate`; never personal data).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hold: Option<String>,
+    /// The registered amendments of this record, oldest first: the only
+    /// way its data changes once approved.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub amendments: Vec<AppliedAmendment>,
+}
+
+/// One registered amendment, as the amended record keeps it: which record
+/// amended it, its registration, why, and each field from which value to
+/// which. Who made it is in the amendment record's own workflow steps.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AppliedAmendment {
+    /// The amendment record's id.
+    pub amendment_id: String,
+    /// Its registration number.
+    pub registration_number: String,
+    /// Server time of its registration, in ms since the epoch.
+    pub registered_at_ms: i64,
+    /// The reason code.
+    pub reason: String,
+    /// Each changed field (a dotted path) with its old and new values.
+    pub changes: Vec<FieldChange>,
+}
+
+/// One field an amendment changed.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FieldChange {
+    /// The dotted path, such as `child.given_name`.
+    pub field: String,
+    /// The value before (`null`: none).
+    pub from: Json,
+    /// The value after (`null`: removed).
+    pub to: Json,
+}
+
+/// What the server writes when it registers an event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registration {
+    /// A birth's new KIdC.
+    pub kidc: Option<Kidc>,
+    /// The registration number.
+    pub number: String,
+    /// Server time, ms since the epoch.
+    pub at_ms: i64,
+    /// Registered after the legal period.
+    pub late: bool,
 }
 
 /// A decoded view of a record document.
@@ -142,11 +233,23 @@ impl RecordView {
     pub fn status(&self) -> Result<Status, WorkflowError> {
         let tablet = workflow::derive(&self.transitions)?.ok_or(WorkflowError::MustStartWithSubmit)?;
         Ok(match tablet {
-            Status::Approved if self.server.kidc.is_some() => Status::Registered,
+            Status::Approved if self.server.is_registered() => Status::Registered,
             Status::Rejected => Status::Rejected,
             _ if self.server.hold.is_some() => Status::Held,
             other => other,
         })
+    }
+
+    /// The event data as it stands now: the registration with every
+    /// registered amendment made, in order.
+    pub fn current_data(&self) -> Json {
+        let mut data = self.data.clone();
+        for a in &self.server.amendments {
+            for c in &a.changes {
+                set_json_path(&mut data, &c.field, &c.to);
+            }
+        }
+        data
     }
 
     /// The staff id of the clerk who entered the record.
@@ -192,11 +295,60 @@ pub fn append_transition(doc: &mut AutoCommit, t: &Transition) -> Result<(), Rec
     Ok(())
 }
 
+impl ServerPart {
+    /// Has the server registered the record (a number, or, for a birth
+    /// registered before numbers existed, a KIdC)?
+    pub fn is_registered(&self) -> bool {
+        self.registration_number.is_some() || self.kidc.is_some()
+    }
+}
+
+/// Sets the dotted `path` of `root` to `value` (`null` removes it),
+/// creating the objects on the way.
+pub fn set_json_path(root: &mut Json, path: &str, value: &Json) {
+    let mut parts: Vec<&str> = path.split('.').collect();
+    let Some(last) = parts.pop() else { return };
+    let mut node = root;
+    for key in parts {
+        if !node.is_object() {
+            *node = Json::Object(serde_json::Map::new());
+        }
+        let Json::Object(map) = node else { return };
+        node = map
+            .entry(key.to_owned())
+            .or_insert_with(|| Json::Object(serde_json::Map::new()));
+    }
+    if !node.is_object() {
+        *node = Json::Object(serde_json::Map::new());
+    }
+    if let Json::Object(map) = node {
+        if value.is_null() {
+            map.remove(last);
+        } else {
+            map.insert(last.to_owned(), value.clone());
+        }
+    }
+}
+
 /// Server side: records the registration of an approved record.
-pub fn set_registration(doc: &mut AutoCommit, kidc: &Kidc, at_ms: i64) -> Result<(), RecordError> {
+pub fn set_registration(doc: &mut AutoCommit, r: &Registration) -> Result<(), RecordError> {
     let mut part = read_server_part(doc)?;
-    part.kidc = Some(*kidc);
-    part.registered_at_ms = Some(at_ms);
+    if r.kidc.is_some() {
+        part.kidc = r.kidc;
+    }
+    part.registered_at_ms = Some(r.at_ms);
+    part.registration_number = Some(r.number.clone());
+    part.late = r.late;
+    write_server_part(doc, &part)
+}
+
+/// Server side: records a registered amendment of this record.
+pub fn add_amendment(doc: &mut AutoCommit, a: AppliedAmendment) -> Result<(), RecordError> {
+    let mut part = read_server_part(doc)?;
+    if part.amendments.iter().any(|x| x.amendment_id == a.amendment_id) {
+        return Ok(());
+    }
+    part.amendments.push(a);
     write_server_part(doc, &part)
 }
 

@@ -115,14 +115,16 @@ fn the_server_part_is_one_value_that_keeps_earlier_edits() {
     doc.set_actor(actor(9));
     set_hold(&mut doc, "invalid_on_receipt").unwrap();
     let kidc = Kidc::generate(crate::kidc::Category::CITIZEN, &mut rand::rng());
-    set_registration(&mut doc, &kidc, 5).unwrap();
+    set_registration(&mut doc, &reg(kidc)).unwrap();
     let view = read(&doc).unwrap();
     assert_eq!(
         view.server,
         ServerPart {
             kidc: Some(kidc),
             registered_at_ms: Some(5),
+            registration_number: Some("171003/2026/000001".into()),
             hold: Some("invalid_on_receipt".into()),
+            ..ServerPart::default()
         }
     );
     // Every part of the record is a whole value: a handful of
@@ -138,7 +140,7 @@ fn a_tablet_that_rewrites_an_existing_kidc_is_refused() {
     // The server writes its part with its own actor.
     let mut server = doc.fork().with_actor(actor(9));
     let kidc = Kidc::generate(crate::kidc::Category::CITIZEN, &mut rand::rng());
-    set_registration(&mut server, &kidc, 5).unwrap();
+    set_registration(&mut server, &reg(kidc)).unwrap();
     doc.merge(&mut server).unwrap();
     let before = copy(&mut doc);
     doc.put(automerge::ROOT, SERVER, r#"{"kidc":"1111111111"}"#)
@@ -399,4 +401,66 @@ fn concurrent_rewrites_hidden_behind_the_winner_are_still_refused() {
         check_tablet_changes(Some(&before), &seen).unwrap_err(),
         TabletChangeError::Malformed("root field 'kind' is missing or in conflict".into())
     );
+}
+
+fn reg(kidc: Kidc) -> Registration {
+    Registration {
+        kidc: Some(kidc),
+        number: "171003/2026/000001".into(),
+        at_ms: 5,
+        late: false,
+    }
+}
+
+#[test]
+fn an_approved_records_data_changes_only_through_an_amendment() {
+    let mut doc = new_record(actor(1), RecordKind::Birth, "171003", &sample(), &submit("clerk")).unwrap();
+    for (action, by) in [(crate::workflow::Action::Verify, "verifier"), (crate::workflow::Action::Approve, "registrar")] {
+        append_transition(
+            &mut doc,
+            &Transition {
+                action,
+                by: by.into(),
+                at_ms: 2,
+                device: "d".into(),
+                reason: None,
+            },
+        )
+        .unwrap();
+    }
+    let before = copy(&mut doc);
+    let mut changed = sample();
+    changed["child"]["given_name"] = serde_json::json!("x");
+    doc.put(automerge::ROOT, DATA, changed.to_string()).unwrap();
+    assert_eq!(
+        check_tablet_changes(Some(&before), &doc).unwrap_err(),
+        TabletChangeError::RegisteredDataChanged
+    );
+}
+
+#[test]
+fn current_data_makes_each_registered_amendment_in_order() {
+    let mut doc = new_record(actor(1), RecordKind::Birth, "171003", &sample(), &submit("clerk")).unwrap();
+    doc.set_actor(actor(9));
+    for (i, name) in ["A", "B"].iter().enumerate() {
+        add_amendment(
+            &mut doc,
+            AppliedAmendment {
+                amendment_id: format!("id-{i}"),
+                registration_number: format!("171003/2026/00000{i}"),
+                registered_at_ms: i as i64,
+                reason: "clerical_error".into(),
+                changes: vec![FieldChange {
+                    field: "child.given_name_latin".into(),
+                    from: serde_json::Value::Null,
+                    to: serde_json::json!(name),
+                }],
+            },
+        )
+        .unwrap();
+    }
+    let view = read(&doc).unwrap();
+    assert_eq!(view.server.amendments.len(), 2);
+    assert_eq!(view.current_data()["child"]["given_name_latin"], "B");
+    assert_ne!(view.data, view.current_data(), "the registration itself is kept");
 }
