@@ -33,6 +33,7 @@ pub mod ledger;
 pub mod listener;
 pub mod notify;
 pub mod openapi;
+pub mod registry;
 pub mod staff;
 pub mod storage;
 
@@ -85,7 +86,13 @@ pub struct Server {
     dir: PathBuf,
     /// Sync requests that reach the writer together commit together.
     group: GroupCommit<ingest::Job, Result<ingest::Written, ApiError>>,
+    /// A birth registered more than this many days after the day of birth
+    /// is late (the legal period).
+    late_birth_days: u32,
 }
+
+/// The legal period for registering a birth, in days, unless configured.
+pub const DEFAULT_LATE_BIRTH_DAYS: u32 = 30;
 
 impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -215,7 +222,20 @@ impl Server {
             clock,
             dir,
             group: GroupCommit::default(),
+            late_birth_days: DEFAULT_LATE_BIRTH_DAYS,
         })
+    }
+
+    /// Sets the legal period for registering a birth, in days (a birth
+    /// registered later carries the late flag).
+    pub fn with_late_birth_days(mut self, days: u32) -> Server {
+        self.late_birth_days = days;
+        self
+    }
+
+    /// The legal period for registering a birth, in days.
+    pub fn late_birth_days(&self) -> u32 {
+        self.late_birth_days
     }
 
     /// The storage backend.

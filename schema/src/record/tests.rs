@@ -415,7 +415,10 @@ fn reg(kidc: Kidc) -> Registration {
 #[test]
 fn an_approved_records_data_changes_only_through_an_amendment() {
     let mut doc = new_record(actor(1), RecordKind::Birth, "171003", &sample(), &submit("clerk")).unwrap();
-    for (action, by) in [(crate::workflow::Action::Verify, "verifier"), (crate::workflow::Action::Approve, "registrar")] {
+    for (action, by) in [
+        (crate::workflow::Action::Verify, "verifier"),
+        (crate::workflow::Action::Approve, "registrar"),
+    ] {
         append_transition(
             &mut doc,
             &Transition {

@@ -3,7 +3,6 @@
 
 use std::collections::HashSet;
 
-use automerge::AutoCommit;
 use crvs_schema::record::TabletChangeError;
 use crvs_schema::wire::{Ack, AckOutcome, Refusal, RefusalCode};
 use crvs_schema::workflow::Status;
@@ -11,10 +10,10 @@ use uuid::Uuid;
 
 use crate::storage::{LogEntry, StoredRecord, WriteTx};
 
-use super::kidc::{Issued, issue_kidc};
 use super::open::{Incoming, OpenedBody, Pending, wire_refusal};
-use super::prepare::{Prepared, prepare_record, server_edits_saved};
-use super::{Chain, Ctx, HOLD_KIDC_CONFLICT, Stats, Step, internal, par_map, refuse};
+use super::prepare::{Prepared, commit_server_change, prepare_record, saved_blob};
+use super::register::{Outcome, register};
+use super::{Chain, Ctx, Stats, Step, internal, par_map, refuse};
 
 /// Applies one signed change set, or says why not. On success returns its
 /// acknowledgement and the device's new chain position.
@@ -252,9 +251,9 @@ pub(super) fn load_owned(
     Ok(stored)
 }
 
-/// The storage part of applying one record: issue its KIdC in the
-/// issuance log (redoing the server's edits if the drawn code was taken),
-/// store the document, feed the server's change to the device.
+/// The storage part of applying one record: register it if it is
+/// approved ([`register`]), store the document, feed the server's changes
+/// to the device.
 pub(super) fn finish_record(
     tx: &mut dyn WriteTx,
     ctx: &Ctx<'_>,
@@ -270,44 +269,22 @@ pub(super) fn finish_record(
         kind,
         mut status,
         new_hold,
-        kidc,
-        mut saved,
+        register: plan,
+        mut doc,
+        server_change,
     } = p;
     stats.records += 1;
     let mut hold = new_hold;
-    if let Some((drawn, category)) = kidc {
-        let issued = issue_kidc(tx, ctx, record_id, seq, category, drawn, stats)?;
-        if issued != Issued::Code(drawn) {
-            // The drawn code was taken, or another is this record's, or
-            // none may be issued: redo the edits on the document as it
-            // was before them, so that no other person's code ever
-            // appears in this record.
-            let mut doc = AutoCommit::new();
-            for bytes in [stored.as_ref().map_or(&[][..], |s| &s.doc), &fresh] {
-                doc.load_incremental(bytes)
-                    .map_err(|_| internal("a record document does not reload"))?;
-            }
-            match issued {
-                Issued::Code(k) => {
-                    saved = server_edits_saved(ctx, doc, stored.as_ref(), &fresh, new_hold, Some(&k))?;
-                }
-                Issued::Conflict => {
-                    saved = server_edits_saved(
-                        ctx,
-                        doc,
-                        stored.as_ref(),
-                        &fresh,
-                        Some(HOLD_KIDC_CONFLICT),
-                        None,
-                    )?;
-                    status = Status::Held;
-                    hold = Some(HOLD_KIDC_CONFLICT);
-                }
+    let mut changes: Vec<Vec<u8>> = server_change.into_iter().collect();
+    if let Some(plan) = plan {
+        match register(tx, ctx, record_id, &office, &mut doc, plan, seq, stats)? {
+            Outcome::Registered { .. } => status = Status::Registered,
+            Outcome::Held(code) => {
+                status = Status::Held;
+                hold = Some(code);
             }
         }
-        if matches!(issued, Issued::Code(_)) {
-            stats.kidcs += 1;
-        }
+        changes.extend(commit_server_change(&mut doc));
     }
     let record = StoredRecord {
         record_id,
@@ -315,7 +292,7 @@ pub(super) fn finish_record(
         origin_device: ctx.device.device_id,
         kind: kind.as_str().to_string(),
         status: status.as_str().to_string(),
-        doc: saved.blob,
+        doc: saved_blob(&mut doc, stored.as_ref(), &fresh, &changes),
         updated_at_ms: ctx.now_ms,
     };
     if stored.is_some() {
@@ -323,7 +300,7 @@ pub(super) fn finish_record(
     } else {
         tx.insert_record(&record)?;
     }
-    if let Some(c) = &saved.server_change {
+    for c in &changes {
         tx.append_server_change(ctx.device.device_id, record_id, c, ctx.now_ms)?;
     }
     if let Some(reason) = hold {

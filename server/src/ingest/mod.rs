@@ -66,11 +66,13 @@ mod apply;
 mod kidc;
 mod open;
 mod prepare;
+mod register;
 mod release;
 mod write;
 
 use open::{open_change_sets, verified_evidence};
 pub use prepare::{MAX_CHUNKS_PER_RECORD, MAX_RECORD_DOC_BYTES};
+pub use register::{HOLD_NOT_REGISTERED, HOLD_UNKNOWN_RECORD};
 pub use release::{Released, release_hold};
 pub(crate) use write::{Job, Written};
 use write::{settle_group, write_group};

@@ -4,8 +4,9 @@
 use std::collections::HashSet;
 
 use automerge::{AutoCommit, Change, ChangeHash};
-use crvs_schema::birth::{self, BirthRegistration};
+use crvs_schema::birth::{self, BirthRegistration, FieldProblem, ValidationError};
 use crvs_schema::bounds;
+use crvs_schema::event::{self, Event};
 use crvs_schema::gazetteer::{GazetteerCode, Level};
 use crvs_schema::kidc::Category;
 use crvs_schema::record::{self, RecordKind, TabletChangeError};
@@ -20,8 +21,8 @@ use super::apply::tablet_change_refusal;
 use super::{COMPACT_ABOVE, Ctx, HOLD_INVALID_ON_RECEIPT, HOLD_INVALID_WORKFLOW, Step, internal, refuse};
 
 /// A record with the tablet's changes applied and checked, and the
-/// server's edits committed, ready to be stored. Only the KIdC is not yet
-/// in the issuance log.
+/// server's early edits (a hold) committed, ready to be registered (if
+/// approved) and stored under the writer.
 pub(super) struct Prepared {
     pub(super) record_id: Uuid,
     pub(super) stored: Option<StoredRecord>,
@@ -31,19 +32,23 @@ pub(super) struct Prepared {
     pub(super) office: String,
     pub(super) kind: RecordKind,
     pub(super) status: Status,
-    /// The server's edits: the hold, if it set one now.
     /// The hold the server set now, if it did.
     pub(super) new_hold: Option<&'static str>,
-    /// The KIdC to issue (drawn, not yet in the issuance log).
-    pub(super) kidc: Option<(Kidc, Category)>,
-    /// The bytes to store, and the server's change to feed to the device.
-    pub(super) saved: Saved,
+    /// The registration to make under the writer, for an approved record
+    /// whose data validates.
+    pub(super) register: Option<Plan>,
+    /// The document, the server's early change committed.
+    pub(super) doc: AutoCommit,
+    /// The server's early change, to store and to feed to the device.
+    pub(super) server_change: Option<Vec<u8>>,
 }
 
-/// A record document with the server's change committed, as stored.
-pub(super) struct Saved {
-    pub(super) blob: Vec<u8>,
-    pub(super) server_change: Option<Vec<u8>>,
+/// What registering an approved record needs: its event, typed and
+/// validated, and for a birth the KIdC drawn before the writer.
+pub(super) struct Plan {
+    pub(super) event: Event,
+    /// A birth's code, drawn (not yet in the issuance log), and category.
+    pub(super) kidc: Option<(Kidc, Category)>,
 }
 
 /// The pure part of applying one record's changes: decode, apply, check,
@@ -166,29 +171,19 @@ pub(super) fn prepare_record_inner(
     }
 
     let mut new_hold: Option<&'static str> = None;
-    let mut kidc = None;
+    let mut register = None;
     if workflow_problem {
         if view.server.hold.is_none() {
             new_hold = Some(HOLD_INVALID_WORKFLOW);
             tracing::info!(record = %record_id, "record held: its workflow breaks the rules");
         }
-    } else if view.kind == RecordKind::Birth && view.server.kidc.is_none() && view.server.hold.is_none() {
-        match validate_birth(&view, ctx.today) {
-            Ok(reg) => {
+    } else if !view.server.is_registered() && view.server.hold.is_none() {
+        match validate_event(&view, ctx.today) {
+            Ok(event) => {
                 let tablet_status = workflow::derive(&view.transitions)
                     .map_err(|e| refuse(seq, RefusalCode::InvalidRecord, e.to_string()))?;
                 if tablet_status == Some(Status::Approved) {
-                    let category = kidc_category(&reg);
-                    // A code the server proved it issued before (the
-                    // database was restored since) is the one to record
-                    // again; otherwise a fresh draw, checked against the
-                    // issuance log and the ledger in `issue_kidc`.
-                    // `rand::rng()` is a CSPRNG seeded from the operating system.
-                    let drawn = match ctx.evidence.get(record_id.as_bytes()) {
-                        Some(k) => *k,
-                        None => Kidc::generate(category, &mut rand::rng()),
-                    };
-                    kidc = Some((drawn, category));
+                    register = Some(plan(ctx, record_id, event));
                 }
             }
             Err(problems) => {
@@ -196,24 +191,21 @@ pub(super) fn prepare_record_inner(
                 // A count only: an unknown key's name is the tablet's text.
                 tracing::info!(
                     record = %record_id,
+                    kind = view.kind.as_str(),
                     problems = problems.problems.len(),
                     "record held: its data does not validate on receipt (server's date, device's office)"
                 );
             }
         }
     }
-    // The status once the server's edits are in: they never depend on
-    // which code was drawn, so a redraw in `finish_record` keeps it.
+    // The status before the registration, which happens under the writer.
     let mut view = view;
     if let Some(code) = new_hold {
         view.server.hold = Some(code.to_string());
     }
-    if let Some((k, _)) = &kidc {
-        view.server.kidc = Some(*k);
-    }
     let status = if workflow_problem {
         // A registered record keeps its registration; the hold flags it.
-        if view.server.kidc.is_some() {
+        if view.server.is_registered() {
             Status::Registered
         } else {
             Status::Held
@@ -222,15 +214,18 @@ pub(super) fn prepare_record_inner(
         view.status()
             .map_err(|e| refuse(seq, RefusalCode::InvalidRecord, e.to_string()))?
     };
-    let saved = server_edits_saved(
-        ctx,
-        doc,
-        stored.as_ref(),
-        &fresh,
-        new_hold,
-        kidc.as_ref().map(|k| &k.0),
-    )?;
-    if saved.blob.len() > MAX_RECORD_DOC_BYTES {
+    let mut doc = doc;
+    let server_change = match new_hold {
+        Some(code) => {
+            doc.set_actor(ctx.server.actor().clone());
+            record::set_hold(&mut doc, code)
+                .map_err(|_| internal("writing the server part of a record failed"))?;
+            commit_server_change(&mut doc)
+        }
+        None => None,
+    };
+    let stored_len = stored.as_ref().map_or(0, |s| s.doc.len());
+    if stored_len + fresh.len() > MAX_RECORD_DOC_BYTES {
         return Err(refuse(
             seq,
             RefusalCode::TooLarge,
@@ -245,9 +240,40 @@ pub(super) fn prepare_record_inner(
         kind: view.kind,
         status,
         new_hold,
-        kidc,
-        saved,
+        register,
+        doc,
+        server_change,
     }))
+}
+
+/// The registration plan of an approved record whose event validated: a
+/// birth's code is drawn now, off the writer.
+pub(super) fn plan(ctx: &Ctx<'_>, record_id: Uuid, event: Event) -> Plan {
+    let kidc = match &event {
+        Event::Birth(reg) => {
+            let category = kidc_category(reg);
+            // A code the server proved it issued before (the database was
+            // restored since) is the one to record again; otherwise a
+            // fresh draw, checked against the issuance log and the ledger
+            // in `issue_kidc`. `rand::rng()` is a CSPRNG seeded from the
+            // operating system.
+            let drawn = match ctx.evidence.get(record_id.as_bytes()) {
+                Some(k) => *k,
+                None => Kidc::generate(category, &mut rand::rng()),
+            };
+            Some((drawn, category))
+        }
+        _ => None,
+    };
+    Plan { event, kidc }
+}
+
+/// Commits the server's edits made on `doc` (with the server's actor) and
+/// returns the change's bytes, if there were edits.
+pub(super) fn commit_server_change(doc: &mut AutoCommit) -> Option<Vec<u8>> {
+    doc.commit()
+        .and_then(|_| doc.get_last_local_change())
+        .map(|c| c.raw_bytes().to_vec())
 }
 
 pub(super) fn server_actor_refusal(seq: u64) -> Step {
@@ -327,6 +353,33 @@ pub(super) fn validate_birth(
     }
 }
 
+/// The server's re-validation of any record's event: a birth as
+/// [`validate_birth`]; another event by its own rules, which must be the
+/// event the record's kind names (an amendment must name the record it
+/// amends).
+pub(super) fn validate_event(view: &record::RecordView, latest: Date) -> Result<Event, ValidationError> {
+    if view.kind == RecordKind::Birth {
+        return validate_birth(view, latest).map(Event::Birth);
+    }
+    let event = event::validate(&view.data, latest)?;
+    if RecordKind::of_event(event.kind()) != view.kind {
+        return Err(ValidationError {
+            problems: vec![FieldProblem::new(
+                "event",
+                "must be the event the record's kind names",
+            )],
+        });
+    }
+    if let Event::Amendment(a) = &event
+        && a.amends.is_none()
+    {
+        return Err(ValidationError {
+            problems: vec![FieldProblem::new("amends", "must name the record amended")],
+        });
+    }
+    Ok(event)
+}
+
 /// **KIdC category:** citizen when either parent's nationality is `KHM`.
 pub(super) fn kidc_category(reg: &BirthRegistration) -> Category {
     if reg.mother.nationality == "KHM" || reg.father.as_ref().is_some_and(|f| f.nationality == "KHM") {
@@ -336,43 +389,25 @@ pub(super) fn kidc_category(reg: &BirthRegistration) -> Category {
     }
 }
 
-/// Makes the server's edits of a record (if it has any to make) with the
-/// server's actor, commits them, and produces the bytes to store: the
-/// stored bytes with the fresh ones and the server's change appended, or
-/// a compacted `save()` once that grows large.
-pub(super) fn server_edits_saved(
-    ctx: &Ctx<'_>,
-    mut doc: AutoCommit,
+/// The bytes to store: the stored bytes with the fresh ones and the
+/// server's changes appended, or a compacted `save()` once that grows large.
+pub(super) fn saved_blob(
+    doc: &mut AutoCommit,
     stored: Option<&StoredRecord>,
     fresh: &[u8],
-    hold: Option<&str>,
-    kidc: Option<&Kidc>,
-) -> Result<Saved, Step> {
-    let failed = |_| internal("writing the server part of a record failed");
-    doc.set_actor(ctx.server.actor().clone());
-    if let Some(code) = hold {
-        record::set_hold(&mut doc, code).map_err(failed)?;
-    }
-    if let Some(k) = kidc {
-        record::set_registration(&mut doc, k, ctx.now_ms).map_err(failed)?;
-    }
-    let server_change = doc
-        .commit()
-        .and_then(|_| doc.get_last_local_change())
-        .map(|c| c.raw_bytes().to_vec());
+    changes: &[Vec<u8>],
+) -> Vec<u8> {
     let stored_len = stored.map_or(0, |s| s.doc.len());
-    let added = fresh.len() + server_change.as_ref().map_or(0, Vec::len);
-    let blob = if stored.is_some() && stored_len + added > COMPACT_ABOVE {
+    let added = fresh.len() + changes.iter().map(Vec::len).sum::<usize>();
+    if stored.is_some() && stored_len + added > COMPACT_ABOVE {
         doc.save()
     } else {
         let mut b = Vec::with_capacity(stored_len + added);
         b.extend_from_slice(stored.map_or(&[][..], |s| &s.doc));
         b.extend_from_slice(fresh);
-        if let Some(c) = &server_change {
+        for c in changes {
             b.extend_from_slice(c);
         }
         b
-    };
-
-    Ok(Saved { blob, server_change })
+    }
 }

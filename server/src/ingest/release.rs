@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use automerge::AutoCommit;
-use crvs_schema::record::{self, RecordKind};
+use crvs_schema::record;
 use crvs_schema::workflow::{self, Status};
 use crvs_schema::{Date, Kidc};
 use ed25519_dalek::VerifyingKey;
@@ -13,8 +13,8 @@ use crate::Server;
 use crate::error::ApiError;
 use crate::storage::{ReleaseAudit, StoredRecord};
 
-use super::kidc::{Issued, issue_kidc};
-use super::prepare::{kidc_category, validate_birth};
+use super::prepare::{commit_server_change, plan, validate_event};
+use super::register::{Outcome, register};
 use super::{CLOCK_TOLERANCE_MS, Ctx, Stats, Step};
 
 /// What a release attempt found.
@@ -79,52 +79,43 @@ pub fn release_hold(
             None
         }
     };
-    let mut reg = None;
-    if view.kind == RecordKind::Birth {
-        match validate_birth(&view, today) {
-            Ok(r) => reg = Some(r),
-            Err(e) => problems.extend(e.problems.iter().map(|p| format!("{}: {}", p.field, p.problem))),
-        }
+    let mut event = None;
+    match validate_event(&view, today) {
+        Ok(e) => event = Some(e),
+        Err(e) => problems.extend(e.problems.iter().map(|p| format!("{}: {}", p.field, p.problem))),
     }
     let mut stats = Stats::default();
     let mut kidc = None;
+    doc.set_actor(server.actor().clone());
     if problems.is_empty()
         && tablet_status == Some(Status::Approved)
-        && view.server.kidc.is_none()
-        && let Some(reg) = &reg
+        && !view.server.is_registered()
+        && let Some(event) = event
     {
-        let category = kidc_category(reg);
-        let drawn = Kidc::generate(category, &mut rand::rng());
         // The device's last sequence number stands for "released by an
         // operator" in the issuance log's `seq` column.
-        match issue_kidc(
+        match register(
             &mut *tx,
             &ctx,
             record_id,
+            &stored.office,
+            &mut doc,
+            plan(&ctx, record_id, event),
             device.last_seq,
-            category,
-            drawn,
             &mut stats,
         ) {
-            Ok(Issued::Code(k)) => kidc = Some(k),
-            Ok(Issued::Conflict) => problems.push("kidc_conflict".into()),
+            Ok(Outcome::Registered { kidc: k, .. }) => kidc = k,
+            Ok(Outcome::Held(code)) => problems.push(code.to_string()),
             Err(Step::Failed(e)) => return Err(e),
-            Err(_) => return Err(ApiError::Internal("issuing the KIdC failed".into())),
+            Err(_) => return Err(ApiError::Internal("registering the record failed".into())),
         }
     }
     let released = problems.is_empty();
     let mut status = view.status().unwrap_or(Status::Held);
     if released {
-        doc.set_actor(server.actor().clone());
         let failed = |_| ApiError::Internal("writing the server part of a record failed".into());
         record::clear_hold(&mut doc).map_err(failed)?;
-        if let Some(k) = &kidc {
-            record::set_registration(&mut doc, k, now_ms).map_err(failed)?;
-        }
-        let change = doc
-            .commit()
-            .and_then(|_| doc.get_last_local_change())
-            .map(|c| c.raw_bytes().to_vec());
+        let change = commit_server_change(&mut doc);
         let after = record::read(&doc)
             .map_err(|e| ApiError::Internal(format!("a released record does not read: {e}")))?;
         status = after.status().unwrap_or(Status::Held);

@@ -693,6 +693,9 @@ pub trait WriteTx {
     ) -> Result<(), StorageError>;
     /// The record's hold, if it is held and not released.
     fn hold(&mut self, record_id: Uuid) -> Result<Option<HoldRow>, StorageError>;
+    /// The next registration sequence number of `office` in `year`
+    /// (1, 2, ...), counted in this transaction.
+    fn next_registration_seq(&mut self, office: &str, year: i32) -> Result<u64, StorageError>;
     /// Audits a release attempt; when it released the record, marks the
     /// hold released.
     fn audit_release(&mut self, audit: &ReleaseAudit<'_>) -> Result<(), StorageError>;

@@ -44,6 +44,7 @@ const MIGRATIONS: &[crvs_sqlite::Migration] = &[
     include_str!("../../migrations/004_recovery.sql"),
     include_str!("../../migrations/005_staff.sql"),
     include_str!("../../migrations/006_notifications.sql"),
+    include_str!("../../migrations/007_registration_numbers.sql"),
 ];
 
 impl From<rusqlite::Error> for StorageError {
@@ -825,6 +826,15 @@ impl WriteTx for SqliteTx<'_> {
             params![record_id.to_string(), office, reason, at_ms],
         )?;
         Ok(())
+    }
+
+    fn next_registration_seq(&mut self, office: &str, year: i32) -> Result<u64, StorageError> {
+        let mut st = self.conn.prepare_cached(
+            "INSERT INTO registration_counters (office, year, last) VALUES (?1, ?2, 1)
+             ON CONFLICT (office, year) DO UPDATE SET last = last + 1 RETURNING last",
+        )?;
+        let last: i64 = st.query_row(params![office, year], |r| r.get(0))?;
+        u64::try_from(last).map_err(|_| StorageError::Corrupt("registration counter"))
     }
 
     fn hold(&mut self, record_id: Uuid) -> Result<Option<HoldRow>, StorageError> {
