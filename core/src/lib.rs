@@ -21,6 +21,7 @@ pub mod sync;
 pub mod transport;
 
 pub use crvs_schema::FieldProblem;
+pub use crvs_schema::event;
 pub use crvs_schema::workflow::Status;
 pub use crypto::Passphrase;
 pub use error::{Error, Result};

@@ -12,6 +12,7 @@
 //! The record types and their JSON live in `records`; the sync (outbox,
 //! push, answers, adoption, evidence) in `crate::sync`.
 
+mod events;
 mod repair;
 pub use repair::RepairReport;
 

@@ -16,6 +16,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use crvs_core::event::EventKind;
 use crvs_core::{Error, FieldProblem, Passphrase, RecordId, Registrar, SyncPhase, SyncProgress};
 use serde_json::{Value as Json, json};
 use zeroize::Zeroize;
@@ -69,6 +70,37 @@ enum Command {
     Birth {
         #[command(subcommand)]
         command: BirthCommand,
+    },
+    /// Death registrations.
+    Death {
+        #[command(subcommand)]
+        command: EventCommand,
+    },
+    /// Marriage registrations.
+    Marriage {
+        #[command(subcommand)]
+        command: EventCommand,
+    },
+    /// Divorce registrations.
+    Divorce {
+        #[command(subcommand)]
+        command: EventCommand,
+    },
+    /// Adoption registrations.
+    Adoption {
+        #[command(subcommand)]
+        command: EventCommand,
+    },
+    /// Amend an approved or registered birth record: the amendment is a
+    /// record of its own, verified and approved like any other.
+    Amend {
+        /// The id of the birth record to amend.
+        id: String,
+        /// The amendment JSON file (`changes`, `reason`, `remarks`).
+        file: PathBuf,
+        /// The entering clerk's staff id.
+        #[arg(long)]
+        by: String,
     },
     /// Verify a record (a different staff member from the one who entered it).
     Verify {
@@ -137,6 +169,18 @@ enum PassphraseCommand {
 #[derive(Subcommand)]
 enum BirthCommand {
     /// Register a birth from a JSON file.
+    Register {
+        /// The registration JSON file.
+        file: PathBuf,
+        /// The entering clerk's staff id.
+        #[arg(long)]
+        by: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum EventCommand {
+    /// Register the event from a JSON file.
     Register {
         /// The registration JSON file.
         file: PathBuf,
@@ -344,17 +388,34 @@ fn run(cli: &Cli) -> Result<Output, Failure> {
                 text: format!("Enrolled as device {} for office {}.", e.device_id, e.office),
             })
         }
+        Command::Death {
+            command: EventCommand::Register { file, by },
+        } => register(cli, EventKind::Death, file, by),
+        Command::Marriage {
+            command: EventCommand::Register { file, by },
+        } => register(cli, EventKind::Marriage, file, by),
+        Command::Divorce {
+            command: EventCommand::Register { file, by },
+        } => register(cli, EventKind::Divorce, file, by),
+        Command::Adoption {
+            command: EventCommand::Register { file, by },
+        } => register(cli, EventKind::Adoption, file, by),
+        Command::Amend { id, file, by } => {
+            let target = record_id(id)?;
+            let text = read_file(file)?;
+            let r = open(cli)?;
+            let amendment = r.amend(&target, &text, by)?;
+            Ok(Output {
+                json: json!({ "record_id": target.to_string(), "amendment_id": amendment.to_string(), "status": "submitted" }),
+                text: format!(
+                    "Amendment {amendment} of record {target} entered (submitted; a second staff member must verify it)."
+                ),
+            })
+        }
         Command::Birth {
             command: BirthCommand::Register { file, by },
         } => {
-            let text = std::fs::read_to_string(file).map_err(|e| Failure {
-                code: "invalid_input",
-                message: format!("cannot read the registration file {}: {e}", file.display()),
-                hint: "Check the file's path and that it is UTF-8 JSON.",
-                problems: Vec::new(),
-                rows: Vec::new(),
-                exit: 1,
-            })?;
+            let text = read_file(file)?;
             let r = open(cli)?;
             let id = r.register_birth(&text, by)?;
             Ok(Output {
@@ -480,6 +541,31 @@ fn run(cli: &Cli) -> Result<Output, Failure> {
             })
         }
     }
+}
+
+fn read_file(file: &std::path::Path) -> Result<String, Failure> {
+    std::fs::read_to_string(file).map_err(|e| Failure {
+        code: "invalid_input",
+        message: format!("cannot read the registration file {}: {e}", file.display()),
+        hint: "Check the file's path and that it is UTF-8 JSON.",
+        problems: Vec::new(),
+        rows: Vec::new(),
+        exit: 1,
+    })
+}
+
+/// `crvs KIND register FILE --by S` for the events other than births.
+fn register(cli: &Cli, kind: EventKind, file: &std::path::Path, by: &str) -> Result<Output, Failure> {
+    let text = read_file(file)?;
+    let r = open(cli)?;
+    let id = r.register_event(&text, by, Some(kind))?;
+    Ok(Output {
+        json: json!({ "record_id": id.to_string(), "status": "submitted" }),
+        text: format!(
+            "Registered {} record {id} (submitted; a second staff member must verify it).",
+            kind.as_str()
+        ),
+    })
 }
 
 fn step(

@@ -164,8 +164,21 @@ pub(crate) fn record_to_json(r: &Record) -> Json {
     if let Some(h) = &r.view.server.hold {
         out["hold"] = json!(h);
     }
+    if let Some(n) = &r.view.server.registration_number {
+        out["registration_number"] = json!(n);
+    }
+    if r.view.server.late {
+        out["late"] = json!(true);
+    }
     if let Some(t) = r.server_updated_at_ms {
         out["server_updated_at"] = json!(format_utc(t));
+    }
+    // The values as they stand, and every registered amendment: who (the
+    // amendment record's steps), what from which value to which, when, why.
+    out["current"] = r.view.current_data();
+    out["history"] = json!(r.view.server.amendments);
+    if let Some(target) = r.view.data.get("amends") {
+        out["amends"] = target.clone();
     }
     out
 }

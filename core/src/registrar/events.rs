@@ -1,0 +1,156 @@
+//! Registering the vital events other than births, and amending a
+//! registered birth.
+//!
+//! Every event is a record of its own, with the same workflow (a clerk
+//! submits, a second staff member verifies, a registrar approves or
+//! rejects) and the same sync. An amendment is a record of kind
+//! `amendment` whose data names the birth record it amends (`amends`);
+//! the server registers it, with its own registration number, and writes
+//! each field's old and new value into the amended record's server part,
+//! from which [`crvs_schema::record::RecordView::current_data`] gives the
+//! values as they stand.
+
+use crvs_schema::event::{self, Event, EventKind};
+use crvs_schema::gazetteer::{GazetteerCode, Level};
+use crvs_schema::record::{self, RecordKind};
+use crvs_schema::workflow::{self, Action, Status, Transition};
+use crvs_schema::{BirthRegistration, Date, FieldProblem};
+use serde_json::Value as Json;
+
+use super::{RecordId, Registrar, checked_now_ms, doc_aad, lock};
+use crate::error::{Error, Result};
+use crate::store::{self, RecordRow};
+
+impl Registrar {
+    /// Registers a vital event from its JSON (the fixtures' layout: its
+    /// `"event"` field names it; none is a birth), entered by the clerk
+    /// `by`. When `expected` is given the file must hold that event (`crvs
+    /// death register` refuses a marriage). An amendment is refused here:
+    /// it names the record it amends ([`Registrar::amend`]). An invalid
+    /// registration gives [`Error::InvalidRecord`] naming every bad field,
+    /// and stores nothing.
+    pub fn register_event(&self, json: &str, by: &str, expected: Option<EventKind>) -> Result<RecordId> {
+        let now = checked_now_ms()?;
+        let today = Date::today_in_cambodia(now);
+        let event = Event::from_json_str(json, today)?;
+        if let Some(kind) = expected
+            && event.kind() != kind
+        {
+            return Err(Error::InvalidRecord(vec![FieldProblem::new(
+                "event",
+                format!("must be \"{}\" for this command", kind.as_str()),
+            )]));
+        }
+        let event = match event {
+            Event::Amendment(_) => {
+                return Err(Error::InvalidRecord(vec![FieldProblem::new(
+                    "event",
+                    "an amendment names the record it amends: use `crvs amend ID FILE`",
+                )]));
+            }
+            // A birth is checked at this office too (the residence).
+            Event::Birth(_) => {
+                let office = self.office_code()?;
+                Event::Birth(BirthRegistration::from_json_str_at_office(json, today, &office)?)
+            }
+            other => other,
+        };
+        let kind = RecordKind::of_event(event.kind());
+        let id = self.store_new_record(kind, &event.to_json_value(), by, now)?;
+        tracing::info!(record = %id, kind = kind.as_str(), "event registered");
+        Ok(id)
+    }
+
+    /// Amends the birth record `target` (approved or registered) with the
+    /// amendment JSON (`changes`, `reason`, `remarks`?), entered by the
+    /// clerk `by`; returns the amendment's own record id, which goes
+    /// through verification and approval like any record. The birth as
+    /// amended must still pass the birth's rules. Before approval a record
+    /// is not amended: it is corrected or rejected.
+    pub fn amend(&self, target: &RecordId, json: &str, by: &str) -> Result<RecordId> {
+        let now = checked_now_ms()?;
+        let today = Date::today_in_cambodia(now);
+        let target_record = self.record(target)?;
+        if target_record.view.kind != RecordKind::Birth {
+            return Err(Error::NotAllowed("only a birth record can be amended".into()));
+        }
+        match target_record.view.status() {
+            Ok(Status::Approved | Status::Registered) => {}
+            _ => {
+                return Err(Error::NotAllowed(
+                    "only an approved or registered record is amended; before approval, reject it so that it is corrected".into(),
+                ));
+            }
+        }
+        let mut amendment = match Event::from_json_str(json, today)? {
+            Event::Amendment(a) => a,
+            _ => {
+                return Err(Error::InvalidRecord(vec![FieldProblem::new(
+                    "event",
+                    "must be \"amendment\"",
+                )]));
+            }
+        };
+        let target_id = target.to_string();
+        if amendment.amends.as_deref().is_some_and(|a| a != target_id) {
+            return Err(Error::InvalidRecord(vec![FieldProblem::new(
+                "amends",
+                "names another record than the one given",
+            )]));
+        }
+        amendment.amends = Some(target_id);
+        // The birth as amended passes the birth's rules again (a parent's
+        // age at the birth, the residence against the office).
+        let amended = amendment.apply_to(&target_record.view.current_data());
+        crvs_schema::birth::validate_at_office(&amended, today, &self.office_code()?).map_err(|e| {
+            Error::InvalidRecord(
+                e.problems
+                    .into_iter()
+                    .map(|p| FieldProblem::new(format!("amended.{}", p.field), p.problem))
+                    .collect(),
+            )
+        })?;
+        let data = event::Event::Amendment(amendment).to_json_value();
+        let id = self.store_new_record(RecordKind::Amendment, &data, by, now)?;
+        tracing::info!(record = %id, amends = %target, "amendment registered");
+        Ok(id)
+    }
+
+    fn office_code(&self) -> Result<GazetteerCode> {
+        GazetteerCode::parse_level(&self.office, Level::Commune)
+            .map_err(|_| Error::Corrupt("the store's office is not a commune code".into()))
+    }
+
+    /// Stores a new record of `kind` with `data`, submitted by `by`.
+    fn store_new_record(&self, kind: RecordKind, data: &Json, by: &str, now: i64) -> Result<RecordId> {
+        let mut conn = lock(&self.conn);
+        let submission = Transition {
+            action: Action::Submit,
+            by: by.trim().to_string(),
+            at_ms: now,
+            device: self.device_label(&conn)?,
+            reason: None,
+        };
+        let status = workflow::check_append(&[], &submission)?;
+        let id = RecordId::at(now);
+        let mut doc = record::new_record(self.actor.clone(), kind, &self.office, data, &submission)?;
+        let row = RecordRow {
+            id: id.0,
+            kind: kind.as_str().to_string(),
+            status: status.as_str().to_string(),
+            created_at: now,
+            updated_at: now,
+            doc_sealed: self.key.seal(&doc_aad(&id.0), &doc.save()),
+            kidc_sealed: None,
+            outboxed_heads: Vec::new(),
+            dirty: true,
+            last_outbox_seq: None,
+            server_updated_at: None,
+            set_aside_at: None,
+        };
+        let tx = conn.transaction()?;
+        store::insert_record(&tx, &row)?;
+        tx.commit()?;
+        Ok(id)
+    }
+}

@@ -1,0 +1,310 @@
+//! Every vital event end to end: the real `crvs-server` process on a real
+//! socket, a tablet driven through the real `crvs` binary, the shared
+//! fixtures as they are (the placeholder KIdC `1000000001` replaced by a
+//! registered person's).
+
+use std::path::{Path, PathBuf};
+
+use crvs_e2e::*;
+use crvs_schema::Kidc;
+use crvs_schema::kidc::Category;
+use serde_json::Value;
+
+/// `crvs KIND register FILE --by clerk-1`, verified and approved by two
+/// other staff members; returns the record id.
+fn approved(t: &Tablet, kind: &str, file: &Path) -> String {
+    let id = submitted(t, kind, file);
+    t.run(&["verify", &id, "--by", "clerk-2"]).expect_ok();
+    t.run(&["approve", &id, "--by", "registrar-1"]).expect_ok();
+    id
+}
+
+fn submitted(t: &Tablet, kind: &str, file: &Path) -> String {
+    let f = file.to_str().expect("utf-8 path");
+    let out = t.run(&[kind, "register", f, "--by", "clerk-1"]).expect_ok();
+    assert_eq!(out["status"], "submitted");
+    out["record_id"].as_str().expect("record id").to_string()
+}
+
+/// The fixture with its placeholder KIdC replaced by `kidc`.
+fn with_kidc(dir: &Path, name: &str, kidc: &str) -> PathBuf {
+    let text = std::fs::read_to_string(fixture(name)).expect("fixture");
+    assert!(text.contains("1000000001"), "{name} has the placeholder");
+    let path = dir.join(format!("{kidc}-{name}"));
+    std::fs::write(&path, text.replace("1000000001", kidc)).expect("write");
+    path
+}
+
+fn registration_number(r: &Value) -> String {
+    r["registration_number"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no registration number: {r}"))
+        .to_string()
+}
+
+#[test]
+fn every_event_is_registered_with_its_number_and_the_registry_holds_what_it_cannot_register() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("server"));
+    let t = Tablet::new(tmp.path().join("tablet"));
+    t.init_and_enroll("171003", &server);
+    let files = tmp.path().join("files");
+    std::fs::create_dir_all(&files).unwrap();
+
+    // A birth, registered: its KIdC and its registration number.
+    let birth = t.register_approved(&fixture("birth-sok-dara.json"));
+    t.run(&["sync"]).expect_ok();
+    let b = t.show(&birth);
+    assert_eq!(b["status"], "registered", "{b}");
+    let kidc = b["kidc"].as_str().expect("a KIdC").to_string();
+    let first = registration_number(&b);
+    let parts: Vec<&str> = first.split('/').collect();
+    assert_eq!(parts.len(), 3, "{first}");
+    assert_eq!(parts[0], "171003");
+    assert!(parts[1].len() == 4 && parts[1].parse::<u32>().is_ok(), "{first}");
+    assert_eq!(
+        parts[2], "000001",
+        "the first registration of the office this year"
+    );
+
+    // An amendment: the given name chosen after the registration.
+    let amend = t
+        .run(&[
+            "amend",
+            &birth,
+            fixture("amendment-add-given-name.json").to_str().unwrap(),
+            "--by",
+            "clerk-1",
+        ])
+        .expect_ok();
+    assert_eq!(amend["record_id"], birth.as_str());
+    let amendment = amend["amendment_id"].as_str().expect("amendment id").to_string();
+    assert_ne!(amendment, birth);
+    // It goes through the same double verification: the clerk cannot
+    // verify it, and it is not registered before approval.
+    assert_eq!(
+        t.run(&["verify", &amendment, "--by", "clerk-1"]).expect_err(),
+        "not_allowed"
+    );
+    t.run(&["verify", &amendment, "--by", "clerk-2"]).expect_ok();
+    t.run(&["sync"]).expect_ok();
+    let before = t.show(&birth)["data"]["child"].clone();
+    assert_ne!(before["given_name_latin"], "SREYPOV");
+    assert_eq!(
+        t.show(&birth)["current"]["child"],
+        before,
+        "not amended before approval"
+    );
+    t.run(&["approve", &amendment, "--by", "registrar-1"]).expect_ok();
+    // Events that name the child by KIdC.
+    let adoption = approved(&t, "adoption", &with_kidc(&files, "adoption-by-kidc.json", &kidc));
+    let marriage = approved(&t, "marriage", &fixture("marriage-heng-ly.json"));
+    t.run(&["sync"]).expect_ok();
+    t.run(&["sync"]).expect_ok();
+
+    let a = t.show(&amendment);
+    assert_eq!(a["status"], "registered", "{a}");
+    assert_eq!(a["amends"], birth.as_str());
+    let b = t.show(&birth);
+    assert_eq!(b["kidc"], kidc.as_str(), "an amendment keeps the KIdC");
+    assert_eq!(b["current"]["child"]["given_name_latin"], "SREYPOV");
+    assert_eq!(b["current"]["child"]["given_name"], "ស្រីពៅ");
+    assert_eq!(
+        b["data"]["child"], before,
+        "the registration as first made is kept"
+    );
+    let history = b["history"].as_array().expect("history");
+    assert_eq!(history.len(), 1, "{b}");
+    let h = &history[0];
+    assert_eq!(h["amendment_id"], amendment.as_str());
+    assert_eq!(h["registration_number"], registration_number(&a).as_str());
+    assert_eq!(h["reason"], "given_name_added");
+    let latin = h["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["field"] == "child.given_name_latin")
+        .expect("the Latin given name changed");
+    assert_eq!(latin["from"], before["given_name_latin"]);
+    assert_eq!(latin["to"], "SREYPOV");
+    // Who made it is in the amendment's own steps.
+    let steps: Vec<&str> = a["transitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["by"].as_str().unwrap())
+        .collect();
+    assert_eq!(steps, ["clerk-1", "clerk-2", "registrar-1"]);
+
+    for id in [&adoption, &marriage] {
+        let r = t.show(id);
+        assert_eq!(r["status"], "registered", "{r}");
+        assert!(r.get("kidc").is_none(), "only a birth gets a KIdC");
+    }
+
+    // A divorce of that marriage, then the death of the child.
+    let divorce = approved(&t, "divorce", &fixture("divorce-heng-ly.json"));
+    let death = approved(&t, "death", &with_kidc(&files, "death-by-kidc.json", &kidc));
+    t.run(&["sync"]).expect_ok();
+    for id in [&divorce, &death] {
+        assert_eq!(t.show(id)["status"], "registered", "{}", t.show(id));
+    }
+
+    // Every registration has its own number, one sequence per office and year.
+    let mut numbers: Vec<String> = [&birth, &amendment, &adoption, &marriage, &divorce, &death]
+        .iter()
+        .map(|id| registration_number(&t.show(id)))
+        .collect();
+    numbers.sort();
+    numbers.dedup();
+    assert_eq!(numbers.len(), 6, "{numbers:?}");
+    let seqs: Vec<u32> = numbers
+        .iter()
+        .map(|n| n.rsplit('/').next().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(seqs, [1, 2, 3, 4, 5, 6]);
+
+    // What the registry cannot register is held for review, not lost.
+    let unknown = Kidc::generate(Category::CITIZEN, &mut rand::rng()).to_string();
+    let held = [
+        (
+            "a second death of the same person",
+            approved(&t, "death", &with_kidc(&files, "death-by-kidc.json", &kidc)),
+            "already_deceased",
+        ),
+        (
+            "the death of an unknown KIdC",
+            approved(&t, "death", &with_kidc(&files, "death-by-kidc.json", &unknown)),
+            "unknown_kidc",
+        ),
+        (
+            "an adoption of a deceased child",
+            approved(&t, "adoption", &with_kidc(&files, "adoption-by-kidc.json", &kidc)),
+            "already_deceased",
+        ),
+        (
+            "a divorce of a marriage that no longer stands",
+            approved(&t, "divorce", &fixture("divorce-heng-ly.json")),
+            "unknown_marriage",
+        ),
+    ];
+    // A marriage of someone already married.
+    let again = approved(&t, "marriage", &fixture("marriage-heng-ly.json"));
+    t.run(&["sync"]).expect_ok();
+    // They are divorced now, so marrying again is allowed: then a third
+    // time is a marriage of someone already married.
+    assert_eq!(t.show(&again)["status"], "registered", "{}", t.show(&again));
+    let third = approved(&t, "marriage", &fixture("marriage-heng-ly.json"));
+    t.run(&["sync"]).expect_ok();
+    for (what, id, code) in held.iter().map(|(w, i, c)| (*w, i.as_str(), *c)).chain([(
+        "a marriage of someone already married",
+        third.as_str(),
+        "already_married",
+    )]) {
+        let r = t.show(id);
+        assert_eq!(r["status"], "held", "{what}: {r}");
+        assert_eq!(r["hold"], code, "{what}");
+        assert!(r.get("registration_number").is_none(), "{what}");
+    }
+    let holds = server.admin(&["holds"]).expect_ok();
+    let reasons: Vec<&str> = holds["holds"]
+        .as_array()
+        .expect("holds")
+        .iter()
+        .map(|h| h["reason"].as_str().unwrap())
+        .collect();
+    for code in [
+        "already_deceased",
+        "unknown_kidc",
+        "unknown_marriage",
+        "already_married",
+    ] {
+        assert!(reasons.contains(&code), "{code} in {reasons:?}");
+    }
+}
+
+#[test]
+fn bad_events_are_refused_on_the_tablet_with_every_problem_and_nothing_stored() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = Tablet::new(tmp.path().join("tablet"));
+    t.run(&["init", "--commune", "171003"]).expect_ok();
+    let path = |n: &str| fixture(n).to_str().unwrap().to_string();
+
+    // An under-age marriage.
+    let out = t
+        .run(&[
+            "marriage",
+            "register",
+            &path("marriage-underage.json"),
+            "--by",
+            "c",
+        ])
+        .expect_err();
+    assert_eq!(out, "invalid_record");
+    // A file of another event than the command names.
+    assert_eq!(
+        t.run(&["death", "register", &path("marriage-heng-ly.json"), "--by", "c"])
+            .expect_err(),
+        "invalid_record"
+    );
+    // Not JSON at all.
+    let junk = tmp.path().join("junk.json");
+    std::fs::write(&junk, "{ not json").unwrap();
+    assert_eq!(
+        t.run(&["death", "register", junk.to_str().unwrap(), "--by", "c"])
+            .expect_err(),
+        "invalid_record"
+    );
+    // A bad ICD-10 code.
+    let text = std::fs::read_to_string(fixture("death-elderly.json")).unwrap();
+    let mut bad: Value = serde_json::from_str(&text).unwrap();
+    bad["cause_of_death"]["icd10"] = Value::from("not-a-code");
+    let bad_path = tmp.path().join("bad-death.json");
+    std::fs::write(&bad_path, bad.to_string()).unwrap();
+    assert_eq!(
+        t.run(&["death", "register", bad_path.to_str().unwrap(), "--by", "c"])
+            .expect_err(),
+        "invalid_record"
+    );
+    // An amendment goes through `amend`, and it needs a reason and a
+    // registered record.
+    let birth = t.register(&fixture("birth-sok-dara.json"), "clerk-1");
+    assert_eq!(
+        t.run(&[
+            "amend",
+            &birth,
+            &path("amendment-add-given-name.json"),
+            "--by",
+            "c"
+        ])
+        .expect_err(),
+        "not_allowed",
+        "a record not yet approved is corrected, not amended"
+    );
+    t.run(&["verify", &birth, "--by", "clerk-2"]).expect_ok();
+    t.run(&["approve", &birth, "--by", "registrar-1"]).expect_ok();
+    assert_eq!(
+        t.run(&["amend", &birth, &path("amendment-no-reason.json"), "--by", "c"])
+            .expect_err(),
+        "invalid_record"
+    );
+    assert_eq!(
+        t.run(&[
+            "death",
+            "register",
+            &path("amendment-add-given-name.json"),
+            "--by",
+            "c"
+        ])
+        .expect_err(),
+        "invalid_record"
+    );
+    // Only the birth is stored.
+    let list = t.run(&["list"]).expect_ok();
+    assert_eq!(list["records"].as_array().unwrap().len(), 1, "{list}");
+    // The elderly death, well formed, is accepted.
+    let ok = t
+        .run(&["death", "register", &path("death-elderly.json"), "--by", "c"])
+        .expect_ok();
+    assert_eq!(ok["status"], "submitted");
+}
