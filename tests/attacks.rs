@@ -64,14 +64,22 @@ impl Attacker {
     }
 
     fn change_set(&self, seq: u64, records: Vec<RecordChanges>) -> Vec<u8> {
+        self.change_set_after(seq, [0; 32], records).into_bytes()
+    }
+
+    /// A change set linked to the one whose hash is `prev_hash`.
+    fn change_set_after(
+        &self,
+        seq: u64,
+        prev_hash: wire::Hash,
+        records: Vec<RecordChanges>,
+    ) -> SignedChangeSet {
         let body = ChangeSet {
-            prev_hash: [0; 32],
+            prev_hash,
             device_clock_ms: 0,
             records,
         };
-        SignedChangeSet::seal(&self.key, self.device_id, seq, &body)
-            .expect("seal")
-            .into_bytes()
+        SignedChangeSet::seal(&self.key, self.device_id, seq, &body).expect("seal")
     }
 }
 
@@ -342,4 +350,104 @@ fn server_key(server: &Server) -> ed25519_dalek::VerifyingKey {
     let mut bytes = [0u8; 32];
     hex::decode_to_slice(text.trim(), &mut bytes).expect("hex");
     SigningKey::from_bytes(&bytes).verifying_key()
+}
+
+/// A tablet that rewrites the data of a registered birth in an automerge
+/// change of its own (not through an amendment) is refused: the change
+/// set is not applied, and the registration stands as it was.
+#[test]
+fn a_tablet_rewriting_a_registered_birth_without_an_amendment_is_refused() {
+    use crvs_schema::record;
+    use crvs_schema::workflow::{Action, Transition};
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("server"));
+    let attacker = Attacker::enroll(&server);
+    let key = server_key(&server);
+    let step = |action, by: &str| Transition {
+        action,
+        by: by.into(),
+        at_ms: 1,
+        device: "forged".into(),
+        reason: None,
+    };
+    let data: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("birth-sok-dara.json")).unwrap()).unwrap();
+    let mut doc = record::new_record(
+        automerge::ActorId::from([7u8; 16]),
+        record::RecordKind::Birth,
+        COMMUNE,
+        &data,
+        &step(Action::Submit, "clerk-1"),
+    )
+    .unwrap();
+    record::append_transition(&mut doc, &step(Action::Verify, "clerk-2")).unwrap();
+    record::append_transition(&mut doc, &step(Action::Approve, "registrar-1")).unwrap();
+    let record_id = uuid::Uuid::now_v7().into_bytes();
+    let first = attacker.change_set_after(
+        1,
+        [0; 32],
+        vec![RecordChanges {
+            record_id,
+            changes: vec![doc.save_nocompress()],
+        }],
+    );
+    let (status, body) = post(
+        server.addr,
+        "/v1/sync",
+        "application/octet-stream",
+        &attacker.request(vec![first.as_bytes().to_vec()]),
+    );
+    assert_eq!(status, 200);
+    let answer = wire::SyncResponse::open(&body, &key).expect("signed answer");
+    assert!(answer.refusal.is_none(), "{:?}", answer.refusal);
+    assert_eq!(answer.issuances.len(), 1, "the birth is registered with its KIdC");
+
+    // The same device rewrites the child's name in the registered record.
+    let heads = doc.get_heads();
+    let mut forged = data.clone();
+    forged["child"]["given_name_latin"] = serde_json::Value::from("SOMEONE");
+    automerge::transaction::Transactable::put(&mut doc, automerge::ROOT, record::DATA, forged.to_string())
+        .unwrap();
+    doc.commit();
+    let change: Vec<u8> = doc
+        .get_changes(&heads)
+        .iter()
+        .flat_map(|c| c.raw_bytes().to_vec())
+        .collect();
+    let second = attacker.change_set_after(
+        2,
+        first.hash(),
+        vec![RecordChanges {
+            record_id,
+            changes: vec![change],
+        }],
+    );
+    let (status, body) = post(
+        server.addr,
+        "/v1/sync",
+        "application/octet-stream",
+        &attacker.request(vec![second.into_bytes()]),
+    );
+    assert_eq!(status, 200);
+    let answer = wire::SyncResponse::open(&body, &key).expect("signed answer");
+    let refusal = answer.refusal.expect("the rewrite is refused");
+    assert_eq!(refusal.code, wire::RefusalCode::InvalidRecord, "{refusal:?}");
+    assert!(refusal.message.contains("amendment"), "{}", refusal.message);
+    assert_eq!(refusal.seq, 2);
+    // Nothing of it was kept: one change set logged, the record's data as registered.
+    let db = crvs_e2e::server_db(&server.data);
+    let logged: i64 = db
+        .query_row("SELECT count(*) FROM change_set_log", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(logged, 1);
+    let stored: Vec<u8> = db
+        .query_row(
+            "SELECT doc FROM records WHERE record_id = ?1",
+            [uuid::Uuid::from_bytes(record_id).to_string()],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let view = record::read(&automerge::AutoCommit::load(&stored).unwrap()).unwrap();
+    assert_eq!(view.data, data);
+    assert!(view.server.registration_number.is_some());
 }
