@@ -166,6 +166,39 @@ fun flow() {
         val repair = registrar.repair("support-1")
         check(repair.repaired.isEmpty() && repair.unrecoverable.isEmpty()) { "nothing to repair: $repair" }
 
+        // A death of the registered child (by KIdC), and an amendment of
+        // the birth: each verified and approved, registered with its number.
+        val death = java.io.File(fixtures, "death-by-kidc.json").readText().replace("1000000001", kidc)
+        val amendment = java.io.File(fixtures, "amendment-add-given-name.json").readText()
+        val noReason = java.io.File(fixtures, "amendment-no-reason.json").readText()
+        val deathId = registrar.registerEvent(death, "clerk-01")
+        check(registrar.verify(deathId, "clerk-02") == RecordStatus.VERIFIED) { "death verified" }
+        check(registrar.approve(deathId, "registrar-01") == RecordStatus.APPROVED) { "death approved" }
+        val noReasonErr = expectError<CrvsException.InvalidRecord> { registrar.amend(id, noReason, "clerk-01") }
+        check(noReasonErr.problems.any { it.field == "reason" }) { "the missing reason is named" }
+        val amendmentId = registrar.amend(id, amendment, "clerk-01")
+        check(amendmentId != id) { "an amendment is a record of its own" }
+        expectError<CrvsException.NotAllowed> { registrar.verify(amendmentId, "clerk-01") }
+        registrar.verify(amendmentId, "clerk-02")
+        registrar.approve(amendmentId, "registrar-01")
+        runBlocking {
+            val report = registrar.sync(Recorder())
+            check(report.pending == 0uL) { "death and amendment pushed: $report" }
+        }
+        check(field(registrar.recordJson(id), "status") == "registered") { "the birth stays registered" }
+        // (The birth's history names the amendment's number first: only
+        // the two new records are read by `field`.)
+        val numbers = listOf(deathId, amendmentId).map { rid ->
+            val r = registrar.recordJson(rid)
+            check(field(r, "status") == "registered") { "registered: ${field(r, "status")}" }
+            field(r, "registration_number")
+        }.toSet()
+        check(numbers.size == 2 && null !in numbers) { "two new registration numbers: $numbers" }
+        val birthNow = registrar.recordJson(id)
+        check(field(birthNow, "kidc") == kidc) { "the amendment keeps the KIdC" }
+        check(birthNow.contains("\"given_name_latin\":\"SREYPOV\"")) { "the amended given name" }
+        check(birthNow.contains("\"amendment_id\":\"$amendmentId\"")) { "the amendment in the history" }
+
         System.err.println("$checks passed, 0 failed")
         println("{\"record_id\":\"$id\",\"kidc\":\"$kidc\",\"device_id\":\"${enrollment.deviceId}\"}")
     }

@@ -171,6 +171,24 @@ impl Registrar {
         Ok(self.core.register_birth(&registration_json, &by)?.to_string())
     }
 
+    /// Registers any vital event but an amendment from its JSON (its
+    /// `"event"` names it: `death`, `marriage`, `divorce`, `adoption`, or
+    /// none for a birth), entered by staff member `by`; returns the new
+    /// record id. `InvalidRecord` lists every bad field and stores nothing.
+    pub fn register_event(&self, registration_json: String, by: String) -> Result<String, CrvsError> {
+        Ok(self.core.register_event(&registration_json, &by, None)?.to_string())
+    }
+
+    /// Amends the approved or registered birth record `id` with the
+    /// amendment JSON (`changes`, `reason`, `remarks`), entered by staff
+    /// member `by`; returns the amendment's own record id, which is
+    /// verified and approved like any record. `InvalidRecord` when the
+    /// amendment or the birth as amended is invalid, `NotAllowed` before
+    /// the birth is approved.
+    pub fn amend(&self, id: String, amendment_json: String, by: String) -> Result<String, CrvsError> {
+        Ok(self.core.amend(&record_id(&id)?, &amendment_json, &by)?.to_string())
+    }
+
     /// Records that `by` verified the record. `NotAllowed` if `by` is the
     /// clerk who entered it.
     pub fn verify(&self, id: String, by: String) -> Result<RecordStatus, CrvsError> {

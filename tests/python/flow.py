@@ -198,6 +198,39 @@ def main():
     repair = registrar.repair("support-1")
     check(repair.repaired == [] and repair.unrecoverable == [], f"nothing to repair: {repair}")
 
+    # A death of the registered child (by KIdC), and an amendment of the
+    # birth: each verified and approved, registered with its own number.
+    with open(os.path.join(fixtures, "death-by-kidc.json"), encoding="utf-8") as f:
+        death = f.read().replace("1000000001", kidc)
+    with open(os.path.join(fixtures, "amendment-add-given-name.json"), encoding="utf-8") as f:
+        amendment = f.read()
+    with open(os.path.join(fixtures, "amendment-no-reason.json"), encoding="utf-8") as f:
+        no_reason = f.read()
+    death_id = registrar.register_event(death, "clerk-01")
+    check(registrar.verify(death_id, "clerk-02") == RecordStatus.VERIFIED, "death verified")
+    check(registrar.approve(death_id, "registrar-01") == RecordStatus.APPROVED, "death approved")
+    e = expect_error(CrvsError.InvalidRecord, lambda: registrar.amend(record_id, no_reason, "clerk-01"))
+    check("reason" in [p.field for p in e.problems], f"the missing reason is named: {e.problems}")
+    amendment_id = registrar.amend(record_id, amendment, "clerk-01")
+    check(amendment_id != record_id, "an amendment is a record of its own")
+    expect_error(CrvsError.NotAllowed, lambda: registrar.verify(amendment_id, "clerk-01"))
+    registrar.verify(amendment_id, "clerk-02")
+    registrar.approve(amendment_id, "registrar-01")
+    report = asyncio.run(registrar.sync(Recorder()))
+    check(report.pushed >= 1 and report.pending == 0, f"death and amendment pushed: {report}")
+    numbers = set()
+    for rid in (record_id, death_id, amendment_id):
+        r = json.loads(registrar.record_json(rid))
+        check(r["status"] == "registered", f"{r['kind']} registered: {r['status']}")
+        numbers.add(r["registration_number"])
+    check(len(numbers) == 3, f"three registration numbers: {numbers}")
+    birth_now = json.loads(registrar.record_json(record_id))
+    check(birth_now["kidc"] == kidc, "the amendment keeps the KIdC")
+    check(birth_now["current"]["child"]["given_name_latin"] == "SREYPOV", "the amended given name")
+    check(birth_now["data"]["child"]["given_name_latin"] == "DARA", "the registration as first made")
+    history = birth_now["history"]
+    check(len(history) == 1 and history[0]["amendment_id"] == amendment_id, f"history {history}")
+
     print(f"{CHECKS} passed, 0 failed", file=sys.stderr)
     print(json.dumps({"record_id": record_id, "kidc": kidc, "device_id": enrollment.device_id}))
 
