@@ -308,3 +308,78 @@ fn bad_events_are_refused_on_the_tablet_with_every_problem_and_nothing_stored() 
         .expect_ok();
     assert_eq!(ok["status"], "submitted");
 }
+
+#[test]
+fn a_rejected_registration_is_corrected_resubmitted_and_registered_with_its_history() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("server"));
+    let t = Tablet::new(tmp.path().join("tablet"));
+    t.init_and_enroll("171003", &server);
+    let death = fixture("death-elderly.json");
+    let id = submitted(&t, "death", &death);
+    t.run(&[
+        "reject",
+        &id,
+        "--by",
+        "registrar-1",
+        "--reason",
+        "the cause of death is not certified",
+    ])
+    .expect_ok();
+    // Sent while rejected: the server keeps it, registers nothing.
+    t.run(&["sync"]).expect_ok();
+    assert_eq!(t.show(&id)["status"], "rejected");
+    // Only a rejected record is corrected; a file of another event is not a correction.
+    let other = submitted(&t, "death", &death);
+    assert_eq!(
+        t.run(&["correct", &other, death.to_str().unwrap(), "--by", "clerk-3"])
+            .expect_err(),
+        "not_allowed"
+    );
+    assert_eq!(
+        t.run(&[
+            "correct",
+            &id,
+            fixture("marriage-heng-ly.json").to_str().unwrap(),
+            "--by",
+            "clerk-3"
+        ])
+        .expect_err(),
+        "invalid_record"
+    );
+    // The corrected file: a certified cause.
+    let mut fixed: Value = serde_json::from_str(&std::fs::read_to_string(&death).unwrap()).unwrap();
+    fixed["cause_of_death"]["certified_by"] = Value::from("physician");
+    fixed["remarks"] = Value::from("certificate seen");
+    let fixed_path = tmp.path().join("fixed.json");
+    std::fs::write(&fixed_path, fixed.to_string()).unwrap();
+    let out = t
+        .run(&["correct", &id, fixed_path.to_str().unwrap(), "--by", "clerk-3"])
+        .expect_ok();
+    assert_eq!(out["status"], "submitted");
+    // Neither the first clerk nor the one who corrected it may verify it.
+    for clerk in ["clerk-1", "clerk-3"] {
+        assert_eq!(
+            t.run(&["verify", &id, "--by", clerk]).expect_err(),
+            "not_allowed",
+            "{clerk}"
+        );
+    }
+    t.run(&["verify", &id, "--by", "clerk-2"]).expect_ok();
+    t.run(&["approve", &id, "--by", "registrar-1"]).expect_ok();
+    t.run(&["sync"]).expect_ok();
+    let r = t.show(&id);
+    assert_eq!(r["status"], "registered", "{r}");
+    assert_eq!(r["data"]["remarks"], "certificate seen");
+    let actions: Vec<&str> = r["transitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["submit", "reject", "resubmit", "verify", "approve"]);
+    assert_eq!(
+        r["transitions"][1]["reason"], "the cause of death is not certified",
+        "the rejection and its reason stay in the history"
+    );
+}

@@ -7,10 +7,15 @@
 //! server could both overwrite.
 //!
 //! ```text
-//! submitted ──verify──▶ verified ──approve──▶ approved ──(server: KIdC)──▶ registered
-//!     │                    │
-//!     └──────reject────────┴──▶ rejected
+//! submitted ──verify──▶ verified ──approve──▶ approved ──(server: number, KIdC)──▶ registered
+//!   ▲  │                    │
+//!   │  └──────reject────────┴──▶ rejected
+//!   └────────resubmit (corrected data)──────┘
 //! ```
+//!
+//! A rejected record is corrected and resubmitted by a clerk; it keeps its
+//! whole history. Every clerk who submitted or resubmitted it counts as
+//! its clerk: none of them may verify it.
 
 use serde::{Deserialize, Serialize};
 use unicode_normalization::UnicodeNormalization;
@@ -32,6 +37,8 @@ pub enum Action {
     Approve,
     /// The registrar rejected it, with a reason.
     Reject,
+    /// A clerk resubmitted a rejected record, with its data corrected.
+    Resubmit,
 }
 
 impl Action {
@@ -42,6 +49,7 @@ impl Action {
             Action::Verify => "verify",
             Action::Approve => "approve",
             Action::Reject => "reject",
+            Action::Resubmit => "resubmit",
         }
     }
 
@@ -52,6 +60,7 @@ impl Action {
             "verify" => Action::Verify,
             "approve" => Action::Approve,
             "reject" => Action::Reject,
+            "resubmit" => Action::Resubmit,
             _ => return None,
         })
     }
@@ -185,10 +194,11 @@ pub fn staff_id_key(by: &str) -> String {
 }
 
 /// Applies one transition to the state a record is in (`None` before its
-/// first transition). `clerk` is the staff id that submitted the record.
+/// first transition). `clerks` are the staff ids that submitted or
+/// resubmitted the record so far.
 pub fn next_status(
     current: Option<Status>,
-    clerk: Option<&str>,
+    clerks: &[&str],
     t: &Transition,
 ) -> Result<Status, WorkflowError> {
     if staff_id_key(&t.by).is_empty() {
@@ -203,7 +213,8 @@ pub fn next_status(
     match (t.action, current) {
         (Action::Submit, _) => Err(WorkflowError::AlreadySubmitted),
         (Action::Verify, Status::Submitted) => {
-            if clerk.is_some_and(|c| staff_id_key(c) == staff_id_key(&t.by)) {
+            let verifier = staff_id_key(&t.by);
+            if clerks.iter().any(|c| staff_id_key(c) == verifier) {
                 Err(WorkflowError::VerifierIsClerk)
             } else {
                 Ok(Status::Verified)
@@ -217,6 +228,7 @@ pub fn next_status(
                 Ok(Status::Rejected)
             }
         }
+        (Action::Resubmit, Status::Rejected) => Ok(Status::Submitted),
         (action, status) => Err(WorkflowError::NotAllowedFrom { action, status }),
     }
 }
@@ -225,11 +237,11 @@ pub fn next_status(
 /// checking every step. An empty list has no state yet.
 pub fn derive(transitions: &[Transition]) -> Result<Option<Status>, WorkflowError> {
     let mut status = None;
-    let mut clerk: Option<&str> = None;
+    let mut clerks: Vec<&str> = Vec::new();
     for t in transitions {
-        status = Some(next_status(status, clerk, t)?);
-        if t.action == Action::Submit {
-            clerk = Some(t.by.as_str());
+        status = Some(next_status(status, &clerks, t)?);
+        if matches!(t.action, Action::Submit | Action::Resubmit) {
+            clerks.push(t.by.as_str());
         }
     }
     Ok(status)
@@ -240,11 +252,12 @@ pub fn derive(transitions: &[Transition]) -> Result<Option<Status>, WorkflowErro
 pub fn check_append(transitions: &[Transition], t: &Transition) -> Result<Status, WorkflowError> {
     check_staff_id(&t.by)?;
     let current = derive(transitions)?;
-    let clerk = transitions
+    let clerks: Vec<&str> = transitions
         .iter()
-        .find(|t| t.action == Action::Submit)
-        .map(|t| t.by.as_str());
-    next_status(current, clerk, t)
+        .filter(|t| matches!(t.action, Action::Submit | Action::Resubmit))
+        .map(|t| t.by.as_str())
+        .collect();
+    next_status(current, &clerks, t)
 }
 
 #[cfg(test)]
@@ -379,6 +392,31 @@ mod tests {
         assert_eq!(check_append(&ts, &r), Err(WorkflowError::MissingReason));
         r.reason = Some("mother's identity document missing".into());
         assert_eq!(check_append(&ts, &r), Ok(Status::Rejected));
+    }
+
+    #[test]
+    fn a_rejected_record_is_resubmitted_and_none_of_its_clerks_verifies_it() {
+        let mut r = t(Action::Reject, "registrar");
+        r.reason = Some("mother's document missing".into());
+        let mut ts = vec![t(Action::Submit, "clerk-1"), r];
+        assert_eq!(
+            check_append(&ts, &t(Action::Resubmit, "clerk-2")),
+            Ok(Status::Submitted)
+        );
+        ts.push(t(Action::Resubmit, "clerk-2"));
+        for clerk in ["clerk-1", "CLERK-2"] {
+            assert_eq!(
+                check_append(&ts, &t(Action::Verify, clerk)),
+                Err(WorkflowError::VerifierIsClerk),
+                "{clerk}"
+            );
+        }
+        ts.push(t(Action::Verify, "checker"));
+        ts.push(t(Action::Approve, "registrar"));
+        assert_eq!(derive(&ts), Ok(Some(Status::Approved)));
+        // Only a rejected record is resubmitted.
+        assert!(check_append(&ts, &t(Action::Resubmit, "clerk-1")).is_err());
+        assert!(check_append(&ts[..1], &t(Action::Resubmit, "clerk-1")).is_err());
     }
 
     #[test]

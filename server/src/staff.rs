@@ -78,7 +78,7 @@ impl Role {
     /// The role a workflow step needs.
     pub fn for_action(action: Action) -> Role {
         match action {
-            Action::Submit => Role::Clerk,
+            Action::Submit | Action::Resubmit => Role::Clerk,
             Action::Verify => Role::Verifier,
             Action::Approve | Action::Reject => Role::Registrar,
         }

@@ -102,6 +102,18 @@ enum Command {
         #[arg(long)]
         by: String,
     },
+    /// Correct a rejected record and resubmit it: the whole registration
+    /// from a file, checked as at registration. The record keeps its id
+    /// and its history.
+    Correct {
+        /// The record id.
+        id: String,
+        /// The corrected registration JSON file.
+        file: PathBuf,
+        /// The correcting clerk's staff id.
+        #[arg(long)]
+        by: String,
+    },
     /// Verify a record (a different staff member from the one who entered it).
     Verify {
         /// The record id.
@@ -424,6 +436,10 @@ fn run(cli: &Cli) -> Result<Output, Failure> {
                     "Registered birth record {id} (submitted; a second staff member must verify it)."
                 ),
             })
+        }
+        Command::Correct { id, file, by } => {
+            let text = read_file(file)?;
+            step(cli, id, |r, id| r.correct(id, &text, by))
         }
         Command::Verify { id, by } => step(cli, id, |r, id| r.verify(id, by)),
         Command::Approve { id, by } => step(cli, id, |r, id| r.approve(id, by)),

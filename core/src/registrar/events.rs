@@ -116,6 +116,80 @@ impl Registrar {
         Ok(id)
     }
 
+    /// Corrects a rejected record with new data (the whole registration,
+    /// as a file holds it) and resubmits it, by the clerk `by`: the
+    /// record keeps its id and its whole history (the rejection and its
+    /// reason stay), and goes through verification and approval again.
+    /// The new data is checked as at registration; an amendment must
+    /// still amend the same record.
+    pub fn correct(&self, id: &RecordId, json: &str, by: &str) -> Result<Status> {
+        let now = checked_now_ms()?;
+        let today = Date::today_in_cambodia(now);
+        let current = self.record(id)?;
+        if current.view.status() != Ok(Status::Rejected) {
+            return Err(Error::NotAllowed(
+                "only a rejected record is corrected and resubmitted".into(),
+            ));
+        }
+        let data = match current.view.kind {
+            RecordKind::Birth => {
+                BirthRegistration::from_json_str_at_office(json, today, &self.office_code()?)?.to_json_value()
+            }
+            kind => {
+                let event = Event::from_json_str(json, today)?;
+                if RecordKind::of_event(event.kind()) != kind {
+                    return Err(Error::InvalidRecord(vec![FieldProblem::new(
+                        "event",
+                        format!("must be \"{}\", the event of the record corrected", kind.as_str()),
+                    )]));
+                }
+                match event {
+                    Event::Amendment(mut a) => {
+                        let target = current
+                            .view
+                            .data
+                            .get("amends")
+                            .and_then(Json::as_str)
+                            .map(str::to_owned);
+                        if a.amends.is_some() && a.amends != target {
+                            return Err(Error::InvalidRecord(vec![FieldProblem::new(
+                                "amends",
+                                "names another record than the one amended",
+                            )]));
+                        }
+                        a.amends = target;
+                        Event::Amendment(a).to_json_value()
+                    }
+                    other => other.to_json_value(),
+                }
+            }
+        };
+        let mut conn = lock(&self.conn);
+        let device = self.device_label(&conn)?;
+        let tx = conn.transaction()?;
+        let mut row = store::get_record(&tx, &id.0)?.ok_or(Error::NotFound)?;
+        let mut doc = self.load_doc(&row)?;
+        let view = record::read(&doc)?;
+        let step = Transition {
+            action: Action::Resubmit,
+            by: by.trim().to_string(),
+            at_ms: now,
+            device,
+            reason: None,
+        };
+        let status = workflow::check_append(&view.transitions, &step)?;
+        record::set_data(&mut doc, &data)?;
+        record::append_transition(&mut doc, &step)?;
+        row.status = status.as_str().to_string();
+        row.updated_at = now;
+        row.dirty = true;
+        row.doc_sealed = self.key.seal(&doc_aad(&id.0), &doc.save());
+        store::update_record(&tx, &row)?;
+        tx.commit()?;
+        tracing::info!(record = %id, "record corrected and resubmitted");
+        Ok(status)
+    }
+
     fn office_code(&self) -> Result<GazetteerCode> {
         GazetteerCode::parse_level(&self.office, Level::Commune)
             .map_err(|_| Error::Corrupt("the store's office is not a commune code".into()))

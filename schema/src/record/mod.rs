@@ -282,6 +282,16 @@ pub fn new_record(
     Ok(doc)
 }
 
+/// Replaces the event data (a rejected record corrected before it is
+/// resubmitted; the server refuses it once the record is approved).
+pub fn set_data(doc: &mut AutoCommit, data: &Json) -> Result<(), RecordError> {
+    if !data.is_object() {
+        return Err(RecordError::Malformed("event data must be a JSON object"));
+    }
+    doc.put(automerge::ROOT, DATA, data.to_string())?;
+    Ok(())
+}
+
 /// Appends a transition to the workflow list (no rule check: see
 /// [`workflow::check_append`]).
 pub fn append_transition(doc: &mut AutoCommit, t: &Transition) -> Result<(), RecordError> {
