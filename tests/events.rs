@@ -383,3 +383,118 @@ fn a_rejected_registration_is_corrected_resubmitted_and_registered_with_its_hist
         "the rejection and its reason stay in the history"
     );
 }
+
+/// Records belong to the office: a second tablet of the commune continues
+/// a record the first started, a replacement tablet enrolled later receives
+/// every record with its history, a tablet of another commune never sees
+/// them, and steps taken concurrently on two tablets are all kept, the
+/// record held until someone settles it.
+#[test]
+fn a_second_tablet_continues_a_record_and_another_commune_never_sees_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("server"));
+    let a = Tablet::new(tmp.path().join("a"));
+    let b = Tablet::new(tmp.path().join("b"));
+    let c = Tablet::new(tmp.path().join("c"));
+    a.init_and_enroll("171003", &server);
+    b.init_and_enroll("171003", &server);
+    c.init_and_enroll("171004", &server);
+
+    let id = t_register(&a, "birth", &fixture("birth-sok-dara.json"), "clerk-1");
+    a.run(&["sync"]).expect_ok();
+    let got = b.run(&["sync"]).expect_ok();
+    assert_eq!(got["records_received"], 1, "{got}");
+    assert_eq!(b.show(&id)["status"], "submitted");
+    // The clerk is the clerk on every tablet.
+    assert_eq!(
+        b.run(&["verify", &id, "--by", "clerk-1"]).expect_err(),
+        "not_allowed"
+    );
+    b.run(&["verify", &id, "--by", "clerk-2"]).expect_ok();
+    b.run(&["approve", &id, "--by", "registrar-1"]).expect_ok();
+    b.run(&["sync"]).expect_ok();
+    let on_b = b.show(&id);
+    assert_eq!(on_b["status"], "registered", "{on_b}");
+    a.run(&["sync"]).expect_ok();
+    let on_a = a.show(&id);
+    assert_eq!(on_a["status"], "registered", "{on_a}");
+    assert_eq!(on_a["kidc"], on_b["kidc"]);
+    assert_eq!(on_a["registration_number"], on_b["registration_number"]);
+
+    // Another commune's tablet receives nothing of it.
+    let got = c.run(&["sync"]).expect_ok();
+    assert_eq!(got["records_received"], 0, "{got}");
+    assert_eq!(c.run(&["show", &id]).expect_err(), "not_found");
+    assert!(
+        c.run(&["list"]).expect_ok()["records"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+
+    // A tablet that replaces a lost one picks up where the office left off.
+    let d = Tablet::new(tmp.path().join("d"));
+    d.init_and_enroll("171003", &server);
+    let got = d.run(&["sync"]).expect_ok();
+    assert_eq!(got["records_received"], 1, "{got}");
+    let on_d = d.show(&id);
+    assert_eq!(on_d["kidc"], on_a["kidc"]);
+    assert_eq!(
+        on_d["transitions"].as_array().unwrap().len(),
+        3,
+        "with its history"
+    );
+    // ... and continues the office's records: an amendment made on it.
+    let amend = d
+        .run(&[
+            "amend",
+            &id,
+            fixture("amendment-add-given-name.json").to_str().unwrap(),
+            "--by",
+            "clerk-4",
+        ])
+        .expect_ok();
+    let amendment = amend["amendment_id"].as_str().unwrap().to_string();
+    d.run(&["verify", &amendment, "--by", "clerk-2"]).expect_ok();
+    d.run(&["approve", &amendment, "--by", "registrar-1"]).expect_ok();
+    d.run(&["sync"]).expect_ok();
+    a.run(&["sync"]).expect_ok();
+    assert_eq!(a.show(&id)["current"]["child"]["given_name_latin"], "SREYPOV");
+    assert_eq!(a.show(&amendment)["status"], "registered");
+
+    // Two tablets verify the same record at once, offline: both steps are
+    // kept, and the record is held on the server and on every tablet.
+    let death = t_register(&a, "death", &fixture("death-elderly.json"), "clerk-1");
+    a.run(&["sync"]).expect_ok();
+    b.run(&["sync"]).expect_ok();
+    a.run(&["verify", &death, "--by", "clerk-2"]).expect_ok();
+    b.run(&["verify", &death, "--by", "clerk-3"]).expect_ok();
+    a.run(&["sync"]).expect_ok();
+    b.run(&["sync"]).expect_ok();
+    a.run(&["sync"]).expect_ok();
+    for t in [&a, &b] {
+        let r = t.show(&death);
+        assert_eq!(r["status"], "held", "{r}");
+        assert_eq!(r["hold"], "invalid_workflow");
+        let by: Vec<&str> = r["transitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["by"].as_str().unwrap())
+            .collect();
+        assert!(by.contains(&"clerk-2") && by.contains(&"clerk-3"), "{by:?}");
+    }
+    assert!(
+        c.run(&["list"]).expect_ok()["records"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+}
+
+fn t_register(t: &Tablet, kind: &str, file: &Path, by: &str) -> String {
+    let out = t
+        .run(&[kind, "register", file.to_str().unwrap(), "--by", by])
+        .expect_ok();
+    out["record_id"].as_str().unwrap().to_string()
+}

@@ -109,6 +109,9 @@ pub struct SyncReport {
     pub pulled: u64,
     /// KIdCs that arrived during this sync.
     pub kidcs_received: u64,
+    /// Records of the office made on other tablets that arrived during
+    /// this sync (a new or replacement tablet receives them all).
+    pub records_received: u64,
     /// Change sets still unacknowledged after the sync.
     pub pending: u64,
     /// Records whose sync state is still `pending`.

@@ -70,6 +70,8 @@ pub struct SyncReport {
     pub pulled: u64,
     /// KIdCs that arrived during this sync.
     pub kidcs_received: u64,
+    /// Records of the office made on other tablets that arrived.
+    pub records_received: u64,
     /// Change sets still unacknowledged after the sync.
     pub pending: u64,
     /// Records whose sync state is still `pending`.
@@ -93,6 +95,7 @@ impl From<crvs_core::SyncReport> for SyncReport {
             records_pushed: r.records_pushed,
             pulled: r.pulled,
             kidcs_received: r.kidcs_received,
+            records_received: r.records_received,
             pending: r.pending,
             records_pending: r.records_pending,
             change_sets_created: r.change_sets_created,

@@ -208,6 +208,9 @@ pub fn enroll(server: &Server, req: &EnrollRequest) -> Result<EnrollResponse, Ap
                 public_key: key,
                 enrolled_at_ms: now,
             })?;
+            // The office's records, for this tablet's first sync.
+            let records = tx.seed_office_feed(device_id, &row.office, now)?;
+            tracing::info!(device = %device_id, records, "the office's records are in the new device's feed");
             // Outside the database first: a restore from an older backup
             // puts the device back (see `crate::ledger`).
             server.ledger().record_enrolment(&crate::ledger::LedgerDevice {

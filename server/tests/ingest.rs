@@ -306,20 +306,45 @@ fn a_device_stuck_behind_a_refused_change_set_shows_as_blocked_until_it_syncs_pa
     assert_eq!(blocked(&server), None);
 }
 
+/// A record belongs to its office: another tablet of the office continues
+/// it (and the first receives its changes), a tablet of another office is
+/// refused.
 #[test]
-fn a_change_set_writing_a_record_of_another_device_is_refused() {
+fn a_record_is_continued_by_any_tablet_of_its_office_and_no_other() {
     let (_dir, server) = server();
     let mut a = Tablet::enroll(&server, OFFICE);
     let mut b = Tablet::enroll(&server, OFFICE);
+    let mut stranger = Tablet::enroll(&server, "171004");
     let id = new_record_id();
     let mut doc = a.new_doc(OFFICE, &birth(), &[]);
     let cs = a.seal(vec![record_changes(id, Tablet::all_changes(&mut doc))]);
     server.handle_sync(&a.request(vec![cs])).expect("sync");
     let heads = doc.get_heads();
     record::append_transition(&mut doc, &support::step(Action::Verify, "checker")).expect("verify");
-    let cs = b.seal(vec![record_changes(id, Tablet::changes_since(&mut doc, &heads))]);
-    let r = sync(&server, &b, vec![cs]);
+    let step = Tablet::changes_since(&mut doc, &heads);
+    let cs = stranger.seal(vec![record_changes(id, step.clone())]);
+    let r = sync(&server, &stranger, vec![cs]);
     assert_eq!(r.refusal.expect("refused").code, RefusalCode::OutOfScope);
+    assert!(
+        r.updates.is_empty(),
+        "another office's tablet receives nothing of it"
+    );
+    let cs = b.seal(vec![record_changes(id, step)]);
+    let r = sync(&server, &b, vec![cs]);
+    assert!(r.refusal.is_none(), "{:?}", r.refusal);
+    // The first tablet receives the second's step.
+    let r = sync(&server, &a, vec![]);
+    let update = r
+        .updates
+        .iter()
+        .find(|u| u.record_id == id)
+        .expect("the record's update");
+    let mut mine = doc.fork_at(&heads).expect("a's copy before the step");
+    assert_eq!(record::read(&mine).unwrap().transitions.len(), 1);
+    for c in &update.changes {
+        mine.load_incremental(c).expect("loads");
+    }
+    assert_eq!(record::read(&mine).unwrap().transitions.len(), 2);
 }
 
 /// A new record goes out either as its change chunks or as one document
@@ -1333,7 +1358,13 @@ fn a_commit_group_keeps_each_request_apart() {
         assert!(resp.refusal.is_none());
         assert_eq!(resp.acks.len(), 1);
         assert_eq!(resp.acks[0].outcome, AckOutcome::Applied);
-        assert_eq!(resp.issuances.len(), 1, "request {i}: its KIdC proof");
+        // Its own code's proof (and those of the office's records
+        // registered before, which every tablet of the office receives).
+        let own = records[i];
+        assert!(
+            resp.issuances.iter().any(|p| p.record_id == own),
+            "request {i}: its KIdC proof"
+        );
         for r in outcomes.iter().filter(|r| r.is_err()) {
             assert!(
                 matches!(r, Err(ApiError::ReplayedRequest { .. })),

@@ -144,7 +144,13 @@ pub fn format_utc(ms: i64) -> String {
 }
 
 pub(crate) fn record_to_json(r: &Record) -> Json {
-    let status = r.view.status().map(|s| s.as_str()).unwrap_or("invalid");
+    // A workflow broken by a merge (steps taken concurrently on two
+    // tablets) is held by the server: shown so once its hold arrived.
+    let status = match r.view.status() {
+        Ok(s) => s.as_str(),
+        Err(_) if r.view.server.hold.is_some() => "held",
+        Err(_) => "invalid",
+    };
     let mut out = json!({
         "record_id": r.id.to_string(),
         "kind": r.view.kind.as_str(),

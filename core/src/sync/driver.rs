@@ -1,7 +1,7 @@
 //! The sync driver: fills the outbox, pushes unacknowledged change sets,
 //! stores the answers, adopts the server's chain, keeps KIdC evidence.
 
-use automerge::Change;
+use automerge::AutoCommit;
 use crvs_schema::evidence::IssuanceProof;
 use crvs_schema::record;
 use crvs_schema::wire::{self, ChainPosition, RecordChanges, SignedChangeSet, SyncResponse};
@@ -11,7 +11,7 @@ use rusqlite::{Connection, Transaction};
 use crate::error::{Error, Result};
 use crate::integrity;
 use crate::registrar::*;
-use crate::store::{self, OutboxRow, meta};
+use crate::store::{self, OutboxRow, RecordRow, meta};
 use crate::sync::machine::{AnswerContext, Applied, Batch, OutgoingChangeSet, Step, SyncMachine};
 use crate::sync::{self, Chain, SyncObserver, SyncPhase, SyncProgress, SyncReport};
 use crate::transport::{HttpTransport, Transport};
@@ -414,19 +414,16 @@ impl Registrar {
     ) -> Result<()> {
         let id = RecordId(update.record_id);
         let Some(mut row) = store::get_record(tx, &update.record_id)? else {
-            tracing::warn!(record = %id, "the server sent changes for a record this store does not have");
-            return Ok(());
+            return self.receive_office_record(tx, update, now, applied);
         };
         let mut doc = self.load_doc(&row)?;
         let before = doc.get_heads();
-        let changes = update
-            .changes
-            .iter()
-            .map(|c| Change::from_bytes(c.clone()))
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|_| Error::Protocol("the server sent an unreadable change".into()))?;
-        doc.apply_changes(changes)
-            .map_err(|_| Error::Protocol("the server sent a change that does not apply".into()))?;
+        // Changes of the server and of the office's other tablets, or a
+        // record's whole document (a snapshot): all load incrementally.
+        for bytes in &update.changes {
+            doc.load_incremental(bytes)
+                .map_err(|_| Error::Protocol("the server sent a change that does not apply".into()))?;
+        }
         if doc.get_heads() == before {
             return Ok(());
         }
@@ -440,13 +437,81 @@ impl Registrar {
             }
             row.kidc_sealed = Some(self.key.seal(&kidc_aad(&row.id), kidc.as_str().as_bytes()));
         }
-        row.status = view.status()?.as_str().to_string();
+        row.status = merged_status(&view).as_str().to_string();
         row.doc_sealed = self.key.seal(&doc_aad(&row.id), &doc.save());
         row.server_updated_at = Some(now);
         store::update_record(tx, &row)?;
         applied.updated += 1;
         Ok(())
     }
+
+    /// A record of the office this store does not have: made on another
+    /// tablet of the office (or before this tablet replaced a lost one).
+    /// It is stored as received, with nothing to send: only the changes
+    /// this store makes to it later are sent.
+    fn receive_office_record(
+        &self,
+        tx: &Transaction<'_>,
+        update: &wire::RecordUpdate,
+        now: i64,
+        applied: &mut Applied,
+    ) -> Result<()> {
+        let id = RecordId(update.record_id);
+        let mut doc = AutoCommit::new();
+        for bytes in &update.changes {
+            doc.load_incremental(bytes)
+                .map_err(|_| Error::Protocol("the server sent a record that does not load".into()))?;
+        }
+        let mut doc = doc.with_actor(self.actor.clone());
+        let view = match record::read(&doc) {
+            Ok(v) => v,
+            Err(e) => {
+                // The start of its history is missing: a feed this store
+                // joined late. Nothing is stored; the server's snapshot has it.
+                tracing::warn!(record = %id, "the server sent changes of a record this store does not have ({e})");
+                return Ok(());
+            }
+        };
+        if view.office != self.office {
+            tracing::warn!(record = %id, "the server sent a record of another office; ignored");
+            return Ok(());
+        }
+        let kidc_sealed = view
+            .server
+            .kidc
+            .as_ref()
+            .map(|k| self.key.seal(&kidc_aad(&id.0), k.as_str().as_bytes()));
+        let created_at = view.transitions.first().map_or(now, |t| t.at_ms);
+        let row = RecordRow {
+            id: id.0,
+            kind: view.kind.as_str().to_string(),
+            status: merged_status(&view).as_str().to_string(),
+            created_at,
+            updated_at: now,
+            doc_sealed: self.key.seal(&doc_aad(&id.0), &doc.save()),
+            kidc_sealed,
+            outboxed_heads: heads_to_bytes(&doc.get_heads()),
+            dirty: false,
+            last_outbox_seq: None,
+            server_updated_at: Some(now),
+            set_aside_at: None,
+        };
+        store::insert_record(tx, &row)?;
+        applied.received += 1;
+        if view.server.kidc.is_some() {
+            applied.kidcs += 1;
+        }
+        tracing::debug!(record = %id, "record of the office received");
+        Ok(())
+    }
+}
+
+/// The status of a record after a merge. Steps taken concurrently on two
+/// tablets of the office (two verifications, an approval and a rejection)
+/// can break the workflow's order: such a record is shown held (the server
+/// holds it, `invalid_workflow`) with every step kept, and the sync goes on.
+fn merged_status(view: &record::RecordView) -> crvs_schema::workflow::Status {
+    view.status().unwrap_or(crvs_schema::workflow::Status::Held)
 }
 
 fn encode_position(p: &ChainPosition) -> Vec<u8> {

@@ -94,6 +94,9 @@ pub struct Applied {
     pub updated: u64,
     /// KIdCs that arrived.
     pub kidcs: u64,
+    /// Records of the office this store did not have (made on another
+    /// tablet of the office) that arrived.
+    pub received: u64,
 }
 
 /// What the driver does next.
@@ -279,6 +282,7 @@ impl SyncMachine {
             .ok_or_else(|| Error::Protocol("nothing was waiting to be stored".into()))?;
         self.report.pulled += applied.updated;
         self.report.kidcs_received += applied.kidcs;
+        self.report.records_received += applied.received;
         if let Some(position) = outcome.adopt {
             self.adoptions += 1;
             if self.adoptions > 1 {

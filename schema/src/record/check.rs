@@ -209,8 +209,15 @@ pub fn check_tablet_changes<R1: ReadDoc, R2: ReadDoc>(
             &server_after,
         )));
     }
-    for key in [KIND, OFFICE, DATA, TRANSITIONS] {
-        // Exactly one value: present, and not in conflict.
+    // Exactly one value: present, and not in conflict. Two tablets of the
+    // office may write `data` concurrently (a rejected record corrected on
+    // both): the conflict is kept and shown, the server holds the record.
+    if root_after.get(DATA).is_none() {
+        return Err(TabletChangeError::Malformed(format!(
+            "root field '{DATA}' is missing"
+        )));
+    }
+    for key in [KIND, OFFICE, TRANSITIONS] {
         if root_after.get(key).is_none_or(|e| e.conflict) {
             return Err(TabletChangeError::Malformed(format!(
                 "root field '{key}' is missing or in conflict"

@@ -8,7 +8,7 @@ use crvs_schema::wire::{Ack, AckOutcome, Refusal, RefusalCode};
 use crvs_schema::workflow::Status;
 use uuid::Uuid;
 
-use crate::storage::{LogEntry, StoredRecord, WriteTx};
+use crate::storage::{FeedTo, LogEntry, StoredRecord, WriteTx};
 
 use super::open::{Incoming, OpenedBody, Pending, wire_refusal};
 use super::prepare::{Prepared, commit_server_change, prepare_record, saved_blob};
@@ -230,7 +230,8 @@ pub(super) fn apply_records(
     Ok(())
 }
 
-/// Loads a record, refusing one that another device created.
+/// Loads a record, refusing one of another office: a record belongs to its
+/// office, and any tablet of the office may continue it.
 pub(super) fn load_owned(
     tx: &mut dyn WriteTx,
     ctx: &Ctx<'_>,
@@ -238,14 +239,11 @@ pub(super) fn load_owned(
     record_id: [u8; 16],
 ) -> Result<Option<StoredRecord>, Step> {
     let stored = tx.load_record(Uuid::from_bytes(record_id))?;
-    if stored
-        .as_ref()
-        .is_some_and(|s| s.origin_device != ctx.device.device_id)
-    {
+    if stored.as_ref().is_some_and(|s| s.office != ctx.device.office) {
         return Err(refuse(
             seq,
             RefusalCode::OutOfScope,
-            "the record belongs to another device",
+            "the record belongs to another office",
         ));
     }
     Ok(stored)
@@ -300,8 +298,17 @@ pub(super) fn finish_record(
     } else {
         tx.insert_record(&record)?;
     }
+    // The office's other tablets receive this tablet's changes, and every
+    // tablet of the office the server's.
+    if !fresh.is_empty() {
+        let to = FeedTo::OfficeExcept {
+            office: &record.office,
+            from: ctx.device.device_id,
+        };
+        tx.append_feed(to, record_id, &fresh, ctx.now_ms)?;
+    }
     for c in &changes {
-        tx.append_server_change(ctx.device.device_id, record_id, c, ctx.now_ms)?;
+        tx.append_feed(FeedTo::Office(&record.office), record_id, c, ctx.now_ms)?;
     }
     if let Some(reason) = hold {
         stats.holds += 1;

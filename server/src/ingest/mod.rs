@@ -98,6 +98,9 @@ pub const HOLD_KIDC_CONFLICT: &str = "kidc_conflict";
 /// who is the clerk, an approval before verification, ...): a content
 /// problem, so the record is held and the rest of its change set applies.
 pub const HOLD_INVALID_WORKFLOW: &str = "invalid_workflow";
+/// The hold code of a record whose data two tablets of the office wrote
+/// concurrently: both values are kept until a person settles it.
+pub const HOLD_DATA_CONFLICT: &str = "data_conflict";
 /// Draws of a KIdC before giving up (a collision is one in ~10⁸ per draw
 /// while the space is nearly empty).
 const MAX_KIDC_DRAWS: usize = 64;

@@ -18,7 +18,10 @@ use uuid::Uuid;
 use crate::storage::StoredRecord;
 
 use super::apply::tablet_change_refusal;
-use super::{COMPACT_ABOVE, Ctx, HOLD_INVALID_ON_RECEIPT, HOLD_INVALID_WORKFLOW, Step, internal, refuse};
+use super::{
+    COMPACT_ABOVE, Ctx, HOLD_DATA_CONFLICT, HOLD_INVALID_ON_RECEIPT, HOLD_INVALID_WORKFLOW, Step, internal,
+    refuse,
+};
 
 /// A record with the tablet's changes applied and checked, and the
 /// server's early edits (a hold) committed, ready to be registered (if
@@ -176,6 +179,13 @@ pub(super) fn prepare_record_inner(
         if view.server.hold.is_none() {
             new_hold = Some(HOLD_INVALID_WORKFLOW);
             tracing::info!(record = %record_id, "record held: its workflow breaks the rules");
+        }
+    } else if !view.conflicts.is_empty() && !view.server.is_registered() {
+        // Two tablets wrote the data concurrently: both values are kept,
+        // and a person settles it; nothing is registered meanwhile.
+        if view.server.hold.as_deref() != Some(HOLD_DATA_CONFLICT) {
+            new_hold = Some(HOLD_DATA_CONFLICT);
+            tracing::info!(record = %record_id, "record held: its data was written concurrently on two tablets");
         }
     } else if !view.server.is_registered() && view.server.hold.is_none() {
         match validate_event(&view, ctx.today) {

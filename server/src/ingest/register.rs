@@ -28,7 +28,7 @@ use crvs_schema::record::{self, AppliedAmendment, FieldChange, RecordKind, Regis
 use crvs_schema::workflow::Status;
 use uuid::Uuid;
 
-use crate::storage::{StoredRecord, WriteTx};
+use crate::storage::{FeedTo, StoredRecord, WriteTx};
 
 use super::kidc::{Issued, issue_kidc};
 use super::prepare::{Plan, commit_server_change, saved_blob, validate_birth};
@@ -228,8 +228,8 @@ fn amend_record(
         updated_at_ms: ctx.now_ms,
         ..target.stored.clone()
     })?;
-    tx.append_server_change(
-        target.stored.origin_device,
+    tx.append_feed(
+        FeedTo::Office(&target.stored.office),
         target.stored.record_id,
         &change,
         ctx.now_ms,

@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use crate::Server;
 use crate::error::ApiError;
-use crate::storage::{ReleaseAudit, StoredRecord};
+use crate::storage::{FeedTo, ReleaseAudit, StoredRecord};
 
 use super::prepare::{commit_server_change, plan, validate_event};
 use super::register::{Outcome, register};
@@ -119,6 +119,7 @@ pub fn release_hold(
         let after = record::read(&doc)
             .map_err(|e| ApiError::Internal(format!("a released record does not read: {e}")))?;
         status = after.status().unwrap_or(Status::Held);
+        let office = stored.office.clone();
         tx.update_record(&StoredRecord {
             status: status.as_str().to_string(),
             doc: doc.save(),
@@ -126,7 +127,7 @@ pub fn release_hold(
             ..stored
         })?;
         if let Some(c) = change {
-            tx.append_server_change(device.device_id, record_id, &c, now_ms)?;
+            tx.append_feed(FeedTo::Office(&office), record_id, &c, now_ms)?;
         }
     }
     tx.audit_release(&ReleaseAudit {

@@ -203,6 +203,20 @@ pub struct Issuance<'a> {
     pub reason: &'a str,
 }
 
+/// Who a row of the pull feed is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FeedTo<'a> {
+    /// Every device of the office: a change the server made.
+    Office(&'a str),
+    /// Every device of the office but `from`, whose tablet made the change.
+    OfficeExcept {
+        /// The office.
+        office: &'a str,
+        /// The device that made it.
+        from: Uuid,
+    },
+}
+
 /// A server-made automerge change in a device's pull feed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerChange {
@@ -663,16 +677,23 @@ pub trait WriteTx {
     /// code or the record already has an entry.
     fn insert_issuance(&mut self, issuance: &Issuance<'_>) -> Result<bool, StorageError>;
 
-    /// Appends a server-made change to the pull feed of `device_id`, and
-    /// returns its cursor.
-    fn append_server_change(
+    /// Appends a change of a record to the pull feed of the devices of
+    /// its office (`to`), and returns its cursor.
+    fn append_feed(
         &mut self,
-        device_id: Uuid,
+        to: FeedTo<'_>,
         record_id: Uuid,
         change: &[u8],
         at_ms: i64,
     ) -> Result<u64, StorageError>;
-    /// The feed of `device_id` after `cursor`, oldest first, at most `limit`.
+    /// Starts the feed of a newly enrolled device: a snapshot of every
+    /// record of its office (each record's stored document, addressed to
+    /// it), and the office's rows before now skipped. Returns how many
+    /// records the snapshot holds.
+    fn seed_office_feed(&mut self, device_id: Uuid, office: &str, at_ms: i64) -> Result<u64, StorageError>;
+    /// The feed of `device_id` after `cursor`, oldest first, at most
+    /// `limit`: the rows addressed to it, and its office's rows after its
+    /// enrolment, but for its own tablet changes.
     fn server_changes_since(
         &mut self,
         device_id: Uuid,

@@ -29,9 +29,10 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use uuid::Uuid;
 
 use super::{
-    ApiKeyRow, Device, DeviceRefusal, HoldRow, Issuance, LogEntry, NewDevice, ReleaseAudit, Savepoint,
-    ServerChange, StaffEvent, StaffMember, StaffPut, StaffPutOutcome, StaffRemoval, Storage, StorageError,
-    StoredNotification, StoredRecord, SyncSeen, TokenRow, UnblockAudit, WriteTx, plan_staff_put, staff_key,
+    ApiKeyRow, Device, DeviceRefusal, FeedTo, HoldRow, Issuance, LogEntry, NewDevice, ReleaseAudit,
+    Savepoint, ServerChange, StaffEvent, StaffMember, StaffPut, StaffPutOutcome, StaffRemoval, Storage,
+    StorageError, StoredNotification, StoredRecord, SyncSeen, TokenRow, UnblockAudit, WriteTx,
+    plan_staff_put, staff_key,
 };
 use crate::staff::Roles;
 
@@ -45,6 +46,7 @@ const MIGRATIONS: &[crvs_sqlite::Migration] = &[
     include_str!("../../migrations/005_staff.sql"),
     include_str!("../../migrations/006_notifications.sql"),
     include_str!("../../migrations/007_registration_numbers.sql"),
+    include_str!("../../migrations/008_office_records.sql"),
 ];
 
 impl From<rusqlite::Error> for StorageError {
@@ -767,23 +769,48 @@ impl WriteTx for SqliteTx<'_> {
         Ok(n == 1)
     }
 
-    fn append_server_change(
+    fn append_feed(
         &mut self,
-        device_id: Uuid,
+        to: FeedTo<'_>,
         record_id: Uuid,
         change: &[u8],
         at_ms: i64,
     ) -> Result<u64, StorageError> {
+        // `device_id` is the device that made a tablet change; for a change
+        // the server made, the record's own device (the column is NOT NULL).
+        let (office, device, kind) = match to {
+            FeedTo::Office(office) => (office, None, "server"),
+            FeedTo::OfficeExcept { office, from } => (office, Some(from), "tablet"),
+        };
         let mut st = self.conn.prepare_cached(
-            "INSERT INTO server_changes (device_id, record_id, change, created_at) VALUES (?1, ?2, ?3, ?4)",
+            "INSERT INTO server_changes (device_id, record_id, change, created_at, office, kind)
+             VALUES (COALESCE(?1, (SELECT origin_device FROM records WHERE record_id = ?2)), ?2, ?3, ?4, ?5, ?6)",
         )?;
         st.execute(params![
-            device_id.to_string(),
+            device.map(|d| d.to_string()),
             record_id.to_string(),
             change,
-            at_ms
+            at_ms,
+            office,
+            kind
         ])?;
         u64::try_from(self.conn.last_insert_rowid()).map_err(|_| StorageError::Corrupt("negative cursor"))
+    }
+
+    fn seed_office_feed(&mut self, device_id: Uuid, office: &str, at_ms: i64) -> Result<u64, StorageError> {
+        let device = device_id.to_string();
+        self.conn.execute(
+            "UPDATE devices SET feed_floor = (SELECT COALESCE(MAX(cursor), 0) FROM server_changes)
+             WHERE device_id = ?1",
+            [&device],
+        )?;
+        let n = self.conn.execute(
+            "INSERT INTO server_changes (device_id, record_id, change, created_at, kind)
+             SELECT ?1, record_id, doc, ?3, 'snapshot' FROM records WHERE office = ?2
+             ORDER BY created_at, record_id",
+            params![device, office, at_ms],
+        )?;
+        Ok(n as u64)
     }
 
     fn server_changes_since(
@@ -792,9 +819,21 @@ impl WriteTx for SqliteTx<'_> {
         cursor: u64,
         limit: usize,
     ) -> Result<Vec<ServerChange>, StorageError> {
+        // Two indexed ranges, each bounded: the rows addressed to the
+        // device, and its office's rows after its enrolment but for its
+        // own tablet changes.
         let mut st = self.conn.prepare_cached(
-            "SELECT cursor, record_id, change FROM server_changes
-             WHERE device_id = ?1 AND cursor > ?2 ORDER BY cursor LIMIT ?3",
+            "SELECT cursor, record_id, change FROM (
+                 SELECT * FROM (SELECT cursor, record_id, change FROM server_changes
+                                WHERE device_id = ?1 AND office IS NULL AND cursor > ?2
+                                ORDER BY cursor LIMIT ?3)
+                 UNION ALL
+                 SELECT * FROM (SELECT s.cursor, s.record_id, s.change
+                                FROM devices d JOIN server_changes s ON s.office = d.office
+                                WHERE d.device_id = ?1 AND s.cursor > MAX(?2, d.feed_floor)
+                                  AND (s.kind = 'server' OR s.device_id <> ?1)
+                                ORDER BY s.cursor LIMIT ?3))
+             ORDER BY cursor LIMIT ?3",
         )?;
         // A cursor beyond i64 cannot exist: clamp, the feed after it is empty.
         let cursor = i64::try_from(cursor).unwrap_or(i64::MAX);
