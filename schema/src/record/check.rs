@@ -225,7 +225,8 @@ pub fn check_tablet_changes<R1: ReadDoc, R2: ReadDoc>(
         }
     }
     // Steps the server already has; the others are new.
-    let mut known_steps = 0;
+    // Which steps of the merged list the server already had.
+    let mut known: Option<Vec<bool>> = None;
     if let Some((b, rb)) = &root_before {
         let snap_before = |key: &str| snapshot_entry(*b, &root, key.into(), rb.get(key)).map_err(am);
         let snap_after =
@@ -245,10 +246,10 @@ pub fn check_tablet_changes<R1: ReadDoc, R2: ReadDoc>(
             return Err(TabletChangeError::RegisteredDataChanged);
         }
         let steps_before = snap_before(TRANSITIONS)?;
-        if !is_prefix_list(&steps_before, &snap_after(TRANSITIONS)?) {
-            return Err(TabletChangeError::TransitionsRewritten);
+        match kept_in_order(&steps_before, &snap_after(TRANSITIONS)?) {
+            Some(k) => known = Some(k),
+            None => return Err(TabletChangeError::TransitionsRewritten),
         }
-        known_steps = steps_before[0]["$items"].as_array().map_or(0, Vec::len);
     }
     let view = read_root(after, &root_after).map_err(|e| match e {
         RecordError::Workflow(w) => TabletChangeError::Workflow(w),
@@ -257,7 +258,14 @@ pub fn check_tablet_changes<R1: ReadDoc, R2: ReadDoc>(
     // Every transition, old and new, must follow the rules; a new one's
     // staff id must also have the form new steps have.
     workflow::derive(&view.transitions).map_err(TabletChangeError::Workflow)?;
-    for t in view.transitions.iter().skip(known_steps) {
+    let is_new = |i: usize| known.as_ref().is_none_or(|k| !k.get(i).copied().unwrap_or(false));
+    for t in view
+        .transitions
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| is_new(*i))
+        .map(|(_, t)| t)
+    {
         workflow::check_staff_id(&t.by).map_err(TabletChangeError::Workflow)?;
     }
     if view.transitions.is_empty() {
@@ -280,21 +288,35 @@ fn server_field_name(snapshot: &Json) -> String {
         .unwrap_or_else(|| SERVER.to_string())
 }
 
-/// The list snapshot `a` (one list object, no conflicts) is a prefix of `b`.
-fn is_prefix_list(a: &Json, b: &Json) -> bool {
+/// Every step of the list snapshot `a` is still in `b`, the same list
+/// object, in the same order, and every element of `b` has one value:
+/// steps are only ever added. Two tablets of the office may append steps
+/// concurrently, so the new ones need not all come last (automerge orders
+/// concurrent inserts by their ids). Returns, for each element of `b`,
+/// whether it was in `a`; `None` when a step was removed or rewritten.
+fn kept_in_order(a: &Json, b: &Json) -> Option<Vec<bool>> {
     let (Some(a), Some(b)) = (a.as_array(), b.as_array()) else {
-        return false;
+        return None;
     };
     if a.len() != 1 || b.len() != 1 || a[0].get("$id") != b[0].get("$id") {
-        return false;
+        return None;
     }
     let (Some(ia), Some(ib)) = (
         a[0].get("$items").and_then(|v| v.as_array()),
         b[0].get("$items").and_then(|v| v.as_array()),
     ) else {
-        return false;
+        return None;
     };
-    ia.len() <= ib.len()
-        && ia.iter().zip(ib).all(|(x, y)| x == y)
-        && ib.iter().all(|v| v.as_array().is_some_and(|c| c.len() == 1))
+    if !ib.iter().all(|v| v.as_array().is_some_and(|c| c.len() == 1)) {
+        return None;
+    }
+    let mut known = vec![false; ib.len()];
+    let mut next = ia.iter().peekable();
+    for (slot, item) in known.iter_mut().zip(ib) {
+        if next.peek().is_some_and(|x| *x == item) {
+            *slot = true;
+            next.next();
+        }
+    }
+    next.peek().is_none().then_some(known)
 }

@@ -466,3 +466,40 @@ fn current_data_makes_each_registered_amendment_in_order() {
     assert_eq!(view.current_data()["child"]["given_name_latin"], "B");
     assert_ne!(view.data, view.current_data(), "the registration itself is kept");
 }
+
+#[test]
+fn steps_appended_concurrently_on_two_tablets_are_kept_in_any_order() {
+    let mut a = new_record(actor(1), RecordKind::Birth, "171003", &sample(), &submit("clerk")).unwrap();
+    let before = copy(&mut a);
+    let mut b = a.fork().with_actor(actor(2));
+    let step = |by: &str| Transition {
+        action: crate::workflow::Action::Verify,
+        by: by.into(),
+        at_ms: 2,
+        device: "d".into(),
+        reason: None,
+    };
+    append_transition(&mut a, &step("checker-a")).unwrap();
+    append_transition(&mut b, &step("checker-b")).unwrap();
+    // Whichever order automerge puts them in, the earlier steps are kept,
+    // so the change is taken; the workflow they make is not valid (two
+    // verifications), which the server holds, not refuses.
+    a.merge(&mut b).unwrap();
+    assert_eq!(read(&a).unwrap().transitions.len(), 3);
+    assert!(matches!(
+        check_tablet_changes(Some(&before), &a),
+        Err(TabletChangeError::Workflow(_))
+    ));
+    // A step removed is still a rewrite.
+    let after_first = copy(&mut a);
+    let mut c = a.fork();
+    let list = match automerge::ReadDoc::get(&c, automerge::ROOT, TRANSITIONS).unwrap() {
+        Some((_, id)) => id,
+        None => panic!("list"),
+    };
+    c.delete(&list, 0).unwrap();
+    assert_eq!(
+        check_tablet_changes(Some(&after_first), &c).unwrap_err(),
+        TabletChangeError::TransitionsRewritten
+    );
+}
