@@ -204,6 +204,7 @@ fn change_sets_of<T>(items: &[T], per_cs: usize) -> Vec<&[T]> {
 /// sent.
 fn sealed_change_sets(
     tablet: &mut Tablet,
+    office: &str,
     births: &[Value],
     per_cs: usize,
     approval: Approval,
@@ -215,7 +216,7 @@ fn sealed_change_sets(
                 let recs = batch
                     .iter()
                     .map(|b| {
-                        let mut doc = tablet.new_doc(support::OFFICE, b, &[Action::Verify, Action::Approve]);
+                        let mut doc = tablet.new_doc(office, b, &[Action::Verify, Action::Approve]);
                         record_changes(support::new_record_id(), Tablet::document_chunk(&mut doc))
                     })
                     .collect();
@@ -228,7 +229,7 @@ fn sealed_change_sets(
             for batch in change_sets_of(births, per_cs) {
                 let mut docs: Vec<([u8; 16], AutoCommit)> = batch
                     .iter()
-                    .map(|b| (support::new_record_id(), tablet.new_doc(support::OFFICE, b, &[])))
+                    .map(|b| (support::new_record_id(), tablet.new_doc(office, b, &[])))
                     .collect();
                 let recs = docs
                     .iter_mut()
@@ -263,6 +264,16 @@ fn approvals(tablet: &mut Tablet, docs: Vec<([u8; 16], AutoCommit)>) -> Vec<u8> 
     tablet.seal(recs)
 }
 
+/// The commune of the `i`th bench tablet: 171003 for the first, then
+/// other communes of province 17.
+fn commune(i: usize) -> String {
+    if i == 0 {
+        support::OFFICE.to_string()
+    } else {
+        format!("{:04}{:02}", 1710 + i / 90, 10 + i % 90)
+    }
+}
+
 fn run(case: Case) {
     let Case {
         per_cs,
@@ -291,9 +302,23 @@ fn run(case: Case) {
     let mut change_sets = 0;
     let mut requests = 0;
     let mut wire_bytes = 0usize;
-    for chunk in births.chunks(per_device) {
-        let mut tablet = Tablet::enroll(&server, support::OFFICE);
-        let sealed = sealed_change_sets(&mut tablet, chunk, per_cs, case.approval);
+    for (i, chunk) in births.chunks(per_device).enumerate() {
+        // Each tablet serves a commune of its own, as a commune office's
+        // one or two tablets do: records belong to their office, and every
+        // tablet of an office receives the office's records, so a hundred
+        // tablets in one commune would each pull all the others' work.
+        // The families live in the tablet's commune.
+        let office = commune(i);
+        let chunk: Vec<Value> = chunk
+            .iter()
+            .map(|b| {
+                let mut b = b.clone();
+                b["residence_village_code"] = Value::from(format!("{office}01"));
+                b
+            })
+            .collect();
+        let mut tablet = Tablet::enroll(&server, &office);
+        let sealed = sealed_change_sets(&mut tablet, &office, &chunk, per_cs, case.approval);
         change_sets += sealed.len();
         wire_bytes += sealed.iter().map(Vec::len).sum::<usize>();
         let reqs: Vec<_> = sealed.chunks(cs_per_req).map(<[Vec<u8>]>::to_vec).collect();
