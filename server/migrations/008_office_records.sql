@@ -16,6 +16,7 @@ CREATE INDEX server_changes_office ON server_changes (office, cursor) WHERE offi
 -- office (each record's whole document, addressed to it); the office rows
 -- before its enrolment are skipped: `feed_floor` is the last cursor then.
 ALTER TABLE devices ADD COLUMN feed_floor BIGINT NOT NULL DEFAULT 0;
+CREATE INDEX devices_office ON devices (office);
 
 -- The tablets enrolled before this migration: a snapshot of the other
 -- devices' records of their office.

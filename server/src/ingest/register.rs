@@ -129,7 +129,7 @@ pub(super) fn register(
             late,
         },
     )?;
-    tracing::info!(record = %record_id, kind = plan.event.kind().as_str(), late, "record registered");
+    tracing::debug!(record = %record_id, kind = plan.event.kind().as_str(), late, "record registered");
     Ok(Outcome::Registered { number, kidc })
 }
 

@@ -677,15 +677,17 @@ pub trait WriteTx {
     /// code or the record already has an entry.
     fn insert_issuance(&mut self, issuance: &Issuance<'_>) -> Result<bool, StorageError>;
 
-    /// Appends a change of a record to the pull feed of the devices of
-    /// its office (`to`), and returns its cursor.
+    /// Appends a change of a stored record to the pull feed of the
+    /// devices of its office (`to`). A tablet's change is not kept when no
+    /// other device of the office is enrolled: a device enrolled later
+    /// starts from a snapshot that holds it.
     fn append_feed(
         &mut self,
         to: FeedTo<'_>,
         record_id: Uuid,
         change: &[u8],
         at_ms: i64,
-    ) -> Result<u64, StorageError>;
+    ) -> Result<(), StorageError>;
     /// Starts the feed of a newly enrolled device: a snapshot of every
     /// record of its office (each record's stored document, addressed to
     /// it), and the office's rows before now skipped. Returns how many

@@ -775,26 +775,36 @@ impl WriteTx for SqliteTx<'_> {
         record_id: Uuid,
         change: &[u8],
         at_ms: i64,
-    ) -> Result<u64, StorageError> {
-        // `device_id` is the device that made a tablet change; for a change
-        // the server made, the record's own device (the column is NOT NULL).
-        let (office, device, kind) = match to {
-            FeedTo::Office(office) => (office, None, "server"),
-            FeedTo::OfficeExcept { office, from } => (office, Some(from), "tablet"),
-        };
-        let mut st = self.conn.prepare_cached(
-            "INSERT INTO server_changes (device_id, record_id, change, created_at, office, kind)
-             VALUES (COALESCE(?1, (SELECT origin_device FROM records WHERE record_id = ?2)), ?2, ?3, ?4, ?5, ?6)",
-        )?;
-        st.execute(params![
-            device.map(|d| d.to_string()),
-            record_id.to_string(),
-            change,
-            at_ms,
-            office,
-            kind
-        ])?;
-        u64::try_from(self.conn.last_insert_rowid()).map_err(|_| StorageError::Corrupt("negative cursor"))
+    ) -> Result<(), StorageError> {
+        match to {
+            // `device_id` is the record's own device (the column is NOT NULL).
+            FeedTo::Office(office) => {
+                let mut st = self.conn.prepare_cached(
+                    "INSERT INTO server_changes (device_id, record_id, change, created_at, office, kind)
+                     SELECT origin_device, ?1, ?2, ?3, ?4, 'server' FROM records WHERE record_id = ?1",
+                )?;
+                if st.execute(params![record_id.to_string(), change, at_ms, office])? != 1 {
+                    return Err(StorageError::Corrupt("a feed row for a record not stored"));
+                }
+            }
+            // Only when another device of the office could read it: a
+            // device enrolled later starts from a snapshot that holds it.
+            FeedTo::OfficeExcept { office, from } => {
+                let mut st = self.conn.prepare_cached(
+                    "INSERT INTO server_changes (device_id, record_id, change, created_at, office, kind)
+                     SELECT ?1, ?2, ?3, ?4, ?5, 'tablet'
+                     WHERE EXISTS (SELECT 1 FROM devices WHERE office = ?5 AND device_id <> ?1 AND revoked_at IS NULL)",
+                )?;
+                st.execute(params![
+                    from.to_string(),
+                    record_id.to_string(),
+                    change,
+                    at_ms,
+                    office
+                ])?;
+            }
+        }
+        Ok(())
     }
 
     fn seed_office_feed(&mut self, device_id: Uuid, office: &str, at_ms: i64) -> Result<u64, StorageError> {
