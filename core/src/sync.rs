@@ -351,6 +351,7 @@ mod tests {
             more: false,
             issuances: Vec::new(),
             chain: ChainPosition::default(),
+            notifications: Vec::new(),
         }
     }
 

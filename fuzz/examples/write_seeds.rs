@@ -238,6 +238,12 @@ fn main() {
         more: true,
         issuances: Vec::new(),
         chain: wire::ChainPosition::default(),
+        notifications: vec![wire::PendingNotification {
+            notification_id: [2; 16],
+            kind: "birth".into(),
+            received_at_ms: NOW_MS,
+            payload: "{}".into(),
+        }],
     };
     let resp_bytes = resp.seal(&server_key()).expect("seal answer");
     write("sync_response", "frame-real", &with_mode(0, &resp_bytes));

@@ -380,6 +380,7 @@ mod tests {
                 seq: acked.last().copied().unwrap_or(0),
                 hash: [acked.last().copied().unwrap_or(0) as u8; 32],
             },
+            notifications: Vec::new(),
         }
         .seal(server)
         .expect("seal")

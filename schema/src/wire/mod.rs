@@ -374,8 +374,10 @@ impl From<SyncRequestV2> for SyncRequest {
 /// tablet must be updated (its sealed change sets, of either change-set
 /// version, travel unchanged inside later requests). Version 3 adds the
 /// KIdC proofs (`SyncRequest::evidence`, `SyncResponse::issuances`);
-/// servers still read version 2 and answer it in version 2.
-pub const SYNC_VERSION: u8 = 3;
+/// version 4 the office's pending notifications
+/// (`SyncResponse::notifications`; its request is version 3's). Servers
+/// still read versions 2 and 3 and answer each in its own version.
+pub const SYNC_VERSION: u8 = 4;
 /// The oldest sync version servers still read.
 pub const OLDEST_SYNC_VERSION: u8 = 2;
 
@@ -675,6 +677,28 @@ pub struct SyncResponse {
     /// tablet whose own chain disagrees (it lost its last commit, or runs
     /// from an old copy of its store) adopts it.
     pub chain: ChainPosition,
+    /// Version 4: the birth and death notifications of the device's office
+    /// not registered yet (health facilities and courts send them), oldest
+    /// first, at most [`MAX_PENDING_NOTIFICATIONS`]. The tablet keeps this
+    /// list as the office's current one.
+    pub notifications: Vec<PendingNotification>,
+}
+
+/// At most this many pending notifications go with one answer.
+pub const MAX_PENDING_NOTIFICATIONS: usize = 200;
+
+/// A notification of a birth or a death, waiting for its registration.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct PendingNotification {
+    /// The server's id of it (a UUIDv7).
+    pub notification_id: [u8; 16],
+    /// `birth` or `death`.
+    pub kind: String,
+    /// When the server received it, ms since the epoch.
+    pub received_at_ms: i64,
+    /// The notification as the server validated it, JSON (names, dates:
+    /// personal data; the tablet keeps it sealed).
+    pub payload: String,
 }
 
 impl SyncResponse {
@@ -709,6 +733,20 @@ impl SyncResponse {
                 more: self.more,
             };
             bincode::encode_to_vec(&v2, bincode::config::standard())
+        } else if version == 3 {
+            let v3 = SyncResponseV3 {
+                request_hash: self.request_hash,
+                server_time_ms: self.server_time_ms,
+                acks: self.acks.clone(),
+                refusal: self.refusal.clone(),
+                next_seq: self.next_seq,
+                updates: self.updates.clone(),
+                cursor: self.cursor,
+                more: self.more,
+                issuances: self.issuances.clone(),
+                chain: self.chain.clone(),
+            };
+            bincode::encode_to_vec(&v3, bincode::config::standard())
         } else if version == SYNC_VERSION {
             bincode::encode_to_vec(self, bincode::config::standard())
         } else {
@@ -740,10 +778,42 @@ impl SyncResponse {
                     seq: v2.next_seq.saturating_sub(1),
                     hash: [0; 32],
                 },
+                notifications: Vec::new(),
+            });
+        }
+        if version == 3 {
+            let v3: SyncResponseV3 = decode_limited(&decoded)?;
+            return Ok(SyncResponse {
+                request_hash: v3.request_hash,
+                server_time_ms: v3.server_time_ms,
+                acks: v3.acks,
+                refusal: v3.refusal,
+                next_seq: v3.next_seq,
+                updates: v3.updates,
+                cursor: v3.cursor,
+                more: v3.more,
+                issuances: v3.issuances,
+                chain: v3.chain,
+                notifications: Vec::new(),
             });
         }
         decode_limited(&decoded)
     }
+}
+
+/// A version-3 answer: [`SyncResponse`] without `notifications`.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+struct SyncResponseV3 {
+    request_hash: Hash,
+    server_time_ms: i64,
+    acks: Vec<Ack>,
+    refusal: Option<Refusal>,
+    next_seq: u64,
+    updates: Vec<RecordUpdate>,
+    cursor: u64,
+    more: bool,
+    issuances: Vec<IssuanceProof>,
+    chain: ChainPosition,
 }
 
 /// A version-2 answer: [`SyncResponse`] without `issuances`.

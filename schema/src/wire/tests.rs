@@ -206,6 +206,7 @@ fn a_sync_response_opens_only_with_the_pinned_server_key() {
         more: false,
         issuances: Vec::new(),
         chain: ChainPosition::default(),
+        notifications: Vec::new(),
     };
     let bytes = resp.seal(&key(5)).unwrap();
     assert_eq!(SyncResponse::open(&bytes, &key(5).verifying_key()).unwrap(), resp);
@@ -299,11 +300,28 @@ fn version_2_sync_request_bytes_are_pinned_and_still_read() {
     assert_eq!(header.version(), 2, "its answer goes out in version 2");
 }
 
-/// A version-3 sync request, pinned: this build seals exactly these
+/// A version-3 sync request, pinned: tablets of that version sealed
+/// exactly these bytes, and servers must keep reading them (and answer in
+/// version 3, without the notifications).
+#[test]
+fn version_3_sync_request_bytes_are_pinned_and_still_read() {
+    let bytes = pinned("sync-request-v3.hex");
+    assert_eq!(bytes[0], 3);
+    let req = SyncRequest::open(&bytes, &key(1).verifying_key()).unwrap();
+    assert_eq!(req, request());
+    assert_eq!(RequestHeader::parse(&bytes).unwrap().version(), 3);
+    // The body is version 4's: only the version byte (and the signature
+    // over it) differ.
+    let v4 = req.seal(&key(1)).unwrap();
+    assert_eq!(v4[0], 4);
+    assert_eq!(v4.len(), bytes.len());
+}
+
+/// A version-4 sync request, pinned: this build seals exactly these
 /// bytes, and servers must keep reading them.
 #[test]
-fn version_3_sync_request_bytes_are_pinned() {
-    let bytes = pinned("sync-request-v3.hex");
+fn version_4_sync_request_bytes_are_pinned() {
+    let bytes = pinned("sync-request-v4.hex");
     assert_eq!(bytes[0], SYNC_VERSION);
     let req = SyncRequest::open(&bytes, &key(1).verifying_key()).unwrap();
     assert_eq!(req, request());
@@ -323,15 +341,30 @@ fn an_answer_goes_out_in_the_version_of_its_request_and_reads_back() {
         more: false,
         issuances: Vec::new(),
         chain: ChainPosition::default(),
+        notifications: Vec::new(),
     };
     resp.issuances.push(IssuanceProof::sign(
         &key(2),
         [7; 16],
         &crate::Kidc::parse("1000000001").unwrap(),
     ));
-    let v3 = resp.seal(&key(2)).unwrap();
+    resp.notifications.push(PendingNotification {
+        notification_id: [3; 16],
+        kind: "birth".into(),
+        received_at_ms: 9,
+        payload: "{}".into(),
+    });
+    let v4 = resp.seal(&key(2)).unwrap();
+    assert_eq!(v4[0], 4);
+    assert_eq!(SyncResponse::open(&v4, &key(2).verifying_key()).unwrap(), resp);
+    let v3 = resp.seal_for(3, &key(2)).unwrap();
     assert_eq!(v3[0], 3);
-    assert_eq!(SyncResponse::open(&v3, &key(2).verifying_key()).unwrap(), resp);
+    let read = SyncResponse::open(&v3, &key(2).verifying_key()).unwrap();
+    assert!(
+        read.notifications.is_empty(),
+        "version 3 carries no notifications"
+    );
+    assert_eq!(read.issuances, resp.issuances);
     let v2 = resp.seal_for(2, &key(2)).unwrap();
     assert_eq!(v2[0], 2);
     let read = SyncResponse::open(&v2, &key(2).verifying_key()).unwrap();

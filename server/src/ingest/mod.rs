@@ -227,6 +227,7 @@ pub fn handle_sync(server: &Server, body: &[u8]) -> Result<Vec<u8>, ApiError> {
     // request never holds the writer.
     let (seen, key) = authenticate(server, &header)?;
     let device_id = seen.device_id;
+    let office = seen.office.clone();
     let request = header
         .open_body(&body[REQUEST_HEADER_LEN..])
         .map_err(|e| match e {
@@ -275,6 +276,9 @@ pub fn handle_sync(server: &Server, body: &[u8]) -> Result<Vec<u8>, ApiError> {
         stats,
     } = written;
     response.request_hash = wire::request_hash(body);
+    if header.version() >= 4 {
+        response.notifications = pending_notifications(server, &office)?;
+    }
     response.issuances = proofs
         .iter()
         .map(|(record_id, k)| IssuanceProof::sign(server.signing_key(), *record_id, k))
@@ -303,6 +307,24 @@ pub fn handle_sync(server: &Server, body: &[u8]) -> Result<Vec<u8>, ApiError> {
     response
         .seal_for(header.version(), server.signing_key())
         .map_err(|e| ApiError::Internal(format!("sealing the answer failed: {e}")))
+}
+
+/// The office's notifications not registered yet, oldest first, as a sync
+/// answer carries them (read after the commit: one registered by this
+/// request is not among them).
+fn pending_notifications(server: &Server, office: &str) -> Result<Vec<wire::PendingNotification>, ApiError> {
+    Ok(server
+        .storage()
+        .pending_notifications(office)?
+        .into_iter()
+        .take(wire::MAX_PENDING_NOTIFICATIONS)
+        .map(|n| wire::PendingNotification {
+            notification_id: n.notification_id.into_bytes(),
+            kind: n.kind,
+            received_at_ms: n.received_at_ms,
+            payload: n.payload,
+        })
+        .collect())
 }
 
 /// `f` over `items` on up to [`MAX_WORKERS`] threads, results in order;
