@@ -95,7 +95,10 @@ pub fn person_id(record_id: Uuid, role: &str) -> Uuid {
     uuid::Builder::from_custom_bytes(bytes).into_uuid()
 }
 
-fn by_document(tx: &mut dyn WriteTx, doc: Option<&IdDocument>) -> Result<Option<RegistryPerson>, StorageError> {
+fn by_document(
+    tx: &mut dyn WriteTx,
+    doc: Option<&IdDocument>,
+) -> Result<Option<RegistryPerson>, StorageError> {
     match doc {
         Some(d) => tx.registry_person_by_document(d.kind.as_str(), &d.number),
         None => Ok(None),
@@ -226,7 +229,8 @@ fn current_marriage_between(
 /// transaction: logs it in `registry_events`, then changes the persons it
 /// names. An event the log already holds (by record id) changes nothing.
 pub fn apply(tx: &mut dyn WriteTx, e: &RegisteredEvent<'_>) -> Result<(), StorageError> {
-    let event = serde_json::to_string(e.event).map_err(|_| StorageError::Corrupt("a registered event does not serialize"))?;
+    let event = serde_json::to_string(e.event)
+        .map_err(|_| StorageError::Corrupt("a registered event does not serialize"))?;
     let row = RegistryEventRow {
         seq: 0,
         record_id: e.record_id,
@@ -252,7 +256,12 @@ pub fn apply(tx: &mut dyn WriteTx, e: &RegisteredEvent<'_>) -> Result<(), Storag
 /// The state changes of event `e`, logged as `seq`: what [`apply`] does
 /// after logging it, and what [`rebuild`] replays.
 fn apply_state(tx: &mut dyn WriteTx, e: &RegisteredEvent<'_>, seq: u64) -> Result<(), StorageError> {
-    let mut at = At { tx, record: e.record_id, seq };
+    let mut at = At {
+        tx,
+        record: e.record_id,
+        seq,
+        marital: Vec::new(),
+    };
     match e.event {
         Event::Birth(b) => {
             let born = b.child.date_of_birth.to_string();
@@ -294,7 +303,8 @@ fn apply_state(tx: &mut dyn WriteTx, e: &RegisteredEvent<'_>, seq: u64) -> Resul
                 _ => child,
             };
             at.tx.registry_put_person(&child)?;
-            at.tx.registry_add_marital(child_id, seq, "never_married", Some(&born))?;
+            at.tx
+                .registry_add_marital(child_id, seq, "never_married", Some(&born))?;
             at.tx.registry_link_event(child_id, seq, "child")?;
             for (parent, relation, sex) in std::iter::once((&b.mother, "mother", "female"))
                 .chain(b.father.as_ref().map(|f| (f, "father", "male")))
@@ -305,7 +315,10 @@ fn apply_state(tx: &mut dyn WriteTx, e: &RegisteredEvent<'_>, seq: u64) -> Resul
                 fill(&mut p.family_name_latin, parent.family_name_latin.as_ref());
                 fill(&mut p.given_name_latin, parent.given_name_latin.as_ref());
                 fill(&mut p.sex, Some(&sex.to_owned()));
-                fill(&mut p.date_of_birth, parent.date_of_birth.map(|d| d.to_string()).as_ref());
+                fill(
+                    &mut p.date_of_birth,
+                    parent.date_of_birth.map(|d| d.to_string()).as_ref(),
+                );
                 fill(&mut p.nationality, Some(&parent.nationality));
                 fill(&mut p.citizenship, Some(&parent.nationality));
                 fill(&mut p.residence_village_code, Some(&residence));
@@ -326,12 +339,14 @@ fn apply_state(tx: &mut dyn WriteTx, e: &RegisteredEvent<'_>, seq: u64) -> Resul
                 Identified::Described(dec) => {
                     let mut p = at.find_or_new(dec.person.id_document.as_ref(), "deceased")?;
                     at.fill_person(&mut p, &dec.person, dec.date_of_birth);
-                    fill(&mut p.residence_village_code, Some(&dec.residence_village_code.as_str().to_owned()));
+                    fill(
+                        &mut p.residence_village_code,
+                        Some(&dec.residence_village_code.as_str().to_owned()),
+                    );
                     if p.marital_status.is_none()
                         && let Some(status) = dec.marital_status
                     {
-                        p.marital_status = Some(status.as_str().to_owned());
-                        at.tx.registry_add_marital(p.person_id, seq, status.as_str(), None)?;
+                        at.set_marital(&mut p, status.as_str(), None);
                     }
                     p
                 }
@@ -345,9 +360,13 @@ fn apply_state(tx: &mut dyn WriteTx, e: &RegisteredEvent<'_>, seq: u64) -> Resul
                 m.ended_by = Some("death".to_owned());
                 m.end_record_id = Some(e.record_id);
                 at.tx.registry_put_marriage(&m)?;
-                let other = if m.spouse_a == p.person_id { m.spouse_b } else { m.spouse_a };
+                let other = if m.spouse_a == p.person_id {
+                    m.spouse_b
+                } else {
+                    m.spouse_a
+                };
                 if let Some(mut o) = at.tx.registry_person(other)? {
-                    at.set_marital(&mut o, "widowed", &died)?;
+                    at.set_marital(&mut o, "widowed", Some(&died));
                     at.save(&mut o, None, "widowed")?;
                 }
             }
@@ -364,7 +383,7 @@ fn apply_state(tx: &mut dyn WriteTx, e: &RegisteredEvent<'_>, seq: u64) -> Resul
                 let mut p = at.find_or_new(spouse.person.id_document.as_ref(), role)?;
                 at.fill_person(&mut p, &spouse.person, Some(spouse.date_of_birth));
                 p.residence_village_code = Some(spouse.residence_village_code.as_str().to_owned());
-                at.set_marital(&mut p, "married", &on)?;
+                at.set_marital(&mut p, "married", Some(&on));
                 at.save(&mut p, spouse.person.id_document.as_ref(), "spouse")?;
                 ids[i] = p.person_id;
             }
@@ -382,7 +401,8 @@ fn apply_state(tx: &mut dyn WriteTx, e: &RegisteredEvent<'_>, seq: u64) -> Resul
         Event::Divorce(d) => {
             let a = identified(at.tx, &d.spouses[0])?;
             let b = identified(at.tx, &d.spouses[1])?;
-            let Some(mut m) = current_marriage_between(at.tx, a.as_ref(), b.as_ref(), d.date_of_marriage)? else {
+            let Some(mut m) = current_marriage_between(at.tx, a.as_ref(), b.as_ref(), d.date_of_marriage)?
+            else {
                 tracing::warn!(record = %e.record_id, "a divorce of a marriage the registry does not hold");
                 return Ok(());
             };
@@ -392,7 +412,7 @@ fn apply_state(tx: &mut dyn WriteTx, e: &RegisteredEvent<'_>, seq: u64) -> Resul
             m.end_record_id = Some(e.record_id);
             at.tx.registry_put_marriage(&m)?;
             for mut p in [a, b].into_iter().flatten() {
-                at.set_marital(&mut p, "divorced", &on)?;
+                at.set_marital(&mut p, "divorced", Some(&on));
                 at.save(&mut p, None, "spouse")?;
             }
         }
@@ -402,11 +422,16 @@ fn apply_state(tx: &mut dyn WriteTx, e: &RegisteredEvent<'_>, seq: u64) -> Resul
                 return Ok(());
             };
             for (i, parent) in a.adoptive_parents.iter().enumerate() {
-                let role = if i == 0 { "adoptive_parent_1" } else { "adoptive_parent_2" };
+                let role = if i == 0 {
+                    "adoptive_parent_1"
+                } else {
+                    "adoptive_parent_2"
+                };
                 let mut p = at.find_or_new(parent.person.id_document.as_ref(), role)?;
                 at.fill_person(&mut p, &parent.person, Some(parent.date_of_birth));
                 at.save(&mut p, parent.person.id_document.as_ref(), "adoptive_parent")?;
-                at.tx.registry_add_parent(child.person_id, p.person_id, "adoptive", seq)?;
+                at.tx
+                    .registry_add_parent(child.person_id, p.person_id, "adoptive", seq)?;
             }
             at.save(&mut child, None, "adopted_child")?;
         }
@@ -454,6 +479,8 @@ struct At<'t> {
     tx: &'t mut dyn WriteTx,
     record: Uuid,
     seq: u64,
+    /// Marital status changes to record once their person is stored.
+    marital: Vec<(Uuid, String, Option<String>)>,
 }
 
 impl At<'_> {
@@ -483,19 +510,35 @@ impl At<'_> {
         fill(&mut p.citizenship, Some(&person.nationality));
     }
 
-    /// Changes the marital status, with an entry in its history.
-    fn set_marital(&mut self, p: &mut RegistryPerson, status: &str, since: &str) -> Result<(), StorageError> {
+    /// Changes the marital status, with an entry in its history (written
+    /// by [`At::save`]).
+    fn set_marital(&mut self, p: &mut RegistryPerson, status: &str, since: Option<&str>) {
         p.marital_status = Some(status.to_owned());
-        self.tx.registry_add_marital(p.person_id, self.seq, status, Some(since))
+        self.marital
+            .push((p.person_id, status.to_owned(), since.map(str::to_owned)));
     }
 
     /// Stores the person (and their document, when new) and records their
     /// part in the event.
-    fn save(&mut self, p: &mut RegistryPerson, doc: Option<&IdDocument>, role: &str) -> Result<(), StorageError> {
+    fn save(
+        &mut self,
+        p: &mut RegistryPerson,
+        doc: Option<&IdDocument>,
+        role: &str,
+    ) -> Result<(), StorageError> {
         p.last_seq = self.seq;
         self.tx.registry_put_person(p)?;
+        for (id, status, since) in std::mem::take(&mut self.marital) {
+            if id == p.person_id {
+                self.tx
+                    .registry_add_marital(id, self.seq, &status, since.as_deref())?;
+            } else {
+                self.marital.push((id, status, since));
+            }
+        }
         if let Some(d) = doc {
-            self.tx.registry_add_document(p.person_id, d.kind.as_str(), &d.number, self.seq)?;
+            self.tx
+                .registry_add_document(p.person_id, d.kind.as_str(), &d.number, self.seq)?;
         }
         self.tx.registry_link_event(p.person_id, self.seq, role)
     }
@@ -503,10 +546,12 @@ impl At<'_> {
 
 /// The registered event of a log entry, to replay it.
 fn replayed(row: &RegistryEventRow) -> Result<Event, StorageError> {
-    let event: Event =
-        serde_json::from_str(&row.event).map_err(|_| StorageError::Corrupt("a registry event does not parse"))?;
+    let event: Event = serde_json::from_str(&row.event)
+        .map_err(|_| StorageError::Corrupt("a registry event does not parse"))?;
     if event.kind().as_str() != row.kind {
-        return Err(StorageError::Corrupt("a registry event's kind does not match its JSON"));
+        return Err(StorageError::Corrupt(
+            "a registry event's kind does not match its JSON",
+        ));
     }
     Ok(event)
 }

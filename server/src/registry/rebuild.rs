@@ -63,7 +63,11 @@ fn replay(tx: &mut dyn WriteTx, row: &RegistryEventRow, log: bool) -> Result<(),
         }),
         late: row.late,
     };
-    if log { apply(tx, &e) } else { apply_state(tx, &e, row.seq) }
+    if log {
+        apply(tx, &e)
+    } else {
+        apply_state(tx, &e, row.seq)
+    }
 }
 
 /// `--check`: replays the live registry's log into a fresh database in
@@ -146,7 +150,11 @@ pub fn rebuild(live: &dyn Storage) -> Result<RebuildReport, StorageError> {
     }
     let dump = tx.registry_dump()?;
     tx.commit()?;
-    tracing::info!(events, persons = dump.persons.len(), "registry rebuilt from its event log");
+    tracing::info!(
+        events,
+        persons = dump.persons.len(),
+        "registry rebuilt from its event log"
+    );
     Ok(RebuildReport {
         events,
         persons: dump.persons.len(),

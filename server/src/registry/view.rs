@@ -181,7 +181,12 @@ impl From<RegistryEntry> for PersonView {
             .iter()
             .map(|r| RelativeView {
                 relation: "child".to_owned(),
-                by: if r.relation == "adoptive" { "adoption" } else { "birth" }.to_owned(),
+                by: if r.relation == "adoptive" {
+                    "adoption"
+                } else {
+                    "birth"
+                }
+                .to_owned(),
                 person: person_ref(&r.person),
             })
             .collect();
@@ -198,8 +203,9 @@ impl From<RegistryEntry> for PersonView {
                 ended_by: m.ended_by.clone(),
             })
             .collect();
-        let has_place =
-            p.place_of_birth_kind.is_some() || p.place_of_birth_village.is_some() || p.place_of_birth_facility.is_some();
+        let has_place = p.place_of_birth_kind.is_some()
+            || p.place_of_birth_village.is_some()
+            || p.place_of_birth_facility.is_some();
         PersonView {
             person_id: p.person_id.to_string(),
             kidc: p.kidc.map(|k| k.to_string()),
@@ -286,7 +292,11 @@ pub fn person_text(v: &PersonView) -> String {
         family_name_latin: v.family_name_latin.clone(),
         given_name_latin: v.given_name_latin.clone(),
     };
-    out.push(format!("KIdC {}  person {}", or_dash(v.kidc.as_deref()), v.person_id));
+    out.push(format!(
+        "KIdC {}  person {}",
+        or_dash(v.kidc.as_deref()),
+        v.person_id
+    ));
     out.push(format!("name: {}", names(&me)));
     out.push(format!(
         "sex: {}  born: {}{}",

@@ -936,14 +936,21 @@ pub trait WriteTx {
     /// the log already holds the record.
     fn registry_append_event(&mut self, row: &RegistryEventRow) -> Result<Option<u64>, StorageError>;
     /// The registry's event log after `seq`, oldest first, at most `limit`.
-    fn registry_events_after(&mut self, seq: u64, limit: usize) -> Result<Vec<RegistryEventRow>, StorageError>;
+    fn registry_events_after(
+        &mut self,
+        seq: u64,
+        limit: usize,
+    ) -> Result<Vec<RegistryEventRow>, StorageError>;
     /// A person by id.
     fn registry_person(&mut self, person_id: Uuid) -> Result<Option<RegistryPerson>, StorageError>;
     /// A person by KIdC.
     fn registry_person_by_kidc(&mut self, kidc: &Kidc) -> Result<Option<RegistryPerson>, StorageError>;
     /// A person by identity document (kind, number).
-    fn registry_person_by_document(&mut self, kind: &str, number: &str)
-    -> Result<Option<RegistryPerson>, StorageError>;
+    fn registry_person_by_document(
+        &mut self,
+        kind: &str,
+        number: &str,
+    ) -> Result<Option<RegistryPerson>, StorageError>;
     /// Inserts a person, or replaces the row of the same id.
     fn registry_put_person(&mut self, person: &RegistryPerson) -> Result<(), StorageError>;
     /// Records a person's identity document. False (nothing written) when
@@ -977,7 +984,10 @@ pub trait WriteTx {
     /// Inserts a marriage, or replaces the row of the same id (to end it).
     fn registry_put_marriage(&mut self, marriage: &RegistryMarriage) -> Result<(), StorageError>;
     /// The person's current (not ended) marriage, if any.
-    fn registry_current_marriage(&mut self, person_id: Uuid) -> Result<Option<RegistryMarriage>, StorageError>;
+    fn registry_current_marriage(
+        &mut self,
+        person_id: Uuid,
+    ) -> Result<Option<RegistryMarriage>, StorageError>;
     /// Empties the registry's state (never its event log), for a rebuild.
     fn registry_clear(&mut self) -> Result<(), StorageError>;
     /// [`Storage::registry_dump`] inside the transaction.

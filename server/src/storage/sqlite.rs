@@ -29,13 +29,13 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use uuid::Uuid;
 
 use super::{
-    RegistryDump, RegistryEntry, RegistryEventRow, RegistryMaritalEntry, RegistryMarriage, RegistryPerson,
-    RegistryPersonEvent, RegistryRelative,
-};
-use super::{
     ApiKeyRow, Device, DeviceRefusal, HoldRow, Issuance, LogEntry, NewDevice, ReleaseAudit, Savepoint,
     ServerChange, StaffEvent, StaffMember, StaffPut, StaffPutOutcome, StaffRemoval, Storage, StorageError,
     StoredNotification, StoredRecord, SyncSeen, TokenRow, UnblockAudit, WriteTx, plan_staff_put, staff_key,
+};
+use super::{
+    RegistryDump, RegistryEntry, RegistryEventRow, RegistryMaritalEntry, RegistryMarriage, RegistryPerson,
+    RegistryPersonEvent, RegistryRelative,
 };
 use crate::staff::Roles;
 
@@ -232,7 +232,8 @@ impl Storage for SqliteStorage {
     fn registry_snapshot(&self) -> Result<(Vec<RegistryEventRow>, RegistryDump), StorageError> {
         let conn = self.reader();
         conn.execute_batch("BEGIN")?;
-        let read = registry_events_after(&conn, 0, usize::MAX).and_then(|events| Ok((events, registry_dump(&conn)?)));
+        let read = registry_events_after(&conn, 0, usize::MAX)
+            .and_then(|events| Ok((events, registry_dump(&conn)?)));
         conn.execute_batch("COMMIT")?;
         read
     }
@@ -1102,25 +1103,31 @@ impl WriteTx for SqliteTx<'_> {
                  ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
              ON CONFLICT (record_id) DO NOTHING RETURNING seq",
         )?;
-        let seq: Option<i64> = st.query_row(
-            params![
-                e.record_id.to_string(),
-                e.kind,
-                e.registration_number,
-                e.registered_at_ms,
-                e.office,
-                e.event,
-                e.kidc.as_ref().map(Kidc::as_str),
-                e.amends_record_id.map(|u| u.to_string()),
-                e.amends_kidc.as_ref().map(Kidc::as_str),
-                e.late
-            ],
-            |r| r.get(0),
-        ).optional()?;
+        let seq: Option<i64> = st
+            .query_row(
+                params![
+                    e.record_id.to_string(),
+                    e.kind,
+                    e.registration_number,
+                    e.registered_at_ms,
+                    e.office,
+                    e.event,
+                    e.kidc.as_ref().map(Kidc::as_str),
+                    e.amends_record_id.map(|u| u.to_string()),
+                    e.amends_kidc.as_ref().map(Kidc::as_str),
+                    e.late
+                ],
+                |r| r.get(0),
+            )
+            .optional()?;
         Ok(seq.map(to_u64).transpose()?)
     }
 
-    fn registry_events_after(&mut self, seq: u64, limit: usize) -> Result<Vec<RegistryEventRow>, StorageError> {
+    fn registry_events_after(
+        &mut self,
+        seq: u64,
+        limit: usize,
+    ) -> Result<Vec<RegistryEventRow>, StorageError> {
         registry_events_after(&self.conn, seq, limit)
     }
 
@@ -1266,7 +1273,10 @@ impl WriteTx for SqliteTx<'_> {
         Ok(())
     }
 
-    fn registry_current_marriage(&mut self, person_id: Uuid) -> Result<Option<RegistryMarriage>, StorageError> {
+    fn registry_current_marriage(
+        &mut self,
+        person_id: Uuid,
+    ) -> Result<Option<RegistryMarriage>, StorageError> {
         let mut st = self.conn.prepare_cached(&format!(
             "SELECT {MARRIAGE_COLUMNS} FROM registry_marriages
              WHERE spouse_a = ?1 AND ended_on IS NULL
@@ -1275,7 +1285,9 @@ impl WriteTx for SqliteTx<'_> {
              WHERE spouse_b = ?1 AND ended_on IS NULL
              ORDER BY date_of_marriage DESC, marriage_id LIMIT 1"
         ))?;
-        Ok(st.query_row(params![person_id.to_string()], marriage_row).optional()?)
+        Ok(st
+            .query_row(params![person_id.to_string()], marriage_row)
+            .optional()?)
     }
 
     fn registry_clear(&mut self) -> Result<(), StorageError> {
@@ -1323,14 +1335,21 @@ fn person_row(r: &Row<'_>) -> rusqlite::Result<RegistryPerson> {
         marital_status: r.get(13)?,
         residence_village_code: r.get(14)?,
         date_of_death: r.get(15)?,
-        death_record_id: r.get::<_, Option<String>>(16)?.map(|s| parse_uuid(&s)).transpose()?,
+        death_record_id: r
+            .get::<_, Option<String>>(16)?
+            .map(|s| parse_uuid(&s))
+            .transpose()?,
         first_seq: to_u64(r.get(17)?)?,
         last_seq: to_u64(r.get(18)?)?,
     })
 }
 
 /// A person by a unique column (`person_id` or `kidc`).
-fn person_where(conn: &Connection, column: &str, value: &str) -> Result<Option<RegistryPerson>, StorageError> {
+fn person_where(
+    conn: &Connection,
+    column: &str,
+    value: &str,
+) -> Result<Option<RegistryPerson>, StorageError> {
     let mut st = conn.prepare_cached(&format!(
         "SELECT {PERSON_COLUMNS} FROM registry_persons p WHERE p.{column} = ?1"
     ))?;
@@ -1349,7 +1368,10 @@ fn marriage_row(r: &Row<'_>) -> rusqlite::Result<RegistryMarriage> {
         place_village: r.get(4)?,
         ended_on: r.get(5)?,
         ended_by: r.get(6)?,
-        end_record_id: r.get::<_, Option<String>>(7)?.map(|s| parse_uuid(&s)).transpose()?,
+        end_record_id: r
+            .get::<_, Option<String>>(7)?
+            .map(|s| parse_uuid(&s))
+            .transpose()?,
     })
 }
 
@@ -1375,12 +1397,12 @@ fn registry_entry(conn: &Connection, person: RegistryPerson) -> Result<RegistryE
     let parents = relatives(&format!(
         "SELECT {PERSON_COLUMNS}, l.relation FROM registry_parents l
          JOIN registry_persons p ON p.person_id = l.parent_id
-         WHERE l.child_id = ?1 ORDER BY l.seq, l.relation, l.parent_id"
+         WHERE l.child_id = ?1 ORDER BY l.seq, l.rowid"
     ))?;
     let children = relatives(&format!(
         "SELECT {PERSON_COLUMNS}, l.relation FROM registry_parents l
          JOIN registry_persons p ON p.person_id = l.child_id
-         WHERE l.parent_id = ?1 ORDER BY l.seq, l.relation, l.child_id"
+         WHERE l.parent_id = ?1 ORDER BY l.seq, l.rowid"
     ))?;
     let mut st = conn.prepare_cached(&format!(
         "SELECT {MARRIAGE_COLUMNS} FROM registry_marriages WHERE spouse_a = ?1 OR spouse_b = ?1
@@ -1397,8 +1419,9 @@ fn registry_entry(conn: &Connection, person: RegistryPerson) -> Result<RegistryE
             m.spouse_a
         };
         spouses.push(
-            person_where(conn, "person_id", &other.to_string())?
-                .ok_or(StorageError::Corrupt("a spouse of a registry marriage is missing"))?,
+            person_where(conn, "person_id", &other.to_string())?.ok_or(StorageError::Corrupt(
+                "a spouse of a registry marriage is missing",
+            ))?,
         );
     }
     let mut st = conn.prepare_cached(
@@ -1473,7 +1496,12 @@ fn registry_dump(conn: &Connection) -> Result<RegistryDump, StorageError> {
             &[0],
             "person_id",
         ),
-        ("registry_documents", "person_id, kind, number, seq", &[0], "kind, number"),
+        (
+            "registry_documents",
+            "person_id, kind, number, seq",
+            &[0],
+            "kind, number",
+        ),
         (
             "registry_parents",
             "child_id, parent_id, relation, seq",
@@ -1492,7 +1520,12 @@ fn registry_dump(conn: &Connection) -> Result<RegistryDump, StorageError> {
             &[0],
             "person_id, seq",
         ),
-        ("registry_person_events", "person_id, seq, role", &[0], "person_id, seq, role"),
+        (
+            "registry_person_events",
+            "person_id, seq, role",
+            &[0],
+            "person_id, seq, role",
+        ),
     ];
     let mut dump = RegistryDump::default();
     for (table, columns, persons, order) in TABLES {
@@ -1518,7 +1551,11 @@ fn registry_dump(conn: &Connection) -> Result<RegistryDump, StorageError> {
     Ok(dump)
 }
 
-fn registry_events_after(conn: &Connection, seq: u64, limit: usize) -> Result<Vec<RegistryEventRow>, StorageError> {
+fn registry_events_after(
+    conn: &Connection,
+    seq: u64,
+    limit: usize,
+) -> Result<Vec<RegistryEventRow>, StorageError> {
     let mut st = conn.prepare_cached(
         "SELECT seq, record_id, kind, registration_number, registered_at, office, event, kidc,
              amends_record_id, amends_kidc, late
@@ -1535,7 +1572,10 @@ fn registry_events_after(conn: &Connection, seq: u64, limit: usize) -> Result<Ve
             office: r.get(5)?,
             event: r.get(6)?,
             kidc: opt_kidc(r.get(7)?)?,
-            amends_record_id: r.get::<_, Option<String>>(8)?.map(|s| parse_uuid(&s)).transpose()?,
+            amends_record_id: r
+                .get::<_, Option<String>>(8)?
+                .map(|s| parse_uuid(&s))
+                .transpose()?,
             amends_kidc: opt_kidc(r.get(9)?)?,
             late: r.get(10)?,
         })
