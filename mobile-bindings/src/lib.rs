@@ -176,7 +176,10 @@ impl Registrar {
     /// none for a birth), entered by staff member `by`; returns the new
     /// record id. `InvalidRecord` lists every bad field and stores nothing.
     pub fn register_event(&self, registration_json: String, by: String) -> Result<String, CrvsError> {
-        Ok(self.core.register_event(&registration_json, &by, None)?.to_string())
+        Ok(self
+            .core
+            .register_event(&registration_json, &by, None)?
+            .to_string())
     }
 
     /// Amends the approved or registered birth record `id` with the
@@ -186,7 +189,10 @@ impl Registrar {
     /// amendment or the birth as amended is invalid, `NotAllowed` before
     /// the birth is approved.
     pub fn amend(&self, id: String, amendment_json: String, by: String) -> Result<String, CrvsError> {
-        Ok(self.core.amend(&record_id(&id)?, &amendment_json, &by)?.to_string())
+        Ok(self
+            .core
+            .amend(&record_id(&id)?, &amendment_json, &by)?
+            .to_string())
     }
 
     /// Records that `by` verified the record. `NotAllowed` if `by` is the
