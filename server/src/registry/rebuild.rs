@@ -36,14 +36,11 @@ fn digest(dump: &RegistryDump) -> String {
     let mut h = Sha256::new();
     for (id, rows) in &dump.persons {
         h.update(id.as_bytes());
-        h.update(b"\n");
-        h.update(rows.as_bytes());
+        h.update(rows);
     }
     for (seq, row) in &dump.events {
-        h.update(seq.to_string().as_bytes());
-        h.update(b" ");
-        h.update(row.as_bytes());
-        h.update(b"\n");
+        h.update(seq.to_be_bytes());
+        h.update(row);
     }
     hex::encode(h.finalize())
 }
@@ -74,7 +71,6 @@ fn replay(tx: &mut dyn WriteTx, row: &RegistryEventRow, log: bool) -> Result<(),
 /// `scratch_dir` (removed afterwards) and compares its canonical form
 /// with the live one's. Reads the live database only.
 pub fn rebuild_check(live: &dyn Storage, scratch_dir: &Path) -> Result<RebuildReport, StorageError> {
-    let (events, live_dump) = live.registry_snapshot()?;
     let path = scratch_dir.join(format!("registry-check-{}.db", std::process::id()));
     let remove = |path: &Path| {
         for suffix in ["", "-wal", "-shm", "-journal"] {
@@ -84,16 +80,21 @@ pub fn rebuild_check(live: &dyn Storage, scratch_dir: &Path) -> Result<RebuildRe
         }
     };
     remove(&path);
-    let rebuilt = (|| {
+    let mut events = 0u64;
+    let both = (|| {
         let fresh = SqliteStorage::open(&path)?;
         let mut tx = fresh.begin()?;
-        for row in &events {
-            replay(&mut *tx, row, true)?;
-        }
-        tx.registry_dump()
+        let live_dump = live.registry_snapshot(&mut |rows| {
+            for row in rows {
+                replay(&mut *tx, row, true)?;
+            }
+            events += rows.len() as u64;
+            Ok(())
+        })?;
+        Ok::<_, StorageError>((live_dump, tx.registry_dump()?))
     })();
     remove(&path);
-    let rebuilt = rebuilt?;
+    let (live_dump, rebuilt) = both?;
     let mut differing_persons: Vec<String> = live_dump
         .persons
         .iter()
@@ -123,7 +124,7 @@ pub fn rebuild_check(live: &dyn Storage, scratch_dir: &Path) -> Result<RebuildRe
         .collect();
     let identical = differing_persons.is_empty() && differing_events.is_empty() && live_dump == rebuilt;
     Ok(RebuildReport {
-        events: events.len() as u64,
+        events,
         persons: rebuilt.persons.len(),
         digest: digest(&rebuilt),
         identical,

@@ -645,15 +645,17 @@ pub struct RegistryEntry {
     pub events: Vec<RegistryPersonEvent>,
 }
 
-/// The registry in canonical form: per person id, the text of every row
-/// of the registry that concerns them; and the event log's rows. Two
-/// registries are identical when their dumps are.
+/// The registry in canonical form: per person id, the SHA-256 of the
+/// canonical text of every row of the registry that concerns them; per
+/// entry of the event log, the SHA-256 of its row. Two registries are
+/// identical when their dumps are. (Hashes, not the text: a dump of
+/// millions of persons and events stays small.)
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RegistryDump {
-    /// Person id → canonical rows.
-    pub persons: std::collections::BTreeMap<String, String>,
-    /// Seq → the event log's row.
-    pub events: std::collections::BTreeMap<u64, String>,
+    /// Person id → SHA-256 of their canonical rows.
+    pub persons: std::collections::BTreeMap<String, [u8; 32]>,
+    /// Seq → SHA-256 of the event log's row.
+    pub events: std::collections::BTreeMap<u64, [u8; 32]>,
 }
 
 /// A storage backend.
@@ -725,10 +727,14 @@ pub trait Storage: Send + Sync {
     fn registry_entry(&self, kidc: &Kidc) -> Result<Option<RegistryEntry>, StorageError>;
     /// The registry in canonical form (read-only).
     fn registry_dump(&self) -> Result<RegistryDump, StorageError>;
-    /// The registry's whole event log and its canonical form, read in one
-    /// read transaction so that they agree while the server runs
-    /// (read-only; does not wait for the writer).
-    fn registry_snapshot(&self) -> Result<(Vec<RegistryEventRow>, RegistryDump), StorageError>;
+    /// The registry's canonical form, and its whole event log handed to
+    /// `each` in order, a batch at a time, read in one read transaction so
+    /// that they agree while the server runs (read-only; does not wait for
+    /// the writer).
+    fn registry_snapshot(
+        &self,
+        each: &mut dyn FnMut(&[RegistryEventRow]) -> Result<(), StorageError>,
+    ) -> Result<RegistryDump, StorageError>;
 }
 
 /// The savepoints of a write transaction (see [`WriteTx::savepoint`]).

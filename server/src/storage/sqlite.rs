@@ -26,6 +26,7 @@ use std::sync::{Mutex, MutexGuard};
 use crvs_schema::Kidc;
 use crvs_schema::wire::Hash;
 use rusqlite::{Connection, OptionalExtension, Row, params};
+use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::{
@@ -229,11 +230,23 @@ impl Storage for SqliteStorage {
         registry_dump(&self.reader())
     }
 
-    fn registry_snapshot(&self) -> Result<(Vec<RegistryEventRow>, RegistryDump), StorageError> {
+    fn registry_snapshot(
+        &self,
+        each: &mut dyn FnMut(&[RegistryEventRow]) -> Result<(), StorageError>,
+    ) -> Result<RegistryDump, StorageError> {
         let conn = self.reader();
         conn.execute_batch("BEGIN")?;
-        let read = registry_events_after(&conn, 0, usize::MAX)
-            .and_then(|events| Ok((events, registry_dump(&conn)?)));
+        let read = (|| {
+            let dump = registry_dump(&conn)?;
+            let mut after = 0;
+            loop {
+                let rows = registry_events_after(&conn, after, 1000)?;
+                let Some(last) = rows.last() else { break };
+                after = last.seq;
+                each(&rows)?;
+            }
+            Ok(dump)
+        })();
         conn.execute_batch("COMMIT")?;
         read
     }
@@ -1527,7 +1540,7 @@ fn registry_dump(conn: &Connection) -> Result<RegistryDump, StorageError> {
             "person_id, seq, role",
         ),
     ];
-    let mut dump = RegistryDump::default();
+    let mut persons_hash: std::collections::BTreeMap<String, Sha256> = std::collections::BTreeMap::new();
     for (table, columns, persons, order) in TABLES {
         let n = columns.split(',').count();
         let mut st = conn.prepare(&format!("SELECT {columns} FROM {table} ORDER BY {order}"))?;
@@ -1536,17 +1549,26 @@ fn registry_dump(conn: &Connection) -> Result<RegistryDump, StorageError> {
             let line = format!("{table} {}\n", canonical_row(r, n)?);
             for &i in *persons {
                 let id: String = r.get(i)?;
-                dump.persons.entry(id).or_default().push_str(&line);
+                persons_hash.entry(id).or_default().update(line.as_bytes());
             }
         }
     }
+    let mut dump = RegistryDump {
+        persons: persons_hash
+            .into_iter()
+            .map(|(id, h)| (id, h.finalize().into()))
+            .collect(),
+        ..RegistryDump::default()
+    };
     let mut st = conn.prepare(
         "SELECT seq, record_id, kind, registration_number, registered_at, office, event, kidc,
              amends_record_id, amends_kidc, late FROM registry_events ORDER BY seq",
     )?;
     let mut rows = st.query([])?;
     while let Some(r) = rows.next()? {
-        dump.events.insert(to_u64(r.get(0)?)?, canonical_row(r, 11)?);
+        let row = canonical_row(r, 11)?;
+        dump.events
+            .insert(to_u64(r.get(0)?)?, Sha256::digest(row.as_bytes()).into());
     }
     Ok(dump)
 }
