@@ -598,3 +598,39 @@ fn rebuild_check_is_identical_and_finds_a_tampered_row() {
         "the scratch database is removed"
     );
 }
+
+#[test]
+fn a_birth_after_the_father_s_death_is_registered_but_not_one_after_the_mother_s() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut reg = Registry::open(dir.path());
+    let mut birth = fixture("birth-sok-dara.json");
+    birth["father"]["id_document"] = serde_json::json!({"kind": "khmer_id_card", "number": "170999888"});
+    // Both parents enter the registry through an earlier child's birth.
+    let mut elder = birth.clone();
+    elder["child"]["date_of_birth"] = "2024-01-10".into();
+    assert_eq!(reg.register(&elder, Some(kidc(80)), None), None);
+    let died = |number: &str, on: &str| {
+        let mut d = fixture_with_kidc("death-by-kidc.json", &kidc(1));
+        d["deceased"] = serde_json::json!({
+            "family_name": "សុខ", "given_name": "វិចិត្រ", "sex": "male", "nationality": "KHM",
+            "id_document": { "kind": "khmer_id_card", "number": number },
+            "residence_village_code": "17100301"
+        });
+        d["date_of_death"] = on.into();
+        d["informant"] = serde_json::json!({"relationship": "spouse"});
+        d
+    };
+    // The father died in the pregnancy: the child is his, and registered.
+    assert_eq!(reg.register(&died("170999888", "2026-06-01"), None, None), None);
+    assert_eq!(reg.register(&birth, Some(kidc(81)), None), None);
+    assert_eq!(reg.person(&kidc(81)).parents.len(), 2);
+    // A mother registered dead before the day of birth names the wrong
+    // person: held.
+    assert_eq!(reg.register(&died("170123456", "2026-10-01"), None, None), None);
+    let mut later = birth.clone();
+    later["child"]["given_name_latin"] = "DAVID".into();
+    assert_eq!(
+        reg.register(&later, Some(kidc(82)), None),
+        Some(registry::HOLD_ALREADY_DECEASED)
+    );
+}
