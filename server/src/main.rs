@@ -19,6 +19,8 @@
 //!                          --role clerk|verifier|registrar[,…] [--by OPERATOR]
 //! crvs-server staff remove --data DIR --commune CODE --id STAFF [--by OPERATOR]
 //! crvs-server staff list   --data DIR --commune CODE
+//! crvs-server person       --data DIR KIDC
+//! crvs-server registry rebuild --data DIR [--check]
 //! ```
 //!
 //! `staff add` reads the PIN from the environment variable `CRVS_PIN`
@@ -204,6 +206,19 @@ enum Command {
         #[command(subcommand)]
         command: StaffCommand,
     },
+    /// Show a person of the Population Registry by KIdC.
+    Person {
+        /// The data folder.
+        #[arg(long)]
+        data: PathBuf,
+        /// The person's KIdC.
+        kidc: String,
+    },
+    /// The Population Registry.
+    Registry {
+        #[command(subcommand)]
+        command: RegistryCommand,
+    },
     /// Replace the database with a backup. The server must be stopped; the
     /// replaced database is moved aside, and the KIdC ledger is kept.
     Restore {
@@ -266,6 +281,21 @@ enum StaffCommand {
         /// The 6-digit commune code.
         #[arg(long)]
         commune: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RegistryCommand {
+    /// Rebuild the registry from its event log, replacing it; with --check,
+    /// rebuild it aside and compare (nothing is changed; a non-zero exit
+    /// and the differing person ids when it is not identical).
+    Rebuild {
+        /// The data folder.
+        #[arg(long)]
+        data: PathBuf,
+        /// Compare only.
+        #[arg(long)]
+        check: bool,
     },
 }
 
@@ -733,6 +763,53 @@ fn run(cli: Cli) -> Result<(), ApiError> {
             Ok(())
         }
         Command::Staff { command } => run_staff(json_mode, command),
+        Command::Person { data, kidc } => {
+            let kidc = crvs_schema::Kidc::parse(&kidc)
+                .map_err(|e| ApiError::Invalid(format!("the KIdC given {e}")))?;
+            let storage = open_storage(&data)?;
+            let Some(p) = crvs_server::registry::person(&storage, &kidc)? else {
+                return Err(ApiError::Invalid(
+                    "no person with this KIdC in the registry".to_string(),
+                ));
+            };
+            print_line(json_mode, &to_json(&p)?, &crvs_server::registry::person_text(&p));
+            Ok(())
+        }
+        Command::Registry {
+            command: RegistryCommand::Rebuild { data, check },
+        } => {
+            let storage = open_storage(&data)?;
+            let r = if check {
+                crvs_server::registry::rebuild_check(&storage, &data)?
+            } else {
+                crvs_server::registry::rebuild(&storage)?
+            };
+            if !r.identical {
+                // Ids only: which persons (and log entries) differ.
+                let mut what = format!("persons {}", r.differing_persons.join(" "));
+                if !r.differing_events.is_empty() {
+                    let seqs: Vec<String> = r.differing_events.iter().map(u64::to_string).collect();
+                    what.push_str(&format!("; event log entries {}", seqs.join(" ")));
+                }
+                return Err(ApiError::Invalid(format!(
+                    "the registry differs from its rebuild from {} events: {what}",
+                    r.events
+                )));
+            }
+            let text = format!(
+                "{}: {} events, {} persons, digest {}",
+                if check {
+                    "registry identical to its rebuild"
+                } else {
+                    "registry rebuilt from its event log"
+                },
+                r.events,
+                r.persons,
+                r.digest
+            );
+            print_line(json_mode, &to_json(&r)?, &text);
+            Ok(())
+        }
         Command::Revoke { data, device_id } => {
             let server = open_existing(&data)?;
             let d = admin::revoke(&server, &device_id)?;

@@ -506,6 +506,172 @@ pub struct StoredNotification {
     pub registered_at_ms: Option<i64>,
 }
 
+/// One entry of the registry's append-only event log
+/// ([`crate::registry`]): an event as the registry applied it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistryEventRow {
+    /// Its position in the log (1, 2, ...); assigned by
+    /// [`WriteTx::registry_append_event`].
+    pub seq: u64,
+    /// The registered record.
+    pub record_id: Uuid,
+    /// `birth`, `death`, ...
+    pub kind: String,
+    /// Its registration number.
+    pub registration_number: String,
+    /// When it was registered, server ms.
+    pub registered_at_ms: i64,
+    /// The registering office (commune code).
+    pub office: String,
+    /// The event's JSON, as applied. Holds names.
+    pub event: String,
+    /// A birth's new KIdC.
+    pub kidc: Option<Kidc>,
+    /// An amendment: the amended birth record.
+    pub amends_record_id: Option<Uuid>,
+    /// An amendment: the amended birth's KIdC.
+    pub amends_kidc: Option<Kidc>,
+    /// Registered past the legal period.
+    pub late: bool,
+}
+
+/// A person of the registry, as stored (`registry_persons`). Coded values
+/// (sex, marital status, place kind) are their JSON strings; dates are
+/// `YYYY-MM-DD`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RegistryPerson {
+    /// The internal id (derived from the record that first named them).
+    pub person_id: Uuid,
+    /// Their KIdC, if they have one.
+    pub kidc: Option<Kidc>,
+    /// Family name, Khmer script.
+    pub family_name: Option<String>,
+    /// Given name, Khmer script.
+    pub given_name: Option<String>,
+    /// Family name, Latin script.
+    pub family_name_latin: Option<String>,
+    /// Given name, Latin script.
+    pub given_name_latin: Option<String>,
+    /// `male` or `female`.
+    pub sex: Option<String>,
+    /// Date of birth.
+    pub date_of_birth: Option<String>,
+    /// Place of birth: its kind.
+    pub place_of_birth_kind: Option<String>,
+    /// Place of birth: the facility's name.
+    pub place_of_birth_facility: Option<String>,
+    /// Place of birth: the village code.
+    pub place_of_birth_village: Option<String>,
+    /// Nationality as declared (ISO 3166-1 alpha-3).
+    pub nationality: Option<String>,
+    /// Citizenship (ISO 3166-1 alpha-3).
+    pub citizenship: Option<String>,
+    /// Current marital status.
+    pub marital_status: Option<String>,
+    /// Declared address: the residence village code.
+    pub residence_village_code: Option<String>,
+    /// Date of death, if deceased.
+    pub date_of_death: Option<String>,
+    /// The death's record, if deceased.
+    pub death_record_id: Option<Uuid>,
+    /// The registry event that first named them.
+    pub first_seq: u64,
+    /// The last registry event that changed them.
+    pub last_seq: u64,
+}
+
+/// A marriage of the registry, as stored (`registry_marriages`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistryMarriage {
+    /// The marriage's record id.
+    pub marriage_id: Uuid,
+    /// The first spouse's person id.
+    pub spouse_a: Uuid,
+    /// The second spouse's person id.
+    pub spouse_b: Uuid,
+    /// `YYYY-MM-DD`.
+    pub date_of_marriage: String,
+    /// Where (village code).
+    pub place_village: String,
+    /// When it ended, if it did.
+    pub ended_on: Option<String>,
+    /// `divorce` or `death`.
+    pub ended_by: Option<String>,
+    /// The record that ended it.
+    pub end_record_id: Option<Uuid>,
+}
+
+/// A parent or child link of a person.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistryRelative {
+    /// The relative.
+    pub person: RegistryPerson,
+    /// `mother`, `father` (by birth) or `adoptive`.
+    pub relation: String,
+}
+
+/// One entry of a person's marital history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistryMaritalEntry {
+    /// The registry event that changed it.
+    pub seq: u64,
+    /// The status from then on.
+    pub status: String,
+    /// Since when (the event's date), when known.
+    pub since: Option<String>,
+}
+
+/// One event that named or changed a person.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistryPersonEvent {
+    /// The registry event.
+    pub seq: u64,
+    /// The registered record.
+    pub record_id: Uuid,
+    /// `birth`, `death`, ...
+    pub kind: String,
+    /// Its registration number.
+    pub registration_number: String,
+    /// When it was registered, server ms.
+    pub registered_at_ms: i64,
+    /// The person's role in it (`child`, `mother`, `spouse`, ...).
+    pub role: String,
+}
+
+/// Everything the registry holds about one person.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistryEntry {
+    /// The person.
+    pub person: RegistryPerson,
+    /// Their identity documents (kind, number).
+    pub documents: Vec<(String, String)>,
+    /// Their parents, by birth and adoptive.
+    pub parents: Vec<RegistryRelative>,
+    /// Their children (the relation is the person's to the child).
+    pub children: Vec<RegistryRelative>,
+    /// Their marriages, current and ended, oldest first.
+    pub marriages: Vec<RegistryMarriage>,
+    /// The other spouse of each marriage, in the same order.
+    pub spouses: Vec<RegistryPerson>,
+    /// Their marital history, oldest first.
+    pub marital_history: Vec<RegistryMaritalEntry>,
+    /// The events that named or changed them, oldest first.
+    pub events: Vec<RegistryPersonEvent>,
+}
+
+/// The registry in canonical form: per person id, the SHA-256 of the
+/// canonical text of every row of the registry that concerns them; per
+/// entry of the event log, the SHA-256 of its row. Two registries are
+/// identical when their dumps are. (Hashes, not the text: a dump of
+/// millions of persons and events stays small.)
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RegistryDump {
+    /// Person id → SHA-256 of their canonical rows.
+    pub persons: std::collections::BTreeMap<String, [u8; 32]>,
+    /// Seq → SHA-256 of the event log's row.
+    pub events: std::collections::BTreeMap<u64, [u8; 32]>,
+}
+
 /// A storage backend.
 pub trait Storage: Send + Sync {
     /// Starts the write transaction, waiting until the single writer is
@@ -569,6 +735,20 @@ pub trait Storage: Send + Sync {
     /// Makes every transaction committed so far durable (see
     /// [`WriteTx::commit_unsynced`]). Called without the writer.
     fn sync_log(&self) -> Result<(), StorageError>;
+
+    /// Everything the registry holds about the person with this KIdC
+    /// (read-only).
+    fn registry_entry(&self, kidc: &Kidc) -> Result<Option<RegistryEntry>, StorageError>;
+    /// The registry in canonical form (read-only).
+    fn registry_dump(&self) -> Result<RegistryDump, StorageError>;
+    /// The registry's canonical form, and its whole event log handed to
+    /// `each` in order, a batch at a time, read in one read transaction so
+    /// that they agree while the server runs (read-only; does not wait for
+    /// the writer).
+    fn registry_snapshot(
+        &self,
+        each: &mut dyn FnMut(&[RegistryEventRow]) -> Result<(), StorageError>,
+    ) -> Result<RegistryDump, StorageError>;
 }
 
 /// The savepoints of a write transaction (see [`WriteTx::savepoint`]).
@@ -777,4 +957,68 @@ pub trait WriteTx {
     fn add_server_actor(&mut self, actor_hex: &str, at_ms: i64) -> Result<(), StorageError>;
     /// Every automerge actor id (hex) the server ever used.
     fn server_actors(&mut self) -> Result<Vec<String>, StorageError>;
+
+    // The Population Registry ([`crate::registry`]).
+
+    /// Appends to the registry's event log; returns the entry's `seq`
+    /// (the one in `row` is ignored), or `None` (nothing written) when
+    /// the log already holds the record.
+    fn registry_append_event(&mut self, row: &RegistryEventRow) -> Result<Option<u64>, StorageError>;
+    /// The registry's event log after `seq`, oldest first, at most `limit`.
+    fn registry_events_after(
+        &mut self,
+        seq: u64,
+        limit: usize,
+    ) -> Result<Vec<RegistryEventRow>, StorageError>;
+    /// A person by id.
+    fn registry_person(&mut self, person_id: Uuid) -> Result<Option<RegistryPerson>, StorageError>;
+    /// A person by KIdC.
+    fn registry_person_by_kidc(&mut self, kidc: &Kidc) -> Result<Option<RegistryPerson>, StorageError>;
+    /// A person by identity document (kind, number).
+    fn registry_person_by_document(
+        &mut self,
+        kind: &str,
+        number: &str,
+    ) -> Result<Option<RegistryPerson>, StorageError>;
+    /// Inserts a person, or replaces the row of the same id.
+    fn registry_put_person(&mut self, person: &RegistryPerson) -> Result<(), StorageError>;
+    /// Records a person's identity document. False (nothing written) when
+    /// the document is already recorded (for anyone).
+    fn registry_add_document(
+        &mut self,
+        person_id: Uuid,
+        kind: &str,
+        number: &str,
+        seq: u64,
+    ) -> Result<bool, StorageError>;
+    /// Links a child to a parent (`mother`, `father`, `adoptive`); a link
+    /// already there stays as it is.
+    fn registry_add_parent(
+        &mut self,
+        child_id: Uuid,
+        parent_id: Uuid,
+        relation: &str,
+        seq: u64,
+    ) -> Result<(), StorageError>;
+    /// Appends to a person's marital history.
+    fn registry_add_marital(
+        &mut self,
+        person_id: Uuid,
+        seq: u64,
+        status: &str,
+        since: Option<&str>,
+    ) -> Result<(), StorageError>;
+    /// Records a person's part in a registry event.
+    fn registry_link_event(&mut self, person_id: Uuid, seq: u64, role: &str) -> Result<(), StorageError>;
+    /// Inserts a marriage, or replaces the row of the same id (to end it).
+    fn registry_put_marriage(&mut self, marriage: &RegistryMarriage) -> Result<(), StorageError>;
+    /// The person's current (not ended) marriage, if any.
+    fn registry_current_marriage(
+        &mut self,
+        person_id: Uuid,
+    ) -> Result<Option<RegistryMarriage>, StorageError>;
+    /// Empties the registry's state (never its event log), for a rebuild.
+    fn registry_clear(&mut self) -> Result<(), StorageError>;
+    /// [`Storage::registry_dump`] inside the transaction.
+    fn registry_dump(&mut self) -> Result<RegistryDump, StorageError>;
 }

@@ -26,6 +26,7 @@ use std::sync::{Mutex, MutexGuard};
 use crvs_schema::Kidc;
 use crvs_schema::wire::Hash;
 use rusqlite::{Connection, OptionalExtension, Row, params};
+use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::{
@@ -33,6 +34,10 @@ use super::{
     Savepoint, ServerChange, StaffEvent, StaffMember, StaffPut, StaffPutOutcome, StaffRemoval, Storage,
     StorageError, StoredNotification, StoredRecord, SyncSeen, TokenRow, UnblockAudit, WriteTx,
     plan_staff_put, staff_key,
+};
+use super::{
+    RegistryDump, RegistryEntry, RegistryEventRow, RegistryMaritalEntry, RegistryMarriage, RegistryPerson,
+    RegistryPersonEvent, RegistryRelative,
 };
 use crate::staff::Roles;
 
@@ -47,6 +52,7 @@ const MIGRATIONS: &[crvs_sqlite::Migration] = &[
     include_str!("../../migrations/006_notifications.sql"),
     include_str!("../../migrations/007_registration_numbers.sql"),
     include_str!("../../migrations/008_office_records.sql"),
+    include_str!("../../migrations/009_registry.sql"),
 ];
 
 impl From<rusqlite::Error> for StorageError {
@@ -212,6 +218,39 @@ impl Storage for SqliteStorage {
         ))?;
         let rows = st.query_map(params![received_before_ms.unwrap_or(i64::MAX)], notification_row)?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    fn registry_entry(&self, kidc: &Kidc) -> Result<Option<RegistryEntry>, StorageError> {
+        let conn = self.reader();
+        match person_where(&conn, "kidc", kidc.as_str())? {
+            Some(p) => Ok(Some(registry_entry(&conn, p)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn registry_dump(&self) -> Result<RegistryDump, StorageError> {
+        registry_dump(&self.reader())
+    }
+
+    fn registry_snapshot(
+        &self,
+        each: &mut dyn FnMut(&[RegistryEventRow]) -> Result<(), StorageError>,
+    ) -> Result<RegistryDump, StorageError> {
+        let conn = self.reader();
+        conn.execute_batch("BEGIN")?;
+        let read = (|| {
+            let dump = registry_dump(&conn)?;
+            let mut after = 0;
+            loop {
+                let rows = registry_events_after(&conn, after, 1000)?;
+                let Some(last) = rows.last() else { break };
+                after = last.seq;
+                each(&rows)?;
+            }
+            Ok(dump)
+        })();
+        conn.execute_batch("COMMIT")?;
+        read
     }
 
     fn issuances(&self) -> Result<Vec<(Kidc, Uuid)>, StorageError> {
@@ -1117,4 +1156,500 @@ impl WriteTx for SqliteTx<'_> {
         let rows = st.query_map([], |r| r.get::<_, String>(0))?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
+
+    fn registry_append_event(&mut self, e: &RegistryEventRow) -> Result<Option<u64>, StorageError> {
+        let mut st = self.conn.prepare_cached(
+            "INSERT INTO registry_events (seq, record_id, kind, registration_number, registered_at, office,
+                 event, kidc, amends_record_id, amends_kidc, late)
+             VALUES ((SELECT COALESCE(MAX(seq), 0) + 1 FROM registry_events),
+                 ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+             ON CONFLICT (record_id) DO NOTHING RETURNING seq",
+        )?;
+        let seq: Option<i64> = st
+            .query_row(
+                params![
+                    e.record_id.to_string(),
+                    e.kind,
+                    e.registration_number,
+                    e.registered_at_ms,
+                    e.office,
+                    e.event,
+                    e.kidc.as_ref().map(Kidc::as_str),
+                    e.amends_record_id.map(|u| u.to_string()),
+                    e.amends_kidc.as_ref().map(Kidc::as_str),
+                    e.late
+                ],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(seq.map(to_u64).transpose()?)
+    }
+
+    fn registry_events_after(
+        &mut self,
+        seq: u64,
+        limit: usize,
+    ) -> Result<Vec<RegistryEventRow>, StorageError> {
+        registry_events_after(&self.conn, seq, limit)
+    }
+
+    fn registry_person(&mut self, person_id: Uuid) -> Result<Option<RegistryPerson>, StorageError> {
+        person_where(&self.conn, "person_id", &person_id.to_string())
+    }
+
+    fn registry_person_by_kidc(&mut self, kidc: &Kidc) -> Result<Option<RegistryPerson>, StorageError> {
+        person_where(&self.conn, "kidc", kidc.as_str())
+    }
+
+    fn registry_person_by_document(
+        &mut self,
+        kind: &str,
+        number: &str,
+    ) -> Result<Option<RegistryPerson>, StorageError> {
+        let mut st = self.conn.prepare_cached(&format!(
+            "SELECT {PERSON_COLUMNS} FROM registry_documents d JOIN registry_persons p USING (person_id)
+             WHERE d.kind = ?1 AND d.number = ?2"
+        ))?;
+        Ok(st.query_row(params![kind, number], person_row).optional()?)
+    }
+
+    fn registry_put_person(&mut self, p: &RegistryPerson) -> Result<(), StorageError> {
+        let mut st = self.conn.prepare_cached(
+            "INSERT INTO registry_persons (person_id, kidc, family_name, given_name, family_name_latin,
+                 given_name_latin, sex, date_of_birth, place_of_birth_kind, place_of_birth_facility,
+                 place_of_birth_village, nationality, citizenship, marital_status, residence_village_code,
+                 date_of_death, death_record_id, first_seq, last_seq)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)
+             ON CONFLICT (person_id) DO UPDATE SET kidc = excluded.kidc, family_name = excluded.family_name,
+                 given_name = excluded.given_name, family_name_latin = excluded.family_name_latin,
+                 given_name_latin = excluded.given_name_latin, sex = excluded.sex,
+                 date_of_birth = excluded.date_of_birth, place_of_birth_kind = excluded.place_of_birth_kind,
+                 place_of_birth_facility = excluded.place_of_birth_facility,
+                 place_of_birth_village = excluded.place_of_birth_village, nationality = excluded.nationality,
+                 citizenship = excluded.citizenship, marital_status = excluded.marital_status,
+                 residence_village_code = excluded.residence_village_code,
+                 date_of_death = excluded.date_of_death, death_record_id = excluded.death_record_id,
+                 first_seq = excluded.first_seq, last_seq = excluded.last_seq",
+        )?;
+        st.execute(params![
+            p.person_id.to_string(),
+            p.kidc.as_ref().map(Kidc::as_str),
+            p.family_name,
+            p.given_name,
+            p.family_name_latin,
+            p.given_name_latin,
+            p.sex,
+            p.date_of_birth,
+            p.place_of_birth_kind,
+            p.place_of_birth_facility,
+            p.place_of_birth_village,
+            p.nationality,
+            p.citizenship,
+            p.marital_status,
+            p.residence_village_code,
+            p.date_of_death,
+            p.death_record_id.map(|u| u.to_string()),
+            to_i64(p.first_seq)?,
+            to_i64(p.last_seq)?
+        ])?;
+        Ok(())
+    }
+
+    fn registry_add_document(
+        &mut self,
+        person_id: Uuid,
+        kind: &str,
+        number: &str,
+        seq: u64,
+    ) -> Result<bool, StorageError> {
+        let mut st = self.conn.prepare_cached(
+            "INSERT INTO registry_documents (kind, number, person_id, seq) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT DO NOTHING",
+        )?;
+        Ok(st.execute(params![kind, number, person_id.to_string(), to_i64(seq)?])? == 1)
+    }
+
+    fn registry_add_parent(
+        &mut self,
+        child_id: Uuid,
+        parent_id: Uuid,
+        relation: &str,
+        seq: u64,
+    ) -> Result<(), StorageError> {
+        let mut st = self.conn.prepare_cached(
+            "INSERT INTO registry_parents (child_id, parent_id, relation, seq) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT DO NOTHING",
+        )?;
+        st.execute(params![
+            child_id.to_string(),
+            parent_id.to_string(),
+            relation,
+            to_i64(seq)?
+        ])?;
+        Ok(())
+    }
+
+    fn registry_add_marital(
+        &mut self,
+        person_id: Uuid,
+        seq: u64,
+        status: &str,
+        since: Option<&str>,
+    ) -> Result<(), StorageError> {
+        let mut st = self.conn.prepare_cached(
+            "INSERT INTO registry_marital_history (person_id, seq, status, since) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (person_id, seq) DO UPDATE SET status = excluded.status, since = excluded.since",
+        )?;
+        st.execute(params![person_id.to_string(), to_i64(seq)?, status, since])?;
+        Ok(())
+    }
+
+    fn registry_link_event(&mut self, person_id: Uuid, seq: u64, role: &str) -> Result<(), StorageError> {
+        let mut st = self.conn.prepare_cached(
+            "INSERT INTO registry_person_events (person_id, seq, role) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+        )?;
+        st.execute(params![person_id.to_string(), to_i64(seq)?, role])?;
+        Ok(())
+    }
+
+    fn registry_put_marriage(&mut self, m: &RegistryMarriage) -> Result<(), StorageError> {
+        let mut st = self.conn.prepare_cached(
+            "INSERT INTO registry_marriages (marriage_id, spouse_a, spouse_b, date_of_marriage, place_village,
+                 ended_on, ended_by, end_record_id)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+             ON CONFLICT (marriage_id) DO UPDATE SET spouse_a = excluded.spouse_a, spouse_b = excluded.spouse_b,
+                 date_of_marriage = excluded.date_of_marriage, place_village = excluded.place_village,
+                 ended_on = excluded.ended_on, ended_by = excluded.ended_by,
+                 end_record_id = excluded.end_record_id",
+        )?;
+        st.execute(params![
+            m.marriage_id.to_string(),
+            m.spouse_a.to_string(),
+            m.spouse_b.to_string(),
+            m.date_of_marriage,
+            m.place_village,
+            m.ended_on,
+            m.ended_by,
+            m.end_record_id.map(|u| u.to_string())
+        ])?;
+        Ok(())
+    }
+
+    fn registry_current_marriage(
+        &mut self,
+        person_id: Uuid,
+    ) -> Result<Option<RegistryMarriage>, StorageError> {
+        let mut st = self.conn.prepare_cached(&format!(
+            "SELECT {MARRIAGE_COLUMNS} FROM registry_marriages
+             WHERE spouse_a = ?1 AND ended_on IS NULL
+             UNION ALL
+             SELECT {MARRIAGE_COLUMNS} FROM registry_marriages
+             WHERE spouse_b = ?1 AND ended_on IS NULL
+             ORDER BY date_of_marriage DESC, marriage_id LIMIT 1"
+        ))?;
+        Ok(st
+            .query_row(params![person_id.to_string()], marriage_row)
+            .optional()?)
+    }
+
+    fn registry_clear(&mut self) -> Result<(), StorageError> {
+        self.conn.execute_batch(
+            "DELETE FROM registry_person_events; DELETE FROM registry_marital_history;
+             DELETE FROM registry_marriages; DELETE FROM registry_parents;
+             DELETE FROM registry_documents; DELETE FROM registry_persons;",
+        )?;
+        Ok(())
+    }
+
+    fn registry_dump(&mut self) -> Result<RegistryDump, StorageError> {
+        registry_dump(&self.conn)
+    }
+}
+
+fn opt_kidc(code: Option<String>) -> rusqlite::Result<Option<Kidc>> {
+    code.map(|c| {
+        Kidc::parse(&c)
+            .map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into()))
+    })
+    .transpose()
+}
+
+const PERSON_COLUMNS: &str = "p.person_id, p.kidc, p.family_name, p.given_name, p.family_name_latin, \
+     p.given_name_latin, p.sex, p.date_of_birth, p.place_of_birth_kind, p.place_of_birth_facility, \
+     p.place_of_birth_village, p.nationality, p.citizenship, p.marital_status, p.residence_village_code, \
+     p.date_of_death, p.death_record_id, p.first_seq, p.last_seq";
+
+fn person_row(r: &Row<'_>) -> rusqlite::Result<RegistryPerson> {
+    Ok(RegistryPerson {
+        person_id: parse_uuid(&r.get::<_, String>(0)?)?,
+        kidc: opt_kidc(r.get(1)?)?,
+        family_name: r.get(2)?,
+        given_name: r.get(3)?,
+        family_name_latin: r.get(4)?,
+        given_name_latin: r.get(5)?,
+        sex: r.get(6)?,
+        date_of_birth: r.get(7)?,
+        place_of_birth_kind: r.get(8)?,
+        place_of_birth_facility: r.get(9)?,
+        place_of_birth_village: r.get(10)?,
+        nationality: r.get(11)?,
+        citizenship: r.get(12)?,
+        marital_status: r.get(13)?,
+        residence_village_code: r.get(14)?,
+        date_of_death: r.get(15)?,
+        death_record_id: r
+            .get::<_, Option<String>>(16)?
+            .map(|s| parse_uuid(&s))
+            .transpose()?,
+        first_seq: to_u64(r.get(17)?)?,
+        last_seq: to_u64(r.get(18)?)?,
+    })
+}
+
+/// A person by a unique column (`person_id` or `kidc`).
+fn person_where(
+    conn: &Connection,
+    column: &str,
+    value: &str,
+) -> Result<Option<RegistryPerson>, StorageError> {
+    let mut st = conn.prepare_cached(&format!(
+        "SELECT {PERSON_COLUMNS} FROM registry_persons p WHERE p.{column} = ?1"
+    ))?;
+    Ok(st.query_row(params![value], person_row).optional()?)
+}
+
+const MARRIAGE_COLUMNS: &str =
+    "marriage_id, spouse_a, spouse_b, date_of_marriage, place_village, ended_on, ended_by, end_record_id";
+
+fn marriage_row(r: &Row<'_>) -> rusqlite::Result<RegistryMarriage> {
+    Ok(RegistryMarriage {
+        marriage_id: parse_uuid(&r.get::<_, String>(0)?)?,
+        spouse_a: parse_uuid(&r.get::<_, String>(1)?)?,
+        spouse_b: parse_uuid(&r.get::<_, String>(2)?)?,
+        date_of_marriage: r.get(3)?,
+        place_village: r.get(4)?,
+        ended_on: r.get(5)?,
+        ended_by: r.get(6)?,
+        end_record_id: r
+            .get::<_, Option<String>>(7)?
+            .map(|s| parse_uuid(&s))
+            .transpose()?,
+    })
+}
+
+/// Everything the registry holds about `person`.
+fn registry_entry(conn: &Connection, person: RegistryPerson) -> Result<RegistryEntry, StorageError> {
+    let id = person.person_id.to_string();
+    let mut st = conn.prepare_cached(
+        "SELECT kind, number FROM registry_documents WHERE person_id = ?1 ORDER BY seq, kind, number",
+    )?;
+    let documents = st
+        .query_map(params![id], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<Vec<_>, _>>()?;
+    let relatives = |sql: &str| -> Result<Vec<RegistryRelative>, StorageError> {
+        let mut st = conn.prepare_cached(sql)?;
+        let rows = st.query_map(params![id], |r| {
+            Ok(RegistryRelative {
+                person: person_row(r)?,
+                relation: r.get(19)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    };
+    let parents = relatives(&format!(
+        "SELECT {PERSON_COLUMNS}, l.relation FROM registry_parents l
+         JOIN registry_persons p ON p.person_id = l.parent_id
+         WHERE l.child_id = ?1 ORDER BY l.seq, l.rowid"
+    ))?;
+    let children = relatives(&format!(
+        "SELECT {PERSON_COLUMNS}, l.relation FROM registry_parents l
+         JOIN registry_persons p ON p.person_id = l.child_id
+         WHERE l.parent_id = ?1 ORDER BY l.seq, l.rowid"
+    ))?;
+    let mut st = conn.prepare_cached(&format!(
+        "SELECT {MARRIAGE_COLUMNS} FROM registry_marriages WHERE spouse_a = ?1 OR spouse_b = ?1
+         ORDER BY date_of_marriage, marriage_id"
+    ))?;
+    let marriages = st
+        .query_map(params![id], marriage_row)?
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut spouses = Vec::with_capacity(marriages.len());
+    for m in &marriages {
+        let other = if m.spouse_a == person.person_id {
+            m.spouse_b
+        } else {
+            m.spouse_a
+        };
+        spouses.push(
+            person_where(conn, "person_id", &other.to_string())?.ok_or(StorageError::Corrupt(
+                "a spouse of a registry marriage is missing",
+            ))?,
+        );
+    }
+    let mut st = conn.prepare_cached(
+        "SELECT seq, status, since FROM registry_marital_history WHERE person_id = ?1 ORDER BY seq",
+    )?;
+    let marital_history = st
+        .query_map(params![id], |r| {
+            Ok(RegistryMaritalEntry {
+                seq: to_u64(r.get(0)?)?,
+                status: r.get(1)?,
+                since: r.get(2)?,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut st = conn.prepare_cached(
+        "SELECT e.seq, e.record_id, e.kind, e.registration_number, e.registered_at, l.role
+         FROM registry_person_events l JOIN registry_events e ON e.seq = l.seq
+         WHERE l.person_id = ?1 ORDER BY l.seq, l.role",
+    )?;
+    let events = st
+        .query_map(params![id], |r| {
+            Ok(RegistryPersonEvent {
+                seq: to_u64(r.get(0)?)?,
+                record_id: parse_uuid(&r.get::<_, String>(1)?)?,
+                kind: r.get(2)?,
+                registration_number: r.get(3)?,
+                registered_at_ms: r.get(4)?,
+                role: r.get(5)?,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(RegistryEntry {
+        person,
+        documents,
+        parents,
+        children,
+        marriages,
+        spouses,
+        marital_history,
+        events,
+    })
+}
+
+/// One row as canonical text: a JSON array of its values.
+fn canonical_row(r: &Row<'_>, columns: usize) -> rusqlite::Result<String> {
+    use rusqlite::types::ValueRef;
+    let mut values = Vec::with_capacity(columns);
+    for i in 0..columns {
+        values.push(match r.get_ref(i)? {
+            ValueRef::Null => serde_json::Value::Null,
+            ValueRef::Integer(n) => serde_json::Value::from(n),
+            ValueRef::Real(f) => serde_json::Value::from(f),
+            ValueRef::Text(t) => serde_json::Value::from(String::from_utf8_lossy(t).into_owned()),
+            ValueRef::Blob(b) => serde_json::Value::from(hex::encode(b)),
+        });
+    }
+    Ok(serde_json::Value::Array(values).to_string())
+}
+
+/// The registry's tables in canonical form (see [`RegistryDump`]): every
+/// row of each state table, in primary-key order, filed under each person
+/// it concerns.
+fn registry_dump(conn: &Connection) -> Result<RegistryDump, StorageError> {
+    // (table, its columns, the columns naming persons, primary-key order)
+    const TABLES: &[(&str, &str, &[usize], &str)] = &[
+        (
+            "registry_persons",
+            "person_id, kidc, family_name, given_name, family_name_latin, given_name_latin, sex, \
+             date_of_birth, place_of_birth_kind, place_of_birth_facility, place_of_birth_village, \
+             nationality, citizenship, marital_status, residence_village_code, date_of_death, \
+             death_record_id, first_seq, last_seq",
+            &[0],
+            "person_id",
+        ),
+        (
+            "registry_documents",
+            "person_id, kind, number, seq",
+            &[0],
+            "kind, number",
+        ),
+        (
+            "registry_parents",
+            "child_id, parent_id, relation, seq",
+            &[0, 1],
+            "child_id, parent_id, relation",
+        ),
+        (
+            "registry_marriages",
+            "spouse_a, spouse_b, marriage_id, date_of_marriage, place_village, ended_on, ended_by, end_record_id",
+            &[0, 1],
+            "marriage_id",
+        ),
+        (
+            "registry_marital_history",
+            "person_id, seq, status, since",
+            &[0],
+            "person_id, seq",
+        ),
+        (
+            "registry_person_events",
+            "person_id, seq, role",
+            &[0],
+            "person_id, seq, role",
+        ),
+    ];
+    let mut persons_hash: std::collections::BTreeMap<String, Sha256> = std::collections::BTreeMap::new();
+    for (table, columns, persons, order) in TABLES {
+        let n = columns.split(',').count();
+        let mut st = conn.prepare(&format!("SELECT {columns} FROM {table} ORDER BY {order}"))?;
+        let mut rows = st.query([])?;
+        while let Some(r) = rows.next()? {
+            let line = format!("{table} {}\n", canonical_row(r, n)?);
+            for &i in *persons {
+                let id: String = r.get(i)?;
+                persons_hash.entry(id).or_default().update(line.as_bytes());
+            }
+        }
+    }
+    let mut dump = RegistryDump {
+        persons: persons_hash
+            .into_iter()
+            .map(|(id, h)| (id, h.finalize().into()))
+            .collect(),
+        ..RegistryDump::default()
+    };
+    let mut st = conn.prepare(
+        "SELECT seq, record_id, kind, registration_number, registered_at, office, event, kidc,
+             amends_record_id, amends_kidc, late FROM registry_events ORDER BY seq",
+    )?;
+    let mut rows = st.query([])?;
+    while let Some(r) = rows.next()? {
+        let row = canonical_row(r, 11)?;
+        dump.events
+            .insert(to_u64(r.get(0)?)?, Sha256::digest(row.as_bytes()).into());
+    }
+    Ok(dump)
+}
+
+fn registry_events_after(
+    conn: &Connection,
+    seq: u64,
+    limit: usize,
+) -> Result<Vec<RegistryEventRow>, StorageError> {
+    let mut st = conn.prepare_cached(
+        "SELECT seq, record_id, kind, registration_number, registered_at, office, event, kidc,
+             amends_record_id, amends_kidc, late
+         FROM registry_events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+    )?;
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows = st.query_map(params![to_i64(seq)?, limit], |r| {
+        Ok(RegistryEventRow {
+            seq: to_u64(r.get(0)?)?,
+            record_id: parse_uuid(&r.get::<_, String>(1)?)?,
+            kind: r.get(2)?,
+            registration_number: r.get(3)?,
+            registered_at_ms: r.get(4)?,
+            office: r.get(5)?,
+            event: r.get(6)?,
+            kidc: opt_kidc(r.get(7)?)?,
+            amends_record_id: r
+                .get::<_, Option<String>>(8)?
+                .map(|s| parse_uuid(&s))
+                .transpose()?,
+            amends_kidc: opt_kidc(r.get(9)?)?,
+            late: r.get(10)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<Vec<_>, _>>()?)
 }
