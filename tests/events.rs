@@ -221,6 +221,36 @@ fn every_event_is_registered_with_its_number_and_the_registry_holds_what_it_cann
     ] {
         assert!(reasons.contains(&code), "{code} in {reasons:?}");
     }
+
+    // The Population Registry: the child by KIdC, with the amended name,
+    // both sets of parents told apart, deceased.
+    let person = server.admin(&["person", &kidc]).expect_ok();
+    assert_eq!(person["kidc"], kidc.as_str());
+    assert_eq!(person["given_name_latin"], "SREYPOV", "{person}");
+    assert_eq!(person["alive"], false);
+    assert_eq!(person["date_of_death"], "2026-11-30");
+    let parents: Vec<(&str, &str)> = person["parents"]
+        .as_array()
+        .expect("parents")
+        .iter()
+        .map(|p| (p["relation"].as_str().unwrap(), p["by"].as_str().unwrap()))
+        .collect();
+    for parent in [
+        ("mother", "birth"),
+        ("mother", "adoption"),
+        ("father", "adoption"),
+    ] {
+        assert!(parents.contains(&parent), "{parent:?} in {parents:?}");
+    }
+    assert_eq!(
+        server.admin(&["person", &unknown]).expect_err(),
+        "not_found",
+        "an unknown KIdC"
+    );
+    // Rebuilt from its event log, the registry is the same, byte for byte.
+    let check = server.admin(&["registry", "rebuild", "--check"]).expect_ok();
+    assert_eq!(check["identical"], true, "{check}");
+    assert!(check["events"].as_u64().unwrap() >= 6, "{check}");
 }
 
 #[test]

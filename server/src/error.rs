@@ -116,6 +116,9 @@ pub enum ApiError {
     /// An operator command named an API key that does not exist.
     #[error("no API key with id {0}")]
     NoSuchApiKey(String),
+    /// An operator asked for a person the registry does not hold.
+    #[error("no person with this KIdC in the registry")]
+    NoSuchPerson,
     /// No such route.
     #[error("no such endpoint")]
     NotFound,
@@ -156,6 +159,7 @@ impl ApiError {
             ApiError::NoSuchDevice(_)
             | ApiError::NoSuchStaff { .. }
             | ApiError::NoSuchApiKey(_)
+            | ApiError::NoSuchPerson
             | ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Storage(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -188,7 +192,7 @@ impl ApiError {
             ApiError::InvalidNotification(_) => "invalid_notification",
             ApiError::NotificationConflict => "conflict",
             ApiError::NoSuchApiKey(_) => "unknown_api_key",
-            ApiError::NotFound => "not_found",
+            ApiError::NotFound | ApiError::NoSuchPerson => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::Storage(_) => "storage_error",
             ApiError::Internal(_) => "internal_error",

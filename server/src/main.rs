@@ -768,9 +768,7 @@ fn run(cli: Cli) -> Result<(), ApiError> {
                 .map_err(|e| ApiError::Invalid(format!("the KIdC given {e}")))?;
             let storage = open_storage(&data)?;
             let Some(p) = crvs_server::registry::person(&storage, &kidc)? else {
-                return Err(ApiError::Invalid(
-                    "no person with this KIdC in the registry".to_string(),
-                ));
+                return Err(ApiError::NoSuchPerson);
             };
             print_line(json_mode, &to_json(&p)?, &crvs_server::registry::person_text(&p));
             Ok(())
