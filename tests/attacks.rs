@@ -369,6 +369,7 @@ fn a_tablet_rewriting_a_registered_birth_without_an_amendment_is_refused() {
         at_ms: 1,
         device: "forged".into(),
         reason: None,
+        notification: None,
     };
     let data: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(fixture("birth-sok-dara.json")).unwrap()).unwrap();

@@ -528,3 +528,133 @@ fn t_register(t: &Tablet, kind: &str, file: &Path, by: &str) -> String {
         .expect_ok();
     out["record_id"].as_str().unwrap().to_string()
 }
+
+/// Notifications from a health facility reach the tablets of the commune
+/// of residence, a registration answers one, and the server then reports
+/// the time from the notification to the registration.
+#[test]
+fn a_notified_birth_reaches_the_commune_and_is_registered_against_its_notification() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("server"));
+    let t = Tablet::new(tmp.path().join("tablet"));
+    t.init_and_enroll("171003", &server);
+    let other = Tablet::new(tmp.path().join("other"));
+    other.init_and_enroll("171004", &server);
+    let key = server
+        .admin(&["api-key", "--name", "HMIS", "--scope", "notify"])
+        .expect_ok()["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let body = std::fs::read(fixture("notification-birth.json")).unwrap();
+    let post = || {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let mut resp = agent
+            .post(format!("{}/v1/notifications", server.url()))
+            .header("content-type", "application/json")
+            .header("authorization", format!("Bearer {key}"))
+            .send(&body[..])
+            .expect("request");
+        let text = resp.body_mut().read_to_string().unwrap();
+        let v: Value = serde_json::from_str(&text).unwrap();
+        v["notification_id"].as_str().unwrap().to_string()
+    };
+    let nid = post();
+    assert_eq!(post(), nid, "a replayed notification is the same one");
+
+    // The tablets of the commune of residence receive it; others do not.
+    t.run(&["sync"]).expect_ok();
+    other.run(&["sync"]).expect_ok();
+    let listed = t.run(&["notifications"]).expect_ok();
+    let list = listed["notifications"].as_array().unwrap();
+    assert_eq!(list.len(), 1, "{listed}");
+    assert_eq!(list[0]["notification_id"], nid.as_str());
+    assert_eq!(list[0]["kind"], "birth");
+    assert_eq!(list[0]["notification"]["source"]["reference"], "HMIS-2026-000123");
+    assert!(
+        other.run(&["notifications"]).expect_ok()["notifications"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+
+    // A death cannot answer a birth notification, nor an unknown id.
+    let death = fixture("death-elderly.json");
+    let death = death.to_str().unwrap();
+    assert_eq!(
+        t.run(&[
+            "death",
+            "register",
+            death,
+            "--by",
+            "clerk-1",
+            "--notification",
+            &nid
+        ])
+        .expect_err(),
+        "not_allowed"
+    );
+    assert_eq!(
+        t.run(&[
+            "birth",
+            "register",
+            fixture("birth-sok-dara.json").to_str().unwrap(),
+            "--by",
+            "clerk-1",
+            "--notification",
+            "01234567-89ab-7def-8123-456789abcdef",
+        ])
+        .expect_err(),
+        "not_allowed"
+    );
+    let id = t
+        .run(&[
+            "birth",
+            "register",
+            fixture("birth-sok-dara.json").to_str().unwrap(),
+            "--by",
+            "clerk-1",
+            "--notification",
+            &nid,
+        ])
+        .expect_ok()["record_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(t.show(&id)["transitions"][0]["notification"], nid.as_str());
+    // Answered here: no longer pending on this tablet, even before a sync.
+    assert!(
+        t.run(&["notifications"]).expect_ok()["notifications"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    t.run(&["verify", &id, "--by", "clerk-2"]).expect_ok();
+    t.run(&["approve", &id, "--by", "registrar-1"]).expect_ok();
+    t.run(&["sync"]).expect_ok();
+    assert_eq!(t.show(&id)["status"], "registered");
+    t.run(&["sync"]).expect_ok();
+    assert!(
+        t.run(&["notifications"]).expect_ok()["notifications"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    let registered = server.admin(&["notifications", "--registered"]).expect_ok();
+    let list = registered["notifications"].as_array().unwrap();
+    assert_eq!(list.len(), 1, "{registered}");
+    assert_eq!(list[0]["notification_id"], nid.as_str());
+    assert_eq!(list[0]["registered_record_id"], id.as_str());
+    assert!(list[0]["hours_to_registration"].as_f64().unwrap() >= 0.0);
+    assert!(registered["median_hours_to_registration"].is_number());
+    let overdue = server
+        .admin(&["notifications", "--overdue", "--days", "0"])
+        .expect_ok();
+    assert!(
+        overdue["notifications"].as_array().unwrap().is_empty(),
+        "{overdue}"
+    );
+}

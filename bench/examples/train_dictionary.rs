@@ -51,6 +51,7 @@ fn main() {
             at_ms,
             device: device.clone(),
             reason: None,
+            notification: None,
         };
         let mut doc = record::new_record(
             actor.clone(),

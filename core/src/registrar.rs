@@ -126,6 +126,7 @@ pub(crate) fn uuid_v7_at(unix_ms: i64) -> uuid::Uuid {
 
 const WRAP_AAD: &[u8] = b"meta\0\0wrapped_data_key";
 const SIGNING_KEY_AAD: &[u8] = b"meta\0\0signing_key";
+pub(crate) const NOTIFICATIONS_AAD: &[u8] = b"meta\0\0pending_notifications";
 const PENDING_SIGNING_KEY_AAD: &[u8] = b"meta\0\0pending_signing_key";
 
 pub(crate) fn doc_aad(id: &[u8; 16]) -> Vec<u8> {
@@ -556,6 +557,7 @@ impl Registrar {
             at_ms: now,
             device: self.device_label(&conn)?,
             reason: None,
+            notification: None,
         };
         let status = workflow::check_append(&[], &submission)?;
         let id = RecordId::at(now);
@@ -623,6 +625,7 @@ impl Registrar {
             at_ms: now,
             device,
             reason: reason.map(|r| r.trim().to_string()),
+            notification: None,
         };
         workflow::check_append(&view.transitions, &t)?;
         record::append_transition(&mut doc, &t)?;

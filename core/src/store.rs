@@ -68,6 +68,9 @@ pub mod meta {
     pub const SERVER_KEY: &str = "server_public_key";
     /// The device's ed25519 signing key, sealed.
     pub const SIGNING_KEY: &str = "signing_key_sealed";
+    /// The office's pending notifications, as the last sync answer listed
+    /// them (sealed JSON: they hold names).
+    pub const NOTIFICATIONS: &str = "pending_notifications_sealed";
     /// The server feed position applied so far.
     pub const CURSOR: &str = "pull_cursor";
     /// The sequence number of the next change set.

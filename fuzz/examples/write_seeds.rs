@@ -48,6 +48,7 @@ fn step(action: Action, by: &str) -> Transition {
         at_ms: NOW_MS - 3_600_000,
         device: "tablet".into(),
         reason: (action == Action::Reject).then(|| "documents missing".into()),
+        notification: None,
     }
 }
 

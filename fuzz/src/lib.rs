@@ -304,6 +304,7 @@ pub fn new_base_record() -> AutoCommit {
             at_ms: NOW_MS - 86_400_000,
             device: "tablet".into(),
             reason: None,
+            notification: None,
         },
     )
     .expect("a record of the fixture")

@@ -107,6 +107,7 @@ fn an_approved_birth_through_the_server_target_is_applied_and_registered() {
             at_ms: crvs_fuzz::NOW_MS - 3_600_000,
             device: "tablet".into(),
             reason: None,
+            notification: None,
         };
         crvs_schema::record::append_transition(&mut doc, &step).expect("a step");
     }

@@ -163,6 +163,7 @@ fn step(action: Action, by: &str) -> Transition {
         at_ms: crvs_fuzz::NOW_MS - 3_600_000,
         device: "tablet".into(),
         reason: None,
+        notification: None,
     }
 }
 

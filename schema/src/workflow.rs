@@ -119,6 +119,10 @@ pub struct Transition {
     /// The reason, required for a rejection.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// On a submission: the id of the birth or death notification (from
+    /// a health facility or a court) this registration answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notification: Option<String>,
 }
 
 /// Why a transition is not allowed. Messages carry no personal data.
@@ -271,6 +275,7 @@ mod tests {
             at_ms: 1,
             device: "d".into(),
             reason: None,
+            notification: None,
         }
     }
 

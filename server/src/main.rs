@@ -184,10 +184,14 @@ enum Command {
         #[arg(long)]
         data: PathBuf,
         /// Only those unregistered for more than --days days.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "registered")]
         overdue: bool,
+        /// Those registered in the last --days days, each with the time
+        /// from the notification to its registration, and the median.
+        #[arg(long)]
+        registered: bool,
         /// Days after which an unregistered notification is overdue.
-        #[arg(long, requires = "overdue", default_value_t = crvs_server::notify::DEFAULT_OVERDUE_DAYS)]
+        #[arg(long, default_value_t = crvs_server::notify::DEFAULT_OVERDUE_DAYS)]
         days: u32,
     },
     /// Copy the database to FILE with SQLite's online backup, while the
@@ -711,7 +715,30 @@ fn run(cli: Cli) -> Result<(), ApiError> {
             print_line(json_mode, &json!({"api_keys": keys}), &text);
             Ok(())
         }
-        Command::Notifications { data, overdue, days } => {
+        Command::Notifications {
+            data,
+            registered: true,
+            days,
+            ..
+        } => {
+            let server = open_existing(&data)?;
+            let (list, median) = crvs_server::notify::registered(&server, days)?;
+            let text = lines(&list, "no notifications registered", |n| {
+                format!(
+                    "{}  {}  commune {}  registered by {} after {} h",
+                    n.notification_id, n.kind, n.commune, n.registered_record_id, n.hours_to_registration
+                )
+            });
+            print_line(
+                json_mode,
+                &json!({"notifications": list, "median_hours_to_registration": median}),
+                &text,
+            );
+            Ok(())
+        }
+        Command::Notifications {
+            data, overdue, days, ..
+        } => {
             let server = open_existing(&data)?;
             let list = crvs_server::notify::unregistered(&server, overdue.then_some(days))?;
             let text = lines(&list, "no notifications", |n| {

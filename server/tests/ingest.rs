@@ -1349,7 +1349,7 @@ fn a_commit_group_keeps_each_request_apart() {
         requests.len(),
         after.groups - before.groups
     );
-    for i in 0..12 {
+    for (i, &own) in records.iter().enumerate() {
         let outcomes: Vec<&Result<Vec<u8>, ApiError>> =
             results.iter().filter(|(j, _)| *j == i).map(|(_, r)| r).collect();
         let ok: Vec<_> = outcomes.iter().filter_map(|r| r.as_ref().ok()).collect();
@@ -1360,7 +1360,6 @@ fn a_commit_group_keeps_each_request_apart() {
         assert_eq!(resp.acks[0].outcome, AckOutcome::Applied);
         // Its own code's proof (and those of the office's records
         // registered before, which every tablet of the office receives).
-        let own = records[i];
         assert!(
             resp.issuances.iter().any(|p| p.record_id == own),
             "request {i}: its KIdC proof"

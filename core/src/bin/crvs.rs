@@ -143,6 +143,9 @@ enum Command {
     },
     /// Push pending changes to the server and pull its updates.
     Sync,
+    /// The birth and death notifications of the office (from health
+    /// facilities and courts) not registered yet, as of the last sync.
+    Notifications,
     /// Show one record.
     Show {
         /// The record id.
@@ -187,6 +190,10 @@ enum BirthCommand {
         /// The entering clerk's staff id.
         #[arg(long)]
         by: String,
+        /// The id of the birth notification this registration answers
+        /// (`crvs notifications` lists them).
+        #[arg(long, value_name = "NID")]
+        notification: Option<String>,
     },
 }
 
@@ -199,6 +206,10 @@ enum EventCommand {
         /// The entering clerk's staff id.
         #[arg(long)]
         by: String,
+        /// The id of the death notification this registration answers
+        /// (`crvs notifications` lists them).
+        #[arg(long, value_name = "NID")]
+        notification: Option<String>,
     },
 }
 
@@ -401,17 +412,37 @@ fn run(cli: &Cli) -> Result<Output, Failure> {
             })
         }
         Command::Death {
-            command: EventCommand::Register { file, by },
-        } => register(cli, EventKind::Death, file, by),
+            command:
+                EventCommand::Register {
+                    file,
+                    by,
+                    notification,
+                },
+        } => register(cli, EventKind::Death, file, by, notification.as_deref()),
         Command::Marriage {
-            command: EventCommand::Register { file, by },
-        } => register(cli, EventKind::Marriage, file, by),
+            command:
+                EventCommand::Register {
+                    file,
+                    by,
+                    notification,
+                },
+        } => register(cli, EventKind::Marriage, file, by, notification.as_deref()),
         Command::Divorce {
-            command: EventCommand::Register { file, by },
-        } => register(cli, EventKind::Divorce, file, by),
+            command:
+                EventCommand::Register {
+                    file,
+                    by,
+                    notification,
+                },
+        } => register(cli, EventKind::Divorce, file, by, notification.as_deref()),
         Command::Adoption {
-            command: EventCommand::Register { file, by },
-        } => register(cli, EventKind::Adoption, file, by),
+            command:
+                EventCommand::Register {
+                    file,
+                    by,
+                    notification,
+                },
+        } => register(cli, EventKind::Adoption, file, by, notification.as_deref()),
         Command::Amend { id, file, by } => {
             let target = record_id(id)?;
             let text = read_file(file)?;
@@ -425,11 +456,16 @@ fn run(cli: &Cli) -> Result<Output, Failure> {
             })
         }
         Command::Birth {
-            command: BirthCommand::Register { file, by },
+            command:
+                BirthCommand::Register {
+                    file,
+                    by,
+                    notification,
+                },
         } => {
             let text = read_file(file)?;
             let r = open(cli)?;
-            let id = r.register_birth(&text, by)?;
+            let id = r.register_event_for(&text, by, Some(EventKind::Birth), notification.as_deref())?;
             Ok(Output {
                 json: json!({ "record_id": id.to_string(), "status": "submitted" }),
                 text: format!(
@@ -483,6 +519,23 @@ fn run(cli: &Cli) -> Result<Output, Failure> {
             Ok(Output {
                 text: serde_json::to_string_pretty(&json).unwrap_or_default(),
                 json,
+            })
+        }
+        Command::Notifications => {
+            let r = open(cli)?;
+            let list = r.notifications()?;
+            let mut text = format!("{} pending notification(s)\n", list.len());
+            for n in &list {
+                text.push_str(&format!(
+                    "{}  {:<5}  received {}\n",
+                    n["notification_id"].as_str().unwrap_or(""),
+                    n["kind"].as_str().unwrap_or(""),
+                    crvs_core::registrar::format_utc(n["received_at_ms"].as_i64().unwrap_or(0))
+                ));
+            }
+            Ok(Output {
+                json: json!({ "notifications": list }),
+                text: text.trim_end().to_string(),
             })
         }
         Command::List => {
@@ -571,10 +624,16 @@ fn read_file(file: &std::path::Path) -> Result<String, Failure> {
 }
 
 /// `crvs KIND register FILE --by S` for the events other than births.
-fn register(cli: &Cli, kind: EventKind, file: &std::path::Path, by: &str) -> Result<Output, Failure> {
+fn register(
+    cli: &Cli,
+    kind: EventKind,
+    file: &std::path::Path,
+    by: &str,
+    notification: Option<&str>,
+) -> Result<Output, Failure> {
     let text = read_file(file)?;
     let r = open(cli)?;
-    let id = r.register_event(&text, by, Some(kind))?;
+    let id = r.register_event_for(&text, by, Some(kind), notification)?;
     Ok(Output {
         json: json!({ "record_id": id.to_string(), "status": "submitted" }),
         text: format!(

@@ -19,7 +19,8 @@ use serde_json::Value as Json;
 
 use super::{RecordId, Registrar, checked_now_ms, doc_aad, lock};
 use crate::error::{Error, Result};
-use crate::store::{self, RecordRow};
+use crate::integrity;
+use crate::store::{self, RecordRow, meta};
 
 impl Registrar {
     /// Registers a vital event from its JSON (the fixtures' layout: its
@@ -30,6 +31,22 @@ impl Registrar {
     /// registration gives [`Error::InvalidRecord`] naming every bad field,
     /// and stores nothing.
     pub fn register_event(&self, json: &str, by: &str, expected: Option<EventKind>) -> Result<RecordId> {
+        self.register_event_for(json, by, expected, None)
+    }
+
+    /// [`Registrar::register_event`] for the birth or death notification
+    /// `notification` (an id from [`Registrar::notifications`]): the
+    /// submission names it, and once the server registers the record the
+    /// notification is registered too (and leaves every tablet's list).
+    /// The notification must be pending in this store's list and of the
+    /// same event.
+    pub fn register_event_for(
+        &self,
+        json: &str,
+        by: &str,
+        expected: Option<EventKind>,
+        notification: Option<&str>,
+    ) -> Result<RecordId> {
         let now = checked_now_ms()?;
         let today = Date::today_in_cambodia(now);
         let event = Event::from_json_str(json, today)?;
@@ -56,9 +73,62 @@ impl Registrar {
             other => other,
         };
         let kind = RecordKind::of_event(event.kind());
-        let id = self.store_new_record(kind, &event.to_json_value(), by, now)?;
+        let notification = match notification {
+            Some(nid) => Some(self.pending_notification_of(nid, kind)?),
+            None => None,
+        };
+        let id = self.store_new_record(kind, &event.to_json_value(), by, now, notification)?;
         tracing::info!(record = %id, kind = kind.as_str(), "event registered");
         Ok(id)
+    }
+
+    /// The office's notifications not registered yet, as the last sync
+    /// brought them, oldest first: `[{notification_id, kind,
+    /// received_at_ms, notification}]` (`notification` is what the health
+    /// facility or court sent, validated by the server).
+    pub fn notifications(&self) -> Result<Vec<Json>> {
+        let conn = lock(&self.conn);
+        integrity::ensure_intact(&conn, integrity::Scope::All)?;
+        let Some(sealed) = store::get_meta::<Vec<u8>>(&conn, meta::NOTIFICATIONS)? else {
+            return Ok(Vec::new());
+        };
+        let bytes = self.key.open(super::NOTIFICATIONS_AAD, &sealed)?;
+        let list: Vec<Json> = serde_json::from_slice(&bytes)
+            .map_err(|_| Error::Corrupt("the stored notifications are malformed".into()))?;
+        // Those this store registered since the last sync are not pending.
+        let used: std::collections::HashSet<String> = store::all_records(&conn)?
+            .iter()
+            .filter(|r| r.kind == "birth" || r.kind == "death")
+            .filter_map(|r| record::read(&self.load_doc(r).ok()?).ok())
+            .filter_map(|v| v.transitions.first().and_then(|t| t.notification.clone()))
+            .collect();
+        Ok(list
+            .into_iter()
+            .filter(|n| n["notification_id"].as_str().is_none_or(|id| !used.contains(id)))
+            .collect())
+    }
+
+    /// The pending notification `nid`, which a registration of `kind`
+    /// answers: its id as stored.
+    fn pending_notification_of(&self, nid: &str, kind: RecordKind) -> Result<String> {
+        let nid = nid.trim().to_ascii_lowercase();
+        let Some(n) = self
+            .notifications()?
+            .into_iter()
+            .find(|n| n["notification_id"].as_str() == Some(nid.as_str()))
+        else {
+            return Err(Error::NotAllowed(
+                "no pending notification with this id on this tablet (sync to receive the office's notifications; a registered one is no longer pending)".into(),
+            ));
+        };
+        if n["kind"].as_str() != Some(kind.as_str()) {
+            return Err(Error::NotAllowed(format!(
+                "the notification is of a {}, not of a {}",
+                n["kind"].as_str().unwrap_or("?"),
+                kind.as_str()
+            )));
+        }
+        Ok(nid)
     }
 
     /// Amends the birth record `target` (approved or registered) with the
@@ -111,7 +181,7 @@ impl Registrar {
             )
         })?;
         let data = event::Event::Amendment(amendment).to_json_value();
-        let id = self.store_new_record(RecordKind::Amendment, &data, by, now)?;
+        let id = self.store_new_record(RecordKind::Amendment, &data, by, now, None)?;
         tracing::info!(record = %id, amends = %target, "amendment registered");
         Ok(id)
     }
@@ -176,6 +246,7 @@ impl Registrar {
             at_ms: now,
             device,
             reason: None,
+            notification: None,
         };
         let status = workflow::check_append(&view.transitions, &step)?;
         record::set_data(&mut doc, &data)?;
@@ -196,7 +267,14 @@ impl Registrar {
     }
 
     /// Stores a new record of `kind` with `data`, submitted by `by`.
-    fn store_new_record(&self, kind: RecordKind, data: &Json, by: &str, now: i64) -> Result<RecordId> {
+    fn store_new_record(
+        &self,
+        kind: RecordKind,
+        data: &Json,
+        by: &str,
+        now: i64,
+        notification: Option<String>,
+    ) -> Result<RecordId> {
         let mut conn = lock(&self.conn);
         let submission = Transition {
             action: Action::Submit,
@@ -204,6 +282,7 @@ impl Registrar {
             at_ms: now,
             device: self.device_label(&conn)?,
             reason: None,
+            notification,
         };
         let status = workflow::check_append(&[], &submission)?;
         let id = RecordId::at(now);

@@ -391,6 +391,7 @@ impl Registrar {
             self.apply_update(&tx, update, now, &mut applied)?;
         }
         self.keep_evidence(&tx, &resp.issuances, server_key)?;
+        self.keep_notifications(&tx, &resp.notifications)?;
         store::set_meta(&tx, meta::CURSOR, resp.cursor as i64)?;
         store::set_meta(&tx, meta::LAST_SERVER_TIME, resp.server_time_ms)?;
         if resp
@@ -442,6 +443,27 @@ impl Registrar {
         row.server_updated_at = Some(now);
         store::update_record(tx, &row)?;
         applied.updated += 1;
+        Ok(())
+    }
+
+    /// Keeps the office's pending notifications as the answer lists them,
+    /// sealed (the list replaces the one before: a registered one is gone).
+    fn keep_notifications(&self, tx: &Transaction<'_>, list: &[wire::PendingNotification]) -> Result<()> {
+        let items: Vec<serde_json::Value> = list
+            .iter()
+            .map(|n| {
+                serde_json::json!({
+                    "notification_id": uuid::Uuid::from_bytes(n.notification_id).to_string(),
+                    "kind": n.kind,
+                    "received_at_ms": n.received_at_ms,
+                    "notification": serde_json::from_str::<serde_json::Value>(&n.payload)
+                        .unwrap_or(serde_json::Value::Null),
+                })
+            })
+            .collect();
+        let bytes = serde_json::to_vec(&items).map_err(|e| Error::Storage(e.to_string()))?;
+        let sealed = self.key.seal(crate::registrar::NOTIFICATIONS_AAD, &bytes);
+        store::set_meta(tx, meta::NOTIFICATIONS, sealed)?;
         Ok(())
     }
 

@@ -14,6 +14,7 @@ fn submit(by: &str) -> Transition {
         at_ms: 1_700_000_000_000,
         device: "dev".into(),
         reason: None,
+        notification: None,
     }
 }
 
@@ -426,6 +427,7 @@ fn an_approved_records_data_changes_only_through_an_amendment() {
                 at_ms: 2,
                 device: "d".into(),
                 reason: None,
+                notification: None,
             },
         )
         .unwrap();
@@ -478,6 +480,7 @@ fn steps_appended_concurrently_on_two_tablets_are_kept_in_any_order() {
         at_ms: 2,
         device: "d".into(),
         reason: None,
+        notification: None,
     };
     append_transition(&mut a, &step("checker-a")).unwrap();
     append_transition(&mut b, &step("checker-b")).unwrap();

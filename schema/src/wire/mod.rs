@@ -744,7 +744,7 @@ impl SyncResponse {
                 cursor: self.cursor,
                 more: self.more,
                 issuances: self.issuances.clone(),
-                chain: self.chain.clone(),
+                chain: self.chain,
             };
             bincode::encode_to_vec(&v3, bincode::config::standard())
         } else if version == SYNC_VERSION {

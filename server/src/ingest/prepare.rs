@@ -52,6 +52,8 @@ pub(super) struct Plan {
     pub(super) event: Event,
     /// A birth's code, drawn (not yet in the issuance log), and category.
     pub(super) kidc: Option<(Kidc, Category)>,
+    /// The notification the submission names, if any.
+    pub(super) notification: Option<Uuid>,
 }
 
 /// The pure part of applying one record's changes: decode, apply, check,
@@ -193,7 +195,7 @@ pub(super) fn prepare_record_inner(
                 let tablet_status = workflow::derive(&view.transitions)
                     .map_err(|e| refuse(seq, RefusalCode::InvalidRecord, e.to_string()))?;
                 if tablet_status == Some(Status::Approved) {
-                    register = Some(plan(ctx, record_id, event));
+                    register = Some(plan(ctx, record_id, event, &view));
                 }
             }
             Err(problems) => {
@@ -258,7 +260,7 @@ pub(super) fn prepare_record_inner(
 
 /// The registration plan of an approved record whose event validated: a
 /// birth's code is drawn now, off the writer.
-pub(super) fn plan(ctx: &Ctx<'_>, record_id: Uuid, event: Event) -> Plan {
+pub(super) fn plan(ctx: &Ctx<'_>, record_id: Uuid, event: Event, view: &record::RecordView) -> Plan {
     let kidc = match &event {
         Event::Birth(reg) => {
             let category = kidc_category(reg);
@@ -275,7 +277,16 @@ pub(super) fn plan(ctx: &Ctx<'_>, record_id: Uuid, event: Event) -> Plan {
         }
         _ => None,
     };
-    Plan { event, kidc }
+    let notification = view
+        .transitions
+        .first()
+        .and_then(|t| t.notification.as_deref())
+        .and_then(|n| Uuid::parse_str(n).ok());
+    Plan {
+        event,
+        kidc,
+        notification,
+    }
 }
 
 /// Commits the server's edits made on `doc` (with the server's actor) and

@@ -113,6 +113,16 @@ pub(super) fn register(
         },
     )
     .map_err(failed)?;
+    if let Some(nid) = plan.notification {
+        let kind = plan.event.kind().as_str();
+        if tx.register_notification(nid, record_id, office, kind, ctx.now_ms)? {
+            tracing::info!(record = %record_id, notification = %nid, "notification registered");
+        } else {
+            // Registered before, of another event or office, or unknown:
+            // the registration stands; the notification stays as it was.
+            tracing::warn!(record = %record_id, notification = %nid, "the notification a registration names is not pending for it");
+        }
+    }
     if let (Some(target), Event::Amendment(a)) = (amended.as_ref(), &plan.event) {
         amend_record(tx, ctx, record_id, &number, a, target)?;
     }

@@ -100,7 +100,7 @@ pub fn release_hold(
             record_id,
             &stored.office,
             &mut doc,
-            plan(&ctx, record_id, event),
+            plan(&ctx, record_id, event, &view),
             device.last_seq,
             &mut stats,
         ) {

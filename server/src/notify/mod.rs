@@ -140,6 +140,58 @@ impl From<StoredNotification> for NotificationSummary {
     }
 }
 
+/// A notification and the registration that answered it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct RegisteredNotification {
+    /// Its id.
+    pub notification_id: String,
+    /// `birth` or `death`.
+    pub kind: String,
+    /// The commune of residence (6 digits).
+    pub commune: String,
+    /// When it was received, ms since the epoch.
+    pub received_at: i64,
+    /// The record that registered it.
+    pub registered_record_id: String,
+    /// When the server registered that record, ms since the epoch.
+    pub registered_at: i64,
+    /// The time from the notification to the registration, in hours.
+    pub hours_to_registration: f64,
+}
+
+/// The notifications registered in the last `days` days, by registration
+/// time, each with the time it took from the notification to the
+/// registration; and the median of those times, in hours.
+pub fn registered(
+    server: &Server,
+    days: u32,
+) -> Result<(Vec<RegisteredNotification>, Option<f64>), ApiError> {
+    let since = server
+        .now_ms()
+        .saturating_sub(i64::from(days).saturating_mul(86_400_000));
+    let list: Vec<RegisteredNotification> = server
+        .storage()
+        .registered_notifications(since)?
+        .into_iter()
+        .filter_map(|n| {
+            let (record, at) = (n.registered_record_id?, n.registered_at_ms?);
+            Some(RegisteredNotification {
+                notification_id: n.notification_id.to_string(),
+                kind: n.kind,
+                commune: n.commune,
+                received_at: n.received_at_ms,
+                registered_record_id: record.to_string(),
+                registered_at: at,
+                hours_to_registration: ((at - n.received_at_ms) as f64 / 3_600_000.0 * 100.0).round() / 100.0,
+            })
+        })
+        .collect();
+    let mut hours: Vec<f64> = list.iter().map(|n| n.hours_to_registration).collect();
+    hours.sort_by(f64::total_cmp);
+    let median = (!hours.is_empty()).then(|| hours[hours.len() / 2]);
+    Ok((list, median))
+}
+
 /// The notifications not yet registered, oldest first; with
 /// `overdue_days`, only those received more than that many days ago.
 pub fn unregistered(

@@ -723,6 +723,8 @@ pub trait Storage: Send + Sync {
     /// yet registered, oldest first (read-only). What the commune's
     /// tablets are to receive.
     fn pending_notifications(&self, commune: &str) -> Result<Vec<StoredNotification>, StorageError>;
+    /// The notifications registered since `since_ms`, by registration time.
+    fn registered_notifications(&self, since_ms: i64) -> Result<Vec<StoredNotification>, StorageError>;
 
     /// Every notification not yet registered that was received before
     /// `received_before_ms` (all of them with `None`), oldest first
@@ -946,6 +948,17 @@ pub trait WriteTx {
     /// with the same source system and reference exists (the caller reads
     /// it with [`WriteTx::notification_by_source`]).
     fn insert_notification(&mut self, notification: &StoredNotification) -> Result<bool, StorageError>;
+    /// Records that `record_id` registered the notification
+    /// `notification_id`, if it is one of `kind` routed to `office` and
+    /// not registered yet. Returns whether it was.
+    fn register_notification(
+        &mut self,
+        notification_id: Uuid,
+        record_id: Uuid,
+        office: &str,
+        kind: &str,
+        at_ms: i64,
+    ) -> Result<bool, StorageError>;
     /// The notification a system sent under `reference`, if any.
     fn notification_by_source(
         &mut self,

@@ -206,6 +206,16 @@ impl Storage for SqliteStorage {
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
 
+    fn registered_notifications(&self, since_ms: i64) -> Result<Vec<StoredNotification>, StorageError> {
+        let conn = self.reader();
+        let mut st = conn.prepare_cached(&format!(
+            "SELECT {NOTIFICATION_COLUMNS} FROM notifications
+             WHERE registered_at >= ?1 ORDER BY registered_at, notification_id"
+        ))?;
+        let rows = st.query_map(params![since_ms], notification_row)?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
     fn unregistered_notifications(
         &self,
         received_before_ms: Option<i64>,
@@ -914,6 +924,28 @@ impl WriteTx for SqliteTx<'_> {
             params![record_id.to_string(), office, reason, at_ms],
         )?;
         Ok(())
+    }
+
+    fn register_notification(
+        &mut self,
+        notification_id: Uuid,
+        record_id: Uuid,
+        office: &str,
+        kind: &str,
+        at_ms: i64,
+    ) -> Result<bool, StorageError> {
+        let mut st = self.conn.prepare_cached(
+            "UPDATE notifications SET registered_record_id = ?2, registered_at = ?5
+             WHERE notification_id = ?1 AND commune = ?3 AND kind = ?4 AND registered_record_id IS NULL",
+        )?;
+        let n = st.execute(params![
+            notification_id.to_string(),
+            record_id.to_string(),
+            office,
+            kind,
+            at_ms
+        ])?;
+        Ok(n == 1)
     }
 
     fn next_registration_seq(&mut self, office: &str, year: i32) -> Result<u64, StorageError> {

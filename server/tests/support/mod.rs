@@ -51,6 +51,7 @@ pub fn step(action: Action, by: &str) -> Transition {
         } else {
             None
         },
+        notification: None,
     }
 }
 
