@@ -251,6 +251,24 @@ fn every_event_is_registered_with_its_number_and_the_registry_holds_what_it_cann
     let check = server.admin(&["registry", "rebuild", "--check"]).expect_ok();
     assert_eq!(check["identical"], true, "{check}");
     assert!(check["events"].as_u64().unwrap() >= 6, "{check}");
+
+    // Vital statistics count the late registrations apart: the birth of
+    // 2026-11-02 was registered more than 30 days later.
+    assert_eq!(t.show(&birth)["late"], true);
+    let stats = server.admin(&["registry", "stats"]).expect_ok();
+    let line = |kind: &str| {
+        stats["stats"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["kind"] == kind && l["office"] == "171003")
+            .cloned()
+            .unwrap_or_else(|| panic!("{kind} in {stats}"))
+    };
+    assert_eq!(line("birth")["registered"], 1);
+    assert_eq!(line("birth")["late"], 1);
+    assert_eq!(line("marriage")["registered"], 2, "{stats}");
+    assert_eq!(line("death")["late"], 0);
 }
 
 #[test]

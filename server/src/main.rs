@@ -44,6 +44,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
+use crvs_server::storage::Storage as _;
 use crvs_server::storage::sqlite::SqliteStorage;
 use crvs_server::{ApiError, Server, admin, http};
 use serde_json::{Value, json};
@@ -300,6 +301,16 @@ enum RegistryCommand {
         /// Compare only.
         #[arg(long)]
         check: bool,
+    },
+    /// Vital statistics: per office and kind of event, the events
+    /// registered and how many of them late (after the legal period).
+    Stats {
+        /// The data folder.
+        #[arg(long)]
+        data: PathBuf,
+        /// Only the events registered in this year.
+        #[arg(long)]
+        year: Option<i32>,
     },
 }
 
@@ -798,6 +809,20 @@ fn run(cli: Cli) -> Result<(), ApiError> {
                 return Err(ApiError::NoSuchPerson);
             };
             print_line(json_mode, &to_json(&p)?, &crvs_server::registry::person_text(&p));
+            Ok(())
+        }
+        Command::Registry {
+            command: RegistryCommand::Stats { data, year },
+        } => {
+            let storage = open_storage(&data)?;
+            let stats = storage.registration_stats(year)?;
+            let text = lines(&stats, "no registered events", |s| {
+                format!(
+                    "{}  {:<9}  {} registered, {} late",
+                    s.office, s.kind, s.registered, s.late
+                )
+            });
+            print_line(json_mode, &json!({ "year": year, "stats": stats }), &text);
             Ok(())
         }
         Command::Registry {

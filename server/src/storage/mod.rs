@@ -743,6 +743,10 @@ pub trait Storage: Send + Sync {
     fn registry_entry(&self, kidc: &Kidc) -> Result<Option<RegistryEntry>, StorageError>;
     /// The registry in canonical form (read-only).
     fn registry_dump(&self) -> Result<RegistryDump, StorageError>;
+    /// Vital statistics from the registry's event log: per office and
+    /// kind of event, how many were registered and how many of those late,
+    /// in the registration year `year` (all years when `None`).
+    fn registration_stats(&self, year: Option<i32>) -> Result<Vec<RegistrationStat>, StorageError>;
     /// The registry's canonical form, and its whole event log handed to
     /// `each` in order, a batch at a time, read in one read transaction so
     /// that they agree while the server runs (read-only; does not wait for
@@ -751,6 +755,19 @@ pub trait Storage: Send + Sync {
         &self,
         each: &mut dyn FnMut(&[RegistryEventRow]) -> Result<(), StorageError>,
     ) -> Result<RegistryDump, StorageError>;
+}
+
+/// One line of [`Storage::registration_stats`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RegistrationStat {
+    /// The registering office (6-digit commune code).
+    pub office: String,
+    /// The kind of event.
+    pub kind: String,
+    /// Events registered.
+    pub registered: u64,
+    /// Of those, registered after the legal period.
+    pub late: u64,
 }
 
 /// The savepoints of a write transaction (see [`WriteTx::savepoint`]).

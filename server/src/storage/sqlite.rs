@@ -30,9 +30,9 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::{
-    ApiKeyRow, Device, DeviceRefusal, FeedTo, HoldRow, Issuance, LogEntry, NewDevice, ReleaseAudit,
-    Savepoint, ServerChange, StaffEvent, StaffMember, StaffPut, StaffPutOutcome, StaffRemoval, Storage,
-    StorageError, StoredNotification, StoredRecord, SyncSeen, TokenRow, UnblockAudit, WriteTx,
+    ApiKeyRow, Device, DeviceRefusal, FeedTo, HoldRow, Issuance, LogEntry, NewDevice, RegistrationStat,
+    ReleaseAudit, Savepoint, ServerChange, StaffEvent, StaffMember, StaffPut, StaffPutOutcome, StaffRemoval,
+    Storage, StorageError, StoredNotification, StoredRecord, SyncSeen, TokenRow, UnblockAudit, WriteTx,
     plan_staff_put, staff_key,
 };
 use super::{
@@ -227,6 +227,25 @@ impl Storage for SqliteStorage {
              ORDER BY received_at, notification_id"
         ))?;
         let rows = st.query_map(params![received_before_ms.unwrap_or(i64::MAX)], notification_row)?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    fn registration_stats(&self, year: Option<i32>) -> Result<Vec<RegistrationStat>, StorageError> {
+        let conn = self.reader();
+        // The year is the registration number's (office/year/sequence).
+        let mut st = conn.prepare_cached(
+            "SELECT office, kind, count(*), sum(late) FROM registry_events
+             WHERE ?1 IS NULL OR substr(registration_number, 8, 4) = printf('%04d', ?1)
+             GROUP BY office, kind ORDER BY office, kind",
+        )?;
+        let rows = st.query_map(params![year], |r| {
+            Ok(RegistrationStat {
+                office: r.get(0)?,
+                kind: r.get(1)?,
+                registered: to_u64(r.get(2)?)?,
+                late: to_u64(r.get(3)?)?,
+            })
+        })?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
 
