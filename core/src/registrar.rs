@@ -23,10 +23,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use automerge::{ActorId, AutoCommit, ChangeHash};
 use crvs_schema::enrol::{self, EnrolmentToken};
 use crvs_schema::gazetteer::{GazetteerCode, Level};
-use crvs_schema::record::{self, RecordKind};
+use crvs_schema::record;
 use crvs_schema::wire::SignedChangeSet;
 use crvs_schema::workflow::{self, Action, Transition};
-use crvs_schema::{BirthRegistration, Date};
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use rand::Rng;
 use rusqlite::Connection;
@@ -545,48 +544,7 @@ impl Registrar {
     /// family registers away from home). A device clock that is not set
     /// gives [`Error::Clock`].
     pub fn register_birth(&self, json: &str, by: &str) -> Result<RecordId> {
-        let now = checked_now_ms()?;
-        let office = GazetteerCode::parse_level(&self.office, Level::Commune)
-            .map_err(|_| Error::Corrupt("the store's office is not a commune code".into()))?;
-        let registration =
-            BirthRegistration::from_json_str_at_office(json, Date::today_in_cambodia(now), &office)?;
-        let mut conn = lock(&self.conn);
-        let submission = Transition {
-            action: Action::Submit,
-            by: by.trim().to_string(),
-            at_ms: now,
-            device: self.device_label(&conn)?,
-            reason: None,
-            notification: None,
-        };
-        let status = workflow::check_append(&[], &submission)?;
-        let id = RecordId::at(now);
-        let mut doc = record::new_record(
-            self.actor.clone(),
-            RecordKind::Birth,
-            &self.office,
-            &registration.to_json_value(),
-            &submission,
-        )?;
-        let row = RecordRow {
-            id: id.0,
-            kind: RecordKind::Birth.as_str().to_string(),
-            status: status.as_str().to_string(),
-            created_at: now,
-            updated_at: now,
-            doc_sealed: self.key.seal(&doc_aad(&id.0), &doc.save()),
-            kidc_sealed: None,
-            outboxed_heads: Vec::new(),
-            dirty: true,
-            last_outbox_seq: None,
-            server_updated_at: None,
-            set_aside_at: None,
-        };
-        let tx = conn.transaction()?;
-        store::insert_record(&tx, &row)?;
-        tx.commit()?;
-        tracing::info!(record = %id, "birth registered");
-        Ok(id)
+        self.register_event(json, by, Some(crvs_schema::event::EventKind::Birth))
     }
 
     /// Records that `by` verified the record (a different staff member from
