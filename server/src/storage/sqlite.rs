@@ -1704,3 +1704,69 @@ fn registry_events_after(
     })?;
     Ok(rows.collect::<Result<Vec<_>, _>>()?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A server upgraded to migration 008 (records of the office) gives
+    /// each enrolled tablet the records the office's other tablets made
+    /// before: a snapshot in its feed, and none of its own or of another
+    /// office's.
+    #[test]
+    fn the_office_migration_gives_each_tablet_its_offices_other_records() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("server.db");
+        let options = crvs_sqlite::OpenOptions {
+            create: true,
+            migrations: &MIGRATIONS[..7],
+            ..Default::default()
+        };
+        let conn = crvs_sqlite::open(&path, &options).expect("open at version 7");
+        let [a, b, c] = [Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7()];
+        for (id, office) in [(a, "171003"), (b, "171003"), (c, "171004")] {
+            conn.execute(
+                "INSERT INTO devices (device_id, office, public_key, enrolled_at, last_hash) VALUES (?1, ?2, '', 0, '')",
+                params![id.to_string(), office],
+            )
+            .expect("device");
+        }
+        let [r1, r2, r3] = [Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7()];
+        for (id, office, origin) in [(r1, "171003", a), (r2, "171003", a), (r3, "171004", c)] {
+            conn.execute(
+                "INSERT INTO records (record_id, office, origin_device, kind, status, doc, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, 'birth', 'registered', x'00', 1, 1)",
+                params![id.to_string(), office, origin.to_string()],
+            )
+            .expect("record");
+        }
+        // a's own feed before the migration: the server's change to r1.
+        conn.execute(
+            "INSERT INTO server_changes (device_id, record_id, change, created_at) VALUES (?1, ?2, x'01', 1)",
+            params![a.to_string(), r1.to_string()],
+        )
+        .expect("feed");
+        drop(conn);
+
+        let storage = SqliteStorage::open(&path).expect("migrates");
+        let mut tx = storage.begin().expect("tx");
+        let mut feed = |device: Uuid| -> Vec<(Uuid, Vec<u8>)> {
+            tx.server_changes_since(device, 0, 100)
+                .expect("feed")
+                .into_iter()
+                .map(|c| (c.record_id, c.change))
+                .collect()
+        };
+        assert_eq!(
+            feed(b),
+            [(r1, vec![0]), (r2, vec![0])],
+            "b receives a's records, whole"
+        );
+        assert_eq!(
+            feed(a),
+            [(r1, vec![1])],
+            "a keeps its own feed, no snapshot of its own records"
+        );
+        assert!(feed(c).is_empty(), "c's office has no other device's record");
+    }
+}
