@@ -20,14 +20,17 @@
 //!    is signed with the server's actor (`server_owned_field`), the tablet
 //!    only wrote tablet-owned fields and kept the workflow valid
 //!    (`server_owned_field` / `invalid_record`), the record lies in the
-//!    device's office and belongs to it (`out_of_scope`);
+//!    device's office (`out_of_scope`; any tablet of the office may
+//!    continue a record of the office);
 //! 8. the server's own part, with the server's actor, only when it has
-//!    something to say: a hold when the birth data does not validate
-//!    against the *server's* date and the record's office
-//!    (`birth::validate_at_office`: a residence outside the commune
-//!    without `registered_away_from_residence`) — never a refusal: that
-//!    would block the tablet's outbox forever; and for an approved birth
-//!    without a hold, its KIdC;
+//!    something to say: a hold when the event's data does not validate
+//!    against the *server's* date and the record's office (for a birth
+//!    `birth::validate_at_office`: a residence outside the commune
+//!    without `registered_away_from_residence`), when its workflow breaks
+//!    the rules or its data is in conflict — never a refusal: that would
+//!    block the tablet's outbox forever; and for an approved record
+//!    without a hold, its registration (`register`: the registry's
+//!    checks, a birth's KIdC, the registration number);
 //! 9. the signed bytes go verbatim into the append-only change-set log and
 //!    the device's chain advances.
 //!
