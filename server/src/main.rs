@@ -93,6 +93,10 @@ enum Command {
         /// Open connections at most (also capped by the open-files limit).
         #[arg(long, default_value_t = 4096)]
         max_connections: usize,
+        /// The legal period for registering a birth, in days: a birth
+        /// registered later carries the late flag.
+        #[arg(long, default_value_t = crvs_server::DEFAULT_LATE_BIRTH_DAYS)]
+        late_birth_days: u32,
     },
     /// Create a one-time enrolment token for a commune.
     EnrollToken {
@@ -521,6 +525,7 @@ fn run(cli: Cli) -> Result<(), ApiError> {
             tls_key,
             insecure_http,
             max_connections,
+            late_birth_days,
         } => {
             let tls = match (&tls_cert, &tls_key) {
                 (Some(cert), Some(key)) => {
@@ -536,7 +541,7 @@ fn run(cli: Cli) -> Result<(), ApiError> {
             }
             // One serving process per data folder; `restore` waits for none.
             let _lock = crvs_server::backup::lock_data_dir(&data).map_err(backup_error)?;
-            let server = Arc::new(open(&data)?);
+            let server = Arc::new(open(&data)?.with_late_birth_days(late_birth_days));
             let runtime = tokio::runtime::Runtime::new()
                 .map_err(|e| ApiError::Internal(format!("cannot start the runtime: {e}")))?;
             runtime.block_on(async move {
