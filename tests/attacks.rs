@@ -370,6 +370,7 @@ fn a_tablet_rewriting_a_registered_birth_without_an_amendment_is_refused() {
         device: "forged".into(),
         reason: None,
         notification: None,
+        code: None,
     };
     let data: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(fixture("birth-sok-dara.json")).unwrap()).unwrap();

@@ -22,6 +22,17 @@ fn python_registers_verifies_approves_and_syncs_a_birth_to_a_valid_kidc() {
 
     let server_data = tmp.path().join("server");
     let server = Server::start(&server_data);
+    // The office's roster, before enrolment: the tablet receives it with
+    // its enrolment, and every acting call then takes the PIN.
+    let pins = [
+        ("clerk-01", "clerk,verifier", "204816"),
+        ("clerk-02", "clerk,verifier", "731950"),
+        ("registrar-01", "registrar", "582013"),
+    ];
+    for (id, roles, pin) in pins {
+        add_staff(&server_data, "171003", id, roles, pin);
+    }
+    let pins: Vec<String> = pins.iter().map(|(id, _, pin)| format!("{id}={pin}")).collect();
     let token = token(&server_data, "171003");
     let work = tmp.path().join("work");
     std::fs::create_dir_all(&work).unwrap();
@@ -31,6 +42,7 @@ fn python_registers_verifies_approves_and_syncs_a_birth_to_a_valid_kidc() {
         .env("CRVS_BINDINGS_DIR", &bindings)
         .env("CRVS_SERVER_URL", server.url())
         .env("CRVS_TOKEN", &token)
+        .env("CRVS_STAFF_PINS", pins.join(","))
         .env("CRVS_WORK_DIR", &work)
         .env("CRVS_FIXTURES", workspace().join("fixtures"))
         .env("PYTHONDONTWRITEBYTECODE", "1")

@@ -52,6 +52,7 @@ fn main() {
             device: device.clone(),
             reason: None,
             notification: None,
+            code: None,
         };
         let mut doc = record::new_record(
             actor.clone(),

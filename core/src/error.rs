@@ -83,6 +83,10 @@ pub enum Error {
     /// 2025-01-01 (see `registrar::EARLIEST_CLOCK_MS`). Nothing was stored.
     #[error("the device clock is wrong: it reads a date before 2025-01-01")]
     Clock,
+    /// A staff member may not act: not on the roster, without the role, a
+    /// wrong or missing PIN, locked. Nothing was stored.
+    #[error("{0}")]
+    Staff(crate::registrar::StaffError),
 }
 
 impl Error {
@@ -108,6 +112,7 @@ impl Error {
             Error::Corrupt(_) => "corrupt",
             Error::Tampered(_) => "tampered",
             Error::Clock => "clock",
+            Error::Staff(s) => s.code(),
         }
     }
 
@@ -141,6 +146,7 @@ impl Error {
                 "Nothing was sent or changed. Keep the tablet as it is and call the district office: someone edited the store's file."
             }
             Error::Clock => "Set the tablet's date and time, then try again. Nothing was stored.",
+            Error::Staff(s) => s.hint(),
         }
     }
 }

@@ -25,6 +25,6 @@ pub use crvs_schema::event;
 pub use crvs_schema::workflow::Status;
 pub use crypto::Passphrase;
 pub use error::{Error, Result};
-pub use registrar::{Enrollment, Record, RecordId, RecordSummary, Registrar, RepairReport, SyncState};
+pub use registrar::{Actor, Enrollment, Record, RecordId, RecordSummary, Registrar, RepairReport, SyncState};
 pub use sync::{Quiet, SyncObserver, SyncPhase, SyncProgress, SyncReport};
 pub use transport::{HttpTransport, Transport};

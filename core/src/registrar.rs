@@ -14,7 +14,9 @@
 
 mod events;
 mod repair;
+mod staff;
 pub use repair::RepairReport;
+pub use staff::{Actor, MAX_PIN_TRIES, StaffError};
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
@@ -445,6 +447,22 @@ impl Registrar {
         }
         let device = uuid::Uuid::parse_str(&answer.device_id)
             .map_err(|_| Error::Protocol("the server's device id is not a UUID".into()))?;
+        // The office's roster, sealed with the same key: from now on staff
+        // prove who they are before the first sync.
+        let directory = match &answer.directory {
+            Some(sealed) => Some(
+                hex::decode(sealed)
+                    .ok()
+                    .and_then(|b| crvs_schema::wire::open_directory(&b, &server_key).ok())
+                    .ok_or_else(|| {
+                        Error::Protocol(
+                            "the office roster in the enrolment answer does not verify; nothing was stored: enrol again"
+                                .into(),
+                        )
+                    })?,
+            ),
+            None => None,
+        };
         let server_key = server_key.to_bytes();
         let secret = Zeroizing::new(signing_key.to_bytes());
         let sealed = self.key.seal(SIGNING_KEY_AAD, secret.as_ref());
@@ -457,6 +475,9 @@ impl Registrar {
         tx.execute("DELETE FROM meta WHERE key = ?1", [meta::PENDING_SIGNING_KEY])?;
         if let Some(ca) = ca_pem {
             store::set_meta(&tx, meta::SERVER_CA, ca.trim())?;
+        }
+        if let Some(d) = &directory {
+            self.keep_directory(&tx, d)?;
         }
         tx.commit()?;
         tracing::info!(device = %device, "tablet enrolled");
@@ -543,34 +564,65 @@ impl Registrar {
     /// residence lies in its commune unless the registration says the
     /// family registers away from home). A device clock that is not set
     /// gives [`Error::Clock`].
-    pub fn register_birth(&self, json: &str, by: &str) -> Result<RecordId> {
+    pub fn register_birth<'a>(&self, json: &str, by: impl Into<Actor<'a>>) -> Result<RecordId> {
         self.register_event(json, by, Some(crvs_schema::event::EventKind::Birth))
     }
 
     /// Records that `by` verified the record (a different staff member from
     /// the one who entered it).
-    pub fn verify(&self, id: &RecordId, by: &str) -> Result<workflow::Status> {
-        self.transition(id, Action::Verify, by, None)
+    pub fn verify<'a>(&self, id: &RecordId, by: impl Into<Actor<'a>>) -> Result<workflow::Status> {
+        self.transition(id, Action::Verify, by.into(), None, None)
     }
 
     /// Records that `by` approved the (verified) record.
-    pub fn approve(&self, id: &RecordId, by: &str) -> Result<workflow::Status> {
-        self.transition(id, Action::Approve, by, None)
+    pub fn approve<'a>(&self, id: &RecordId, by: impl Into<Actor<'a>>) -> Result<workflow::Status> {
+        self.transition(id, Action::Approve, by.into(), None, None)
     }
 
-    /// Records that `by` rejected the record, for `reason` (required).
-    pub fn reject(&self, id: &RecordId, by: &str, reason: &str) -> Result<workflow::Status> {
-        self.transition(id, Action::Reject, by, Some(reason))
+    /// Records that `by` rejected the record, for `reason` (required),
+    /// without a reason code (see [`Registrar::reject_with_code`]).
+    pub fn reject<'a>(
+        &self,
+        id: &RecordId,
+        by: impl Into<Actor<'a>>,
+        reason: &str,
+    ) -> Result<workflow::Status> {
+        self.transition(id, Action::Reject, by.into(), Some(reason), None)
+    }
+
+    /// Records that `by` rejected the record with the reason code `code`,
+    /// one of [`Registrar::rejection_codes`] (the server's list), and the
+    /// free text `reason` (required).
+    pub fn reject_with_code<'a>(
+        &self,
+        id: &RecordId,
+        by: impl Into<Actor<'a>>,
+        code: &str,
+        reason: &str,
+    ) -> Result<workflow::Status> {
+        let code = code.trim();
+        if !self.rejection_codes()?.iter().any(|c| c.code == code) {
+            return Err(Error::InvalidInput(
+                "unknown rejection code: `crvs staff list --json` shows the server's list".into(),
+            ));
+        }
+        self.transition(id, Action::Reject, by.into(), Some(reason), Some(code))
     }
 
     fn transition(
         &self,
         id: &RecordId,
         action: Action,
-        by: &str,
+        by: Actor<'_>,
         reason: Option<&str>,
+        code: Option<&str>,
     ) -> Result<workflow::Status> {
         let now = checked_now_ms()?;
+        // The step's shape first (a missing reason), then who takes it.
+        if action == Action::Reject && reason.is_none_or(|r| r.trim().is_empty()) {
+            return Err(workflow::WorkflowError::MissingReason.into());
+        }
+        let by = self.authorize(by, Some(crvs_schema::staff::Role::for_action(action)))?;
         let mut conn = lock(&self.conn);
         let device = self.device_label(&conn)?;
         let tx = conn.transaction()?;
@@ -579,11 +631,12 @@ impl Registrar {
         let view = record::read(&doc)?;
         let t = Transition {
             action,
-            by: by.trim().to_string(),
+            by,
             at_ms: now,
             device,
             reason: reason.map(|r| r.trim().to_string()),
             notification: None,
+            code: code.map(str::to_string),
         };
         workflow::check_append(&view.transitions, &t)?;
         record::append_transition(&mut doc, &t)?;

@@ -71,6 +71,12 @@ pub mod meta {
     /// The office's pending notifications, as the last sync answer listed
     /// them (sealed JSON: they hold names).
     pub const NOTIFICATIONS: &str = "pending_notifications_sealed";
+    /// The office's roster and rejection codes as the server last sent
+    /// them (sealed bincode of [`crvs_schema::staff::OfficeDirectory`]).
+    pub const DIRECTORY: &str = "office_directory_sealed";
+    /// Wrong PINs counted and PINs changed on this tablet, per staff
+    /// member (sealed JSON; hashes and counts only).
+    pub const PIN_STATE: &str = "staff_pin_state_sealed";
     /// The server feed position applied so far.
     pub const CURSOR: &str = "pull_cursor";
     /// The sequence number of the next change set.

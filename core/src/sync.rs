@@ -352,6 +352,7 @@ mod tests {
             issuances: Vec::new(),
             chain: ChainPosition::default(),
             notifications: Vec::new(),
+            directory: None,
         }
     }
 

@@ -49,6 +49,7 @@ fn step(action: Action, by: &str) -> Transition {
         device: "tablet".into(),
         reason: (action == Action::Reject).then(|| "documents missing".into()),
         notification: None,
+        code: None,
     }
 }
 
@@ -245,6 +246,17 @@ fn main() {
             received_at_ms: NOW_MS,
             payload: "{}".into(),
         }],
+        directory: Some(crvs_schema::staff::OfficeDirectory {
+            office: "171003".into(),
+            issued_at_ms: NOW_MS,
+            enforced: true,
+            staff: vec![crvs_schema::staff::RosterMember {
+                staff_id: "clerk-01".into(),
+                roles: 1,
+                pin_hash: "$argon2id$v=19$m=8,t=1,p=1$c2FsdHNhbHQ$aGFzaA".into(),
+            }],
+            rejection_codes: crvs_schema::staff::default_rejection_codes(),
+        }),
     };
     let resp_bytes = resp.seal(&server_key()).expect("seal answer");
     write("sync_response", "frame-real", &with_mode(0, &resp_bytes));

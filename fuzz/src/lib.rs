@@ -305,6 +305,7 @@ pub fn new_base_record() -> AutoCommit {
             device: "tablet".into(),
             reason: None,
             notification: None,
+            code: None,
         },
     )
     .expect("a record of the fixture")

@@ -108,6 +108,7 @@ fn an_approved_birth_through_the_server_target_is_applied_and_registered() {
             device: "tablet".into(),
             reason: None,
             notification: None,
+            code: None,
         };
         crvs_schema::record::append_transition(&mut doc, &step).expect("a step");
     }

@@ -164,6 +164,7 @@ fn step(action: Action, by: &str) -> Transition {
         device: "tablet".into(),
         reason: None,
         notification: None,
+        code: None,
     }
 }
 

@@ -24,6 +24,13 @@ import kotlinx.coroutines.runBlocking
 const val PASSPHRASE = "a long passphrase the registrar chose"
 const val NEW_PASSPHRASE = "rice fields after the monsoon rains"
 const val COMMUNE = "171003"
+
+// The staff's PINs, set on the server's roster before enrolment (run.sh):
+// "clerk-01=PIN,clerk-02=PIN,...".
+val PIN: Map<String, String> = System.getenv("CRVS_STAFF_PINS").split(",").associate {
+    val (id, pin) = it.split("=", limit = 2)
+    id to pin
+}
 var checks = 0
 
 fun check(condition: Boolean, what: () -> String) {
@@ -109,23 +116,38 @@ fun flow() {
         val enrollment = registrar.enroll(System.getenv("CRVS_SERVER_URL"), System.getenv("CRVS_TOKEN"), null)
         check(enrollment.office == COMMUNE) { "enrolled for office ${enrollment.office}" }
 
+        // The office's roster came with the enrolment: staff prove who they
+        // are with their own PIN, and act in their roles.
+        check(registrar.rosterJson().contains("\"enforced\":true")) { "the roster is in force" }
+        check("argon2" !in registrar.rosterJson()) { "no PIN hash in the roster's JSON" }
+        val noPin = expectError<CrvsException.Staff> { registrar.registerBirth(birth, "clerk-01", null) }
+        check(noPin.code == "pin_required") { "a PIN is required: ${noPin.code}" }
+        val wrongPin = expectError<CrvsException.Staff> { registrar.registerBirth(birth, "clerk-01", "999999") }
+        check(wrongPin.code == "wrong_pin" && wrongPin.triesLeft == 4u) { "a wrong PIN: ${wrongPin.code}" }
+        check("999999" !in wrongPin.reason) { "the PIN is never repeated" }
+        check(Regex("\"record_id\"").findAll(registrar.listJson()).count() == 0) { "nothing stored" }
+
         // A clerk registers the fixture birth; an invalid one names its fields.
-        val id = registrar.registerBirth(birth, "clerk-01")
-        val invalidErr = expectError<CrvsException.InvalidRecord> { registrar.registerBirth(invalid, "clerk-01") }
+        val id = registrar.registerBirth(birth, "clerk-01", PIN["clerk-01"])
+        val invalidErr = expectError<CrvsException.InvalidRecord> { registrar.registerBirth(invalid, "clerk-01", PIN["clerk-01"]) }
         val fields = invalidErr.problems.map { it.field }
         check(fields.size >= 2 && "child.family_name" in fields) { "problems named $fields" }
         check(Regex("\"record_id\"").findAll(registrar.listJson()).count() == 1) { "the invalid birth stored nothing" }
 
         // The clerk may not verify their own record; nothing changes.
-        val same = expectError<CrvsException.NotAllowed> { registrar.verify(id, "clerk-01") }
+        val same = expectError<CrvsException.NotAllowed> { registrar.verify(id, "clerk-01", PIN["clerk-01"]) }
         check(same.reason.isNotBlank()) { "NotAllowed carries a reason" }
         check(field(registrar.recordJson(id), "status") == "submitted") { "still submitted" }
-        expectError<CrvsException.NotFound> { registrar.verify("01234567-89ab-7def-8123-456789abcdef", "x") }
-        expectError<CrvsException.InvalidInput> { registrar.verify("not-a-uuid", "x") }
+        expectError<CrvsException.NotFound> { registrar.verify("01234567-89ab-7def-8123-456789abcdef", "clerk-02", PIN["clerk-02"]) }
+        expectError<CrvsException.InvalidInput> { registrar.verify("not-a-uuid", "clerk-02", PIN["clerk-02"]) }
+
+        // Only a registrar approves.
+        val notRegistrar = expectError<CrvsException.Staff> { registrar.approve(id, "clerk-02", PIN["clerk-02"]) }
+        check(notRegistrar.code == "role_missing") { "a clerk does not approve: ${notRegistrar.code}" }
 
         // A second staff member verifies, the registrar approves.
-        check(registrar.verify(id, "clerk-02") == RecordStatus.VERIFIED) { "verified" }
-        check(registrar.approve(id, "registrar-01") == RecordStatus.APPROVED) { "approved" }
+        check(registrar.verify(id, "clerk-02", PIN["clerk-02"]) == RecordStatus.VERIFIED) { "verified" }
+        check(registrar.approve(id, "registrar-01", PIN["registrar-01"]) == RecordStatus.APPROVED) { "approved" }
 
         runBlocking {
             // A progress callback that asks to stop: a clean, cancelled report.
@@ -171,16 +193,16 @@ fun flow() {
         val death = java.io.File(fixtures, "death-by-kidc.json").readText().replace("1000000001", kidc)
         val amendment = java.io.File(fixtures, "amendment-add-given-name.json").readText()
         val noReason = java.io.File(fixtures, "amendment-no-reason.json").readText()
-        val deathId = registrar.registerEvent(death, "clerk-01")
-        check(registrar.verify(deathId, "clerk-02") == RecordStatus.VERIFIED) { "death verified" }
-        check(registrar.approve(deathId, "registrar-01") == RecordStatus.APPROVED) { "death approved" }
-        val noReasonErr = expectError<CrvsException.InvalidRecord> { registrar.amend(id, noReason, "clerk-01") }
+        val deathId = registrar.registerEvent(death, "clerk-01", PIN["clerk-01"])
+        check(registrar.verify(deathId, "clerk-02", PIN["clerk-02"]) == RecordStatus.VERIFIED) { "death verified" }
+        check(registrar.approve(deathId, "registrar-01", PIN["registrar-01"]) == RecordStatus.APPROVED) { "death approved" }
+        val noReasonErr = expectError<CrvsException.InvalidRecord> { registrar.amend(id, noReason, "clerk-01", PIN["clerk-01"]) }
         check(noReasonErr.problems.any { it.field == "reason" }) { "the missing reason is named" }
-        val amendmentId = registrar.amend(id, amendment, "clerk-01")
+        val amendmentId = registrar.amend(id, amendment, "clerk-01", PIN["clerk-01"])
         check(amendmentId != id) { "an amendment is a record of its own" }
-        expectError<CrvsException.NotAllowed> { registrar.verify(amendmentId, "clerk-01") }
-        registrar.verify(amendmentId, "clerk-02")
-        registrar.approve(amendmentId, "registrar-01")
+        expectError<CrvsException.NotAllowed> { registrar.verify(amendmentId, "clerk-01", PIN["clerk-01"]) }
+        registrar.verify(amendmentId, "clerk-02", PIN["clerk-02"])
+        registrar.approve(amendmentId, "registrar-01", PIN["registrar-01"])
         runBlocking {
             val report = registrar.sync(Recorder())
             check(report.pending == 0uL) { "death and amendment pushed: $report" }

@@ -53,6 +53,8 @@ grep -q 'public protocol SyncProgress' "$work/swift/CrvsMobile.swift"
 grep -q '^enum CrvsError: Swift.Error' "$work/swift/CrvsMobile.swift"
 grep -q 'open func changePassphrase(old: String, new: String)' "$work/swift/CrvsMobile.swift"
 grep -q 'case WeakPassphrase(' "$work/swift/CrvsMobile.swift"
+grep -q 'case Staff(' "$work/swift/CrvsMobile.swift"
+grep -q 'open func verify(id: String, by: String, pin: String?)' "$work/swift/CrvsMobile.swift"
 echo "ok: $(ls "$work/swift" | tr '\n' ' ')"
 
 echo "== generate the Kotlin bindings and compile Flow.kt"
@@ -73,13 +75,20 @@ for _ in $(seq 200); do
     sleep 0.1
 done
 [ -n "$addr" ] || { echo "crvs-server did not report its address" >&2; cat "$work/server.err" >&2; exit 1; }
+# The office's roster, before enrolment: the tablet receives it with its
+# enrolment, and every acting call then takes the PIN.
+pins="clerk-01=204816,clerk-02=731950,registrar-01=582013"
+for entry in "clerk-01:clerk,verifier:204816" "clerk-02:clerk,verifier:731950" "registrar-01:registrar:582013"; do
+    IFS=: read -r id roles pin <<<"$entry"
+    CRVS_PIN="$pin" "$target/crvs-server" staff add --data "$work/server" --commune 171003 --id "$id" --role "$roles" --json >/dev/null
+done
 token=$("$target/crvs-server" enroll-token --data "$work/server" --commune 171003 --json |
     python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
 echo "listening on $addr"
 
 echo "== run Flow.kt on the JVM"
 mkdir -p "$work/tablet"
-CRVS_SERVER_URL="http://$addr" CRVS_TOKEN="$token" CRVS_WORK_DIR="$work/tablet" CRVS_FIXTURES="$root/fixtures" \
+CRVS_SERVER_URL="http://$addr" CRVS_TOKEN="$token" CRVS_STAFF_PINS="$pins" CRVS_WORK_DIR="$work/tablet" CRVS_FIXTURES="$root/fixtures" \
     java -Djna.library.path="$target" -cp "$work/flow.jar:$stdlib:$jna:$coroutines" kh.gov.crvs.flow.FlowKt \
     | tee "$work/flow.out"
 

@@ -146,6 +146,19 @@ pub enum CrvsError {
         /// The rows, by table and id or key (never their content).
         rows: Vec<String>,
     },
+    /// The staff member may not act: `code` is `not_on_roster`,
+    /// `role_missing`, `pin_required`, `wrong_pin` (`tries_left` says how
+    /// many wrong PINs remain before the lock), `staff_locked` (a
+    /// registrar unlocks them) or `weak_pin`. Nothing was stored.
+    #[error("{reason}")]
+    Staff {
+        /// The stable code.
+        code: String,
+        /// What is wrong (staff ids and counts, never a PIN).
+        reason: String,
+        /// For `wrong_pin`: wrong PINs left before the lock; else 0.
+        tries_left: u32,
+    },
 }
 
 impl From<crvs_core::Error> for CrvsError {
@@ -171,6 +184,14 @@ impl From<crvs_core::Error> for CrvsError {
             E::Cancelled => CrvsError::Cancelled,
             E::Corrupt(reason) => CrvsError::Corrupt { reason },
             E::Tampered(rows) => CrvsError::Tampered { rows },
+            E::Staff(s) => CrvsError::Staff {
+                code: s.code().to_string(),
+                reason: s.to_string(),
+                tries_left: match &s {
+                    crvs_core::registrar::StaffError::WrongPin { tries_left, .. } => *tries_left,
+                    _ => 0,
+                },
+            },
             other => CrvsError::Other {
                 code: other.code().to_string(),
                 reason: other.to_string(),

@@ -111,6 +111,12 @@ impl Registrar {
     }
 }
 
+/// The acting staff member, with their PIN if given. (The PIN string
+/// crosses the FFI boundary as the caller's; it is not copied here.)
+fn actor<'a>(by: &'a str, pin: &'a Option<String>) -> crvs_core::Actor<'a> {
+    crvs_core::Actor::new(by, pin.as_deref())
+}
+
 fn record_id(id: &str) -> Result<RecordId, CrvsError> {
     Ok(RecordId::parse(id)?)
 }
@@ -167,18 +173,31 @@ impl Registrar {
     /// Registers a birth from its JSON (the same as `crvs birth register`
     /// reads), entered by staff member `by`; returns the new record id.
     /// `InvalidRecord` lists every bad field and stores nothing.
-    pub fn register_birth(&self, registration_json: String, by: String) -> Result<String, CrvsError> {
-        Ok(self.core.register_birth(&registration_json, &by)?.to_string())
+    pub fn register_birth(
+        &self,
+        registration_json: String,
+        by: String,
+        pin: Option<String>,
+    ) -> Result<String, CrvsError> {
+        Ok(self
+            .core
+            .register_birth(&registration_json, actor(&by, &pin))?
+            .to_string())
     }
 
     /// Registers any vital event but an amendment from its JSON (its
     /// `"event"` names it: `death`, `marriage`, `divorce`, `adoption`, or
     /// none for a birth), entered by staff member `by`; returns the new
     /// record id. `InvalidRecord` lists every bad field and stores nothing.
-    pub fn register_event(&self, registration_json: String, by: String) -> Result<String, CrvsError> {
+    pub fn register_event(
+        &self,
+        registration_json: String,
+        by: String,
+        pin: Option<String>,
+    ) -> Result<String, CrvsError> {
         Ok(self
             .core
-            .register_event(&registration_json, &by, None)?
+            .register_event(&registration_json, actor(&by, &pin), None)?
             .to_string())
     }
 
@@ -188,10 +207,16 @@ impl Registrar {
     /// verified and approved like any record. `InvalidRecord` when the
     /// amendment or the birth as amended is invalid, `NotAllowed` before
     /// the birth is approved.
-    pub fn amend(&self, id: String, amendment_json: String, by: String) -> Result<String, CrvsError> {
+    pub fn amend(
+        &self,
+        id: String,
+        amendment_json: String,
+        by: String,
+        pin: Option<String>,
+    ) -> Result<String, CrvsError> {
         Ok(self
             .core
-            .amend(&record_id(&id)?, &amendment_json, &by)?
+            .amend(&record_id(&id)?, &amendment_json, actor(&by, &pin))?
             .to_string())
     }
 
@@ -203,27 +228,61 @@ impl Registrar {
         id: String,
         registration_json: String,
         by: String,
+        pin: Option<String>,
     ) -> Result<RecordStatus, CrvsError> {
         Ok(self
             .core
-            .correct(&record_id(&id)?, &registration_json, &by)?
+            .correct(&record_id(&id)?, &registration_json, actor(&by, &pin))?
             .into())
     }
 
     /// Records that `by` verified the record. `NotAllowed` if `by` is the
     /// clerk who entered it.
-    pub fn verify(&self, id: String, by: String) -> Result<RecordStatus, CrvsError> {
-        Ok(self.core.verify(&record_id(&id)?, &by)?.into())
+    pub fn verify(&self, id: String, by: String, pin: Option<String>) -> Result<RecordStatus, CrvsError> {
+        Ok(self.core.verify(&record_id(&id)?, actor(&by, &pin))?.into())
     }
 
     /// Records that `by` approved the (verified) record.
-    pub fn approve(&self, id: String, by: String) -> Result<RecordStatus, CrvsError> {
-        Ok(self.core.approve(&record_id(&id)?, &by)?.into())
+    pub fn approve(&self, id: String, by: String, pin: Option<String>) -> Result<RecordStatus, CrvsError> {
+        Ok(self.core.approve(&record_id(&id)?, actor(&by, &pin))?.into())
     }
 
-    /// Records that `by` rejected the record, for `reason` (required).
-    pub fn reject(&self, id: String, by: String, reason: String) -> Result<RecordStatus, CrvsError> {
-        Ok(self.core.reject(&record_id(&id)?, &by, &reason)?.into())
+    /// Records that `by` rejected the record with the reason code `code`
+    /// (one of `rejection_codes_json`) and the free text `reason`
+    /// (required).
+    pub fn reject(
+        &self,
+        id: String,
+        by: String,
+        pin: Option<String>,
+        code: String,
+        reason: String,
+    ) -> Result<RecordStatus, CrvsError> {
+        Ok(self
+            .core
+            .reject_with_code(&record_id(&id)?, actor(&by, &pin), &code, &reason)?
+            .into())
+    }
+
+    /// The office's roster as this tablet holds it, as JSON (`crvs staff
+    /// list --json`): `enforced`, `staff` (ids, roles, `locked`), and the
+    /// `rejection_codes` to choose from. No PIN hashes.
+    pub fn roster_json(&self) -> Result<String, CrvsError> {
+        Ok(self.core.roster_json()?.to_string())
+    }
+
+    /// Changes `staff_id`'s PIN on this tablet (`old_pin` proves who they
+    /// are). `Staff { code: "weak_pin" }` if the new one is refused.
+    pub fn set_staff_pin(&self, staff_id: String, old_pin: String, new_pin: String) -> Result<(), CrvsError> {
+        let old = zeroize::Zeroizing::new(old_pin);
+        let new = zeroize::Zeroizing::new(new_pin);
+        Ok(self.core.set_staff_pin(&staff_id, &old, &new)?)
+    }
+
+    /// Unlocks `staff_id` on this tablet after wrong PINs, by the
+    /// registrar `by` with their PIN.
+    pub fn unlock_staff(&self, staff_id: String, by: String, pin: Option<String>) -> Result<(), CrvsError> {
+        Ok(self.core.unlock_staff(&staff_id, actor(&by, &pin))?)
     }
 
     /// The record as JSON, exactly as `crvs show --json` prints it:

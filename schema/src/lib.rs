@@ -22,6 +22,7 @@ pub mod gazetteer;
 pub mod kidc;
 pub mod notification;
 pub mod record;
+pub mod staff;
 pub mod text;
 mod validation;
 

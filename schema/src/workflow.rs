@@ -123,6 +123,23 @@ pub struct Transition {
     /// a health facility or a court) this registration answers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notification: Option<String>,
+    /// On a rejection: the reason's code, from the list the server sends
+    /// ([`crate::staff::OfficeDirectory::rejection_codes`]); `reason` is
+    /// the free text. Rejections made before codes existed have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+}
+
+/// The longest rejection code, in characters.
+pub const MAX_REJECTION_CODE_CHARS: usize = 40;
+
+/// Whether `code` has a rejection code's form: 1 to
+/// [`MAX_REJECTION_CODE_CHARS`] of `a-z 0-9 _`.
+pub fn is_rejection_code(code: &str) -> bool {
+    (1..=MAX_REJECTION_CODE_CHARS).contains(&code.len())
+        && code
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
 /// Why a transition is not allowed. Messages carry no personal data.
@@ -149,6 +166,10 @@ pub enum WorkflowError {
     /// Rejections are printable and need a reason.
     #[error("a rejection needs a reason")]
     MissingReason,
+    /// A rejection code that does not have a code's form, or a code on
+    /// another step than a rejection.
+    #[error("a rejection code is 1 to 40 of the characters a-z, 0-9 and '_', and only a rejection has one")]
+    BadRejectionCode,
     /// Every transition names a staff member.
     #[error("a staff id is required")]
     MissingStaff,
@@ -207,6 +228,11 @@ pub fn next_status(
 ) -> Result<Status, WorkflowError> {
     if staff_id_key(&t.by).is_empty() {
         return Err(WorkflowError::MissingStaff);
+    }
+    if let Some(code) = &t.code
+        && (t.action != Action::Reject || !is_rejection_code(code))
+    {
+        return Err(WorkflowError::BadRejectionCode);
     }
     let Some(current) = current else {
         return match t.action {
@@ -276,6 +302,7 @@ mod tests {
             device: "d".into(),
             reason: None,
             notification: None,
+            code: None,
         }
     }
 

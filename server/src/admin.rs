@@ -241,7 +241,13 @@ fn answer(
         office,
         server_public_key: hex::encode(server.signing_key().verifying_key().to_bytes()),
         signature: String::new(),
+        directory: None,
     };
+    let directory = crate::staff::directory(server.storage(), &response.office)?;
+    response.directory = Some(hex::encode(
+        crvs_schema::wire::seal_directory(&directory, server.signing_key())
+            .map_err(|e| ApiError::Internal(format!("sealing the office directory failed: {e}")))?,
+    ));
     response.sign(
         server.signing_key(),
         &hex::encode(public_key),

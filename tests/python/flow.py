@@ -94,6 +94,11 @@ class Throws(SyncProgress):
         return True
 
 
+# The staff's PINs, set on the server's roster by the test before enrolment:
+# "clerk-01=PIN,clerk-02=PIN,...".
+PIN = dict(pair.split("=", 1) for pair in os.environ["CRVS_STAFF_PINS"].split(","))
+
+
 def main():
     store = os.path.join(os.environ["CRVS_WORK_DIR"], "tablet")
     fixtures = os.environ["CRVS_FIXTURES"]
@@ -131,23 +136,41 @@ def main():
     enrollment = registrar.enroll(os.environ["CRVS_SERVER_URL"], os.environ["CRVS_TOKEN"], None)
     check(enrollment.office == COMMUNE, f"enrolled for office {enrollment.office}")
 
+    # The office's roster came with the enrolment: staff prove who they
+    # are with their own PIN, and act in their roles.
+    roster = json.loads(registrar.roster_json())
+    check(roster["enforced"] and len(roster["staff"]) == 3, f"the roster: {roster}")
+    check("argon2" not in registrar.roster_json(), "no PIN hash in the roster's JSON")
+    e = expect_error(CrvsError.Staff, lambda: registrar.register_birth(birth, "clerk-01", None))
+    check(e.code == "pin_required", f"a PIN is required: {e.code}")
+    e = expect_error(CrvsError.Staff, lambda: registrar.register_birth(birth, "clerk-01", "999999"))
+    check(e.code == "wrong_pin" and e.tries_left == 4, f"a wrong PIN: {e.code} {e.tries_left}")
+    check("999999" not in str(e), "the PIN is never repeated")
+    e = expect_error(CrvsError.Staff, lambda: registrar.register_birth(birth, "nobody", "204816"))
+    check(e.code == "not_on_roster", f"a stranger: {e.code}")
+    check(json.loads(registrar.list_json())["records"] == [], "nothing stored by a refused staff member")
+
     # A clerk registers the fixture birth; an invalid one names its fields.
-    record_id = registrar.register_birth(birth, "clerk-01")
-    e = expect_error(CrvsError.InvalidRecord, lambda: registrar.register_birth(invalid, "clerk-01"))
+    record_id = registrar.register_birth(birth, "clerk-01", PIN["clerk-01"])
+    e = expect_error(CrvsError.InvalidRecord, lambda: registrar.register_birth(invalid, "clerk-01", PIN["clerk-01"]))
     fields = [p.field for p in e.problems]
     check(len(fields) >= 2 and "child.family_name" in fields, f"problems named {fields}")
     check(len(json.loads(registrar.list_json())["records"]) == 1, "the invalid birth stored nothing")
 
     # The clerk may not verify their own record; nothing changes.
-    e = expect_error(CrvsError.NotAllowed, lambda: registrar.verify(record_id, "clerk-01"))
+    e = expect_error(CrvsError.NotAllowed, lambda: registrar.verify(record_id, "clerk-01", PIN["clerk-01"]))
     check(e.reason, "NotAllowed carries a reason")
     check(json.loads(registrar.record_json(record_id))["status"] == "submitted", "still submitted")
-    expect_error(CrvsError.NotFound, lambda: registrar.verify("01234567-89ab-7def-8123-456789abcdef", "x"))
-    expect_error(CrvsError.InvalidInput, lambda: registrar.verify("not-a-uuid", "x"))
+    expect_error(CrvsError.NotFound, lambda: registrar.verify("01234567-89ab-7def-8123-456789abcdef", "clerk-02", PIN["clerk-02"]))
+    expect_error(CrvsError.InvalidInput, lambda: registrar.verify("not-a-uuid", "clerk-02", PIN["clerk-02"]))
+
+    # Only a registrar approves.
+    e = expect_error(CrvsError.Staff, lambda: registrar.approve(record_id, "clerk-02", PIN["clerk-02"]))
+    check(e.code == "role_missing", f"a clerk does not approve: {e.code}")
 
     # A second staff member verifies, the registrar approves.
-    check(registrar.verify(record_id, "clerk-02") == RecordStatus.VERIFIED, "verified")
-    check(registrar.approve(record_id, "registrar-01") == RecordStatus.APPROVED, "approved")
+    check(registrar.verify(record_id, "clerk-02", PIN["clerk-02"]) == RecordStatus.VERIFIED, "verified")
+    check(registrar.approve(record_id, "registrar-01", PIN["registrar-01"]) == RecordStatus.APPROVED, "approved")
 
     # A progress callback that asks to stop: a clean, cancelled report.
     report = asyncio.run(registrar.sync(StopAtOnce()))
@@ -206,16 +229,16 @@ def main():
         amendment = f.read()
     with open(os.path.join(fixtures, "amendment-no-reason.json"), encoding="utf-8") as f:
         no_reason = f.read()
-    death_id = registrar.register_event(death, "clerk-01")
-    check(registrar.verify(death_id, "clerk-02") == RecordStatus.VERIFIED, "death verified")
-    check(registrar.approve(death_id, "registrar-01") == RecordStatus.APPROVED, "death approved")
-    e = expect_error(CrvsError.InvalidRecord, lambda: registrar.amend(record_id, no_reason, "clerk-01"))
+    death_id = registrar.register_event(death, "clerk-01", PIN["clerk-01"])
+    check(registrar.verify(death_id, "clerk-02", PIN["clerk-02"]) == RecordStatus.VERIFIED, "death verified")
+    check(registrar.approve(death_id, "registrar-01", PIN["registrar-01"]) == RecordStatus.APPROVED, "death approved")
+    e = expect_error(CrvsError.InvalidRecord, lambda: registrar.amend(record_id, no_reason, "clerk-01", PIN["clerk-01"]))
     check("reason" in [p.field for p in e.problems], f"the missing reason is named: {e.problems}")
-    amendment_id = registrar.amend(record_id, amendment, "clerk-01")
+    amendment_id = registrar.amend(record_id, amendment, "clerk-01", PIN["clerk-01"])
     check(amendment_id != record_id, "an amendment is a record of its own")
-    expect_error(CrvsError.NotAllowed, lambda: registrar.verify(amendment_id, "clerk-01"))
-    registrar.verify(amendment_id, "clerk-02")
-    registrar.approve(amendment_id, "registrar-01")
+    expect_error(CrvsError.NotAllowed, lambda: registrar.verify(amendment_id, "clerk-01", PIN["clerk-01"]))
+    registrar.verify(amendment_id, "clerk-02", PIN["clerk-02"])
+    registrar.approve(amendment_id, "registrar-01", PIN["registrar-01"])
     report = asyncio.run(registrar.sync(Recorder()))
     check(report.pushed >= 1 and report.pending == 0, f"death and amendment pushed: {report}")
     numbers = set()

@@ -437,6 +437,31 @@ pub fn admin(data: &Path, args: &[&str]) -> Run {
     Run::from_output(out)
 }
 
+/// `crvs-server --json ARGS --data DIR` with more environment variables
+/// (a PIN in `CRVS_PIN` for `staff add`).
+pub fn admin_env(data: &Path, env: &[(&str, &str)], args: &[&str]) -> Run {
+    let out = Command::new(bin("crvs-server"))
+        .args(args)
+        .arg("--data")
+        .arg(data)
+        .arg("--json")
+        .env_remove("CRVS_PIN")
+        .envs(env.iter().copied())
+        .output()
+        .expect("run crvs-server");
+    Run::from_output(out)
+}
+
+/// Puts `id` on `commune`'s roster with `roles` and the first PIN `pin`.
+pub fn add_staff(data: &Path, commune: &str, id: &str, roles: &str, pin: &str) {
+    admin_env(
+        data,
+        &[("CRVS_PIN", pin)],
+        &["staff", "add", "--commune", commune, "--id", id, "--role", roles],
+    )
+    .expect_ok();
+}
+
 /// Creates an enrolment token for a commune.
 pub fn token(data: &Path, commune: &str) -> String {
     admin(data, &["enroll-token", "--commune", commune]).expect_ok()["token"]
@@ -468,12 +493,27 @@ impl Tablet {
 
     /// The same with another passphrase.
     pub fn run_with_passphrase(&self, passphrase: &str, args: &[&str]) -> Run {
+        self.run_env(passphrase, &[], args)
+    }
+
+    /// `crvs --store DIR --json ARGS` as a staff member whose PIN is in
+    /// `CRVS_PIN`.
+    pub fn run_as(&self, pin: &str, args: &[&str]) -> Run {
+        self.run_env(&self.passphrase, &[("CRVS_PIN", pin)], args)
+    }
+
+    /// `crvs --store DIR --json ARGS` with the passphrase and more
+    /// environment variables.
+    pub fn run_env(&self, passphrase: &str, env: &[(&str, &str)], args: &[&str]) -> Run {
         let out = Command::new(bin("crvs"))
             .arg("--store")
             .arg(&self.dir)
             .args(args)
             .arg("--json")
             .env("CRVS_PASSPHRASE", passphrase)
+            .env_remove("CRVS_PIN")
+            .env_remove("CRVS_NEW_PIN")
+            .envs(env.iter().copied())
             .output()
             .expect("run crvs");
         Run::from_output(out)

@@ -9,6 +9,12 @@
 //! `CRVS_NEW_PASSPHRASE`). It goes straight from the variable's `String`
 //! into a zeroizing [`Passphrase`]; the process's environment block keeps
 //! its own copy, which we do not control.
+//!
+//! A staff member who acts (`--by S` on every acting command) proves who
+//! they are with their PIN, from the environment variable `CRVS_PIN`,
+//! never from the command line (other users of the machine can read a
+//! command line). It is asked once the office's roster is in force (see
+//! `crvs staff list`).
 
 use std::io::{IsTerminal, Write};
 use std::ops::ControlFlow;
@@ -17,15 +23,19 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use crvs_core::event::EventKind;
-use crvs_core::{Error, FieldProblem, Passphrase, RecordId, Registrar, SyncPhase, SyncProgress};
+use crvs_core::{Actor, Error, FieldProblem, Passphrase, RecordId, Registrar, SyncPhase, SyncProgress};
 use serde_json::{Value as Json, json};
-use zeroize::Zeroize;
+use zeroize::{Zeroize, Zeroizing};
 
 /// The environment variable that holds the store passphrase.
 const PASSPHRASE_ENV: &str = "CRVS_PASSPHRASE";
 /// The environment variable that holds the new passphrase for
 /// `crvs passphrase change`.
 const NEW_PASSPHRASE_ENV: &str = "CRVS_NEW_PASSPHRASE";
+/// The environment variable that holds the acting staff member's PIN.
+const PIN_ENV: &str = "CRVS_PIN";
+/// The environment variable that holds the new PIN for `crvs staff set-pin`.
+const NEW_PIN_ENV: &str = "CRVS_NEW_PIN";
 
 #[derive(Parser)]
 #[command(
@@ -140,6 +150,15 @@ enum Command {
         /// Why (printed on the rejection notice).
         #[arg(long)]
         reason: String,
+        /// The reason's code, from the server's list (`crvs staff list`
+        /// shows it); `other` when not given.
+        #[arg(long, default_value = "other")]
+        code: String,
+    },
+    /// The office's staff on this tablet: the roster, PINs, locks.
+    Staff {
+        #[command(subcommand)]
+        command: StaffCommand,
     },
     /// Push pending changes to the server and pull its updates.
     Sync,
@@ -170,6 +189,28 @@ enum Command {
     Passphrase {
         #[command(subcommand)]
         command: PassphraseCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum StaffCommand {
+    /// The roster as this tablet last received it (no PIN hashes), who is
+    /// locked, and the rejection codes.
+    List,
+    /// Change a staff member's PIN on this tablet: the current one from
+    /// CRVS_PIN, the new one from CRVS_NEW_PIN.
+    SetPin {
+        /// The staff id.
+        staff: String,
+    },
+    /// Unlock a staff member locked after 5 wrong PINs, by a registrar
+    /// (whose PIN is in CRVS_PIN).
+    Unlock {
+        /// The locked staff member's id.
+        staff: String,
+        /// The unlocking registrar's staff id.
+        #[arg(long)]
+        by: String,
     },
 }
 
@@ -447,7 +488,8 @@ fn run(cli: &Cli) -> Result<Output, Failure> {
             let target = record_id(id)?;
             let text = read_file(file)?;
             let r = open(cli)?;
-            let amendment = r.amend(&target, &text, by)?;
+            let pin = env_pin(PIN_ENV)?;
+            let amendment = r.amend(&target, &text, actor(by, &pin))?;
             Ok(Output {
                 json: json!({ "record_id": target.to_string(), "amendment_id": amendment.to_string(), "status": "submitted" }),
                 text: format!(
@@ -465,7 +507,13 @@ fn run(cli: &Cli) -> Result<Output, Failure> {
         } => {
             let text = read_file(file)?;
             let r = open(cli)?;
-            let id = r.register_event_for(&text, by, Some(EventKind::Birth), notification.as_deref())?;
+            let pin = env_pin(PIN_ENV)?;
+            let id = r.register_event_for(
+                &text,
+                actor(by, &pin),
+                Some(EventKind::Birth),
+                notification.as_deref(),
+            )?;
             Ok(Output {
                 json: json!({ "record_id": id.to_string(), "status": "submitted" }),
                 text: format!(
@@ -475,11 +523,77 @@ fn run(cli: &Cli) -> Result<Output, Failure> {
         }
         Command::Correct { id, file, by } => {
             let text = read_file(file)?;
-            step(cli, id, |r, id| r.correct(id, &text, by))
+            let pin = env_pin(PIN_ENV)?;
+            step(cli, id, |r, id| r.correct(id, &text, actor(by, &pin)))
         }
-        Command::Verify { id, by } => step(cli, id, |r, id| r.verify(id, by)),
-        Command::Approve { id, by } => step(cli, id, |r, id| r.approve(id, by)),
-        Command::Reject { id, by, reason } => step(cli, id, |r, id| r.reject(id, by, reason)),
+        Command::Verify { id, by } => {
+            let pin = env_pin(PIN_ENV)?;
+            step(cli, id, |r, id| r.verify(id, actor(by, &pin)))
+        }
+        Command::Approve { id, by } => {
+            let pin = env_pin(PIN_ENV)?;
+            step(cli, id, |r, id| r.approve(id, actor(by, &pin)))
+        }
+        Command::Reject { id, by, reason, code } => {
+            let pin = env_pin(PIN_ENV)?;
+            step(cli, id, |r, id| {
+                r.reject_with_code(id, actor(by, &pin), code, reason)
+            })
+        }
+        Command::Staff {
+            command: StaffCommand::List,
+        } => {
+            let r = open(cli)?;
+            let roster = r.roster_json()?;
+            let mut text = format!(
+                "Roster of office {} ({}):\n",
+                r.office(),
+                if roster["enforced"] == true {
+                    "in force: staff act with their PIN"
+                } else {
+                    "not in force: no staff on the server's roster yet"
+                }
+            );
+            for m in roster["staff"].as_array().into_iter().flatten() {
+                text.push_str(&format!(
+                    "{}  {}{}\n",
+                    m["staff_id"].as_str().unwrap_or(""),
+                    m["roles"]
+                        .as_array()
+                        .map(|r| r.iter().filter_map(Json::as_str).collect::<Vec<_>>().join(","))
+                        .unwrap_or_default(),
+                    if m["locked"] == true { "  LOCKED" } else { "" }
+                ));
+            }
+            Ok(Output {
+                json: roster,
+                text: text.trim_end().to_string(),
+            })
+        }
+        Command::Staff {
+            command: StaffCommand::SetPin { staff },
+        } => {
+            let old = env_pin(PIN_ENV)?.ok_or_else(|| usage(format!("set {PIN_ENV} to the current PIN")))?;
+            let new =
+                env_pin(NEW_PIN_ENV)?.ok_or_else(|| usage(format!("set {NEW_PIN_ENV} to the new PIN")))?;
+            let r = open(cli)?;
+            r.set_staff_pin(staff, &old, &new)?;
+            Ok(Output {
+                json: json!({ "staff_id": staff.trim(), "pin_changed": true }),
+                text: format!("The PIN of staff {} is changed on this tablet.", staff.trim()),
+            })
+        }
+        Command::Staff {
+            command: StaffCommand::Unlock { staff, by },
+        } => {
+            let pin = env_pin(PIN_ENV)?;
+            let r = open(cli)?;
+            r.unlock_staff(staff, actor(by, &pin))?;
+            Ok(Output {
+                json: json!({ "staff_id": staff.trim(), "unlocked": true }),
+                text: format!("Staff {} is unlocked on this tablet.", staff.trim()),
+            })
+        }
         Command::Sync => {
             let r = open(cli)?;
             let show = !cli.json && std::io::stderr().is_terminal();
@@ -612,6 +726,20 @@ fn run(cli: &Cli) -> Result<Output, Failure> {
     }
 }
 
+/// A PIN from the environment variable `name`, in a zeroizing string.
+fn env_pin(name: &str) -> Result<Option<Zeroizing<String>>, Failure> {
+    match std::env::var(name) {
+        Ok(s) => Ok(Some(Zeroizing::new(s))),
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(_)) => Err(usage(format!("{name} must hold digits only"))),
+    }
+}
+
+/// The staff member `by`, with the PIN if one was given.
+fn actor<'a>(by: &'a str, pin: &'a Option<Zeroizing<String>>) -> Actor<'a> {
+    Actor::new(by, pin.as_ref().map(|p| p.as_str()))
+}
+
 fn read_file(file: &std::path::Path) -> Result<String, Failure> {
     std::fs::read_to_string(file).map_err(|e| Failure {
         code: "invalid_input",
@@ -633,7 +761,8 @@ fn register(
 ) -> Result<Output, Failure> {
     let text = read_file(file)?;
     let r = open(cli)?;
-    let id = r.register_event_for(&text, by, Some(kind), notification)?;
+    let pin = env_pin(PIN_ENV)?;
+    let id = r.register_event_for(&text, actor(by, &pin), Some(kind), notification)?;
     Ok(Output {
         json: json!({ "record_id": id.to_string(), "status": "submitted" }),
         text: format!(

@@ -13,11 +13,12 @@
 use crvs_schema::event::{self, Event, EventKind};
 use crvs_schema::gazetteer::{GazetteerCode, Level};
 use crvs_schema::record::{self, RecordKind};
+use crvs_schema::staff::Role;
 use crvs_schema::workflow::{self, Action, Status, Transition};
 use crvs_schema::{BirthRegistration, Date, FieldProblem};
 use serde_json::Value as Json;
 
-use super::{RecordId, Registrar, checked_now_ms, doc_aad, lock};
+use super::{Actor, RecordId, Registrar, checked_now_ms, doc_aad, lock};
 use crate::error::{Error, Result};
 use crate::integrity;
 use crate::store::{self, RecordRow, meta};
@@ -30,7 +31,12 @@ impl Registrar {
     /// it names the record it amends ([`Registrar::amend`]). An invalid
     /// registration gives [`Error::InvalidRecord`] naming every bad field,
     /// and stores nothing.
-    pub fn register_event(&self, json: &str, by: &str, expected: Option<EventKind>) -> Result<RecordId> {
+    pub fn register_event<'a>(
+        &self,
+        json: &str,
+        by: impl Into<Actor<'a>>,
+        expected: Option<EventKind>,
+    ) -> Result<RecordId> {
         self.register_event_for(json, by, expected, None)
     }
 
@@ -40,10 +46,10 @@ impl Registrar {
     /// notification is registered too (and leaves every tablet's list).
     /// The notification must be pending in this store's list and of the
     /// same event.
-    pub fn register_event_for(
+    pub fn register_event_for<'a>(
         &self,
         json: &str,
-        by: &str,
+        by: impl Into<Actor<'a>>,
         expected: Option<EventKind>,
         notification: Option<&str>,
     ) -> Result<RecordId> {
@@ -77,7 +83,8 @@ impl Registrar {
             Some(nid) => Some(self.pending_notification_of(nid, kind)?),
             None => None,
         };
-        let id = self.store_new_record(kind, &event.to_json_value(), by, now, notification)?;
+        let by = self.authorize(by.into(), Some(Role::Clerk))?;
+        let id = self.store_new_record(kind, &event.to_json_value(), &by, now, notification)?;
         tracing::info!(record = %id, kind = kind.as_str(), "event registered");
         Ok(id)
     }
@@ -137,7 +144,7 @@ impl Registrar {
     /// through verification and approval like any record. The birth as
     /// amended must still pass the birth's rules. Before approval a record
     /// is not amended: it is corrected or rejected.
-    pub fn amend(&self, target: &RecordId, json: &str, by: &str) -> Result<RecordId> {
+    pub fn amend<'a>(&self, target: &RecordId, json: &str, by: impl Into<Actor<'a>>) -> Result<RecordId> {
         let now = checked_now_ms()?;
         let today = Date::today_in_cambodia(now);
         let target_record = self.record(target)?;
@@ -181,7 +188,8 @@ impl Registrar {
             )
         })?;
         let data = event::Event::Amendment(amendment).to_json_value();
-        let id = self.store_new_record(RecordKind::Amendment, &data, by, now, None)?;
+        let by = self.authorize(by.into(), Some(Role::Clerk))?;
+        let id = self.store_new_record(RecordKind::Amendment, &data, &by, now, None)?;
         tracing::info!(record = %id, amends = %target, "amendment registered");
         Ok(id)
     }
@@ -192,7 +200,7 @@ impl Registrar {
     /// reason stay), and goes through verification and approval again.
     /// The new data is checked as at registration; an amendment must
     /// still amend the same record.
-    pub fn correct(&self, id: &RecordId, json: &str, by: &str) -> Result<Status> {
+    pub fn correct<'a>(&self, id: &RecordId, json: &str, by: impl Into<Actor<'a>>) -> Result<Status> {
         let now = checked_now_ms()?;
         let today = Date::today_in_cambodia(now);
         let current = self.record(id)?;
@@ -234,6 +242,7 @@ impl Registrar {
                 }
             }
         };
+        let by = self.authorize(by.into(), Some(Role::for_action(Action::Resubmit)))?;
         let mut conn = lock(&self.conn);
         let device = self.device_label(&conn)?;
         let tx = conn.transaction()?;
@@ -242,11 +251,12 @@ impl Registrar {
         let view = record::read(&doc)?;
         let step = Transition {
             action: Action::Resubmit,
-            by: by.trim().to_string(),
+            by,
             at_ms: now,
             device,
             reason: None,
             notification: None,
+            code: None,
         };
         let status = workflow::check_append(&view.transitions, &step)?;
         record::set_data(&mut doc, &data)?;
@@ -283,6 +293,7 @@ impl Registrar {
             device: self.device_label(&conn)?,
             reason: None,
             notification,
+            code: None,
         };
         let status = workflow::check_append(&[], &submission)?;
         let id = RecordId::at(now);

@@ -392,6 +392,9 @@ impl Registrar {
         }
         self.keep_evidence(&tx, &resp.issuances, server_key)?;
         self.keep_notifications(&tx, &resp.notifications)?;
+        if let Some(directory) = &resp.directory {
+            self.keep_directory(&tx, directory)?;
+        }
         store::set_meta(&tx, meta::CURSOR, resp.cursor as i64)?;
         store::set_meta(&tx, meta::LAST_SERVER_TIME, resp.server_time_ms)?;
         if resp

@@ -381,6 +381,7 @@ mod tests {
                 hash: [acked.last().copied().unwrap_or(0) as u8; 32],
             },
             notifications: Vec::new(),
+            directory: None,
         }
         .seal(server)
         .expect("seal")

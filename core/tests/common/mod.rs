@@ -53,6 +53,7 @@ impl Transport for EnrollOnly {
             office: self.office.clone(),
             server_public_key: hex::encode(self.server_key.verifying_key().to_bytes()),
             signature: String::new(),
+            directory: None,
         };
         answer.sign(&self.server_key, &request.public_key, &request.nonce);
         Ok(answer)

@@ -15,6 +15,7 @@ fn submit(by: &str) -> Transition {
         device: "dev".into(),
         reason: None,
         notification: None,
+        code: None,
     }
 }
 
@@ -428,6 +429,7 @@ fn an_approved_records_data_changes_only_through_an_amendment() {
                 device: "d".into(),
                 reason: None,
                 notification: None,
+                code: None,
             },
         )
         .unwrap();
@@ -481,6 +483,7 @@ fn steps_appended_concurrently_on_two_tablets_are_kept_in_any_order() {
         device: "d".into(),
         reason: None,
         notification: None,
+        code: None,
     };
     append_transition(&mut a, &step("checker-a")).unwrap();
     append_transition(&mut b, &step("checker-b")).unwrap();

@@ -46,6 +46,12 @@ pub struct EnrollResponse {
     /// The server's signature over [`EnrollResponse::signed_message`], hex.
     #[serde(default)]
     pub signature: String,
+    /// The office's roster and rejection codes
+    /// ([`crate::staff::OfficeDirectory`]), sealed with the server key
+    /// ([`super::seal_directory`]), hex. Absent from older servers; older
+    /// tablets ignore it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub directory: Option<String>,
 }
 
 const ENROLL_RESPONSE_DOMAIN: &[u8] = b"crvs/enrol-response/v2\0";

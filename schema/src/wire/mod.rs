@@ -377,7 +377,7 @@ impl From<SyncRequestV2> for SyncRequest {
 /// version 4 the office's pending notifications
 /// (`SyncResponse::notifications`; its request is version 3's). Servers
 /// still read versions 2 and 3 and answer each in its own version.
-pub const SYNC_VERSION: u8 = 4;
+pub const SYNC_VERSION: u8 = 5;
 /// The oldest sync version servers still read.
 pub const OLDEST_SYNC_VERSION: u8 = 2;
 
@@ -682,6 +682,9 @@ pub struct SyncResponse {
     /// first, at most [`MAX_PENDING_NOTIFICATIONS`]. The tablet keeps this
     /// list as the office's current one.
     pub notifications: Vec<PendingNotification>,
+    /// Version 5: the office's roster and rejection codes, as the server
+    /// holds them now. The tablet keeps the newest it has seen.
+    pub directory: Option<crate::staff::OfficeDirectory>,
 }
 
 /// At most this many pending notifications go with one answer.
@@ -747,6 +750,21 @@ impl SyncResponse {
                 chain: self.chain,
             };
             bincode::encode_to_vec(&v3, bincode::config::standard())
+        } else if version == 4 {
+            let v4 = SyncResponseV4 {
+                request_hash: self.request_hash,
+                server_time_ms: self.server_time_ms,
+                acks: self.acks.clone(),
+                refusal: self.refusal.clone(),
+                next_seq: self.next_seq,
+                updates: self.updates.clone(),
+                cursor: self.cursor,
+                more: self.more,
+                issuances: self.issuances.clone(),
+                chain: self.chain,
+                notifications: self.notifications.clone(),
+            };
+            bincode::encode_to_vec(&v4, bincode::config::standard())
         } else if version == SYNC_VERSION {
             bincode::encode_to_vec(self, bincode::config::standard())
         } else {
@@ -779,6 +797,7 @@ impl SyncResponse {
                     hash: [0; 32],
                 },
                 notifications: Vec::new(),
+                directory: None,
             });
         }
         if version == 3 {
@@ -795,10 +814,102 @@ impl SyncResponse {
                 issuances: v3.issuances,
                 chain: v3.chain,
                 notifications: Vec::new(),
+                directory: None,
             });
         }
-        decode_limited(&decoded)
+        if version == 4 {
+            let v4: SyncResponseV4 = decode_limited(&decoded)?;
+            return Ok(SyncResponse {
+                request_hash: v4.request_hash,
+                server_time_ms: v4.server_time_ms,
+                acks: v4.acks,
+                refusal: v4.refusal,
+                next_seq: v4.next_seq,
+                updates: v4.updates,
+                cursor: v4.cursor,
+                more: v4.more,
+                issuances: v4.issuances,
+                chain: v4.chain,
+                notifications: v4.notifications,
+                directory: None,
+            });
+        }
+        let response: SyncResponse = decode_limited(&decoded)?;
+        if let Some(d) = &response.directory {
+            check_directory(d)?;
+        }
+        Ok(response)
     }
+}
+
+/// A version-4 answer: [`SyncResponse`] without `directory`.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+struct SyncResponseV4 {
+    request_hash: Hash,
+    server_time_ms: i64,
+    acks: Vec<Ack>,
+    refusal: Option<Refusal>,
+    next_seq: u64,
+    updates: Vec<RecordUpdate>,
+    cursor: u64,
+    more: bool,
+    issuances: Vec<IssuanceProof>,
+    chain: ChainPosition,
+    notifications: Vec<PendingNotification>,
+}
+
+/// The signing domain of an office directory sent with an enrolment.
+const DIRECTORY_DOMAIN: &[u8] = b"crvs/office-directory/v1\0";
+/// The frame version of a sealed office directory: the sync format that
+/// brought it (frames share one version range).
+const DIRECTORY_VERSION: u8 = 5;
+
+fn check_directory(d: &crate::staff::OfficeDirectory) -> Result<(), WireError> {
+    if d.staff.len() > crate::staff::MAX_ROSTER_MEMBERS {
+        return Err(WireError::TooMany {
+            what: "roster members",
+            limit: crate::staff::MAX_ROSTER_MEMBERS,
+        });
+    }
+    if d.rejection_codes.len() > crate::staff::MAX_REJECTION_CODES {
+        return Err(WireError::TooMany {
+            what: "rejection codes",
+            limit: crate::staff::MAX_REJECTION_CODES,
+        });
+    }
+    if d.staff
+        .iter()
+        .any(|m| crate::staff::Roles::from_bits(m.roles).is_none())
+    {
+        return Err(WireError::Decode("a roster member holds an unknown role".into()));
+    }
+    Ok(())
+}
+
+/// Seals an office directory with the server key, for the enrolment's
+/// answer (the sync answer is signed as a whole).
+pub fn seal_directory(d: &crate::staff::OfficeDirectory, key: &SigningKey) -> Result<Vec<u8>, WireError> {
+    let body = bincode::encode_to_vec(d, bincode::config::standard())
+        .map_err(|e| WireError::Encode(e.to_string()))?;
+    let compressed = zstd::bulk::compress(&body, 3).map_err(|e| WireError::Encode(e.to_string()))?;
+    Ok(seal_frame(key, DIRECTORY_DOMAIN, DIRECTORY_VERSION, &compressed))
+}
+
+/// Verifies a sealed office directory with the pinned server key, then
+/// decodes it within limits.
+pub fn open_directory(
+    bytes: &[u8],
+    server_key: &VerifyingKey,
+) -> Result<crate::staff::OfficeDirectory, WireError> {
+    let (version, sig, body) = split_frame(bytes)?;
+    if version != DIRECTORY_VERSION {
+        return Err(WireError::UnsupportedVersion(version));
+    }
+    verify_frame(server_key, DIRECTORY_DOMAIN, version, sig, body)?;
+    let decoded = decompress_limited(body, MAX_SYNC_RESPONSE_DECODED)?;
+    let d: crate::staff::OfficeDirectory = decode_limited(&decoded)?;
+    check_directory(&d)?;
+    Ok(d)
 }
 
 /// A version-3 answer: [`SyncResponse`] without `notifications`.

@@ -207,6 +207,7 @@ fn a_sync_response_opens_only_with_the_pinned_server_key() {
         issuances: Vec::new(),
         chain: ChainPosition::default(),
         notifications: Vec::new(),
+        directory: None,
     };
     let bytes = resp.seal(&key(5)).unwrap();
     assert_eq!(SyncResponse::open(&bytes, &key(5).verifying_key()).unwrap(), resp);
@@ -310,18 +311,31 @@ fn version_3_sync_request_bytes_are_pinned_and_still_read() {
     let req = SyncRequest::open(&bytes, &key(1).verifying_key()).unwrap();
     assert_eq!(req, request());
     assert_eq!(RequestHeader::parse(&bytes).unwrap().version(), 3);
-    // The body is version 4's: only the version byte (and the signature
-    // over it) differ.
-    let v4 = req.seal(&key(1)).unwrap();
-    assert_eq!(v4[0], 4);
-    assert_eq!(v4.len(), bytes.len());
+    // The body is this version's: only the version byte (and the
+    // signature over it) differ.
+    let now = req.seal(&key(1)).unwrap();
+    assert_eq!(now[0], SYNC_VERSION);
+    assert_eq!(now.len(), bytes.len());
 }
 
-/// A version-4 sync request, pinned: this build seals exactly these
+/// A version-4 sync request, pinned: tablets of that version sealed
+/// exactly these bytes, and servers must keep reading them (and answer in
+/// version 4, without the office directory).
+#[test]
+fn version_4_sync_request_bytes_are_pinned_and_still_read() {
+    let bytes = pinned("sync-request-v4.hex");
+    assert_eq!(bytes[0], 4);
+    let req = SyncRequest::open(&bytes, &key(1).verifying_key()).unwrap();
+    assert_eq!(req, request());
+    assert_eq!(RequestHeader::parse(&bytes).unwrap().version(), 4);
+    assert_eq!(req.seal(&key(1)).unwrap().len(), bytes.len());
+}
+
+/// A version-5 sync request, pinned: this build seals exactly these
 /// bytes, and servers must keep reading them.
 #[test]
-fn version_4_sync_request_bytes_are_pinned() {
-    let bytes = pinned("sync-request-v4.hex");
+fn version_5_sync_request_bytes_are_pinned() {
+    let bytes = pinned("sync-request-v5.hex");
     assert_eq!(bytes[0], SYNC_VERSION);
     let req = SyncRequest::open(&bytes, &key(1).verifying_key()).unwrap();
     assert_eq!(req, request());
@@ -342,6 +356,7 @@ fn an_answer_goes_out_in_the_version_of_its_request_and_reads_back() {
         issuances: Vec::new(),
         chain: ChainPosition::default(),
         notifications: Vec::new(),
+        directory: None,
     };
     resp.issuances.push(IssuanceProof::sign(
         &key(2),
@@ -354,9 +369,15 @@ fn an_answer_goes_out_in_the_version_of_its_request_and_reads_back() {
         received_at_ms: 9,
         payload: "{}".into(),
     });
-    let v4 = resp.seal(&key(2)).unwrap();
+    resp.directory = Some(directory());
+    let v5 = resp.seal(&key(2)).unwrap();
+    assert_eq!(v5[0], 5);
+    assert_eq!(SyncResponse::open(&v5, &key(2).verifying_key()).unwrap(), resp);
+    let v4 = resp.seal_for(4, &key(2)).unwrap();
     assert_eq!(v4[0], 4);
-    assert_eq!(SyncResponse::open(&v4, &key(2).verifying_key()).unwrap(), resp);
+    let read = SyncResponse::open(&v4, &key(2).verifying_key()).unwrap();
+    assert_eq!(read.directory, None, "version 4 carries no directory");
+    assert_eq!(read.notifications, resp.notifications);
     let v3 = resp.seal_for(3, &key(2)).unwrap();
     assert_eq!(v3[0], 3);
     let read = SyncResponse::open(&v3, &key(2).verifying_key()).unwrap();
@@ -399,4 +420,48 @@ fn write_pinned_change_set_bytes() {
     let cs = SignedChangeSet::seal(&key(1), [9; 16], 1, &body()).unwrap();
     let name = format!("{dir}/change-set-v{CHANGE_SET_VERSION}.hex");
     std::fs::write(name, hex::encode(cs.as_bytes()) + "\n").unwrap();
+}
+
+fn directory() -> crate::staff::OfficeDirectory {
+    crate::staff::OfficeDirectory {
+        office: "171003".into(),
+        issued_at_ms: 42,
+        enforced: true,
+        staff: vec![crate::staff::RosterMember {
+            staff_id: "clerk-01".into(),
+            roles: 1,
+            pin_hash: "$argon2id$v=19$m=8,t=1,p=1$c2FsdHNhbHQ$aGFzaA".into(),
+        }],
+        rejection_codes: crate::staff::default_rejection_codes(),
+    }
+}
+
+#[test]
+fn an_office_directory_opens_only_with_the_pinned_server_key_and_within_limits() {
+    let d = directory();
+    let sealed = seal_directory(&d, &key(2)).unwrap();
+    assert_eq!(open_directory(&sealed, &key(2).verifying_key()), Ok(d.clone()));
+    assert_eq!(
+        open_directory(&sealed, &key(3).verifying_key()).unwrap_err(),
+        WireError::BadSignature
+    );
+    let mut flipped = sealed.clone();
+    let last = flipped.len() - 1;
+    flipped[last] ^= 1;
+    assert!(open_directory(&flipped, &key(2).verifying_key()).is_err());
+    // A role bit that names no role, and a roster beyond the limit.
+    let mut bad = d.clone();
+    bad.staff[0].roles = 8;
+    let sealed = seal_directory(&bad, &key(2)).unwrap();
+    assert!(matches!(
+        open_directory(&sealed, &key(2).verifying_key()),
+        Err(WireError::Decode(_))
+    ));
+    let mut big = d;
+    big.staff = vec![big.staff[0].clone(); crate::staff::MAX_ROSTER_MEMBERS + 1];
+    let sealed = seal_directory(&big, &key(2)).unwrap();
+    assert!(matches!(
+        open_directory(&sealed, &key(2).verifying_key()),
+        Err(WireError::TooMany { .. })
+    ));
 }

@@ -104,6 +104,13 @@ pub const HOLD_INVALID_WORKFLOW: &str = "invalid_workflow";
 /// The hold code of a record whose data two tablets of the office wrote
 /// concurrently: both values are kept until a person settles it.
 pub const HOLD_DATA_CONFLICT: &str = "data_conflict";
+/// The hold code of a record with a workflow step the office's roster
+/// does not allow: its staff member was not on the roster at the step's
+/// time, did not hold the role the step needs, or gave a rejection code
+/// the server does not list. Nothing is registered until an operator
+/// looks; the change set is not refused, so a tablet that acted before it
+/// heard of a roster change is not blocked and loses nothing.
+pub const HOLD_STAFF_NOT_AUTHORIZED: &str = "staff_not_authorized";
 /// Draws of a KIdC before giving up (a collision is one in ~10⁸ per draw
 /// while the space is nearly empty).
 const MAX_KIDC_DRAWS: usize = 64;
@@ -158,6 +165,9 @@ struct Ctx<'a> {
     /// Codes the tablet proved the server issued, by record id (only
     /// proofs that verify with the server's key).
     evidence: &'a HashMap<[u8; 16], Kidc>,
+    /// The office's staff history, against which each new workflow step
+    /// is checked once the roster is in force.
+    roster: &'a crate::staff::RosterHistory,
 }
 
 /// Counters for the request's log line (no personal data).
@@ -238,6 +248,7 @@ pub fn handle_sync(server: &Server, body: &[u8]) -> Result<Vec<u8>, ApiError> {
             other => ApiError::from_wire(other),
         })?;
     let evidence = verified_evidence(server, &request.evidence, device_id);
+    let roster = crate::staff::RosterHistory::load(server.storage(), &seen.office)?;
     let early = Ctx {
         server,
         device: &seen,
@@ -245,6 +256,7 @@ pub fn handle_sync(server: &Server, body: &[u8]) -> Result<Vec<u8>, ApiError> {
         now_ms,
         today,
         evidence: &evidence,
+        roster: &roster,
     };
     let incoming = open_change_sets(&early, request.change_sets)?;
     crate::fault::point("after_decode");
@@ -258,6 +270,7 @@ pub fn handle_sync(server: &Server, body: &[u8]) -> Result<Vec<u8>, ApiError> {
         now_ms,
         today,
         evidence,
+        roster,
         incoming,
         device_clock_ms: request.device_clock_ms,
         counter: request.counter,
@@ -281,6 +294,9 @@ pub fn handle_sync(server: &Server, body: &[u8]) -> Result<Vec<u8>, ApiError> {
     response.request_hash = wire::request_hash(body);
     if header.version() >= 4 {
         response.notifications = pending_notifications(server, &office)?;
+    }
+    if header.version() >= 5 {
+        response.directory = Some(crate::staff::directory(server.storage(), &office)?);
     }
     response.issuances = proofs
         .iter()

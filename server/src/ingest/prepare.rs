@@ -19,8 +19,8 @@ use crate::storage::StoredRecord;
 
 use super::apply::tablet_change_refusal;
 use super::{
-    COMPACT_ABOVE, Ctx, HOLD_DATA_CONFLICT, HOLD_INVALID_ON_RECEIPT, HOLD_INVALID_WORKFLOW, Step, internal,
-    refuse,
+    COMPACT_ABOVE, Ctx, HOLD_DATA_CONFLICT, HOLD_INVALID_ON_RECEIPT, HOLD_INVALID_WORKFLOW,
+    HOLD_STAFF_NOT_AUTHORIZED, Step, internal, refuse,
 };
 
 /// A record with the tablet's changes applied and checked, and the
@@ -175,12 +175,34 @@ pub(super) fn prepare_record_inner(
         ));
     }
 
+    // The roster's re-check: every step this change set adds must be by
+    // someone on the office's roster at its time, with the role it needs.
+    let staff_problem = ctx.roster.in_force() && {
+        let old = match &before {
+            Some(b) => record::read(b).map(|v| v.transitions).unwrap_or_default(),
+            None => Vec::new(),
+        };
+        view.transitions
+            .iter()
+            .filter(|t| !old.contains(t))
+            .any(|t| !ctx.roster.authorizes(t))
+    };
+
     let mut new_hold: Option<&'static str> = None;
     let mut register = None;
     if workflow_problem {
         if view.server.hold.is_none() {
             new_hold = Some(HOLD_INVALID_WORKFLOW);
             tracing::info!(record = %record_id, "record held: its workflow breaks the rules");
+        }
+    } else if staff_problem {
+        if view.server.hold.as_deref() != Some(HOLD_STAFF_NOT_AUTHORIZED) {
+            new_hold = Some(HOLD_STAFF_NOT_AUTHORIZED);
+            tracing::warn!(
+                record = %record_id,
+                device = %ctx.device.device_id,
+                "record held: a workflow step is by someone the office's roster does not allow"
+            );
         }
     } else if !view.conflicts.is_empty() && !view.server.is_registered() {
         // Two tablets wrote the data concurrently: both values are kept,

@@ -365,6 +365,19 @@ impl StaffEvent {
     }
 }
 
+/// One entry of an office's staff history, as ingest reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaffHistoryEntry {
+    /// The person's [`staff_key`].
+    pub staff_key: String,
+    /// What happened.
+    pub event: StaffEvent,
+    /// The roles held after it (none for a removal).
+    pub roles: Roles,
+    /// When, server ms.
+    pub at_ms: i64,
+}
+
 /// An add or update of a staff member ([`WriteTx::put_staff`]).
 #[derive(Debug, Clone, Copy)]
 pub struct StaffPut<'a> {
@@ -707,6 +720,10 @@ pub trait Storage: Send + Sync {
     /// answered from the history (read-only). An event counts from its own
     /// time on: at the instant of a removal the person is off the roster.
     fn staff_role_at(&self, office: &str, staff: &str, at_ms: i64) -> Result<Option<Roles>, StorageError>;
+    /// The office's whole staff history, oldest first (read-only): what
+    /// ingest checks each workflow step against
+    /// ([`crate::staff::RosterHistory`]).
+    fn staff_history(&self, office: &str) -> Result<Vec<StaffHistoryEntry>, StorageError>;
     /// An API key by the hash of the key (read-only; does not wait for
     /// the writer, so an unauthenticated request never holds it up).
     fn api_key(&self, key_hash: &str) -> Result<Option<ApiKeyRow>, StorageError>;

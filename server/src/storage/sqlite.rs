@@ -20,6 +20,7 @@
 //! backup: tablets keep their signed change sets after acknowledgement,
 //! and a sequence gap makes the server ask them for the missing ones.
 
+use crate::storage::StaffHistoryEntry;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
@@ -159,6 +160,33 @@ impl Storage for SqliteStorage {
 
     fn staff_role_at(&self, office: &str, staff: &str, at_ms: i64) -> Result<Option<Roles>, StorageError> {
         staff_role_at(&self.reader(), office, staff, at_ms)
+    }
+
+    fn staff_history(&self, office: &str) -> Result<Vec<StaffHistoryEntry>, StorageError> {
+        let conn = self.reader();
+        let mut st = conn.prepare_cached(
+            "SELECT staff_key, event, roles, at FROM staff_history WHERE office = ?1 ORDER BY at, id",
+        )?;
+        let rows = st.query_map(params![office], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, i64>(3)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (staff_key, event, roles, at_ms) = row?;
+            out.push(StaffHistoryEntry {
+                staff_key,
+                event: StaffEvent::parse(&event)
+                    .ok_or(StorageError::Corrupt("unknown staff history event"))?,
+                roles: stored_roles(&roles)?,
+                at_ms,
+            });
+        }
+        Ok(out)
     }
 
     fn api_key(&self, key_hash: &str) -> Result<Option<ApiKeyRow>, StorageError> {

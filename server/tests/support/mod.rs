@@ -52,6 +52,7 @@ pub fn step(action: Action, by: &str) -> Transition {
             None
         },
         notification: None,
+        code: None,
     }
 }
 
