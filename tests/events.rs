@@ -676,3 +676,118 @@ fn a_notified_birth_reaches_the_commune_and_is_registered_against_its_notificati
         "{overdue}"
     );
 }
+
+#[test]
+fn two_tablets_correcting_one_record_at_once_show_the_conflict_until_a_registrar_settles_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("server"));
+    let a = Tablet::new(tmp.path().join("a"));
+    a.init_and_enroll("171003", &server);
+    let death = fixture("death-elderly.json");
+    let id = submitted(&a, "death", &death);
+    a.run(&[
+        "reject",
+        &id,
+        "--by",
+        "registrar-1",
+        "--reason",
+        "the cause is not certified",
+    ])
+    .expect_ok();
+    a.run(&["sync"]).expect_ok();
+    // A second tablet of the office receives the rejected record.
+    let b = Tablet::new(tmp.path().join("b"));
+    b.init_and_enroll("171003", &server);
+    b.run(&["sync"]).expect_ok();
+    assert_eq!(b.show(&id)["status"], "rejected");
+
+    // Both correct it, offline, differently.
+    let fixed = |remarks: &str| {
+        let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&death).unwrap()).unwrap();
+        v["cause_of_death"]["certified_by"] = Value::from("physician");
+        v["remarks"] = Value::from(remarks);
+        let path = tmp.path().join(format!("{}.json", remarks.len()));
+        std::fs::write(&path, v.to_string()).unwrap();
+        path
+    };
+    let on_a = fixed("certificate seen at the health centre");
+    let on_b = fixed("certificate seen");
+    a.run(&["correct", &id, on_a.to_str().unwrap(), "--by", "clerk-3"])
+        .expect_ok();
+    b.run(&["correct", &id, on_b.to_str().unwrap(), "--by", "clerk-4"])
+        .expect_ok();
+    a.run(&["sync"]).expect_ok();
+    b.run(&["sync"]).expect_ok();
+    a.run(&["sync"]).expect_ok();
+
+    // Nothing dropped: both values are there, the record is held.
+    for t in [&a, &b] {
+        let r = t.show(&id);
+        assert_eq!(r["status"], "held", "{r}");
+        assert_eq!(r["conflicts"], serde_json::json!(["data"]), "{r}");
+        let values = r["conflicting_data"].as_array().expect("both values");
+        let remarks: Vec<&str> = values.iter().map(|v| v["remarks"].as_str().unwrap()).collect();
+        assert_eq!(remarks.len(), 2, "{r}");
+        assert!(
+            remarks.contains(&"certificate seen")
+                && remarks.contains(&"certificate seen at the health centre")
+        );
+    }
+    let r = a.show(&id);
+    let chosen = r["conflicting_data"][1]["remarks"].as_str().unwrap().to_string();
+    // A record without a conflict has nothing to settle; a value out of range is named.
+    let other = submitted(&a, "death", &death);
+    assert_eq!(
+        a.run(&["settle", &other, "--take", "0", "--by", "registrar-1"])
+            .expect_err(),
+        "not_allowed"
+    );
+    assert_eq!(
+        a.run(&["settle", &id, "--take", "2", "--by", "registrar-1"])
+            .expect_err(),
+        "invalid_input"
+    );
+    let settled = a
+        .run(&["settle", &id, "--take", "1", "--by", "registrar-1"])
+        .expect_ok();
+    assert_eq!(settled["status"], "submitted");
+    a.run(&["sync"]).expect_ok();
+    let r = a.show(&id);
+    assert!(r["hold"].is_null(), "the server lifted its hold: {r}");
+    assert_eq!(r["conflicts"], serde_json::json!([]));
+    assert_eq!(r["data"]["remarks"], chosen.as_str());
+    // Verified and approved again; the registrar who settled it is its clerk.
+    assert_eq!(
+        a.run(&["verify", &id, "--by", "registrar-1"]).expect_err(),
+        "not_allowed"
+    );
+    a.run(&["verify", &id, "--by", "clerk-2"]).expect_ok();
+    a.run(&["approve", &id, "--by", "registrar-1"]).expect_ok();
+    a.run(&["sync"]).expect_ok();
+    b.run(&["sync"]).expect_ok();
+    for t in [&a, &b] {
+        let r = t.show(&id);
+        assert_eq!(r["status"], "registered", "{r}");
+        assert_eq!(r["data"]["remarks"], chosen.as_str());
+        let actions: Vec<&str> = r["transitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["action"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            actions.iter().filter(|a| **a == "resubmit").count(),
+            2,
+            "both corrections stay in the history: {actions:?}"
+        );
+        assert!(actions.contains(&"settle"), "{actions:?}");
+    }
+    // The hold's lifting is audited as a release by the registrar.
+    assert_eq!(
+        server_count(
+            &server.data,
+            "SELECT COUNT(*) FROM hold_releases WHERE by_operator = 'registrar-1' AND outcome = 'released'"
+        ),
+        1
+    );
+}

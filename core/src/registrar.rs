@@ -15,6 +15,7 @@
 mod events;
 mod repair;
 mod staff;
+pub use events::Settlement;
 pub use repair::RepairReport;
 pub use staff::{Actor, MAX_PIN_TRIES, StaffError};
 
@@ -676,7 +677,19 @@ impl Registrar {
     /// `office`, `status`, `sync_state`, `kidc` (once assigned), `data`,
     /// `transitions`, `conflicts`, `server`, and the times.
     pub fn record_json(&self, id: &RecordId) -> Result<String> {
-        Ok(record_to_json(&self.record(id)?).to_string())
+        let record = self.record(id)?;
+        let mut out = record_to_json(&record);
+        if !record.view.conflicts.is_empty() {
+            // What two tablets wrote at once, for a registrar to settle
+            // (`settle --take N` numbers them from 0).
+            let doc = {
+                let conn = lock(&self.conn);
+                let row = store::get_record(&conn, &id.0)?.ok_or(Error::NotFound)?;
+                self.load_doc(&row)?
+            };
+            out["conflicting_data"] = Json::Array(record::data_values(&doc)?);
+        }
+        Ok(out.to_string())
     }
 
     /// Every record, without personal data, oldest first.

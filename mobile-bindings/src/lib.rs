@@ -264,6 +264,35 @@ impl Registrar {
             .into())
     }
 
+    /// Settles a record two tablets of the office wrote at once, by the
+    /// registrar `by`: keeps the value numbered `take` of the record's
+    /// `conflicting_data` (`record_json`), or, when `take` is null, the
+    /// whole registration `registration_json`. The record is then
+    /// verified and approved again. `NotAllowed` when there is nothing to
+    /// settle.
+    pub fn settle(
+        &self,
+        id: String,
+        take: Option<u32>,
+        registration_json: Option<String>,
+        by: String,
+        pin: Option<String>,
+    ) -> Result<RecordStatus, CrvsError> {
+        let choice = match (take, &registration_json) {
+            (Some(i), _) => crvs_core::registrar::Settlement::Take(i as usize),
+            (None, Some(json)) => crvs_core::registrar::Settlement::Data(json),
+            (None, None) => {
+                return Err(CrvsError::InvalidInput {
+                    reason: "give take or registration_json".into(),
+                });
+            }
+        };
+        Ok(self
+            .core
+            .settle(&record_id(&id)?, choice, actor(&by, &pin))?
+            .into())
+    }
+
     /// The office's roster as this tablet holds it, as JSON (`crvs staff
     /// list --json`): `enforced`, `staff` (ids, roles, `locked`), and the
     /// `rejection_codes` to choose from. No PIN hashes.

@@ -52,7 +52,7 @@ impl Role {
         match action {
             Action::Submit | Action::Resubmit => Role::Clerk,
             Action::Verify => Role::Verifier,
-            Action::Approve | Action::Reject => Role::Registrar,
+            Action::Approve | Action::Reject | Action::Settle => Role::Registrar,
         }
     }
 

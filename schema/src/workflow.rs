@@ -39,6 +39,12 @@ pub enum Action {
     Reject,
     /// A clerk resubmitted a rejected record, with its data corrected.
     Resubmit,
+    /// A registrar settled what two tablets of the office wrote at once
+    /// (two corrections, two steps that cannot both stand): the record's
+    /// data as the registrar chose it. The steps before stay as history;
+    /// the record starts again as submitted, with the registrar as its
+    /// clerk, and is verified and approved again.
+    Settle,
 }
 
 impl Action {
@@ -50,6 +56,7 @@ impl Action {
             Action::Approve => "approve",
             Action::Reject => "reject",
             Action::Resubmit => "resubmit",
+            Action::Settle => "settle",
         }
     }
 
@@ -61,6 +68,7 @@ impl Action {
             "approve" => Action::Approve,
             "reject" => Action::Reject,
             "resubmit" => Action::Resubmit,
+            "settle" => Action::Settle,
             _ => return None,
         })
     }
@@ -259,16 +267,40 @@ pub fn next_status(
             }
         }
         (Action::Resubmit, Status::Rejected) => Ok(Status::Submitted),
+        // A settlement starts the record again (see `derive`).
+        (Action::Settle, _) => Ok(Status::Submitted),
         (action, status) => Err(WorkflowError::NotAllowedFrom { action, status }),
     }
 }
 
+/// Where the workflow that counts starts: after the last settlement, the
+/// steps before it being history (two tablets' concurrent steps need not
+/// make one valid sequence; a registrar settled them).
+fn last_settlement(transitions: &[Transition]) -> Option<usize> {
+    transitions.iter().rposition(|t| t.action == Action::Settle)
+}
+
 /// Derives the tablet-side state from the whole list of transitions,
-/// checking every step. An empty list has no state yet.
+/// checking every step since the last settlement (and, before it, that
+/// each step names someone). An empty list has no state yet.
 pub fn derive(transitions: &[Transition]) -> Result<Option<Status>, WorkflowError> {
-    let mut status = None;
-    let mut clerks: Vec<&str> = Vec::new();
-    for t in transitions {
+    let (mut status, mut clerks, rest) = match last_settlement(transitions) {
+        Some(k) => {
+            if transitions[..=k].iter().any(|t| staff_id_key(&t.by).is_empty()) {
+                return Err(WorkflowError::MissingStaff);
+            }
+            if transitions.first().is_some_and(|t| t.action != Action::Submit) {
+                return Err(WorkflowError::MustStartWithSubmit);
+            }
+            (
+                Some(Status::Submitted),
+                vec![transitions[k].by.as_str()],
+                &transitions[k + 1..],
+            )
+        }
+        None => (None, Vec::new(), transitions),
+    };
+    for t in rest {
         status = Some(next_status(status, &clerks, t)?);
         if matches!(t.action, Action::Submit | Action::Resubmit) {
             clerks.push(t.by.as_str());
@@ -278,14 +310,27 @@ pub fn derive(transitions: &[Transition]) -> Result<Option<Status>, WorkflowErro
 }
 
 /// Checks that `t` may be appended to `transitions` (its staff id by
-/// [`check_staff_id`] too), and returns the state that results.
+/// [`check_staff_id`] too), and returns the state that results. A
+/// settlement is appended to a list whatever its state (the caller checks
+/// that there is something to settle).
 pub fn check_append(transitions: &[Transition], t: &Transition) -> Result<Status, WorkflowError> {
     check_staff_id(&t.by)?;
+    if t.action == Action::Settle {
+        if transitions.is_empty() {
+            return Err(WorkflowError::MustStartWithSubmit);
+        }
+        return next_status(Some(Status::Submitted), &[], t);
+    }
     let current = derive(transitions)?;
+    let since = last_settlement(transitions);
     let clerks: Vec<&str> = transitions
         .iter()
-        .filter(|t| matches!(t.action, Action::Submit | Action::Resubmit))
-        .map(|t| t.by.as_str())
+        .enumerate()
+        .filter(|(i, t)| {
+            since.is_none_or(|k| *i >= k)
+                && matches!(t.action, Action::Submit | Action::Resubmit | Action::Settle)
+        })
+        .map(|(_, t)| t.by.as_str())
         .collect();
     next_status(current, &clerks, t)
 }
@@ -314,6 +359,50 @@ mod tests {
             t(Action::Approve, "registrar"),
         ];
         assert_eq!(derive(&ts).unwrap(), Some(Status::Approved));
+    }
+
+    #[test]
+    fn a_settlement_starts_the_workflow_again_with_the_registrar_as_clerk() {
+        // Two concurrent corrections: two resubmissions, no valid sequence.
+        let mut reject = t(Action::Reject, "registrar");
+        reject.reason = Some("no certificate".into());
+        let mut ts = vec![
+            t(Action::Submit, "clerk"),
+            reject,
+            t(Action::Resubmit, "clerk-a"),
+            t(Action::Resubmit, "clerk-b"),
+        ];
+        assert!(derive(&ts).is_err());
+        assert_eq!(
+            check_append(&ts, &t(Action::Settle, "registrar")),
+            Ok(Status::Submitted)
+        );
+        ts.push(t(Action::Settle, "registrar"));
+        assert_eq!(derive(&ts), Ok(Some(Status::Submitted)));
+        assert_eq!(
+            check_append(&ts, &t(Action::Verify, "registrar")),
+            Err(WorkflowError::VerifierIsClerk)
+        );
+        // The clerks before the settlement no longer count as its clerks.
+        assert_eq!(
+            check_append(&ts, &t(Action::Verify, "clerk-a")),
+            Ok(Status::Verified)
+        );
+        ts.push(t(Action::Verify, "clerk-a"));
+        ts.push(t(Action::Approve, "registrar"));
+        assert_eq!(derive(&ts), Ok(Some(Status::Approved)));
+        // Never a first step; a step naming nobody is refused even before it.
+        assert_eq!(
+            check_append(&[], &t(Action::Settle, "registrar")),
+            Err(WorkflowError::MustStartWithSubmit)
+        );
+        assert_eq!(
+            derive(&[t(Action::Settle, "registrar")]),
+            Err(WorkflowError::MustStartWithSubmit)
+        );
+        let mut blank = ts.clone();
+        blank[2].by = " ".into();
+        assert_eq!(derive(&blank), Err(WorkflowError::MissingStaff));
     }
 
     #[test]

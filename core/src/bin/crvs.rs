@@ -23,6 +23,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use crvs_core::event::EventKind;
+use crvs_core::registrar::Settlement;
 use crvs_core::{Actor, Error, FieldProblem, Passphrase, RecordId, Registrar, SyncPhase, SyncProgress};
 use serde_json::{Value as Json, json};
 use zeroize::{Zeroize, Zeroizing};
@@ -154,6 +155,23 @@ enum Command {
         /// shows it); `other` when not given.
         #[arg(long, default_value = "other")]
         code: String,
+    },
+    /// Settle a record two tablets of the office wrote at once: a
+    /// registrar chooses its data (`--take N`, the value numbered N of
+    /// `conflicting_data` in `crvs show`, or FILE, a whole registration).
+    /// It is then verified and approved again.
+    Settle {
+        /// The record id.
+        id: String,
+        /// A whole registration to settle it with.
+        #[arg(required_unless_present = "take", conflicts_with = "take")]
+        file: Option<PathBuf>,
+        /// The number (from 0) of the conflicting value to keep.
+        #[arg(long)]
+        take: Option<usize>,
+        /// The settling registrar's staff id.
+        #[arg(long)]
+        by: String,
     },
     /// The office's staff on this tablet: the roster, PINs, locks.
     Staff {
@@ -525,6 +543,19 @@ fn run(cli: &Cli) -> Result<Output, Failure> {
             let text = read_file(file)?;
             let pin = env_pin(PIN_ENV)?;
             step(cli, id, |r, id| r.correct(id, &text, actor(by, &pin)))
+        }
+        Command::Settle { id, file, take, by } => {
+            let text = match file {
+                Some(f) => Some(read_file(f)?),
+                None => None,
+            };
+            let choice = match (&text, take) {
+                (Some(t), _) => Settlement::Data(t),
+                (None, Some(i)) => Settlement::Take(*i),
+                (None, None) => return Err(usage("give --take N or a FILE")),
+            };
+            let pin = env_pin(PIN_ENV)?;
+            step(cli, id, |r, id| r.settle(id, choice, actor(by, &pin)))
         }
         Command::Verify { id, by } => {
             let pin = env_pin(PIN_ENV)?;

@@ -23,6 +23,15 @@ use crate::error::{Error, Result};
 use crate::integrity;
 use crate::store::{self, RecordRow, meta};
 
+/// What a registrar settles a record with ([`Registrar::settle`]).
+#[derive(Debug, Clone, Copy)]
+pub enum Settlement<'a> {
+    /// The value at this index of the record's conflicting data.
+    Take(usize),
+    /// A whole registration, as a file holds it.
+    Data(&'a str),
+}
+
 impl Registrar {
     /// Registers a vital event from its JSON (the fixtures' layout: its
     /// `"event"` field names it; none is a birth), entered by the clerk
@@ -209,39 +218,7 @@ impl Registrar {
                 "only a rejected record is corrected and resubmitted".into(),
             ));
         }
-        let data = match current.view.kind {
-            RecordKind::Birth => {
-                BirthRegistration::from_json_str_at_office(json, today, &self.office_code()?)?.to_json_value()
-            }
-            kind => {
-                let event = Event::from_json_str(json, today)?;
-                if RecordKind::of_event(event.kind()) != kind {
-                    return Err(Error::InvalidRecord(vec![FieldProblem::new(
-                        "event",
-                        format!("must be \"{}\", the event of the record corrected", kind.as_str()),
-                    )]));
-                }
-                match event {
-                    Event::Amendment(mut a) => {
-                        let target = current
-                            .view
-                            .data
-                            .get("amends")
-                            .and_then(Json::as_str)
-                            .map(str::to_owned);
-                        if a.amends.is_some() && a.amends != target {
-                            return Err(Error::InvalidRecord(vec![FieldProblem::new(
-                                "amends",
-                                "names another record than the one amended",
-                            )]));
-                        }
-                        a.amends = target;
-                        Event::Amendment(a).to_json_value()
-                    }
-                    other => other.to_json_value(),
-                }
-            }
-        };
+        let data = self.checked_data(&current, json, today)?;
         let by = self.authorize(by.into(), Some(Role::for_action(Action::Resubmit)))?;
         let mut conn = lock(&self.conn);
         let device = self.device_label(&conn)?;
@@ -274,6 +251,122 @@ impl Registrar {
     fn office_code(&self) -> Result<GazetteerCode> {
         GazetteerCode::parse_level(&self.office, Level::Commune)
             .map_err(|_| Error::Corrupt("the store's office is not a commune code".into()))
+    }
+
+    /// Settles a record that two tablets of the office wrote at once (two
+    /// corrections of its data, steps that cannot both stand): the
+    /// registrar `by` chooses its data, either the value numbered `take`
+    /// of `conflicting_data` (as `crvs show` lists them) or a whole new
+    /// registration `json`, checked as at registration. The record keeps
+    /// every step as history and starts again as submitted, with the
+    /// registrar as its clerk: someone else verifies it, a registrar
+    /// approves it. `NotAllowed` when there is nothing to settle or the
+    /// record is registered.
+    pub fn settle<'a>(
+        &self,
+        id: &RecordId,
+        choice: Settlement<'_>,
+        by: impl Into<Actor<'a>>,
+    ) -> Result<Status> {
+        let now = checked_now_ms()?;
+        let today = Date::today_in_cambodia(now);
+        let current = self.record(id)?;
+        if current.view.server.is_registered() {
+            return Err(Error::NotAllowed(
+                "a registered record is not settled: an amendment changes it".into(),
+            ));
+        }
+        if current.view.conflicts.is_empty() && workflow::derive(&current.view.transitions).is_ok() {
+            return Err(Error::NotAllowed(
+                "nothing to settle: the record's data and steps are not in conflict".into(),
+            ));
+        }
+        let data = match choice {
+            Settlement::Take(i) => {
+                let doc = {
+                    let conn = lock(&self.conn);
+                    let row = store::get_record(&conn, &id.0)?.ok_or(Error::NotFound)?;
+                    self.load_doc(&row)?
+                };
+                let mut values = record::data_values(&doc)?;
+                if i >= values.len() {
+                    return Err(Error::InvalidInput(format!(
+                        "--take must be 0 to {}: the record holds {} value(s) of its data",
+                        values.len().saturating_sub(1),
+                        values.len()
+                    )));
+                }
+                let chosen = values.swap_remove(i);
+                self.checked_data(&current, &chosen.to_string(), today)?
+            }
+            Settlement::Data(json) => self.checked_data(&current, json, today)?,
+        };
+        let by = self.authorize(by.into(), Some(Role::for_action(Action::Settle)))?;
+        let mut conn = lock(&self.conn);
+        let device = self.device_label(&conn)?;
+        let tx = conn.transaction()?;
+        let mut row = store::get_record(&tx, &id.0)?.ok_or(Error::NotFound)?;
+        let mut doc = self.load_doc(&row)?;
+        let view = record::read(&doc)?;
+        let step = Transition {
+            action: Action::Settle,
+            by,
+            at_ms: now,
+            device,
+            reason: None,
+            notification: None,
+            code: None,
+        };
+        let status = workflow::check_append(&view.transitions, &step)?;
+        record::set_data(&mut doc, &data)?;
+        record::append_transition(&mut doc, &step)?;
+        row.status = status.as_str().to_string();
+        row.updated_at = now;
+        row.dirty = true;
+        row.doc_sealed = self.key.seal(&doc_aad(&id.0), &doc.save());
+        store::update_record(&tx, &row)?;
+        tx.commit()?;
+        tracing::info!(record = %id, "record settled");
+        Ok(status)
+    }
+
+    /// New data for the record `current` (a correction, a settlement):
+    /// the whole registration, checked as at registration (a birth at this
+    /// office); an amendment must still amend the same record.
+    fn checked_data(&self, current: &super::Record, json: &str, today: Date) -> Result<Json> {
+        Ok(match current.view.kind {
+            RecordKind::Birth => {
+                BirthRegistration::from_json_str_at_office(json, today, &self.office_code()?)?.to_json_value()
+            }
+            kind => {
+                let event = Event::from_json_str(json, today)?;
+                if RecordKind::of_event(event.kind()) != kind {
+                    return Err(Error::InvalidRecord(vec![FieldProblem::new(
+                        "event",
+                        format!("must be \"{}\", the event of the record corrected", kind.as_str()),
+                    )]));
+                }
+                match event {
+                    Event::Amendment(mut a) => {
+                        let target = current
+                            .view
+                            .data
+                            .get("amends")
+                            .and_then(Json::as_str)
+                            .map(str::to_owned);
+                        if a.amends.is_some() && a.amends != target {
+                            return Err(Error::InvalidRecord(vec![FieldProblem::new(
+                                "amends",
+                                "names another record than the one amended",
+                            )]));
+                        }
+                        a.amends = target;
+                        Event::Amendment(a).to_json_value()
+                    }
+                    other => other.to_json_value(),
+                }
+            }
+        })
     }
 
     /// Stores a new record of `kind` with `data`, submitted by `by`.

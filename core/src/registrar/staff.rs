@@ -230,17 +230,17 @@ impl Registrar {
         Ok(Some(d))
     }
 
-    /// Keeps `d` as the office's directory (refused if it is another
-    /// office's). Each one comes in an answer bound to this tablet's own
+    /// Keeps `d` as the office's directory. Another office's is not kept
+    /// (the server moved the device: its answer says so in its own way),
+    /// and the rest of the answer still applies. Each one comes in an answer bound to this tablet's own
     /// request (the sync answer's request hash, the enrolment's nonce),
     /// so it is the server's roster as of now, never a replayed older one:
     /// it replaces the one kept, even after a restore took the server's
     /// roster back.
     pub(crate) fn keep_directory(&self, tx: &rusqlite::Transaction<'_>, d: &OfficeDirectory) -> Result<()> {
         if d.office != self.office {
-            return Err(Error::Protocol(
-                "the server sent the roster of another office".into(),
-            ));
+            tracing::warn!("the server sent the roster of another office: not kept");
+            return Ok(());
         }
         let bytes = bincode::encode_to_vec(d, bincode::config::standard())
             .map_err(|e| Error::Storage(e.to_string()))?;

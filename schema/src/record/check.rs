@@ -80,6 +80,12 @@ pub fn check_tablet_operations(
                     }
                 }
                 (OpType::Put(automerge::ScalarValue::Str(_)), None) if op.insert => {}
+                // Settling two concurrent values of `data` by keeping one of
+                // them: automerge writes it as the deletion of the others.
+                // A deletion that leaves no value is refused below ("root
+                // field 'data' is missing"), and a changed approved record
+                // as `RegisteredDataChanged`.
+                (OpType::Delete, Some(DATA)) if !op.insert => {}
                 (OpType::Delete, _) => return Err(TabletChangeError::ForbiddenOperation("a deletion")),
                 (_, Some(SERVER)) => return Err(TabletChangeError::ServerOwnedField(SERVER.to_string())),
                 (_, Some(KIND | OFFICE | DATA | TRANSITIONS)) => {
@@ -227,6 +233,15 @@ pub fn check_tablet_changes<R1: ReadDoc, R2: ReadDoc>(
     // Steps the server already has; the others are new.
     // Which steps of the merged list the server already had.
     let mut known: Option<Vec<bool>> = None;
+    // The data of an approved record changed: allowed only by a new
+    // registrar's settlement of a record not registered yet.
+    let mut approved_data_changed: Option<(bool, usize)> = None;
+    let settlements = |v: &RecordView| {
+        v.transitions
+            .iter()
+            .filter(|t| t.action == workflow::Action::Settle)
+            .count()
+    };
     if let Some((b, rb)) = &root_before {
         let snap_before = |key: &str| snapshot_entry(*b, &root, key.into(), rb.get(key)).map_err(am);
         let snap_after =
@@ -237,13 +252,17 @@ pub fn check_tablet_changes<R1: ReadDoc, R2: ReadDoc>(
             }
         }
         // Approved (or beyond, registered): the data is the legal record.
-        let approved_before = read_root(*b, rb).is_ok_and(|v| {
+        let before_view = read_root(*b, rb).ok();
+        let approved_before = before_view.as_ref().is_some_and(|v| {
             v.transitions
                 .iter()
                 .any(|t| t.action == workflow::Action::Approve)
         });
         if approved_before && snap_before(DATA)? != snap_after(DATA)? {
-            return Err(TabletChangeError::RegisteredDataChanged);
+            approved_data_changed = Some((
+                before_view.as_ref().is_some_and(|v| v.server.is_registered()),
+                before_view.as_ref().map_or(0, settlements),
+            ));
         }
         let steps_before = snap_before(TRANSITIONS)?;
         match kept_in_order(&steps_before, &snap_after(TRANSITIONS)?) {
@@ -255,6 +274,11 @@ pub fn check_tablet_changes<R1: ReadDoc, R2: ReadDoc>(
         RecordError::Workflow(w) => TabletChangeError::Workflow(w),
         other => TabletChangeError::Malformed(other.to_string()),
     })?;
+    if let Some((registered, settled_before)) = approved_data_changed
+        && (registered || settlements(&view) <= settled_before)
+    {
+        return Err(TabletChangeError::RegisteredDataChanged);
+    }
     // Every transition, old and new, must follow the rules; a new one's
     // staff id must also have the form new steps have.
     workflow::derive(&view.transitions).map_err(TabletChangeError::Workflow)?;

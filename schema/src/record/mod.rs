@@ -292,6 +292,25 @@ pub fn set_data(doc: &mut AutoCommit, data: &Json) -> Result<(), RecordError> {
     Ok(())
 }
 
+/// Every value `data` holds: one, or several while concurrent writes of
+/// two tablets are not settled (automerge keeps each; the view lists
+/// `data` in [`RecordView::conflicts`]). In automerge's order, which is
+/// the same on every copy of the document.
+pub fn data_values<R: ReadDoc>(doc: &R) -> Result<Vec<Json>, RecordError> {
+    doc.get_all(automerge::ROOT, DATA)?
+        .into_iter()
+        .map(|(v, _)| match v {
+            Value::Scalar(s) => match s.as_ref() {
+                ScalarValue::Str(json) => {
+                    serde_json::from_str(json).map_err(|_| RecordError::Malformed("data is not valid JSON"))
+                }
+                _ => Err(RecordError::Malformed("data is not a JSON string")),
+            },
+            _ => Err(RecordError::Malformed("data is not a JSON string")),
+        })
+        .collect()
+}
+
 /// Appends a transition to the workflow list (no rule check: see
 /// [`workflow::check_append`]).
 pub fn append_transition(doc: &mut AutoCommit, t: &Transition) -> Result<(), RecordError> {

@@ -509,3 +509,74 @@ fn steps_appended_concurrently_on_two_tablets_are_kept_in_any_order() {
         TabletChangeError::TransitionsRewritten
     );
 }
+
+#[test]
+fn keeping_one_of_two_concurrent_values_passes_and_deleting_the_data_is_refused() {
+    let mut a = new_record(actor(1), RecordKind::Birth, "171003", &sample(), &submit("clerk")).unwrap();
+    let mut b = a.fork().with_actor(actor(2));
+    let mut data = sample();
+    data["child"]["family_name"] = "A".into();
+    a.put(automerge::ROOT, DATA, data.to_string()).unwrap();
+    data["child"]["family_name"] = "B".into();
+    b.put(automerge::ROOT, DATA, data.to_string()).unwrap();
+    a.merge(&mut b).unwrap();
+    assert_eq!(data_values(&a).unwrap().len(), 2);
+    let conflicted = copy(&mut a);
+    // Keeping B's value as it is: automerge writes the deletion of A's.
+    let before_ops = a.get_heads();
+    a.put(automerge::ROOT, DATA, data.to_string()).unwrap();
+    let ops: Vec<_> = a
+        .get_changes(&before_ops)
+        .iter()
+        .flat_map(|c| c.decode().operations)
+        .collect();
+    assert!(ops.iter().any(|o| o.action == automerge::legacy::OpType::Delete));
+    let view = check_tablet_changes(Some(&conflicted), &a).expect("a settlement by keeping one value");
+    assert!(view.conflicts.is_empty());
+    assert_eq!(view.data["child"]["family_name"], "B");
+    assert_eq!(data_values(&a).unwrap(), vec![data.clone()]);
+    // Deleting the data itself leaves the record without it: refused.
+    let before = copy(&mut a);
+    a.delete(automerge::ROOT, DATA).unwrap();
+    assert!(matches!(
+        check_tablet_changes(Some(&before), &a),
+        Err(TabletChangeError::Malformed(_))
+    ));
+}
+
+#[test]
+fn a_settlement_changes_an_approved_records_data_only_before_its_registration() {
+    let step = |action, by: &str| Transition {
+        action,
+        by: by.into(),
+        at_ms: 2,
+        device: "d".into(),
+        reason: None,
+        notification: None,
+        code: None,
+    };
+    use crate::workflow::Action;
+    let mut doc = new_record(actor(1), RecordKind::Birth, "171003", &sample(), &submit("clerk")).unwrap();
+    append_transition(&mut doc, &step(Action::Verify, "verifier")).unwrap();
+    append_transition(&mut doc, &step(Action::Approve, "registrar")).unwrap();
+    let approved = copy(&mut doc);
+    let mut changed = sample();
+    changed["child"]["given_name"] = serde_json::json!("x");
+    let mut settled = doc.fork();
+    settled.put(automerge::ROOT, DATA, changed.to_string()).unwrap();
+    append_transition(&mut settled, &step(Action::Settle, "registrar")).unwrap();
+    let view = check_tablet_changes(Some(&approved), &settled).expect("settled before registration");
+    assert_eq!(view.status().unwrap(), crate::workflow::Status::Submitted);
+    // Once registered, not even a settlement changes the data.
+    let mut registered = doc.fork().with_actor(actor(9));
+    set_registration(&mut registered, &reg(Kidc::parse("1000000001").unwrap())).unwrap();
+    let before = copy(&mut registered);
+    registered
+        .put(automerge::ROOT, DATA, changed.to_string())
+        .unwrap();
+    append_transition(&mut registered, &step(Action::Settle, "registrar")).unwrap();
+    assert_eq!(
+        check_tablet_changes(Some(&before), &registered).unwrap_err(),
+        TabletChangeError::RegisteredDataChanged
+    );
+}

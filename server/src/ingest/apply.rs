@@ -267,6 +267,7 @@ pub(super) fn finish_record(
         kind,
         mut status,
         new_hold,
+        lifted,
         register: plan,
         mut doc,
         server_change,
@@ -309,6 +310,16 @@ pub(super) fn finish_record(
     }
     for c in &changes {
         tx.append_feed(FeedTo::Office(&record.office), record_id, c, ctx.now_ms)?;
+    }
+    if let Some((reason, by)) = &lifted {
+        tx.audit_release(&crate::storage::ReleaseAudit {
+            record_id,
+            hold_reason: reason,
+            by,
+            why: "settled by a registrar on a tablet of the office",
+            at_ms: ctx.now_ms,
+            outcome: "released",
+        })?;
     }
     if let Some(reason) = hold {
         stats.holds += 1;

@@ -37,6 +37,9 @@ pub(super) struct Prepared {
     pub(super) status: Status,
     /// The hold the server set now, if it did.
     pub(super) new_hold: Option<&'static str>,
+    /// A hold lifted now by a registrar's settlement: the hold's reason
+    /// and the registrar's staff id, for the release audit.
+    pub(super) lifted: Option<(String, String)>,
     /// The registration to make under the writer, for an approved record
     /// whose data validates.
     pub(super) register: Option<Plan>,
@@ -175,21 +178,45 @@ pub(super) fn prepare_record_inner(
         ));
     }
 
+    let old_steps = match &before {
+        Some(b) => record::read(b).map(|v| v.transitions).unwrap_or_default(),
+        None => Vec::new(),
+    };
+    let new_steps: Vec<&workflow::Transition> = view
+        .transitions
+        .iter()
+        .filter(|t| !old_steps.contains(t))
+        .collect();
     // The roster's re-check: every step this change set adds must be by
     // someone on the office's roster at its time, with the role it needs.
-    let staff_problem = ctx.roster.in_force() && {
-        let old = match &before {
-            Some(b) => record::read(b).map(|v| v.transitions).unwrap_or_default(),
-            None => Vec::new(),
-        };
-        view.transitions
-            .iter()
-            .filter(|t| !old.contains(t))
-            .any(|t| !ctx.roster.authorizes(t))
-    };
+    let staff_problem = ctx.roster.in_force() && new_steps.iter().any(|t| !ctx.roster.authorizes(t));
+    // A registrar's settlement answers a record the server holds for what
+    // two tablets wrote at once, before its registration; anywhere else it
+    // is a workflow problem.
+    let settled_by = new_steps
+        .iter()
+        .rev()
+        .find(|t| t.action == workflow::Action::Settle)
+        .map(|t| t.by.clone());
+    let settle_hold = matches!(
+        view.server.hold.as_deref(),
+        Some(HOLD_DATA_CONFLICT | HOLD_INVALID_WORKFLOW)
+    );
+    let settle_refused = settled_by.is_some() && (view.server.is_registered() || !settle_hold);
+    let lift = settled_by.is_some()
+        && !settle_refused
+        && !workflow_problem
+        && !staff_problem
+        && view.conflicts.is_empty();
 
     let mut new_hold: Option<&'static str> = None;
     let mut register = None;
+    let mut lifted = None;
+    let mut view = view;
+    if lift && let (Some(reason), Some(by)) = (view.server.hold.take(), settled_by) {
+        tracing::info!(record = %record_id, hold = %reason, "hold lifted: a registrar settled the record");
+        lifted = Some((reason, by));
+    }
     if workflow_problem {
         if view.server.hold.is_none() {
             new_hold = Some(HOLD_INVALID_WORKFLOW);
@@ -203,6 +230,11 @@ pub(super) fn prepare_record_inner(
                 device = %ctx.device.device_id,
                 "record held: a workflow step is by someone the office's roster does not allow"
             );
+        }
+    } else if settle_refused {
+        if view.server.hold.is_none() {
+            new_hold = Some(HOLD_INVALID_WORKFLOW);
+            tracing::info!(record = %record_id, "record held: a settlement of a record with nothing to settle");
         }
     } else if !view.conflicts.is_empty() && !view.server.is_registered() {
         // Two tablets wrote the data concurrently: both values are kept,
@@ -233,7 +265,6 @@ pub(super) fn prepare_record_inner(
         }
     }
     // The status before the registration, which happens under the writer.
-    let mut view = view;
     if let Some(code) = new_hold {
         view.server.hold = Some(code.to_string());
     }
@@ -249,14 +280,20 @@ pub(super) fn prepare_record_inner(
             .map_err(|e| refuse(seq, RefusalCode::InvalidRecord, e.to_string()))?
     };
     let mut doc = doc;
-    let server_change = match new_hold {
-        Some(code) => {
+    let server_change = match (new_hold, &lifted) {
+        (Some(code), _) => {
             doc.set_actor(ctx.server.actor().clone());
             record::set_hold(&mut doc, code)
                 .map_err(|_| internal("writing the server part of a record failed"))?;
             commit_server_change(&mut doc)
         }
-        None => None,
+        (None, Some(_)) => {
+            doc.set_actor(ctx.server.actor().clone());
+            record::clear_hold(&mut doc)
+                .map_err(|_| internal("writing the server part of a record failed"))?;
+            commit_server_change(&mut doc)
+        }
+        (None, None) => None,
     };
     let stored_len = stored.as_ref().map_or(0, |s| s.doc.len());
     if stored_len + fresh.len() > MAX_RECORD_DOC_BYTES {
@@ -274,6 +311,7 @@ pub(super) fn prepare_record_inner(
         kind: view.kind,
         status,
         new_hold,
+        lifted,
         register,
         doc,
         server_change,
