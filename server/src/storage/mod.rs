@@ -916,8 +916,14 @@ pub trait WriteTx {
     /// The record's hold, if it is held and not released.
     fn hold(&mut self, record_id: Uuid) -> Result<Option<HoldRow>, StorageError>;
     /// The next registration sequence number of `office` in `year`
-    /// (1, 2, ...), counted in this transaction.
-    fn next_registration_seq(&mut self, office: &str, year: i32) -> Result<u64, StorageError>;
+    /// (1, 2, ...), counted in this transaction: one above both the
+    /// database's counter and `above` (the highest the KIdC ledger holds,
+    /// so that a database restored from an older backup never issues a
+    /// number again). The counter becomes the number returned.
+    fn next_registration_seq(&mut self, office: &str, year: i32, above: u64) -> Result<u64, StorageError>;
+    /// Raises the counter of `office` in `year` to `seq` if it is below
+    /// (a number the ledger gives back to its record after a restore).
+    fn raise_registration_counter(&mut self, office: &str, year: i32, seq: u64) -> Result<(), StorageError>;
     /// Audits a release attempt; when it released the record, marks the
     /// hold released.
     fn audit_release(&mut self, audit: &ReleaseAudit<'_>) -> Result<(), StorageError>;

@@ -967,13 +967,24 @@ impl WriteTx for SqliteTx<'_> {
         Ok(n == 1)
     }
 
-    fn next_registration_seq(&mut self, office: &str, year: i32) -> Result<u64, StorageError> {
+    fn next_registration_seq(&mut self, office: &str, year: i32, above: u64) -> Result<u64, StorageError> {
+        let above = i64::try_from(above).map_err(|_| StorageError::Corrupt("registration counter"))?;
         let mut st = self.conn.prepare_cached(
-            "INSERT INTO registration_counters (office, year, last) VALUES (?1, ?2, 1)
-             ON CONFLICT (office, year) DO UPDATE SET last = last + 1 RETURNING last",
+            "INSERT INTO registration_counters (office, year, last) VALUES (?1, ?2, ?3 + 1)
+             ON CONFLICT (office, year) DO UPDATE SET last = MAX(last, ?3) + 1 RETURNING last",
         )?;
-        let last: i64 = st.query_row(params![office, year], |r| r.get(0))?;
+        let last: i64 = st.query_row(params![office, year, above], |r| r.get(0))?;
         u64::try_from(last).map_err(|_| StorageError::Corrupt("registration counter"))
+    }
+
+    fn raise_registration_counter(&mut self, office: &str, year: i32, seq: u64) -> Result<(), StorageError> {
+        let seq = i64::try_from(seq).map_err(|_| StorageError::Corrupt("registration counter"))?;
+        let mut st = self.conn.prepare_cached(
+            "INSERT INTO registration_counters (office, year, last) VALUES (?1, ?2, ?3)
+             ON CONFLICT (office, year) DO UPDATE SET last = MAX(last, excluded.last)",
+        )?;
+        st.execute(params![office, year, seq])?;
+        Ok(())
     }
 
     fn hold(&mut self, record_id: Uuid) -> Result<Option<HoldRow>, StorageError> {
