@@ -173,6 +173,25 @@ pub struct RegistrationNumber {
     pub seq: u64,
 }
 
+impl RegistrationNumber {
+    /// Reads `office/year/sequence`; `None` when it is not one.
+    pub fn parse(s: &str) -> Option<RegistrationNumber> {
+        let mut parts = s.split('/');
+        let (office, year, seq) = (parts.next()?, parts.next()?, parts.next()?);
+        if parts.next().is_some() || office.is_empty() {
+            return None;
+        }
+        Some(RegistrationNumber {
+            office: office.to_owned(),
+            year: year.parse().ok()?,
+            seq: seq
+                .parse()
+                .ok()
+                .filter(|&n: &u64| n > 0 && i64::try_from(n).is_ok())?,
+        })
+    }
+}
+
 impl std::fmt::Display for RegistrationNumber {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}/{}/{:06}", self.office, self.year, self.seq)
@@ -442,6 +461,47 @@ impl KidcLedger {
         .transpose()
     }
 
+    /// Imports registration numbers the ledger lacks (a ledger made before
+    /// it kept them, or one whose last reservation a crash lost while the
+    /// database's commit survived), each (number, record, when registered),
+    /// in one transaction; returns how many it wrote. A number the ledger
+    /// holds for another record, or a record it holds another number for,
+    /// is left as the ledger has it: the ledger stands.
+    pub fn import_numbers(&self, numbers: &[(RegistrationNumber, Uuid, i64)]) -> Result<usize, StorageError> {
+        if numbers.is_empty() {
+            return Ok(0);
+        }
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let mut written = 0;
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO registration_numbers (office, year, seq, record_id, reserved_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
+            )?;
+            for (n, record, at) in numbers {
+                let seq =
+                    i64::try_from(n.seq).map_err(|_| StorageError::Corrupt("a registration sequence"))?;
+                written += insert.execute(params![n.office, n.year, seq, record.to_string(), at])?;
+            }
+        }
+        if written == 0 {
+            return Ok(0);
+        }
+        tx.commit()?;
+        drop(conn);
+        self.sync()?;
+        Ok(written)
+    }
+
+    /// How many registration numbers are reserved.
+    pub fn number_count(&self) -> Result<u64, StorageError> {
+        let n: i64 = self
+            .conn()
+            .query_row("SELECT COUNT(*) FROM registration_numbers", [], |r| r.get(0))?;
+        Ok(n as u64)
+    }
+
     /// The highest sequence reserved for `office` in `year` (0 when none).
     pub fn highest_seq(&self, office: &str, year: i32) -> Result<u64, StorageError> {
         let conn = self.conn();
@@ -650,6 +710,50 @@ pub struct Reconciled {
     /// API keys the database had active although the ledger says they
     /// were revoked: revoked again.
     pub api_keys_revoked_again: usize,
+    /// Registration numbers of the registry's event log the ledger lacked,
+    /// now in it.
+    pub registration_numbers_imported: usize,
+}
+
+/// The registration numbers of the registry's event log that the ledger
+/// lacks, imported; read only when the ledger holds fewer numbers than the
+/// log (a ledger made before it kept numbers, or a crash that lost its
+/// last reservation but not the database's commit). A database restored
+/// from a backup holds fewer than the ledger: nothing is read.
+fn import_registration_numbers(ledger: &KidcLedger, storage: &dyn Storage) -> Result<usize, StorageError> {
+    if ledger.number_count()? >= storage.registration_number_count()? {
+        return Ok(0);
+    }
+    let mut unreadable = 0;
+    let numbers: Vec<(RegistrationNumber, Uuid, i64)> = storage
+        .registration_numbers()?
+        .into_iter()
+        .filter_map(|(n, id, at)| match RegistrationNumber::parse(&n) {
+            Some(n) => Some((n, id, at)),
+            None => {
+                unreadable += 1;
+                None
+            }
+        })
+        .collect();
+    let imported = ledger.import_numbers(&numbers)?;
+    if imported > 0 {
+        tracing::info!(
+            imported,
+            "registration numbers the KIdC ledger lacked are now in it"
+        );
+    }
+    let lacking = storage
+        .registration_number_count()?
+        .saturating_sub(ledger.number_count()?);
+    if lacking > 0 {
+        tracing::warn!(
+            lacking,
+            unreadable,
+            "registration numbers of the registry are not in the KIdC ledger: the ledger holds their number for another record, or another number for their record"
+        );
+    }
+    Ok(imported)
 }
 
 /// Brings the ledger and the database into agreement on staff removals and
@@ -669,6 +773,7 @@ pub struct Reconciled {
 pub fn reconcile(ledger: &KidcLedger, storage: &dyn Storage) -> Result<Reconciled, StorageError> {
     let mut done = Reconciled {
         staff_removals_imported: ledger.record_staff_removals(&storage.staff_removals()?)?,
+        registration_numbers_imported: import_registration_numbers(ledger, storage)?,
         ..Reconciled::default()
     };
     let keys = storage.api_keys()?;
@@ -771,6 +876,53 @@ mod tests {
             year,
             seq,
         }
+    }
+
+    #[test]
+    fn registration_numbers_read_and_import_only_what_the_ledger_lacks() {
+        assert_eq!(
+            RegistrationNumber::parse("171003/2026/000042"),
+            Some(number("171003", 2026, 42))
+        );
+        for bad in [
+            "",
+            "171003/2026",
+            "171003/2026/0",
+            "171003/x/1",
+            "/2026/1",
+            "1/2/3/4",
+        ] {
+            assert_eq!(RegistrationNumber::parse(bad), None, "{bad}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(LEDGER_FILE);
+        let (r1, r2, r3) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        let (ledger, _) = KidcLedger::open(&path, &[], 1).unwrap();
+        ledger
+            .reserve(&numbers(&[(number("171003", 2026, 1), r1)]), 2)
+            .unwrap();
+        let imported = ledger
+            .import_numbers(&[
+                (number("171003", 2026, 1), r1, 5),
+                (number("171003", 2026, 2), r2, 6),
+                (number("171003", 2026, 2), r3, 7),
+                (number("171003", 2026, 3), r1, 8),
+            ])
+            .unwrap();
+        assert_eq!(
+            imported, 1,
+            "held already, or in conflict with what the ledger holds"
+        );
+        assert_eq!(ledger.number_count().unwrap(), 2);
+        assert_eq!(ledger.number_for(r1).unwrap(), Some(number("171003", 2026, 1)));
+        assert_eq!(ledger.number_for(r2).unwrap(), Some(number("171003", 2026, 2)));
+        assert_eq!(ledger.number_for(r3).unwrap(), None);
+        assert_eq!(
+            ledger
+                .import_numbers(&[(number("171003", 2026, 2), r2, 6)])
+                .unwrap(),
+            0
+        );
     }
 
     #[test]

@@ -412,3 +412,50 @@ fn registration_numbers_issued_after_the_backup_are_never_issued_again_after_a_r
 fn registration_numbers_survive_a_database_put_back_by_copying_files() {
     registration_numbers_survive(true);
 }
+
+/// A ledger that lacks the database's registration numbers (made before
+/// it kept them, or lost and made again) takes them at the next start, so
+/// a later restore does not count to them again either.
+#[test]
+fn registration_numbers_the_ledger_lacks_are_taken_from_the_database_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("server");
+    let file = dir.path().join("backup.db");
+    let server = Server::open(&data).unwrap();
+    let mut tablet = Tablet::enroll(&server, OFFICE);
+    let mut later = Tablet::enroll(&server, OFFICE);
+    let mut issued = Vec::new();
+    for i in 0..4 {
+        if i == 2 {
+            backup::backup(&data, &file, server.now_ms()).unwrap();
+        }
+        let (id, cs, mut doc) = approved_birth(&mut tablet);
+        let resp = open_response(&server, &server.handle_sync(&tablet.request(vec![cs])).unwrap());
+        issued.push(number_in(&resp, id, &mut doc).expect("registered"));
+    }
+    drop(server);
+    std::fs::remove_file(data.join(ledger::LEDGER_FILE)).unwrap();
+    let server = Server::open(&data).unwrap();
+    drop(server);
+    let conn = rusqlite::Connection::open(data.join(ledger::LEDGER_FILE)).unwrap();
+    let held: i64 = conn
+        .query_row("SELECT COUNT(*) FROM registration_numbers", [], |r| r.get(0))
+        .unwrap();
+    drop(conn);
+    assert_eq!(held, 4, "every number of the registry is in the ledger");
+    let ledger_before = std::fs::read(data.join(ledger::LEDGER_FILE)).unwrap();
+    let server = Server::open(&data).unwrap();
+    drop(server);
+    assert_eq!(
+        std::fs::read(data.join(ledger::LEDGER_FILE)).unwrap(),
+        ledger_before,
+        "a plain start writes nothing"
+    );
+
+    backup::restore(&data, &file, support::now_ms()).unwrap();
+    let server = Server::open(&data).unwrap();
+    let (id, cs, mut doc) = approved_birth(&mut later);
+    let resp = sync_after_restore(&server, &later, vec![cs]);
+    let new = number_in(&resp, id, &mut doc).expect("registered");
+    assert!(!issued.contains(&new), "{new} was issued before: {issued:?}");
+}

@@ -695,6 +695,14 @@ pub trait Storage: Send + Sync {
     /// How many codes the issuance log holds (read-only).
     fn issuance_count(&self) -> Result<u64, StorageError>;
 
+    /// Every registration number the registry's event log holds, with its
+    /// record and when it was registered (read-only).
+    fn registration_numbers(&self) -> Result<Vec<(String, Uuid, i64)>, StorageError>;
+
+    /// How many registration numbers the registry's event log holds
+    /// (read-only).
+    fn registration_number_count(&self) -> Result<u64, StorageError>;
+
     /// Every record held and not released, oldest first (read-only).
     fn holds(&self) -> Result<Vec<HoldRow>, StorageError>;
 

@@ -153,6 +153,35 @@ impl Storage for SqliteStorage {
         Ok(n as u64)
     }
 
+    fn registration_numbers(&self) -> Result<Vec<(String, Uuid, i64)>, StorageError> {
+        let conn = self.reader();
+        let mut st = conn.prepare(
+            "SELECT registration_number, record_id, registered_at FROM registry_events ORDER BY seq",
+        )?;
+        let rows = st.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (number, id, at) = row?;
+            let id =
+                Uuid::parse_str(&id).map_err(|_| StorageError::Corrupt("a record id in registry_events"))?;
+            out.push((number, id, at));
+        }
+        Ok(out)
+    }
+
+    fn registration_number_count(&self) -> Result<u64, StorageError> {
+        let n: i64 = self
+            .reader()
+            .query_row("SELECT COUNT(*) FROM registry_events", [], |r| r.get(0))?;
+        Ok(n as u64)
+    }
+
     fn roster(&self, office: &str) -> Result<Vec<StaffMember>, StorageError> {
         roster(&self.reader(), office)
     }
