@@ -1,5 +1,5 @@
-//! The KIdC ledger: every code this server ever reserved, kept outside its
-//! database.
+//! The KIdC ledger: every code and registration number this server ever
+//! reserved, kept outside its database.
 //!
 //! KIdCs are drawn at random (DESIGN.md), so no high-water mark can say
 //! which codes were used. A database restored from a backup forgets the
@@ -21,6 +21,26 @@
 //! reserved: it is never drawn again, and the record it went to gets it
 //! back. The ledger is append-only (triggers).
 //!
+//! **Registration numbers** (`office/year/sequence`) are counted, not
+//! drawn, by the database's `registration_counters`, which a restore winds
+//! back: counting on would give a number issued after the backup to a
+//! second record. So the ledger keeps every number issued, with its record
+//! (`registration_numbers`, one number per record and one record per
+//! number), reserved in the same ledger transaction and sync as the codes,
+//! before the database commits. Registering reads the ledger
+//! (`ingest::register`): a record the ledger holds a number for gets that
+//! number again (and the database's counter is raised to it); any other
+//! record gets one above both the database's counter and the highest
+//! number the ledger holds for the office and year (the counter follows).
+//! So a restored database needs no repair of its counters, at restore or
+//! at start: they are corrected by the ledger on the next registration of
+//! each office and year. The numbers of a change set rolled back are not
+//! reserved (the counter went back with it, and counts them again).
+//! [`reconcile`] imports into the ledger the numbers of the registry's
+//! event log it lacks (a ledger made before it kept numbers, or a crash
+//! that lost its last reservation but not the database's commit), reading
+//! the log only when the ledger holds fewer numbers than it.
+//!
 //! The ledger also keeps what a restore must not undo: every device
 //! enrolment and revocation, every removal of a staff member from a
 //! roster and every revocation of an API key, each written (and synced)
@@ -31,9 +51,12 @@
 //!
 //! If the whole machine is lost, the ledger goes with the database (keep
 //! the data folder on a volume that is itself replicated, or copy the
-//! ledger off the machine often: it holds codes and record ids only). The
-//! tablets' [`crvs_schema::evidence::IssuanceProof`]s then rebuild what
-//! they hold; see ARCHITECTURE.md, "Recovery".
+//! ledger off the machine often: it holds codes, registration numbers and
+//! record ids only). The tablets'
+//! [`crvs_schema::evidence::IssuanceProof`]s then rebuild the codes they
+//! hold; registration numbers issued after the backup have no such proof,
+//! and may be issued again. See ARCHITECTURE.md, "Recovery" (the restore
+//! invariants).
 
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
