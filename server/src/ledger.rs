@@ -1,5 +1,5 @@
-//! The KIdC ledger: every code this server ever reserved, kept outside its
-//! database.
+//! The KIdC ledger: every code and registration number this server ever
+//! reserved, kept outside its database.
 //!
 //! KIdCs are drawn at random (DESIGN.md), so no high-water mark can say
 //! which codes were used. A database restored from a backup forgets the
@@ -21,6 +21,26 @@
 //! reserved: it is never drawn again, and the record it went to gets it
 //! back. The ledger is append-only (triggers).
 //!
+//! **Registration numbers** (`office/year/sequence`) are counted, not
+//! drawn, by the database's `registration_counters`, which a restore winds
+//! back: counting on would give a number issued after the backup to a
+//! second record. So the ledger keeps every number issued, with its record
+//! (`registration_numbers`, one number per record and one record per
+//! number), reserved in the same ledger transaction and sync as the codes,
+//! before the database commits. Registering reads the ledger
+//! (`ingest::register`): a record the ledger holds a number for gets that
+//! number again (and the database's counter is raised to it); any other
+//! record gets one above both the database's counter and the highest
+//! number the ledger holds for the office and year (the counter follows).
+//! So a restored database needs no repair of its counters, at restore or
+//! at start: they are corrected by the ledger on the next registration of
+//! each office and year. The numbers of a change set rolled back are not
+//! reserved (the counter went back with it, and counts them again).
+//! [`reconcile`] imports into the ledger the numbers of the registry's
+//! event log it lacks (a ledger made before it kept numbers, or a crash
+//! that lost its last reservation but not the database's commit), reading
+//! the log only when the ledger holds fewer numbers than it.
+//!
 //! The ledger also keeps what a restore must not undo: every device
 //! enrolment and revocation, every removal of a staff member from a
 //! roster and every revocation of an API key, each written (and synced)
@@ -31,9 +51,12 @@
 //!
 //! If the whole machine is lost, the ledger goes with the database (keep
 //! the data folder on a volume that is itself replicated, or copy the
-//! ledger off the machine often: it holds codes and record ids only). The
-//! tablets' [`crvs_schema::evidence::IssuanceProof`]s then rebuild what
-//! they hold; see ARCHITECTURE.md, "Recovery".
+//! ledger off the machine often: it holds codes, registration numbers and
+//! record ids only). The tablets'
+//! [`crvs_schema::evidence::IssuanceProof`]s then rebuild the codes they
+//! hold; registration numbers issued after the backup have no such proof,
+//! and may be issued again. See ARCHITECTURE.md, "Recovery" (the restore
+//! invariants).
 
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
@@ -50,7 +73,7 @@ pub const LEDGER_FILE: &str = "kidc-ledger.db";
 /// The ledger's numbered migrations (see [`crvs_sqlite`]). The first keeps
 /// its `IF NOT EXISTS`: ledgers made before the ledger had numbered
 /// migrations hold its tables at `user_version` 0, and take it as is.
-const MIGRATIONS: &[crvs_sqlite::Migration] = &[SCHEMA_1, SCHEMA_2];
+const MIGRATIONS: &[crvs_sqlite::Migration] = &[SCHEMA_1, SCHEMA_2, SCHEMA_3];
 
 const SCHEMA_1: &str = "
 CREATE TABLE IF NOT EXISTS reserved (
@@ -120,6 +143,31 @@ BEGIN
 END;
 ";
 
+/// Version 3: every registration number issued (office / year /
+/// sequence), with the record it went to, reserved before the database
+/// commits it: a restore from an older backup winds the database's
+/// counters back, and the next number is then counted from the highest
+/// the ledger holds, never from the restored counter alone. One number
+/// per record, one record per number.
+const SCHEMA_3: &str = "
+CREATE TABLE registration_numbers (
+    office      TEXT NOT NULL,
+    year        INTEGER NOT NULL,
+    seq         INTEGER NOT NULL,
+    record_id   TEXT NOT NULL UNIQUE,
+    reserved_at BIGINT NOT NULL,
+    PRIMARY KEY (office, year, seq)
+);
+CREATE TRIGGER registration_numbers_no_update BEFORE UPDATE ON registration_numbers
+BEGIN
+    SELECT RAISE(ABORT, 'the ledger is append-only');
+END;
+CREATE TRIGGER registration_numbers_no_delete BEFORE DELETE ON registration_numbers
+BEGIN
+    SELECT RAISE(ABORT, 'the ledger is append-only');
+END;
+";
+
 /// An enrolment, as the ledger keeps it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LedgerDevice {
@@ -135,6 +183,65 @@ pub struct LedgerDevice {
     pub token_hash: String,
     /// When it was revoked, if it was.
     pub revoked_at_ms: Option<i64>,
+}
+
+/// A registration number: office / year / sequence (`171003/2026/000042`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RegistrationNumber {
+    /// The registering office.
+    pub office: String,
+    /// The year of registration.
+    pub year: i32,
+    /// The sequence, counted per office and year from 1.
+    pub seq: u64,
+}
+
+impl RegistrationNumber {
+    /// Reads `office/year/sequence`; `None` when it is not one.
+    pub fn parse(s: &str) -> Option<RegistrationNumber> {
+        let mut parts = s.split('/');
+        let (office, year, seq) = (parts.next()?, parts.next()?, parts.next()?);
+        if parts.next().is_some() || office.is_empty() {
+            return None;
+        }
+        Some(RegistrationNumber {
+            office: office.to_owned(),
+            year: year.parse().ok()?,
+            seq: seq
+                .parse()
+                .ok()
+                .filter(|&n: &u64| n > 0 && i64::try_from(n).is_ok())?,
+        })
+    }
+}
+
+impl std::fmt::Display for RegistrationNumber {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}/{:06}", self.office, self.year, self.seq)
+    }
+}
+
+/// What one commit reserves in the ledger, in one ledger transaction: the
+/// KIdCs and the registration numbers it issued, each with its record.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reservations {
+    /// KIdCs issued.
+    pub codes: Vec<(Kidc, Uuid)>,
+    /// Registration numbers issued.
+    pub numbers: Vec<(RegistrationNumber, Uuid)>,
+}
+
+impl Reservations {
+    /// Nothing to reserve.
+    pub fn is_empty(&self) -> bool {
+        self.codes.is_empty() && self.numbers.is_empty()
+    }
+
+    /// Takes `other`'s reservations too.
+    pub fn extend_from(&mut self, other: &Reservations) {
+        self.codes.extend_from_slice(&other.codes);
+        self.numbers.extend_from_slice(&other.numbers);
+    }
 }
 
 /// The enrolments a ledger file holds (none when it does not exist).
@@ -281,12 +388,14 @@ impl KidcLedger {
             .transpose()
     }
 
-    /// Reserves codes, durably, in one transaction. A code already
-    /// reserved for the same record is kept; one reserved for another
-    /// record fails the whole call (the caller checked with
-    /// [`KidcLedger::holder_of`] under the single writer, so that means
-    /// the ledger was changed behind the server's back).
-    pub fn reserve(&self, entries: &[(Kidc, Uuid)], now_ms: i64) -> Result<(), StorageError> {
+    /// Reserves codes and registration numbers, durably, in one
+    /// transaction. A code or number already reserved for the same record
+    /// is kept; one reserved for another record, or a second number for a
+    /// record, fails the whole call (the caller checked with
+    /// [`KidcLedger::holder_of`] and [`KidcLedger::number_for`] under the
+    /// single writer, so that means the ledger was changed behind the
+    /// server's back).
+    pub fn reserve(&self, entries: &Reservations, now_ms: i64) -> Result<(), StorageError> {
         if entries.is_empty() {
             return Ok(());
         }
@@ -298,7 +407,7 @@ impl KidcLedger {
     /// returns. Group commit calls it under the writer, before the
     /// database's commit, and syncs after; nothing is answered before both
     /// are synced.
-    pub fn reserve_unsynced(&self, entries: &[(Kidc, Uuid)], now_ms: i64) -> Result<(), StorageError> {
+    pub fn reserve_unsynced(&self, entries: &Reservations, now_ms: i64) -> Result<(), StorageError> {
         if entries.is_empty() {
             return Ok(());
         }
@@ -308,7 +417,7 @@ impl KidcLedger {
             let mut find = tx.prepare_cached("SELECT record_id FROM reserved WHERE kidc = ?1")?;
             let mut insert =
                 tx.prepare_cached("INSERT INTO reserved (kidc, record_id, reserved_at) VALUES (?1, ?2, ?3)")?;
-            for (kidc, record) in entries {
+            for (kidc, record) in &entries.codes {
                 let holder: Option<String> = find.query_row([kidc.as_str()], |r| r.get(0)).optional()?;
                 match holder {
                     Some(h) if h == record.to_string() => {}
@@ -319,8 +428,111 @@ impl KidcLedger {
                 }
             }
         }
+        {
+            let mut holder_of = tx.prepare_cached(
+                "SELECT record_id FROM registration_numbers WHERE office = ?1 AND year = ?2 AND seq = ?3",
+            )?;
+            let mut held_by = tx.prepare_cached("SELECT 1 FROM registration_numbers WHERE record_id = ?1")?;
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO registration_numbers (office, year, seq, record_id, reserved_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            for (n, record) in &entries.numbers {
+                let seq =
+                    i64::try_from(n.seq).map_err(|_| StorageError::Corrupt("a registration sequence"))?;
+                let holder: Option<String> = holder_of
+                    .query_row(params![n.office, n.year, seq], |r| r.get(0))
+                    .optional()?;
+                match holder {
+                    Some(h) if h == record.to_string() => {}
+                    Some(_) => {
+                        return Err(StorageError::Corrupt(
+                            "a registration number is reserved for another record",
+                        ));
+                    }
+                    None => {
+                        if held_by.exists([record.to_string()])? {
+                            return Err(StorageError::Corrupt(
+                                "a record already holds another registration number",
+                            ));
+                        }
+                        insert.execute(params![n.office, n.year, seq, record.to_string(), now_ms])?;
+                    }
+                }
+            }
+        }
         tx.commit()?;
         Ok(())
+    }
+
+    /// The registration number reserved for `record_id`, if any.
+    pub fn number_for(&self, record_id: Uuid) -> Result<Option<RegistrationNumber>, StorageError> {
+        let conn = self.conn();
+        let mut st =
+            conn.prepare_cached("SELECT office, year, seq FROM registration_numbers WHERE record_id = ?1")?;
+        let row: Option<(String, i32, i64)> = st
+            .query_row([record_id.to_string()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .optional()?;
+        row.map(|(office, year, seq)| {
+            Ok(RegistrationNumber {
+                office,
+                year,
+                seq: u64::try_from(seq)
+                    .map_err(|_| StorageError::Corrupt("a registration sequence in the ledger"))?,
+            })
+        })
+        .transpose()
+    }
+
+    /// Imports registration numbers the ledger lacks (a ledger made before
+    /// it kept them, or one whose last reservation a crash lost while the
+    /// database's commit survived), each (number, record, when registered),
+    /// in one transaction; returns how many it wrote. A number the ledger
+    /// holds for another record, or a record it holds another number for,
+    /// is left as the ledger has it: the ledger stands.
+    pub fn import_numbers(&self, numbers: &[(RegistrationNumber, Uuid, i64)]) -> Result<usize, StorageError> {
+        if numbers.is_empty() {
+            return Ok(0);
+        }
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let mut written = 0;
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO registration_numbers (office, year, seq, record_id, reserved_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
+            )?;
+            for (n, record, at) in numbers {
+                let seq =
+                    i64::try_from(n.seq).map_err(|_| StorageError::Corrupt("a registration sequence"))?;
+                written += insert.execute(params![n.office, n.year, seq, record.to_string(), at])?;
+            }
+        }
+        if written == 0 {
+            return Ok(0);
+        }
+        tx.commit()?;
+        drop(conn);
+        self.sync()?;
+        Ok(written)
+    }
+
+    /// How many registration numbers are reserved.
+    pub fn number_count(&self) -> Result<u64, StorageError> {
+        let n: i64 = self
+            .conn()
+            .query_row("SELECT COUNT(*) FROM registration_numbers", [], |r| r.get(0))?;
+        Ok(n as u64)
+    }
+
+    /// The highest sequence reserved for `office` in `year` (0 when none).
+    pub fn highest_seq(&self, office: &str, year: i32) -> Result<u64, StorageError> {
+        let conn = self.conn();
+        let mut st =
+            conn.prepare_cached("SELECT MAX(seq) FROM registration_numbers WHERE office = ?1 AND year = ?2")?;
+        let max: Option<i64> = st.query_row(params![office, year], |r| r.get(0))?;
+        u64::try_from(max.unwrap_or(0))
+            .map_err(|_| StorageError::Corrupt("a registration sequence in the ledger"))
     }
 
     /// Makes every write so far durable (one sync of the ledger's log).
@@ -521,6 +733,50 @@ pub struct Reconciled {
     /// API keys the database had active although the ledger says they
     /// were revoked: revoked again.
     pub api_keys_revoked_again: usize,
+    /// Registration numbers of the registry's event log the ledger lacked,
+    /// now in it.
+    pub registration_numbers_imported: usize,
+}
+
+/// The registration numbers of the registry's event log that the ledger
+/// lacks, imported; read only when the ledger holds fewer numbers than the
+/// log (a ledger made before it kept numbers, or a crash that lost its
+/// last reservation but not the database's commit). A database restored
+/// from a backup holds fewer than the ledger: nothing is read.
+fn import_registration_numbers(ledger: &KidcLedger, storage: &dyn Storage) -> Result<usize, StorageError> {
+    if ledger.number_count()? >= storage.registration_number_count()? {
+        return Ok(0);
+    }
+    let mut unreadable = 0;
+    let numbers: Vec<(RegistrationNumber, Uuid, i64)> = storage
+        .registration_numbers()?
+        .into_iter()
+        .filter_map(|(n, id, at)| match RegistrationNumber::parse(&n) {
+            Some(n) => Some((n, id, at)),
+            None => {
+                unreadable += 1;
+                None
+            }
+        })
+        .collect();
+    let imported = ledger.import_numbers(&numbers)?;
+    if imported > 0 {
+        tracing::info!(
+            imported,
+            "registration numbers the KIdC ledger lacked are now in it"
+        );
+    }
+    let lacking = storage
+        .registration_number_count()?
+        .saturating_sub(ledger.number_count()?);
+    if lacking > 0 {
+        tracing::warn!(
+            lacking,
+            unreadable,
+            "registration numbers of the registry are not in the KIdC ledger: the ledger holds their number for another record, or another number for their record"
+        );
+    }
+    Ok(imported)
 }
 
 /// Brings the ledger and the database into agreement on staff removals and
@@ -540,6 +796,7 @@ pub struct Reconciled {
 pub fn reconcile(ledger: &KidcLedger, storage: &dyn Storage) -> Result<Reconciled, StorageError> {
     let mut done = Reconciled {
         staff_removals_imported: ledger.record_staff_removals(&storage.staff_removals()?)?,
+        registration_numbers_imported: import_registration_numbers(ledger, storage)?,
         ..Reconciled::default()
     };
     let keys = storage.api_keys()?;
@@ -622,6 +879,145 @@ mod tests {
         Kidc::parse(s).expect("valid")
     }
 
+    fn codes(entries: &[(Kidc, Uuid)]) -> Reservations {
+        Reservations {
+            codes: entries.to_vec(),
+            numbers: Vec::new(),
+        }
+    }
+
+    fn numbers(entries: &[(RegistrationNumber, Uuid)]) -> Reservations {
+        Reservations {
+            codes: Vec::new(),
+            numbers: entries.to_vec(),
+        }
+    }
+
+    fn number(office: &str, year: i32, seq: u64) -> RegistrationNumber {
+        RegistrationNumber {
+            office: office.into(),
+            year,
+            seq,
+        }
+    }
+
+    #[test]
+    fn registration_numbers_read_and_import_only_what_the_ledger_lacks() {
+        assert_eq!(
+            RegistrationNumber::parse("171003/2026/000042"),
+            Some(number("171003", 2026, 42))
+        );
+        for bad in [
+            "",
+            "171003/2026",
+            "171003/2026/0",
+            "171003/x/1",
+            "/2026/1",
+            "1/2/3/4",
+        ] {
+            assert_eq!(RegistrationNumber::parse(bad), None, "{bad}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(LEDGER_FILE);
+        let (r1, r2, r3) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        let (ledger, _) = KidcLedger::open(&path, &[], 1).unwrap();
+        ledger
+            .reserve(&numbers(&[(number("171003", 2026, 1), r1)]), 2)
+            .unwrap();
+        let imported = ledger
+            .import_numbers(&[
+                (number("171003", 2026, 1), r1, 5),
+                (number("171003", 2026, 2), r2, 6),
+                (number("171003", 2026, 2), r3, 7),
+                (number("171003", 2026, 3), r1, 8),
+            ])
+            .unwrap();
+        assert_eq!(
+            imported, 1,
+            "held already, or in conflict with what the ledger holds"
+        );
+        assert_eq!(ledger.number_count().unwrap(), 2);
+        assert_eq!(ledger.number_for(r1).unwrap(), Some(number("171003", 2026, 1)));
+        assert_eq!(ledger.number_for(r2).unwrap(), Some(number("171003", 2026, 2)));
+        assert_eq!(ledger.number_for(r3).unwrap(), None);
+        assert_eq!(
+            ledger
+                .import_numbers(&[(number("171003", 2026, 2), r2, 6)])
+                .unwrap(),
+            0
+        );
+    }
+
+    #[test]
+    fn registration_numbers_are_kept_once_per_record_and_append_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(LEDGER_FILE);
+        let (r1, r2, r3) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        let (ledger, _) = KidcLedger::open(&path, &[], 1).unwrap();
+        assert_eq!(ledger.highest_seq("171003", 2026).unwrap(), 0);
+        ledger
+            .reserve(
+                &numbers(&[(number("171003", 2026, 1), r1), (number("171003", 2026, 7), r2)]),
+                2,
+            )
+            .unwrap();
+        ledger
+            .reserve(&numbers(&[(number("171003", 2026, 7), r2)]), 3)
+            .expect("the same reservation again is fine");
+        assert!(
+            ledger
+                .reserve(&numbers(&[(number("171003", 2026, 7), r3)]), 4)
+                .is_err(),
+            "one number, two records"
+        );
+        assert!(
+            ledger
+                .reserve(&numbers(&[(number("171003", 2026, 8), r1)]), 4)
+                .is_err(),
+            "one record, two numbers"
+        );
+        // A KIdC and a number in one call: the failing number takes the
+        // code with it.
+        assert!(
+            ledger
+                .reserve(
+                    &Reservations {
+                        codes: vec![(code("1000000001"), r3)],
+                        numbers: vec![(number("171003", 2026, 1), r3)],
+                    },
+                    5
+                )
+                .is_err()
+        );
+        assert_eq!(
+            ledger.code_for(r3).unwrap(),
+            None,
+            "nothing of a failed call is kept"
+        );
+        drop(ledger);
+
+        let (ledger, _) = KidcLedger::open(&path, &[], 6).unwrap();
+        assert_eq!(ledger.number_for(r2).unwrap(), Some(number("171003", 2026, 7)));
+        assert_eq!(ledger.number_for(r3).unwrap(), None);
+        assert_eq!(ledger.highest_seq("171003", 2026).unwrap(), 7);
+        assert_eq!(ledger.highest_seq("171003", 2027).unwrap(), 0, "counted per year");
+        assert_eq!(
+            ledger.highest_seq("171004", 2026).unwrap(),
+            0,
+            "counted per office"
+        );
+        assert_eq!(number("171003", 2026, 7).to_string(), "171003/2026/000007");
+        drop(ledger);
+        let conn = Connection::open(&path).unwrap();
+        for sql in [
+            "DELETE FROM registration_numbers",
+            "UPDATE registration_numbers SET seq = 1",
+            "UPDATE registration_numbers SET record_id = 'x'",
+        ] {
+            assert!(conn.execute(sql, []).is_err(), "append-only: {sql}");
+        }
+    }
+
     #[test]
     fn reservations_survive_reopening_and_cannot_move_to_another_record() {
         let dir = tempfile::tempdir().unwrap();
@@ -636,11 +1032,11 @@ mod tests {
                 imported: 1
             }
         );
-        ledger.reserve(&[(code("1000000028"), r2)], 2).unwrap();
+        ledger.reserve(&codes(&[(code("1000000028"), r2)]), 2).unwrap();
         ledger
-            .reserve(&[(code("1000000028"), r2)], 3)
+            .reserve(&codes(&[(code("1000000028"), r2)]), 3)
             .expect("the same reservation again is fine");
-        assert!(ledger.reserve(&[(code("1000000028"), r1)], 4).is_err());
+        assert!(ledger.reserve(&codes(&[(code("1000000028"), r1)]), 4).is_err());
         drop(ledger);
 
         let (ledger, opened) = KidcLedger::open(&path, &[(code("1000000001"), r1)], 5).unwrap();
@@ -757,6 +1153,6 @@ mod tests {
         let (ledger, opened) = KidcLedger::open(&path, &[], 2).unwrap();
         assert!(!opened.created);
         assert_eq!(ledger.code_for(r1).unwrap(), Some(code("1000000001")));
-        assert_eq!(crvs_sqlite::user_version(&ledger.conn()).unwrap(), 2);
+        assert_eq!(crvs_sqlite::user_version(&ledger.conn()).unwrap(), 3);
     }
 }

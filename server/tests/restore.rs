@@ -1,10 +1,14 @@
 //! A restore from backup, in process: what the ledger keeps outside the
-//! database (enrolments, revocations, staff removals, API key revocations)
-//! comes back, and requests captured before the restore cannot be
-//! replayed after it.
+//! database (enrolments, revocations, staff removals, API key revocations,
+//! registration numbers) comes back, and requests captured before the
+//! restore cannot be replayed after it.
 
 mod support;
 
+use automerge::AutoCommit;
+use crvs_schema::record;
+use crvs_schema::wire::SyncResponse;
+use crvs_schema::workflow::Action;
 use crvs_server::{ApiError, Server, admin, api_keys, backup, ledger, staff};
 use support::{OFFICE, Tablet, open_response};
 
@@ -211,4 +215,247 @@ fn staff_removed_and_api_keys_revoked_after_the_backup_stay_so_after_a_restore()
 #[test]
 fn a_database_put_back_by_copying_files_is_mended_at_the_next_start() {
     removals_and_revocations_survive(true);
+}
+
+/// The registration number an answer gives `record_id`: its server
+/// changes applied to the tablet's `doc`, as the tablet does.
+fn number_in(
+    resp: &crvs_schema::wire::SyncResponse,
+    record_id: [u8; 16],
+    doc: &mut AutoCommit,
+) -> Option<String> {
+    for u in resp.updates.iter().filter(|u| u.record_id == record_id) {
+        let changes = u
+            .changes
+            .iter()
+            .map(|c| automerge::Change::from_bytes(c.clone()).expect("server change decodes"));
+        doc.apply_changes(changes).expect("server changes apply");
+    }
+    record::read(doc)
+        .expect("record reads")
+        .server
+        .registration_number
+}
+
+/// A sync of `change_sets`; a tablet whose request counter a restore left
+/// behind is told the last one and sends again above it, as a real tablet
+/// does.
+fn sync_after_restore(server: &Server, tablet: &Tablet, change_sets: Vec<Vec<u8>>) -> SyncResponse {
+    match server.handle_sync(&tablet.request(change_sets.clone())) {
+        Ok(bytes) => open_response(server, &bytes),
+        Err(ApiError::ReplayedRequest { last_counter }) => {
+            tablet.counter.set(last_counter);
+            open_response(server, &server.handle_sync(&tablet.request(change_sets)).unwrap())
+        }
+        Err(e) => panic!("sync failed: {e:?}"),
+    }
+}
+
+/// One approved birth of `tablet`, sealed as its next change set: the
+/// record id, the change set's bytes (kept to be sent again) and the
+/// tablet's document.
+fn approved_birth(tablet: &mut Tablet) -> ([u8; 16], Vec<u8>, AutoCommit) {
+    let id = support::new_record_id();
+    let mut doc = tablet.new_doc(OFFICE, &support::birth(), &[Action::Verify, Action::Approve]);
+    let cs = tablet.seal(vec![support::record_changes(
+        id,
+        Tablet::document_chunk(&mut doc),
+    )]);
+    (id, cs, doc)
+}
+
+/// Every registration number the server's registry holds, by record.
+fn registry_numbers(data: &std::path::Path) -> Vec<(String, String)> {
+    let conn = rusqlite::Connection::open(data.join(crvs_server::DB_FILE)).unwrap();
+    let mut st = conn
+        .prepare("SELECT record_id, registration_number FROM registry_events ORDER BY seq")
+        .unwrap();
+    st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+/// Events registered, a backup, more registered (numbers N+1 ...), the
+/// backup restored: a new event gets a number none had before the
+/// restore, and each record registered after the backup, sent again by
+/// its tablet, gets its own number back. No number goes to two records.
+fn registration_numbers_survive(by_copying_files: bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("server");
+    let file = dir.path().join("backup.db");
+    let server = Server::open(&data).unwrap();
+    let mut first = Tablet::enroll(&server, OFFICE);
+    let mut second = Tablet::enroll(&server, OFFICE);
+    // Registers nothing before the restore: its chain is where the backup
+    // has it, so its first record after the restore is registered before
+    // the others send theirs again.
+    let mut third = Tablet::enroll(&server, OFFICE);
+
+    // Issued by record id, in order.
+    let mut issued: Vec<([u8; 16], String)> = Vec::new();
+    for _ in 0..3 {
+        let (id, cs, mut doc) = approved_birth(&mut first);
+        let resp = open_response(&server, &server.handle_sync(&first.request(vec![cs])).unwrap());
+        assert!(resp.refusal.is_none(), "{:?}", resp.refusal);
+        issued.push((id, number_in(&resp, id, &mut doc).expect("registered")));
+    }
+    backup::backup(&data, &file, server.now_ms()).unwrap();
+    let before_backup = issued.len();
+
+    // After the backup: two records of one tablet in one request, one of
+    // another tablet.
+    let (id4, cs4, mut doc4) = approved_birth(&mut first);
+    let (id5, cs5, mut doc5) = approved_birth(&mut first);
+    let resp = open_response(
+        &server,
+        &server
+            .handle_sync(&first.request(vec![cs4.clone(), cs5.clone()]))
+            .unwrap(),
+    );
+    assert!(resp.refusal.is_none(), "{:?}", resp.refusal);
+    issued.push((id4, number_in(&resp, id4, &mut doc4).expect("registered")));
+    issued.push((id5, number_in(&resp, id5, &mut doc5).expect("registered")));
+    let (id6, cs6, mut doc6) = approved_birth(&mut second);
+    let resp = open_response(
+        &server,
+        &server.handle_sync(&second.request(vec![cs6.clone()])).unwrap(),
+    );
+    issued.push((id6, number_in(&resp, id6, &mut doc6).expect("registered")));
+    drop(server);
+    let numbers: Vec<&String> = issued.iter().map(|(_, n)| n).collect();
+    let distinct: std::collections::HashSet<&String> = numbers.iter().copied().collect();
+    assert_eq!(distinct.len(), numbers.len(), "{numbers:?}");
+    let ledger_before = std::fs::read(data.join(ledger::LEDGER_FILE)).unwrap();
+
+    if by_copying_files {
+        for suffix in ["-wal", "-shm"] {
+            let _ = std::fs::remove_file(data.join(format!("{}{suffix}", crvs_server::DB_FILE)));
+        }
+        std::fs::copy(&file, data.join(crvs_server::DB_FILE)).unwrap();
+    } else {
+        backup::restore(&data, &file, support::now_ms()).unwrap();
+    }
+    let server = Server::open(&data).unwrap();
+    assert_eq!(
+        registry_numbers(&data).len(),
+        before_backup,
+        "the restored database holds only what the backup held"
+    );
+    assert_eq!(
+        std::fs::read(data.join(ledger::LEDGER_FILE)).unwrap(),
+        ledger_before,
+        "neither the restore nor the start changes the ledger"
+    );
+
+    // A new event, before anyone sends anything again: a number no record
+    // had before the restore.
+    let (id7, cs7, mut doc7) = approved_birth(&mut third);
+    let resp = sync_after_restore(&server, &third, vec![cs7]);
+    assert!(resp.refusal.is_none(), "{:?}", resp.refusal);
+    let new = number_in(&resp, id7, &mut doc7).expect("registered");
+    assert!(
+        !issued.iter().any(|(_, n)| *n == new),
+        "a number issued before the restore was issued again: {new} (before: {numbers:?})"
+    );
+
+    // The records registered after the backup come again (their tablets
+    // rewind and send them again, the same bytes): each gets its number.
+    let resp = sync_after_restore(&server, &first, vec![cs4, cs5]);
+    assert!(resp.refusal.is_none(), "{:?}", resp.refusal);
+    assert_eq!(resp.acks.len(), 2);
+    let mut again = vec![
+        (id4, number_in(&resp, id4, &mut doc4).expect("registered again")),
+        (id5, number_in(&resp, id5, &mut doc5).expect("registered again")),
+    ];
+    let resp = sync_after_restore(&server, &second, vec![cs6]);
+    assert!(resp.refusal.is_none(), "{:?}", resp.refusal);
+    again.push((id6, number_in(&resp, id6, &mut doc6).expect("registered again")));
+    assert_eq!(
+        again,
+        issued[before_backup..],
+        "each record registered after the backup has its number back"
+    );
+
+    // And the next new event follows them all.
+    let (id8, cs8, mut doc8) = approved_birth(&mut third);
+    let resp = sync_after_restore(&server, &third, vec![cs8]);
+    let next = number_in(&resp, id8, &mut doc8).expect("registered");
+    drop(server);
+
+    let mut all: Vec<String> = issued.iter().map(|(_, n)| n.clone()).collect();
+    all.push(new.clone());
+    all.push(next.clone());
+    let distinct: std::collections::HashSet<&String> = all.iter().collect();
+    assert_eq!(distinct.len(), all.len(), "one number, one record: {all:?}");
+    // The registry, as the server holds it now: every record once, every
+    // number once, each record with the number its tablet was given.
+    let held = registry_numbers(&data);
+    assert_eq!(held.len(), 8, "{held:?}");
+    let distinct: std::collections::HashSet<&String> = held.iter().map(|(_, n)| n).collect();
+    assert_eq!(distinct.len(), held.len(), "{held:?}");
+    for (id, n) in issued.iter().chain([(id7, new), (id8, next)].iter()) {
+        let id = uuid::Uuid::from_bytes(*id).to_string();
+        assert!(
+            held.contains(&(id, n.clone())),
+            "{n} not held for its record: {held:?}"
+        );
+    }
+}
+
+#[test]
+fn registration_numbers_issued_after_the_backup_are_never_issued_again_after_a_restore() {
+    registration_numbers_survive(false);
+}
+
+#[test]
+fn registration_numbers_survive_a_database_put_back_by_copying_files() {
+    registration_numbers_survive(true);
+}
+
+/// A ledger that lacks the database's registration numbers (made before
+/// it kept them, or lost and made again) takes them at the next start, so
+/// a later restore does not count to them again either.
+#[test]
+fn registration_numbers_the_ledger_lacks_are_taken_from_the_database_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("server");
+    let file = dir.path().join("backup.db");
+    let server = Server::open(&data).unwrap();
+    let mut tablet = Tablet::enroll(&server, OFFICE);
+    let mut later = Tablet::enroll(&server, OFFICE);
+    let mut issued = Vec::new();
+    for i in 0..4 {
+        if i == 2 {
+            backup::backup(&data, &file, server.now_ms()).unwrap();
+        }
+        let (id, cs, mut doc) = approved_birth(&mut tablet);
+        let resp = open_response(&server, &server.handle_sync(&tablet.request(vec![cs])).unwrap());
+        issued.push(number_in(&resp, id, &mut doc).expect("registered"));
+    }
+    drop(server);
+    std::fs::remove_file(data.join(ledger::LEDGER_FILE)).unwrap();
+    let server = Server::open(&data).unwrap();
+    drop(server);
+    let conn = rusqlite::Connection::open(data.join(ledger::LEDGER_FILE)).unwrap();
+    let held: i64 = conn
+        .query_row("SELECT COUNT(*) FROM registration_numbers", [], |r| r.get(0))
+        .unwrap();
+    drop(conn);
+    assert_eq!(held, 4, "every number of the registry is in the ledger");
+    let ledger_before = std::fs::read(data.join(ledger::LEDGER_FILE)).unwrap();
+    let server = Server::open(&data).unwrap();
+    drop(server);
+    assert_eq!(
+        std::fs::read(data.join(ledger::LEDGER_FILE)).unwrap(),
+        ledger_before,
+        "a plain start writes nothing"
+    );
+
+    backup::restore(&data, &file, support::now_ms()).unwrap();
+    let server = Server::open(&data).unwrap();
+    let (id, cs, mut doc) = approved_birth(&mut later);
+    let resp = sync_after_restore(&server, &later, vec![cs]);
+    let new = number_in(&resp, id, &mut doc).expect("registered");
+    assert!(!issued.contains(&new), "{new} was issued before: {issued:?}");
 }

@@ -27,7 +27,7 @@ pub(super) enum Issued {
 /// 3. `drawn` if neither the issuance log nor the ledger holds it, else a
 ///    fresh draw that neither holds.
 ///
-/// Every code issued is pushed to `stats.reserve`, for the ledger.
+/// Every code issued is pushed to `stats.reserve.codes`, for the ledger.
 pub(super) fn issue_kidc(
     tx: &mut dyn WriteTx,
     ctx: &Ctx<'_>,
@@ -93,7 +93,7 @@ pub(super) fn issue_kidc(
             "a code issued before the restore recorded again"
         );
         stats.recorded_again += 1;
-        stats.reserve.push((k, record_id));
+        stats.reserve.codes.push((k, record_id));
         return Ok(Issued::Code(k));
     }
     let mut kidc = drawn;
@@ -107,7 +107,7 @@ pub(super) fn issue_kidc(
                 ctx,
                 seq,
             ))? {
-                stats.reserve.push((kidc, record_id));
+                stats.reserve.codes.push((kidc, record_id));
                 return Ok(Issued::Code(kidc));
             }
             if let Some(k) = tx.issued_kidc(record_id)? {

@@ -63,6 +63,7 @@ use uuid::Uuid;
 
 use crate::Server;
 use crate::error::ApiError;
+use crate::ledger::Reservations;
 use crate::storage::{Device, StorageError};
 
 mod apply;
@@ -178,10 +179,15 @@ struct Stats {
     holds: usize,
     /// Codes recorded again from evidence or from the ledger.
     recorded_again: usize,
-    /// Codes issued by this request, to reserve in the ledger before it
-    /// commits (codes of a change set rolled back stay in it: reserving
-    /// one too many is harmless, the record gets the same one next time).
-    reserve: Vec<(Kidc, Uuid)>,
+    /// Registration numbers given back from the ledger.
+    numbers_again: usize,
+    /// Codes and registration numbers issued by this request, to reserve
+    /// in the ledger before it commits. Codes of a change set rolled back
+    /// stay in it: reserving one too many is harmless, the record gets the
+    /// same one next time. Its numbers do not (`write_request` drops
+    /// them): the database's counter went back with the change set, so the
+    /// next record could be counted to the same number.
+    reserve: Reservations,
 }
 
 /// Authenticates a sync request from its header alone: the device is
@@ -316,6 +322,7 @@ pub fn handle_sync(server: &Server, body: &[u8]) -> Result<Vec<u8>, ApiError> {
             records = stats.records,
             kidcs = stats.kidcs,
             recorded_again = stats.recorded_again,
+            numbers_again = stats.numbers_again,
             holds = stats.holds,
             updates = response.updates.len(),
             cursor = response.cursor,

@@ -16,7 +16,9 @@
 //! 3. a birth's KIdC is issued (`kidc_conflict` when a code from before a
 //!    restore cannot be recorded again);
 //! 4. the registration number: office / year / sequence, the sequence
-//!    counted per office and year ([`WriteTx::next_registration_seq`]);
+//!    counted per office and year ([`WriteTx::next_registration_seq`]),
+//!    never below what the KIdC ledger holds; a record the ledger holds a
+//!    number for gets it again (`registration_number`);
 //! 5. the server part is written: the number, the time, a birth's code and
 //!    the late flag; an amendment's changes go into the amended record's
 //!    server part, with their old values.
@@ -28,6 +30,7 @@ use crvs_schema::record::{self, AppliedAmendment, FieldChange, RecordKind, Regis
 use crvs_schema::workflow::Status;
 use uuid::Uuid;
 
+use crate::ledger::RegistrationNumber;
 use crate::storage::{FeedTo, StoredRecord, WriteTx};
 
 use super::kidc::{Issued, issue_kidc};
@@ -94,11 +97,7 @@ pub(super) fn register(
         None => None,
     };
     let today = Date::today_in_cambodia(ctx.now_ms);
-    let number = format!(
-        "{office}/{}/{:06}",
-        today.year(),
-        tx.next_registration_seq(office, today.year())?
-    );
+    let number = registration_number(tx, ctx, record_id, office, today.year(), stats)?.to_string();
     let late = match &plan.event {
         Event::Birth(b) => today.days_since(&b.child.date_of_birth) > i64::from(ctx.server.late_birth_days()),
         _ => false,
@@ -141,6 +140,45 @@ pub(super) fn register(
     )?;
     tracing::debug!(record = %record_id, kind = plan.event.kind().as_str(), late, "record registered");
     Ok(Outcome::Registered { number, kidc })
+}
+
+/// The record's registration number (see the module documentation of
+/// [`crate::ledger`]): the one the KIdC ledger holds for it, if it holds
+/// one (issued before the database was restored from a backup, or before
+/// a commit a crash lost), with the database's counter raised to it;
+/// otherwise the next of `office` in `year`, counted above both the
+/// database's counter and the highest number the ledger holds, and pushed
+/// to `stats.reserve`, for the ledger.
+fn registration_number(
+    tx: &mut dyn WriteTx,
+    ctx: &Ctx<'_>,
+    record_id: Uuid,
+    office: &str,
+    year: i32,
+    stats: &mut Stats,
+) -> Result<RegistrationNumber, Step> {
+    let ledger = ctx.server.ledger();
+    if let Some(n) = ledger.number_for(record_id)? {
+        if n.office != office {
+            tracing::error!(record = %record_id, "the ledger holds a registration number of another office for this record");
+            return Err(internal(
+                "the ledger holds a registration number of another office for a record",
+            ));
+        }
+        tx.raise_registration_counter(&n.office, n.year, n.seq)?;
+        stats.numbers_again += 1;
+        tracing::info!(record = %record_id, "a registration number issued before given again, from the ledger");
+        return Ok(n);
+    }
+    let above = ledger.highest_seq(office, year)?;
+    let seq = tx.next_registration_seq(office, year, above)?;
+    let n = RegistrationNumber {
+        office: office.to_owned(),
+        year,
+        seq,
+    };
+    stats.reserve.numbers.push((n.clone(), record_id));
+    Ok(n)
 }
 
 /// The record an amendment amends, loaded.

@@ -1,6 +1,7 @@
 //! Under the writer: a commit group's requests, each under its own
-//! savepoint, in one transaction; the KIdCs they issue reserved in the
-//! ledger, in one ledger transaction, before that transaction commits.
+//! savepoint, in one transaction; the KIdCs and registration numbers they
+//! issue reserved in the ledger, in one ledger transaction, before that
+//! transaction commits.
 //! Then, off the writer, both logs synced before any answer leaves.
 
 use std::collections::{HashMap, HashSet};
@@ -12,6 +13,7 @@ use uuid::Uuid;
 
 use crate::Server;
 use crate::error::ApiError;
+use crate::ledger::Reservations;
 use crate::storage::{Device, DeviceRefusal, Savepoint, SyncSeen, WriteTx};
 
 use super::apply::apply_change_set;
@@ -66,7 +68,7 @@ pub(crate) fn write_group(server: &Server, jobs: Vec<Job>) -> Vec<Result<Written
         Err(e) => return group_failed("the write transaction could not start", &e),
     };
     let mut results = Vec::with_capacity(n);
-    let mut reserve = Vec::new();
+    let mut reserve = Reservations::default();
     for job in jobs {
         let result = tx
             .savepoint(Savepoint::Request)
@@ -82,17 +84,21 @@ pub(crate) fn write_group(server: &Server, jobs: Vec<Job>) -> Vec<Result<Written
         if let Ok(w) = &result
             && let Some(stats) = &w.stats
         {
-            reserve.extend_from_slice(&stats.reserve);
+            reserve.extend_from(&stats.reserve);
         }
         results.push(result);
     }
-    // Every code issued here is reserved outside the database first: a
-    // restored backup never draws it again (see `crate::ledger`). Codes of
-    // a change set rolled back may be among them: reserving one too many
-    // is harmless (the record gets the same one next time).
+    // Every code and registration number issued here is reserved outside
+    // the database first: a restored backup never draws the code again nor
+    // counts to the number again (see `crate::ledger`). Codes of a change
+    // set rolled back may be among them: reserving one too many is
+    // harmless (the record gets the same one next time).
     let now_ms = server.now_ms();
     if let Err(e) = server.ledger().reserve_unsynced(&reserve, now_ms) {
-        return group_failed("reserving KIdCs in the ledger failed", &e);
+        return group_failed(
+            "reserving KIdCs and registration numbers in the ledger failed",
+            &e,
+        );
     }
     // Visible now, durable once `settle_group` synced both logs: no answer
     // leaves before.
@@ -216,6 +222,9 @@ fn write_request(server: &Server, tx: &mut dyn WriteTx, job: Job) -> Result<Writ
     let mut stats = Stats::default();
     for cs in incoming {
         tx.savepoint(Savepoint::ChangeSet)?;
+        // The numbers of a change set rolled back are not reserved: the
+        // counter went back with it, and counts them again.
+        let numbers = stats.reserve.numbers.len();
         match apply_change_set(tx, &ctx, chain, cs, &mut stats) {
             Ok((ack, next)) => {
                 tx.release_savepoint(Savepoint::ChangeSet)?;
@@ -224,6 +233,7 @@ fn write_request(server: &Server, tx: &mut dyn WriteTx, job: Job) -> Result<Writ
             }
             Err(Step::Refused(r)) => {
                 tx.rollback_to_savepoint(Savepoint::ChangeSet)?;
+                stats.reserve.numbers.truncate(numbers);
                 if r.code == RefusalCode::SequenceGap
                     || (r.code == RefusalCode::HashChainMismatch && can_adopt)
                 {
@@ -257,6 +267,7 @@ fn write_request(server: &Server, tx: &mut dyn WriteTx, job: Job) -> Result<Writ
             Err(Step::Failed(e)) => return Err(e),
             Err(Step::Deferred) => {
                 tx.rollback_to_savepoint(Savepoint::ChangeSet)?;
+                stats.reserve.numbers.truncate(numbers);
                 tracing::info!(device = %device_id, "the request's decompression budget is spent; the rest waits for the next request");
                 break;
             }

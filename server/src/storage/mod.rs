@@ -708,6 +708,14 @@ pub trait Storage: Send + Sync {
     /// How many codes the issuance log holds (read-only).
     fn issuance_count(&self) -> Result<u64, StorageError>;
 
+    /// Every registration number the registry's event log holds, with its
+    /// record and when it was registered (read-only).
+    fn registration_numbers(&self) -> Result<Vec<(String, Uuid, i64)>, StorageError>;
+
+    /// How many registration numbers the registry's event log holds
+    /// (read-only).
+    fn registration_number_count(&self) -> Result<u64, StorageError>;
+
     /// Every record held and not released, oldest first (read-only).
     fn holds(&self) -> Result<Vec<HoldRow>, StorageError>;
 
@@ -933,8 +941,14 @@ pub trait WriteTx {
     /// The record's hold, if it is held and not released.
     fn hold(&mut self, record_id: Uuid) -> Result<Option<HoldRow>, StorageError>;
     /// The next registration sequence number of `office` in `year`
-    /// (1, 2, ...), counted in this transaction.
-    fn next_registration_seq(&mut self, office: &str, year: i32) -> Result<u64, StorageError>;
+    /// (1, 2, ...), counted in this transaction: one above both the
+    /// database's counter and `above` (the highest the KIdC ledger holds,
+    /// so that a database restored from an older backup never issues a
+    /// number again). The counter becomes the number returned.
+    fn next_registration_seq(&mut self, office: &str, year: i32, above: u64) -> Result<u64, StorageError>;
+    /// Raises the counter of `office` in `year` to `seq` if it is below
+    /// (a number the ledger gives back to its record after a restore).
+    fn raise_registration_counter(&mut self, office: &str, year: i32, seq: u64) -> Result<(), StorageError>;
     /// Audits a release attempt; when it released the record, marks the
     /// hold released.
     fn audit_release(&mut self, audit: &ReleaseAudit<'_>) -> Result<(), StorageError>;

@@ -154,6 +154,35 @@ impl Storage for SqliteStorage {
         Ok(n as u64)
     }
 
+    fn registration_numbers(&self) -> Result<Vec<(String, Uuid, i64)>, StorageError> {
+        let conn = self.reader();
+        let mut st = conn.prepare(
+            "SELECT registration_number, record_id, registered_at FROM registry_events ORDER BY seq",
+        )?;
+        let rows = st.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (number, id, at) = row?;
+            let id =
+                Uuid::parse_str(&id).map_err(|_| StorageError::Corrupt("a record id in registry_events"))?;
+            out.push((number, id, at));
+        }
+        Ok(out)
+    }
+
+    fn registration_number_count(&self) -> Result<u64, StorageError> {
+        let n: i64 = self
+            .reader()
+            .query_row("SELECT COUNT(*) FROM registry_events", [], |r| r.get(0))?;
+        Ok(n as u64)
+    }
+
     fn roster(&self, office: &str) -> Result<Vec<StaffMember>, StorageError> {
         roster(&self.reader(), office)
     }
@@ -995,13 +1024,24 @@ impl WriteTx for SqliteTx<'_> {
         Ok(n == 1)
     }
 
-    fn next_registration_seq(&mut self, office: &str, year: i32) -> Result<u64, StorageError> {
+    fn next_registration_seq(&mut self, office: &str, year: i32, above: u64) -> Result<u64, StorageError> {
+        let above = i64::try_from(above).map_err(|_| StorageError::Corrupt("registration counter"))?;
         let mut st = self.conn.prepare_cached(
-            "INSERT INTO registration_counters (office, year, last) VALUES (?1, ?2, 1)
-             ON CONFLICT (office, year) DO UPDATE SET last = last + 1 RETURNING last",
+            "INSERT INTO registration_counters (office, year, last) VALUES (?1, ?2, ?3 + 1)
+             ON CONFLICT (office, year) DO UPDATE SET last = MAX(last, ?3) + 1 RETURNING last",
         )?;
-        let last: i64 = st.query_row(params![office, year], |r| r.get(0))?;
+        let last: i64 = st.query_row(params![office, year, above], |r| r.get(0))?;
         u64::try_from(last).map_err(|_| StorageError::Corrupt("registration counter"))
+    }
+
+    fn raise_registration_counter(&mut self, office: &str, year: i32, seq: u64) -> Result<(), StorageError> {
+        let seq = i64::try_from(seq).map_err(|_| StorageError::Corrupt("registration counter"))?;
+        let mut st = self.conn.prepare_cached(
+            "INSERT INTO registration_counters (office, year, last) VALUES (?1, ?2, ?3)
+             ON CONFLICT (office, year) DO UPDATE SET last = MAX(last, excluded.last)",
+        )?;
+        st.execute(params![office, year, seq])?;
+        Ok(())
     }
 
     fn hold(&mut self, record_id: Uuid) -> Result<Option<HoldRow>, StorageError> {
