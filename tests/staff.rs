@@ -324,3 +324,134 @@ fn the_server_holds_a_record_whose_steps_its_roster_does_not_allow() {
         "not_on_roster"
     );
 }
+
+#[test]
+fn every_event_checks_the_staff_member_the_role_and_the_pin() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("server"));
+    roster(&server.data);
+    // Someone removed from the roster before this tablet came.
+    add_staff(&server.data, COMMUNE, "clerk-9", "clerk", "662013");
+    server
+        .admin(&["staff", "remove", "--commune", COMMUNE, "--id", "clerk-9"])
+        .expect_ok();
+    let t = Tablet::new(tmp.path().join("tablet"));
+    t.init_and_enroll(COMMUNE, &server);
+    let files = tmp.path().join("files");
+    std::fs::create_dir_all(&files).unwrap();
+
+    let approve = |id: &str| {
+        t.run_as(VERIFIER_PIN, &["verify", id, "--by", "verifier-1"])
+            .expect_ok();
+        t.run_as(REGISTRAR_PIN, &["approve", id, "--by", "registrar-1"])
+            .expect_ok();
+    };
+    let f = birth();
+    let birth_id = t
+        .run_as(CLERK_PIN, &["birth", "register", &f, "--by", "clerk-1"])
+        .expect_ok()["record_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    approve(&birth_id);
+    t.run(&["sync"]).expect_ok();
+    let kidc = t.show(&birth_id)["kidc"].as_str().expect("a KIdC").to_string();
+    let with_kidc = |name: &str| {
+        let text = std::fs::read_to_string(fixture(name))
+            .unwrap()
+            .replace("1000000001", &kidc);
+        let path = files.join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec![
+                "death".into(),
+                "register".into(),
+                fixture("death-elderly.json").to_str().unwrap().into(),
+            ],
+            "death",
+        ),
+        (
+            vec![
+                "marriage".into(),
+                "register".into(),
+                fixture("marriage-heng-ly.json").to_str().unwrap().into(),
+            ],
+            "marriage",
+        ),
+        (
+            vec![
+                "adoption".into(),
+                "register".into(),
+                with_kidc("adoption-by-kidc.json"),
+            ],
+            "adoption",
+        ),
+        (
+            vec![
+                "amend".into(),
+                birth_id.clone(),
+                fixture("amendment-add-given-name.json").to_str().unwrap().into(),
+            ],
+            "amendment",
+        ),
+    ];
+    let mut ids = Vec::new();
+    for (args, what) in &cases {
+        let as_ = |by: &str, pin: &str| {
+            let mut a: Vec<&str> = args.iter().map(String::as_str).collect();
+            a.extend(["--by", by]);
+            t.run_as(pin, &a)
+        };
+        assert_eq!(
+            as_("verifier-1", VERIFIER_PIN).expect_err(),
+            "role_missing",
+            "{what}"
+        );
+        assert_eq!(as_("clerk-1", "999999").expect_err(), "wrong_pin", "{what}");
+        assert_eq!(as_("clerk-9", "662013").expect_err(), "not_on_roster", "{what}");
+        let out = as_("clerk-1", CLERK_PIN).expect_ok();
+        let id = out
+            .get("amendment_id")
+            .or(out.get("record_id"))
+            .and_then(Value::as_str)
+            .unwrap()
+            .to_string();
+        assert_eq!(
+            t.run_as(CLERK_PIN, &["verify", &id, "--by", "clerk-1"])
+                .expect_err(),
+            "role_missing",
+            "{what}"
+        );
+        approve(&id);
+        ids.push((id, *what));
+    }
+    // The divorce ends the marriage once it is registered.
+    t.run(&["sync"]).expect_ok();
+    let divorce = fixture("divorce-heng-ly.json");
+    let d = [
+        "divorce",
+        "register",
+        divorce.to_str().unwrap(),
+        "--by",
+        "clerk-1",
+    ];
+    assert_eq!(t.run(&d).expect_err(), "pin_required");
+    let id = t.run_as(CLERK_PIN, &d).expect_ok()["record_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    approve(&id);
+    ids.push((id, "divorce"));
+    t.run(&["sync"]).expect_ok();
+    t.run(&["sync"]).expect_ok();
+    for (id, what) in ids {
+        let r = t.show(&id);
+        assert_eq!(r["status"], "registered", "{what}: {r}");
+        assert!(r["registration_number"].is_string(), "{what}: {r}");
+    }
+    // Nothing was ever held for the roster: every step was checked twice.
+    assert_eq!(server_count(&server.data, "SELECT COUNT(*) FROM holds"), 0);
+}
