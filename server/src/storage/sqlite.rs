@@ -901,34 +901,54 @@ impl WriteTx for SqliteTx<'_> {
         change: &[u8],
         at_ms: i64,
     ) -> Result<(), StorageError> {
-        match to {
+        // Each a read, then a one-row `INSERT … VALUES`: an `INSERT …
+        // SELECT` may write several rows, so SQLite gives it a statement
+        // journal, and releasing one inside the writer's savepoints walks
+        // the whole in-memory sub-journal (a list of 1 KiB chunks) from its
+        // start: a cost that grew with every page the transaction had
+        // touched, paid twice per record (ARCHITECTURE.md, "Ingest").
+        let (device, kind) = match to {
             // `device_id` is the record's own device (the column is NOT NULL).
-            FeedTo::Office(office) => {
-                let mut st = self.conn.prepare_cached(
-                    "INSERT INTO server_changes (device_id, record_id, change, created_at, office, kind)
-                     SELECT origin_device, ?1, ?2, ?3, ?4, 'server' FROM records WHERE record_id = ?1",
-                )?;
-                if st.execute(params![record_id.to_string(), change, at_ms, office])? != 1 {
+            FeedTo::Office(_) => {
+                let mut st = self
+                    .conn
+                    .prepare_cached("SELECT origin_device FROM records WHERE record_id = ?1")?;
+                let origin: Option<String> =
+                    st.query_row([record_id.to_string()], |r| r.get(0)).optional()?;
+                let Some(origin) = origin else {
                     return Err(StorageError::Corrupt("a feed row for a record not stored"));
-                }
+                };
+                (origin, "server")
             }
             // Only when another device of the office could read it: a
             // device enrolled later starts from a snapshot that holds it.
             FeedTo::OfficeExcept { office, from } => {
+                let from = from.to_string();
                 let mut st = self.conn.prepare_cached(
-                    "INSERT INTO server_changes (device_id, record_id, change, created_at, office, kind)
-                     SELECT ?1, ?2, ?3, ?4, ?5, 'tablet'
-                     WHERE EXISTS (SELECT 1 FROM devices WHERE office = ?5 AND device_id <> ?1 AND revoked_at IS NULL)",
+                    "SELECT EXISTS (SELECT 1 FROM devices WHERE office = ?1 AND device_id <> ?2 AND revoked_at IS NULL)",
                 )?;
-                st.execute(params![
-                    from.to_string(),
-                    record_id.to_string(),
-                    change,
-                    at_ms,
-                    office
-                ])?;
+                let others: bool = st.query_row(params![office, from], |r| r.get(0))?;
+                if !others {
+                    return Ok(());
+                }
+                (from, "tablet")
             }
-        }
+        };
+        let office = match to {
+            FeedTo::Office(office) | FeedTo::OfficeExcept { office, .. } => office,
+        };
+        let mut st = self.conn.prepare_cached(
+            "INSERT INTO server_changes (device_id, record_id, change, created_at, office, kind)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?;
+        st.execute(params![
+            device,
+            record_id.to_string(),
+            change,
+            at_ms,
+            office,
+            kind
+        ])?;
         Ok(())
     }
 
@@ -1026,12 +1046,19 @@ impl WriteTx for SqliteTx<'_> {
 
     fn next_registration_seq(&mut self, office: &str, year: i32, above: u64) -> Result<u64, StorageError> {
         let above = i64::try_from(above).map_err(|_| StorageError::Corrupt("registration counter"))?;
+        // A read and a one-row write, not `… RETURNING`: SQLite gives a
+        // statement with RETURNING a statement journal (see `append_feed`).
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT last FROM registration_counters WHERE office = ?1 AND year = ?2")?;
+        let last: Option<i64> = st.query_row(params![office, year], |r| r.get(0)).optional()?;
+        let next = last.unwrap_or(0).max(above) + 1;
         let mut st = self.conn.prepare_cached(
-            "INSERT INTO registration_counters (office, year, last) VALUES (?1, ?2, ?3 + 1)
-             ON CONFLICT (office, year) DO UPDATE SET last = MAX(last, ?3) + 1 RETURNING last",
+            "INSERT INTO registration_counters (office, year, last) VALUES (?1, ?2, ?3)
+             ON CONFLICT (office, year) DO UPDATE SET last = excluded.last",
         )?;
-        let last: i64 = st.query_row(params![office, year, above], |r| r.get(0))?;
-        u64::try_from(last).map_err(|_| StorageError::Corrupt("registration counter"))
+        st.execute(params![office, year, next])?;
+        u64::try_from(next).map_err(|_| StorageError::Corrupt("registration counter"))
     }
 
     fn raise_registration_counter(&mut self, office: &str, year: i32, seq: u64) -> Result<(), StorageError> {
@@ -1277,31 +1304,36 @@ impl WriteTx for SqliteTx<'_> {
     }
 
     fn registry_append_event(&mut self, e: &RegistryEventRow) -> Result<Option<u64>, StorageError> {
+        // A read and a one-row write, not `… RETURNING`: SQLite gives a
+        // statement with RETURNING a statement journal (see `append_feed`).
+        let seq: i64 = self
+            .conn
+            .prepare_cached("SELECT COALESCE(MAX(seq), 0) + 1 FROM registry_events")?
+            .query_row([], |r| r.get(0))?;
         let mut st = self.conn.prepare_cached(
             "INSERT INTO registry_events (seq, record_id, kind, registration_number, registered_at, office,
                  event, kidc, amends_record_id, amends_kidc, late)
-             VALUES ((SELECT COALESCE(MAX(seq), 0) + 1 FROM registry_events),
-                 ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
-             ON CONFLICT (record_id) DO NOTHING RETURNING seq",
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+             ON CONFLICT (record_id) DO NOTHING",
         )?;
-        let seq: Option<i64> = st
-            .query_row(
-                params![
-                    e.record_id.to_string(),
-                    e.kind,
-                    e.registration_number,
-                    e.registered_at_ms,
-                    e.office,
-                    e.event,
-                    e.kidc.as_ref().map(Kidc::as_str),
-                    e.amends_record_id.map(|u| u.to_string()),
-                    e.amends_kidc.as_ref().map(Kidc::as_str),
-                    e.late
-                ],
-                |r| r.get(0),
-            )
-            .optional()?;
-        Ok(seq.map(to_u64).transpose()?)
+        let inserted = st.execute(params![
+            seq,
+            e.record_id.to_string(),
+            e.kind,
+            e.registration_number,
+            e.registered_at_ms,
+            e.office,
+            e.event,
+            e.kidc.as_ref().map(Kidc::as_str),
+            e.amends_record_id.map(|u| u.to_string()),
+            e.amends_kidc.as_ref().map(Kidc::as_str),
+            e.late
+        ])?;
+        if inserted == 1 {
+            Ok(Some(to_u64(seq)?))
+        } else {
+            Ok(None)
+        }
     }
 
     fn registry_events_after(
