@@ -301,3 +301,83 @@ fn private_file_makes_a_missing_file_0600_and_tightens_one_without_touching_it()
     assert_eq!(mode(&loose), 0o600);
     assert_eq!(std::fs::read(&loose).unwrap(), b"kept");
 }
+
+/// The times SQLite prepared a cached statement again while it ran a
+/// look-up by key and a page of a range, each with new values every time.
+fn reprepares(conn: &Connection) -> i32 {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS d (kind TEXT NOT NULL, number TEXT NOT NULL, person INTEGER NOT NULL,
+             PRIMARY KEY (kind, number));
+         CREATE TABLE IF NOT EXISTS f (cursor INTEGER PRIMARY KEY, office TEXT NOT NULL);
+         CREATE INDEX IF NOT EXISTS f_office ON f (office, cursor);",
+    )
+    .unwrap();
+    let mut n = 0;
+    for i in 0..50i64 {
+        conn.execute(
+            "INSERT OR IGNORE INTO d VALUES ('national_id', ?1, ?2)",
+            rusqlite::params![format!("N{i}"), i],
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO f (office) VALUES (?1)",
+            [format!("{}", 171000 + i % 3)],
+        )
+        .unwrap();
+    }
+    for i in 0..50i64 {
+        let mut st = conn
+            .prepare_cached("SELECT person FROM d WHERE kind = ?1 AND number = ?2")
+            .unwrap();
+        let _: Option<i64> = st
+            .query_row(rusqlite::params!["national_id", format!("N{i}")], |r| r.get(0))
+            .ok();
+        n += st.get_status(rusqlite::StatementStatus::RePrepare);
+        let mut st = conn
+            .prepare_cached("SELECT cursor FROM f WHERE office = ?1 AND cursor > ?2 ORDER BY cursor LIMIT ?3")
+            .unwrap();
+        let rows: Vec<i64> = st
+            .query_map(
+                rusqlite::params![format!("{}", 171000 + i % 3), i, 1 + i % 7],
+                |r| r.get(0),
+            )
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(rows.len() <= 1 + (i % 7) as usize);
+        n += st.get_status(rusqlite::StatementStatus::RePrepare);
+    }
+    n
+}
+
+#[test]
+fn a_cached_statement_keeps_its_plan_whatever_values_it_is_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("x.db");
+    let conn = open(&path, &create(&[V1])).unwrap();
+    assert_eq!(reprepares(&conn), 0, "the writer prepares statements once");
+    drop(conn);
+    let reader = open_read_only(&path, Some(&[V1])).unwrap();
+    let mut st = reader
+        .prepare_cached("SELECT cursor FROM f WHERE office = ?1 AND cursor > ?2 ORDER BY cursor LIMIT ?3")
+        .unwrap();
+    for i in 0..20i64 {
+        let _: Vec<i64> = st
+            .query_map(rusqlite::params!["171001", i, 1 + i % 5], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+    }
+    assert_eq!(
+        st.get_status(rusqlite::StatementStatus::RePrepare),
+        0,
+        "the reader prepares statements once"
+    );
+    // The control: a plain connection (without `stable_plans`) prepares
+    // them again as values change, which is what this test guards against.
+    let plain = Connection::open(dir.path().join("plain.db")).unwrap();
+    assert!(
+        reprepares(&plain) > 0,
+        "SQLite no longer prepares statements again on new values"
+    );
+}
