@@ -624,6 +624,37 @@ impl Registrar {
             return Err(workflow::WorkflowError::MissingReason.into());
         }
         let by = self.authorize(by, Some(crvs_schema::staff::Role::for_action(action)))?;
+        let status = self.write_step(
+            id,
+            action,
+            by,
+            now,
+            reason.map(|r| r.trim().to_string()),
+            code.map(str::to_string),
+            None,
+        )?;
+        tracing::info!(record = %id, action = action.as_str(), "workflow step recorded");
+        Ok(status)
+    }
+
+    /// Appends the step `action` by the authorized staff member `by` to
+    /// record `id`, with new `data` for a step that writes it (a
+    /// correction, a settlement), in one store transaction, and marks the
+    /// record to send. Answers the record's status: for a step that writes
+    /// data, the status the step gives (the record starts again; a hold
+    /// the server's part still shows is lifted by the server), otherwise
+    /// the status the record now reads.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn write_step(
+        &self,
+        id: &RecordId,
+        action: workflow::Action,
+        by: String,
+        now: i64,
+        reason: Option<String>,
+        code: Option<String>,
+        data: Option<&serde_json::Value>,
+    ) -> Result<workflow::Status> {
         let mut conn = lock(&self.conn);
         let device = self.device_label(&conn)?;
         let tx = conn.transaction()?;
@@ -635,20 +666,25 @@ impl Registrar {
             by,
             at_ms: now,
             device,
-            reason: reason.map(|r| r.trim().to_string()),
+            reason,
             notification: None,
-            code: code.map(str::to_string),
+            code,
         };
-        workflow::check_append(&view.transitions, &t)?;
+        let stepped = workflow::check_append(&view.transitions, &t)?;
+        if let Some(data) = data {
+            record::set_data(&mut doc, data)?;
+        }
         record::append_transition(&mut doc, &t)?;
-        let status = record::read(&doc)?.status()?;
+        let status = match data {
+            Some(_) => stepped,
+            None => record::read(&doc)?.status()?,
+        };
         row.status = status.as_str().to_string();
         row.updated_at = now;
         row.dirty = true;
         row.doc_sealed = self.key.seal(&doc_aad(&id.0), &doc.save());
         store::update_record(&tx, &row)?;
         tx.commit()?;
-        tracing::info!(record = %id, action = action.as_str(), "workflow step recorded");
         Ok(status)
     }
 

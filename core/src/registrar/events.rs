@@ -220,30 +220,7 @@ impl Registrar {
         }
         let data = self.checked_data(&current, json, today)?;
         let by = self.authorize(by.into(), Some(Role::for_action(Action::Resubmit)))?;
-        let mut conn = lock(&self.conn);
-        let device = self.device_label(&conn)?;
-        let tx = conn.transaction()?;
-        let mut row = store::get_record(&tx, &id.0)?.ok_or(Error::NotFound)?;
-        let mut doc = self.load_doc(&row)?;
-        let view = record::read(&doc)?;
-        let step = Transition {
-            action: Action::Resubmit,
-            by,
-            at_ms: now,
-            device,
-            reason: None,
-            notification: None,
-            code: None,
-        };
-        let status = workflow::check_append(&view.transitions, &step)?;
-        record::set_data(&mut doc, &data)?;
-        record::append_transition(&mut doc, &step)?;
-        row.status = status.as_str().to_string();
-        row.updated_at = now;
-        row.dirty = true;
-        row.doc_sealed = self.key.seal(&doc_aad(&id.0), &doc.save());
-        store::update_record(&tx, &row)?;
-        tx.commit()?;
+        let status = self.write_step(id, Action::Resubmit, by, now, None, None, Some(&data))?;
         tracing::info!(record = %id, "record corrected and resubmitted");
         Ok(status)
     }
@@ -302,30 +279,7 @@ impl Registrar {
             Settlement::Data(json) => self.checked_data(&current, json, today)?,
         };
         let by = self.authorize(by.into(), Some(Role::for_action(Action::Settle)))?;
-        let mut conn = lock(&self.conn);
-        let device = self.device_label(&conn)?;
-        let tx = conn.transaction()?;
-        let mut row = store::get_record(&tx, &id.0)?.ok_or(Error::NotFound)?;
-        let mut doc = self.load_doc(&row)?;
-        let view = record::read(&doc)?;
-        let step = Transition {
-            action: Action::Settle,
-            by,
-            at_ms: now,
-            device,
-            reason: None,
-            notification: None,
-            code: None,
-        };
-        let status = workflow::check_append(&view.transitions, &step)?;
-        record::set_data(&mut doc, &data)?;
-        record::append_transition(&mut doc, &step)?;
-        row.status = status.as_str().to_string();
-        row.updated_at = now;
-        row.dirty = true;
-        row.doc_sealed = self.key.seal(&doc_aad(&id.0), &doc.save());
-        store::update_record(&tx, &row)?;
-        tx.commit()?;
+        let status = self.write_step(id, Action::Settle, by, now, None, None, Some(&data))?;
         tracing::info!(record = %id, "record settled");
         Ok(status)
     }
