@@ -57,14 +57,7 @@ fn kidc_in_updates(
     record_id: [u8; 16],
     doc: &mut AutoCommit,
 ) -> Option<Kidc> {
-    for u in resp.updates.iter().filter(|u| u.record_id == record_id) {
-        let changes = u
-            .changes
-            .iter()
-            .map(|c| automerge::Change::from_bytes(c.clone()).expect("server change decodes"));
-        doc.apply_changes(changes).expect("server changes apply");
-    }
-    record::read(doc).expect("record reads").server.kidc
+    support::apply_updates(resp, record_id, doc).kidc
 }
 
 #[test]

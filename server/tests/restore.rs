@@ -6,7 +6,6 @@
 mod support;
 
 use automerge::AutoCommit;
-use crvs_schema::record;
 use crvs_schema::wire::SyncResponse;
 use crvs_schema::workflow::Action;
 use crvs_server::{ApiError, Server, admin, api_keys, backup, ledger, staff};
@@ -224,17 +223,7 @@ fn number_in(
     record_id: [u8; 16],
     doc: &mut AutoCommit,
 ) -> Option<String> {
-    for u in resp.updates.iter().filter(|u| u.record_id == record_id) {
-        let changes = u
-            .changes
-            .iter()
-            .map(|c| automerge::Change::from_bytes(c.clone()).expect("server change decodes"));
-        doc.apply_changes(changes).expect("server changes apply");
-    }
-    record::read(doc)
-        .expect("record reads")
-        .server
-        .registration_number
+    support::apply_updates(resp, record_id, doc).registration_number
 }
 
 /// A sync of `change_sets`; a tablet whose request counter a restore left

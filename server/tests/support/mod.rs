@@ -207,3 +207,16 @@ pub fn new_record_id() -> [u8; 16] {
 pub fn open_response(server: &Server, bytes: &[u8]) -> SyncResponse {
     SyncResponse::open(bytes, &server.signing_key().verifying_key()).expect("answer opens")
 }
+
+/// Applies the server's changes to record `record_id` in answer `resp` to
+/// the tablet's copy `doc`, and reads the record's server part.
+pub fn apply_updates(resp: &SyncResponse, record_id: [u8; 16], doc: &mut AutoCommit) -> record::ServerPart {
+    for u in resp.updates.iter().filter(|u| u.record_id == record_id) {
+        let changes = u
+            .changes
+            .iter()
+            .map(|c| automerge::Change::from_bytes(c.clone()).expect("server change decodes"));
+        doc.apply_changes(changes).expect("server changes apply");
+    }
+    record::read(doc).expect("record reads").server
+}
