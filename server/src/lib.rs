@@ -103,6 +103,7 @@ impl std::fmt::Debug for Server {
 }
 
 const ACTOR_META_KEY: &str = "server_actor_id";
+const PUBLIC_KEY_META_KEY: &str = "server_public_key";
 
 /// Creates the data folder readable by its owner only (0700 on unix), and
 /// tightens an existing one: it holds names and ID numbers. The files in
@@ -136,6 +137,31 @@ impl Server {
     /// the SQLite database, the signing key, the automerge actor id.
     pub fn open(dir: &Path) -> Result<Server, StorageError> {
         Self::open_with_clock(dir, system_clock())
+    }
+
+    /// Opens a server whose records live in the PostgreSQL database at
+    /// `url`; `dir` holds its signing key and its KIdC ledger. The first
+    /// server to use a database writes its public key there; a server
+    /// with another key is refused (tablets pin the key: every instance
+    /// that shares a database must share the key file).
+    pub fn open_postgres(dir: &Path, url: &str, clock: Clock) -> Result<Server, StorageError> {
+        private_dir(dir)?;
+        let storage = storage::postgres::PostgresStorage::connect(url)?;
+        let key = keys::load_or_create(dir)?;
+        let public = hex::encode(key.verifying_key().as_bytes());
+        let mut tx = storage.begin()?;
+        match tx.meta(PUBLIC_KEY_META_KEY)? {
+            Some(k) if k != public => {
+                return Err(StorageError::Database(format!(
+                    "this database belongs to a server whose signing key is {k}, and {} holds another: copy server.key from that server's folder (every instance on one database shares one key)",
+                    dir.display()
+                )));
+            }
+            Some(_) => {}
+            None => tx.set_meta(PUBLIC_KEY_META_KEY, &public)?,
+        }
+        tx.commit()?;
+        Self::with_storage(Box::new(storage), key, clock, dir.to_path_buf())
     }
 
     /// [`Server::open`] with a given clock.
@@ -289,6 +315,24 @@ impl Server {
     /// [`crvs_schema::wire::SyncResponse`] out. Blocking: call it from
     /// `spawn_blocking` in async code.
     pub fn handle_sync(&self, body: &[u8]) -> Result<Vec<u8>, ApiError> {
-        ingest::handle_sync(self, body)
+        // A backend with concurrent writers may roll a transaction back
+        // when it meets another (a deadlock, a serialization failure):
+        // nothing of it was kept, so the request runs again from its
+        // bytes, and the tablet never sees the conflict.
+        let mut attempt = 0;
+        loop {
+            match ingest::handle_sync(self, body) {
+                Err(ApiError::Storage(StorageError::Conflict(why))) if attempt < MAX_CONFLICT_RETRIES => {
+                    attempt += 1;
+                    tracing::info!(attempt, why = %why, "a sync request's transaction conflicted; running it again");
+                    let jitter = rand::RngExt::random_range(&mut rand::rng(), 0..(5u64 << attempt));
+                    std::thread::sleep(std::time::Duration::from_millis(jitter));
+                }
+                other => return other,
+            }
+        }
     }
 }
+
+/// How many times a sync request whose transaction conflicted runs again.
+const MAX_CONFLICT_RETRIES: u32 = 8;

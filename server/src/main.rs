@@ -44,7 +44,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use crvs_server::storage::Storage as _;
+use crvs_server::storage::Storage;
+use crvs_server::storage::postgres::PostgresStorage;
 use crvs_server::storage::sqlite::SqliteStorage;
 use crvs_server::{ApiError, Server, admin, http};
 use serde_json::{Value, json};
@@ -66,6 +67,19 @@ struct Cli {
     /// Print exactly one JSON object on stdout.
     #[arg(long, global = true)]
     json: bool,
+    /// Keep the records in this PostgreSQL database
+    /// (`postgres://USER@HOST:PORT/DB`) instead of SQLite in the data
+    /// folder, which then holds only the signing key and the KIdC ledger.
+    /// Every command takes it; prefer the environment variable, which
+    /// other users of the machine cannot read from the process list.
+    #[arg(
+        long,
+        global = true,
+        env = "CRVS_DATABASE_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    database: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -436,8 +450,19 @@ fn init_logging() {
     }
 }
 
+/// The PostgreSQL database of every command (`--database`), if any.
+static DATABASE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+
+fn database() -> Option<&'static str> {
+    DATABASE.get().and_then(|d| d.as_deref())
+}
+
 fn open(dir: &std::path::Path) -> Result<Server, ApiError> {
-    Server::open(dir).map_err(ApiError::from)
+    match database() {
+        Some(url) => Server::open_postgres(dir, url, crvs_server::system_clock()),
+        None => Server::open(dir),
+    }
+    .map_err(ApiError::from)
 }
 
 /// Opens the server of an existing data folder, for the operator commands
@@ -445,13 +470,24 @@ fn open(dir: &std::path::Path) -> Result<Server, ApiError> {
 /// (with a new key) that takes a staff member, an API key or a revocation
 /// the real one never sees. Only `serve` and `enroll-token` make one.
 fn open_existing(dir: &std::path::Path) -> Result<Server, ApiError> {
-    if !dir.join(crvs_server::DB_FILE).exists() {
+    let marker = match database() {
+        Some(_) => crvs_server::keys::KEY_FILE,
+        None => crvs_server::DB_FILE,
+    };
+    if !dir.join(marker).exists() {
         return Err(no_database(dir));
     }
     open(dir)
 }
 
 fn no_database(dir: &std::path::Path) -> ApiError {
+    if database().is_some() {
+        return ApiError::Invalid(format!(
+            "no server in {}: check --data (a server's folder holds its key, {}; `crvs-server serve --database URL --data DIR` makes one)",
+            dir.display(),
+            crvs_server::keys::KEY_FILE
+        ));
+    }
     ApiError::Invalid(format!(
         "no server database in {}: check --data (a server's data folder holds {}; `crvs-server serve --data DIR` makes one)",
         dir.display(),
@@ -461,12 +497,15 @@ fn no_database(dir: &std::path::Path) -> ApiError {
 
 /// The database alone, for commands that only read it: no server actor is
 /// started and the ledger is not opened (a running server keeps both).
-fn open_storage(dir: &std::path::Path) -> Result<SqliteStorage, ApiError> {
+fn open_storage(dir: &std::path::Path) -> Result<Box<dyn Storage>, ApiError> {
+    if let Some(url) = database() {
+        return Ok(Box::new(PostgresStorage::connect(url)?));
+    }
     let db = dir.join(crvs_server::DB_FILE);
     if !db.exists() {
         return Err(no_database(dir));
     }
-    SqliteStorage::open(&db).map_err(ApiError::from)
+    Ok(Box::new(SqliteStorage::open(&db)?))
 }
 
 /// An operator command's answer as JSON.
@@ -517,6 +556,7 @@ async fn shutdown_signal() {
 
 fn run(cli: Cli) -> Result<(), ApiError> {
     let json_mode = cli.json;
+    let _ = DATABASE.set(cli.database.clone());
     match cli.command {
         Command::Serve {
             data,
@@ -599,7 +639,7 @@ fn run(cli: Cli) -> Result<(), ApiError> {
             Ok(())
         }
         Command::Devices { data } => {
-            let devices = admin::devices(&open_storage(&data)?)?;
+            let devices = admin::devices(&*open_storage(&data)?)?;
             let text = lines(&devices, "no devices", |d| {
                 format!(
                     "{}  commune {}  {}  last sync {}  seq {}{}{}{}",
@@ -623,7 +663,7 @@ fn run(cli: Cli) -> Result<(), ApiError> {
             Ok(())
         }
         Command::Holds { data } => {
-            let holds = admin::holds(&open_storage(&data)?)?;
+            let holds = admin::holds(&*open_storage(&data)?)?;
             let text = lines(&holds, "no holds", |h| {
                 format!(
                     "{}  commune {}  {}  since {}",
@@ -810,7 +850,7 @@ fn run(cli: Cli) -> Result<(), ApiError> {
             let kidc = crvs_schema::Kidc::parse(&kidc)
                 .map_err(|e| ApiError::Invalid(format!("the KIdC given {e}")))?;
             let storage = open_storage(&data)?;
-            let Some(p) = crvs_server::registry::person(&storage, &kidc)? else {
+            let Some(p) = crvs_server::registry::person(&*storage, &kidc)? else {
                 return Err(ApiError::NoSuchPerson);
             };
             print_line(json_mode, &to_json(&p)?, &crvs_server::registry::person_text(&p));
@@ -835,9 +875,9 @@ fn run(cli: Cli) -> Result<(), ApiError> {
         } => {
             let storage = open_storage(&data)?;
             let r = if check {
-                crvs_server::registry::rebuild_check(&storage, &data)?
+                crvs_server::registry::rebuild_check(&*storage, &data)?
             } else {
-                crvs_server::registry::rebuild(&storage)?
+                crvs_server::registry::rebuild(&*storage)?
             };
             if !r.identical {
                 // Ids only: which persons (and log entries) differ.

@@ -108,6 +108,34 @@ pub(crate) fn write_group(server: &Server, jobs: Vec<Job>) -> Vec<Result<Written
     results
 }
 
+/// One request in a transaction of its own, for a backend with
+/// concurrent writers: the codes and numbers it issued reserved in the
+/// ledger and synced, then the commit (durable when it returns). A
+/// [`crate::storage::StorageError::Conflict`] comes back as it is, with
+/// nothing kept, for the caller to run the request again.
+pub(crate) fn write_alone(server: &Server, job: Job) -> Result<Written, ApiError> {
+    let mut tx = server.storage().begin()?;
+    // An error drops the transaction, which rolls it back.
+    let written = write_request(server, &mut *tx, job)?;
+    if let Some(stats) = &written.stats {
+        let mut reserve = Reservations::default();
+        reserve.extend_from(&stats.reserve);
+        server
+            .ledger()
+            .reserve_unsynced(&reserve, server.now_ms())
+            .and_then(|()| server.ledger().sync())
+            .map_err(|e| {
+                tracing::error!(error = %e, "reserving KIdCs and registration numbers in the ledger failed");
+                ApiError::Internal(
+                    "reserving KIdCs and registration numbers in the ledger failed; nothing was applied: sync again"
+                        .into(),
+                )
+            })?;
+    }
+    tx.commit()?;
+    Ok(written)
+}
+
 /// Makes a group's commit durable, off the writer: the ledger's log first,
 /// then the database's. If either cannot be synced, every request of the
 /// group fails (what it wrote is kept, and its resend is acknowledged as

@@ -4,13 +4,15 @@
 //! [`WriteTx`], a write transaction exposing primitive operations (get a
 //! device, load and save a record document, append to the change-set log,
 //! insert an issuance, append a server change, advance a device's cursor).
-//! Each backend implements them: [`sqlite::SqliteStorage`] today (the
-//! embedded default), PostgreSQL later.
+//! Each backend implements them: [`sqlite::SqliteStorage`] (the embedded
+//! default) and [`postgres::PostgresStorage`] (the national service).
 //!
 //! The trait is synchronous: the HTTP layer calls it from
-//! `tokio::task::spawn_blocking`. A backend hands out one write transaction
-//! at a time ([`Storage::begin`] blocks until the writer is free), so two
-//! requests for the same device or record never interleave.
+//! `tokio::task::spawn_blocking`. Two requests for the same device or
+//! record never interleave: SQLite hands out one write transaction at a
+//! time ([`Storage::begin`] blocks until the writer is free); PostgreSQL
+//! runs several at once and takes the locks that keep them apart (see
+//! [`postgres`]: the chain lock, the office lock, the registry lock).
 //!
 //! The staff roster ([`WriteTx::put_staff`], [`WriteTx::remove_staff`],
 //! [`Storage::roster`], [`Storage::staff_role_at`]) keeps each office's
@@ -21,6 +23,7 @@
 //! and the staff history are append-only; every backend enforces it in
 //! the database itself (triggers), not only in this code.
 
+pub mod postgres;
 pub mod sqlite;
 
 use crvs_schema::Kidc;
@@ -50,6 +53,12 @@ pub enum StorageError {
     /// A file could not be read or written.
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
+    /// The database could not run this transaction alongside another one
+    /// (a deadlock or a serialization failure): nothing of it was kept,
+    /// and running it again is expected to work. Only backends with
+    /// concurrent writers ([`Storage::concurrent_writers`]) report it.
+    #[error("the transaction conflicted with another and was rolled back: {0}")]
+    Conflict(String),
 }
 
 impl From<crvs_sqlite::OpenError> for StorageError {
@@ -691,6 +700,15 @@ pub trait Storage: Send + Sync {
     /// free. Dropping the transaction without [`WriteTx::commit`] rolls it
     /// back.
     fn begin(&self) -> Result<Box<dyn WriteTx + '_>, StorageError>;
+
+    /// Whether several write transactions run at once (PostgreSQL). If
+    /// not, [`Storage::begin`] hands out one at a time, and the server
+    /// groups concurrent requests into one transaction
+    /// ([`crate::group_commit`]); if so, each request has a transaction of
+    /// its own, retried on [`StorageError::Conflict`].
+    fn concurrent_writers(&self) -> bool {
+        false
+    }
 
     /// Every enrolled device (read-only; does not wait for the writer).
     fn list_devices(&self) -> Result<Vec<Device>, StorageError>;
