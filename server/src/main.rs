@@ -117,7 +117,8 @@ enum Command {
         /// The data folder.
         #[arg(long)]
         data: PathBuf,
-        /// The 6-digit commune code the tablet will serve.
+        /// The 6-digit commune code the tablet will serve (a comma-separated
+        /// list makes one token per commune: `{"tokens":[...]}` with --json).
         #[arg(long)]
         commune: String,
         /// Hours the token stays valid.
@@ -582,9 +583,13 @@ fn run(cli: Cli) -> Result<(), ApiError> {
             // One serving process per data folder; `restore` waits for none.
             let _lock = crvs_server::backup::lock_data_dir(&data).map_err(backup_error)?;
             let server = Arc::new(open(&data)?.with_late_birth_days(late_birth_days));
+            // The server is dropped here, after the runtime: PostgreSQL
+            // connections close with a blocking call, which may not run on
+            // a runtime thread.
+            let kept = Arc::clone(&server);
             let runtime = tokio::runtime::Runtime::new()
                 .map_err(|e| ApiError::Internal(format!("cannot start the runtime: {e}")))?;
-            runtime.block_on(async move {
+            let served = runtime.block_on(async move {
                 let listener = crvs_server::listener::bind(&listen)
                     .await
                     .map_err(|e| ApiError::Invalid(format!("cannot listen on {listen}: {e}")))?;
@@ -618,7 +623,33 @@ fn run(cli: Cli) -> Result<(), ApiError> {
                 http::serve_with_config(listener, server, config, shutdown_signal())
                     .await
                     .map_err(|e| ApiError::Internal(format!("server failed: {e}")))
-            })
+            });
+            drop(runtime);
+            drop(kept);
+            served
+        }
+        Command::EnrollToken {
+            data,
+            commune,
+            ttl_hours,
+            qr,
+        } if commune.contains(',') => {
+            // Several communes: one token each, one transaction each.
+            if qr.is_some() {
+                return Err(ApiError::Invalid("--qr takes one commune, not a list".into()));
+            }
+            let server = open(&data)?;
+            let mut tokens = Vec::new();
+            for c in commune.split(',').map(str::trim).filter(|c| !c.is_empty()) {
+                tokens.push(admin::create_token(&server, c, i64::from(ttl_hours) * 3_600_000)?);
+            }
+            let text = tokens
+                .iter()
+                .map(|t| format!("{} {}", t.commune, t.token))
+                .collect::<Vec<_>>()
+                .join("\n");
+            print_line(json_mode, &json!({ "tokens": to_json(&tokens)? }), &text);
+            Ok(())
         }
         Command::EnrollToken {
             data,
