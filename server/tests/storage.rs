@@ -493,7 +493,7 @@ fn a_notification_is_stored_once_per_source_and_registered_once(backend: Backend
     assert_eq!(db.storage.pending_notifications(OFFICE).unwrap().len(), 2);
     assert_eq!(
         db.storage.unregistered_notifications(Some(1_002)).unwrap(),
-        [first.clone()]
+        std::slice::from_ref(&first)
     );
 
     let record = Uuid::from_u128(0xe1);
