@@ -1,21 +1,12 @@
 //! End to end: the real `crvs-server` process on a real socket, tablets
-//! driven through the real `crvs` binary, real SQLite files.
+//! driven through the real `crvs` binary, real SQLite files. Every test
+//! with a server runs on SQLite and on PostgreSQL (`both_backends!`).
 
 use std::collections::HashSet;
-use std::path::Path;
 
 use crvs_e2e::*;
 use crvs_schema::Kidc;
 use serde_json::Value;
-
-fn count(server_data: &Path, sql: &str) -> i64 {
-    let db = rusqlite::Connection::open_with_flags(
-        server_data.join("server.db"),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .expect("open server db");
-    db.query_row(sql, [], |r| r.get(0)).expect("count")
-}
 
 fn kidc_of(record: &Value) -> Option<Kidc> {
     record["kidc"]
@@ -23,10 +14,10 @@ fn kidc_of(record: &Value) -> Option<Kidc> {
         .map(|k| Kidc::parse(k).expect("a valid KIdC"))
 }
 
-#[test]
-fn two_offline_tablets_get_distinct_valid_kidcs_for_every_approved_birth() {
+both_backends!(two_offline_tablets_get_distinct_valid_kidcs_for_every_approved_birth);
+fn two_offline_tablets_get_distinct_valid_kidcs_for_every_approved_birth(backend: Backend) {
     let tmp = tempfile::tempdir().unwrap();
-    let server_data = tmp.path().join("server");
+    let server_data = server_data(backend, &tmp.path().join("server"));
     let mut server = Server::start(&server_data);
     let addr = server.addr;
     let a = Tablet::new(tmp.path().join("tablet-a"));
@@ -96,7 +87,7 @@ fn two_offline_tablets_get_distinct_valid_kidcs_for_every_approved_birth() {
         assert!(kidc_of(&r).is_none(), "only approved births get a KIdC");
     }
     assert_eq!(
-        count(&server_data, "SELECT COUNT(*) FROM kidc_issuance"),
+        server_count(&server_data, "SELECT COUNT(*) FROM kidc_issuance"),
         approved.len() as i64
     );
 
@@ -119,15 +110,15 @@ fn two_offline_tablets_get_distinct_valid_kidcs_for_every_approved_birth() {
     );
 }
 
-#[test]
-fn a_server_that_vanishes_mid_answer_loses_and_duplicates_nothing() {
+both_backends!(a_server_that_vanishes_mid_answer_loses_and_duplicates_nothing);
+fn a_server_that_vanishes_mid_answer_loses_and_duplicates_nothing(backend: Backend) {
     let tmp = tempfile::tempdir().unwrap();
     let BehindProxy {
         server_data,
         server: _server,
         proxy,
         tablet: t,
-    } = BehindProxy::start(tmp.path());
+    } = BehindProxy::start_on(backend, tmp.path());
     let births = bench_births();
     let files = write_births(&tmp.path().join("births"), &births[..8]);
 
@@ -149,14 +140,17 @@ fn a_server_that_vanishes_mid_answer_loses_and_duplicates_nothing() {
         assert_eq!(r["status"], "registered");
         assert!(seen.insert(kidc_of(&r).expect("kidc").to_string()));
     }
-    assert_eq!(count(&server_data, "SELECT COUNT(*) FROM kidc_issuance"), 8);
-    assert_eq!(count(&server_data, "SELECT COUNT(*) FROM records"), 8);
+    assert_eq!(
+        server_count(&server_data, "SELECT COUNT(*) FROM kidc_issuance"),
+        8
+    );
+    assert_eq!(server_count(&server_data, "SELECT COUNT(*) FROM records"), 8);
 }
 
-#[test]
-fn a_server_killed_during_a_sync_comes_back_and_the_next_sync_completes() {
+both_backends!(a_server_killed_during_a_sync_comes_back_and_the_next_sync_completes);
+fn a_server_killed_during_a_sync_comes_back_and_the_next_sync_completes(backend: Backend) {
     let tmp = tempfile::tempdir().unwrap();
-    let server_data = tmp.path().join("server");
+    let server_data = server_data(backend, &tmp.path().join("server"));
     let mut server = Server::start(&server_data);
     let addr = server.addr;
     let t = Tablet::new(tmp.path().join("tablet"));
@@ -189,7 +183,10 @@ fn a_server_killed_during_a_sync_comes_back_and_the_next_sync_completes() {
     );
     let logged = std::fs::read_to_string(&log).unwrap();
     assert!(logged.contains("fault point reached: after_commit\n"), "{logged}");
-    assert_eq!(count(&server_data, "SELECT COUNT(*) FROM kidc_issuance"), 12);
+    assert_eq!(
+        server_count(&server_data, "SELECT COUNT(*) FROM kidc_issuance"),
+        12
+    );
     for id in &ids {
         assert!(kidc_of(&t.show(id)).is_none(), "the tablet heard nothing yet");
     }
@@ -202,7 +199,10 @@ fn a_server_killed_during_a_sync_comes_back_and_the_next_sync_completes() {
         assert_eq!(r["status"], "registered");
         assert!(seen.insert(kidc_of(&r).expect("kidc").to_string()));
     }
-    assert_eq!(count(&server_data, "SELECT COUNT(*) FROM kidc_issuance"), 12);
+    assert_eq!(
+        server_count(&server_data, "SELECT COUNT(*) FROM kidc_issuance"),
+        12
+    );
     let again = t.run(&["sync"]).expect_ok();
     assert_eq!(again["pushed"], 0);
 }
@@ -267,10 +267,10 @@ fn bad_registrar_input_gets_a_clear_error_and_stores_nothing() {
     );
 }
 
-#[test]
-fn no_name_reaches_the_tablet_files_unencrypted_even_after_sync() {
+both_backends!(no_name_reaches_the_tablet_files_unencrypted_even_after_sync);
+fn no_name_reaches_the_tablet_files_unencrypted_even_after_sync(backend: Backend) {
     let tmp = tempfile::tempdir().unwrap();
-    let server = Server::start(&tmp.path().join("server"));
+    let server = Server::start(&server_data(backend, &tmp.path().join("server")));
     let t = Tablet::new(tmp.path().join("tablet"));
     t.init_and_enroll("171003", &server);
     t.register_approved(&fixture("birth-sok-dara.json"));
@@ -306,10 +306,10 @@ fn no_name_reaches_the_tablet_files_unencrypted_even_after_sync() {
     }
 }
 
-#[test]
-fn a_revoked_tablet_is_refused_from_its_next_sync_and_keeps_its_records() {
+both_backends!(a_revoked_tablet_is_refused_from_its_next_sync_and_keeps_its_records);
+fn a_revoked_tablet_is_refused_from_its_next_sync_and_keeps_its_records(backend: Backend) {
     let tmp = tempfile::tempdir().unwrap();
-    let server = Server::start(&tmp.path().join("server"));
+    let server = Server::start(&server_data(backend, &tmp.path().join("server")));
     let t = Tablet::new(tmp.path().join("tablet"));
     let device = t.init_and_enroll("171003", &server);
     t.register_approved(&fixture("birth-sok-dara.json"));
@@ -324,10 +324,10 @@ fn a_revoked_tablet_is_refused_from_its_next_sync_and_keeps_its_records() {
     assert_eq!(devices["devices"][0]["revoked"], true);
 }
 
-#[test]
-fn a_token_for_another_commune_is_refused_and_stays_valid_for_its_own() {
+both_backends!(a_token_for_another_commune_is_refused_and_stays_valid_for_its_own);
+fn a_token_for_another_commune_is_refused_and_stays_valid_for_its_own(backend: Backend) {
     let tmp = tempfile::tempdir().unwrap();
-    let server = Server::start(&tmp.path().join("server"));
+    let server = Server::start(&server_data(backend, &tmp.path().join("server")));
     let tok = token(&server.data, "171004");
     let wrong = Tablet::new(tmp.path().join("wrong"));
     wrong.run(&["init", "--commune", "171003"]).expect_ok();

@@ -2,6 +2,9 @@
 //! socket, a tablet driven through the real `crvs` binary, the shared
 //! fixtures as they are (the placeholder KIdC `1000000001` replaced by a
 //! registered person's).
+//!
+//! Every test with a server runs on SQLite and on PostgreSQL
+//! (`both_backends!`); the tablet-only one needs no server.
 
 use std::path::{Path, PathBuf};
 
@@ -42,10 +45,12 @@ fn registration_number(r: &Value) -> String {
         .to_string()
 }
 
-#[test]
-fn every_event_is_registered_with_its_number_and_the_registry_holds_what_it_cannot_register() {
+both_backends!(every_event_is_registered_with_its_number_and_the_registry_holds_what_it_cannot_register);
+fn every_event_is_registered_with_its_number_and_the_registry_holds_what_it_cannot_register(
+    backend: Backend,
+) {
     let tmp = tempfile::tempdir().unwrap();
-    let server = Server::start(&tmp.path().join("server"));
+    let server = Server::start(&server_data(backend, &tmp.path().join("server")));
     let t = Tablet::new(tmp.path().join("tablet"));
     t.init_and_enroll("171003", &server);
     let files = tmp.path().join("files");
@@ -357,10 +362,10 @@ fn bad_events_are_refused_on_the_tablet_with_every_problem_and_nothing_stored() 
     assert_eq!(ok["status"], "submitted");
 }
 
-#[test]
-fn a_rejected_registration_is_corrected_resubmitted_and_registered_with_its_history() {
+both_backends!(a_rejected_registration_is_corrected_resubmitted_and_registered_with_its_history);
+fn a_rejected_registration_is_corrected_resubmitted_and_registered_with_its_history(backend: Backend) {
     let tmp = tempfile::tempdir().unwrap();
-    let server = Server::start(&tmp.path().join("server"));
+    let server = Server::start(&server_data(backend, &tmp.path().join("server")));
     let t = Tablet::new(tmp.path().join("tablet"));
     t.init_and_enroll("171003", &server);
     let death = fixture("death-elderly.json");
@@ -432,15 +437,15 @@ fn a_rejected_registration_is_corrected_resubmitted_and_registered_with_its_hist
     );
 }
 
+both_backends!(a_second_tablet_continues_a_record_and_another_commune_never_sees_it);
 /// Records belong to the office: a second tablet of the commune continues
 /// a record the first started, a replacement tablet enrolled later receives
 /// every record with its history, a tablet of another commune never sees
 /// them, and steps taken concurrently on two tablets are all kept, the
 /// record held until someone settles it.
-#[test]
-fn a_second_tablet_continues_a_record_and_another_commune_never_sees_it() {
+fn a_second_tablet_continues_a_record_and_another_commune_never_sees_it(backend: Backend) {
     let tmp = tempfile::tempdir().unwrap();
-    let server = Server::start(&tmp.path().join("server"));
+    let server = Server::start(&server_data(backend, &tmp.path().join("server")));
     let a = Tablet::new(tmp.path().join("a"));
     let b = Tablet::new(tmp.path().join("b"));
     let c = Tablet::new(tmp.path().join("c"));
@@ -547,13 +552,13 @@ fn t_register(t: &Tablet, kind: &str, file: &Path, by: &str) -> String {
     out["record_id"].as_str().unwrap().to_string()
 }
 
+both_backends!(a_notified_birth_reaches_the_commune_and_is_registered_against_its_notification);
 /// Notifications from a health facility reach the tablets of the commune
 /// of residence, a registration answers one, and the server then reports
 /// the time from the notification to the registration.
-#[test]
-fn a_notified_birth_reaches_the_commune_and_is_registered_against_its_notification() {
+fn a_notified_birth_reaches_the_commune_and_is_registered_against_its_notification(backend: Backend) {
     let tmp = tempfile::tempdir().unwrap();
-    let server = Server::start(&tmp.path().join("server"));
+    let server = Server::start(&server_data(backend, &tmp.path().join("server")));
     let t = Tablet::new(tmp.path().join("tablet"));
     t.init_and_enroll("171003", &server);
     let other = Tablet::new(tmp.path().join("other"));
@@ -677,10 +682,12 @@ fn a_notified_birth_reaches_the_commune_and_is_registered_against_its_notificati
     );
 }
 
-#[test]
-fn two_tablets_correcting_one_record_at_once_show_the_conflict_until_a_registrar_settles_it() {
+both_backends!(two_tablets_correcting_one_record_at_once_show_the_conflict_until_a_registrar_settles_it);
+fn two_tablets_correcting_one_record_at_once_show_the_conflict_until_a_registrar_settles_it(
+    backend: Backend,
+) {
     let tmp = tempfile::tempdir().unwrap();
-    let server = Server::start(&tmp.path().join("server"));
+    let server = Server::start(&server_data(backend, &tmp.path().join("server")));
     let a = Tablet::new(tmp.path().join("a"));
     a.init_and_enroll("171003", &server);
     let death = fixture("death-elderly.json");

@@ -3,16 +3,17 @@
 //! "today"; the tablet learns it with the reason on its next sync (`show`,
 //! `list`); the operator lists it (`holds`), and releases it once the
 //! server's clock is right (`release`); the tablet then gets its KIdC.
+//! On SQLite and on PostgreSQL (`both_backends!`).
 
 use crvs_e2e::*;
 
-#[test]
-fn a_held_record_is_shown_on_the_tablet_listed_for_operators_and_released() {
+both_backends!(a_held_record_is_shown_on_the_tablet_listed_for_operators_and_released);
+fn a_held_record_is_shown_on_the_tablet_listed_for_operators_and_released(backend: Backend) {
     let Some(behind) = faketime_env("-3d") else {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
-    let server_data = tmp.path().join("server");
+    let server_data = server_data(backend, &tmp.path().join("server"));
     let mut server = Server::start_with(
         &server_data,
         &ServerOptions {

@@ -2,6 +2,8 @@
 //! binary on a real store: what a clerk types that no registration should
 //! hold is refused with an error naming the field, and a broken clock is
 //! an error, never a panic.
+//!
+//! No test here starts a server, so none runs per storage backend.
 
 use std::path::Path;
 use std::process::Command;

@@ -1,7 +1,8 @@
 //! A tablet that lost its last commit, or runs from an old copy of its
 //! store, is not stuck; a cloned store is recognised, and one copy is
 //! refused by name. The real `crvs-server` process, tablets driven through
-//! the real `crvs` binary, real SQLite files.
+//! the real `crvs` binary, real SQLite files. Every test runs on SQLite
+//! and on PostgreSQL (`both_backends!`).
 
 use std::path::Path;
 
@@ -37,15 +38,15 @@ fn all_registered(t: &Tablet) -> usize {
     records.len()
 }
 
-#[test]
-fn a_tablet_whose_answer_was_lost_and_whose_last_commit_was_lost_recovers() {
+both_backends!(a_tablet_whose_answer_was_lost_and_whose_last_commit_was_lost_recovers);
+fn a_tablet_whose_answer_was_lost_and_whose_last_commit_was_lost_recovers(backend: Backend) {
     let tmp = tempfile::tempdir().unwrap();
     let BehindProxy {
         server_data,
         server,
         proxy,
         tablet: t,
-    } = BehindProxy::start(tmp.path());
+    } = BehindProxy::start_on(backend, tmp.path());
     let files = write_births(&tmp.path().join("births"), &bench_births()[..24]);
     for f in &files[..4] {
         t.register_approved(f);
@@ -106,10 +107,10 @@ fn a_tablet_whose_answer_was_lost_and_whose_last_commit_was_lost_recovers() {
     assert_eq!(t.run(&["check"]).expect_ok()["ok"], true);
 }
 
-#[test]
-fn a_tablet_restored_from_an_old_copy_of_its_store_syncs_again() {
+both_backends!(a_tablet_restored_from_an_old_copy_of_its_store_syncs_again);
+fn a_tablet_restored_from_an_old_copy_of_its_store_syncs_again(backend: Backend) {
     let tmp = tempfile::tempdir().unwrap();
-    let server_data = tmp.path().join("server");
+    let server_data = server_data(backend, &tmp.path().join("server"));
     let server = Server::start(&server_data);
     let t = Tablet::new(tmp.path().join("tablet"));
     t.init_and_enroll("171003", &server);
@@ -145,10 +146,10 @@ fn a_tablet_restored_from_an_old_copy_of_its_store_syncs_again() {
     assert!(device(&server)["blocked"].is_null());
 }
 
-#[test]
-fn a_cloned_store_is_recognised_and_one_copy_is_refused_by_name_for_good() {
+both_backends!(a_cloned_store_is_recognised_and_one_copy_is_refused_by_name_for_good);
+fn a_cloned_store_is_recognised_and_one_copy_is_refused_by_name_for_good(backend: Backend) {
     let tmp = tempfile::tempdir().unwrap();
-    let server_data = tmp.path().join("server");
+    let server_data = server_data(backend, &tmp.path().join("server"));
     let server = Server::start(&server_data);
     let a = Tablet::new(tmp.path().join("tablet-a"));
     a.init_and_enroll("171003", &server);

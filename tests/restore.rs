@@ -9,6 +9,9 @@
 //! KIdC ledger kept (the usual restore), once with it lost as well (the
 //! machine is gone: only the backup, the server key and the tablets'
 //! evidence remain).
+//!
+//! SQLite only, both tests: the drill reads the issuance log from
+//! `server.db`, and the backup is a copy of that SQLite file.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};

@@ -4,6 +4,8 @@
 //! role and the PIN (`CRVS_PIN`). The server checks every step again
 //! against its roster history, so a tablet that skips the check gains
 //! nothing.
+//!
+//! Every test runs on SQLite and on PostgreSQL (`both_backends!`).
 
 use std::path::Path;
 
@@ -34,10 +36,10 @@ fn staff_ids(list: &Value) -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn staff_act_with_their_own_pin_and_role_and_the_roster_comes_from_the_server() {
+both_backends!(staff_act_with_their_own_pin_and_role_and_the_roster_comes_from_the_server);
+fn staff_act_with_their_own_pin_and_role_and_the_roster_comes_from_the_server(backend: Backend) {
     let tmp = tempfile::tempdir().unwrap();
-    let server = Server::start(&tmp.path().join("server"));
+    let server = Server::start(&server_data(backend, &tmp.path().join("server")));
     roster(&server.data);
     let t = Tablet::new(tmp.path().join("tablet"));
     t.init_and_enroll(COMMUNE, &server);
@@ -156,10 +158,12 @@ fn staff_act_with_their_own_pin_and_role_and_the_roster_comes_from_the_server() 
     );
 }
 
-#[test]
-fn five_wrong_pins_lock_a_person_until_a_registrar_unlocks_them_and_a_pin_changes_on_the_tablet() {
+both_backends!(five_wrong_pins_lock_a_person_until_a_registrar_unlocks_them_and_a_pin_changes_on_the_tablet);
+fn five_wrong_pins_lock_a_person_until_a_registrar_unlocks_them_and_a_pin_changes_on_the_tablet(
+    backend: Backend,
+) {
     let tmp = tempfile::tempdir().unwrap();
-    let server = Server::start(&tmp.path().join("server"));
+    let server = Server::start(&server_data(backend, &tmp.path().join("server")));
     roster(&server.data);
     let t = Tablet::new(tmp.path().join("tablet"));
     t.init_and_enroll(COMMUNE, &server);
@@ -237,10 +241,10 @@ fn five_wrong_pins_lock_a_person_until_a_registrar_unlocks_them_and_a_pin_change
     t.run_as("497305", &register).expect_ok();
 }
 
-#[test]
-fn a_person_added_centrally_acts_after_the_next_sync_and_a_removed_one_no_longer_can() {
+both_backends!(a_person_added_centrally_acts_after_the_next_sync_and_a_removed_one_no_longer_can);
+fn a_person_added_centrally_acts_after_the_next_sync_and_a_removed_one_no_longer_can(backend: Backend) {
     let tmp = tempfile::tempdir().unwrap();
-    let server = Server::start(&tmp.path().join("server"));
+    let server = Server::start(&server_data(backend, &tmp.path().join("server")));
     roster(&server.data);
     let t = Tablet::new(tmp.path().join("tablet"));
     t.init_and_enroll(COMMUNE, &server);
@@ -269,14 +273,14 @@ fn a_person_added_centrally_acts_after_the_next_sync_and_a_removed_one_no_longer
     );
 }
 
-#[test]
-fn the_server_holds_a_record_whose_steps_its_roster_does_not_allow() {
+both_backends!(the_server_holds_a_record_whose_steps_its_roster_does_not_allow);
+fn the_server_holds_a_record_whose_steps_its_roster_does_not_allow(backend: Backend) {
     // A tablet enrolled before its office had a roster, offline while the
     // operators added staff: it still runs as a pilot, with staff ids as
     // names and no PIN. (A forged tablet that skips the checks sends the
     // same steps.) The server checks each step against its own roster.
     let tmp = tempfile::tempdir().unwrap();
-    let server = Server::start(&tmp.path().join("server"));
+    let server = Server::start(&server_data(backend, &tmp.path().join("server")));
     let t = Tablet::new(tmp.path().join("tablet"));
     t.init_and_enroll(COMMUNE, &server);
     assert_eq!(t.run(&["staff", "list"]).expect_ok()["enforced"], false);
@@ -325,10 +329,10 @@ fn the_server_holds_a_record_whose_steps_its_roster_does_not_allow() {
     );
 }
 
-#[test]
-fn every_event_checks_the_staff_member_the_role_and_the_pin() {
+both_backends!(every_event_checks_the_staff_member_the_role_and_the_pin);
+fn every_event_checks_the_staff_member_the_role_and_the_pin(backend: Backend) {
     let tmp = tempfile::tempdir().unwrap();
-    let server = Server::start(&tmp.path().join("server"));
+    let server = Server::start(&server_data(backend, &tmp.path().join("server")));
     roster(&server.data);
     // Someone removed from the roster before this tablet came.
     add_staff(&server.data, COMMUNE, "clerk-9", "clerk", "662013");

@@ -10,7 +10,10 @@
 //!   rows;
 //! * with the triggers dropped, the store does not open.
 //!
-//! Real `crvs` and `crvs-server` processes, real files.
+//! Real `crvs` and `crvs-server` processes, real files. Every test runs
+//! with the server on SQLite and on PostgreSQL (`both_backends!`) but
+//! `kidcs_swapped_between_rows_are_found`, SQLite only (it reads the
+//! issued codes from `server.db`).
 
 use std::path::Path;
 
@@ -63,13 +66,7 @@ fn attacker(store: &Path, way: Way) -> Connection {
 }
 
 fn server_records(server_data: &Path) -> i64 {
-    let db = Connection::open_with_flags(
-        server_data.join("server.db"),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .unwrap();
-    db.query_row("SELECT COUNT(*) FROM records", [], |r| r.get(0))
-        .unwrap()
+    server_count(server_data, "SELECT COUNT(*) FROM records")
 }
 
 /// Runs `args`, expects `tampered`, and returns the message.
@@ -92,15 +89,15 @@ struct Setup {
 
 /// A tablet with two births synced (with their codes) and three approved
 /// births waiting to be sent.
-fn setup() -> Setup {
-    setup_with(false)
+fn setup(backend: Backend) -> Setup {
+    setup_with(backend, false)
 }
 
 /// The same; with `outboxed`, the pending births are then put into the
 /// outbox by a sync that cannot reach the server (it is stopped).
-fn setup_with(outboxed: bool) -> Setup {
+fn setup_with(backend: Backend, outboxed: bool) -> Setup {
     let tmp = tempfile::tempdir().unwrap();
-    let server = Server::start(&tmp.path().join("server"));
+    let server = Server::start(&server_data(backend, &tmp.path().join("server")));
     let tablet = Tablet::new(tmp.path().join("tablet"));
     tablet.init_and_enroll("171003", &server);
     let files = write_births(&tmp.path().join("births"), &bench_births()[..5]);
@@ -130,9 +127,9 @@ fn blob_id(id: &str) -> Vec<u8> {
 /// store's own triggers and change nothing; dropped triggers stop the
 /// store from opening; with triggers off, the edit lands (the caller then
 /// checks that it is found). Returns the store with the edit landed.
-fn edit(sql: &str, outboxed: bool) -> Setup {
+fn edit(backend: Backend, sql: &str, outboxed: bool) -> Setup {
     // Stand-ins: the write is refused.
-    let s = setup_with(outboxed);
+    let s = setup_with(backend, outboxed);
     let err = attacker(&s.tablet.dir, Way::StandIns)
         .execute_batch(sql)
         .expect_err("the store's triggers refuse an edit with stand-in functions");
@@ -165,7 +162,7 @@ fn edit(sql: &str, outboxed: bool) -> Setup {
     assert!(message.contains("(missing)"), "{message}");
     assert_eq!(server_records(&s.server.data), 2);
     // Triggers off: the edit lands.
-    let s = setup_with(outboxed);
+    let s = setup_with(backend, outboxed);
     let conn = attacker(&s.tablet.dir, Way::NoTriggers);
     conn.execute_batch(sql).unwrap();
     assert!(conn.total_changes() >= 1, "the edit changed nothing: {sql}");
@@ -213,9 +210,9 @@ fn repaired_then_synced(s: &Setup, expect: i64) -> Vec<String> {
     repaired
 }
 
-#[test]
-fn clearing_the_dirty_flag_is_found_and_nothing_is_hidden() {
-    let s = edit("UPDATE records SET dirty = 0", false);
+both_backends!(clearing_the_dirty_flag_is_found_and_nothing_is_hidden);
+fn clearing_the_dirty_flag_is_found_and_nothing_is_hidden(backend: Backend) {
+    let s = edit(backend, "UPDATE records SET dirty = 0", false);
     assert_found(&s, &["records", &s.pending[0], &s.pending[2]]);
     refused(&s.tablet, &["show", &s.pending[1]]);
     let repaired = repaired_then_synced(&s, 5);
@@ -225,11 +222,12 @@ fn clearing_the_dirty_flag_is_found_and_nothing_is_hidden() {
     );
 }
 
-#[test]
-fn a_status_changed_in_the_file_is_found() {
+both_backends!(a_status_changed_in_the_file_is_found);
+fn a_status_changed_in_the_file_is_found(backend: Backend) {
     // Every record is tried (the ids differ per setup): the first pending
     // one, by its position.
     let s = edit(
+        backend,
         "UPDATE records SET status = 'rejected' WHERE id = (SELECT id FROM records ORDER BY id LIMIT 1 OFFSET 2)",
         false,
     );
@@ -243,6 +241,7 @@ fn a_status_changed_in_the_file_is_found() {
 #[test]
 fn kidcs_swapped_between_rows_are_found() {
     let s = edit(
+        Backend::Sqlite,
         "CREATE TEMP TABLE k AS SELECT id, kidc_sealed FROM records ORDER BY id LIMIT 2;
          UPDATE records SET kidc_sealed = (SELECT kidc_sealed FROM temp.k WHERE k.id != records.id)
          WHERE id IN (SELECT id FROM temp.k);",
@@ -277,9 +276,10 @@ fn kidcs_swapped_between_rows_are_found() {
     assert_eq!(after, on_server);
 }
 
-#[test]
-fn unacknowledged_change_sets_marked_acknowledged_are_found() {
+both_backends!(unacknowledged_change_sets_marked_acknowledged_are_found);
+fn unacknowledged_change_sets_marked_acknowledged_are_found(backend: Backend) {
     let s = edit(
+        backend,
         "UPDATE outbox SET acked_at = 1 WHERE acked_at IS NULL;
          UPDATE meta SET value = (SELECT MAX(seq) FROM outbox) WHERE key = 'acked_seq';",
         true,
@@ -325,10 +325,10 @@ fn repaired_then_synced_after_repair(s: &Setup, expect: i64) {
     assert_eq!(s.tablet.run(&["check"]).expect_ok()["ok"], true);
 }
 
-#[test]
-fn a_deleted_record_or_a_row_put_back_from_an_older_copy_is_found() {
+both_backends!(a_deleted_record_or_a_row_put_back_from_an_older_copy_is_found);
+fn a_deleted_record_or_a_row_put_back_from_an_older_copy_is_found(backend: Backend) {
     // Deleted: the row and its MAC are gone, so only the sum shows it.
-    let s = setup();
+    let s = setup(backend);
     attacker(&s.tablet.dir, Way::NoTriggers)
         .execute("DELETE FROM records WHERE id = ?1", [blob_id(&s.pending[0])])
         .unwrap();
@@ -343,7 +343,7 @@ fn a_deleted_record_or_a_row_put_back_from_an_older_copy_is_found() {
 
     // Put back: a record's row as it was before it was sent and got its
     // code, MAC and all. The row authenticates; the sum does not.
-    let s = setup();
+    let s = setup(backend);
     let id = blob_id(&s.pending[0]);
     let read_row = |conn: &Connection| -> Vec<(String, rusqlite::types::Value)> {
         let mut stmt = conn.prepare("SELECT * FROM records WHERE id = ?1").unwrap();
@@ -382,9 +382,10 @@ fn a_deleted_record_or_a_row_put_back_from_an_older_copy_is_found() {
     repaired_then_synced(&s, 5);
 }
 
-#[test]
-fn a_redirected_server_and_a_set_aside_flag_are_found() {
+both_backends!(a_redirected_server_and_a_set_aside_flag_are_found);
+fn a_redirected_server_and_a_set_aside_flag_are_found(backend: Backend) {
     let s = edit(
+        backend,
         "UPDATE meta SET value = 'http://127.0.0.1:9' WHERE key = 'server_url'",
         false,
     );
@@ -401,6 +402,7 @@ fn a_redirected_server_and_a_set_aside_flag_are_found() {
     );
     refused(&s.tablet, &["check"]);
     let s = edit(
+        backend,
         "UPDATE records SET set_aside_at = 1 WHERE id = (SELECT id FROM records ORDER BY id LIMIT 1 OFFSET 3)",
         false,
     );
@@ -408,9 +410,9 @@ fn a_redirected_server_and_a_set_aside_flag_are_found() {
     repaired_then_synced(&s, 5);
 }
 
-#[test]
-fn a_trigger_slipped_into_the_file_stops_the_store_from_opening() {
-    let s = setup();
+both_backends!(a_trigger_slipped_into_the_file_stops_the_store_from_opening);
+fn a_trigger_slipped_into_the_file_stops_the_store_from_opening(backend: Backend) {
+    let s = setup(backend);
     attacker(&s.tablet.dir, Way::NoTriggers)
         .execute_batch(
             "CREATE TRIGGER hide AFTER UPDATE ON records BEGIN
@@ -424,9 +426,9 @@ fn a_trigger_slipped_into_the_file_stops_the_store_from_opening() {
     assert_eq!(server_records(&s.server.data), 2);
 }
 
-#[test]
-fn an_untouched_store_passes_and_syncs_everything() {
-    let s = setup();
+both_backends!(an_untouched_store_passes_and_syncs_everything);
+fn an_untouched_store_passes_and_syncs_everything(backend: Backend) {
+    let s = setup(backend);
     let check = s.tablet.run(&["check"]).expect_ok();
     assert_eq!(check["ok"], true);
     s.tablet.run(&["sync"]).expect_ok();
@@ -438,12 +440,12 @@ fn an_untouched_store_passes_and_syncs_everything() {
     assert_eq!(s.tablet.run(&["check"]).expect_ok()["ok"], true);
 }
 
-#[test]
-fn a_lost_dirty_flag_hides_nothing_work_is_found_from_the_sealed_records() {
+both_backends!(a_lost_dirty_flag_hides_nothing_work_is_found_from_the_sealed_records);
+fn a_lost_dirty_flag_hides_nothing_work_is_found_from_the_sealed_records(backend: Backend) {
     // Not an attacker: a bug (or a store edited before it had row MACs)
     // clears the flags, with every MAC in order. Sync compares each sealed
     // document with what it already sent, and sends the three births.
-    let s = setup();
+    let s = setup(backend);
     let mut conn = Connection::open(s.tablet.dir.join("crvs.db")).unwrap();
     let wrapped = crvs_core::store::read_wrapped_key(&conn).unwrap();
     let key = crvs_core::crypto::DataKey::unwrap(
@@ -494,8 +496,8 @@ const V2_APPROVED: [&str; 2] = [
 ];
 const V2_SUBMITTED: &str = "01a24202-6e0e-78b4-951a-426e1cfbb528";
 
-#[test]
-fn a_store_of_the_previous_version_upgrades_keeps_its_records_and_syncs() {
+both_backends!(a_store_of_the_previous_version_upgrades_keeps_its_records_and_syncs);
+fn a_store_of_the_previous_version_upgrades_keeps_its_records_and_syncs(backend: Backend) {
     let tmp = tempfile::tempdir().unwrap();
     let t = previous_version_store(&tmp.path().join("tablet"));
     assert_eq!(t.run(&["check"]).expect_ok()["records"], 3);
@@ -510,7 +512,7 @@ fn a_store_of_the_previous_version_upgrades_keeps_its_records_and_syncs() {
     t.run(&["verify", V2_SUBMITTED, "--by", "clerk-2"]).expect_ok();
     t.run(&["approve", V2_SUBMITTED, "--by", "registrar-1"])
         .expect_ok();
-    let server = Server::start(&tmp.path().join("server"));
+    let server = Server::start(&server_data(backend, &tmp.path().join("server")));
     let tok = token(&server.data, "171003");
     t.run(&["enroll", "--server", &server.url(), "--token", &tok])
         .expect_ok();
@@ -527,8 +529,8 @@ fn a_store_of_the_previous_version_upgrades_keeps_its_records_and_syncs() {
     refused(&t, &["list"]);
 }
 
-#[test]
-fn an_edit_made_before_the_upgrade_is_named_by_check_and_hides_nothing() {
+both_backends!(an_edit_made_before_the_upgrade_is_named_by_check_and_hides_nothing);
+fn an_edit_made_before_the_upgrade_is_named_by_check_and_hides_nothing(backend: Backend) {
     // Before row MACs, the file was edited: an approved birth marked
     // rejected and sent. The upgrade authenticates rows as they stand,
     // but check compares them with the sealed documents, and sync finds
@@ -555,7 +557,7 @@ fn an_edit_made_before_the_upgrade_is_named_by_check_and_hides_nothing() {
         message.contains("unsent changes not marked for sending"),
         "{message}"
     );
-    let server = Server::start(&tmp.path().join("server"));
+    let server = Server::start(&server_data(backend, &tmp.path().join("server")));
     let tok = token(&server.data, "171003");
     t.run(&["enroll", "--server", &server.url(), "--token", &tok])
         .expect_ok();
@@ -563,12 +565,12 @@ fn an_edit_made_before_the_upgrade_is_named_by_check_and_hides_nothing() {
     assert_eq!(server_records(&server.data), 3, "nothing was hidden");
 }
 
-#[test]
-fn a_stored_column_that_would_compute_macs_for_the_attacker_stops_the_store_from_opening() {
+both_backends!(a_stored_column_that_would_compute_macs_for_the_attacker_stops_the_store_from_opening);
+fn a_stored_column_that_would_compute_macs_for_the_attacker_stops_the_store_from_opening(backend: Backend) {
     // A generated column is computed by whoever writes the row: with the
     // key registered, it would hand the attacker a valid MAC for a forged
     // row. The schema check refuses the store before the key is there.
-    let s = setup();
+    let s = setup(backend);
     attacker(&s.tablet.dir, Way::StandIns)
         .execute_batch(
             "ALTER TABLE records ADD COLUMN leak BLOB AS (crvs_row_mac('records', id, kind, status, \

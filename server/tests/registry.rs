@@ -1,15 +1,18 @@
 //! The Population Registry on real SQLite files: `registry::check` and
 //! `registry::apply` on the writer's transaction, the `person` and
-//! `registry rebuild [--check]` commands.
+//! `registry rebuild [--check]` commands. Every test runs on SQLite and
+//! on PostgreSQL (`both_backends!`).
 
-use std::path::Path;
+mod backend;
+
 use std::process::Command;
+
+use backend::{Backend, Opened, both_backends};
 
 use crvs_schema::event::{Event, validate};
 use crvs_schema::{Date, Kidc};
 use crvs_server::registry::{self, Amended, RegisteredEvent};
-use crvs_server::storage::sqlite::SqliteStorage;
-use crvs_server::storage::{RegistryPerson, Storage};
+use crvs_server::storage::RegistryPerson;
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -45,14 +48,14 @@ fn kidc(n: u32) -> Kidc {
 }
 
 struct Registry {
-    storage: SqliteStorage,
+    db: Opened,
     next: u128,
 }
 
 impl Registry {
-    fn open(dir: &Path) -> Registry {
+    fn open(backend: Backend) -> Registry {
         Registry {
-            storage: SqliteStorage::open(&dir.join(crvs_server::DB_FILE)).unwrap(),
+            db: backend::open(backend),
             next: 0,
         }
     }
@@ -68,7 +71,7 @@ impl Registry {
         self.next += 1;
         let record_id = Uuid::from_u128(self.next);
         let event = event(json);
-        let mut tx = self.storage.begin().unwrap();
+        let mut tx = self.db.storage.begin().unwrap();
         if let Some(hold) = registry::check(&mut *tx, &event, amends.as_ref()).unwrap() {
             return Some(hold);
         }
@@ -96,26 +99,20 @@ impl Registry {
     }
 
     fn person(&self, k: &Kidc) -> registry::PersonView {
-        registry::person(&self.storage, k)
+        registry::person(&*self.db.storage, k)
             .unwrap()
             .expect("the person is in the registry")
     }
 
     fn by_document(&self, kind: &str, number: &str) -> Option<RegistryPerson> {
-        let mut tx = self.storage.begin().unwrap();
+        let mut tx = self.db.storage.begin().unwrap();
         tx.registry_person_by_document(kind, number).unwrap()
     }
 }
 
-fn count(dir: &Path, sql: &str) -> i64 {
-    let conn = rusqlite::Connection::open(dir.join(crvs_server::DB_FILE)).unwrap();
-    conn.query_row(sql, [], |r| r.get(0)).unwrap()
-}
-
-#[test]
-fn a_birth_enters_the_child_by_kidc_and_the_parents_linked_both_ways() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut reg = Registry::open(dir.path());
+both_backends!(a_birth_enters_the_child_by_kidc_and_the_parents_linked_both_ways);
+fn a_birth_enters_the_child_by_kidc_and_the_parents_linked_both_ways(backend: Backend) {
+    let mut reg = Registry::open(backend);
     let k = kidc(1);
     assert_eq!(reg.register(&fixture("birth-sok-dara.json"), Some(k), None), None);
     let child = reg.person(&k);
@@ -146,17 +143,14 @@ fn a_birth_enters_the_child_by_kidc_and_the_parents_linked_both_ways() {
     assert_eq!(mother.given_name_latin.as_deref(), Some("SOPHEA"));
     assert_eq!(mother.kidc, None);
     assert_eq!(child.parents[0].person.person_id, mother.person_id.to_string());
-    let mut tx = reg.storage.begin().unwrap();
+    let mut tx = reg.db.storage.begin().unwrap();
     assert_eq!(tx.registry_person(mother.person_id).unwrap().unwrap(), mother);
     drop(tx);
     assert_eq!(
-        count(
-            dir.path(),
-            &format!(
-                "SELECT COUNT(*) FROM registry_parents WHERE parent_id = '{}' AND relation = 'mother'",
-                mother.person_id
-            )
-        ),
+        reg.db.count(&format!(
+            "SELECT COUNT(*) FROM registry_parents WHERE parent_id = '{}' AND relation = 'mother'",
+            mother.person_id
+        )),
         1
     );
     // Ids are derived from the record and the role, never drawn.
@@ -166,10 +160,9 @@ fn a_birth_enters_the_child_by_kidc_and_the_parents_linked_both_ways() {
     );
 }
 
-#[test]
-fn a_second_birth_by_the_same_mother_finds_her_again() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut reg = Registry::open(dir.path());
+both_backends!(a_second_birth_by_the_same_mother_finds_her_again);
+fn a_second_birth_by_the_same_mother_finds_her_again(backend: Backend) {
+    let mut reg = Registry::open(backend);
     let first = fixture("birth-sok-dara.json");
     let mut second = first.clone();
     second["child"]["given_name_latin"] = "DAVID".into();
@@ -177,36 +170,26 @@ fn a_second_birth_by_the_same_mother_finds_her_again() {
     assert_eq!(reg.register(&first, Some(kidc(10)), None), None);
     assert_eq!(reg.register(&second, Some(kidc(20)), None), None);
     assert_eq!(
-        count(
-            dir.path(),
-            "SELECT COUNT(*) FROM registry_documents WHERE number = '170123456'"
-        ),
+        reg.db
+            .count("SELECT COUNT(*) FROM registry_documents WHERE number = '170123456'"),
         1
     );
     // 2 children, 1 mother, 2 fathers (no document: never found again).
-    assert_eq!(count(dir.path(), "SELECT COUNT(*) FROM registry_persons"), 5);
+    assert_eq!(reg.db.count("SELECT COUNT(*) FROM registry_persons"), 5);
     let a = reg.person(&kidc(10));
     let b = reg.person(&kidc(20));
     assert_eq!(a.parents[0].person.person_id, b.parents[0].person.person_id);
     let mother = reg.by_document("khmer_id_card", "170123456").unwrap();
-    let entry = {
-        let conn = rusqlite::Connection::open(dir.path().join(crvs_server::DB_FILE)).unwrap();
-        let n: i64 = conn
-            .query_row(
-                "SELECT COUNT(*) FROM registry_parents WHERE parent_id = ?1",
-                [mother.person_id.to_string()],
-                |r| r.get(0),
-            )
-            .unwrap();
-        n
-    };
+    let entry = reg.db.count(&format!(
+        "SELECT COUNT(*) FROM registry_parents WHERE parent_id = '{}'",
+        mother.person_id
+    ));
     assert_eq!(entry, 2, "the mother has both children");
 }
 
-#[test]
-fn a_marriage_makes_both_married_and_a_second_one_is_held() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut reg = Registry::open(dir.path());
+both_backends!(a_marriage_makes_both_married_and_a_second_one_is_held);
+fn a_marriage_makes_both_married_and_a_second_one_is_held(backend: Backend) {
+    let mut reg = Registry::open(backend);
     let marriage = fixture("marriage-heng-ly.json");
     assert_eq!(reg.register(&marriage, None, None), None);
     for number in ["171200345", "171100678"] {
@@ -214,8 +197,7 @@ fn a_marriage_makes_both_married_and_a_second_one_is_held() {
         assert_eq!(p.marital_status.as_deref(), Some("married"));
     }
     assert_eq!(
-        count(
-            dir.path(),
+        reg.db.count(
             "SELECT COUNT(*) FROM registry_marital_history WHERE status = 'married' AND since = '2026-11-21'"
         ),
         2
@@ -227,14 +209,13 @@ fn a_marriage_makes_both_married_and_a_second_one_is_held() {
         reg.register(&again, None, None),
         Some(registry::HOLD_ALREADY_MARRIED)
     );
-    assert_eq!(count(dir.path(), "SELECT COUNT(*) FROM registry_marriages"), 1);
+    assert_eq!(reg.db.count("SELECT COUNT(*) FROM registry_marriages"), 1);
     assert!(reg.by_document("khmer_id_card", "171999999").is_none());
 }
 
-#[test]
-fn a_divorce_ends_the_marriage_it_names_and_one_it_does_not_know_is_held() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut reg = Registry::open(dir.path());
+both_backends!(a_divorce_ends_the_marriage_it_names_and_one_it_does_not_know_is_held);
+fn a_divorce_ends_the_marriage_it_names_and_one_it_does_not_know_is_held(backend: Backend) {
+    let mut reg = Registry::open(backend);
     let divorce = fixture("divorce-heng-ly.json");
     assert_eq!(
         reg.register(&divorce, None, None),
@@ -252,28 +233,23 @@ fn a_divorce_ends_the_marriage_it_names_and_one_it_does_not_know_is_held() {
     let bride = reg.by_document("khmer_id_card", "171200345").unwrap();
     assert_eq!(bride.marital_status.as_deref(), Some("divorced"));
     assert_eq!(
-        count(
-            dir.path(),
+        reg.db.count(
             "SELECT COUNT(*) FROM registry_marriages WHERE ended_by = 'divorce' AND ended_on = '2026-11-29'"
         ),
         1
     );
-    let history: i64 = count(
-        dir.path(),
-        &format!(
-            "SELECT COUNT(*) FROM registry_marital_history WHERE person_id = '{}'",
-            bride.person_id
-        ),
-    );
+    let history: i64 = reg.db.count(&format!(
+        "SELECT COUNT(*) FROM registry_marital_history WHERE person_id = '{}'",
+        bride.person_id
+    ));
     assert_eq!(history, 2, "married, then divorced");
     // Divorced: free to marry again.
     assert_eq!(reg.register(&fixture("marriage-heng-ly.json"), None, None), None);
 }
 
-#[test]
-fn a_death_makes_the_person_deceased_and_a_second_death_is_held() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut reg = Registry::open(dir.path());
+both_backends!(a_death_makes_the_person_deceased_and_a_second_death_is_held);
+fn a_death_makes_the_person_deceased_and_a_second_death_is_held(backend: Backend) {
+    let mut reg = Registry::open(backend);
     let k = kidc(30);
     assert_eq!(
         reg.register(&fixture_with_kidc("death-by-kidc.json", &k), None, None),
@@ -308,10 +284,9 @@ fn a_death_makes_the_person_deceased_and_a_second_death_is_held() {
     assert_eq!(reg.register(&amendment, None, Some(amends)), None);
 }
 
-#[test]
-fn a_spouse_s_death_widows_the_other_and_a_dead_spouse_cannot_marry() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut reg = Registry::open(dir.path());
+both_backends!(a_spouse_s_death_widows_the_other_and_a_dead_spouse_cannot_marry);
+fn a_spouse_s_death_widows_the_other_and_a_dead_spouse_cannot_marry(backend: Backend) {
+    let mut reg = Registry::open(backend);
     assert_eq!(reg.register(&fixture("marriage-heng-ly.json"), None, None), None);
     let mut death = fixture_with_kidc("death-by-kidc.json", &kidc(1));
     death["deceased"] = serde_json::json!({
@@ -328,7 +303,7 @@ fn a_spouse_s_death_widows_the_other_and_a_dead_spouse_cannot_marry() {
     let groom = reg.by_document("khmer_id_card", "171100678").unwrap();
     assert_eq!(groom.date_of_death.as_deref(), Some("2026-11-30"));
     assert_eq!(
-        count(dir.path(), "SELECT COUNT(*) FROM registry_persons"),
+        reg.db.count("SELECT COUNT(*) FROM registry_persons"),
         2,
         "the deceased was found by his document, not entered twice"
     );
@@ -338,10 +313,9 @@ fn a_spouse_s_death_widows_the_other_and_a_dead_spouse_cannot_marry() {
     );
 }
 
-#[test]
-fn an_adoption_keeps_the_birth_parents_and_adds_the_adoptive_ones_labelled() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut reg = Registry::open(dir.path());
+both_backends!(an_adoption_keeps_the_birth_parents_and_adds_the_adoptive_ones_labelled);
+fn an_adoption_keeps_the_birth_parents_and_adds_the_adoptive_ones_labelled(backend: Backend) {
+    let mut reg = Registry::open(backend);
     let k = kidc(40);
     assert_eq!(
         reg.register(&fixture_with_kidc("adoption-by-kidc.json", &k), None, None),
@@ -373,10 +347,9 @@ fn an_adoption_keeps_the_birth_parents_and_adds_the_adoptive_ones_labelled() {
     assert_eq!(adoptive.sex.as_deref(), Some("female"));
 }
 
-#[test]
-fn an_amendment_changes_the_given_name_and_keeps_the_history() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut reg = Registry::open(dir.path());
+both_backends!(an_amendment_changes_the_given_name_and_keeps_the_history);
+fn an_amendment_changes_the_given_name_and_keeps_the_history(backend: Backend) {
+    let mut reg = Registry::open(backend);
     let k = kidc(50);
     let mut birth = fixture("birth-sok-dara.json");
     birth["child"].as_object_mut().unwrap().remove("given_name");
@@ -417,9 +390,7 @@ fn an_amendment_changes_the_given_name_and_keeps_the_history() {
     assert_eq!(events, [("birth", "child"), ("amendment", "amended")]);
     // The log keeps the amendment as applied, with what it amends.
     assert_eq!(
-        count(
-            dir.path(),
-            &format!(
+        reg.db.count(&format!(
                 "SELECT COUNT(*) FROM registry_events WHERE kind = 'amendment' AND amends_record_id = '{birth_record}' AND amends_kidc = '{}'",
                 k.as_str()
             )
@@ -428,13 +399,12 @@ fn an_amendment_changes_the_given_name_and_keeps_the_history() {
     );
 }
 
-#[test]
-fn the_registry_is_updated_in_the_callers_transaction_and_its_log_is_append_only() {
-    let dir = tempfile::tempdir().unwrap();
-    let reg = Registry::open(dir.path());
+both_backends!(the_registry_is_updated_in_the_callers_transaction_and_its_log_is_append_only);
+fn the_registry_is_updated_in_the_callers_transaction_and_its_log_is_append_only(backend: Backend) {
+    let reg = Registry::open(backend);
     let event = event(&fixture("birth-sok-dara.json"));
     {
-        let mut tx = reg.storage.begin().unwrap();
+        let mut tx = reg.db.storage.begin().unwrap();
         registry::apply(
             &mut *tx,
             &RegisteredEvent {
@@ -451,27 +421,26 @@ fn the_registry_is_updated_in_the_callers_transaction_and_its_log_is_append_only
         .unwrap();
         // Rolled back: dropped without a commit.
     }
-    assert!(registry::person(&reg.storage, &kidc(60)).unwrap().is_none());
-    assert_eq!(count(dir.path(), "SELECT COUNT(*) FROM registry_events"), 0);
+    assert!(registry::person(&*reg.db.storage, &kidc(60)).unwrap().is_none());
+    assert_eq!(reg.db.count("SELECT COUNT(*) FROM registry_events"), 0);
 
     let mut reg = reg;
     assert_eq!(
         reg.register(&fixture("birth-sok-dara.json"), Some(kidc(60)), None),
         None
     );
-    let conn = rusqlite::Connection::open(dir.path().join(crvs_server::DB_FILE)).unwrap();
     assert!(
-        conn.execute("UPDATE registry_events SET office = '000000'", [])
+        reg.db
+            .execute("UPDATE registry_events SET office = '000000'")
             .is_err()
     );
-    assert!(conn.execute("DELETE FROM registry_events", []).is_err());
+    assert!(reg.db.execute("DELETE FROM registry_events").is_err());
 }
 
-fn cli(dir: &Path, args: &[&str]) -> (bool, String, String) {
+fn cli(db: &Opened, args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_crvs-server"))
         .args(args)
-        .arg("--data")
-        .arg(dir)
+        .args(db.cli_args())
         .env("RUST_LOG", "warn")
         .output()
         .unwrap();
@@ -483,8 +452,8 @@ fn cli(dir: &Path, args: &[&str]) -> (bool, String, String) {
 }
 
 /// A registry with every kind of event in it.
-fn populated(dir: &Path) -> Kidc {
-    let mut reg = Registry::open(dir);
+fn populated(backend: Backend) -> (Opened, Kidc) {
+    let mut reg = Registry::open(backend);
     let k = kidc(70);
     assert_eq!(reg.register(&fixture("birth-sok-dara.json"), Some(k), None), None);
     let birth = reg.last_record();
@@ -509,14 +478,13 @@ fn populated(dir: &Path) -> Kidc {
         reg.register(&fixture_with_kidc("death-by-kidc.json", &kidc(71)), None, None),
         None
     );
-    k
+    (reg.db, k)
 }
 
-#[test]
-fn person_prints_one_json_object_and_an_unknown_kidc_fails() {
-    let dir = tempfile::tempdir().unwrap();
-    let k = populated(dir.path());
-    let (ok, out, _) = cli(dir.path(), &["person", k.as_str(), "--json"]);
+both_backends!(person_prints_one_json_object_and_an_unknown_kidc_fails);
+fn person_prints_one_json_object_and_an_unknown_kidc_fails(backend: Backend) {
+    let (db, k) = populated(backend);
+    let (ok, out, _) = cli(&db, &["person", k.as_str(), "--json"]);
     assert!(ok);
     assert_eq!(out.lines().count(), 1);
     let v: Value = serde_json::from_str(&out).unwrap();
@@ -524,26 +492,25 @@ fn person_prints_one_json_object_and_an_unknown_kidc_fails() {
     assert_eq!(v["given_name_latin"], "SREYPOV");
     assert_eq!(v["parents"].as_array().unwrap().len(), 4);
     assert_eq!(v["alive"], true);
-    let (ok, text, _) = cli(dir.path(), &["person", k.as_str()]);
+    let (ok, text, _) = cli(&db, &["person", k.as_str()]);
     assert!(ok);
     assert!(
         text.contains("SREYPOV") && text.contains("(by adoption)"),
         "{text}"
     );
 
-    let (ok, out, err) = cli(dir.path(), &["person", kidc(99).as_str(), "--json"]);
+    let (ok, out, err) = cli(&db, &["person", kidc(99).as_str(), "--json"]);
     assert!(!ok);
     let v: Value = serde_json::from_str(&out).unwrap();
     assert!(v["message"].as_str().unwrap().contains("not in the registry") || err.contains("no person"));
-    let (ok, _, _) = cli(dir.path(), &["person", "1234"]);
+    let (ok, _, _) = cli(&db, &["person", "1234"]);
     assert!(!ok);
 }
 
-#[test]
-fn rebuild_check_is_identical_and_finds_a_tampered_row() {
-    let dir = tempfile::tempdir().unwrap();
-    let k = populated(dir.path());
-    let (ok, out, err) = cli(dir.path(), &["registry", "rebuild", "--check", "--json"]);
+both_backends!(rebuild_check_is_identical_and_finds_a_tampered_row);
+fn rebuild_check_is_identical_and_finds_a_tampered_row(backend: Backend) {
+    let (db, k) = populated(backend);
+    let (ok, out, err) = cli(&db, &["registry", "rebuild", "--check", "--json"]);
     assert!(ok, "{out}{err}");
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["identical"], true);
@@ -551,21 +518,16 @@ fn rebuild_check_is_identical_and_finds_a_tampered_row() {
     let digest = v["digest"].as_str().unwrap().to_owned();
 
     // A row changed behind the registry's back.
-    let person_id: String = {
-        let conn = rusqlite::Connection::open(dir.path().join(crvs_server::DB_FILE)).unwrap();
-        conn.execute(
-            "UPDATE registry_persons SET given_name_latin = 'TAMPERED' WHERE kidc = ?1",
-            [k.as_str()],
-        )
-        .unwrap();
-        conn.query_row(
-            "SELECT person_id FROM registry_persons WHERE kidc = ?1",
-            [k.as_str()],
-            |r| r.get(0),
-        )
-        .unwrap()
-    };
-    let (ok, out, err) = cli(dir.path(), &["registry", "rebuild", "--check", "--json"]);
+    db.execute(&format!(
+        "UPDATE registry_persons SET given_name_latin = 'TAMPERED' WHERE kidc = '{}'",
+        k.as_str()
+    ))
+    .unwrap();
+    let person_id = db.text(&format!(
+        "SELECT person_id FROM registry_persons WHERE kidc = '{}'",
+        k.as_str()
+    ));
+    let (ok, out, err) = cli(&db, &["registry", "rebuild", "--check", "--json"]);
     assert!(!ok, "a tampered registry must fail the check");
     let v: Value = serde_json::from_str(&out).unwrap();
     let message = v["message"].as_str().unwrap();
@@ -581,16 +543,16 @@ fn rebuild_check_is_identical_and_finds_a_tampered_row() {
     );
 
     // Without --check the registry is replaced by its rebuild.
-    let (ok, out, err) = cli(dir.path(), &["registry", "rebuild", "--json"]);
+    let (ok, out, err) = cli(&db, &["registry", "rebuild", "--json"]);
     assert!(ok, "{out}{err}");
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["digest"], digest);
-    let (ok, out, _) = cli(dir.path(), &["registry", "rebuild", "--check", "--json"]);
+    let (ok, out, _) = cli(&db, &["registry", "rebuild", "--check", "--json"]);
     assert!(ok);
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["digest"], digest, "byte-identical to the first registry");
     assert!(
-        std::fs::read_dir(dir.path()).unwrap().all(|e| !e
+        std::fs::read_dir(db.path()).unwrap().all(|e| !e
             .unwrap()
             .file_name()
             .to_string_lossy()
@@ -599,10 +561,9 @@ fn rebuild_check_is_identical_and_finds_a_tampered_row() {
     );
 }
 
-#[test]
-fn a_birth_after_the_father_s_death_is_registered_but_not_one_after_the_mother_s() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut reg = Registry::open(dir.path());
+both_backends!(a_birth_after_the_father_s_death_is_registered_but_not_one_after_the_mother_s);
+fn a_birth_after_the_father_s_death_is_registered_but_not_one_after_the_mother_s(backend: Backend) {
+    let mut reg = Registry::open(backend);
     let mut birth = fixture("birth-sok-dara.json");
     birth["father"]["id_document"] = serde_json::json!({"kind": "khmer_id_card", "number": "170999888"});
     // Both parents enter the registry through an earlier child's birth.

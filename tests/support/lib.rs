@@ -3,6 +3,12 @@
 //!
 //! The binaries are built once per test process with the same `cargo` that
 //! runs the tests, so `cargo test -p crvs-e2e` works on its own.
+//!
+//! A test written with [`both_backends!`] runs twice: on SQLite, and on a
+//! fresh database of a throwaway PostgreSQL cluster ([`crvs_testpg`]).
+//! [`server_data`] prepares the server's data folder for the backend;
+//! every helper that runs `crvs-server --data DIR` then passes the
+//! folder's database along ([`data_args`]).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -15,6 +21,101 @@ use serde_json::Value;
 
 /// The passphrase every test tablet uses.
 pub const PASSPHRASE: &str = "correct horse battery staple";
+
+/// The server's storage backend a test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// SQLite in the data folder (`server.db`): the default.
+    Sqlite,
+    /// A fresh database of the shared throwaway PostgreSQL cluster
+    /// ([`crvs_testpg::shared`]), passed to every `crvs-server` command
+    /// as `--database URL`.
+    Postgres,
+}
+
+/// The file in a server's data folder naming its PostgreSQL database: when
+/// it exists, every `crvs-server` command the support code runs with
+/// `--data DIR` also gets `--database URL`.
+pub const DATABASE_URL_FILE: &str = ".test-database-url";
+
+/// Prepares the server data folder `dir` for `backend` and returns it: for
+/// PostgreSQL, creates the folder (0700, as the server does), a fresh
+/// database, and [`DATABASE_URL_FILE`] naming it.
+pub fn server_data(backend: Backend, dir: &Path) -> PathBuf {
+    if backend == Backend::Postgres {
+        let cluster = crvs_testpg::shared().unwrap_or_else(|e| panic!("{e}"));
+        let url = cluster.fresh_database();
+        std::fs::create_dir_all(dir).expect("create the server data folder");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).expect("chmod 0700");
+        }
+        std::fs::write(dir.join(DATABASE_URL_FILE), &url).expect("write the database URL");
+    }
+    dir.to_path_buf()
+}
+
+/// The PostgreSQL database URL of the server data folder `data`, if it
+/// uses one ([`server_data`]).
+pub fn database_url(data: &Path) -> Option<String> {
+    std::fs::read_to_string(data.join(DATABASE_URL_FILE))
+        .ok()
+        .map(|u| u.trim().to_string())
+}
+
+/// The arguments that select the server's database: `--data DIR`, and
+/// `--database URL` when the folder names one.
+pub fn data_args(data: &Path) -> Vec<std::ffi::OsString> {
+    let mut args = vec!["--data".into(), data.as_os_str().to_owned()];
+    if let Some(url) = database_url(data) {
+        args.push("--database".into());
+        args.push(url.into());
+    }
+    args
+}
+
+/// Whether a test may run on `backend`: always for SQLite; for
+/// PostgreSQL, unless it is not installed (then the test is reported
+/// `SKIPPED` on stderr, and fails with `CRVS_REQUIRE_POSTGRES=1`).
+pub fn backend_available(backend: Backend, test: &str) -> bool {
+    match backend {
+        Backend::Sqlite => true,
+        Backend::Postgres => crvs_testpg::require_or_skip(test).is_some(),
+    }
+}
+
+/// Makes each named function `fn NAME(backend: Backend)` two tests,
+/// `NAME::sqlite` and `NAME::postgres` (a module and a function may share
+/// a name); the PostgreSQL one is skipped when PostgreSQL is not installed
+/// ([`backend_available`]):
+///
+/// ```ignore
+/// both_backends!(a_server_test);
+/// fn a_server_test(backend: Backend) {
+///     let server = Server::start(&server_data(backend, &dir.join("server")));
+/// }
+/// ```
+#[macro_export]
+macro_rules! both_backends {
+    ($($name:ident),+ $(,)?) => {
+        $(
+            mod $name {
+                #[test]
+                fn sqlite() {
+                    super::$name($crate::Backend::Sqlite);
+                }
+
+                #[test]
+                fn postgres() {
+                    if $crate::backend_available($crate::Backend::Postgres, module_path!()) {
+                        super::$name($crate::Backend::Postgres);
+                    }
+                }
+            }
+        )+
+    };
+}
 
 /// The workspace root.
 pub fn workspace() -> PathBuf {
@@ -259,8 +360,8 @@ impl Server {
             }
             None => Command::new(bin("crvs-server")),
         };
-        cmd.args(["serve", "--json", "--data"])
-            .arg(data)
+        cmd.args(["serve", "--json"])
+            .args(data_args(data))
             .args(["--listen", &listen]);
         if let Some((cert, key)) = &options.tls {
             cmd.arg("--tls-cert").arg(cert).arg("--tls-key").arg(key);
@@ -287,7 +388,7 @@ impl Server {
         let v: Value = serde_json::from_str(line.trim()).unwrap_or_else(|e| panic!("{e}: {line:?}"));
         let mut addr: SocketAddr = v["listening"]
             .as_str()
-            .expect("listening")
+            .unwrap_or_else(|| panic!("the server did not start: {v}"))
             .parse()
             .expect("address");
         if addr.ip().is_unspecified() {
@@ -425,12 +526,12 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
-/// `crvs-server --json ARGS --data DIR`.
+/// `crvs-server --json ARGS --data DIR` (and `--database URL` when the
+/// folder names one, [`data_args`]).
 pub fn admin(data: &Path, args: &[&str]) -> Run {
     let out = Command::new(bin("crvs-server"))
         .args(args)
-        .arg("--data")
-        .arg(data)
+        .args(data_args(data))
         .arg("--json")
         .output()
         .expect("run crvs-server");
@@ -442,8 +543,7 @@ pub fn admin(data: &Path, args: &[&str]) -> Run {
 pub fn admin_env(data: &Path, env: &[(&str, &str)], args: &[&str]) -> Run {
     let out = Command::new(bin("crvs-server"))
         .args(args)
-        .arg("--data")
-        .arg(data)
+        .args(data_args(data))
         .arg("--json")
         .env_remove("CRVS_PIN")
         .envs(env.iter().copied())
@@ -654,9 +754,14 @@ pub struct BehindProxy {
 }
 
 impl BehindProxy {
-    /// Starts the server and the proxy, and enrols the tablet.
+    /// Starts the server (SQLite) and the proxy, and enrols the tablet.
     pub fn start(root: &Path) -> BehindProxy {
-        let server_data = root.join("server");
+        BehindProxy::start_on(Backend::Sqlite, root)
+    }
+
+    /// The same with the server on `backend`.
+    pub fn start_on(backend: Backend, root: &Path) -> BehindProxy {
+        let server_data = server_data(backend, &root.join("server"));
         let server = Server::start(&server_data);
         let proxy = CuttingProxy::start(server.addr);
         let tablet = Tablet::new(root.join("tablet"));
@@ -670,7 +775,8 @@ impl BehindProxy {
     }
 }
 
-/// The server database in the data folder `server_data`, read-only.
+/// The server's SQLite database in the data folder `server_data`,
+/// read-only (SQLite only: a test that reads it runs on SQLite alone).
 pub fn server_db(server_data: &Path) -> rusqlite::Connection {
     rusqlite::Connection::open_with_flags(
         server_data.join("server.db"),
@@ -679,12 +785,20 @@ pub fn server_db(server_data: &Path) -> rusqlite::Connection {
     .expect("open server db")
 }
 
-/// The one number `sql` selects from the server database in
-/// `server_data` (a `COUNT(*)`).
+/// The one number `sql` selects from the server database of the data
+/// folder `server_data` (a `COUNT(*)`): SQLite's `server.db`, or its
+/// PostgreSQL database (through `psql`) when the folder names one.
 pub fn server_count(server_data: &Path, sql: &str) -> i64 {
-    server_db(server_data)
-        .query_row(sql, [], |r| r.get(0))
-        .expect("count")
+    match database_url(server_data) {
+        Some(url) => {
+            let cluster = crvs_testpg::shared().unwrap_or_else(|e| panic!("{e}"));
+            let out = cluster.psql(&url, sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+            out.parse().unwrap_or_else(|e| panic!("{sql}: {e}: {out:?}"))
+        }
+        None => server_db(server_data)
+            .query_row(sql, [], |r| r.get(0))
+            .expect("count"),
+    }
 }
 
 /// `GET url` over HTTPS trusting only `ca_pem`: the status and the body.
