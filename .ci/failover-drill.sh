@@ -81,7 +81,7 @@ fsync = on
 EOF
 as_pg "$PGBIN/pg_ctl" -D "$WORK/pg/primary" -l "$WORK/pg/primary.log" -w start >/dev/null
 as_pg "$PGBIN/createdb" -h 127.0.0.1 -p "$P1" -U crvs crvs
-as_pg "$PGBIN/pg_basebackup" -h 127.0.0.1 -p "$P1" -U crvs -D "$WORK/pg/standby" -R -X stream
+as_pg "$PGBIN/pg_basebackup" -h 127.0.0.1 -p "$P1" -U crvs -D "$WORK/pg/standby" -R -X stream -c fast
 cat >>"$WORK/pg/standby/postgresql.auto.conf" <<EOF
 primary_conninfo = 'host=127.0.0.1 port=$P1 user=crvs application_name=standby'
 port = $P2
@@ -177,7 +177,8 @@ sleep 0.15
 PRIMARY_PID=$(head -1 "$WORK/pg/primary/postmaster.pid")
 kill -9 "$PRIMARY_PID"
 for p in "${SYNC_PIDS[@]}"; do wait "$p" || true; done
-say "   primary (pid $PRIMARY_PID) killed"
+cut=$(grep -L '"pending":0' "$WORK"/sync-*.out | wc -l)
+say "   primary (pid $PRIMARY_PID) killed; $cut of ${#TABLETS[@]} syncs did not complete"
 
 say "4. promote the standby, restart the server on it"
 kill -9 "$SERVER_PID" 2>/dev/null || true

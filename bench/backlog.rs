@@ -37,7 +37,10 @@ const PASSPHRASE: &str = "correct horse battery staple";
 const COMMUNE: &str = "171003";
 
 fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace")
+        .to_path_buf()
 }
 
 /// The release binaries, built first.
@@ -47,7 +50,16 @@ fn bin(name: &str) -> PathBuf {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
             .current_dir(workspace())
-            .args(["build", "--quiet", "--release", "-p", "crvs-server", "-p", "crvs-core", "--bins"])
+            .args([
+                "build",
+                "--quiet",
+                "--release",
+                "-p",
+                "crvs-server",
+                "-p",
+                "crvs-core",
+                "--bins",
+            ])
             .status()
             .expect("cargo build");
         assert!(status.success(), "building the release binaries failed");
@@ -87,18 +99,32 @@ impl Proxy {
             cut_down_at: Arc::default(),
             stop: Arc::default(),
         };
-        let (up, down, cut, stop) = (p.up.clone(), p.down.clone(), p.cut_down_at.clone(), p.stop.clone());
+        let (up, down, cut, stop) = (
+            p.up.clone(),
+            p.down.clone(),
+            p.cut_down_at.clone(),
+            p.stop.clone(),
+        );
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 if stop.load(Ordering::Relaxed) {
                     break;
                 }
                 let Ok(client) = client else { continue };
-                let Ok(server) = TcpStream::connect(upstream) else { continue };
+                let Ok(server) = TcpStream::connect(upstream) else {
+                    continue;
+                };
                 let _ = client.set_nodelay(true);
                 let _ = server.set_nodelay(true);
                 let cut_flag = Arc::new(AtomicBool::new(false));
-                pipe(client.try_clone().expect("clone"), server.try_clone().expect("clone"), link, up.clone(), None, cut_flag.clone());
+                pipe(
+                    client.try_clone().expect("clone"),
+                    server.try_clone().expect("clone"),
+                    link,
+                    up.clone(),
+                    None,
+                    cut_flag.clone(),
+                );
                 pipe(server, client, link, down.clone(), Some(cut.clone()), cut_flag);
             }
         });
@@ -110,7 +136,10 @@ impl Proxy {
     }
 
     fn reset(&self) -> (u64, u64) {
-        (self.up.swap(0, Ordering::SeqCst), self.down.swap(0, Ordering::SeqCst))
+        (
+            self.up.swap(0, Ordering::SeqCst),
+            self.down.swap(0, Ordering::SeqCst),
+        )
     }
 }
 
@@ -223,7 +252,11 @@ fn start_server(data: &Path) -> Server {
     let v: Value = serde_json::from_str(&line).expect("JSON");
     Server {
         child,
-        addr: v["listening"].as_str().expect("addr").parse().expect("socket address"),
+        addr: v["listening"]
+            .as_str()
+            .expect("addr")
+            .parse()
+            .expect("socket address"),
     }
 }
 
@@ -237,11 +270,18 @@ fn crvs(store: &Path, args: &[&str]) -> (bool, Value, String) {
         .output()
         .expect("run crvs");
     let v = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-    (out.status.success(), v, String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.success(),
+        v,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn births(n: usize) -> (Vec<String>, usize) {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/bench/births-10000.jsonl");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../shared/bench/births-10000.jsonl"
+    );
     let text = std::fs::read_to_string(path).expect("bench data (../shared/bench)");
     let today = crvs_schema::Date::today_in_cambodia(crvs_core::registrar::now_ms());
     let mut later = 0;
@@ -297,7 +337,10 @@ fn codes_held(store: &Path) -> usize {
 }
 
 fn backlog() -> Value {
-    let n: usize = std::env::var("BENCH_RECORDS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
+    let n: usize = std::env::var("BENCH_RECORDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
     let (lines, later) = births(n);
     let dir = tempfile::tempdir().expect("tempdir");
     let (_server, proxy, store) = setup(
@@ -314,7 +357,11 @@ fn backlog() -> Value {
     assert!(ok, "sync: {err}");
     let (up, down) = proxy.reset();
     let held = codes_held(&store);
-    assert_eq!(held, lines.len(), "every record registered, with its KIdC on the tablet");
+    assert_eq!(
+        held,
+        lines.len(),
+        "every record registered, with its KIdC on the tablet"
+    );
     json!({
         "bench": "backlog",
         "records": lines.len(),

@@ -55,7 +55,10 @@ fn args() -> Args {
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
-        let mut value = || it.next().unwrap_or_else(|| fail(&format!("{flag} needs a value")));
+        let mut value = || {
+            it.next()
+                .unwrap_or_else(|| fail(&format!("{flag} needs a value")))
+        };
         match flag.as_str() {
             "--tablets" => a.tablets = value().parse().unwrap_or_else(|_| fail("--tablets N")),
             "--configs" => a.configs = value().split(',').map(str::to_owned).collect(),
@@ -92,7 +95,10 @@ fn commune(i: usize) -> String {
 /// number).
 fn living_in(line: &str, commune: &str) -> String {
     let mut doc: Value = serde_json::from_str(line).expect("a birth is JSON");
-    let village = doc["residence_village_code"].as_str().expect("residence").to_owned();
+    let village = doc["residence_village_code"]
+        .as_str()
+        .expect("residence")
+        .to_owned();
     doc["residence_village_code"] = format!("{commune}{}", &village[6..]).into();
     doc.to_string()
 }
@@ -123,7 +129,9 @@ fn certificates(dir: &Path) -> (String, PathBuf, PathBuf) {
     let ca_pem = ca.self_signed(&ca_key).expect("CA").pem();
     let key = KeyPair::generate().expect("server key");
     let mut params = CertificateParams::new(vec!["127.0.0.1".to_string()]).expect("params");
-    params.distinguished_name.push(DnType::CommonName, "crvs-load server");
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "crvs-load server");
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     let cert = params
         .signed_by(&key, &Issuer::from_params(&ca, &ca_key))
@@ -143,7 +151,9 @@ struct ServerProcess {
 
 impl Drop for ServerProcess {
     fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
@@ -208,6 +218,9 @@ fn admin(data: &Path, database: Option<&str>, args: &[&str]) -> Value {
     serde_json::from_slice(&out.stdout).expect("JSON answer")
 }
 
+/// A tablet's records after its sync: (record id, its KIdC if it has one).
+type Held = Vec<(String, Option<String>)>;
+
 /// A counting semaphore.
 struct Gate {
     free: std::sync::Mutex<usize>,
@@ -238,8 +251,8 @@ impl Gate {
 
 /// Empties a database given with `--database` (a scratch one).
 fn empty_database(url: &str) {
-    let mut client = postgres::Client::connect(url, postgres::NoTls)
-        .unwrap_or_else(|e| fail(&format!("--database: {e}")));
+    let mut client =
+        postgres::Client::connect(url, postgres::NoTls).unwrap_or_else(|e| fail(&format!("--database: {e}")));
     client
         .batch_execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public;")
         .unwrap_or_else(|e| fail(&format!("emptying --database: {e}")));
@@ -281,8 +294,11 @@ fn run(config: &str, a: &Args, births: &[String], postgres_url: Option<&str>) ->
     // Setup: tokens, tablets, births.
     let setup = Instant::now();
     let communes: Vec<String> = (0..a.tablets).map(commune).collect();
-    let tokens: Vec<String> = admin(&first_data, db, &["enroll-token", "--commune", &communes.join(",")])
-        ["tokens"]
+    let tokens: Vec<String> = admin(
+        &first_data,
+        db,
+        &["enroll-token", "--commune", &communes.join(",")],
+    )["tokens"]
         .as_array()
         .expect("tokens")
         .iter()
@@ -319,7 +335,7 @@ fn run(config: &str, a: &Args, births: &[String], postgres_url: Option<&str>) ->
         threads.push(
             std::thread::Builder::new()
                 .stack_size(1 << 20)
-                .spawn(move || -> Result<(f64, Vec<(String, Option<String>)>), String> {
+                .spawn(move || -> Result<(f64, Held), String> {
                     gate.acquire();
                     let transport = HttpTransport::with_ca(&url, Some(&ca)).map_err(|e| e.to_string())?;
                     let tablet = Registrar::init_with_kdf(
@@ -333,7 +349,9 @@ fn run(config: &str, a: &Args, births: &[String], postgres_url: Option<&str>) ->
                         .enroll_with(&transport, &url, &token)
                         .map_err(|e| format!("enrol: {e}"))?;
                     for line in &mine {
-                        let id = tablet.register_birth(line, "clerk-01").map_err(|e| e.to_string())?;
+                        let id = tablet
+                            .register_birth(line, "clerk-01")
+                            .map_err(|e| e.to_string())?;
                         tablet.verify(&id, "clerk-02").map_err(|e| e.to_string())?;
                         tablet.approve(&id, "registrar-01").map_err(|e| e.to_string())?;
                     }
@@ -424,7 +442,10 @@ fn run(config: &str, a: &Args, births: &[String], postgres_url: Option<&str>) ->
 
 fn main() {
     let a = args();
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/bench/births-10000.jsonl");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../shared/bench/births-10000.jsonl"
+    );
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| fail(&format!("{path}: {e}")));
     let today = crvs_schema::Date::today_in_cambodia(crvs_core::registrar::now_ms());
     let (births, future): (Vec<&str>, Vec<&str>) = text

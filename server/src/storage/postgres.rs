@@ -278,6 +278,8 @@ impl PostgresStorage {
         let conn = pooled.conn();
         let mut tx = conn.client.transaction()?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
+        // No NOTICE that the version table exists, at every start.
+        tx.batch_execute("SET LOCAL client_min_messages = warning")?;
         tx.batch_execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")?;
         let found: Option<i32> = tx
             .query_opt("SELECT max(version) FROM schema_version", &[])?

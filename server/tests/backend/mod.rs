@@ -51,16 +51,10 @@ pub fn open_storage(dir: &Path, url: Option<&str>) -> Box<dyn Storage> {
     }
 }
 
-#[cfg(crvs_postgres)]
 fn open_postgres(url: &str) -> Box<dyn Storage> {
     Box::new(
         crvs_server::storage::postgres::PostgresStorage::connect(url).expect("connect PostgreSQL storage"),
     )
-}
-
-#[cfg(not(crvs_postgres))]
-fn open_postgres(_url: &str) -> Box<dyn Storage> {
-    panic!("this build has no PostgreSQL backend (crvs_server::storage::postgres)")
 }
 
 fn cluster() -> &'static crvs_testpg::Cluster {
