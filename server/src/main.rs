@@ -837,6 +837,11 @@ fn run(cli: Cli) -> Result<(), ApiError> {
             print_line(json_mode, &json!({"notifications": list}), &text);
             Ok(())
         }
+        Command::Backup { .. } | Command::Restore { .. } if database().is_some() => Err(ApiError::Invalid(
+            "backup and restore copy the embedded SQLite database; a PostgreSQL database is kept by its \
+             synchronous standby and backed up with pg_basebackup or pg_dump (ARCHITECTURE.md, \"PostgreSQL\")"
+                .into(),
+        )),
         Command::Backup { data, out } => {
             let now = crvs_server::system_clock()();
             let r = crvs_server::backup::backup(&data, &out, now).map_err(backup_error)?;
