@@ -8,7 +8,10 @@
 //!   `{"notification_id"}`, `201` new, `200` a replay), with
 //!   `Authorization: Bearer KEY` (an API key of scope `notify`);
 //! * `GET /v1/openapi.json`: the OpenAPI document of the JSON API
-//!   ([`crate::openapi`]).
+//!   ([`crate::openapi`]);
+//! * `GET /metrics`: Prometheus text, with `Authorization: Bearer TOKEN`
+//!   (the scrape token; `404` when none is configured), see
+//!   [`crate::metrics`].
 //!
 //! Handlers are thin: they move bytes to [`Server`] methods on the blocking
 //! pool and return them. Errors become JSON in one place
@@ -157,9 +160,12 @@ pub fn router_with(server: Arc<Server>, limits: Limits) -> Router {
             )),
         )
         .route("/v1/openapi.json", get(openapi))
+        .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(app)
+        // Inside the routing: it sees the matched route's template.
+        .layer(axum::middleware::from_fn(crate::metrics::track))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
             let id = req
                 .extensions()
@@ -260,6 +266,11 @@ async fn enroll(
     let Json(req) = body?;
     let server = app.server.clone();
     Ok(Json(blocking(move || admin::enroll(&server, &req)).await?))
+}
+
+/// `GET /metrics` (see [`crate::metrics`]).
+async fn metrics(State(app): State<App>, headers: HeaderMap) -> Response {
+    crate::metrics::scrape(app.server.clone(), &headers).await
 }
 
 async fn openapi() -> Response {

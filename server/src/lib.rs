@@ -31,6 +31,7 @@ pub mod ingest;
 pub mod keys;
 pub mod ledger;
 pub mod listener;
+pub mod metrics;
 pub mod notify;
 pub mod openapi;
 pub mod registry;
@@ -89,6 +90,8 @@ pub struct Server {
     /// A birth registered more than this many days after the day of birth
     /// is late (the legal period).
     late_birth_days: u32,
+    /// The bearer token of `GET /metrics`; without one it answers 404.
+    metrics_token: Option<metrics::MetricsToken>,
 }
 
 /// The legal period for registering a birth, in days, unless configured.
@@ -249,6 +252,7 @@ impl Server {
             dir,
             group: GroupCommit::default(),
             late_birth_days: DEFAULT_LATE_BIRTH_DAYS,
+            metrics_token: None,
         })
     }
 
@@ -257,6 +261,22 @@ impl Server {
     pub fn with_late_birth_days(mut self, days: u32) -> Server {
         self.late_birth_days = days;
         self
+    }
+
+    /// Serves `GET /metrics` to scrapers that present `token` (see
+    /// [`metrics`]), and installs the process's metrics recorder; `None`
+    /// keeps `/metrics` answering 404 and records nothing.
+    pub fn with_metrics_token(mut self, token: Option<metrics::MetricsToken>) -> Server {
+        if token.is_some() {
+            metrics::install();
+        }
+        self.metrics_token = token;
+        self
+    }
+
+    /// The bearer token of `GET /metrics`, if one is configured.
+    pub fn metrics_token(&self) -> Option<&metrics::MetricsToken> {
+        self.metrics_token.as_ref()
     }
 
     /// The legal period for registering a birth, in days.

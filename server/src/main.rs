@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! crvs-server serve        --data DIR --listen ADDR [--tls-cert FILE --tls-key FILE | --insecure-http]
-//!                          [--max-connections N]
+//!                          [--max-connections N] [--metrics-token-file FILE]
 //! crvs-server enroll-token --data DIR --commune CODE [--ttl-hours H] [--qr FILE.png]
 //! crvs-server devices      --data DIR
 //! crvs-server revoke       --data DIR DEVICE_ID
@@ -31,8 +31,13 @@
 //! `--json` (anywhere on the line) makes every command print exactly one
 //! JSON object on stdout; failures then print `{"error", "message"}` there
 //! too, besides a message on stderr and a non-zero exit. Logs go to stderr
-//! (`RUST_LOG` filters them; `CRVS_LOG_FORMAT=json` makes them JSON; no
-//! colour codes unless stderr is a terminal).
+//! (`RUST_LOG` filters them; `--log-format json`, or without the flag
+//! `CRVS_LOG_FORMAT=json`, makes them JSON lines; no colour codes unless
+//! stderr is a terminal).
+//!
+//! `serve --metrics-token-file FILE` (or `CRVS_METRICS_TOKEN`) serves
+//! `GET /metrics` to scrapers with that bearer token (see
+//! `crvs_server::metrics`).
 //!
 //! `serve` terminates TLS itself with `--tls-cert`/`--tls-key`. Without
 //! them it serves plain HTTP only on a loopback address, or anywhere with
@@ -80,6 +85,10 @@ struct Cli {
         hide_env_values = true
     )]
     database: Option<String>,
+    /// The format of the logs on stderr: text, or json (one object per
+    /// line). Overrides CRVS_LOG_FORMAT.
+    #[arg(long, global = true, value_name = "FORMAT", value_parser = ["text", "json"])]
+    log_format: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -111,6 +120,11 @@ enum Command {
         /// registered later carries the late flag.
         #[arg(long, default_value_t = crvs_server::DEFAULT_LATE_BIRTH_DAYS)]
         late_birth_days: u32,
+        /// Serve GET /metrics to scrapers that send `Authorization: Bearer`
+        /// with the token in this file (mode 0600, at least 32 characters).
+        /// Else CRVS_METRICS_TOKEN; with neither, /metrics answers 404.
+        #[arg(long, value_name = "FILE")]
+        metrics_token_file: Option<PathBuf>,
     },
     /// Create a one-time enrolment token for a commune.
     EnrollToken {
@@ -436,7 +450,22 @@ fn backup_error(e: crvs_server::backup::BackupError) -> ApiError {
     }
 }
 
-fn init_logging() {
+/// The scrape token of `GET /metrics`: from `--metrics-token-file`, else
+/// from `CRVS_METRICS_TOKEN`, else none. A bad one stops the start.
+fn metrics_token(
+    file: Option<&std::path::Path>,
+) -> Result<Option<crvs_server::metrics::MetricsToken>, ApiError> {
+    use crvs_server::metrics::MetricsToken;
+    match file {
+        Some(path) => MetricsToken::from_file(path).map(Some),
+        None => MetricsToken::from_env().transpose(),
+    }
+    .map_err(ApiError::Invalid)
+}
+
+/// JSON logs when `--log-format json` says so, or, without the flag,
+/// `CRVS_LOG_FORMAT=json`.
+fn init_logging(format: Option<&str>) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // Colour codes only for a person at a terminal, never in log files.
@@ -444,7 +473,11 @@ fn init_logging() {
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
-    if std::env::var("CRVS_LOG_FORMAT").is_ok_and(|v| v == "json") {
+    let json = match format {
+        Some(f) => f == "json",
+        None => std::env::var("CRVS_LOG_FORMAT").is_ok_and(|v| v == "json"),
+    };
+    if json {
         builder.json().init();
     } else {
         builder.init();
@@ -567,7 +600,9 @@ fn run(cli: Cli) -> Result<(), ApiError> {
             insecure_http,
             max_connections,
             late_birth_days,
+            metrics_token_file,
         } => {
+            let metrics_token = metrics_token(metrics_token_file.as_deref())?;
             let tls = match (&tls_cert, &tls_key) {
                 (Some(cert), Some(key)) => {
                     Some(crvs_server::listener::tls_config(cert, key).map_err(ApiError::Invalid)?)
@@ -582,7 +617,11 @@ fn run(cli: Cli) -> Result<(), ApiError> {
             }
             // One serving process per data folder; `restore` waits for none.
             let _lock = crvs_server::backup::lock_data_dir(&data).map_err(backup_error)?;
-            let server = Arc::new(open(&data)?.with_late_birth_days(late_birth_days));
+            let server = Arc::new(
+                open(&data)?
+                    .with_late_birth_days(late_birth_days)
+                    .with_metrics_token(metrics_token),
+            );
             // The server is dropped here, after the runtime: PostgreSQL
             // connections close with a blocking call, which may not run on
             // a runtime thread.
@@ -974,7 +1013,7 @@ fn main() -> ExitCode {
             };
         }
     };
-    init_logging();
+    init_logging(cli.log_format.as_deref());
     let json_mode = cli.json;
     if let Err(e) = crvs_server::fault::check_env() {
         // Only tests arm fault points; a misspelt one must not pass unseen.

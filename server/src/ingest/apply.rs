@@ -16,8 +16,25 @@ use super::register::{Outcome, register};
 use super::{Chain, Ctx, Stats, Step, internal, par_map, refuse};
 
 /// Applies one signed change set, or says why not. On success returns its
-/// acknowledgement and the device's new chain position.
+/// acknowledgement and the device's new chain position. The codes counted
+/// for the metrics (`Stats::issued`) go back when it fails: its savepoint
+/// is rolled back, and its codes with it.
 pub(super) fn apply_change_set(
+    tx: &mut dyn WriteTx,
+    ctx: &Ctx<'_>,
+    chain: Chain,
+    incoming: Incoming,
+    stats: &mut Stats,
+) -> Result<(Ack, Chain), Step> {
+    let issued = stats.issued;
+    let result = apply_one(tx, ctx, chain, incoming, stats);
+    if result.is_err() {
+        stats.issued = issued;
+    }
+    result
+}
+
+fn apply_one(
     tx: &mut dyn WriteTx,
     ctx: &Ctx<'_>,
     chain: Chain,

@@ -93,6 +93,7 @@ pub(super) fn issue_kidc(
             "a code issued before the restore recorded again"
         );
         stats.recorded_again += 1;
+        stats.issued.again += 1;
         stats.reserve.codes.push((k, record_id));
         return Ok(Issued::Code(k));
     }
@@ -107,6 +108,7 @@ pub(super) fn issue_kidc(
                 ctx,
                 seq,
             ))? {
+                stats.issued.new += 1;
                 stats.reserve.codes.push((kidc, record_id));
                 return Ok(Issued::Code(kidc));
             }

@@ -181,6 +181,10 @@ struct Stats {
     recorded_again: usize,
     /// Registration numbers given back from the ledger.
     numbers_again: usize,
+    /// Codes written to the issuance log, for the metrics (new ones,
+    /// recorded again), of the change sets applied: a change set rolled
+    /// back takes its own back (`apply::apply_change_set`).
+    issued: Issued,
     /// Codes and registration numbers issued by this request, to reserve
     /// in the ledger before it commits. Codes of a change set rolled back
     /// stay in it: reserving one too many is harmless, the record gets the
@@ -188,6 +192,15 @@ struct Stats {
     /// them): the database's counter went back with the change set, so the
     /// next record could be counted to the same number.
     reserve: Reservations,
+}
+
+/// Codes written to the issuance log by a request.
+#[derive(Debug, Default, Clone, Copy)]
+struct Issued {
+    /// New codes (`birth_approved`).
+    new: usize,
+    /// Codes issued before a restore, recorded again.
+    again: usize,
 }
 
 /// Authenticates a sync request from its header alone: the device is
@@ -320,6 +333,14 @@ pub fn handle_sync(server: &Server, body: &[u8]) -> Result<Vec<u8>, ApiError> {
             .iter()
             .filter(|a| a.outcome == AckOutcome::Applied)
             .count();
+        // Committed (the group's commit returned): counted now, so that a
+        // request rolled back or failed counts nothing.
+        crate::metrics::count_sync(
+            applied,
+            response.refusal.as_ref().map(|r| r.code.as_str()),
+            stats.issued.new,
+            stats.issued.again,
+        );
         tracing::info!(
             device = %device_id,
             applied,
