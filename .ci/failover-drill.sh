@@ -177,7 +177,7 @@ sleep 0.15
 PRIMARY_PID=$(head -1 "$WORK/pg/primary/postmaster.pid")
 kill -9 "$PRIMARY_PID"
 for p in "${SYNC_PIDS[@]}"; do wait "$p" || true; done
-cut=$(grep -L '"pending":0' "$WORK"/sync-*.out | wc -l)
+cut=$( (grep -L '"pending":0' "$WORK"/sync-*.out || true) | wc -l)
 say "   primary (pid $PRIMARY_PID) killed; $cut of ${#TABLETS[@]} syncs did not complete"
 
 say "4. promote the standby, restart the server on it"
