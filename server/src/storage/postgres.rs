@@ -708,51 +708,8 @@ fn canonical_row(r: &Row) -> Result<String, StorageError> {
 }
 
 fn registry_dump(c: &mut Conn) -> Result<RegistryDump, StorageError> {
-    // (table, its columns, the columns naming persons, primary-key order):
-    // as in the SQLite backend, so that both give the same dump.
-    const TABLES: &[(&str, &str, &[usize], &str)] = &[
-        (
-            "registry_persons",
-            "person_id, kidc, family_name, given_name, family_name_latin, given_name_latin, sex, \
-             date_of_birth, place_of_birth_kind, place_of_birth_facility, place_of_birth_village, \
-             nationality, citizenship, marital_status, residence_village_code, date_of_death, \
-             death_record_id, first_seq, last_seq",
-            &[0],
-            "person_id",
-        ),
-        (
-            "registry_documents",
-            "person_id, kind, number, seq",
-            &[0],
-            "kind, number",
-        ),
-        (
-            "registry_parents",
-            "child_id, parent_id, relation, seq",
-            &[0, 1],
-            "child_id, parent_id, relation",
-        ),
-        (
-            "registry_marriages",
-            "spouse_a, spouse_b, marriage_id, date_of_marriage, place_village, ended_on, ended_by, end_record_id",
-            &[0, 1],
-            "marriage_id",
-        ),
-        (
-            "registry_marital_history",
-            "person_id, seq, status, since",
-            &[0],
-            "person_id, seq",
-        ),
-        (
-            "registry_person_events",
-            "person_id, seq, role",
-            &[0],
-            "person_id, seq, role",
-        ),
-    ];
     let mut persons_hash: BTreeMap<String, Sha256> = BTreeMap::new();
-    for (table, columns, persons, order) in TABLES {
+    for (table, columns, persons, order) in super::REGISTRY_DUMP_TABLES {
         let rows = c
             .client
             .query(&format!("SELECT {columns} FROM {table} ORDER BY {order}"), &[])?;
