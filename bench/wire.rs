@@ -42,6 +42,7 @@ struct Counting<'a> {
     request_bytes: Cell<usize>,
     change_set_bytes: Cell<usize>,
     answer_bytes: Cell<usize>,
+    change_sets: std::cell::RefCell<Vec<Vec<u8>>>,
 }
 
 impl Transport for Counting<'_> {
@@ -57,6 +58,9 @@ impl Transport for Counting<'_> {
             .map_err(|e| crvs_core::Error::Protocol(e.to_string()))?;
         let cs: usize = req.change_sets.iter().map(Vec::len).sum();
         self.change_set_bytes.set(self.change_set_bytes.get() + cs);
+        self.change_sets
+            .borrow_mut()
+            .extend(req.change_sets.iter().cloned());
         let answer = self
             .server
             .handle_sync(sealed_request)
@@ -139,6 +143,8 @@ struct Run {
     request_bytes: usize,
     change_set_bytes: usize,
     answer_bytes: usize,
+    /// The signed change sets sent, as sent.
+    change_sets: Vec<Vec<u8>>,
 }
 
 fn run(dir: &Path, name: &str, births: &[String], batch: usize) -> Run {
@@ -148,6 +154,7 @@ fn run(dir: &Path, name: &str, births: &[String], batch: usize) -> Run {
         request_bytes: Cell::new(0),
         change_set_bytes: Cell::new(0),
         answer_bytes: Cell::new(0),
+        change_sets: Default::default(),
     };
     let token = crvs_server::admin::create_token(&server, "171003", 3_600_000).expect("token");
     tablet
@@ -162,6 +169,7 @@ fn run(dir: &Path, name: &str, births: &[String], batch: usize) -> Run {
         request_bytes: 0,
         change_set_bytes: 0,
         answer_bytes: 0,
+        change_sets: Vec::new(),
     };
     let mut n = 0;
     for chunk in births.chunks(batch) {
@@ -197,6 +205,7 @@ fn run(dir: &Path, name: &str, births: &[String], batch: usize) -> Run {
         out.requests.push(requests);
         out.answers.push(answer.concat());
     }
+    out.change_sets = transport.change_sets.take();
     out.request_bytes = transport.request_bytes.get();
     out.change_set_bytes = transport.change_set_bytes.get();
     out.answer_bytes = transport.answer_bytes.get();
@@ -232,6 +241,44 @@ fn zstd_dict_len(frame: &[u8], level: i32, dict: &[u8]) -> usize {
         .len()
 }
 
+/// The change sets of a 100-a-sync run compressed again at each zstd
+/// level, with the change-set dictionary: bytes and microseconds per
+/// record (what chose [`crvs_schema::wire::CHANGE_SET_ZSTD_LEVEL`]).
+fn level_sweep(change_sets: &[Vec<u8>], records: usize) -> Value {
+    use crvs_schema::wire::{CHANGE_SET_DICTIONARY, MAX_CHANGE_SET_DECODED};
+    // A signed change set: version, device id, sequence number, signature,
+    // then the compressed body.
+    const BODY_AT: usize = 1 + 16 + 8 + 64;
+    let mut d = zstd::bulk::Decompressor::with_dictionary(CHANGE_SET_DICTIONARY).expect("decompressor");
+    let bodies: Vec<Vec<u8>> = change_sets
+        .iter()
+        .map(|c| {
+            d.decompress(&c[BODY_AT..], MAX_CHANGE_SET_DECODED)
+                .expect("a change set body")
+        })
+        .collect();
+    let sent: usize = change_sets.iter().map(|c| c.len() - BODY_AT).sum();
+    let n = records as f64;
+    let mut rows = Vec::new();
+    for level in [1, 3, 5, 7, 9, 11, 13, 15, 17, 19] {
+        let mut c =
+            zstd::bulk::Compressor::with_dictionary(level, CHANGE_SET_DICTIONARY).expect("compressor");
+        let started = std::time::Instant::now();
+        let bytes: usize = bodies.iter().map(|b| c.compress(b).expect("zstd").len()).sum();
+        let us = started.elapsed().as_secs_f64() * 1e6;
+        rows.push(json!({
+            "level": level,
+            "body_bytes_per_record": (bytes as f64 / n * 10.0).round() / 10.0,
+            "microseconds_per_record": (us / n * 10.0).round() / 10.0,
+        }));
+    }
+    json!({
+        "level_used": crvs_schema::wire::CHANGE_SET_ZSTD_LEVEL,
+        "body_bytes_per_record_sent": (sent as f64 / n * 10.0).round() / 10.0,
+        "levels": rows,
+    })
+}
+
 fn main() {
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -260,8 +307,12 @@ fn main() {
     let (request_dict, answer_dict) = train(dir.path(), &training);
 
     let mut results = Vec::new();
+    let mut levels = Value::Null;
     for batch in [1, 10, 100] {
         let r = run(dir.path(), &format!("b{batch}"), &measured, batch);
+        if batch == 100 {
+            levels = level_sweep(&r.change_sets, measured.len());
+        }
         let n = measured.len() as f64;
         let (mut req19, mut req3, mut ans19, mut ans3) = (0, 0, 0, 0);
         for (req, ans) in r.requests.iter().zip(&r.answers) {
@@ -300,6 +351,7 @@ fn main() {
             "training_records": training.len(),
             "json_dictionaries_bytes": [request_dict.len(), answer_dict.len()],
             "results": results,
+            "change_set_levels": levels,
         })
     );
 }

@@ -147,6 +147,8 @@ pub fn open(dir: &Path, create: bool) -> Result<Connection> {
             return Err(Error::Corrupt("the database failed its integrity check".into()));
         }
     }
+    // Every statement of this module is prepared once per connection.
+    conn.set_prepared_statement_cache_capacity(64);
     if !create {
         let magic: Option<String> = get_meta(&conn, meta::MAGIC)?;
         if magic.as_deref() != Some(MAGIC) {
@@ -185,11 +187,25 @@ fn open_error(e: crvs_sqlite::OpenError) -> Error {
     }
 }
 
+/// Runs `sql` with a statement prepared once per connection (a sync
+/// updates thousands of rows with the same few statements).
+fn exec<P: rusqlite::Params>(conn: &Connection, sql: &str, params: P) -> rusqlite::Result<usize> {
+    conn.prepare_cached(sql)?.execute(params)
+}
+
+/// One row of `sql`, with a statement prepared once per connection.
+fn query_row<T, P: rusqlite::Params>(
+    conn: &Connection,
+    sql: &str,
+    params: P,
+    f: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    conn.prepare_cached(sql)?.query_row(params, f)
+}
+
 /// Reads a meta value.
 pub fn get_meta<T: FromSql>(conn: &Connection, key: &str) -> Result<Option<T>> {
-    Ok(conn
-        .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
-        .optional()?)
+    Ok(query_row(conn, "SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0)).optional()?)
 }
 
 /// Reads a meta value that must be present.
@@ -199,7 +215,8 @@ pub fn require_meta<T: FromSql>(conn: &Connection, key: &str) -> Result<T> {
 
 /// Writes a meta value.
 pub fn set_meta<T: ToSql>(tx: &Transaction<'_>, key: &str, value: T) -> Result<()> {
-    tx.execute(
+    exec(
+        tx,
         "INSERT INTO meta (key, value) VALUES (?1, ?2)
          ON CONFLICT (key) DO UPDATE SET value = excluded.value",
         params![key, value],
@@ -292,7 +309,8 @@ fn record_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RecordRow> {
 
 /// Inserts a new record row.
 pub fn insert_record(tx: &Transaction<'_>, row: &RecordRow) -> Result<()> {
-    tx.execute(
+    exec(
+        tx,
         &format!(
             "INSERT INTO records ({RECORD_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
         ),
@@ -316,7 +334,8 @@ pub fn insert_record(tx: &Transaction<'_>, row: &RecordRow) -> Result<()> {
 
 /// Replaces every mutable column of an existing record row.
 pub fn update_record(tx: &Transaction<'_>, row: &RecordRow) -> Result<()> {
-    let n = tx.execute(
+    let n = exec(
+        tx,
         "UPDATE records SET status = ?2, updated_at = ?3, doc_sealed = ?4, kidc_sealed = ?5,
              outboxed_heads = ?6, dirty = ?7, last_outbox_seq = ?8, server_updated_at = ?9, set_aside_at = ?10
          WHERE id = ?1",
@@ -338,13 +357,13 @@ pub fn update_record(tx: &Transaction<'_>, row: &RecordRow) -> Result<()> {
 
 /// Reads one record row.
 pub fn get_record(conn: &Connection, id: &[u8; 16]) -> Result<Option<RecordRow>> {
-    Ok(conn
-        .query_row(
-            &format!("SELECT {RECORD_COLUMNS} FROM records WHERE id = ?1"),
-            [id.as_slice()],
-            record_from_row,
-        )
-        .optional()?)
+    Ok(query_row(
+        conn,
+        &format!("SELECT {RECORD_COLUMNS} FROM records WHERE id = ?1"),
+        [id.as_slice()],
+        record_from_row,
+    )
+    .optional()?)
 }
 
 /// Every record row, oldest first (UUIDv7 ids sort by creation time).
@@ -404,7 +423,8 @@ fn outbox_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<OutboxRow> {
 
 /// Appends a change set to the outbox.
 pub fn insert_outbox(tx: &Transaction<'_>, row: &OutboxRow) -> Result<()> {
-    tx.execute(
+    exec(
+        tx,
         "INSERT INTO outbox (seq, hash, body_sealed, record_count, byte_len, created_at, acked_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         params![
@@ -445,7 +465,8 @@ pub fn outbox_chain(conn: &Connection) -> Result<Vec<(u64, [u8; 32])>> {
 
 /// Number of outbox rows with `seq > after`.
 pub fn count_outbox_after(conn: &Connection, after: u64) -> Result<u64> {
-    let n: i64 = conn.query_row(
+    let n: i64 = query_row(
+        conn,
         "SELECT COUNT(*) FROM outbox WHERE seq > ?1",
         [after as i64],
         |r| r.get(0),
@@ -456,7 +477,8 @@ pub fn count_outbox_after(conn: &Connection, after: u64) -> Result<u64> {
 /// Marks one change set acknowledged (keeps the first acknowledgement
 /// time).
 pub fn mark_acked(tx: &Transaction<'_>, seq: u64, at: i64) -> Result<()> {
-    tx.execute(
+    exec(
+        tx,
         "UPDATE outbox SET acked_at = COALESCE(acked_at, ?2) WHERE seq = ?1",
         params![seq as i64, at],
     )?;
@@ -465,13 +487,18 @@ pub fn mark_acked(tx: &Transaction<'_>, seq: u64, at: i64) -> Result<()> {
 
 /// Forgets acknowledgements from `seq` on (the server lost them).
 pub fn unack_from(tx: &Transaction<'_>, seq: u64) -> Result<()> {
-    tx.execute("UPDATE outbox SET acked_at = NULL WHERE seq >= ?1", [seq as i64])?;
+    exec(
+        tx,
+        "UPDATE outbox SET acked_at = NULL WHERE seq >= ?1",
+        [seq as i64],
+    )?;
     Ok(())
 }
 
 /// Stores (or replaces) the sealed proof of a record's KIdC.
 pub fn put_evidence(tx: &Transaction<'_>, record_id: &[u8; 16], proof_sealed: &[u8]) -> Result<()> {
-    tx.execute(
+    exec(
+        tx,
         "INSERT INTO kidc_evidence (record_id, proof_sealed) VALUES (?1, ?2)
          ON CONFLICT (record_id) DO UPDATE SET proof_sealed = excluded.proof_sealed",
         params![record_id.as_slice(), proof_sealed],
@@ -481,18 +508,18 @@ pub fn put_evidence(tx: &Transaction<'_>, record_id: &[u8; 16], proof_sealed: &[
 
 /// The sealed proof of a record's KIdC, if the tablet holds one.
 pub fn get_evidence(conn: &Connection, record_id: &[u8; 16]) -> Result<Option<Vec<u8>>> {
-    Ok(conn
-        .query_row(
-            "SELECT proof_sealed FROM kidc_evidence WHERE record_id = ?1",
-            [record_id.as_slice()],
-            |r| r.get(0),
-        )
-        .optional()?)
+    Ok(query_row(
+        conn,
+        "SELECT proof_sealed FROM kidc_evidence WHERE record_id = ?1",
+        [record_id.as_slice()],
+        |r| r.get(0),
+    )
+    .optional()?)
 }
 
 /// How many records hold a proof of their KIdC.
 pub fn count_evidence(conn: &Connection) -> Result<u64> {
-    let n: i64 = conn.query_row("SELECT COUNT(*) FROM kidc_evidence", [], |r| r.get(0))?;
+    let n: i64 = query_row(conn, "SELECT COUNT(*) FROM kidc_evidence", [], |r| r.get(0))?;
     Ok(n as u64)
 }
 
@@ -500,8 +527,9 @@ pub fn count_evidence(conn: &Connection) -> Result<u64> {
 /// marks the records they carried for sending again in full: the tablet
 /// adopts the server's chain position. Returns how many records.
 pub fn forget_unacknowledged(tx: &Transaction<'_>, acked: u64) -> Result<u64> {
-    tx.execute("DELETE FROM outbox WHERE seq > ?1", [acked as i64])?;
-    let n = tx.execute(
+    exec(tx, "DELETE FROM outbox WHERE seq > ?1", [acked as i64])?;
+    let n = exec(
+        tx,
         "UPDATE records SET dirty = 1, outboxed_heads = x'', last_outbox_seq = NULL WHERE last_outbox_seq > ?1",
         [acked as i64],
     )?;
@@ -510,7 +538,8 @@ pub fn forget_unacknowledged(tx: &Transaction<'_>, acked: u64) -> Result<u64> {
 
 /// Records that the store adopted the server's chain position `seq`/`hash`.
 pub fn record_adoption(tx: &Transaction<'_>, seq: u64, hash: &[u8; 32], at: i64) -> Result<()> {
-    tx.execute(
+    exec(
+        tx,
         "INSERT INTO chain_adoptions (seq, hash, adopted_at) VALUES (?1, ?2, ?3)
          ON CONFLICT (seq) DO UPDATE SET hash = excluded.hash, adopted_at = excluded.adopted_at",
         params![seq as i64, hash.as_slice(), at],
@@ -539,7 +568,8 @@ pub fn adoptions(conn: &Connection) -> Result<Vec<(u64, [u8; 32])>> {
 /// Marks records set aside by the server: nothing of them is sent again.
 pub fn mark_set_aside(tx: &Transaction<'_>, ids: &[[u8; 16]], at: i64) -> Result<()> {
     for id in ids {
-        tx.execute(
+        exec(
+            tx,
             "UPDATE records SET set_aside_at = COALESCE(set_aside_at, ?2), dirty = 0 WHERE id = ?1",
             params![id.as_slice(), at],
         )?;

@@ -80,6 +80,34 @@ impl IssuanceProof {
         Ok(kidc)
     }
 
+    /// [`IssuanceProof::verify`] of every proof, in order. The signatures
+    /// are checked as one batch (about twice as fast: a sync brings a code
+    /// for every record it pushed); if the batch fails, each proof is
+    /// checked alone, so that one bad proof does not spoil the others.
+    pub fn verify_all(proofs: &[IssuanceProof], server_key: &VerifyingKey) -> Vec<Result<Kidc, ProofError>> {
+        let codes: Vec<Option<Kidc>> = proofs
+            .iter()
+            .map(|p| {
+                std::str::from_utf8(&p.kidc)
+                    .ok()
+                    .and_then(|s| Kidc::parse(s).ok())
+            })
+            .collect();
+        let messages: Vec<Vec<u8>> = proofs.iter().map(|p| message(&p.record_id, &p.kidc)).collect();
+        let refs: Vec<&[u8]> = messages.iter().map(Vec::as_slice).collect();
+        let signatures: Vec<Signature> = proofs
+            .iter()
+            .map(|p| Signature::from_bytes(&p.signature))
+            .collect();
+        let keys = vec![*server_key; proofs.len()];
+        let all_good = codes.iter().all(Option::is_some)
+            && ed25519_dalek::verify_batch(&refs, &signatures, &keys).is_ok();
+        if all_good {
+            return codes.into_iter().map(|c| c.ok_or(ProofError::BadCode)).collect();
+        }
+        proofs.iter().map(|p| p.verify(server_key)).collect()
+    }
+
     /// The proof's encoding, for storage.
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut v = Vec::with_capacity(90);
@@ -140,6 +168,34 @@ mod tests {
         let mut junk = p;
         junk.kidc = *b"10000000x1";
         assert_eq!(junk.verify(&key(1).verifying_key()), Err(ProofError::BadCode));
+    }
+
+    #[test]
+    fn checked_together_a_forged_proof_fails_alone_and_the_others_pass() {
+        let k = key(1);
+        let good: Vec<IssuanceProof> = (0..5u8)
+            .map(|i| IssuanceProof::sign(&k, [i; 16], &code()))
+            .collect();
+        assert!(
+            IssuanceProof::verify_all(&good, &k.verifying_key())
+                .iter()
+                .all(|r| r == &Ok(code()))
+        );
+        assert_eq!(
+            IssuanceProof::verify_all(&good, &key(2).verifying_key()),
+            vec![Err(ProofError::BadSignature); 5],
+            "another server's key verifies none"
+        );
+        let mut mixed = good.clone();
+        mixed[2].record_id = [9; 16];
+        mixed[4].kidc = *b"10000000x1";
+        let results = IssuanceProof::verify_all(&mixed, &k.verifying_key());
+        assert_eq!(results[0], Ok(code()));
+        assert_eq!(results[1], Ok(code()));
+        assert_eq!(results[2], Err(ProofError::BadSignature));
+        assert_eq!(results[3], Ok(code()));
+        assert_eq!(results[4], Err(ProofError::BadCode));
+        assert!(IssuanceProof::verify_all(&[], &k.verifying_key()).is_empty());
     }
 
     #[test]

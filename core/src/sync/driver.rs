@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::integrity;
 use crate::registrar::*;
 use crate::store::{self, OutboxRow, RecordRow, meta};
-use crate::sync::machine::{AnswerContext, Applied, Batch, OutgoingChangeSet, Step, SyncMachine};
+use crate::sync::machine::{AnswerContext, Applied, Batch, Decisions, OutgoingChangeSet, Step, SyncMachine};
 use crate::sync::{self, Chain, SyncObserver, SyncPhase, SyncProgress, SyncReport};
 use crate::transport::{HttpTransport, Transport};
 
@@ -25,7 +25,31 @@ impl Registrar {
             (e.server_url, e.server_ca)
         };
         let transport = HttpTransport::with_ca(&url, ca.as_deref())?;
-        self.sync_with(&transport, observer)
+        self.sync_pipelined(&transport, observer)
+    }
+
+    /// [`Registrar::sync_with`], sending the next request while the last
+    /// answer is stored: the server applies one request while the tablet
+    /// stores the codes of the one before. It needs a transport that can
+    /// be used from a second thread.
+    ///
+    /// Only a plain answer is overlapped: change sets acknowledged, no
+    /// rewind, adoption or refusal, and more change sets waiting. The next
+    /// request then carries the answer's cursor and the change sets after
+    /// its acknowledgements, exactly as it would have after the store. If
+    /// the store fails or the sync is stopped, the request in flight is
+    /// waited for and its answer dropped: the server's acknowledgement is
+    /// not stored, so the next sync sends those change sets again, and the
+    /// server acknowledges them as already applied.
+    pub fn sync_pipelined(
+        &self,
+        transport: &(dyn Transport + Sync),
+        observer: &dyn SyncObserver,
+    ) -> Result<SyncReport> {
+        std::thread::scope(|scope| {
+            let send = |request: Vec<u8>| InFlight(scope.spawn(move || transport.sync(&request)));
+            self.drive(transport, Some(&send), observer)
+        })
     }
 
     /// Puts new changes into signed change sets, pushes every
@@ -36,6 +60,17 @@ impl Registrar {
     /// The decisions are [`SyncMachine`]'s; this is its driver, the store
     /// and `transport` at its edges.
     pub fn sync_with(&self, transport: &dyn Transport, observer: &dyn SyncObserver) -> Result<SyncReport> {
+        self.drive(transport, None, observer)
+    }
+
+    /// The sync loop; `ahead` sends a request on another thread (see
+    /// [`Registrar::sync_pipelined`]).
+    fn drive<'s>(
+        &self,
+        transport: &dyn Transport,
+        ahead: Option<&dyn Fn(Vec<u8>) -> InFlight<'s>>,
+        observer: &dyn SyncObserver,
+    ) -> Result<SyncReport> {
         let _one_sync_at_a_time = lock(&self.sync_lock);
         let enrolled = {
             let conn = lock(&self.conn);
@@ -75,17 +110,25 @@ impl Registrar {
             return self.finish(machine.into_report());
         }
         let mut step = Step::Build;
+        // A request sent ahead, while the answer before it was stored.
+        let mut in_flight: Option<InFlight<'s>> = None;
         loop {
             step = match step {
                 Step::Build => {
-                    let batch = self.next_batch(&enrolled)?;
-                    let (request, phase) = machine.send(batch)?;
-                    if progress(phase, &machine).is_break() {
-                        machine.cancel();
-                        break;
-                    }
-                    machine.sent();
-                    match transport.sync(&request) {
+                    let sent = match in_flight.take() {
+                        Some(request) => request.answer(),
+                        None => {
+                            let batch = self.next_batch(&enrolled, None)?;
+                            let (request, phase) = machine.send(batch)?;
+                            if progress(phase, &machine).is_break() {
+                                machine.cancel();
+                                break;
+                            }
+                            machine.sent();
+                            transport.sync(&request)
+                        }
+                    };
+                    match sent {
                         Ok(answer) => {
                             crate::fault::point("after_answer");
                             let ctx = self.answer_context()?;
@@ -99,6 +142,14 @@ impl Registrar {
                     Step::Build
                 }
                 Step::Store(decisions) => {
+                    if let Some(send) = ahead
+                        && let Some(after) = self.can_send_ahead(&decisions)?
+                    {
+                        let batch = self.next_batch(&enrolled, Some((after, decisions.response.cursor)))?;
+                        let (request, _) = machine.send(batch)?;
+                        machine.sent();
+                        in_flight = Some(send(request));
+                    }
                     let applied = self.store_answer(
                         &decisions.response,
                         &decisions.outcome,
@@ -111,6 +162,11 @@ impl Registrar {
                     if !matches!(next, Step::Adopt(_)) && progress(SyncPhase::Pulling, &machine).is_break() {
                         machine.cancel();
                         break;
+                    }
+                    if in_flight.is_some() && !matches!(next, Step::Build) {
+                        return Err(Error::Protocol(
+                            "a request was sent ahead of an answer that ended the sync".into(),
+                        ));
                     }
                     next
                 }
@@ -138,6 +194,26 @@ impl Registrar {
         self.finish(machine.into_report())
     }
 
+    /// Whether the next request may leave before `d` is stored, and after
+    /// which sequence number its change sets start: only after a plain
+    /// answer (acknowledgements, nothing to rewind, adopt or refuse, no
+    /// adoption still to announce) with change sets waiting after it.
+    fn can_send_ahead(&self, d: &Decisions) -> Result<Option<u64>> {
+        let o = &d.outcome;
+        let Some(&last) = o.acked.iter().max() else {
+            return Ok(None);
+        };
+        if o.rewind_to.is_some() || o.adopt.is_some() || o.refused.is_some() || !o.set_aside.is_empty() {
+            return Ok(None);
+        }
+        let conn = lock(&self.conn);
+        if store::get_meta::<Vec<u8>>(&conn, meta::ADOPTED)?.is_some_and(|b| !b.is_empty()) {
+            return Ok(None);
+        }
+        let after = last.max(d.acked_before);
+        Ok((store::count_outbox_after(&conn, after)? > 0).then_some(after))
+    }
+
     /// Change sets not yet acknowledged.
     fn remaining(&self) -> Result<u64> {
         let conn = lock(&self.conn);
@@ -156,9 +232,15 @@ impl Registrar {
 
     /// Reads the next run of unacknowledged change sets and what goes
     /// with them, and takes the request counter (durably).
-    fn next_batch(&self, enrolled: &Enrolled) -> Result<Batch> {
+    /// `ahead`: the batch is sent before the answer before it is stored;
+    /// the change sets after this sequence number, and this cursor (the
+    /// answer's), are what the store will hold.
+    fn next_batch(&self, enrolled: &Enrolled, ahead: Option<(u64, u64)>) -> Result<Batch> {
         let conn = lock(&self.conn);
-        let acked = Self::acked_seq(&conn)?;
+        let acked = match ahead {
+            Some((after, _)) => after,
+            None => Self::acked_seq(&conn)?,
+        };
         let rows = store::outbox_from(&conn, acked + 1, sync::MAX_CHANGE_SETS_PER_REQUEST)?;
         let lengths: Vec<u64> = rows.iter().map(|r| r.byte_len).collect();
         let n = sync::take_for_request(
@@ -183,7 +265,10 @@ impl Registrar {
         let lineage = self.lineage()?;
         let conn = lock(&self.conn);
         let adopted = store::get_meta::<Vec<u8>>(&conn, meta::ADOPTED)?.and_then(|b| decode_position(&b));
-        let cursor = store::get_meta::<i64>(&conn, meta::CURSOR)?.unwrap_or(0).max(0) as u64;
+        let cursor = match ahead {
+            Some((_, cursor)) => cursor,
+            None => store::get_meta::<i64>(&conn, meta::CURSOR)?.unwrap_or(0).max(0) as u64,
+        };
         drop(conn);
         let counter = self.next_request_counter()?;
         Ok(Batch {
@@ -442,7 +527,9 @@ impl Registrar {
             row.kidc_sealed = Some(self.key.seal(&kidc_aad(&row.id), kidc.as_str().as_bytes()));
         }
         row.status = merged_status(&view).as_str().to_string();
-        row.doc_sealed = self.key.seal(&doc_aad(&row.id), &doc.save());
+        // Stored uncompressed (it is sealed, not sent): deflate would cost
+        // more than the whole merge.
+        row.doc_sealed = self.key.seal(&doc_aad(&row.id), &doc.save_nocompress());
         row.server_updated_at = Some(now);
         store::update_record(tx, &row)?;
         applied.updated += 1;
@@ -640,8 +727,8 @@ impl Registrar {
         proofs: &[IssuanceProof],
         server_key: &VerifyingKey,
     ) -> Result<()> {
-        for proof in proofs {
-            let Ok(kidc) = proof.verify(server_key) else {
+        for (proof, checked) in proofs.iter().zip(IssuanceProof::verify_all(proofs, server_key)) {
+            let Ok(kidc) = checked else {
                 tracing::warn!("the server sent a KIdC proof that does not verify; ignored");
                 continue;
             };
@@ -663,5 +750,18 @@ impl Registrar {
             )?;
         }
         Ok(())
+    }
+}
+
+/// A request sent ahead on another thread: its answer when the thread
+/// ends.
+pub(crate) struct InFlight<'s>(std::thread::ScopedJoinHandle<'s, Result<Vec<u8>>>);
+
+impl InFlight<'_> {
+    /// Waits for the answer.
+    fn answer(self) -> Result<Vec<u8>> {
+        self.0
+            .join()
+            .unwrap_or_else(|_| Err(Error::Protocol("the request sent ahead failed".into())))
     }
 }

@@ -264,18 +264,25 @@ fn version_1_bytes_are_pinned() {
 }
 
 /// Version-2 bytes (compressed with the dictionary) of the same change
-/// set. A dictionary retrained under the same version byte would fail
-/// here: change sets sealed with the old one wait in outboxes.
+/// set: `change-set-v2.hex` as sealed at zstd level 19 (until December
+/// 2026), `change-set-v2-level9.hex` as sealed since. Both must open: a
+/// dictionary retrained under the same version byte would fail here, and
+/// change sets sealed at either level wait in outboxes. Sealing is
+/// deterministic: it gives the level-9 bytes again.
 #[test]
 fn version_2_bytes_are_pinned_and_sealing_gives_them_again() {
-    let bytes = pinned("change-set-v2.hex");
-    assert_eq!(bytes[0], CHANGE_SET_VERSION);
-    let cs = SignedChangeSet::from_bytes(bytes.clone()).unwrap();
-    assert_eq!(cs.open(&key(1).verifying_key()).unwrap(), body());
+    let level_19 = pinned("change-set-v2.hex");
+    let level_9 = pinned("change-set-v2-level9.hex");
+    for bytes in [&level_19, &level_9] {
+        assert_eq!(bytes[0], CHANGE_SET_VERSION);
+        let cs = SignedChangeSet::from_bytes(bytes.clone()).unwrap();
+        assert_eq!(cs.open(&key(1).verifying_key()).unwrap(), body());
+        // Without the dictionary the payload does not decompress.
+        assert!(decompress_limited(&bytes[HEADER + SIG..], MAX_CHANGE_SET_DECODED).is_err());
+    }
+    assert_eq!(CHANGE_SET_ZSTD_LEVEL, 9, "a new level needs a new pinned file");
     let again = SignedChangeSet::seal(&key(1), [9; 16], 1, &body()).unwrap();
-    assert_eq!(again.as_bytes(), bytes);
-    // Without the dictionary the payload does not decompress.
-    assert!(decompress_limited(&bytes[HEADER + SIG..], MAX_CHANGE_SET_DECODED).is_err());
+    assert_eq!(again.as_bytes(), level_9);
 }
 
 #[test]
