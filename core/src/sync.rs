@@ -313,6 +313,43 @@ pub fn interpret(
     Ok(out)
 }
 
+/// `f` over `items` on up to [`MAX_WORKERS`] threads, results in order.
+/// A sync opens, merges and seals thousands of documents: CPU work that
+/// needs nothing but the data key. Few items stay on this thread.
+pub(crate) fn par_map<T: Send, R: Send>(items: Vec<T>, f: impl Fn(T) -> R + Sync) -> Vec<R> {
+    // Asked once: on Linux it reads the cgroup files every time.
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let workers =
+        (*CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))).min(MAX_WORKERS);
+    if workers < 2 || items.len() < PARALLEL_FROM {
+        return items.into_iter().map(f).collect();
+    }
+    let chunk = items.len().div_ceil(workers);
+    let mut items = items;
+    let mut chunks: Vec<Vec<T>> = Vec::with_capacity(workers);
+    while !items.is_empty() {
+        let rest = items.split_off(chunk.min(items.len()));
+        chunks.push(std::mem::replace(&mut items, rest));
+    }
+    let f = &f;
+    std::thread::scope(|s| {
+        let handles: Vec<_> = chunks
+            .into_iter()
+            .map(|c| s.spawn(move || c.into_iter().map(f).collect::<Vec<R>>()))
+            .collect();
+        // A panic in a worker is a bug: it goes on as one here.
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    })
+}
+
+/// Work on several threads from this many items on.
+const PARALLEL_FROM: usize = 32;
+/// At most this many threads.
+const MAX_WORKERS: usize = 4;
+
 /// Calls the observer, treating a panic in it as a cancellation so that a
 /// faulty callback cannot leave a half-done step.
 pub(crate) fn notify(observer: &dyn SyncObserver, p: SyncProgress) -> ControlFlow<()> {
@@ -323,6 +360,23 @@ pub(crate) fn notify(observer: &dyn SyncObserver, p: SyncProgress) -> ControlFlo
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn par_map_keeps_the_order_and_passes_on_a_workers_panic() {
+        let items: Vec<u32> = (0..1000).collect();
+        assert_eq!(
+            par_map(items.clone(), |i| i * 2),
+            items.iter().map(|i| i * 2).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            par_map(vec![1, 2, 3], |i| i + 1),
+            vec![2, 3, 4],
+            "a few stay on this thread"
+        );
+        let panicked =
+            std::panic::catch_unwind(|| par_map(items, |i| if i == 700 { panic!("worker") } else { i }));
+        assert!(panicked.is_err());
+    }
     use crvs_schema::wire::{Ack, AckOutcome, Refusal};
 
     fn rc(id: u8, sizes: &[usize]) -> RecordChanges {

@@ -333,27 +333,14 @@ impl Registrar {
         let candidates = store::unsent_candidates(&tx)?;
         let mut changes = Vec::new();
         let mut rows = std::collections::HashMap::new();
-        for mut row in candidates {
-            let mut doc = self.load_doc(&row)?;
-            let heads = heads_to_bytes(&doc.get_heads());
-            if !row.dirty && heads == row.outboxed_heads {
+        // Opening every document is most of the work: on every core.
+        let outgoing = sync::par_map(candidates, |row| {
+            let out = self.outgoing(&row);
+            (row, out)
+        });
+        for (mut row, out) in outgoing {
+            let Some((heads, mine)) = out? else {
                 continue;
-            }
-            let since = heads_from_bytes(&row.outboxed_heads)?;
-            // Only this tablet's own changes: the server's came from it.
-            let new_changes = doc.get_changes(&since);
-            let first_time = since.is_empty() && new_changes.iter().all(|c| c.actor_id() == &self.actor);
-            let mine: Vec<Vec<u8>> = if first_time && !new_changes.is_empty() {
-                // A record the server has never seen travels as one
-                // document chunk: its changes' dependencies become indices
-                // instead of 32-byte hashes (see `record::decode_changes`).
-                vec![doc.save_nocompress()]
-            } else {
-                new_changes
-                    .into_iter()
-                    .filter(|c| c.actor_id() == &self.actor)
-                    .map(|c| c.raw_bytes().to_vec())
-                    .collect()
             };
             if !row.dirty && !mine.is_empty() {
                 tracing::warn!(record = %RecordId(row.id), "unsent changes found in a record not marked for sending");
@@ -428,6 +415,34 @@ impl Registrar {
         Ok(made)
     }
 
+    /// A record's current heads and the changes of this tablet not yet put
+    /// into a change set; `None` when it has nothing new.
+    #[allow(clippy::type_complexity)]
+    fn outgoing(&self, row: &RecordRow) -> Result<Option<(Vec<u8>, Vec<Vec<u8>>)>> {
+        let mut doc = self.load_doc(row)?;
+        let heads = heads_to_bytes(&doc.get_heads());
+        if !row.dirty && heads == row.outboxed_heads {
+            return Ok(None);
+        }
+        let since = heads_from_bytes(&row.outboxed_heads)?;
+        // Only this tablet's own changes: the server's came from it.
+        let new_changes = doc.get_changes(&since);
+        let first_time = since.is_empty() && new_changes.iter().all(|c| c.actor_id() == &self.actor);
+        let mine: Vec<Vec<u8>> = if first_time && !new_changes.is_empty() {
+            // A record the server has never seen travels as one
+            // document chunk: its changes' dependencies become indices
+            // instead of 32-byte hashes (see `record::decode_changes`).
+            vec![doc.save_nocompress()]
+        } else {
+            new_changes
+                .into_iter()
+                .filter(|c| c.actor_id() == &self.actor)
+                .map(|c| c.raw_bytes().to_vec())
+                .collect()
+        };
+        Ok(Some((heads, mine)))
+    }
+
     /// Stores an answer in one transaction: acknowledgements, a rewind,
     /// the server's updates and the new cursor.
     fn store_answer(
@@ -472,8 +487,28 @@ impl Registrar {
         }
         store::set_meta(&tx, meta::ACKED_SEQ, acked as i64)?;
         let mut applied = Applied::default();
-        for update in &resp.updates {
-            self.apply_update(&tx, update, now, &mut applied)?;
+        let mut seen = std::collections::HashSet::new();
+        if resp.updates.iter().all(|u| seen.insert(u.record_id)) {
+            // One update per record (as the server sends them): merged on
+            // every core, stored in order.
+            let mut known = Vec::new();
+            for update in &resp.updates {
+                match store::get_record(&tx, &update.record_id)? {
+                    Some(row) => known.push((row, update)),
+                    None => self.receive_office_record(&tx, update, now, &mut applied)?,
+                }
+            }
+            for merged in sync::par_map(known, |(row, update)| self.merge_update(row, update, now)) {
+                if let Some((row, kidc_arrived)) = merged? {
+                    store::update_record(&tx, &row)?;
+                    applied.updated += 1;
+                    applied.kidcs += u64::from(kidc_arrived);
+                }
+            }
+        } else {
+            for update in &resp.updates {
+                self.apply_update(&tx, update, now, &mut applied)?;
+            }
         }
         self.keep_evidence(&tx, &resp.issuances, server_key)?;
         self.keep_notifications(&tx, &resp.notifications)?;
@@ -501,10 +536,26 @@ impl Registrar {
         now: i64,
         applied: &mut Applied,
     ) -> Result<()> {
-        let id = RecordId(update.record_id);
-        let Some(mut row) = store::get_record(tx, &update.record_id)? else {
+        let Some(row) = store::get_record(tx, &update.record_id)? else {
             return self.receive_office_record(tx, update, now, applied);
         };
+        if let Some((row, kidc_arrived)) = self.merge_update(row, update, now)? {
+            store::update_record(tx, &row)?;
+            applied.updated += 1;
+            applied.kidcs += u64::from(kidc_arrived);
+        }
+        Ok(())
+    }
+
+    /// `row` with the server's changes of `update` merged in, and whether
+    /// its KIdC arrived with them; `None` when they change nothing.
+    fn merge_update(
+        &self,
+        mut row: RecordRow,
+        update: &wire::RecordUpdate,
+        now: i64,
+    ) -> Result<Option<(RecordRow, bool)>> {
+        let id = RecordId(update.record_id);
         let mut doc = self.load_doc(&row)?;
         let before = doc.get_heads();
         // Changes of the server and of the office's other tablets, or a
@@ -514,16 +565,15 @@ impl Registrar {
                 .map_err(|_| Error::Protocol("the server sent a change that does not apply".into()))?;
         }
         if doc.get_heads() == before {
-            return Ok(());
+            return Ok(None);
         }
         if !doc.get_missing_deps(&[]).is_empty() {
             tracing::warn!(record = %id, "server changes wait for changes this store lacks");
         }
         let view = record::read(&doc)?;
+        let mut kidc_arrived = false;
         if let Some(kidc) = &view.server.kidc {
-            if row.kidc_sealed.is_none() {
-                applied.kidcs += 1;
-            }
+            kidc_arrived = row.kidc_sealed.is_none();
             row.kidc_sealed = Some(self.key.seal(&kidc_aad(&row.id), kidc.as_str().as_bytes()));
         }
         row.status = merged_status(&view).as_str().to_string();
@@ -531,9 +581,7 @@ impl Registrar {
         // more than the whole merge.
         row.doc_sealed = self.key.seal(&doc_aad(&row.id), &doc.save_nocompress());
         row.server_updated_at = Some(now);
-        store::update_record(tx, &row)?;
-        applied.updated += 1;
-        Ok(())
+        Ok(Some((row, kidc_arrived)))
     }
 
     /// Keeps the office's pending notifications as the answer lists them,
