@@ -51,9 +51,13 @@ use tokio_rustls::TlsAcceptor;
 pub const FD_RESERVE: u64 = 64;
 
 /// The listen backlog: connections the kernel completes and holds for us
-/// while every slot is in use (std's default is 128; beyond the backlog,
-/// clients retry their SYN after 1 s, 3 s, ...).
-pub const LISTEN_BACKLOG: u32 = 1024;
+/// while every slot is in use or the accept loop catches up (std's default
+/// is 128; beyond the backlog, clients retry their SYN after 1 s, 3 s, ...,
+/// or see their connection reset). 4096: every commune office of the
+/// country (1,633) connecting in the same instant fits, and it is Linux's
+/// default cap (`net.core.somaxconn`), which lowers it silently if set
+/// lower.
+pub const LISTEN_BACKLOG: u32 = 4096;
 
 /// Binds `listen` (`host:port`; the first address it resolves to) with
 /// [`LISTEN_BACKLOG`].
