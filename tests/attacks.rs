@@ -65,6 +65,7 @@ impl Attacker {
             evidence: Vec::new(),
             lineage: [0; 16],
             adopted: None,
+            resume: None,
         }
         .seal(&self.key)
         .expect("seal")

@@ -93,6 +93,11 @@ pub mod meta {
     /// before the request leaves: the server refuses any request whose
     /// counter is not above the last one it accepted.
     pub const REQUEST_COUNTER: &str = "request_counter";
+    /// The highest change-set sequence number sent in a request (taken
+    /// with its counter, before it leaves). Above `acked_seq` after a sync
+    /// whose answer was lost: the next sync first asks the server which of
+    /// those arrived (`SyncRequest::resume`) instead of sending them again.
+    pub const SENT_UP_TO: &str = "sent_up_to";
     /// The store's lineage (16 random bytes), sent with every sync
     /// request; made anew when the store adopts the server's chain.
     pub const LINEAGE: &str = "lineage";

@@ -192,6 +192,7 @@ fn main() {
         evidence: Vec::new(),
         lineage: [0; 16],
         adopted: None,
+        resume: None,
     };
     let req_bytes = req.seal(&key).expect("seal request");
     write("sync_request", "frame-real", &with_mode(0, &req_bytes));

@@ -447,6 +447,7 @@ fn request(device_id: [u8; 16], cursor: u64, change_sets: Vec<Vec<u8>>) -> Vec<u
         evidence: Vec::new(),
         lineage: [0; 16],
         adopted: None,
+        resume: None,
     }
     .seal(&device_key())
     .expect("a request seals")

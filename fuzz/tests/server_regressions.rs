@@ -40,6 +40,7 @@ impl Tablet {
             evidence: Vec::new(),
             lineage: [0; 16],
             adopted: None,
+            resume: None,
         }
         .seal(&self.key)
         .expect("seal request");

@@ -169,6 +169,36 @@ fn resent_change_set_is_acknowledged_again_and_applied_once() {
 }
 
 #[test]
+fn a_request_asking_what_arrived_is_acknowledged_from_the_log_up_to_the_first_change_set_missing() {
+    let (dir, server) = server();
+    let mut tablet = Tablet::enroll(&server, OFFICE);
+    let (_, one) = approved_birth(&mut tablet);
+    let (_, two) = approved_birth(&mut tablet);
+    let (_, _never_sent) = approved_birth(&mut tablet);
+    let applied = sync(&server, &tablet, vec![one, two]);
+    let asked = open_response(&server, &server.handle_sync(&tablet.asking(1, 3)).expect("sync"));
+    assert!(asked.refusal.is_none());
+    let acks: Vec<_> = asked.acks.iter().map(|a| (a.seq, a.hash, a.outcome)).collect();
+    assert_eq!(
+        acks,
+        vec![
+            (1, applied.acks[0].hash, AckOutcome::AlreadyApplied),
+            (2, applied.acks[1].hash, AckOutcome::AlreadyApplied),
+        ],
+        "up to the first change set the server does not hold"
+    );
+    assert_eq!(asked.next_seq, 3);
+    assert_eq!(count(dir.path(), "SELECT COUNT(*) FROM change_set_log"), 2);
+    assert_eq!(count(dir.path(), "SELECT COUNT(*) FROM kidc_issuance"), 2);
+    // Another tablet of the office asking about the same numbers learns
+    // nothing of the first one's chain.
+    let other = Tablet::enroll(&server, OFFICE);
+    let asked = open_response(&server, &server.handle_sync(&other.asking(1, 2)).expect("sync"));
+    assert!(asked.acks.is_empty());
+    assert_eq!(asked.next_seq, 1);
+}
+
+#[test]
 fn a_different_change_set_under_an_applied_sequence_number_is_refused() {
     let (_dir, server) = server();
     let mut tablet = Tablet::enroll(&server, OFFICE);
@@ -1278,6 +1308,7 @@ fn a_version_2_tablet_still_syncs_and_reads_its_answer_in_version_2() {
         evidence: Vec::new(),
         lineage: [0; 16],
         adopted: None,
+        resume: None,
     }
     .seal_version_2(&tablet.key)
     .unwrap();

@@ -28,6 +28,8 @@ struct Exchange {
     thread: ThreadId,
     cursor: u64,
     seqs: Vec<u64>,
+    /// The change sets it asked about (their answer was lost).
+    resume: Option<(u64, u64)>,
     /// The answer's cursor, when one came back.
     answer_cursor: Option<u64>,
 }
@@ -85,6 +87,7 @@ impl Transport for Piped {
                 thread: std::thread::current().id(),
                 cursor: request.cursor,
                 seqs,
+                resume: request.resume.map(|r| (r.from, r.to)),
                 answer_cursor: None,
             });
             log.len() as u32
@@ -207,7 +210,15 @@ fn a_request_sent_ahead_that_fails_leaves_the_answer_before_it_stored_and_the_ne
     server.fail_before.store(0, Ordering::SeqCst);
     let report = tablet.sync_pipelined(&server, &quiet()).unwrap();
     assert_eq!((report.pushed, report.kidcs_received), (1, 20));
-    assert_eq!(server.log()[2].seqs, vec![11], "only what had not arrived");
+    let log = server.log();
+    // It asks whether change set 11 arrived (it did not), then sends it.
+    assert_eq!((log[2].resume, log[2].seqs.len()), (Some((11, 11)), 0));
+    assert_eq!(
+        (log[3].resume, &log[3].seqs),
+        (None, &vec![11]),
+        "only what had not arrived"
+    );
+    assert_eq!(log.len(), 4);
     let db = dir.path().join("server");
     assert_eq!(server.count(&db, "SELECT COUNT(*) FROM change_set_log"), 11);
     assert_eq!(server.count(&db, "SELECT COUNT(*) FROM kidc_issuance"), 20);
@@ -216,7 +227,7 @@ fn a_request_sent_ahead_that_fails_leaves_the_answer_before_it_stored_and_the_ne
 }
 
 #[test]
-fn an_answer_lost_after_the_server_applied_a_request_sent_ahead_is_acknowledged_again_and_no_code_is_issued_twice()
+fn an_answer_lost_after_the_server_applied_a_request_sent_ahead_is_asked_about_not_sent_again_and_no_code_is_issued_twice()
  {
     let dir = tempfile::tempdir().unwrap();
     let (tablet, server) = setup(dir.path(), 20);
@@ -229,6 +240,16 @@ fn an_answer_lost_after_the_server_applied_a_request_sent_ahead_is_acknowledged_
     server.lose_answer.store(0, Ordering::SeqCst);
     let report = tablet.sync_pipelined(&server, &quiet()).unwrap();
     assert_eq!(report.kidcs_received, 20);
+    // One request that asks what arrived, and sends nothing again: the
+    // server acknowledges change set 11 from its log, and the codes come
+    // with the answer.
+    let log = server.log();
+    assert_eq!(log.len(), 3, "{log:?}");
+    assert_eq!((log[2].resume, log[2].seqs.len()), (Some((11, 11)), 0));
+    assert_eq!(report.pushed, 1, "acknowledged now");
+    let again = tablet.sync_pipelined(&server, &quiet()).unwrap();
+    assert_eq!((again.requests, again.pushed), (1, 0));
+    assert_eq!(server.log()[3].resume, None, "nothing left to ask about");
     let db = dir.path().join("server");
     assert_eq!(server.count(&db, "SELECT COUNT(*) FROM change_set_log"), 11);
     assert_eq!(server.count(&db, "SELECT COUNT(*) FROM kidc_issuance"), 20);

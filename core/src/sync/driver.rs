@@ -112,13 +112,15 @@ impl Registrar {
         let mut step = Step::Build;
         // A request sent ahead, while the answer before it was stored.
         let mut in_flight: Option<InFlight<'s>> = None;
+        // The last sync lost an answer: first ask what arrived.
+        let mut ask = self.unanswered()?;
         loop {
             step = match step {
                 Step::Build => {
                     let sent = match in_flight.take() {
                         Some(request) => request.answer(),
                         None => {
-                            let batch = self.next_batch(&enrolled, None)?;
+                            let batch = self.next_batch(&enrolled, None, ask.take().unwrap_or_default())?;
                             let (request, phase) = machine.send(batch)?;
                             if progress(phase, &machine).is_break() {
                                 machine.cancel();
@@ -145,7 +147,8 @@ impl Registrar {
                     if let Some(send) = ahead
                         && let Some(after) = self.can_send_ahead(&decisions)?
                     {
-                        let batch = self.next_batch(&enrolled, Some((after, decisions.response.cursor)))?;
+                        let batch =
+                            self.next_batch(&enrolled, Some((after, decisions.response.cursor)), Vec::new())?;
                         let (request, _) = machine.send(batch)?;
                         machine.sent();
                         in_flight = Some(send(request));
@@ -235,13 +238,29 @@ impl Registrar {
     /// `ahead`: the batch is sent before the answer before it is stored;
     /// the change sets after this sequence number, and this cursor (the
     /// answer's), are what the store will hold.
-    fn next_batch(&self, enrolled: &Enrolled, ahead: Option<(u64, u64)>) -> Result<Batch> {
+    ///
+    /// `ask`: change sets sent before whose answer was lost; the request
+    /// asks about them and sends none.
+    fn next_batch(
+        &self,
+        enrolled: &Enrolled,
+        ahead: Option<(u64, u64)>,
+        ask: Vec<(u64, wire::Hash, u64)>,
+    ) -> Result<Batch> {
         let conn = lock(&self.conn);
         let acked = match ahead {
             Some((after, _)) => after,
             None => Self::acked_seq(&conn)?,
         };
-        let rows = store::outbox_from(&conn, acked + 1, sync::MAX_CHANGE_SETS_PER_REQUEST)?;
+        let rows = if ask.is_empty() {
+            store::outbox_from(&conn, acked + 1, sync::MAX_CHANGE_SETS_PER_REQUEST)?
+        } else {
+            tracing::info!(
+                change_sets = ask.len(),
+                "the last sync lost an answer: asking the server what arrived"
+            );
+            Vec::new()
+        };
         let lengths: Vec<u64> = rows.iter().map(|r| r.byte_len).collect();
         let n = sync::take_for_request(
             &lengths,
@@ -270,9 +289,10 @@ impl Registrar {
             None => store::get_meta::<i64>(&conn, meta::CURSOR)?.unwrap_or(0).max(0) as u64,
         };
         drop(conn);
-        let counter = self.next_request_counter()?;
+        let counter = self.next_request_counter(change_sets.last().map(|c| c.seq))?;
         Ok(Batch {
             device_id: enrolled.device_id,
+            resume: ask,
             change_sets,
             evidence,
             lineage,
@@ -285,8 +305,9 @@ impl Registrar {
 
     /// Takes the next request counter, durably, before the request leaves:
     /// a request the server accepted is never followed by one with a
-    /// counter at or below it, even after a crash.
-    fn next_request_counter(&self) -> Result<u64> {
+    /// counter at or below it, even after a crash. With it, the highest
+    /// change set the request sends (`sent_up_to`).
+    fn next_request_counter(&self, sent_up_to: Option<u64>) -> Result<u64> {
         let conn = &mut *lock(&self.conn);
         let tx = conn.transaction()?;
         let last = store::get_meta::<i64>(&tx, meta::REQUEST_COUNTER)?
@@ -294,8 +315,35 @@ impl Registrar {
             .max(0) as u64;
         let next = last + 1;
         store::set_meta(&tx, meta::REQUEST_COUNTER, next as i64)?;
+        if let Some(seq) = sent_up_to {
+            let before = store::get_meta::<i64>(&tx, meta::SENT_UP_TO)?.unwrap_or(0);
+            store::set_meta(&tx, meta::SENT_UP_TO, before.max(seq as i64))?;
+        }
         tx.commit()?;
         Ok(next)
+    }
+
+    /// The change sets sent before and not acknowledged, when the last
+    /// sync lost an answer (sequence number, hash, records; at most
+    /// [`wire::MAX_RESUME_SEQS`]); `None` otherwise.
+    #[allow(clippy::type_complexity)]
+    fn unanswered(&self) -> Result<Option<Vec<(u64, wire::Hash, u64)>>> {
+        let conn = lock(&self.conn);
+        let acked = Self::acked_seq(&conn)?;
+        let sent = store::get_meta::<i64>(&conn, meta::SENT_UP_TO)?
+            .unwrap_or(0)
+            .max(0) as u64;
+        if sent <= acked {
+            return Ok(None);
+        }
+        let n = (sent - acked).min(wire::MAX_RESUME_SEQS) as usize;
+        let rows: Vec<_> = store::outbox_from(&conn, acked + 1, n)?
+            .into_iter()
+            .map(|r| (r.seq, r.hash, r.record_count))
+            .collect();
+        // Contiguous from the first unacknowledged one, or nothing to ask.
+        let contiguous = rows.iter().enumerate().all(|(i, r)| r.0 == acked + 1 + i as u64);
+        Ok((contiguous && !rows.is_empty()).then_some(rows))
     }
 
     /// Moves the request counter up to `last` (never down).

@@ -49,6 +49,10 @@ pub struct OutgoingChangeSet {
 pub struct Batch {
     /// This device's id.
     pub device_id: [u8; 16],
+    /// Change sets sent before whose answer was lost, to ask the server
+    /// about (sequence number, hash, records), in order; a request that
+    /// asks carries no change sets.
+    pub resume: Vec<(u64, wire::Hash, u64)>,
     /// The next unacknowledged change sets, in order.
     pub change_sets: Vec<OutgoingChangeSet>,
     /// The server's proofs of the codes these change sets' records hold.
@@ -123,6 +127,9 @@ struct InFlight {
     request_hash: wire::Hash,
     sent: Vec<(u64, wire::Hash, u64)>,
     cursor: u64,
+    /// It asked which change sets arrived (the answer to the last request
+    /// was lost): its answer is progress even if none did.
+    asks: bool,
 }
 
 /// A sync in progress (see the module documentation).
@@ -191,12 +198,18 @@ impl SyncMachine {
     /// The request for `batch`, sealed: the bytes to send. The phase to
     /// report goes with it.
     pub fn send(&mut self, batch: Batch) -> Result<(Vec<u8>, SyncPhase)> {
+        let asks = batch
+            .resume
+            .first()
+            .zip(batch.resume.last())
+            .map(|(f, l)| wire::SeqRange { from: f.0, to: l.0 });
         let sent: Vec<(u64, wire::Hash, u64)> = batch
-            .change_sets
+            .resume
             .iter()
-            .map(|c| (c.seq, c.hash, c.records))
+            .copied()
+            .chain(batch.change_sets.iter().map(|c| (c.seq, c.hash, c.records)))
             .collect();
-        let phase = if sent.is_empty() {
+        let phase = if batch.change_sets.is_empty() {
             SyncPhase::Pulling
         } else {
             SyncPhase::Pushing
@@ -210,12 +223,14 @@ impl SyncMachine {
             evidence: batch.evidence,
             lineage: batch.lineage,
             adopted: batch.adopted,
+            resume: asks,
         }
         .seal(&self.signing_key)?;
         self.in_flight = Some(InFlight {
             request_hash: wire::request_hash(&request),
             sent,
             cursor: batch.cursor,
+            asks: asks.is_some(),
         });
         Ok((request, phase))
     }
@@ -254,7 +269,8 @@ impl SyncMachine {
         }
         let sent_hashes: Vec<(u64, wire::Hash)> = in_flight.sent.iter().map(|&(s, h, _)| (s, h)).collect();
         let outcome = interpret(&sent_hashes, ctx.acked, ctx.next_seq, &response)?;
-        let progressed = !outcome.acked.is_empty()
+        let progressed = in_flight.asks
+            || !outcome.acked.is_empty()
             || outcome.rewind_to.is_some()
             || !response.updates.is_empty()
             || response.cursor != in_flight.cursor;
@@ -340,6 +356,7 @@ mod tests {
     fn batch(seqs: &[u64], counter: u64) -> Batch {
         Batch {
             device_id: [1; 16],
+            resume: Vec::new(),
             change_sets: seqs
                 .iter()
                 .map(|&seq| OutgoingChangeSet {
@@ -409,6 +426,66 @@ mod tests {
         assert!(matches!(m.stored(Applied::default(), 0).unwrap(), Step::Done));
         let report = m.into_report();
         assert_eq!((report.pushed, report.records_pushed, report.requests), (2, 4, 1));
+    }
+
+    #[test]
+    fn a_request_that_asks_what_arrived_sends_no_change_set_and_its_answer_is_progress_even_if_none_did() {
+        let (server, device) = keys();
+        let ctx = AnswerContext {
+            acked: 4,
+            next_seq: 7,
+        };
+        let asking = |counter| Batch {
+            resume: vec![(5, [5; 32], 2), (6, [6; 32], 3)],
+            ..batch(&[], counter)
+        };
+        // The server holds change set 5, not 6.
+        let mut m = SyncMachine::start(server.verifying_key(), device.clone(), 4, 2, 0);
+        let (request, phase) = m.send(asking(1)).unwrap();
+        assert_eq!(phase, SyncPhase::Pulling, "nothing is pushed");
+        let sent = SyncRequest::decode_unverified(&request).unwrap();
+        assert!(sent.change_sets.is_empty());
+        assert_eq!(sent.resume, Some(wire::SeqRange { from: 5, to: 6 }));
+        let Step::Store(d) = m
+            .on_answer(&answer(&server, &request, &[5], 0, false), ctx)
+            .unwrap()
+        else {
+            panic!("store")
+        };
+        assert_eq!(d.outcome.acked, vec![5]);
+        assert!(matches!(m.stored(Applied::default(), 1).unwrap(), Step::Build));
+        assert_eq!((m.report().pushed, m.report().records_pushed), (1, 2));
+        // It holds neither: still progress (the next request sends them).
+        let mut m = SyncMachine::start(server.verifying_key(), device.clone(), 4, 2, 0);
+        let (request, _) = m.send(asking(2)).unwrap();
+        let empty = SyncResponse {
+            next_seq: 5,
+            chain: ChainPosition {
+                seq: 4,
+                hash: [4; 32],
+            },
+            ..SyncResponse::open(&answer(&server, &request, &[], 0, false), &server.verifying_key()).unwrap()
+        }
+        .seal(&server)
+        .unwrap();
+        let Step::Store(d) = m.on_answer(&empty, ctx).unwrap() else {
+            panic!("store")
+        };
+        assert!(d.outcome.acked.is_empty());
+        assert!(matches!(m.stored(Applied::default(), 2).unwrap(), Step::Build));
+        // An acknowledgement naming another hash than the tablet's is refused.
+        let mut m = SyncMachine::start(server.verifying_key(), device, 4, 2, 0);
+        let (request, _) = m.send(asking(3)).unwrap();
+        let mut forged = SyncResponse::open(
+            &answer(&server, &request, &[5], 0, false),
+            &server.verifying_key(),
+        )
+        .unwrap();
+        forged.acks[0].hash = [9; 32];
+        assert!(matches!(
+            m.on_answer(&forged.seal(&server).unwrap(), ctx),
+            Err(Error::Protocol(_))
+        ));
     }
 
     #[test]

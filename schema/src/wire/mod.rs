@@ -338,6 +338,55 @@ pub struct SyncRequest {
     /// that position. The server switches the device to this request's
     /// lineage only if it is still its position.
     pub adopted: Option<ChainPosition>,
+    /// Version 6: change sets this tablet sent in a request whose answer
+    /// never arrived (the link went down, or the tablet was stopped). The
+    /// server acknowledges, first in its `acks` and in order, those of
+    /// them it holds (as applied or set aside), up to the first it does
+    /// not: the tablet need not send again what already arrived. At most
+    /// [`MAX_RESUME_SEQS`] of them.
+    pub resume: Option<SeqRange>,
+}
+
+/// Change sets `from..=to` of a device's chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+pub struct SeqRange {
+    /// The first.
+    pub from: u64,
+    /// The last.
+    pub to: u64,
+}
+
+/// Most change sets one request may ask the server about
+/// ([`SyncRequest::resume`]): a tablet has at most two requests in flight.
+pub const MAX_RESUME_SEQS: u64 = 4 * MAX_CHANGE_SETS_PER_REQUEST as u64;
+
+/// A version-3 to -5 request body: [`SyncRequest`] without `resume`.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+struct SyncRequestV3 {
+    device_id: [u8; 16],
+    counter: u64,
+    cursor: u64,
+    device_clock_ms: i64,
+    change_sets: Vec<Vec<u8>>,
+    evidence: Vec<IssuanceProof>,
+    lineage: [u8; 16],
+    adopted: Option<ChainPosition>,
+}
+
+impl From<SyncRequestV3> for SyncRequest {
+    fn from(r: SyncRequestV3) -> SyncRequest {
+        SyncRequest {
+            device_id: r.device_id,
+            counter: r.counter,
+            cursor: r.cursor,
+            device_clock_ms: r.device_clock_ms,
+            change_sets: r.change_sets,
+            evidence: r.evidence,
+            lineage: r.lineage,
+            adopted: r.adopted,
+            resume: None,
+        }
+    }
 }
 
 /// A device's position in its hash chain: the last applied change set.
@@ -370,6 +419,7 @@ impl From<SyncRequestV2> for SyncRequest {
             evidence: Vec::new(),
             lineage: [0; 16],
             adopted: None,
+            resume: None,
         }
     }
 }
@@ -381,9 +431,12 @@ impl From<SyncRequestV2> for SyncRequest {
 /// version, travel unchanged inside later requests). Version 3 adds the
 /// KIdC proofs (`SyncRequest::evidence`, `SyncResponse::issuances`);
 /// version 4 the office's pending notifications
-/// (`SyncResponse::notifications`; its request is version 3's). Servers
-/// still read versions 2 and 3 and answer each in its own version.
-pub const SYNC_VERSION: u8 = 5;
+/// (`SyncResponse::notifications`; its request is version 3's); version 5
+/// the office's directory (`SyncResponse::directory`); version 6 the
+/// change sets whose answer was lost (`SyncRequest::resume`; its answer is
+/// version 5's). Servers still read versions 2 to 5 and answer each in
+/// its own version.
+pub const SYNC_VERSION: u8 = 6;
 /// The oldest sync version servers still read.
 pub const OLDEST_SYNC_VERSION: u8 = 2;
 
@@ -459,11 +512,19 @@ impl RequestHeader {
         if Sha256::digest(body).as_slice() != self.body_hash() {
             return Err(WireError::BadSignature);
         }
-        let request: SyncRequest = if self.version() == 2 {
-            decode_within::<SyncRequestV2, { 2 * MAX_SYNC_REQUEST_BYTES }>(body)?.into()
-        } else {
-            decode_within::<SyncRequest, { 2 * MAX_SYNC_REQUEST_BYTES }>(body)?
+        let request: SyncRequest = match self.version() {
+            2 => decode_within::<SyncRequestV2, { 2 * MAX_SYNC_REQUEST_BYTES }>(body)?.into(),
+            3..=5 => decode_within::<SyncRequestV3, { 2 * MAX_SYNC_REQUEST_BYTES }>(body)?.into(),
+            _ => decode_within::<SyncRequest, { 2 * MAX_SYNC_REQUEST_BYTES }>(body)?,
         };
+        if let Some(r) = request.resume
+            && (r.from == 0 || r.to < r.from || r.to - r.from >= MAX_RESUME_SEQS)
+        {
+            return Err(WireError::TooMany {
+                what: "change sets to resume (or an empty range)",
+                limit: MAX_RESUME_SEQS as usize,
+            });
+        }
         if request.device_id != self.device_id() || request.counter != self.counter() {
             return Err(WireError::Decode("the body does not match its header".into()));
         }
@@ -529,6 +590,25 @@ impl SyncRequest {
         let body = bincode::encode_to_vec(&v2, bincode::config::standard())
             .map_err(|e| WireError::Encode(e.to_string()))?;
         Ok(seal_request_frame_in(2, key, self.device_id, self.counter, &body))
+    }
+
+    /// Seals in version 5, as tablets of versions 3 to 5 did (without
+    /// `resume`): for tests that those tablets keep working.
+    #[doc(hidden)]
+    pub fn seal_version_5(&self, key: &SigningKey) -> Result<Vec<u8>, WireError> {
+        let v3 = SyncRequestV3 {
+            device_id: self.device_id,
+            counter: self.counter,
+            cursor: self.cursor,
+            device_clock_ms: self.device_clock_ms,
+            change_sets: self.change_sets.clone(),
+            evidence: self.evidence.clone(),
+            lineage: self.lineage,
+            adopted: self.adopted,
+        };
+        let body = bincode::encode_to_vec(&v3, bincode::config::standard())
+            .map_err(|e| WireError::Encode(e.to_string()))?;
+        Ok(seal_request_frame_in(5, key, self.device_id, self.counter, &body))
     }
 
     /// Verifies a whole sealed request with the device's key and decodes
@@ -771,7 +851,8 @@ impl SyncResponse {
                 notifications: self.notifications.clone(),
             };
             bincode::encode_to_vec(&v4, bincode::config::standard())
-        } else if version == SYNC_VERSION {
+        } else if (5..=SYNC_VERSION).contains(&version) {
+            // Version 6 changed the request only.
             bincode::encode_to_vec(self, bincode::config::standard())
         } else {
             return Err(WireError::UnsupportedVersion(version));

@@ -83,6 +83,7 @@ fn request() -> SyncRequest {
         evidence: Vec::new(),
         lineage: [0; 16],
         adopted: None,
+        resume: None,
     }
 }
 
@@ -255,6 +256,7 @@ fn version_1_bytes_are_pinned() {
         evidence: Vec::new(),
         lineage: [0; 16],
         adopted: None,
+        resume: None,
     }
     .seal(&key(1))
     .unwrap();
@@ -318,11 +320,12 @@ fn version_3_sync_request_bytes_are_pinned_and_still_read() {
     let req = SyncRequest::open(&bytes, &key(1).verifying_key()).unwrap();
     assert_eq!(req, request());
     assert_eq!(RequestHeader::parse(&bytes).unwrap().version(), 3);
-    // The body is this version's: only the version byte (and the
-    // signature over it) differ.
-    let now = req.seal(&key(1)).unwrap();
-    assert_eq!(now[0], SYNC_VERSION);
-    assert_eq!(now.len(), bytes.len());
+    // The body is version 5's: only the version byte (and the signature
+    // over it) differ.
+    let v5 = req.seal_version_5(&key(1)).unwrap();
+    assert_eq!(v5[0], 5);
+    assert_eq!(v5.len(), bytes.len());
+    assert_eq!(v5[REQUEST_HEADER_LEN..], bytes[REQUEST_HEADER_LEN..]);
 }
 
 /// A version-4 sync request, pinned: tablets of that version sealed
@@ -335,18 +338,56 @@ fn version_4_sync_request_bytes_are_pinned_and_still_read() {
     let req = SyncRequest::open(&bytes, &key(1).verifying_key()).unwrap();
     assert_eq!(req, request());
     assert_eq!(RequestHeader::parse(&bytes).unwrap().version(), 4);
-    assert_eq!(req.seal(&key(1)).unwrap().len(), bytes.len());
+    assert_eq!(req.seal_version_5(&key(1)).unwrap().len(), bytes.len());
 }
 
-/// A version-5 sync request, pinned: this build seals exactly these
-/// bytes, and servers must keep reading them.
+/// A version-5 sync request, pinned: tablets of that version sealed
+/// exactly these bytes (`seal_version_5` gives them again), and servers
+/// must keep reading them.
 #[test]
-fn version_5_sync_request_bytes_are_pinned() {
+fn version_5_sync_request_bytes_are_pinned_and_still_read() {
     let bytes = pinned("sync-request-v5.hex");
-    assert_eq!(bytes[0], SYNC_VERSION);
+    assert_eq!(bytes[0], 5);
     let req = SyncRequest::open(&bytes, &key(1).verifying_key()).unwrap();
     assert_eq!(req, request());
+    assert_eq!(
+        req.seal_version_5(&key(1)).unwrap(),
+        bytes,
+        "sealing gives the same bytes"
+    );
+}
+
+/// A version-6 sync request, pinned: this build seals exactly these
+/// bytes, and servers must keep reading them. Its `resume` range reads
+/// back; an empty or oversized one is refused.
+#[test]
+fn version_6_sync_request_bytes_are_pinned_and_a_resume_range_is_bounded() {
+    let bytes = pinned("sync-request-v6.hex");
+    assert_eq!(bytes[0], SYNC_VERSION);
+    let req = SyncRequest::open(&bytes, &key(1).verifying_key()).unwrap();
+    let mut expected = request();
+    expected.resume = Some(SeqRange { from: 11, to: 12 });
+    assert_eq!(req, expected);
     assert_eq!(req.seal(&key(1)).unwrap(), bytes, "sealing gives the same bytes");
+    for (from, to) in [(0, 3), (5, 4), (1, MAX_RESUME_SEQS + 1)] {
+        let mut bad = request();
+        bad.resume = Some(SeqRange { from, to });
+        let sealed = bad.seal(&key(1)).unwrap();
+        assert!(
+            matches!(
+                SyncRequest::open(&sealed, &key(1).verifying_key()),
+                Err(WireError::TooMany { .. })
+            ),
+            "{from}..={to}"
+        );
+    }
+    let mut most = request();
+    most.resume = Some(SeqRange {
+        from: 1,
+        to: MAX_RESUME_SEQS,
+    });
+    let sealed = most.seal(&key(1)).unwrap();
+    assert_eq!(SyncRequest::open(&sealed, &key(1).verifying_key()).unwrap(), most);
 }
 
 #[test]
@@ -377,9 +418,15 @@ fn an_answer_goes_out_in_the_version_of_its_request_and_reads_back() {
         payload: "{}".into(),
     });
     resp.directory = Some(directory());
-    let v5 = resp.seal(&key(2)).unwrap();
+    let v6 = resp.seal(&key(2)).unwrap();
+    assert_eq!(v6[0], 6);
+    assert_eq!(SyncResponse::open(&v6, &key(2).verifying_key()).unwrap(), resp);
+    // Version 6 changed the request only: a version-5 answer is the same
+    // body under another version byte.
+    let v5 = resp.seal_for(5, &key(2)).unwrap();
     assert_eq!(v5[0], 5);
     assert_eq!(SyncResponse::open(&v5, &key(2).verifying_key()).unwrap(), resp);
+    assert_eq!(v5.len(), v6.len());
     let v4 = resp.seal_for(4, &key(2)).unwrap();
     assert_eq!(v4[0], 4);
     let read = SyncResponse::open(&v4, &key(2).verifying_key()).unwrap();

@@ -296,6 +296,7 @@ pub fn handle_sync(server: &Server, body: &[u8]) -> Result<Vec<u8>, ApiError> {
         lineage: request.lineage,
         adopted: request.adopted,
         cursor: request.cursor,
+        resume: request.resume,
     };
     let written = if server.storage().concurrent_writers() {
         // PostgreSQL: a transaction of its own, alongside the others (the

@@ -6,7 +6,9 @@
 
 use std::collections::{HashMap, HashSet};
 
-use crvs_schema::wire::{ChainPosition, RecordUpdate, Refusal, RefusalCode, SyncResponse};
+use crvs_schema::wire::{
+    Ack, AckOutcome, ChainPosition, RecordUpdate, Refusal, RefusalCode, SeqRange, SyncResponse,
+};
 use crvs_schema::{Date, Kidc};
 use ed25519_dalek::VerifyingKey;
 use uuid::Uuid;
@@ -36,6 +38,9 @@ pub(crate) struct Job {
     pub(super) lineage: [u8; 16],
     pub(super) adopted: Option<ChainPosition>,
     pub(super) cursor: u64,
+    /// Change sets whose answer the tablet lost: acknowledged from the
+    /// log, not sent again.
+    pub(super) resume: Option<SeqRange>,
 }
 
 /// One request's outcome, committed: the answer without its request hash
@@ -167,6 +172,7 @@ fn write_request(server: &Server, tx: &mut dyn WriteTx, job: Job) -> Result<Writ
         lineage,
         adopted,
         cursor,
+        resume,
     } = job;
     let device_id = seen.device_id;
     // Read again inside the write transaction, on every request: a
@@ -246,6 +252,25 @@ fn write_request(server: &Server, tx: &mut dyn WriteTx, job: Job) -> Result<Writ
         last_hash: device.last_hash,
     };
     let mut acks = Vec::new();
+    if let Some(range) = resume {
+        // What arrived before the link went down: acknowledged as the
+        // resend of each would be, up to the first change set not here.
+        for seq in range.from..=range.to.min(chain.last_seq) {
+            let outcome = if let Some(hash) = tx.logged_hash(device_id, seq)? {
+                Some((hash, AckOutcome::AlreadyApplied))
+            } else {
+                tx.set_aside_hash(device_id, seq)?
+                    .map(|h| (h, AckOutcome::SetAside))
+            };
+            let Some((hash, outcome)) = outcome else {
+                break;
+            };
+            acks.push(Ack { seq, hash, outcome });
+        }
+    }
+    if !acks.is_empty() {
+        tracing::info!(device = %device_id, resumed = acks.len(), "change sets whose answer was lost acknowledged again");
+    }
     let mut refusal = None;
     let mut stats = Stats::default();
     for cs in incoming {

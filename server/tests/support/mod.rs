@@ -168,6 +168,25 @@ impl Tablet {
         self.request_with_evidence(change_sets, Vec::new())
     }
 
+    /// A request that sends nothing and asks which of change sets
+    /// `from..=to` arrived (their answer was lost).
+    pub fn asking(&self, from: u64, to: u64) -> Vec<u8> {
+        self.counter.set(self.counter.get() + 1);
+        SyncRequest {
+            device_id: self.device_id,
+            counter: self.counter.get(),
+            cursor: self.cursor,
+            device_clock_ms: now_ms(),
+            change_sets: Vec::new(),
+            evidence: Vec::new(),
+            lineage: self.lineage,
+            adopted: None,
+            resume: Some(wire::SeqRange { from, to }),
+        }
+        .seal(&self.key)
+        .expect("seal request")
+    }
+
     /// [`Tablet::request`] with KIdC proofs.
     pub fn request_with_evidence(&self, change_sets: Vec<Vec<u8>>, evidence: Vec<IssuanceProof>) -> Vec<u8> {
         self.counter.set(self.counter.get() + 1);
@@ -180,6 +199,7 @@ impl Tablet {
             evidence,
             lineage: self.lineage,
             adopted: None,
+            resume: None,
         }
         .seal(&self.key)
         .expect("seal request")
