@@ -66,6 +66,7 @@ impl Attacker {
             lineage: [0; 16],
             adopted: None,
             resume: None,
+            report: None,
         }
         .seal(&self.key)
         .expect("seal")

@@ -108,6 +108,13 @@ fn two_offline_tablets_get_distinct_valid_kidcs_for_every_approved_birth(backend
             .iter()
             .all(|d| d["revoked"] == false && !d["last_sync"].is_null())
     );
+    // Each tablet reported, with its last sync, an empty outbox and the
+    // version it runs.
+    for d in devices {
+        assert_eq!(d["reported"]["change_sets_waiting"], 0, "{d}");
+        assert_eq!(d["reported"]["records_waiting"], 0, "{d}");
+        assert_eq!(d["reported"]["app_version"], env!("CARGO_PKG_VERSION"), "{d}");
+    }
 }
 
 both_backends!(a_server_that_vanishes_mid_answer_loses_and_duplicates_nothing);

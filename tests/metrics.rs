@@ -229,6 +229,21 @@ fn metrics_need_the_token_and_count_a_synced_birth_and_logs_are_json_without_nam
     assert_eq!(sample(&after, "crvs_devices{since=\"never\"}"), 0.0);
     assert_eq!(sample(&after, "crvs_holds_open"), 0.0);
     assert!(sample(&after, "crvs_device_sync_age_max_seconds") < 3600.0);
+    // What the tablet reported with its one sync request: the change set
+    // and the record it was sending, and its version.
+    assert_eq!(sample(&after, "crvs_tablet_outbox_change_sets"), 1.0, "{after}");
+    assert_eq!(sample(&after, "crvs_tablet_outbox_records"), 1.0, "{after}");
+    assert_eq!(
+        sample(
+            &after,
+            &format!(
+                "crvs_devices_by_app_version{{version=\"{}\"}}",
+                env!("CARGO_PKG_VERSION")
+            )
+        ),
+        1.0,
+        "{after}"
+    );
     // No id, no name, no raw path in the whole text.
     for secret in fixture_names().iter().map(String::as_str).chain([
         device_id.as_str(),

@@ -479,6 +479,18 @@ pub fn count_outbox_after(conn: &Connection, after: u64) -> Result<u64> {
     Ok(n as u64)
 }
 
+/// Records with changes the server has not acknowledged (`acked`: the
+/// highest acknowledged change set), set-aside ones not counted.
+pub fn count_records_waiting(conn: &Connection, acked: u64) -> Result<u64> {
+    let n: i64 = query_row(
+        conn,
+        "SELECT COUNT(*) FROM records WHERE set_aside_at IS NULL AND (dirty = 1 OR last_outbox_seq > ?1)",
+        [acked as i64],
+        |r| r.get(0),
+    )?;
+    Ok(n as u64)
+}
+
 /// Marks one change set acknowledged (keeps the first acknowledgement
 /// time).
 pub fn mark_acked(tx: &Transaction<'_>, seq: u64, at: i64) -> Result<()> {

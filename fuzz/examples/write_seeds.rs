@@ -193,6 +193,7 @@ fn main() {
         lineage: [0; 16],
         adopted: None,
         resume: None,
+        report: None,
     };
     let req_bytes = req.seal(&key).expect("seal request");
     write("sync_request", "frame-real", &with_mode(0, &req_bytes));

@@ -448,6 +448,7 @@ fn request(device_id: [u8; 16], cursor: u64, change_sets: Vec<Vec<u8>>) -> Vec<u
         lineage: [0; 16],
         adopted: None,
         resume: None,
+        report: None,
     }
     .seal(&device_key())
     .expect("a request seals")

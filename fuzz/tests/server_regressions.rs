@@ -41,6 +41,7 @@ impl Tablet {
             lineage: [0; 16],
             adopted: None,
             resume: None,
+            report: None,
         }
         .seal(&self.key)
         .expect("seal request");

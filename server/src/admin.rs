@@ -308,6 +308,10 @@ pub struct DeviceSummary {
     /// had lost its own (a lost commit, an old copy of its store put
     /// back). Each time, its unacknowledged records were sent again.
     pub adoptions: u64,
+    /// What it reported with its last sync (`{change_sets_waiting,
+    /// records_waiting, app_version}`); null for a tablet older than sync
+    /// version 6, or one that has not synced.
+    pub reported: Option<crvs_schema::wire::TabletReport>,
 }
 
 /// Requests refused because they came from a copy of the device's store.
@@ -354,6 +358,7 @@ impl From<&Device> for DeviceSummary {
                 last_at,
             }),
             adoptions: d.adoptions,
+            reported: d.report.clone(),
         }
     }
 }

@@ -712,12 +712,16 @@ fn run(cli: Cli) -> Result<(), ApiError> {
             let devices = admin::devices(&*open_storage(&data)?)?;
             let text = lines(&devices, "no devices", |d| {
                 format!(
-                    "{}  commune {}  {}  last sync {}  seq {}{}{}{}",
+                    "{}  commune {}  {}  last sync {}  seq {}  {}{}{}{}",
                     d.device_id,
                     d.commune,
                     if d.revoked { "REVOKED" } else { "active" },
                     d.last_sync.map_or("never".to_string(), |t| t.to_string()),
                     d.last_seq,
+                    d.reported.as_ref().map_or("app unknown, outbox unknown".to_string(), |r| format!(
+                        "app {}, outbox {} change sets ({} records)",
+                        r.app_version, r.change_sets_waiting, r.records_waiting
+                    )),
                     if d.clock_flagged { "  CLOCK OFF" } else { "" },
                     d.blocked.as_ref().map_or(String::new(), |b| format!(
                         "  BLOCKED at change set {} ({})",

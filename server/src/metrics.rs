@@ -87,6 +87,17 @@ pub const DEVICES: &str = "crvs_devices";
 pub const DEVICES_REVOKED: &str = "crvs_devices_revoked";
 /// The longest time since the last sync of a non-revoked device.
 pub const SYNC_AGE_MAX: &str = "crvs_device_sync_age_max_seconds";
+/// Gauge: change sets waiting in tablets' outboxes, as each reported at
+/// its last sync (sync version 6), summed over non-revoked devices.
+pub const OUTBOX_CHANGE_SETS: &str = "crvs_tablet_outbox_change_sets";
+/// Gauge: records waiting in tablets' outboxes, likewise.
+pub const OUTBOX_RECORDS: &str = "crvs_tablet_outbox_records";
+/// Gauge: non-revoked devices by the app version they reported
+/// (`unknown`: none reported yet, or a tablet older than sync version 6).
+pub const DEVICES_BY_VERSION: &str = "crvs_devices_by_app_version";
+/// At most this many distinct versions are labelled; the rest count as
+/// `other` (the label set stays bounded whatever tablets claim).
+pub const MAX_VERSION_LABELS: usize = 16;
 
 /// The latency buckets, seconds: a health check takes a millisecond, a
 /// large first sync over 2G tens of seconds.
@@ -252,6 +263,18 @@ fn describe() {
     );
     describe_gauge!(DEVICES_REVOKED, "Revoked devices");
     describe_gauge!(
+        OUTBOX_CHANGE_SETS,
+        "Change sets waiting in the outboxes of non-revoked tablets, as each reported at its last sync"
+    );
+    describe_gauge!(
+        OUTBOX_RECORDS,
+        "Records waiting in the outboxes of non-revoked tablets, as each reported at its last sync"
+    );
+    describe_gauge!(
+        DEVICES_BY_VERSION,
+        "Non-revoked devices by the app version they reported (unknown: none yet; other: beyond the labelled versions)"
+    );
+    describe_gauge!(
         SYNC_AGE_MAX,
         Unit::Seconds,
         "Longest time since the last sync of a non-revoked device that synced (an upper bound of its feed lag)"
@@ -319,6 +342,11 @@ pub struct FleetGauges {
     pub revoked: u64,
     /// The longest time since a non-revoked device's last sync, ms.
     pub sync_age_max_ms: Option<i64>,
+    /// Change sets and records waiting in tablets' outboxes, as reported.
+    pub outbox: (u64, u64),
+    /// Non-revoked devices by reported app version, sorted by version; at
+    /// most [`MAX_VERSION_LABELS`] versions, then `other`, and `unknown`.
+    pub versions: Vec<(String, u64)>,
 }
 
 /// Counts devices by the time since their last sync at `now_ms`.
@@ -335,11 +363,22 @@ pub fn fleet(devices: &[Device], holds_open: u64, now_ms: i64) -> FleetGauges {
         ],
         revoked: 0,
         sync_age_max_ms: None,
+        outbox: (0, 0),
+        versions: Vec::new(),
     };
+    let mut versions = std::collections::BTreeMap::<&str, u64>::new();
     for d in devices {
         if d.revoked_at_ms.is_some() {
             out.revoked += 1;
             continue;
+        }
+        match &d.report {
+            Some(r) => {
+                out.outbox.0 += r.change_sets_waiting;
+                out.outbox.1 += r.records_waiting;
+                *versions.entry(r.app_version.as_str()).or_default() += 1;
+            }
+            None => *versions.entry("unknown").or_default() += 1,
         }
         let slot = match d.last_sync_at_ms {
             None => 5,
@@ -353,6 +392,21 @@ pub fn fleet(devices: &[Device], holds_open: u64, now_ms: i64) -> FleetGauges {
             }
         };
         out.devices[slot].1 += 1;
+    }
+    let unknown = versions.remove("unknown");
+    let mut other = 0;
+    for (i, (v, n)) in versions.into_iter().enumerate() {
+        if i < MAX_VERSION_LABELS {
+            out.versions.push((v.to_string(), n));
+        } else {
+            other += n;
+        }
+    }
+    if other > 0 {
+        out.versions.push(("other".into(), other));
+    }
+    if let Some(n) = unknown {
+        out.versions.push(("unknown".into(), n));
     }
     out
 }
@@ -388,6 +442,11 @@ pub(crate) async fn scrape(server: std::sync::Arc<Server>, headers: &HeaderMap) 
             }
             ::metrics::gauge!(DEVICES_REVOKED).set(g.revoked as f64);
             ::metrics::gauge!(SYNC_AGE_MAX).set(g.sync_age_max_ms.map_or(0.0, |ms| ms as f64 / 1000.0));
+            ::metrics::gauge!(OUTBOX_CHANGE_SETS).set(g.outbox.0 as f64);
+            ::metrics::gauge!(OUTBOX_RECORDS).set(g.outbox.1 as f64);
+            for (version, n) in g.versions {
+                ::metrics::gauge!(DEVICES_BY_VERSION, "version" => version).set(n as f64);
+            }
         }
         Ok(Err(e)) => tracing::warn!(
             code = e.code(),
@@ -429,6 +488,7 @@ mod tests {
             clone_refused_at_ms: None,
             adoptions: 0,
             unblock_seq: None,
+            report: None,
         }
     }
 
@@ -465,6 +525,44 @@ mod tests {
             Some(31 * 86_400_000),
             "the revoked device is not counted"
         );
+        assert_eq!(g.versions, vec![("unknown".to_string(), 7)]);
+        assert_eq!(g.outbox, (0, 0));
+    }
+
+    #[test]
+    fn reported_outboxes_are_summed_and_versions_labelled_within_a_bound() {
+        let reporting = |version: &str, change_sets, records, revoked| Device {
+            report: Some(crvs_schema::wire::TabletReport {
+                change_sets_waiting: change_sets,
+                records_waiting: records,
+                app_version: version.into(),
+            }),
+            ..device(Some(0), revoked)
+        };
+        let mut devices = vec![
+            reporting("0.1.0", 2, 150, false),
+            reporting("0.1.0", 0, 0, false),
+            reporting("0.2.0", 1, 7, false),
+            reporting("9.9.9", 50, 5000, true),
+            device(None, false),
+        ];
+        let g = fleet(&devices, 0, 1);
+        assert_eq!(g.outbox, (3, 157), "revoked devices are not counted");
+        assert_eq!(
+            g.versions,
+            vec![("0.1.0".into(), 2), ("0.2.0".into(), 1), ("unknown".into(), 1)]
+        );
+        // A fleet claiming many versions gets at most MAX_VERSION_LABELS labels.
+        for i in 0..40 {
+            devices.push(reporting(&format!("1.{i}.0"), 0, 0, false));
+        }
+        let g = fleet(&devices, 0, 1);
+        assert_eq!(
+            g.versions.len(),
+            MAX_VERSION_LABELS + 2,
+            "labelled, other, unknown"
+        );
+        assert_eq!(g.versions.iter().map(|v| v.1).sum::<u64>(), 44);
     }
 
     #[test]

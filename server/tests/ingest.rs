@@ -1309,6 +1309,7 @@ fn a_version_2_tablet_still_syncs_and_reads_its_answer_in_version_2() {
         lineage: [0; 16],
         adopted: None,
         resume: None,
+        report: None,
     }
     .seal_version_2(&tablet.key)
     .unwrap();
@@ -1318,6 +1319,46 @@ fn a_version_2_tablet_still_syncs_and_reads_its_answer_in_version_2() {
     assert_eq!(resp.acks[0].outcome, AckOutcome::Applied);
     assert!(kidc_in_updates(&resp, id, &mut doc).is_some());
     assert_eq!(kidcs(dir.path()).len(), 1);
+}
+
+#[test]
+fn a_version_5_tablet_is_served_and_reports_nothing_while_a_version_6_one_reports_its_outbox() {
+    let (_dir, server) = server();
+    let mut tablet = Tablet::enroll(&server, OFFICE);
+    let (_, cs) = approved_birth(&mut tablet);
+    let mut request = crvs_schema::wire::SyncRequest {
+        device_id: tablet.device_id,
+        counter: 1,
+        cursor: 0,
+        device_clock_ms: support::now_ms(),
+        change_sets: vec![cs],
+        evidence: Vec::new(),
+        lineage: tablet.lineage,
+        adopted: None,
+        resume: None,
+        report: Some(crvs_schema::wire::TabletReport {
+            change_sets_waiting: 1,
+            records_waiting: 1,
+            app_version: "0.1.0".into(),
+        }),
+    };
+    let answer = server
+        .handle_sync(&request.seal_version_5(&tablet.key).unwrap())
+        .expect("sync");
+    assert_eq!(answer[0], 5, "answered in the request's version");
+    assert_eq!(open_response(&server, &answer).acks[0].outcome, AckOutcome::Applied);
+    let reported = |server: &Server| {
+        crvs_server::admin::devices(server.storage()).unwrap()[0]
+            .reported
+            .clone()
+    };
+    assert_eq!(reported(&server), None, "a version-5 request carries no report");
+    request.counter = 2;
+    request.change_sets.clear();
+    let report = request.report.clone();
+    let answer = server.handle_sync(&request.seal(&tablet.key).unwrap()).expect("sync");
+    assert_eq!(answer[0], crvs_schema::wire::SYNC_VERSION);
+    assert_eq!(reported(&server), report);
 }
 
 /// Group commit: requests that reach the writer together run in one

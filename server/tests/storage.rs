@@ -8,6 +8,7 @@ mod backend;
 
 use backend::{Backend, both_backends};
 use crvs_schema::Kidc;
+use crvs_schema::wire::TabletReport;
 use crvs_server::staff::{Role, Roles};
 use crvs_server::storage::{
     ApiKeyRow, DeviceRefusal, FeedTo, Issuance, LogEntry, NewDevice, ReleaseAudit, StaffEvent, StaffPut,
@@ -75,9 +76,19 @@ fn a_device_is_inserted_advanced_refused_and_revoked_once(backend: Backend) {
         skew_ms: 100,
         flagged: false,
         counter: 3,
+        report: Some(TabletReport {
+            change_sets_waiting: 4,
+            records_waiting: 310,
+            app_version: "0.1.0".into(),
+        }),
     };
     assert!(tx.record_sync(id, &seen).unwrap());
     assert!(!tx.record_sync(id, &seen).unwrap(), "a replayed counter");
+    assert_eq!(
+        tx.device(id).unwrap().unwrap().report,
+        seen.report,
+        "what the tablet reported"
+    );
     tx.advance_device(id, 1, &[7; 32]).unwrap();
     let refusal = DeviceRefusal {
         seq: 2,
@@ -90,6 +101,14 @@ fn a_device_is_inserted_advanced_refused_and_revoked_once(backend: Backend) {
     let d = tx.device(id).unwrap().unwrap();
     assert_eq!((d.last_seq, d.last_hash, d.refused), (2, [8; 32], None));
     assert_eq!((d.last_request_counter, d.last_sync_at_ms), (3, Some(5_000)));
+    // An older tablet reports nothing: its report is unknown again.
+    let older = SyncSeen {
+        counter: 4,
+        report: None,
+        ..seen.clone()
+    };
+    assert!(tx.record_sync(id, &older).unwrap());
+    assert_eq!(tx.device(id).unwrap().unwrap().report, None);
     assert!(tx.revoke_device(id, 6_000).unwrap());
     assert!(tx.revoke_device(id, 7_000).unwrap());
     assert!(!tx.revoke_device(Uuid::from_u128(99), 6_000).unwrap());

@@ -288,6 +288,11 @@ impl Registrar {
             Some((_, cursor)) => cursor,
             None => store::get_meta::<i64>(&conn, meta::CURSOR)?.unwrap_or(0).max(0) as u64,
         };
+        let report = wire::TabletReport {
+            change_sets_waiting: store::count_outbox_after(&conn, acked)?,
+            records_waiting: store::count_records_waiting(&conn, acked)?,
+            app_version: env!("CARGO_PKG_VERSION").to_string(),
+        };
         drop(conn);
         let counter = self.next_request_counter(change_sets.last().map(|c| c.seq))?;
         Ok(Batch {
@@ -300,6 +305,7 @@ impl Registrar {
             cursor,
             counter,
             device_clock_ms: now_ms(),
+            report: Some(report),
         })
     }
 

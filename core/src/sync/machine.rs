@@ -68,6 +68,8 @@ pub struct Batch {
     pub counter: u64,
     /// The device clock.
     pub device_clock_ms: i64,
+    /// What the tablet holds and runs, for the operators.
+    pub report: Option<wire::TabletReport>,
 }
 
 /// What the store held when an answer arrived: the input to checking it.
@@ -224,6 +226,7 @@ impl SyncMachine {
             lineage: batch.lineage,
             adopted: batch.adopted,
             resume: asks,
+            report: batch.report,
         }
         .seal(&self.signing_key)?;
         self.in_flight = Some(InFlight {
@@ -372,6 +375,7 @@ mod tests {
             cursor: 0,
             counter,
             device_clock_ms: 1_800_000_000_000,
+            report: None,
         }
     }
 

@@ -345,6 +345,37 @@ pub struct SyncRequest {
     /// not: the tablet need not send again what already arrived. At most
     /// [`MAX_RESUME_SEQS`] of them.
     pub resume: Option<SeqRange>,
+    /// Version 6: what the tablet holds and runs, for operators
+    /// (`crvs-server devices`, `/metrics`). Counts and a version string,
+    /// never personal data.
+    pub report: Option<TabletReport>,
+}
+
+/// What a tablet reports with each sync request (version 6).
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, serde::Serialize)]
+pub struct TabletReport {
+    /// Change sets in its outbox not acknowledged yet (this request's
+    /// included).
+    pub change_sets_waiting: u64,
+    /// Records with changes the server has not acknowledged.
+    pub records_waiting: u64,
+    /// The tablet software's version (`crvs-core`'s), printable ASCII, at
+    /// most [`MAX_APP_VERSION_LEN`] bytes.
+    pub app_version: String,
+}
+
+/// Longest app version a [`TabletReport`] may carry.
+pub const MAX_APP_VERSION_LEN: usize = 32;
+
+impl TabletReport {
+    /// Whether the version string is well-formed: 1 to
+    /// [`MAX_APP_VERSION_LEN`] bytes of printable ASCII without spaces
+    /// (what a semantic version and a build tag use).
+    pub fn version_is_well_formed(&self) -> bool {
+        !self.app_version.is_empty()
+            && self.app_version.len() <= MAX_APP_VERSION_LEN
+            && self.app_version.bytes().all(|b| b.is_ascii_graphic())
+    }
 }
 
 /// Change sets `from..=to` of a device's chain.
@@ -385,6 +416,7 @@ impl From<SyncRequestV3> for SyncRequest {
             lineage: r.lineage,
             adopted: r.adopted,
             resume: None,
+            report: None,
         }
     }
 }
@@ -420,6 +452,7 @@ impl From<SyncRequestV2> for SyncRequest {
             lineage: [0; 16],
             adopted: None,
             resume: None,
+            report: None,
         }
     }
 }
@@ -517,6 +550,13 @@ impl RequestHeader {
             3..=5 => decode_within::<SyncRequestV3, { 2 * MAX_SYNC_REQUEST_BYTES }>(body)?.into(),
             _ => decode_within::<SyncRequest, { 2 * MAX_SYNC_REQUEST_BYTES }>(body)?,
         };
+        if let Some(r) = &request.report
+            && !r.version_is_well_formed()
+        {
+            return Err(WireError::Decode(format!(
+                "the tablet's app version must be 1 to {MAX_APP_VERSION_LEN} printable ASCII characters"
+            )));
+        }
         if let Some(r) = request.resume
             && (r.from == 0 || r.to < r.from || r.to - r.from >= MAX_RESUME_SEQS)
         {

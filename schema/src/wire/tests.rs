@@ -84,6 +84,7 @@ fn request() -> SyncRequest {
         lineage: [0; 16],
         adopted: None,
         resume: None,
+        report: None,
     }
 }
 
@@ -257,6 +258,7 @@ fn version_1_bytes_are_pinned() {
         lineage: [0; 16],
         adopted: None,
         resume: None,
+        report: None,
     }
     .seal(&key(1))
     .unwrap();
@@ -379,6 +381,36 @@ fn version_6_sync_request_bytes_are_pinned_and_a_resume_range_is_bounded() {
                 Err(WireError::TooMany { .. })
             ),
             "{from}..={to}"
+        );
+    }
+    // What a tablet reports reads back; a malformed app version is refused.
+    let mut reporting = request();
+    reporting.report = Some(TabletReport {
+        change_sets_waiting: 3,
+        records_waiting: 250,
+        app_version: "0.1.0+build.7".into(),
+    });
+    let sealed = reporting.seal(&key(1)).unwrap();
+    assert_eq!(
+        SyncRequest::open(&sealed, &key(1).verifying_key()).unwrap(),
+        reporting
+    );
+    for version in [
+        String::new(),
+        "x".repeat(MAX_APP_VERSION_LEN + 1),
+        "0.1 beta".into(),
+        "០.១".into(),
+        "0.1\n".into(),
+    ] {
+        let mut bad = reporting.clone();
+        bad.report.as_mut().unwrap().app_version = version.clone();
+        let sealed = bad.seal(&key(1)).unwrap();
+        assert!(
+            matches!(
+                SyncRequest::open(&sealed, &key(1).verifying_key()),
+                Err(WireError::Decode(_))
+            ),
+            "{version:?}"
         );
     }
     let mut most = request();

@@ -297,6 +297,7 @@ pub fn handle_sync(server: &Server, body: &[u8]) -> Result<Vec<u8>, ApiError> {
         adopted: request.adopted,
         cursor: request.cursor,
         resume: request.resume,
+        report: request.report,
     };
     let written = if server.storage().concurrent_writers() {
         // PostgreSQL: a transaction of its own, alongside the others (the

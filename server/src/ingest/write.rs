@@ -7,7 +7,7 @@
 use std::collections::{HashMap, HashSet};
 
 use crvs_schema::wire::{
-    Ack, AckOutcome, ChainPosition, RecordUpdate, Refusal, RefusalCode, SeqRange, SyncResponse,
+    Ack, AckOutcome, ChainPosition, RecordUpdate, Refusal, RefusalCode, SeqRange, SyncResponse, TabletReport,
 };
 use crvs_schema::{Date, Kidc};
 use ed25519_dalek::VerifyingKey;
@@ -41,6 +41,8 @@ pub(crate) struct Job {
     /// Change sets whose answer the tablet lost: acknowledged from the
     /// log, not sent again.
     pub(super) resume: Option<SeqRange>,
+    /// What the tablet reported, stored with the device.
+    pub(super) report: Option<TabletReport>,
 }
 
 /// One request's outcome, committed: the answer without its request hash
@@ -173,6 +175,7 @@ fn write_request(server: &Server, tx: &mut dyn WriteTx, job: Job) -> Result<Writ
         adopted,
         cursor,
         resume,
+        report,
     } = job;
     let device_id = seen.device_id;
     // Read again inside the write transaction, on every request: a
@@ -201,6 +204,7 @@ fn write_request(server: &Server, tx: &mut dyn WriteTx, job: Job) -> Result<Writ
             skew_ms,
             flagged,
             counter,
+            report,
         },
     )?;
     if !fresh {

@@ -27,7 +27,7 @@ pub mod postgres;
 pub mod sqlite;
 
 use crvs_schema::Kidc;
-use crvs_schema::wire::Hash;
+use crvs_schema::wire::{Hash, TabletReport};
 use uuid::Uuid;
 
 use crate::staff::Roles;
@@ -117,6 +117,9 @@ pub struct Device {
     /// An operator unblocked it: its change set with this sequence number
     /// is set aside when it comes.
     pub unblock_seq: Option<u64>,
+    /// What it reported with its last sync request (sync version 6; `None`
+    /// for an older tablet).
+    pub report: Option<TabletReport>,
 }
 
 /// A change set refused for a reason a resend cannot fix.
@@ -144,7 +147,7 @@ pub struct NewDevice {
 }
 
 /// What the sync endpoint records about each authenticated request.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct SyncSeen {
     /// Server time.
     pub at_ms: i64,
@@ -156,6 +159,9 @@ pub struct SyncSeen {
     pub flagged: bool,
     /// The request's counter: recorded only if it is above the last one.
     pub counter: u64,
+    /// What the tablet reported (sync version 6), stored as the device's
+    /// latest; `None` clears it (an older tablet reports nothing).
+    pub report: Option<TabletReport>,
 }
 
 /// A record document, as stored.

@@ -40,6 +40,7 @@ use std::sync::{Condvar, Mutex};
 
 use crvs_schema::Kidc;
 use crvs_schema::wire::Hash;
+use crvs_schema::wire::TabletReport;
 use postgres::types::{ToSql, Type};
 use postgres::{Client, NoTls, Row, Statement};
 use sha2::{Digest, Sha256};
@@ -56,7 +57,10 @@ use crate::staff::Roles;
 
 /// The numbered migrations: the `n`th takes `schema_version` from `n - 1`
 /// to `n`.
-const MIGRATIONS: &[&str] = &[include_str!("../../migrations/postgres/001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../migrations/postgres/001_init.sql"),
+    include_str!("../../migrations/postgres/002_tablet_report.sql"),
+];
 
 /// The advisory lock key of migrations.
 const MIGRATION_LOCK: i64 = 0x6372_7673_0001;
@@ -344,7 +348,8 @@ fn stored_roles(text: &str) -> Result<Roles, StorageError> {
 
 const DEVICE_COLUMNS: &str = "device_id, office, public_key, enrolled_at, revoked_at, last_seq, last_hash, \
      last_sync_at, last_device_clock_ms, clock_skew_ms, clock_flagged_at, refused_seq, refused_code, refused_at, last_request_counter, \
-     lineage, clone_refusals, clone_refused_at, adoptions, unblock_seq";
+     lineage, clone_refusals, clone_refused_at, adoptions, unblock_seq, \
+     outbox_change_sets, outbox_records, app_version";
 
 fn device_row(r: &Row) -> Result<Device, StorageError> {
     Ok(Device {
@@ -377,6 +382,18 @@ fn device_row(r: &Row) -> Result<Device, StorageError> {
         clone_refused_at_ms: r.get(17),
         adoptions: to_u64(r.get(18))?,
         unblock_seq: r.get::<_, Option<i64>>(19).map(to_u64).transpose()?,
+        report: match (
+            r.get::<_, Option<i64>>(20),
+            r.get::<_, Option<i64>>(21),
+            r.get::<_, Option<String>>(22),
+        ) {
+            (Some(change_sets), Some(records), Some(app_version)) => Some(TabletReport {
+                change_sets_waiting: to_u64(change_sets)?,
+                records_waiting: to_u64(records)?,
+                app_version,
+            }),
+            _ => None,
+        },
     })
 }
 
@@ -1287,10 +1304,12 @@ impl WriteTx for PgTx<'_> {
     }
 
     fn record_sync(&mut self, device_id: Uuid, seen: &SyncSeen) -> Result<bool, StorageError> {
+        let report = seen.report.as_ref();
         let n = self.c().exec(
             "UPDATE devices SET last_sync_at = $2, last_device_clock_ms = $3, clock_skew_ms = $4,
                  clock_flagged_at = CASE WHEN $5 THEN $2 ELSE clock_flagged_at END,
-                 last_request_counter = $6
+                 last_request_counter = $6,
+                 outbox_change_sets = $7, outbox_records = $8, app_version = $9
              WHERE device_id = $1 AND last_request_counter < $6",
             &[
                 &device_id.to_string(),
@@ -1299,6 +1318,9 @@ impl WriteTx for PgTx<'_> {
                 &seen.skew_ms,
                 &seen.flagged,
                 &to_i64(seen.counter)?,
+                &report.map(|r| to_i64(r.change_sets_waiting)).transpose()?,
+                &report.map(|r| to_i64(r.records_waiting)).transpose()?,
+                &report.map(|r| r.app_version.as_str()),
             ],
         )?;
         Ok(n == 1)

@@ -26,6 +26,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use crvs_schema::Kidc;
 use crvs_schema::wire::Hash;
+use crvs_schema::wire::TabletReport;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -54,6 +55,7 @@ const MIGRATIONS: &[crvs_sqlite::Migration] = &[
     include_str!("../../migrations/007_registration_numbers.sql"),
     include_str!("../../migrations/008_office_records.sql"),
     include_str!("../../migrations/009_registry.sql"),
+    include_str!("../../migrations/010_tablet_report.sql"),
 ];
 
 impl From<rusqlite::Error> for StorageError {
@@ -396,7 +398,8 @@ fn parse_hex<const N: usize>(s: &str) -> rusqlite::Result<[u8; N]> {
 
 const DEVICE_COLUMNS: &str = "device_id, office, public_key, enrolled_at, revoked_at, last_seq, last_hash, \
      last_sync_at, last_device_clock_ms, clock_skew_ms, clock_flagged_at, refused_seq, refused_code, refused_at, last_request_counter, \
-     lineage, clone_refusals, clone_refused_at, adoptions, unblock_seq";
+     lineage, clone_refusals, clone_refused_at, adoptions, unblock_seq, \
+     outbox_change_sets, outbox_records, app_version";
 
 fn device_row(r: &Row<'_>) -> rusqlite::Result<Device> {
     Ok(Device {
@@ -432,6 +435,18 @@ fn device_row(r: &Row<'_>) -> rusqlite::Result<Device> {
         clone_refused_at_ms: r.get(17)?,
         adoptions: to_u64(r.get(18)?)?,
         unblock_seq: r.get::<_, Option<i64>>(19)?.map(to_u64).transpose()?,
+        report: match (
+            r.get::<_, Option<i64>>(20)?,
+            r.get::<_, Option<i64>>(21)?,
+            r.get::<_, Option<String>>(22)?,
+        ) {
+            (Some(change_sets), Some(records), Some(app_version)) => Some(TabletReport {
+                change_sets_waiting: to_u64(change_sets)?,
+                records_waiting: to_u64(records)?,
+                app_version,
+            }),
+            _ => None,
+        },
     })
 }
 
@@ -729,16 +744,21 @@ impl WriteTx for SqliteTx<'_> {
         let mut st = self.conn.prepare_cached(
             "UPDATE devices SET last_sync_at = ?2, last_device_clock_ms = ?3, clock_skew_ms = ?4,
                  clock_flagged_at = CASE WHEN ?5 THEN ?2 ELSE clock_flagged_at END,
-                 last_request_counter = ?6
+                 last_request_counter = ?6,
+                 outbox_change_sets = ?7, outbox_records = ?8, app_version = ?9
              WHERE device_id = ?1 AND last_request_counter < ?6",
         )?;
+        let report = seen.report.as_ref();
         let n = st.execute(params![
             device_id.to_string(),
             seen.at_ms,
             seen.device_clock_ms,
             seen.skew_ms,
             seen.flagged,
-            to_i64(seen.counter)?
+            to_i64(seen.counter)?,
+            report.map(|r| to_i64(r.change_sets_waiting)).transpose()?,
+            report.map(|r| to_i64(r.records_waiting)).transpose()?,
+            report.map(|r| r.app_version.as_str()),
         ])?;
         Ok(n == 1)
     }

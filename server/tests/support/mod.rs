@@ -182,6 +182,7 @@ impl Tablet {
             lineage: self.lineage,
             adopted: None,
             resume: Some(wire::SeqRange { from, to }),
+            report: None,
         }
         .seal(&self.key)
         .expect("seal request")
@@ -200,6 +201,7 @@ impl Tablet {
             lineage: self.lineage,
             adopted: None,
             resume: None,
+            report: None,
         }
         .seal(&self.key)
         .expect("seal request")

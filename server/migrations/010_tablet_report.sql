@@ -1,0 +1,7 @@
+-- Version 9: what each tablet reported with its last sync request (sync
+-- version 6): change sets and records waiting in its outbox, and the app
+-- version it runs. NULL for a tablet that never reported (older than
+-- version 6). Counts and a version string only: no personal data.
+ALTER TABLE devices ADD COLUMN outbox_change_sets INTEGER;
+ALTER TABLE devices ADD COLUMN outbox_records INTEGER;
+ALTER TABLE devices ADD COLUMN app_version TEXT;

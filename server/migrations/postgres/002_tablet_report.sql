@@ -1,0 +1,5 @@
+-- SQLite's 010: what each tablet reported with its last sync request
+-- (sync version 6). NULL for a tablet that never reported.
+ALTER TABLE devices ADD COLUMN outbox_change_sets BIGINT;
+ALTER TABLE devices ADD COLUMN outbox_records BIGINT;
+ALTER TABLE devices ADD COLUMN app_version TEXT COLLATE "C";
