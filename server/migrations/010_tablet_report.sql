@@ -5,3 +5,6 @@
 ALTER TABLE devices ADD COLUMN outbox_change_sets INTEGER;
 ALTER TABLE devices ADD COLUMN outbox_records INTEGER;
 ALTER TABLE devices ADD COLUMN app_version TEXT;
+-- The feed position the server last answered the device with (the
+-- cursor of its last answer): with the feed's times, the feed's lag.
+ALTER TABLE devices ADD COLUMN feed_sent_cursor INTEGER;

@@ -37,16 +37,13 @@
 //!   longest time since the last sync of a non-revoked device that synced
 //!   at least once).
 //!
-//! **The update feed's lag is not measured.** The ideal gauge (for each
-//! non-revoked device, the feed entries it has not pulled yet, or the age
-//! of the oldest one) needs two things the [`crate::storage::Storage`]
-//! trait does not offer: the cursor each device last pulled to (a sync
-//! request carries it, but it is not stored on the device), and the time
-//! of a feed entry (`ServerChange` has none). `server_changes_since` could
-//! count entries only with a write transaction per device and a cursor we
-//! do not have. Until storage keeps both, `crvs_device_sync_age_max_seconds`
-//! bounds it: a device cannot lag the feed by more than the time since it
-//! last pulled, and `crvs_devices{since=...}` shows how many are how far.
+//! * Also at scrape time: what tablets reported with their last sync
+//!   (`crvs_tablet_outbox_change_sets`, `crvs_tablet_outbox_records`,
+//!   `crvs_devices_by_app_version{version}`), and the update feed's lag:
+//!   `crvs_feed_lag_max_seconds`, the age of the oldest feed entry some
+//!   non-revoked device has not been sent yet (each answer stores the
+//!   feed position it carries; [`crate::storage::Storage::feed_waiting_since`]
+//!   finds the first entry after it), and `crvs_devices_behind_feed`.
 
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -95,6 +92,13 @@ pub const OUTBOX_RECORDS: &str = "crvs_tablet_outbox_records";
 /// Gauge: non-revoked devices by the app version they reported
 /// (`unknown`: none reported yet, or a tablet older than sync version 6).
 pub const DEVICES_BY_VERSION: &str = "crvs_devices_by_app_version";
+/// Gauge: the feed's lag: the age of the oldest feed entry some
+/// non-revoked device has not been sent yet (0: every device is up to
+/// date).
+pub const FEED_LAG_MAX: &str = "crvs_feed_lag_max_seconds";
+/// Gauge: non-revoked devices whose feed holds entries they have not been
+/// sent yet.
+pub const DEVICES_BEHIND_FEED: &str = "crvs_devices_behind_feed";
 /// At most this many distinct versions are labelled; the rest count as
 /// `other` (the label set stays bounded whatever tablets claim).
 pub const MAX_VERSION_LABELS: usize = 16;
@@ -275,6 +279,15 @@ fn describe() {
         "Non-revoked devices by the app version they reported (unknown: none yet; other: beyond the labelled versions)"
     );
     describe_gauge!(
+        FEED_LAG_MAX,
+        Unit::Seconds,
+        "Age of the oldest update-feed entry some non-revoked device that synced has not been sent yet"
+    );
+    describe_gauge!(
+        DEVICES_BEHIND_FEED,
+        "Non-revoked devices that synced and have update-feed entries not sent to them yet"
+    );
+    describe_gauge!(
         SYNC_AGE_MAX,
         Unit::Seconds,
         "Longest time since the last sync of a non-revoked device that synced (an upper bound of its feed lag)"
@@ -347,10 +360,21 @@ pub struct FleetGauges {
     /// Non-revoked devices by reported app version, sorted by version; at
     /// most [`MAX_VERSION_LABELS`] versions, then `other`, and `unknown`.
     pub versions: Vec<(String, u64)>,
+    /// Non-revoked devices with feed entries not sent yet.
+    pub behind_feed: u64,
+    /// The age of the oldest such entry, ms.
+    pub feed_lag_max_ms: Option<i64>,
 }
 
-/// Counts devices by the time since their last sync at `now_ms`.
-pub fn fleet(devices: &[Device], holds_open: u64, now_ms: i64) -> FleetGauges {
+/// Counts devices by the time since their last sync at `now_ms`;
+/// `waiting`: for devices with feed entries not sent yet, when the oldest
+/// was written.
+pub fn fleet(
+    devices: &[Device],
+    holds_open: u64,
+    now_ms: i64,
+    waiting: &std::collections::HashMap<uuid::Uuid, i64>,
+) -> FleetGauges {
     let mut out = FleetGauges {
         holds_open,
         devices: [
@@ -365,12 +389,19 @@ pub fn fleet(devices: &[Device], holds_open: u64, now_ms: i64) -> FleetGauges {
         sync_age_max_ms: None,
         outbox: (0, 0),
         versions: Vec::new(),
+        behind_feed: 0,
+        feed_lag_max_ms: None,
     };
     let mut versions = std::collections::BTreeMap::<&str, u64>::new();
     for d in devices {
         if d.revoked_at_ms.is_some() {
             out.revoked += 1;
             continue;
+        }
+        if let Some(&since) = waiting.get(&d.device_id) {
+            out.behind_feed += 1;
+            let lag = now_ms.saturating_sub(since).max(0);
+            out.feed_lag_max_ms = Some(out.feed_lag_max_ms.map_or(lag, |m| m.max(lag)));
         }
         match &d.report {
             Some(r) => {
@@ -415,7 +446,16 @@ fn read_fleet(server: &Server) -> Result<FleetGauges, ApiError> {
     let storage = server.storage();
     let holds = storage.holds()?.len() as u64;
     let devices = storage.list_devices()?;
-    Ok(fleet(&devices, holds, server.now_ms()))
+    // One indexed lookup per device that synced (a first entry only).
+    let mut waiting = std::collections::HashMap::new();
+    for d in devices.iter().filter(|d| d.revoked_at_ms.is_none()) {
+        if let Some(cursor) = d.feed_sent_cursor
+            && let Some(since) = storage.feed_waiting_since(d.device_id, cursor)?
+        {
+            waiting.insert(d.device_id, since);
+        }
+    }
+    Ok(fleet(&devices, holds, server.now_ms(), &waiting))
 }
 
 /// Answers `GET /metrics`: `404` without a configured token, `401` with
@@ -444,6 +484,8 @@ pub(crate) async fn scrape(server: std::sync::Arc<Server>, headers: &HeaderMap) 
             ::metrics::gauge!(SYNC_AGE_MAX).set(g.sync_age_max_ms.map_or(0.0, |ms| ms as f64 / 1000.0));
             ::metrics::gauge!(OUTBOX_CHANGE_SETS).set(g.outbox.0 as f64);
             ::metrics::gauge!(OUTBOX_RECORDS).set(g.outbox.1 as f64);
+            ::metrics::gauge!(DEVICES_BEHIND_FEED).set(g.behind_feed as f64);
+            ::metrics::gauge!(FEED_LAG_MAX).set(g.feed_lag_max_ms.map_or(0.0, |ms| ms as f64 / 1000.0));
             for (version, n) in g.versions {
                 ::metrics::gauge!(DEVICES_BY_VERSION, "version" => version).set(n as f64);
             }
@@ -489,6 +531,7 @@ mod tests {
             adoptions: 0,
             unblock_seq: None,
             report: None,
+            feed_sent_cursor: None,
         }
     }
 
@@ -506,7 +549,7 @@ mod tests {
             device(None, false),
             device(Some(now - 90 * 86_400_000), true),
         ];
-        let g = fleet(&devices, 4, now);
+        let g = fleet(&devices, 4, now, &Default::default());
         assert_eq!(
             g.devices,
             [
@@ -527,6 +570,27 @@ mod tests {
         );
         assert_eq!(g.versions, vec![("unknown".to_string(), 7)]);
         assert_eq!(g.outbox, (0, 0));
+        assert_eq!((g.behind_feed, g.feed_lag_max_ms), (0, None));
+    }
+
+    #[test]
+    fn the_feed_lag_is_the_oldest_entry_not_sent_to_a_device_that_is_not_revoked() {
+        let now = 10 * 3_600_000;
+        let ids: Vec<uuid::Uuid> = (1..=3).map(uuid::Uuid::from_u128).collect();
+        let mut devices: Vec<Device> = ids
+            .iter()
+            .map(|&id| Device {
+                device_id: id,
+                ..device(Some(now), false)
+            })
+            .collect();
+        devices[2].revoked_at_ms = Some(1);
+        let waiting = [(ids[0], now - 5_000), (ids[1], now - 60_000), (ids[2], 0)]
+            .into_iter()
+            .collect();
+        let g = fleet(&devices, 0, now, &waiting);
+        assert_eq!(g.behind_feed, 2, "the revoked device is not counted");
+        assert_eq!(g.feed_lag_max_ms, Some(60_000));
     }
 
     #[test]
@@ -546,7 +610,7 @@ mod tests {
             reporting("9.9.9", 50, 5000, true),
             device(None, false),
         ];
-        let g = fleet(&devices, 0, 1);
+        let g = fleet(&devices, 0, 1, &Default::default());
         assert_eq!(g.outbox, (3, 157), "revoked devices are not counted");
         assert_eq!(
             g.versions,
@@ -556,7 +620,7 @@ mod tests {
         for i in 0..40 {
             devices.push(reporting(&format!("1.{i}.0"), 0, 0, false));
         }
-        let g = fleet(&devices, 0, 1);
+        let g = fleet(&devices, 0, 1, &Default::default());
         assert_eq!(
             g.versions.len(),
             MAX_VERSION_LABELS + 2,

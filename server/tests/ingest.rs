@@ -1346,7 +1346,10 @@ fn a_version_5_tablet_is_served_and_reports_nothing_while_a_version_6_one_report
         .handle_sync(&request.seal_version_5(&tablet.key).unwrap())
         .expect("sync");
     assert_eq!(answer[0], 5, "answered in the request's version");
-    assert_eq!(open_response(&server, &answer).acks[0].outcome, AckOutcome::Applied);
+    assert_eq!(
+        open_response(&server, &answer).acks[0].outcome,
+        AckOutcome::Applied
+    );
     let reported = |server: &Server| {
         crvs_server::admin::devices(server.storage()).unwrap()[0]
             .reported
@@ -1356,7 +1359,9 @@ fn a_version_5_tablet_is_served_and_reports_nothing_while_a_version_6_one_report
     request.counter = 2;
     request.change_sets.clear();
     let report = request.report.clone();
-    let answer = server.handle_sync(&request.seal(&tablet.key).unwrap()).expect("sync");
+    let answer = server
+        .handle_sync(&request.seal(&tablet.key).unwrap())
+        .expect("sync");
     assert_eq!(answer[0], crvs_schema::wire::SYNC_VERSION);
     assert_eq!(reported(&server), report);
 }

@@ -287,6 +287,39 @@ fn the_feed_hands_out_every_entry_in_cursor_order_and_skips_none(backend: Backen
     let last = all.last().unwrap().cursor;
     assert!(tx.server_changes_since(b, last, 100).unwrap().is_empty());
     assert!(tx.server_changes_since(b, u64::MAX, 100).unwrap().is_empty());
+    tx.set_feed_sent(b, all[0].cursor).unwrap();
+    tx.commit().unwrap();
+    // The feed's lag: when the first entry not sent yet was written.
+    assert_eq!(
+        db.storage.device(b).unwrap().unwrap().feed_sent_cursor,
+        Some(all[0].cursor)
+    );
+    assert_eq!(
+        db.storage.feed_waiting_since(b, all[0].cursor).unwrap(),
+        Some(4_000)
+    );
+    assert_eq!(
+        db.storage
+            .feed_waiting_since(b, all[all.len() - 2].cursor)
+            .unwrap(),
+        Some(4_000)
+    );
+    assert_eq!(
+        db.storage.feed_waiting_since(b, last).unwrap(),
+        None,
+        "up to date"
+    );
+    assert_eq!(db.storage.feed_waiting_since(b, u64::MAX).unwrap(), None);
+    assert_eq!(
+        db.storage.feed_waiting_since(alone, 0).unwrap(),
+        None,
+        "nothing for it"
+    );
+    assert_eq!(
+        db.storage.device(a).unwrap().unwrap().feed_sent_cursor,
+        None,
+        "never answered"
+    );
 }
 
 both_backends!(a_device_enrolled_later_starts_from_a_snapshot_of_its_office);

@@ -335,6 +335,8 @@ fn write_request(server: &Server, tx: &mut dyn WriteTx, job: Job) -> Result<Writ
     let more = feed.len() > FEED_PAGE;
     feed.truncate(FEED_PAGE);
     let next_cursor = feed.last().map_or(cursor, |c| c.cursor);
+    // What the device has been sent, for the feed's lag (`/metrics`).
+    tx.set_feed_sent(device_id, next_cursor)?;
     let mut updates: Vec<RecordUpdate> = Vec::new();
     for c in feed {
         match updates.last_mut() {

@@ -120,6 +120,9 @@ pub struct Device {
     /// What it reported with its last sync request (sync version 6; `None`
     /// for an older tablet).
     pub report: Option<TabletReport>,
+    /// The feed position of its last answer: it has been sent the feed up
+    /// to here (`None`: never answered since migration 010).
+    pub feed_sent_cursor: Option<u64>,
 }
 
 /// A change set refused for a reason a resend cannot fix.
@@ -722,6 +725,11 @@ pub trait Storage: Send + Sync {
     /// One device (read-only; does not wait for the writer).
     fn device(&self, device_id: Uuid) -> Result<Option<Device>, StorageError>;
 
+    /// When the first entry of the device's feed after `cursor` was
+    /// written (server ms); `None` when nothing waits for it (read-only;
+    /// does not wait for the writer). The feed's lag.
+    fn feed_waiting_since(&self, device_id: Uuid, cursor: u64) -> Result<Option<i64>, StorageError>;
+
     /// An enrolment token by its lookup hash (read-only; does not wait for
     /// the writer, so an unauthenticated enrolment never holds it up).
     fn token(&self, token_hash: &str) -> Result<Option<TokenRow>, StorageError>;
@@ -895,6 +903,8 @@ pub trait WriteTx {
     /// (which it then becomes): returns `false`, and records nothing, for
     /// a replayed or reordered request.
     fn record_sync(&mut self, device_id: Uuid, seen: &SyncSeen) -> Result<bool, StorageError>;
+    /// Records the feed position the device's answer carries.
+    fn set_feed_sent(&mut self, device_id: Uuid, cursor: u64) -> Result<(), StorageError>;
     /// Moves a device's chain to its newest applied change set.
     fn advance_device(&mut self, device_id: Uuid, seq: u64, hash: &Hash) -> Result<(), StorageError>;
     /// Sets the lineage of the store the device syncs from; `adopted`

@@ -349,7 +349,7 @@ fn stored_roles(text: &str) -> Result<Roles, StorageError> {
 const DEVICE_COLUMNS: &str = "device_id, office, public_key, enrolled_at, revoked_at, last_seq, last_hash, \
      last_sync_at, last_device_clock_ms, clock_skew_ms, clock_flagged_at, refused_seq, refused_code, refused_at, last_request_counter, \
      lineage, clone_refusals, clone_refused_at, adoptions, unblock_seq, \
-     outbox_change_sets, outbox_records, app_version";
+     outbox_change_sets, outbox_records, app_version, feed_sent_cursor";
 
 fn device_row(r: &Row) -> Result<Device, StorageError> {
     Ok(Device {
@@ -394,6 +394,7 @@ fn device_row(r: &Row) -> Result<Device, StorageError> {
             }),
             _ => None,
         },
+        feed_sent_cursor: r.get::<_, Option<i64>>(23).map(to_u64).transpose()?,
     })
 }
 
@@ -821,6 +822,25 @@ impl Storage for PostgresStorage {
             .as_ref()
             .map(device_row)
             .transpose()
+    }
+
+    fn feed_waiting_since(&self, device_id: Uuid, cursor: u64) -> Result<Option<i64>, StorageError> {
+        // `server_changes_since`'s rows, the first only.
+        let cursor = i64::try_from(cursor).unwrap_or(i64::MAX);
+        Ok(self
+            .read()?
+            .conn()
+            .opt(
+                "SELECT s.created_at
+                 FROM devices d JOIN server_changes s ON s.feed_office = d.office
+                 WHERE d.device_id = $1 AND s.cursor > $2
+                   AND ((s.office IS NULL AND s.device_id = $1)
+                        OR (s.office IS NOT NULL AND s.cursor > d.feed_floor
+                            AND (s.kind = 'server' OR s.device_id <> $1)))
+                 ORDER BY s.cursor LIMIT 1",
+                &[&device_id.to_string(), &cursor],
+            )?
+            .map(|r| r.get(0)))
     }
 
     fn token(&self, token_hash: &str) -> Result<Option<TokenRow>, StorageError> {
@@ -1324,6 +1344,14 @@ impl WriteTx for PgTx<'_> {
             ],
         )?;
         Ok(n == 1)
+    }
+
+    fn set_feed_sent(&mut self, device_id: Uuid, cursor: u64) -> Result<(), StorageError> {
+        self.c().exec(
+            "UPDATE devices SET feed_sent_cursor = $2 WHERE device_id = $1",
+            &[&device_id.to_string(), &to_i64(cursor)?],
+        )?;
+        Ok(())
     }
 
     fn advance_device(&mut self, device_id: Uuid, seq: u64, hash: &Hash) -> Result<(), StorageError> {

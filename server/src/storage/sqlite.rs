@@ -132,6 +132,10 @@ impl Storage for SqliteStorage {
         device(&self.reader(), device_id)
     }
 
+    fn feed_waiting_since(&self, device_id: Uuid, cursor: u64) -> Result<Option<i64>, StorageError> {
+        feed_waiting_since(&self.reader(), device_id, cursor)
+    }
+
     fn token(&self, token_hash: &str) -> Result<Option<TokenRow>, StorageError> {
         token(&self.reader(), token_hash)
     }
@@ -399,7 +403,7 @@ fn parse_hex<const N: usize>(s: &str) -> rusqlite::Result<[u8; N]> {
 const DEVICE_COLUMNS: &str = "device_id, office, public_key, enrolled_at, revoked_at, last_seq, last_hash, \
      last_sync_at, last_device_clock_ms, clock_skew_ms, clock_flagged_at, refused_seq, refused_code, refused_at, last_request_counter, \
      lineage, clone_refusals, clone_refused_at, adoptions, unblock_seq, \
-     outbox_change_sets, outbox_records, app_version";
+     outbox_change_sets, outbox_records, app_version, feed_sent_cursor";
 
 fn device_row(r: &Row<'_>) -> rusqlite::Result<Device> {
     Ok(Device {
@@ -447,7 +451,30 @@ fn device_row(r: &Row<'_>) -> rusqlite::Result<Device> {
             }),
             _ => None,
         },
+        feed_sent_cursor: r.get::<_, Option<i64>>(23)?.map(to_u64).transpose()?,
     })
+}
+
+/// The first feed entry of `device_id` after `cursor`: when it was written.
+fn feed_waiting_since(conn: &Connection, device_id: Uuid, cursor: u64) -> Result<Option<i64>, StorageError> {
+    // The two ranges of `server_changes_since`, first entry only.
+    let mut st = conn.prepare_cached(
+        "SELECT created_at FROM (
+             SELECT * FROM (SELECT cursor, created_at FROM server_changes
+                            WHERE device_id = ?1 AND office IS NULL AND cursor > ?2
+                            ORDER BY cursor LIMIT 1)
+             UNION ALL
+             SELECT * FROM (SELECT s.cursor, s.created_at
+                            FROM devices d JOIN server_changes s ON s.office = d.office
+                            WHERE d.device_id = ?1 AND s.cursor > MAX(?2, d.feed_floor)
+                              AND (s.kind = 'server' OR s.device_id <> ?1)
+                            ORDER BY s.cursor LIMIT 1))
+         ORDER BY cursor LIMIT 1",
+    )?;
+    let cursor = i64::try_from(cursor).unwrap_or(i64::MAX);
+    Ok(st
+        .query_row(params![device_id.to_string(), cursor], |r| r.get(0))
+        .optional()?)
 }
 
 fn device(conn: &Connection, device_id: Uuid) -> Result<Option<Device>, StorageError> {
@@ -761,6 +788,14 @@ impl WriteTx for SqliteTx<'_> {
             report.map(|r| r.app_version.as_str()),
         ])?;
         Ok(n == 1)
+    }
+
+    fn set_feed_sent(&mut self, device_id: Uuid, cursor: u64) -> Result<(), StorageError> {
+        let mut st = self
+            .conn
+            .prepare_cached("UPDATE devices SET feed_sent_cursor = ?2 WHERE device_id = ?1")?;
+        st.execute(params![device_id.to_string(), to_i64(cursor)?])?;
+        Ok(())
     }
 
     fn advance_device(&mut self, device_id: Uuid, seq: u64, hash: &Hash) -> Result<(), StorageError> {
