@@ -368,10 +368,7 @@ impl Registrar {
         let conn = lock(&self.conn);
         let acked = Self::acked_seq(&conn)?;
         report.pending = store::count_outbox_after(&conn, acked)?;
-        report.records_pending = store::all_records(&conn)?
-            .iter()
-            .filter(|r| SyncState::of(r, acked) == SyncState::Pending)
-            .count() as u64;
+        report.records_pending = store::count_records_waiting(&conn, acked)?;
         Ok(report)
     }
 
