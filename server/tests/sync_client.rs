@@ -49,6 +49,9 @@ struct Wire {
     /// to the real server, then puts its own key in the answer and signs
     /// it with that key.
     swap_enrolment_key: Cell<bool>,
+    /// Every request seen: the change sets it carried, and those it asked
+    /// about (their answer was lost).
+    seen: RefCell<Vec<(usize, Option<(u64, u64)>)>>,
 }
 
 impl Wire {
@@ -60,6 +63,7 @@ impl Wire {
             wrong_ack_hash: Cell::new(false),
             impostor: Cell::new(false),
             swap_enrolment_key: Cell::new(false),
+            seen: RefCell::new(Vec::new()),
         }
     }
 
@@ -116,6 +120,11 @@ impl Transport for Wire {
     }
 
     fn sync(&self, bytes: &[u8]) -> crvs_core::Result<Vec<u8>> {
+        if let Ok(r) = crvs_schema::wire::SyncRequest::decode_unverified(bytes) {
+            self.seen
+                .borrow_mut()
+                .push((r.change_sets.len(), r.resume.map(|r| (r.from, r.to))));
+        }
         let server = self.server();
         let answer = server.handle_sync(bytes).map_err(|e| match e {
             crvs_server::ApiError::ReplayedRequest { last_counter } => Error::CounterBehind(last_counter),
@@ -452,6 +461,17 @@ fn a_panicking_observer_ends_the_sync_without_harm() {
 
 #[test]
 fn a_device_blocked_for_good_is_unblocked_its_change_set_set_aside_and_the_next_ones_apply() {
+    blocked_then_unblocked(false);
+}
+
+/// The answer that told the tablet its change set was set aside is lost:
+/// the next sync asks what arrived, and learns it from the server's log.
+#[test]
+fn a_lost_set_aside_answer_is_learnt_by_asking_and_the_record_is_still_set_aside() {
+    blocked_then_unblocked(true);
+}
+
+fn blocked_then_unblocked(lose_the_set_aside_answer: bool) {
     let (_dir, r, server) = setup();
     let first = r.register_birth(&sok_dara(), "clerk").unwrap();
     r.sync_with(&server, &quiet()).unwrap();
@@ -500,8 +520,21 @@ fn a_device_blocked_for_good_is_unblocked_its_change_set_set_aside_and_the_next_
         )
         .unwrap();
     }
+    if lose_the_set_aside_answer {
+        server.lose_answers.set(1);
+        assert!(matches!(r.sync_with(&server, &quiet()), Err(Error::Offline(_))));
+        assert_eq!(
+            server.count("SELECT COUNT(*) FROM set_aside"),
+            1,
+            "set aside, answer lost"
+        );
+    }
     let report = r.sync_with(&server, &quiet()).unwrap();
     assert_eq!(report.pending, 0, "{report:?}");
+    if lose_the_set_aside_answer {
+        // It asked about change set 2 and sent nothing again.
+        assert_eq!(server.seen.borrow().last(), Some(&(0, Some((2, 2)))));
+    }
     let state = |id| {
         r.list()
             .unwrap()

@@ -159,6 +159,7 @@ impl Registrar {
                         decisions.acked_before,
                         &enrolled.server_key,
                         &enrolled.signing_key.verifying_key(),
+                        in_flight.is_some(),
                     )?;
                     let remaining = self.remaining()?;
                     let next = machine.stored(applied, remaining)?;
@@ -495,7 +496,9 @@ impl Registrar {
     }
 
     /// Stores an answer in one transaction: acknowledgements, a rewind,
-    /// the server's updates and the new cursor.
+    /// the server's updates and the new cursor. `sent_ahead`: another
+    /// request is in flight, whose change sets stay to be asked about if
+    /// its answer is lost.
     fn store_answer(
         &self,
         resp: &SyncResponse,
@@ -503,6 +506,7 @@ impl Registrar {
         acked_before: u64,
         server_key: &VerifyingKey,
         own_key: &VerifyingKey,
+        sent_ahead: bool,
     ) -> Result<Applied> {
         let now = now_ms();
         let mut conn = lock(&self.conn);
@@ -537,6 +541,12 @@ impl Registrar {
             acked = from - 1;
         }
         store::set_meta(&tx, meta::ACKED_SEQ, acked as i64)?;
+        if !sent_ahead {
+            // Every request sent has its answer now: nothing to ask about
+            // at the next sync (a change set refused or not taken is sent
+            // again, not asked about).
+            store::set_meta(&tx, meta::SENT_UP_TO, acked as i64)?;
+        }
         let mut applied = Applied::default();
         let mut seen = std::collections::HashSet::new();
         if resp.updates.iter().all(|u| seen.insert(u.record_id)) {
