@@ -51,8 +51,12 @@ struct Wire {
     swap_enrolment_key: Cell<bool>,
     /// Every request seen: the change sets it carried, and those it asked
     /// about (their answer was lost).
-    seen: RefCell<Vec<(usize, Option<(u64, u64)>)>>,
+    seen: RefCell<Vec<Seen>>,
 }
+
+/// A request as the transport saw it: how many change sets it carried,
+/// and the range it asked about.
+type Seen = (usize, Option<(u64, u64)>);
 
 impl Wire {
     fn open(dir: &Path) -> Wire {
