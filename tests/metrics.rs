@@ -232,10 +232,10 @@ fn metrics_need_the_token_and_count_a_synced_birth_and_logs_are_json_without_nam
     // Its answer carried the whole feed: nobody lags behind it.
     assert_eq!(sample(&after, "crvs_devices_behind_feed"), 0.0, "{after}");
     assert_eq!(sample(&after, "crvs_feed_lag_max_seconds"), 0.0, "{after}");
-    // What the tablet reported with its one sync request: the change set
-    // and the record it was sending, and its version.
-    assert_eq!(sample(&after, "crvs_tablet_outbox_change_sets"), 1.0, "{after}");
-    assert_eq!(sample(&after, "crvs_tablet_outbox_records"), 1.0, "{after}");
+    // What the tablet reported with its one sync request: nothing waiting
+    // behind it, and its version.
+    assert_eq!(sample(&after, "crvs_tablet_outbox_change_sets"), 0.0, "{after}");
+    assert_eq!(sample(&after, "crvs_tablet_outbox_records"), 0.0, "{after}");
     assert_eq!(
         sample(
             &after,

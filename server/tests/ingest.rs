@@ -1364,6 +1364,16 @@ fn a_version_5_tablet_is_served_and_reports_nothing_while_a_version_6_one_report
         .expect("sync");
     assert_eq!(answer[0], crvs_schema::wire::SYNC_VERSION);
     assert_eq!(reported(&server), report);
+    // A malformed app version: the request is served, the report dropped.
+    for (counter, version) in [(3, "0.1 beta"), (4, "\u{202e}1.0"), (5, "")] {
+        request.counter = counter;
+        request.report.as_mut().unwrap().app_version = version.into();
+        let answer = server
+            .handle_sync(&request.seal(&tablet.key).unwrap())
+            .expect("served");
+        assert!(open_response(&server, &answer).refusal.is_none());
+        assert_eq!(reported(&server), None, "{version:?}");
+    }
 }
 
 /// Group commit: requests that reach the writer together run in one

@@ -30,6 +30,8 @@ struct Exchange {
     seqs: Vec<u64>,
     /// The change sets it asked about (their answer was lost).
     resume: Option<(u64, u64)>,
+    /// What the tablet reported waiting behind it: change sets, records.
+    waiting: Option<(u64, u64)>,
     /// The answer's cursor, when one came back.
     answer_cursor: Option<u64>,
 }
@@ -88,6 +90,10 @@ impl Transport for Piped {
                 cursor: request.cursor,
                 seqs,
                 resume: request.resume.map(|r| (r.from, r.to)),
+                waiting: request
+                    .report
+                    .as_ref()
+                    .map(|r| (r.change_sets_waiting, r.records_waiting)),
                 answer_cursor: None,
             });
             log.len() as u32
@@ -172,6 +178,9 @@ fn the_second_request_leaves_from_another_thread_with_the_first_answers_cursor_a
         log[0].answer_cursor,
         "the first answer's cursor"
     );
+    // Each request reports what waits behind it: change set 11 and its 60
+    // records, then nothing.
+    assert_eq!((log[0].waiting, log[1].waiting), (Some((1, 60)), Some((0, 0))));
     // Everything arrived once, and every code is on the tablet.
     let db = dir.path().join("server");
     assert_eq!(server.count(&db, "SELECT COUNT(*) FROM change_set_log"), 11);

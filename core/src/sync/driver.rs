@@ -289,9 +289,12 @@ impl Registrar {
             Some((_, cursor)) => cursor,
             None => store::get_meta::<i64>(&conn, meta::CURSOR)?.unwrap_or(0).max(0) as u64,
         };
+        // What waits behind this request: once it is taken, the server
+        // knows the backlog that is left (0 after a sync that sent all).
+        let behind = change_sets.last().map_or(acked, |c| c.seq);
         let report = wire::TabletReport {
-            change_sets_waiting: store::count_outbox_after(&conn, acked)?,
-            records_waiting: store::count_records_waiting(&conn, acked)?,
+            change_sets_waiting: store::count_outbox_after(&conn, behind)?,
+            records_waiting: store::count_records_waiting(&conn, behind)?,
             app_version: env!("CARGO_PKG_VERSION").to_string(),
         };
         drop(conn);

@@ -351,13 +351,16 @@ pub struct SyncRequest {
     pub report: Option<TabletReport>,
 }
 
-/// What a tablet reports with each sync request (version 6).
+/// What a tablet reports with each sync request (version 6). A report
+/// whose app version is not well-formed
+/// ([`TabletReport::version_is_well_formed`]) is dropped by the server,
+/// never refused: a label must not block a tablet's outbox.
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, serde::Serialize)]
 pub struct TabletReport {
-    /// Change sets in its outbox not acknowledged yet (this request's
-    /// included).
+    /// Change sets in its outbox behind this request's (what is left
+    /// once the server takes it).
     pub change_sets_waiting: u64,
-    /// Records with changes the server has not acknowledged.
+    /// Records with changes not in this request nor acknowledged.
     pub records_waiting: u64,
     /// The tablet software's version (`crvs-core`'s), printable ASCII, at
     /// most [`MAX_APP_VERSION_LEN`] bytes.
@@ -550,13 +553,6 @@ impl RequestHeader {
             3..=5 => decode_within::<SyncRequestV3, { 2 * MAX_SYNC_REQUEST_BYTES }>(body)?.into(),
             _ => decode_within::<SyncRequest, { 2 * MAX_SYNC_REQUEST_BYTES }>(body)?,
         };
-        if let Some(r) = &request.report
-            && !r.version_is_well_formed()
-        {
-            return Err(WireError::Decode(format!(
-                "the tablet's app version must be 1 to {MAX_APP_VERSION_LEN} printable ASCII characters"
-            )));
-        }
         if let Some(r) = request.resume
             && (r.from == 0 || r.to < r.from || r.to - r.from >= MAX_RESUME_SEQS)
         {

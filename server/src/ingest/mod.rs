@@ -297,7 +297,14 @@ pub fn handle_sync(server: &Server, body: &[u8]) -> Result<Vec<u8>, ApiError> {
         adopted: request.adopted,
         cursor: request.cursor,
         resume: request.resume,
-        report: request.report,
+        report: request.report.filter(|r| {
+            let ok = r.version_is_well_formed();
+            if !ok {
+                // Dropped, not refused: a label must not block an outbox.
+                tracing::warn!(device = %device_id, bytes = r.app_version.len(), "a tablet reported a malformed app version; its report is dropped");
+            }
+            ok
+        }),
     };
     let written = if server.storage().concurrent_writers() {
         // PostgreSQL: a transaction of its own, alongside the others (the
