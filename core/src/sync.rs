@@ -313,42 +313,15 @@ pub fn interpret(
     Ok(out)
 }
 
-/// `f` over `items` on up to [`MAX_WORKERS`] threads, results in order.
-/// A sync opens, merges and seals thousands of documents: CPU work that
-/// needs nothing but the data key. Few items stay on this thread.
+/// [`crvs_schema::par::map`] from [`PARALLEL_FROM`] items. A sync opens,
+/// merges and seals thousands of documents: CPU work that needs nothing
+/// but the data key. A panic in a worker is a bug: it goes on as one here.
 pub(crate) fn par_map<T: Send, R: Send>(items: Vec<T>, f: impl Fn(T) -> R + Sync) -> Vec<R> {
-    // Asked once: on Linux it reads the cgroup files every time.
-    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    let workers =
-        (*CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))).min(MAX_WORKERS);
-    if workers < 2 || items.len() < PARALLEL_FROM {
-        return items.into_iter().map(f).collect();
-    }
-    let chunk = items.len().div_ceil(workers);
-    let mut items = items;
-    let mut chunks: Vec<Vec<T>> = Vec::with_capacity(workers);
-    while !items.is_empty() {
-        let rest = items.split_off(chunk.min(items.len()));
-        chunks.push(std::mem::replace(&mut items, rest));
-    }
-    let f = &f;
-    std::thread::scope(|s| {
-        let handles: Vec<_> = chunks
-            .into_iter()
-            .map(|c| s.spawn(move || c.into_iter().map(f).collect::<Vec<R>>()))
-            .collect();
-        // A panic in a worker is a bug: it goes on as one here.
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-            .collect()
-    })
+    crvs_schema::par::map(items, PARALLEL_FROM, f).unwrap_or_else(|p| std::panic::resume_unwind(p))
 }
 
 /// Work on several threads from this many items on.
 const PARALLEL_FROM: usize = 32;
-/// At most this many threads.
-const MAX_WORKERS: usize = 4;
 
 /// Calls the observer, treating a panic in it as a cancellation so that a
 /// faulty callback cannot leave a half-done step.

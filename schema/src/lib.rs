@@ -21,6 +21,7 @@ pub mod evidence;
 pub mod gazetteer;
 pub mod kidc;
 pub mod notification;
+pub mod par;
 pub mod record;
 pub mod staff;
 pub mod text;

@@ -21,10 +21,12 @@ fn server() -> (tempfile::TempDir, Server) {
 
 /// Sends `change_sets` from `tablet` in one request, and opens the answer.
 fn sync(server: &Server, tablet: &Tablet, change_sets: Vec<Vec<u8>>) -> crvs_schema::wire::SyncResponse {
-    open_response(
-        server,
-        &server.handle_sync(&tablet.request(change_sets)).expect("sync"),
-    )
+    send(server, &tablet.request(change_sets))
+}
+
+/// Sends a sealed request, and opens the answer.
+fn send(server: &Server, request: &[u8]) -> crvs_schema::wire::SyncResponse {
+    open_response(server, &server.handle_sync(request).expect("sync"))
 }
 
 fn count(dir: &Path, sql: &str) -> i64 {
@@ -176,7 +178,7 @@ fn a_request_asking_what_arrived_is_acknowledged_from_the_log_up_to_the_first_ch
     let (_, two) = approved_birth(&mut tablet);
     let (_, _never_sent) = approved_birth(&mut tablet);
     let applied = sync(&server, &tablet, vec![one, two]);
-    let asked = open_response(&server, &server.handle_sync(&tablet.asking(1, 3)).expect("sync"));
+    let asked = send(&server, &tablet.asking(1, 3));
     assert!(asked.refusal.is_none());
     let acks: Vec<_> = asked.acks.iter().map(|a| (a.seq, a.hash, a.outcome)).collect();
     assert_eq!(
@@ -193,7 +195,7 @@ fn a_request_asking_what_arrived_is_acknowledged_from_the_log_up_to_the_first_ch
     // Another tablet of the office asking about the same numbers learns
     // nothing of the first one's chain.
     let other = Tablet::enroll(&server, OFFICE);
-    let asked = open_response(&server, &server.handle_sync(&other.asking(1, 2)).expect("sync"));
+    let asked = send(&server, &other.asking(1, 2));
     assert!(asked.acks.is_empty());
     assert_eq!(asked.next_seq, 1);
 }

@@ -445,7 +445,7 @@ struct SyncRequestV2 {
 
 impl From<SyncRequestV2> for SyncRequest {
     fn from(r: SyncRequestV2) -> SyncRequest {
-        SyncRequest {
+        SyncRequestV3 {
             device_id: r.device_id,
             counter: r.counter,
             cursor: r.cursor,
@@ -454,9 +454,8 @@ impl From<SyncRequestV2> for SyncRequest {
             evidence: Vec::new(),
             lineage: [0; 16],
             adopted: None,
-            resume: None,
-            report: None,
         }
+        .into()
     }
 }
 

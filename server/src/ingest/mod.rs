@@ -389,41 +389,14 @@ fn pending_notifications(server: &Server, office: &str) -> Result<Vec<wire::Pend
         .collect())
 }
 
-/// `f` over `items` on up to [`MAX_WORKERS`] threads, results in order;
-/// `None` if a worker panicked.
+/// [`crvs_schema::par::map`] from [`PARALLEL_FROM`] records; `None` if a
+/// worker panicked.
 fn par_map<T: Send, R: Send>(items: Vec<T>, f: impl Fn(T) -> R + Sync) -> Option<Vec<R>> {
-    // Asked once: on Linux it reads the cgroup files every time.
-    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    let workers =
-        (*CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))).min(MAX_WORKERS);
-    if workers < 2 || items.len() < PARALLEL_FROM {
-        return Some(items.into_iter().map(f).collect());
-    }
-    let chunk = items.len().div_ceil(workers);
-    let mut items = items;
-    let mut chunks: Vec<Vec<T>> = Vec::with_capacity(workers);
-    while !items.is_empty() {
-        let rest = items.split_off(chunk.min(items.len()));
-        chunks.push(std::mem::replace(&mut items, rest));
-    }
-    let f = &f;
-    std::thread::scope(|s| {
-        let handles: Vec<_> = chunks
-            .into_iter()
-            .map(|c| s.spawn(move || c.into_iter().map(f).collect::<Vec<R>>()))
-            .collect();
-        let mut out = Vec::new();
-        for h in handles {
-            out.extend(h.join().ok()?);
-        }
-        Some(out)
-    })
+    crvs_schema::par::map(items, PARALLEL_FROM, f).ok()
 }
 
 /// Process records on several threads from this many records on.
 const PARALLEL_FROM: usize = 8;
-/// At most this many threads per change set.
-const MAX_WORKERS: usize = 4;
 
 #[cfg(test)]
 mod tests {

@@ -171,25 +171,21 @@ impl Tablet {
     /// A request that sends nothing and asks which of change sets
     /// `from..=to` arrived (their answer was lost).
     pub fn asking(&self, from: u64, to: u64) -> Vec<u8> {
-        self.counter.set(self.counter.get() + 1);
-        SyncRequest {
-            device_id: self.device_id,
-            counter: self.counter.get(),
-            cursor: self.cursor,
-            device_clock_ms: now_ms(),
-            change_sets: Vec::new(),
-            evidence: Vec::new(),
-            lineage: self.lineage,
-            adopted: None,
-            resume: Some(wire::SeqRange { from, to }),
-            report: None,
-        }
-        .seal(&self.key)
-        .expect("seal request")
+        self.seal_request(Vec::new(), Vec::new(), Some(wire::SeqRange { from, to }))
     }
 
     /// [`Tablet::request`] with KIdC proofs.
     pub fn request_with_evidence(&self, change_sets: Vec<Vec<u8>>, evidence: Vec<IssuanceProof>) -> Vec<u8> {
+        self.seal_request(change_sets, evidence, None)
+    }
+
+    /// Seals a sync request with the next request counter.
+    fn seal_request(
+        &self,
+        change_sets: Vec<Vec<u8>>,
+        evidence: Vec<IssuanceProof>,
+        resume: Option<wire::SeqRange>,
+    ) -> Vec<u8> {
         self.counter.set(self.counter.get() + 1);
         SyncRequest {
             device_id: self.device_id,
@@ -200,7 +196,7 @@ impl Tablet {
             evidence,
             lineage: self.lineage,
             adopted: None,
-            resume: None,
+            resume,
             report: None,
         }
         .seal(&self.key)
