@@ -834,6 +834,17 @@ impl Savepoint {
     }
 }
 
+/// The last cursor a pull feed handed out: `office` is `None` for the
+/// one feed of a SQLite server (its cursor is global), the office on
+/// PostgreSQL (each office's feed is counted apart).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeedHead {
+    /// The office whose feed it is; `None`: every office's.
+    pub office: Option<String>,
+    /// The last cursor handed out.
+    pub last: u64,
+}
+
 /// The primitive operations of a write transaction.
 ///
 /// Every read sees the transaction's own writes. Nothing is visible to
@@ -862,6 +873,23 @@ pub trait WriteTx {
     fn meta(&mut self, key: &str) -> Result<Option<String>, StorageError>;
     /// Sets a value of `server_meta`.
     fn set_meta(&mut self, key: &str, value: &str) -> Result<(), StorageError>;
+    /// Removes a value of `server_meta`.
+    fn delete_meta(&mut self, key: &str) -> Result<(), StorageError>;
+
+    /// The last cursor each pull feed handed out ([`FeedHead`]): one for
+    /// the whole server on SQLite, one per office on PostgreSQL. Used by
+    /// `restore` only.
+    fn feed_heads(&mut self) -> Result<Vec<FeedHead>, StorageError>;
+    /// Raises each named feed's last cursor to at least `last` (creating
+    /// an office's counter if it has none), so that the next entry is
+    /// numbered above it. Used by `restore` only.
+    fn raise_feed_heads(&mut self, heads: &[FeedHead]) -> Result<(), StorageError>;
+    /// Raises every device's request counter by `by`: requests captured
+    /// before a restore are refused after it. The devices changed.
+    fn jump_request_counters(&mut self, by: u64) -> Result<u64, StorageError>;
+    /// Expires every enrolment token not used yet (and not expired) at
+    /// `now_ms`. The tokens expired.
+    fn expire_unused_tokens(&mut self, now_ms: i64) -> Result<u64, StorageError>;
 
     /// Stores a new enrolment token (by its hash).
     fn insert_token(&mut self, token_hash: &str, row: &TokenRow) -> Result<(), StorageError>;

@@ -46,9 +46,9 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::{
-    ApiKeyRow, Device, DeviceRefusal, FeedTo, HoldRow, Issuance, LogEntry, NewDevice, RegistrationStat,
-    RegistryDump, RegistryEntry, RegistryEventRow, RegistryMaritalEntry, RegistryMarriage, RegistryPerson,
-    RegistryPersonEvent, RegistryRelative, ReleaseAudit, Savepoint, ServerChange, StaffEvent,
+    ApiKeyRow, Device, DeviceRefusal, FeedHead, FeedTo, HoldRow, Issuance, LogEntry, NewDevice,
+    RegistrationStat, RegistryDump, RegistryEntry, RegistryEventRow, RegistryMaritalEntry, RegistryMarriage,
+    RegistryPerson, RegistryPersonEvent, RegistryRelative, ReleaseAudit, Savepoint, ServerChange, StaffEvent,
     StaffHistoryEntry, StaffMember, StaffPut, StaffPutOutcome, StaffRemoval, Storage, StorageError,
     StoredNotification, StoredRecord, SyncSeen, TokenRow, UnblockAudit, WriteTx, plan_staff_put, staff_key,
 };
@@ -1195,6 +1195,54 @@ impl WriteTx for PgTx<'_> {
             &[&key, &value],
         )?;
         Ok(())
+    }
+
+    fn delete_meta(&mut self, key: &str) -> Result<(), StorageError> {
+        self.c().exec("DELETE FROM server_meta WHERE key = $1", &[&key])?;
+        Ok(())
+    }
+
+    fn feed_heads(&mut self) -> Result<Vec<FeedHead>, StorageError> {
+        self.c()
+            .query("SELECT office, last FROM feed_counters ORDER BY office", &[])?
+            .iter()
+            .map(|r| {
+                Ok(FeedHead {
+                    office: Some(r.get(0)),
+                    last: to_u64(r.get(1))?,
+                })
+            })
+            .collect()
+    }
+
+    fn raise_feed_heads(&mut self, heads: &[FeedHead]) -> Result<(), StorageError> {
+        for h in heads {
+            let Some(office) = &h.office else {
+                return Err(StorageError::Database(
+                    "a feed head without an office: PostgreSQL counts each office's feed apart".into(),
+                ));
+            };
+            self.c().exec(
+                "INSERT INTO feed_counters (office, last) VALUES ($1, $2)
+                 ON CONFLICT (office) DO UPDATE SET last = GREATEST(feed_counters.last, excluded.last)",
+                &[office, &to_i64(h.last)?],
+            )?;
+        }
+        Ok(())
+    }
+
+    fn jump_request_counters(&mut self, by: u64) -> Result<u64, StorageError> {
+        self.c().exec(
+            "UPDATE devices SET last_request_counter = last_request_counter + $1",
+            &[&to_i64(by)?],
+        )
+    }
+
+    fn expire_unused_tokens(&mut self, now_ms: i64) -> Result<u64, StorageError> {
+        self.c().exec(
+            "UPDATE enrollment_tokens SET expires_at = $1 WHERE used_at IS NULL AND expires_at > $1",
+            &[&now_ms],
+        )
     }
 
     fn insert_token(&mut self, token_hash: &str, row: &TokenRow) -> Result<(), StorageError> {
