@@ -228,8 +228,9 @@ enum Command {
         #[arg(long, default_value_t = crvs_server::notify::DEFAULT_OVERDUE_DAYS)]
         days: u32,
     },
-    /// Copy the database to FILE with SQLite's online backup, while the
-    /// server runs.
+    /// Copy the database to FILE while the server runs: SQLite's online
+    /// backup, or with --database a pg_dump of one snapshot (pg_dump and
+    /// pg_restore on PATH or in /usr/lib/postgresql/*/bin).
     Backup {
         /// The data folder.
         #[arg(long)]
@@ -257,8 +258,10 @@ enum Command {
         #[command(subcommand)]
         command: RegistryCommand,
     },
-    /// Replace the database with a backup. The server must be stopped; the
-    /// replaced database is moved aside, and the KIdC ledger is kept.
+    /// Replace the database with a backup. The server must be stopped
+    /// (with --database: every server of that database); the replaced
+    /// database is moved aside (a folder replaced-<ms>, or the schema
+    /// crvs_replaced_<ms>), and the KIdC ledger is kept.
     Restore {
         /// The data folder.
         #[arg(long)]
@@ -617,6 +620,16 @@ fn run(cli: Cli) -> Result<(), ApiError> {
             }
             // One serving process per data folder; `restore` waits for none.
             let _lock = crvs_server::backup::lock_data_dir(&data).map_err(backup_error)?;
+            // On PostgreSQL, the database is marked served (a shared
+            // advisory lock of a connection of its own), so that `restore`
+            // refuses while any server uses it. Dropped after the runtime.
+            let _serving = match database() {
+                Some(url) => Some(
+                    crvs_server::storage::postgres::ServingLock::serve(url)
+                        .map_err(|e| ApiError::Invalid(e.to_string()))?,
+                ),
+                None => None,
+            };
             let server = Arc::new(
                 open(&data)?
                     .with_late_birth_days(late_birth_days)
@@ -876,14 +889,13 @@ fn run(cli: Cli) -> Result<(), ApiError> {
             print_line(json_mode, &json!({"notifications": list}), &text);
             Ok(())
         }
-        Command::Backup { .. } | Command::Restore { .. } if database().is_some() => Err(ApiError::Invalid(
-            "backup and restore copy the embedded SQLite database; a PostgreSQL database is kept by its \
-             synchronous standby and backed up with pg_basebackup or pg_dump (ARCHITECTURE.md, \"PostgreSQL\")"
-                .into(),
-        )),
         Command::Backup { data, out } => {
             let now = crvs_server::system_clock()();
-            let r = crvs_server::backup::backup(&data, &out, now).map_err(backup_error)?;
+            let r = match database() {
+                Some(url) => crvs_server::backup::postgres::backup(url, &out, now),
+                None => crvs_server::backup::backup(&data, &out, now),
+            }
+            .map_err(backup_error)?;
             let value = to_json(&r)?;
             print_line(
                 json_mode,
@@ -901,7 +913,18 @@ fn run(cli: Cli) -> Result<(), ApiError> {
         }
         Command::Restore { data, from } => {
             let now = crvs_server::system_clock()();
-            let r = crvs_server::backup::restore(&data, &from, now).map_err(backup_error)?;
+            let r = match database() {
+                Some(url) => {
+                    // The folder of the server being restored: its key and
+                    // its KIdC ledger.
+                    if !data.join(crvs_server::keys::KEY_FILE).exists() {
+                        return Err(no_database(&data));
+                    }
+                    crvs_server::backup::postgres::restore(&data, url, &from, now)
+                }
+                None => crvs_server::backup::restore(&data, &from, now),
+            }
+            .map_err(backup_error)?;
             let value = to_json(&r)?;
             print_line(
                 json_mode,

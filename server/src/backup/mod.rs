@@ -28,6 +28,8 @@ use std::path::{Path, PathBuf};
 use rusqlite::backup::{Backup, StepResult};
 use rusqlite::{Connection, OptionalExtension};
 
+pub mod postgres;
+
 use crate::DB_FILE;
 use crate::ledger::{KidcLedger, LEDGER_FILE};
 use crate::storage::sqlite::SqliteStorage;
@@ -51,6 +53,19 @@ pub enum BackupError {
         "another crvs-server process is serving {0}; stop it first (one server per data folder, and none during a restore)"
     )]
     Running(PathBuf),
+    /// A server is serving the PostgreSQL database.
+    #[error(
+        "a crvs-server process is serving this database; stop every server that uses it first (none may run during a restore)"
+    )]
+    Serving,
+    /// A PostgreSQL program is missing.
+    #[error(
+        "{0} was found neither on PATH nor in /usr/lib/postgresql/*/bin: install the PostgreSQL client programs (apt-get install postgresql-client), of the server's major version or newer"
+    )]
+    NoProgram(&'static str),
+    /// `pg_dump` or `pg_restore` failed, or the database is not a server's.
+    #[error("{0}")]
+    Program(String),
     /// The file is not a healthy crvs-server database.
     #[error("{0} is not a usable crvs-server backup: {1}")]
     NotABackup(PathBuf, String),
@@ -116,6 +131,16 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()?;
     let _ = dir;
     Ok(())
+}
+
+/// Whether the file at `path` begins with `magic` (false when it cannot
+/// be read).
+fn file_starts_with(path: &Path, magic: &[u8]) -> bool {
+    use std::io::Read;
+    let mut head = vec![0u8; magic.len()];
+    File::open(path)
+        .and_then(|mut f| f.read_exact(&mut head))
+        .is_ok_and(|()| head == magic)
 }
 
 fn parent(path: &Path) -> &Path {
@@ -255,6 +280,12 @@ pub fn restore(data: &Path, from: &Path, now_ms: i64) -> Result<RestoreReport, B
     // The backup must be healthy before anything moves.
     let backup_taken_at_ms;
     {
+        if file_starts_with(from, b"PGDMP") {
+            return Err(BackupError::NotABackup(
+                from.to_path_buf(),
+                "it is a backup of a PostgreSQL server; restore it with --database URL (or CRVS_DATABASE_URL)".into(),
+            ));
+        }
         let src = crvs_sqlite::open_read_only(from, None)
             .map_err(|_| BackupError::NotABackup(from.to_path_buf(), "it does not open".into()))?;
         check(&src, from)?;

@@ -235,6 +235,91 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// The connection settings of `url` (the messages of a bad one name it
+/// without its password).
+pub fn config(url: &str) -> Result<postgres::Config, StorageError> {
+    let mut config: postgres::Config = url.parse().map_err(|e: postgres::Error| {
+        StorageError::Database(format!(
+            "the database URL {} is not valid: {}",
+            redact_url(url),
+            first_line(&e.to_string())
+        ))
+    })?;
+    if config.get_application_name().is_none() {
+        config.application_name("crvs-server");
+    }
+    config.connect_timeout(std::time::Duration::from_secs(10));
+    Ok(config)
+}
+
+/// One connection to the database at `url`, outside any pool (its
+/// failures name the database without its password).
+pub fn connect_one(url: &str) -> Result<Client, StorageError> {
+    config(url)?.connect(NoTls).map_err(|e| {
+        let e = StorageError::from(e);
+        StorageError::Database(format!("cannot use the database at {}: {e}", redact_url(url)))
+    })
+}
+
+/// The session advisory lock key that marks a database served: every
+/// `crvs-server serve` holds it shared for as long as it runs, and
+/// `crvs-server restore` takes it exclusively (ARCHITECTURE.md, "Recovery").
+pub const SERVING_LOCK: i64 = 0x6372_7673_0003;
+
+/// [`SERVING_LOCK`], held by a connection of its own until dropped (drop
+/// it outside any async runtime: closing the connection blocks).
+pub struct ServingLock {
+    client: Client,
+    exclusive: bool,
+}
+
+impl std::fmt::Debug for ServingLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServingLock")
+            .field("exclusive", &self.exclusive)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServingLock {
+    /// The lock of a serving process: shared (several servers share one
+    /// database). Refused while a restore holds it.
+    pub fn serve(url: &str) -> Result<ServingLock, StorageError> {
+        let mut client = connect_one(url)?;
+        let taken: bool = client
+            .query_one("SELECT pg_try_advisory_lock_shared($1)", &[&SERVING_LOCK])?
+            .get(0);
+        if !taken {
+            return Err(StorageError::Database(
+                "a restore of this database is under way (crvs-server restore holds it): start the server once it has finished"
+                    .into(),
+            ));
+        }
+        Ok(ServingLock {
+            client,
+            exclusive: false,
+        })
+    }
+
+    /// The lock of a restore: exclusive; `None` while any process serves
+    /// the database (or another restore runs).
+    pub fn restore(url: &str) -> Result<Option<ServingLock>, StorageError> {
+        let mut client = connect_one(url)?;
+        let taken: bool = client
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&SERVING_LOCK])?
+            .get(0);
+        Ok(taken.then_some(ServingLock {
+            client,
+            exclusive: true,
+        }))
+    }
+
+    /// The connection that holds the lock.
+    pub fn client(&mut self) -> &mut Client {
+        &mut self.client
+    }
+}
+
 impl PostgresStorage {
     /// Connects to the database at `url` (`postgres://user@host:port/db`,
     /// or key=value form), runs the migrations, and keeps up to
@@ -245,17 +330,7 @@ impl PostgresStorage {
 
     /// [`PostgresStorage::connect`] with a pool of `max` connections.
     pub fn connect_with_pool(url: &str, max: usize) -> Result<PostgresStorage, StorageError> {
-        let mut config: postgres::Config = url.parse().map_err(|e: postgres::Error| {
-            StorageError::Database(format!(
-                "the database URL {} is not valid: {}",
-                redact_url(url),
-                first_line(&e.to_string())
-            ))
-        })?;
-        if config.get_application_name().is_none() {
-            config.application_name("crvs-server");
-        }
-        config.connect_timeout(std::time::Duration::from_secs(10));
+        let config = config(url)?;
         let storage = PostgresStorage {
             pool: Pool {
                 config,
