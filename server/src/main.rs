@@ -15,6 +15,7 @@
 //! crvs-server notifications --data DIR [--overdue [--days N]]
 //! crvs-server backup       --data DIR --out FILE
 //! crvs-server restore      --data DIR --from FILE
+//!   (with --database URL: pg_dump / pg_restore, see crvs_server::backup::postgres)
 //! CRVS_PIN=… crvs-server staff add --data DIR --commune CODE --id STAFF
 //!                          --role clerk|verifier|registrar[,…] [--by OPERATOR]
 //! crvs-server staff remove --data DIR --commune CODE --id STAFF [--by OPERATOR]

@@ -1,4 +1,6 @@
-//! Backup and restore of the embedded SQLite database.
+//! Backup and restore of the embedded SQLite database; [`postgres`] does
+//! the same for a PostgreSQL one, and both end with the same steps
+//! ([`adjust`], [`finish`]).
 //!
 //! * [`backup`] copies the database with SQLite's online backup API while
 //!   the server runs: one step, inside one read transaction, so the copy
