@@ -1,6 +1,7 @@
 //! The restore drill: the real `crvs-server` process, its `backup` and
 //! `restore` commands, three tablets driven through the real `crvs`
-//! binary, real SQLite files.
+//! binary, on both backends: real SQLite files, and a real PostgreSQL
+//! database (`pg_dump`, `pg_restore`).
 //!
 //! A backup is taken while the server runs; tablets register, approve and
 //! sync; the server is restored to the backup; every tablet syncs again.
@@ -10,8 +11,11 @@
 //! machine is gone: only the backup, the server key and the tablets'
 //! evidence remain).
 //!
-//! SQLite only, both tests: the drill reads the issuance log from
-//! `server.db`, and the backup is a copy of that SQLite file.
+//! After the restore, unused enrolment tokens are expired and the pull
+//! feed's cursors are above anything the lost database handed out: every
+//! tablet receives every record the others register after the restore.
+//! On PostgreSQL, a restore is also refused while another server (its own
+//! folder, the same database) serves it.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -47,6 +51,24 @@ fn codes(tablet: &Tablet, ids: &[String]) -> HashMap<String, Kidc> {
 
 /// The issuance log: (code, record, reason).
 fn issuance_log(server_data: &Path) -> Vec<(String, String, String)> {
+    if let Some(url) = database_url(server_data) {
+        let cluster = crvs_testpg::shared().unwrap_or_else(|e| panic!("{e}"));
+        let out = cluster
+            .psql(
+                &url,
+                "SELECT kidc || ' ' || record_id || ' ' || reason FROM kidc_issuance",
+            )
+            .expect("read the issuance log");
+        return out
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(|l| {
+                let mut w = l.split(' ').map(str::to_owned);
+                let mut next = || w.next().expect("three words");
+                (next(), next(), next())
+            })
+            .collect();
+    }
     let db = server_db(server_data);
     let mut st = db
         .prepare("SELECT kidc, record_id, reason FROM kidc_issuance")
@@ -57,9 +79,9 @@ fn issuance_log(server_data: &Path) -> Vec<(String, String, String)> {
         .expect("rows")
 }
 
-fn drill(lose_the_ledger: bool) {
+fn drill(backend: Backend, lose_the_ledger: bool) {
     let tmp = tempfile::tempdir().unwrap();
-    let server_data = tmp.path().join("server");
+    let server_data = server_data(backend, &tmp.path().join("server"));
     let mut server = Server::start(&server_data);
     let addr = server.addr.to_string();
     let tablets: Vec<Tablet> = ["a", "b", "c"]
@@ -77,6 +99,9 @@ fn drill(lose_the_ledger: bool) {
         mine.push(t.register_approved(&files.next().unwrap()));
         t.run(&["sync"]).expect_ok();
     }
+    // A token made before the backup and never used: the restore expires
+    // it (it may have been used after the backup).
+    let unused_token = token(&server_data, "171003");
     let backup = tmp.path().join("backup.db");
     let taken = server
         .admin(&["backup", "--out", backup.to_str().unwrap()])
@@ -126,14 +151,40 @@ fn drill(lose_the_ledger: bool) {
         "invalid_argument",
         "no restore under a running server"
     );
+    // On PostgreSQL, another server (its own folder, the same database
+    // and key) keeps the database served after the first stops.
+    let mut other = (backend == Backend::Postgres).then(|| {
+        let second = tmp.path().join("server-2");
+        std::fs::create_dir_all(&second).unwrap();
+        std::fs::copy(
+            server_data.join(DATABASE_URL_FILE),
+            second.join(DATABASE_URL_FILE),
+        )
+        .unwrap();
+        std::fs::copy(server_data.join("server.key"), second.join("server.key")).unwrap();
+        Server::start(&second)
+    });
     server.terminate();
+    if let Some(other) = &mut other {
+        let refused = admin(&server_data, &["restore", "--from", backup.to_str().unwrap()]);
+        let message = refused.json["message"].as_str().unwrap_or_default().to_owned();
+        assert_eq!(refused.expect_err(), "invalid_argument");
+        assert!(message.contains("serving this database"), "{message}");
+        other.terminate();
+    }
     if lose_the_ledger {
         // A new machine: the data folder is gone but for the server key,
-        // kept apart from the backups.
-        let key = std::fs::read(server_data.join("server.key")).unwrap();
+        // kept apart from the backups (and, on PostgreSQL, the name of
+        // the database).
+        let kept: Vec<(&str, Vec<u8>)> = ["server.key", DATABASE_URL_FILE]
+            .into_iter()
+            .filter_map(|f| std::fs::read(server_data.join(f)).ok().map(|b| (f, b)))
+            .collect();
         std::fs::remove_dir_all(&server_data).unwrap();
         std::fs::create_dir_all(&server_data).unwrap();
-        std::fs::write(server_data.join("server.key"), key).unwrap();
+        for (f, bytes) in kept {
+            std::fs::write(server_data.join(f), bytes).unwrap();
+        }
     }
     let restored = admin(&server_data, &["restore", "--from", backup.to_str().unwrap()]).expect_ok();
     assert_eq!(restored["issuances"], 3, "{restored}");
@@ -153,10 +204,27 @@ fn drill(lose_the_ledger: bool) {
         3,
         "the restored log predates nine codes"
     );
+    assert!(restored["tokens_expired"].as_u64().unwrap() >= 1, "{restored}");
+    assert!(
+        restored["feed_floor"].as_u64().unwrap() > 1 << 32,
+        "the feed's cursors jumped: {restored}"
+    );
+    if backend == Backend::Postgres {
+        let moved = restored["replaced_moved_to"].as_str().expect("a schema");
+        assert!(moved.starts_with("crvs_replaced_"), "{restored}");
+    }
 
     // Every tablet syncs again: it resends what the server lost, with its
     // proofs, and keeps every code it had.
     let server = Server::start_on(&server_data, &addr);
+    let newcomer = Tablet::new(tmp.path().join("tablet-new"));
+    newcomer.run(&["init", "--commune", "171003"]).expect_ok();
+    assert!(
+        !newcomer
+            .run(&["enroll", "--server", &server.url(), "--token", &unused_token])
+            .ok,
+        "a token unused in the backup is expired by the restore"
+    );
     for (t, (mine, had)) in tablets.iter().zip(ids.iter().zip(&before)) {
         let report = t.run(&["sync"]).expect_ok();
         assert!(
@@ -218,20 +286,309 @@ fn drill(lose_the_ledger: bool) {
     assert_eq!(log.len(), 18 + late_ids.len());
     let distinct: HashSet<&String> = log.iter().map(|(k, _, _)| k).collect();
     assert_eq!(distinct.len(), log.len(), "no code issued twice");
-    // And a second sync of everyone changes nothing.
+    // And a second sync of everyone changes nothing but the feed: every
+    // tablet receives what the others registered after the restore (its
+    // cursor, from the lost database, is below every new entry).
     for t in &tablets {
         t.run(&["sync"]).expect_ok();
     }
     assert_eq!(issuance_log(&server_data).len(), 18 + late_ids.len());
+    let newest: Vec<&[String]> = ids.iter().map(|mine| &mine[mine.len() - 2..]).collect();
+    for (i, t) in tablets.iter().enumerate() {
+        for (j, theirs) in newest.iter().enumerate() {
+            if i != j {
+                for id in theirs.iter() {
+                    let shown = t.run(&["show", id]);
+                    assert!(
+                        shown.ok,
+                        "tablet {i} missed a record of tablet {j}: {}",
+                        shown.stderr
+                    );
+                }
+            }
+        }
+    }
     drop(server);
 }
 
-#[test]
-fn a_restored_server_records_again_every_code_it_had_issued_and_never_draws_one_twice() {
-    drill(false);
+both_backends!(
+    a_restored_server_records_again_every_code_it_had_issued_and_never_draws_one_twice,
+    with_the_ledger_lost_too_the_tablets_evidence_brings_every_code_back,
+);
+
+fn a_restored_server_records_again_every_code_it_had_issued_and_never_draws_one_twice(backend: Backend) {
+    drill(backend, false);
 }
 
-#[test]
-fn with_the_ledger_lost_too_the_tablets_evidence_brings_every_code_back() {
-    drill(true);
+fn with_the_ledger_lost_too_the_tablets_evidence_brings_every_code_back(backend: Backend) {
+    drill(backend, true);
 }
+
+both_backends!(a_damaged_or_foreign_backup_is_refused_by_name_and_the_database_is_kept);
+
+/// Every string of a birth's JSON of four characters or more: what no
+/// message may repeat.
+fn personal_strings(line: &str) -> Vec<String> {
+    fn walk(v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::String(s) if s.chars().count() >= 4 => out.push(s.clone()),
+            serde_json::Value::Array(a) => a.iter().for_each(|v| walk(v, out)),
+            serde_json::Value::Object(o) => o.values().for_each(|v| walk(v, out)),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(&serde_json::from_str(line).expect("json"), &mut out);
+    out
+}
+
+fn a_damaged_or_foreign_backup_is_refused_by_name_and_the_database_is_kept(backend: Backend) {
+    let tmp = tempfile::tempdir().unwrap();
+    let server_data = server_data(backend, &tmp.path().join("server"));
+    let mut server = Server::start(&server_data);
+    let addr = server.addr.to_string();
+    let tablet = Tablet::new(tmp.path().join("tablet"));
+    tablet.init_and_enroll("171003", &server);
+    let files = births(&tmp.path().join("births"));
+    let id = tablet.register_approved(&files[0]);
+    tablet.run(&["sync"]).expect_ok();
+    let personal = personal_strings(&std::fs::read_to_string(&files[0]).unwrap());
+    let backup = tmp.path().join("backup.db");
+    server
+        .admin(&["backup", "--out", backup.to_str().unwrap()])
+        .expect_ok();
+    let refused = server.admin(&["backup", "--out", backup.to_str().unwrap()]);
+    let message = refused.json["message"].as_str().unwrap_or_default().to_owned();
+    assert_eq!(refused.expect_err(), "invalid_argument");
+    assert!(message.contains("exists already"), "{message}");
+    server.terminate();
+
+    let bytes = std::fs::read(&backup).unwrap();
+    let damaged = tmp.path().join("damaged.db");
+    std::fs::write(&damaged, &bytes[..bytes.len() / 2]).unwrap();
+    let garbage = tmp.path().join("garbage.db");
+    std::fs::write(&garbage, b"these are not the records you are looking for").unwrap();
+    // A backup of the other backend.
+    let foreign = tmp.path().join("foreign.db");
+    if backend == Backend::Postgres {
+        std::fs::copy(server_data.join("kidc-ledger.db"), &foreign).unwrap();
+    } else {
+        std::fs::write(&foreign, b"PGDMP\x01\x0e\x00\x04\x08\x01\x01").unwrap();
+    }
+    for (file, expect) in [
+        (&damaged, ""),
+        (&garbage, "is not a usable crvs-server backup"),
+        (
+            &foreign,
+            if backend == Backend::Postgres {
+                "without --database"
+            } else {
+                "with --database"
+            },
+        ),
+    ] {
+        let run = admin(&server_data, &["restore", "--from", file.to_str().unwrap()]);
+        let message = run.json["message"].as_str().unwrap_or_default().to_owned();
+        let stderr = run.stderr.clone();
+        assert_eq!(run.expect_err(), "invalid_argument", "{message}");
+        assert!(message.contains(expect), "{}: {message}", file.display());
+        for s in &personal {
+            assert!(
+                !message.contains(s.as_str()) && !stderr.contains(s.as_str()),
+                "a refusal names personal data: {message}"
+            );
+        }
+    }
+    // Nothing was replaced: the server starts on the database it had.
+    assert_eq!(server_count(&server_data, "SELECT COUNT(*) FROM records"), 1);
+    let server = Server::start_on(&server_data, &addr);
+    tablet.run(&["sync"]).expect_ok();
+    assert!(tablet.show(&id)["kidc"].is_string());
+    assert_eq!(server_count(&server_data, "SELECT COUNT(*) FROM records"), 1);
+    assert_eq!(
+        server_count(&server_data, "SELECT COUNT(*) FROM kidc_issuance"),
+        1
+    );
+    drop(server);
+}
+
+/// A PostgreSQL restore is not one transaction: the replaced schema is set
+/// aside, then `pg_restore` loads the backup, then the restore's steps run.
+/// A restore killed between them leaves the database refused by every
+/// command (never served empty or half-adjusted) until a restore is run
+/// again; that one finishes, keeps the first replaced schema, and the
+/// tablets' evidence brings back what the backup lacked.
+#[test]
+fn a_restore_killed_half_way_leaves_the_database_refused_until_it_is_run_again() {
+    if !backend_available(Backend::Postgres, module_path!()) {
+        return;
+    }
+    for point in ["restore_set_aside", "restore_loaded"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let server_data = server_data(Backend::Postgres, &tmp.path().join("server"));
+        let mut server = Server::start(&server_data);
+        let addr = server.addr.to_string();
+        let tablet = Tablet::new(tmp.path().join("tablet"));
+        tablet.init_and_enroll("171003", &server);
+        let files = births(&tmp.path().join("births"));
+        let mut ids = vec![tablet.register_approved(&files[0])];
+        tablet.run(&["sync"]).expect_ok();
+        let backup = tmp.path().join("backup.dump");
+        server
+            .admin(&["backup", "--out", backup.to_str().unwrap()])
+            .expect_ok();
+        ids.push(tablet.register_approved(&files[1]));
+        tablet.run(&["sync"]).expect_ok();
+        let before = codes(&tablet, &ids);
+        assert_eq!(before.len(), 2);
+        server.terminate();
+
+        // Killed at `point`.
+        let killed = std::process::Command::new(bin("crvs-server"))
+            .args(["restore", "--from", backup.to_str().unwrap()])
+            .args(data_args(&server_data))
+            .env("CRVS_FAULT", point)
+            .output()
+            .unwrap();
+        assert!(!killed.status.success(), "{point}: the restore was not killed");
+
+        // Every command that opens the database refuses, saying what to do.
+        let refused = admin(&server_data, &["devices"]);
+        let message = refused.json["message"].as_str().unwrap_or_default().to_owned();
+        assert_eq!(refused.expect_err(), "invalid_argument", "{point}: {message}");
+        assert!(
+            message.contains("restore of this database stopped before it finished")
+                && message.contains("crvs-server restore"),
+            "{point}: {message}"
+        );
+        let serve = std::process::Command::new(bin("crvs-server"))
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(data_args(&server_data))
+            .output()
+            .unwrap();
+        assert!(
+            !serve.status.success(),
+            "{point}: a server started on a half-restored database"
+        );
+        assert!(
+            String::from_utf8_lossy(&serve.stderr).contains("restore of this database stopped"),
+            "{point}: {}",
+            String::from_utf8_lossy(&serve.stderr)
+        );
+
+        // Run again: it finishes, and names the schema of the data it
+        // replaced first (with both records), not the half-restored one.
+        let report = admin(&server_data, &["restore", "--from", backup.to_str().unwrap()]).expect_ok();
+        let aside = report["replaced_moved_to"]
+            .as_str()
+            .expect("a replaced schema")
+            .to_owned();
+        assert_eq!(
+            server_count(&server_data, &format!("SELECT COUNT(*) FROM {aside}.records")),
+            2,
+            "{point}: the replaced schema named is not the one with the data"
+        );
+        assert_eq!(server_count(&server_data, "SELECT COUNT(*) FROM records"), 1);
+        assert_eq!(
+            server_count(
+                &server_data,
+                "SELECT COUNT(*) FROM pg_tables WHERE schemaname = 'public' AND tablename = 'crvs_restore_pending'"
+            ),
+            0
+        );
+
+        // Served again: the tablet's evidence brings the second code back.
+        let server = Server::start_on(&server_data, &addr);
+        tablet.run(&["sync"]).expect_ok();
+        assert_eq!(codes(&tablet, &ids), before, "{point}: a code changed");
+        assert_eq!(server_count(&server_data, "SELECT COUNT(*) FROM records"), 2);
+        assert_eq!(
+            server_count(&server_data, "SELECT COUNT(*) FROM kidc_issuance"),
+            2
+        );
+        drop(server);
+    }
+}
+
+/// The count of `crvs-server serve` processes holding the serving lock of
+/// the database of `server_data` (their lock connections).
+fn serving_locks(server_data: &Path) -> i64 {
+    server_count(
+        server_data,
+        "SELECT COUNT(*) FROM pg_stat_activity
+         WHERE application_name = 'crvs-server serving lock' AND datname = current_database()",
+    )
+}
+
+/// The serving lock is held by a connection of its own; a server whose
+/// lock connection is lost takes the lock again, so a restore stays
+/// refused while it serves. If a restore took the lock in the gap, the
+/// server stops rather than write beside the restore.
+#[test]
+fn a_server_whose_serving_lock_is_lost_takes_it_again_or_stops_for_a_restore() {
+    let Some(cluster) = (if backend_available(Backend::Postgres, module_path!()) {
+        Some(crvs_testpg::shared().unwrap_or_else(|e| panic!("{e}")))
+    } else {
+        None
+    }) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let server_data = server_data(Backend::Postgres, &tmp.path().join("server"));
+    let url = database_url(&server_data).unwrap();
+    let mut first = Server::start(&server_data);
+    let backup = tmp.path().join("backup.dump");
+    first
+        .admin(&["backup", "--out", backup.to_str().unwrap()])
+        .expect_ok();
+    first.terminate();
+    // The server that serves: its own folder, the same database and key
+    // (the restore runs from the first folder).
+    let second = tmp.path().join("server-2");
+    std::fs::create_dir_all(&second).unwrap();
+    for f in [DATABASE_URL_FILE, "server.key"] {
+        std::fs::copy(server_data.join(f), second.join(f)).unwrap();
+    }
+    let mut server = Server::start(&second);
+    assert_eq!(serving_locks(&server_data), 1);
+    let kill_lock = "SELECT COUNT(pg_terminate_backend(pid)) FROM pg_stat_activity
+                     WHERE application_name = 'crvs-server serving lock' AND datname = current_database()";
+
+    // Lost, then taken again.
+    assert_eq!(cluster.psql(&url, kill_lock).unwrap(), "1");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while serving_locks(&server_data) != 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the serving lock was never taken again"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let refused = admin(&server_data, &["restore", "--from", backup.to_str().unwrap()]);
+    let message = refused.json["message"].as_str().unwrap_or_default().to_owned();
+    assert_eq!(refused.expect_err(), "invalid_argument");
+    assert!(message.contains("is serving this database"), "{message}");
+
+    // Lost while something else holds it exclusively, as a restore does:
+    // the server stops.
+    let mut holder = cluster
+        .bin("psql")
+        .args([
+            "-X",
+            "-q",
+            "-d",
+            &url,
+            "-c",
+            &format!("{kill_lock}; SELECT pg_advisory_lock({SERVING_LOCK}); SELECT pg_sleep(20)"),
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let status = server.wait_exit(std::time::Duration::from_secs(20));
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert!(!status.success(), "the server went on serving beside a restore");
+}
+
+/// `SERVING_LOCK` of `crvs_server::storage::postgres`.
+const SERVING_LOCK: i64 = 0x6372_7673_0003;

@@ -14,12 +14,25 @@
 //!   the first half of its body) is written to the socket, then the
 //!   process aborts before the rest (`http`): the tablet reads a truncated
 //!   answer.
+//!
+//! And `crvs-server restore`'s on PostgreSQL (`backup::postgres`):
+//!
+//! - `restore_set_aside`: the replaced schema is renamed and the restore
+//!   marked under way, before `pg_restore` runs: `public` is empty.
+//! - `restore_loaded`: `pg_restore` has loaded the backup, before the
+//!   restore's adjustments (devices, counters, feed cursors, tokens).
 
 use crvs_fault::FaultPoints;
 pub use crvs_fault::{ENV, abort_at};
 
 /// The server's fault points (see the module documentation).
-pub const POINTS: &[&str] = &["after_decode", "after_commit", "mid_answer"];
+pub const POINTS: &[&str] = &[
+    "after_decode",
+    "after_commit",
+    "mid_answer",
+    "restore_set_aside",
+    "restore_loaded",
+];
 
 static FAULTS: FaultPoints = FaultPoints::new(POINTS);
 

@@ -15,6 +15,7 @@
 //! crvs-server notifications --data DIR [--overdue [--days N]]
 //! crvs-server backup       --data DIR --out FILE
 //! crvs-server restore      --data DIR --from FILE
+//!   (with --database URL: pg_dump / pg_restore, see crvs_server::backup::postgres)
 //! CRVS_PIN=… crvs-server staff add --data DIR --commune CODE --id STAFF
 //!                          --role clerk|verifier|registrar[,…] [--by OPERATOR]
 //! crvs-server staff remove --data DIR --commune CODE --id STAFF [--by OPERATOR]
@@ -228,8 +229,9 @@ enum Command {
         #[arg(long, default_value_t = crvs_server::notify::DEFAULT_OVERDUE_DAYS)]
         days: u32,
     },
-    /// Copy the database to FILE with SQLite's online backup, while the
-    /// server runs.
+    /// Copy the database to FILE while the server runs: SQLite's online
+    /// backup, or with --database a pg_dump of one snapshot (pg_dump and
+    /// pg_restore on PATH or in /usr/lib/postgresql/*/bin).
     Backup {
         /// The data folder.
         #[arg(long)]
@@ -257,8 +259,10 @@ enum Command {
         #[command(subcommand)]
         command: RegistryCommand,
     },
-    /// Replace the database with a backup. The server must be stopped; the
-    /// replaced database is moved aside, and the KIdC ledger is kept.
+    /// Replace the database with a backup. The server must be stopped
+    /// (with --database: every server of that database); the replaced
+    /// database is moved aside (a folder replaced-<ms>, or the schema
+    /// crvs_replaced_<ms>), and the KIdC ledger is kept.
     Restore {
         /// The data folder.
         #[arg(long)]
@@ -444,7 +448,7 @@ fn run_staff(json_mode: bool, command: StaffCommand) -> Result<(), ApiError> {
 fn backup_error(e: crvs_server::backup::BackupError) -> ApiError {
     use crvs_server::backup::BackupError;
     match e {
-        BackupError::Storage(s) => ApiError::from(s),
+        BackupError::Storage(s) => storage_error(s),
         BackupError::Io(io) => ApiError::Internal(format!("i/o error: {io}")),
         other => ApiError::Invalid(other.to_string()),
     }
@@ -484,6 +488,10 @@ fn init_logging(format: Option<&str>) {
     }
 }
 
+/// How often a serving process checks that it still holds the PostgreSQL
+/// serving lock.
+const SERVING_LOCK_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The PostgreSQL database of every command (`--database`), if any.
 static DATABASE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
 
@@ -496,7 +504,16 @@ fn open(dir: &std::path::Path) -> Result<Server, ApiError> {
         Some(url) => Server::open_postgres(dir, url, crvs_server::system_clock()),
         None => Server::open(dir),
     }
-    .map_err(ApiError::from)
+    .map_err(storage_error)
+}
+
+/// A storage failure as the operator sees it: an interrupted restore is
+/// something to do, not a server fault.
+fn storage_error(e: crvs_server::storage::StorageError) -> ApiError {
+    match e {
+        crvs_server::storage::StorageError::RestoreInterrupted => ApiError::Invalid(e.to_string()),
+        other => ApiError::from(other),
+    }
 }
 
 /// Opens the server of an existing data folder, for the operator commands
@@ -533,7 +550,7 @@ fn no_database(dir: &std::path::Path) -> ApiError {
 /// started and the ledger is not opened (a running server keeps both).
 fn open_storage(dir: &std::path::Path) -> Result<Box<dyn Storage>, ApiError> {
     if let Some(url) = database() {
-        return Ok(Box::new(PostgresStorage::connect(url)?));
+        return Ok(Box::new(PostgresStorage::connect(url).map_err(storage_error)?));
     }
     let db = dir.join(crvs_server::DB_FILE);
     if !db.exists() {
@@ -617,6 +634,16 @@ fn run(cli: Cli) -> Result<(), ApiError> {
             }
             // One serving process per data folder; `restore` waits for none.
             let _lock = crvs_server::backup::lock_data_dir(&data).map_err(backup_error)?;
+            // On PostgreSQL, the database is marked served (a shared
+            // advisory lock of a connection of its own), so that `restore`
+            // refuses while any server uses it.
+            // A thread keeps it for as long as the process runs, taking it
+            // again if its connection is lost (`ServingLock::keep`).
+            if let Some(url) = database() {
+                crvs_server::storage::postgres::ServingLock::serve(url)
+                    .map_err(|e| ApiError::Invalid(e.to_string()))?
+                    .keep(url.to_string(), SERVING_LOCK_CHECK);
+            }
             let server = Arc::new(
                 open(&data)?
                     .with_late_birth_days(late_birth_days)
@@ -718,10 +745,12 @@ fn run(cli: Cli) -> Result<(), ApiError> {
                     if d.revoked { "REVOKED" } else { "active" },
                     d.last_sync.map_or("never".to_string(), |t| t.to_string()),
                     d.last_seq,
-                    d.reported.as_ref().map_or("app unknown, outbox unknown".to_string(), |r| format!(
-                        "app {}, outbox {} change sets ({} records)",
-                        r.app_version, r.change_sets_waiting, r.records_waiting
-                    )),
+                    d.reported
+                        .as_ref()
+                        .map_or("app unknown, outbox unknown".to_string(), |r| format!(
+                            "app {}, outbox {} change sets ({} records)",
+                            r.app_version, r.change_sets_waiting, r.records_waiting
+                        )),
                     if d.clock_flagged { "  CLOCK OFF" } else { "" },
                     d.blocked.as_ref().map_or(String::new(), |b| format!(
                         "  BLOCKED at change set {} ({})",
@@ -880,14 +909,13 @@ fn run(cli: Cli) -> Result<(), ApiError> {
             print_line(json_mode, &json!({"notifications": list}), &text);
             Ok(())
         }
-        Command::Backup { .. } | Command::Restore { .. } if database().is_some() => Err(ApiError::Invalid(
-            "backup and restore copy the embedded SQLite database; a PostgreSQL database is kept by its \
-             synchronous standby and backed up with pg_basebackup or pg_dump (ARCHITECTURE.md, \"PostgreSQL\")"
-                .into(),
-        )),
         Command::Backup { data, out } => {
             let now = crvs_server::system_clock()();
-            let r = crvs_server::backup::backup(&data, &out, now).map_err(backup_error)?;
+            let r = match database() {
+                Some(url) => crvs_server::backup::postgres::backup(url, &out, now),
+                None => crvs_server::backup::backup(&data, &out, now),
+            }
+            .map_err(backup_error)?;
             let value = to_json(&r)?;
             print_line(
                 json_mode,
@@ -905,7 +933,18 @@ fn run(cli: Cli) -> Result<(), ApiError> {
         }
         Command::Restore { data, from } => {
             let now = crvs_server::system_clock()();
-            let r = crvs_server::backup::restore(&data, &from, now).map_err(backup_error)?;
+            let r = match database() {
+                Some(url) => {
+                    // The folder of the server being restored: its key and
+                    // its KIdC ledger.
+                    if !data.join(crvs_server::keys::KEY_FILE).exists() {
+                        return Err(no_database(&data));
+                    }
+                    crvs_server::backup::postgres::restore(&data, url, &from, now)
+                }
+                None => crvs_server::backup::restore(&data, &from, now),
+            }
+            .map_err(backup_error)?;
             let value = to_json(&r)?;
             print_line(
                 json_mode,

@@ -59,6 +59,13 @@ pub enum StorageError {
     /// concurrent writers ([`Storage::concurrent_writers`]) report it.
     #[error("the transaction conflicted with another and was rolled back: {0}")]
     Conflict(String),
+    /// A `crvs-server restore` into this database stopped before it
+    /// finished (PostgreSQL): the database is not opened until a restore
+    /// finishes.
+    #[error(
+        "a restore of this database stopped before it finished (the data it replaced is kept in a schema named crvs_replaced_<time>): run `crvs-server restore --from BACKUP` again with the same backup; no server opens the database until a restore has finished"
+    )]
+    RestoreInterrupted,
 }
 
 impl From<crvs_sqlite::OpenError> for StorageError {
@@ -848,6 +855,17 @@ impl Savepoint {
     }
 }
 
+/// The last cursor a pull feed handed out: `office` is `None` for the
+/// one feed of a SQLite server (its cursor is global), the office on
+/// PostgreSQL (each office's feed is counted apart).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeedHead {
+    /// The office whose feed it is; `None`: every office's.
+    pub office: Option<String>,
+    /// The last cursor handed out.
+    pub last: u64,
+}
+
 /// The primitive operations of a write transaction.
 ///
 /// Every read sees the transaction's own writes. Nothing is visible to
@@ -876,6 +894,23 @@ pub trait WriteTx {
     fn meta(&mut self, key: &str) -> Result<Option<String>, StorageError>;
     /// Sets a value of `server_meta`.
     fn set_meta(&mut self, key: &str, value: &str) -> Result<(), StorageError>;
+    /// Removes a value of `server_meta`.
+    fn delete_meta(&mut self, key: &str) -> Result<(), StorageError>;
+
+    /// The last cursor each pull feed handed out ([`FeedHead`]): one for
+    /// the whole server on SQLite, one per office on PostgreSQL. Used by
+    /// `restore` only.
+    fn feed_heads(&mut self) -> Result<Vec<FeedHead>, StorageError>;
+    /// Raises each named feed's last cursor to at least `last` (creating
+    /// an office's counter if it has none), so that the next entry is
+    /// numbered above it. Used by `restore` only.
+    fn raise_feed_heads(&mut self, heads: &[FeedHead]) -> Result<(), StorageError>;
+    /// Raises every device's request counter by `by`: requests captured
+    /// before a restore are refused after it. The devices changed.
+    fn jump_request_counters(&mut self, by: u64) -> Result<u64, StorageError>;
+    /// Expires every enrolment token not used yet (and not expired) at
+    /// `now_ms`. The tokens expired.
+    fn expire_unused_tokens(&mut self, now_ms: i64) -> Result<u64, StorageError>;
 
     /// Stores a new enrolment token (by its hash).
     fn insert_token(&mut self, token_hash: &str, row: &TokenRow) -> Result<(), StorageError>;

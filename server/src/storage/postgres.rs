@@ -47,9 +47,9 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::{
-    ApiKeyRow, Device, DeviceRefusal, FeedTo, HoldRow, Issuance, LogEntry, NewDevice, RegistrationStat,
-    RegistryDump, RegistryEntry, RegistryEventRow, RegistryMaritalEntry, RegistryMarriage, RegistryPerson,
-    RegistryPersonEvent, RegistryRelative, ReleaseAudit, Savepoint, ServerChange, StaffEvent,
+    ApiKeyRow, Device, DeviceRefusal, FeedHead, FeedTo, HoldRow, Issuance, LogEntry, NewDevice,
+    RegistrationStat, RegistryDump, RegistryEntry, RegistryEventRow, RegistryMaritalEntry, RegistryMarriage,
+    RegistryPerson, RegistryPersonEvent, RegistryRelative, ReleaseAudit, Savepoint, ServerChange, StaffEvent,
     StaffHistoryEntry, StaffMember, StaffPut, StaffPutOutcome, StaffRemoval, Storage, StorageError,
     StoredNotification, StoredRecord, SyncSeen, TokenRow, UnblockAudit, WriteTx, plan_staff_put, staff_key,
 };
@@ -239,6 +239,155 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// The connection settings of `url` (the messages of a bad one name it
+/// without its password).
+pub fn config(url: &str) -> Result<postgres::Config, StorageError> {
+    let mut config: postgres::Config = url.parse().map_err(|e: postgres::Error| {
+        StorageError::Database(format!(
+            "the database URL {} is not valid: {}",
+            redact_url(url),
+            first_line(&e.to_string())
+        ))
+    })?;
+    if config.get_application_name().is_none() {
+        config.application_name("crvs-server");
+    }
+    config.connect_timeout(std::time::Duration::from_secs(10));
+    Ok(config)
+}
+
+/// One connection to the database at `url`, outside any pool (its
+/// failures name the database without its password).
+pub fn connect_one(url: &str) -> Result<Client, StorageError> {
+    config(url)?.connect(NoTls).map_err(|e| {
+        let e = StorageError::from(e);
+        StorageError::Database(format!("cannot use the database at {}: {e}", redact_url(url)))
+    })
+}
+
+/// The table in `public` that marks a restore under way: made in the
+/// transaction that sets the replaced schema aside, dropped when the
+/// restore has finished. While it exists, nothing opens the database but
+/// `crvs-server restore` (ARCHITECTURE.md, "Recovery").
+pub const RESTORE_PENDING: &str = "crvs_restore_pending";
+
+/// The session advisory lock key that marks a database served: every
+/// `crvs-server serve` holds it shared for as long as it runs, and
+/// `crvs-server restore` takes it exclusively (ARCHITECTURE.md, "Recovery").
+pub const SERVING_LOCK: i64 = 0x6372_7673_0003;
+
+/// [`SERVING_LOCK`], held by a connection of its own until dropped (drop
+/// it outside any async runtime: closing the connection blocks).
+pub struct ServingLock {
+    client: Client,
+    exclusive: bool,
+}
+
+impl std::fmt::Debug for ServingLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServingLock")
+            .field("exclusive", &self.exclusive)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The `application_name` of the connection that holds [`SERVING_LOCK`]
+/// for a serving process (visible in `pg_stat_activity`).
+pub const SERVING_LOCK_APPLICATION: &str = "crvs-server serving lock";
+
+impl ServingLock {
+    /// The lock of a serving process: shared (several servers share one
+    /// database). Refused while a restore holds it.
+    pub fn serve(url: &str) -> Result<ServingLock, StorageError> {
+        Self::try_serve(url)?.ok_or_else(|| {
+            StorageError::Database(
+                "a restore of this database is under way (crvs-server restore holds it): start the server once it has finished"
+                    .into(),
+            )
+        })
+    }
+
+    /// [`ServingLock::serve`]; `None` while a restore holds the lock.
+    fn try_serve(url: &str) -> Result<Option<ServingLock>, StorageError> {
+        let mut config = config(url)?;
+        config.application_name(SERVING_LOCK_APPLICATION);
+        let mut client = config.connect(NoTls).map_err(|e| {
+            let e = StorageError::from(e);
+            StorageError::Database(format!("cannot use the database at {}: {e}", redact_url(url)))
+        })?;
+        let taken: bool = client
+            .query_one("SELECT pg_try_advisory_lock_shared($1)", &[&SERVING_LOCK])?
+            .get(0);
+        Ok(taken.then_some(ServingLock {
+            client,
+            exclusive: false,
+        }))
+    }
+
+    /// Keeps a serving process's lock for as long as the process runs, on
+    /// a thread of its own: every `every`, the lock's connection is asked
+    /// whether it is alive. A lost connection (the database restarted, the
+    /// connection killed) no longer holds the lock, so it is taken again.
+    /// If a restore took it in the meantime, the process exits: it must
+    /// not write beside a restore (its pooled connections would write into
+    /// the schema the restore set aside).
+    pub fn keep(self, url: String, every: std::time::Duration) -> std::thread::JoinHandle<()> {
+        std::thread::Builder::new()
+            .name("serving-lock".into())
+            .spawn(move || {
+                let mut lock = Some(self);
+                loop {
+                    std::thread::sleep(every);
+                    let alive = lock.as_mut().is_some_and(|l| {
+                        !l.client.is_closed() && l.client.simple_query("SELECT 1").is_ok()
+                    });
+                    if alive {
+                        continue;
+                    }
+                    if lock.take().is_some() {
+                        tracing::warn!(
+                            "the database connection holding the serving lock was lost; taking the lock again"
+                        );
+                    }
+                    match ServingLock::try_serve(&url) {
+                        Ok(Some(l)) => {
+                            tracing::info!("the serving lock is held again");
+                            lock = Some(l);
+                        }
+                        Ok(None) => {
+                            tracing::error!(
+                                "a restore of the database began while this server's serving lock was lost: stopping, so that nothing is written beside the restore (start the server again once the restore has finished)"
+                            );
+                            std::process::exit(1);
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot take the serving lock again; trying again")
+                        }
+                    }
+                }
+            })
+            .expect("spawn the serving-lock thread")
+    }
+
+    /// The lock of a restore: exclusive; `None` while any process serves
+    /// the database (or another restore runs).
+    pub fn restore(url: &str) -> Result<Option<ServingLock>, StorageError> {
+        let mut client = connect_one(url)?;
+        let taken: bool = client
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&SERVING_LOCK])?
+            .get(0);
+        Ok(taken.then_some(ServingLock {
+            client,
+            exclusive: true,
+        }))
+    }
+
+    /// The connection that holds the lock.
+    pub fn client(&mut self) -> &mut Client {
+        &mut self.client
+    }
+}
+
 impl PostgresStorage {
     /// Connects to the database at `url` (`postgres://user@host:port/db`,
     /// or key=value form), runs the migrations, and keeps up to
@@ -249,17 +398,18 @@ impl PostgresStorage {
 
     /// [`PostgresStorage::connect`] with a pool of `max` connections.
     pub fn connect_with_pool(url: &str, max: usize) -> Result<PostgresStorage, StorageError> {
-        let mut config: postgres::Config = url.parse().map_err(|e: postgres::Error| {
-            StorageError::Database(format!(
-                "the database URL {} is not valid: {}",
-                redact_url(url),
-                first_line(&e.to_string())
-            ))
-        })?;
-        if config.get_application_name().is_none() {
-            config.application_name("crvs-server");
-        }
-        config.connect_timeout(std::time::Duration::from_secs(10));
+        Self::open(url, max, false)
+    }
+
+    /// The storage `crvs-server restore` adjusts before it removes
+    /// [`RESTORE_PENDING`]: the one connection allowed to open a database
+    /// whose restore has not finished.
+    pub(crate) fn connect_restoring(url: &str) -> Result<PostgresStorage, StorageError> {
+        Self::open(url, 2, true)
+    }
+
+    fn open(url: &str, max: usize, restoring: bool) -> Result<PostgresStorage, StorageError> {
+        let config = config(url)?;
         let storage = PostgresStorage {
             pool: Pool {
                 config,
@@ -268,7 +418,7 @@ impl PostgresStorage {
                 max: max.max(1),
             },
         };
-        storage.migrate().map_err(|e| match e {
+        storage.migrate(restoring).map_err(|e| match e {
             StorageError::Database(m) if m.contains("connection") || m.starts_with("postgresql:") => {
                 StorageError::Database(format!("cannot use the database at {}: {m}", redact_url(url)))
             }
@@ -277,11 +427,23 @@ impl PostgresStorage {
         Ok(storage)
     }
 
-    fn migrate(&self) -> Result<(), StorageError> {
+    fn migrate(&self, restoring: bool) -> Result<(), StorageError> {
         let mut pooled = self.pool.get()?;
         let conn = pooled.conn();
         let mut tx = conn.client.transaction()?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
+        // A restore that stopped half-way (its process killed after the old
+        // schema was set aside) leaves the marker in `public`; migrating
+        // would make an empty registry and serve it.
+        let pending: Option<String> = tx
+            .query_one(
+                &format!("SELECT to_regclass('public.{RESTORE_PENDING}')::TEXT"),
+                &[],
+            )?
+            .get(0);
+        if pending.is_some() && !restoring {
+            return Err(StorageError::RestoreInterrupted);
+        }
         // No NOTICE that the version table exists, at every start.
         tx.batch_execute("SET LOCAL client_min_messages = warning")?;
         tx.batch_execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")?;
@@ -1232,6 +1394,54 @@ impl WriteTx for PgTx<'_> {
             &[&key, &value],
         )?;
         Ok(())
+    }
+
+    fn delete_meta(&mut self, key: &str) -> Result<(), StorageError> {
+        self.c().exec("DELETE FROM server_meta WHERE key = $1", &[&key])?;
+        Ok(())
+    }
+
+    fn feed_heads(&mut self) -> Result<Vec<FeedHead>, StorageError> {
+        self.c()
+            .query("SELECT office, last FROM feed_counters ORDER BY office", &[])?
+            .iter()
+            .map(|r| {
+                Ok(FeedHead {
+                    office: Some(r.get(0)),
+                    last: to_u64(r.get(1))?,
+                })
+            })
+            .collect()
+    }
+
+    fn raise_feed_heads(&mut self, heads: &[FeedHead]) -> Result<(), StorageError> {
+        for h in heads {
+            let Some(office) = &h.office else {
+                return Err(StorageError::Database(
+                    "a feed head without an office: PostgreSQL counts each office's feed apart".into(),
+                ));
+            };
+            self.c().exec(
+                "INSERT INTO feed_counters (office, last) VALUES ($1, $2)
+                 ON CONFLICT (office) DO UPDATE SET last = GREATEST(feed_counters.last, excluded.last)",
+                &[office, &to_i64(h.last)?],
+            )?;
+        }
+        Ok(())
+    }
+
+    fn jump_request_counters(&mut self, by: u64) -> Result<u64, StorageError> {
+        self.c().exec(
+            "UPDATE devices SET last_request_counter = last_request_counter + $1",
+            &[&to_i64(by)?],
+        )
+    }
+
+    fn expire_unused_tokens(&mut self, now_ms: i64) -> Result<u64, StorageError> {
+        self.c().exec(
+            "UPDATE enrollment_tokens SET expires_at = $1 WHERE used_at IS NULL AND expires_at > $1",
+            &[&now_ms],
+        )
     }
 
     fn insert_token(&mut self, token_hash: &str, row: &TokenRow) -> Result<(), StorageError> {

@@ -32,10 +32,10 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::{
-    ApiKeyRow, Device, DeviceRefusal, FeedTo, HoldRow, Issuance, LogEntry, NewDevice, RegistrationStat,
-    ReleaseAudit, Savepoint, ServerChange, StaffEvent, StaffMember, StaffPut, StaffPutOutcome, StaffRemoval,
-    Storage, StorageError, StoredNotification, StoredRecord, SyncSeen, TokenRow, UnblockAudit, WriteTx,
-    plan_staff_put, staff_key,
+    ApiKeyRow, Device, DeviceRefusal, FeedHead, FeedTo, HoldRow, Issuance, LogEntry, NewDevice,
+    RegistrationStat, ReleaseAudit, Savepoint, ServerChange, StaffEvent, StaffMember, StaffPut,
+    StaffPutOutcome, StaffRemoval, Storage, StorageError, StoredNotification, StoredRecord, SyncSeen,
+    TokenRow, UnblockAudit, WriteTx, plan_staff_put, staff_key,
 };
 use super::{
     RegistryDump, RegistryEntry, RegistryEventRow, RegistryMaritalEntry, RegistryMarriage, RegistryPerson,
@@ -109,6 +109,22 @@ impl SqliteStorage {
         // A panic while holding the reader leaves nothing half-written.
         self.reader.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// The last cursor of the pull feed: the highest entry, or the
+/// AUTOINCREMENT's high-water mark if higher (entries are never deleted,
+/// but a restore raises the mark).
+pub fn feed_head(conn: &Connection) -> Result<u64, StorageError> {
+    let max: Option<i64> = conn.query_row("SELECT MAX(cursor) FROM server_changes", [], |r| r.get(0))?;
+    let seq: Option<i64> = conn
+        .query_row(
+            "SELECT seq FROM sqlite_sequence WHERE name = 'server_changes'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?
+        .flatten();
+    Ok(max.unwrap_or(0).max(seq.unwrap_or(0)).max(0) as u64)
 }
 
 impl Storage for SqliteStorage {
@@ -701,6 +717,54 @@ impl WriteTx for SqliteTx<'_> {
         )?;
         st.execute(params![key, value])?;
         Ok(())
+    }
+
+    fn delete_meta(&mut self, key: &str) -> Result<(), StorageError> {
+        self.conn
+            .prepare_cached("DELETE FROM server_meta WHERE key = ?1")?
+            .execute(params![key])?;
+        Ok(())
+    }
+
+    fn feed_heads(&mut self) -> Result<Vec<FeedHead>, StorageError> {
+        Ok(vec![FeedHead {
+            office: None,
+            last: feed_head(&self.conn)?,
+        }])
+    }
+
+    fn raise_feed_heads(&mut self, heads: &[FeedHead]) -> Result<(), StorageError> {
+        // One feed: its cursor is `server_changes`' AUTOINCREMENT.
+        let Some(last) = heads.iter().map(|h| h.last).max() else {
+            return Ok(());
+        };
+        let last = i64::try_from(last).map_err(|_| StorageError::Corrupt("a feed cursor out of range"))?;
+        let updated = self.conn.execute(
+            "UPDATE sqlite_sequence SET seq = MAX(seq, ?1) WHERE name = 'server_changes'",
+            [last],
+        )?;
+        if updated == 0 {
+            self.conn.execute(
+                "INSERT INTO sqlite_sequence (name, seq) VALUES ('server_changes', ?1)",
+                [last],
+            )?;
+        }
+        Ok(())
+    }
+
+    fn jump_request_counters(&mut self, by: u64) -> Result<u64, StorageError> {
+        let by = i64::try_from(by).map_err(|_| StorageError::Corrupt("a counter jump out of range"))?;
+        Ok(self.conn.execute(
+            "UPDATE devices SET last_request_counter = last_request_counter + ?1",
+            [by],
+        )? as u64)
+    }
+
+    fn expire_unused_tokens(&mut self, now_ms: i64) -> Result<u64, StorageError> {
+        Ok(self.conn.execute(
+            "UPDATE enrollment_tokens SET expires_at = ?1 WHERE used_at IS NULL AND expires_at > ?1",
+            [now_ms],
+        )? as u64)
     }
 
     fn insert_token(&mut self, token_hash: &str, row: &TokenRow) -> Result<(), StorageError> {

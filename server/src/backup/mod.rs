@@ -1,4 +1,6 @@
-//! Backup and restore of the embedded SQLite database.
+//! Backup and restore of the embedded SQLite database; [`postgres`] does
+//! the same for a PostgreSQL one, and both end with the same steps
+//! ([`adjust`], [`finish`]).
 //!
 //! * [`backup`] copies the database with SQLite's online backup API while
 //!   the server runs: one step, inside one read transaction, so the copy
@@ -26,12 +28,14 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use rusqlite::backup::{Backup, StepResult};
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension};
+
+pub mod postgres;
 
 use crate::DB_FILE;
 use crate::ledger::{KidcLedger, LEDGER_FILE};
-use crate::storage::StorageError;
 use crate::storage::sqlite::SqliteStorage;
+use crate::storage::{FeedHead, NewDevice, Storage, StorageError};
 
 /// The lock file a serving process holds in its data folder.
 pub const LOCK_FILE: &str = "serve.lock";
@@ -51,6 +55,19 @@ pub enum BackupError {
         "another crvs-server process is serving {0}; stop it first (one server per data folder, and none during a restore)"
     )]
     Running(PathBuf),
+    /// A server is serving the PostgreSQL database.
+    #[error(
+        "a crvs-server process is serving this database; stop every server that uses it first (none may run during a restore)"
+    )]
+    Serving,
+    /// A PostgreSQL program is missing.
+    #[error(
+        "{0} was found neither on PATH nor in /usr/lib/postgresql/*/bin: install the PostgreSQL client programs (apt-get install postgresql-client), of the server's major version or newer"
+    )]
+    NoProgram(&'static str),
+    /// `pg_dump` or `pg_restore` failed, or the database is not a server's.
+    #[error("{0}")]
+    Program(String),
     /// The file is not a healthy crvs-server database.
     #[error("{0} is not a usable crvs-server backup: {1}")]
     NotABackup(PathBuf, String),
@@ -116,6 +133,16 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()?;
     let _ = dir;
     Ok(())
+}
+
+/// Whether the file at `path` begins with `magic` (false when it cannot
+/// be read).
+fn file_starts_with(path: &Path, magic: &[u8]) -> bool {
+    use std::io::Read;
+    let mut head = vec![0u8; magic.len()];
+    File::open(path)
+        .and_then(|mut f| f.read_exact(&mut head))
+        .is_ok_and(|()| head == magic)
 }
 
 fn parent(path: &Path) -> &Path {
@@ -205,8 +232,10 @@ pub struct RestoreReport {
     pub restored_from: PathBuf,
     /// When that backup was taken, if it says.
     pub backup_taken_at_ms: Option<i64>,
-    /// Where the replaced database went, if there was one.
-    pub replaced_moved_to: Option<PathBuf>,
+    /// Where the replaced database went, if there was one: a folder of
+    /// the data folder (SQLite), or a schema of the database
+    /// (PostgreSQL, `crvs_replaced_<ms>`).
+    pub replaced_moved_to: Option<String>,
     /// Codes in the restored issuance log.
     pub issuances: u64,
     /// Codes reserved in the ledger.
@@ -240,19 +269,6 @@ pub struct RestoreReport {
 /// tells them the counter).
 pub const COUNTER_JUMP: i64 = 1 << 32;
 
-fn feed_head(conn: &Connection) -> Result<u64, BackupError> {
-    let max: Option<i64> = conn.query_row("SELECT MAX(cursor) FROM server_changes", [], |r| r.get(0))?;
-    let seq: Option<i64> = conn
-        .query_row(
-            "SELECT seq FROM sqlite_sequence WHERE name = 'server_changes'",
-            [],
-            |r| r.get(0),
-        )
-        .optional()?
-        .flatten();
-    Ok(max.unwrap_or(0).max(seq.unwrap_or(0)).max(0) as u64)
-}
-
 /// Replaces the database of `data` with the backup `from`. The server must
 /// be stopped.
 pub fn restore(data: &Path, from: &Path, now_ms: i64) -> Result<RestoreReport, BackupError> {
@@ -264,13 +280,17 @@ pub fn restore(data: &Path, from: &Path, now_ms: i64) -> Result<RestoreReport, B
     }
 
     // The backup must be healthy before anything moves.
-    let backup_head;
     let backup_taken_at_ms;
     {
+        if file_starts_with(from, b"PGDMP") {
+            return Err(BackupError::NotABackup(
+                from.to_path_buf(),
+                "it is a backup of a PostgreSQL server; restore it with --database URL (or CRVS_DATABASE_URL)".into(),
+            ));
+        }
         let src = crvs_sqlite::open_read_only(from, None)
             .map_err(|_| BackupError::NotABackup(from.to_path_buf(), "it does not open".into()))?;
         check(&src, from)?;
-        backup_head = feed_head(&src)?;
         backup_taken_at_ms = src
             .query_row(
                 "SELECT value FROM server_meta WHERE key = 'backup_taken_at'",
@@ -284,98 +304,33 @@ pub fn restore(data: &Path, from: &Path, now_ms: i64) -> Result<RestoreReport, B
         Backup::new(&src, &mut dst)?.step(-1)?;
     }
     // The cursors the database being replaced handed out, if it is still
-    // readable; otherwise (the machine was lost) a random margin keeps
-    // two restores of one backup apart.
-    let current_head = if db.exists() {
+    // readable; otherwise (the machine was lost) the random margin of
+    // [`adjust`] keeps two restores of one backup apart.
+    let replaced_heads = if db.exists() {
         crvs_sqlite::open_read_only(&db, None)
             .ok()
-            .and_then(|c| feed_head(&c).ok())
-            .unwrap_or(0)
+            .and_then(|c| crate::storage::sqlite::feed_head(&c).ok())
+            .map(|last| vec![FeedHead { office: None, last }])
+            .unwrap_or_default()
     } else {
-        0
+        Vec::new()
     };
-    let margin = 1 + u64::from(rand::random::<u16>());
-    let feed_floor = backup_head.max(current_head) + (margin << 32);
 
     // Migrate the copy to this build's schema, then adjust it.
-    drop(SqliteStorage::open(&staging)?);
-    let tokens_expired;
-    let mut devices_restored = 0;
-    let mut revocations_kept = 0;
-    let ledger_devices = crate::ledger::read_devices(&data.join(LEDGER_FILE))?;
-    {
+    let adjusted = {
+        let staging_storage = SqliteStorage::open(&staging)?;
+        let adjusted = adjust(
+            &staging_storage,
+            data,
+            &replaced_heads,
+            now_ms,
+            backup_taken_at_ms,
+        )?;
+        drop(staging_storage);
         let conn = Connection::open(&staging)?;
-        let tx = conn.unchecked_transaction()?;
-        // Enrolments and revocations made after the backup.
-        for d in &ledger_devices {
-            let id = d.device_id.to_string();
-            let known: i64 =
-                tx.query_row("SELECT COUNT(*) FROM devices WHERE device_id = ?1", [&id], |r| {
-                    r.get(0)
-                })?;
-            if known == 0 {
-                tx.execute(
-                    "INSERT INTO devices (device_id, office, public_key, enrolled_at, last_hash)
-                     VALUES (?1, ?2, ?3, ?4, ?5)",
-                    params![
-                        id,
-                        d.office,
-                        d.public_key,
-                        d.enrolled_at_ms,
-                        hex::encode([0u8; 32])
-                    ],
-                )?;
-                if !d.token_hash.is_empty() {
-                    tx.execute(
-                        "UPDATE enrollment_tokens SET used_at = ?2, device_id = ?3, public_key = ?4
-                         WHERE token_hash = ?1 AND used_at IS NULL",
-                        params![d.token_hash, d.enrolled_at_ms, id, d.public_key],
-                    )?;
-                }
-                devices_restored += 1;
-            }
-            if let Some(at) = d.revoked_at_ms {
-                revocations_kept += tx.execute(
-                    "UPDATE devices SET revoked_at = ?2 WHERE device_id = ?1 AND revoked_at IS NULL",
-                    params![id, at],
-                )? as u64;
-            }
-        }
-        tx.execute(
-            "UPDATE devices SET last_request_counter = last_request_counter + ?1",
-            [COUNTER_JUMP],
-        )?;
-        let updated = tx.execute(
-            "UPDATE sqlite_sequence SET seq = ?1 WHERE name = 'server_changes'",
-            [feed_floor as i64],
-        )?;
-        if updated == 0 {
-            tx.execute(
-                "INSERT INTO sqlite_sequence (name, seq) VALUES ('server_changes', ?1)",
-                [feed_floor as i64],
-            )?;
-        }
-        tokens_expired = tx.execute(
-            "UPDATE enrollment_tokens SET expires_at = ?1 WHERE used_at IS NULL AND expires_at > ?1",
-            [now_ms],
-        )? as u64;
-        for (k, v) in [
-            ("restored_at", now_ms.to_string()),
-            (
-                "restored_from_backup_taken_at",
-                backup_taken_at_ms.unwrap_or(0).to_string(),
-            ),
-        ] {
-            tx.execute(
-                "INSERT INTO server_meta (key, value) VALUES (?1, ?2)
-                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                params![k, v],
-            )?;
-        }
-        tx.execute("DELETE FROM server_meta WHERE key = 'backup_taken_at'", [])?;
-        tx.commit()?;
         conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")?;
-    }
+        adjusted
+    };
 
     // Move the replaced database aside (with its WAL: it may hold
     // committed transactions), then put the copy in place.
@@ -389,7 +344,7 @@ pub fn restore(data: &Path, from: &Path, now_ms: i64) -> Result<RestoreReport, B
                 std::fs::rename(&p, aside.join(format!("{DB_FILE}{suffix}")))?;
             }
         }
-        replaced_moved_to = Some(aside);
+        replaced_moved_to = Some(aside.display().to_string());
     }
     for suffix in ["-wal", "-shm"] {
         let p = PathBuf::from(format!("{}{suffix}", staging.display()));
@@ -403,11 +358,124 @@ pub fn restore(data: &Path, from: &Path, now_ms: i64) -> Result<RestoreReport, B
 
     // The ledger is kept as it is; a lost one is made from the backup.
     let storage = SqliteStorage::open(&db)?;
-    let issued = crate::storage::Storage::issuances(&storage)?;
+    finish(
+        data,
+        &storage,
+        from,
+        backup_taken_at_ms,
+        replaced_moved_to,
+        adjusted,
+        now_ms,
+    )
+}
+
+/// What [`adjust`] did to a restored database.
+#[derive(Debug, Clone, Copy)]
+struct Adjusted {
+    feed_floor: u64,
+    tokens_expired: u64,
+    devices_restored: u64,
+    revocations_kept: u64,
+}
+
+/// The changes every restore makes to the restored database (migrated to
+/// this build's schema), whatever its backend, in one transaction:
+/// enrolments and revocations the ledger of `data` holds and the backup
+/// lacks; every device's request counter jumped by [`COUNTER_JUMP`]; every
+/// pull feed's cursor raised above anything the backup or the replaced
+/// database (`replaced_heads`, its [`FeedHead`]s if it was readable) handed
+/// out, by a random multiple of 2^32; unused enrolment tokens expired;
+/// `restored_at` and `restored_from_backup_taken_at` noted.
+fn adjust(
+    storage: &dyn Storage,
+    data: &Path,
+    replaced_heads: &[FeedHead],
+    now_ms: i64,
+    backup_taken_at_ms: Option<i64>,
+) -> Result<Adjusted, BackupError> {
+    let ledger_devices = crate::ledger::read_devices(&data.join(LEDGER_FILE))?;
+    let mut devices_restored = 0;
+    let mut revocations_kept = 0;
+    let mut tx = storage.begin()?;
+    // Enrolments and revocations made after the backup.
+    for d in &ledger_devices {
+        let revoked = match tx.device(d.device_id)? {
+            Some(known) => known.revoked_at_ms.is_some(),
+            None => {
+                let mut public_key = [0u8; 32];
+                hex::decode_to_slice(&d.public_key, &mut public_key)
+                    .map_err(|_| StorageError::Corrupt("a device key in the KIdC ledger"))?;
+                tx.insert_device(&NewDevice {
+                    device_id: d.device_id,
+                    office: d.office.clone(),
+                    public_key,
+                    enrolled_at_ms: d.enrolled_at_ms,
+                })?;
+                if !d.token_hash.is_empty() {
+                    tx.use_token(&d.token_hash, d.device_id, &public_key, d.enrolled_at_ms)?;
+                }
+                devices_restored += 1;
+                false
+            }
+        };
+        if let Some(at) = d.revoked_at_ms
+            && !revoked
+        {
+            tx.revoke_device(d.device_id, at)?;
+            revocations_kept += 1;
+        }
+    }
+    tx.jump_request_counters(COUNTER_JUMP as u64)?;
+    // Every feed (every office's, on PostgreSQL: the devices just put back
+    // have one now) jumps above the higher of the backup's and the
+    // replaced database's last cursor.
+    let margin = (1 + u64::from(rand::random::<u16>())) << 32;
+    let mut heads: std::collections::BTreeMap<Option<String>, u64> = Default::default();
+    for h in tx.feed_heads()?.into_iter().chain(replaced_heads.iter().cloned()) {
+        let last = heads.entry(h.office).or_default();
+        *last = (*last).max(h.last);
+    }
+    let raised: Vec<FeedHead> = heads
+        .into_iter()
+        .map(|(office, last)| FeedHead {
+            office,
+            last: last + margin,
+        })
+        .collect();
+    tx.raise_feed_heads(&raised)?;
+    let feed_floor = raised.iter().map(|h| h.last).min().unwrap_or(margin);
+    let tokens_expired = tx.expire_unused_tokens(now_ms)?;
+    tx.delete_meta("backup_taken_at")?;
+    tx.set_meta("restored_at", &now_ms.to_string())?;
+    tx.set_meta(
+        "restored_from_backup_taken_at",
+        &backup_taken_at_ms.unwrap_or(0).to_string(),
+    )?;
+    tx.commit()?;
+    Ok(Adjusted {
+        feed_floor,
+        tokens_expired,
+        devices_restored,
+        revocations_kept,
+    })
+}
+
+/// The end of every restore, once the restored database is in place: the
+/// KIdC ledger of `data` is kept as it is (a lost one is made from the
+/// backup), then staff removed and API keys revoked after the backup are
+/// off the roster and refused again ([`crate::ledger::reconcile`]).
+fn finish(
+    data: &Path,
+    storage: &dyn Storage,
+    from: &Path,
+    backup_taken_at_ms: Option<i64>,
+    replaced_moved_to: Option<String>,
+    adjusted: Adjusted,
+    now_ms: i64,
+) -> Result<RestoreReport, BackupError> {
+    let issued = storage.issuances()?;
     let (ledger, opened) = KidcLedger::open(&data.join(LEDGER_FILE), &issued, now_ms)?;
-    // Staff removed and API keys revoked after the backup: off the roster
-    // and refused again (every start does the same).
-    let reconciled = crate::ledger::reconcile(&ledger, &storage)?;
+    let reconciled = crate::ledger::reconcile(&ledger, storage)?;
     let reserved = ledger.len()?;
     let issuances = issued.len() as u64;
     if opened.created {
@@ -423,10 +491,10 @@ pub fn restore(data: &Path, from: &Path, now_ms: i64) -> Result<RestoreReport, B
         reserved,
         codes_to_record_again: reserved.saturating_sub(issuances),
         ledger_rebuilt: opened.created,
-        feed_floor,
-        tokens_expired,
-        devices_restored,
-        revocations_kept,
+        feed_floor: adjusted.feed_floor,
+        tokens_expired: adjusted.tokens_expired,
+        devices_restored: adjusted.devices_restored,
+        revocations_kept: adjusted.revocations_kept,
         staff_removals_kept: reconciled.staff_removed_again as u64,
         api_key_revocations_kept: reconciled.api_keys_revoked_again as u64,
     })
