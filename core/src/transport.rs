@@ -29,6 +29,13 @@ pub trait Transport {
     fn sync(&self, sealed_request: &[u8]) -> Result<Vec<u8>>;
 }
 
+/// A kept-alive connection idle longer than this is not used again. The
+/// server closes one idle for 10 s (its header read timeout); a request
+/// sent on it just as the server closes it is cut ("connection reset by
+/// peer"), which ureq's liveness probe cannot see coming. 5 s leaves the
+/// server's close well clear of any request (ureq's default is 15 s).
+pub const MAX_IDLE_AGE: Duration = Duration::from_secs(5);
+
 /// The blocking HTTP transport (ureq; no async runtime).
 pub struct HttpTransport {
     base: String,
@@ -63,6 +70,7 @@ impl HttpTransport {
             .timeout_recv_response(Some(Duration::from_secs(120)))
             .timeout_recv_body(Some(Duration::from_secs(300)))
             .timeout_send_body(Some(Duration::from_secs(600)))
+            .max_idle_age(MAX_IDLE_AGE)
             .tls_config(tls)
             .build();
         Ok(HttpTransport {

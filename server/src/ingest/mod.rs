@@ -79,7 +79,7 @@ pub use prepare::{MAX_CHUNKS_PER_RECORD, MAX_RECORD_DOC_BYTES};
 pub use register::{HOLD_NOT_REGISTERED, HOLD_UNKNOWN_RECORD};
 pub use release::{Released, release_hold};
 pub(crate) use write::{Job, Written};
-use write::{settle_group, write_alone, write_group};
+use write::{settle_group, write_group};
 
 /// A device clock further than this from the server's is flagged.
 pub const CLOCK_TOLERANCE_MS: u64 = 24 * 3600 * 1000;
@@ -306,18 +306,12 @@ pub fn handle_sync(server: &Server, body: &[u8]) -> Result<Vec<u8>, ApiError> {
             ok
         }),
     };
-    let written = if server.storage().concurrent_writers() {
-        // PostgreSQL: a transaction of its own, alongside the others (the
-        // database groups the commits).
-        write_alone(server, job)?
-    } else {
-        server.write_group().run(
-            job,
-            |jobs| write_group(server, jobs),
-            |results| settle_group(server, results),
-            || Err(ApiError::Internal("the commit group failed".into())),
-        )?
-    };
+    let written = server.write_group().run(
+        job,
+        |jobs| write_group(server, jobs),
+        |results| settle_group(server, results),
+        || Err(ApiError::Internal("the commit group failed".into())),
+    )?;
 
     // After the commit: sign the proofs and the answer, off the writer.
     let Written {

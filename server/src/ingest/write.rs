@@ -16,7 +16,7 @@ use uuid::Uuid;
 use crate::Server;
 use crate::error::ApiError;
 use crate::ledger::Reservations;
-use crate::storage::{Device, DeviceRefusal, Savepoint, SyncSeen, WriteTx};
+use crate::storage::{Device, DeviceRefusal, Savepoint, StorageError, SyncSeen, WriteTx};
 
 use super::apply::apply_change_set;
 use super::open::Incoming;
@@ -58,9 +58,21 @@ pub(crate) struct Written {
 /// that fails is undone alone), then the ledger reservation of every code
 /// the group issued, then one commit. A failure of the ledger or of the
 /// commit fails every request of the group, and nothing of it is kept.
+///
+/// On a backend with concurrent writers (PostgreSQL: several servers)
+/// the group is the same, but its commit is durable when it returns, so
+/// the ledger is synced before it; and a conflict with another
+/// transaction fails every request of the group with
+/// [`StorageError::Conflict`], which runs each of them again.
 pub(crate) fn write_group(server: &Server, jobs: Vec<Job>) -> Vec<Result<Written, ApiError>> {
     let n = jobs.len();
-    let group_failed = |what: &str, e: &dyn std::fmt::Display| {
+    let group_failed = |what: &str, e: ApiError| {
+        if let ApiError::Storage(StorageError::Conflict(why)) = &e {
+            tracing::info!(requests = n, why = %why, "a commit group conflicted with another transaction; its requests run again");
+            return (0..n)
+                .map(|_| Err(ApiError::Storage(StorageError::Conflict(why.clone()))))
+                .collect();
+        }
         tracing::error!(requests = n, error = %e, "{what}");
         (0..n)
             .map(|_| {
@@ -72,7 +84,7 @@ pub(crate) fn write_group(server: &Server, jobs: Vec<Job>) -> Vec<Result<Written
     };
     let mut tx = match server.storage().begin() {
         Ok(tx) => tx,
-        Err(e) => return group_failed("the write transaction could not start", &e),
+        Err(e) => return group_failed("the write transaction could not start", e.into()),
     };
     let mut results = Vec::with_capacity(n);
     let mut reserve = Reservations::default();
@@ -86,7 +98,7 @@ pub(crate) fn write_group(server: &Server, jobs: Vec<Job>) -> Vec<Result<Written
             Err(_) => tx.rollback_to_savepoint(Savepoint::Request),
         };
         if let Err(e) = kept {
-            return group_failed("a savepoint failed", &e);
+            return group_failed("a savepoint failed", e.into());
         }
         if let Ok(w) = &result
             && let Some(stats) = &w.stats
@@ -99,48 +111,29 @@ pub(crate) fn write_group(server: &Server, jobs: Vec<Job>) -> Vec<Result<Written
     // the database first: a restored backup never draws the code again nor
     // counts to the number again (see `crate::ledger`). Codes of a change
     // set rolled back may be among them: reserving one too many is
-    // harmless (the record gets the same one next time).
+    // harmless (the record gets the same one next time). A commit that is
+    // durable when it returns needs the ledger durable before it.
     let now_ms = server.now_ms();
-    if let Err(e) = server.ledger().reserve_unsynced(&reserve, now_ms) {
+    let durable_commit = server.storage().concurrent_writers();
+    let reserved = server.ledger().reserve_unsynced(&reserve, now_ms).and_then(|()| {
+        if durable_commit {
+            server.ledger().sync()
+        } else {
+            Ok(())
+        }
+    });
+    if let Err(e) = reserved {
         return group_failed(
             "reserving KIdCs and registration numbers in the ledger failed",
-            &e,
+            e.into(),
         );
     }
-    // Visible now, durable once `settle_group` synced both logs: no answer
-    // leaves before.
+    // Visible now, durable once `settle_group` synced both logs (on
+    // SQLite): no answer leaves before.
     if let Err(e) = tx.commit_unsynced() {
-        return group_failed("the commit failed", &e);
+        return group_failed("the commit failed", e.into());
     }
     results
-}
-
-/// One request in a transaction of its own, for a backend with
-/// concurrent writers: the codes and numbers it issued reserved in the
-/// ledger and synced, then the commit (durable when it returns). A
-/// [`crate::storage::StorageError::Conflict`] comes back as it is, with
-/// nothing kept, for the caller to run the request again.
-pub(crate) fn write_alone(server: &Server, job: Job) -> Result<Written, ApiError> {
-    let mut tx = server.storage().begin()?;
-    // An error drops the transaction, which rolls it back.
-    let written = write_request(server, &mut *tx, job)?;
-    if let Some(stats) = &written.stats {
-        let mut reserve = Reservations::default();
-        reserve.extend_from(&stats.reserve);
-        server
-            .ledger()
-            .reserve_unsynced(&reserve, server.now_ms())
-            .and_then(|()| server.ledger().sync())
-            .map_err(|e| {
-                tracing::error!(error = %e, "reserving KIdCs and registration numbers in the ledger failed");
-                ApiError::Internal(
-                    "reserving KIdCs and registration numbers in the ledger failed; nothing was applied: sync again"
-                        .into(),
-                )
-            })?;
-    }
-    tx.commit()?;
-    Ok(written)
 }
 
 /// Makes a group's commit durable, off the writer: the ledger's log first,

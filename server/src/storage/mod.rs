@@ -717,11 +717,13 @@ pub trait Storage: Send + Sync {
     /// back.
     fn begin(&self) -> Result<Box<dyn WriteTx + '_>, StorageError>;
 
-    /// Whether several write transactions run at once (PostgreSQL). If
-    /// not, [`Storage::begin`] hands out one at a time, and the server
-    /// groups concurrent requests into one transaction
-    /// ([`crate::group_commit`]); if so, each request has a transaction of
-    /// its own, retried on [`StorageError::Conflict`].
+    /// Whether several write transactions run at once (PostgreSQL: several
+    /// server processes, and operator commands beside a server). If not,
+    /// [`Storage::begin`] hands out one at a time. If so, a commit is
+    /// durable when it returns, and a transaction may fail with
+    /// [`StorageError::Conflict`], to be run again. Either way, a server
+    /// groups concurrent sync requests into one transaction
+    /// ([`crate::group_commit`]).
     fn concurrent_writers(&self) -> bool {
         false
     }

@@ -7,14 +7,18 @@
 //! `schema_version`, under an advisory lock so that two processes starting
 //! at once migrate once) and keeps a small pool of connections.
 //!
-//! Unlike SQLite, several write transactions run at once, from one
-//! process or several. Every write transaction runs at READ COMMITTED and
-//! takes, in this order, the locks that make the single-writer logic of
-//! `crate::ingest` hold (ARCHITECTURE.md, "PostgreSQL"):
+//! Unlike SQLite, several write transactions can run at once (several
+//! server processes, operator commands beside them). Every write
+//! transaction runs at READ COMMITTED and takes, in this order, the locks
+//! that make the single-writer logic of `crate::ingest` hold
+//! (ARCHITECTURE.md, "PostgreSQL"):
 //!
-//! 1. **The chain lock**: [`WriteTx::device`] reads the device with
-//!    `SELECT … FOR UPDATE`, so its chain advances only from the position
-//!    this transaction read; a second request of the same device waits.
+//! 1. **The registry lock**: a transaction-level advisory lock taken when
+//!    the transaction begins, kept to the commit. The registry (persons,
+//!    marriages, its event log) spans offices; its event log's order is the
+//!    order its events were applied. Taken first, because a server's commit
+//!    group writes for many offices: taken late, two servers' groups could
+//!    each hold an office the other waits for.
 //! 2. **The office lock**: the row of the office in `feed_counters`, locked
 //!    by the first operation that touches the office (the device's read,
 //!    a record's load, a feed append) and kept to the commit. The office's
@@ -22,10 +26,9 @@
 //!    become visible in cursor order and a tablet never skips one. It also
 //!    serializes the writes to the office's records and registration
 //!    counters.
-//! 3. **The registry lock**: a transaction-level advisory lock taken by the
-//!    first registry operation, kept to the commit. The registry (persons,
-//!    marriages, its event log) spans offices; its event log's order is the
-//!    order its events were applied.
+//! 3. **The chain lock**: [`WriteTx::device`] reads the device with
+//!    `SELECT … FOR UPDATE`, so its chain advances only from the position
+//!    this transaction read; a second request of the same device waits.
 //!
 //! Locks are taken in that order, so two transactions do not deadlock on
 //! them; a deadlock or serialization failure the database reports anyway
@@ -470,6 +473,19 @@ impl PostgresStorage {
 
     fn read(&self) -> Result<Pooled<'_>, StorageError> {
         self.pool.get()
+    }
+
+    fn begin_tx(&self) -> Result<PgTx<'_>, StorageError> {
+        let mut conn = self.pool.get()?;
+        conn.conn()
+            .client
+            .batch_execute("BEGIN ISOLATION LEVEL READ COMMITTED")?;
+        Ok(PgTx {
+            conn,
+            open: true,
+            offices: HashSet::new(),
+            registry_locked: false,
+        })
     }
 }
 
@@ -954,16 +970,13 @@ fn registry_events_after(
 
 impl Storage for PostgresStorage {
     fn begin(&self) -> Result<Box<dyn WriteTx + '_>, StorageError> {
-        let mut conn = self.pool.get()?;
-        conn.conn()
-            .client
-            .batch_execute("BEGIN ISOLATION LEVEL READ COMMITTED")?;
-        Ok(Box::new(PgTx {
-            conn,
-            open: true,
-            offices: HashSet::new(),
-            registry_locked: false,
-        }))
+        let mut tx = self.begin_tx()?;
+        // The registry lock first (module docs): a sync group writes for
+        // many offices, and one holding offices while waiting for the
+        // registry would deadlock with another server's group holding the
+        // registry while waiting for one of those offices.
+        tx.lock_registry()?;
+        Ok(Box::new(tx))
     }
 
     fn concurrent_writers(&self) -> bool {
