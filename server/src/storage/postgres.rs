@@ -485,6 +485,7 @@ impl PostgresStorage {
             open: true,
             offices: HashSet::new(),
             registry_locked: false,
+            issued: HashMap::new(),
         })
     }
 }
@@ -1285,6 +1286,10 @@ struct PgTx<'a> {
     /// Offices whose lock this transaction holds.
     offices: HashSet<String>,
     registry_locked: bool,
+    /// Codes of the issuance log this transaction read or wrote, by
+    /// record: the log never changes a row, so only a rollback to a
+    /// savepoint makes one stale (one round trip less per record).
+    issued: HashMap<Uuid, Kidc>,
 }
 
 impl Drop for PgTx<'_> {
@@ -1320,7 +1325,7 @@ impl PgTx<'_> {
         Ok(())
     }
 
-    /// Takes the registry lock (module docs, 3) unless already held.
+    /// Takes the registry lock (module docs, 1) unless already held.
     fn lock_registry(&mut self) -> Result<(), StorageError> {
         if !self.registry_locked {
             self.c()
@@ -1328,18 +1333,6 @@ impl PgTx<'_> {
             self.registry_locked = true;
         }
         Ok(())
-    }
-
-    /// The next cursor of `office`'s feed (the office lock is held).
-    fn next_cursor(&mut self, office: &str) -> Result<i64, StorageError> {
-        self.lock_office(office)?;
-        Ok(self
-            .c()
-            .one(
-                "UPDATE feed_counters SET last = last + 1 WHERE office = $1 RETURNING last",
-                &[&office],
-            )?
-            .get(0))
     }
 }
 
@@ -1367,6 +1360,7 @@ impl WriteTx for PgTx<'_> {
         // again when needed (taking a lock already held is harmless).
         self.offices.clear();
         self.registry_locked = false;
+        self.issued.clear();
         Ok(())
     }
 
@@ -1706,19 +1700,27 @@ impl WriteTx for PgTx<'_> {
     }
 
     fn issued_kidc(&mut self, record_id: Uuid) -> Result<Option<Kidc>, StorageError> {
-        self.c()
+        if let Some(k) = self.issued.get(&record_id) {
+            return Ok(Some(k.clone()));
+        }
+        let found = self
+            .c()
             .opt(
                 "SELECT kidc FROM kidc_issuance WHERE record_id = $1",
                 &[&record_id.to_string()],
             )?
             .map(|r| parse_kidc(r.get(0)))
-            .transpose()
+            .transpose()?;
+        if let Some(k) = &found {
+            self.issued.insert(record_id, k.clone());
+        }
+        Ok(found)
     }
 
     fn insert_issuance(&mut self, i: &Issuance<'_>) -> Result<bool, StorageError> {
         // Both unique keys (the code, the record): a concurrent insert of
         // the same code waits for the other transaction, then does nothing.
-        Ok(self.c().exec(
+        let inserted = self.c().exec(
             "INSERT INTO kidc_issuance (kidc, record_id, category, issued_at, device_id, seq, reason)
              VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
             &[
@@ -1730,7 +1732,11 @@ impl WriteTx for PgTx<'_> {
                 &to_i64(i.seq)?,
                 &i.reason,
             ],
-        )? == 1)
+        )? == 1;
+        if inserted {
+            self.issued.insert(i.record_id, i.kidc.clone());
+        }
+        Ok(inserted)
     }
 
     fn append_feed(
@@ -1740,41 +1746,40 @@ impl WriteTx for PgTx<'_> {
         change: &[u8],
         at_ms: i64,
     ) -> Result<(), StorageError> {
-        let (office, device, kind) = match to {
+        // One round trip: the office's next cursor (under its lock, taken
+        // first) and the row, in one statement.
+        let record = record_id.to_string();
+        match to {
             FeedTo::Office(office) => {
-                let origin: Option<String> = self
-                    .c()
-                    .opt(
-                        "SELECT origin_device FROM records WHERE record_id = $1",
-                        &[&record_id.to_string()],
-                    )?
-                    .map(|r| r.get(0));
-                let Some(origin) = origin else {
+                self.lock_office(office)?;
+                let n = self.c().exec(
+                    "WITH c AS (UPDATE feed_counters SET last = last + 1 WHERE office = $1 RETURNING last)
+                     INSERT INTO server_changes (feed_office, cursor, device_id, record_id, change, created_at, office, kind)
+                     SELECT $1, c.last, r.origin_device, $2, $3, $4, $1, 'server'
+                     FROM c, records r WHERE r.record_id = $2",
+                    &[&office, &record, &change, &at_ms],
+                )?;
+                if n != 1 {
+                    // The counter's step is rolled back with the transaction.
                     return Err(StorageError::Corrupt("a feed row for a record not stored"));
-                };
-                (office, origin, "server")
+                }
             }
             FeedTo::OfficeExcept { office, from } => {
-                let from = from.to_string();
-                let others: bool = self
-                    .c()
-                    .one(
-                        "SELECT EXISTS (SELECT 1 FROM devices WHERE office = $1 AND device_id <> $2 AND revoked_at IS NULL)",
-                        &[&office, &from],
-                    )?
-                    .get(0);
-                if !others {
-                    return Ok(());
-                }
-                (office, from, "tablet")
+                // Only if another device of the office is there to read it
+                // (no number is taken otherwise).
+                self.lock_office(office)?;
+                self.c().exec(
+                    "WITH c AS (UPDATE feed_counters SET last = last + 1
+                                WHERE office = $1
+                                  AND EXISTS (SELECT 1 FROM devices
+                                              WHERE office = $1 AND device_id <> $2 AND revoked_at IS NULL)
+                                RETURNING last)
+                     INSERT INTO server_changes (feed_office, cursor, device_id, record_id, change, created_at, office, kind)
+                     SELECT $1, c.last, $2, $3, $4, $5, $1, 'tablet' FROM c",
+                    &[&office, &from.to_string(), &record, &change, &at_ms],
+                )?;
             }
-        };
-        let cursor = self.next_cursor(office)?;
-        self.c().exec(
-            "INSERT INTO server_changes (feed_office, cursor, device_id, record_id, change, created_at, office, kind)
-             VALUES ($1, $2, $3, $4, $5, $6, $1, $7)",
-            &[&office, &cursor, &device, &record_id.to_string(), &change, &at_ms, &kind],
-        )?;
+        }
         Ok(())
     }
 
@@ -2152,17 +2157,17 @@ impl WriteTx for PgTx<'_> {
 
     fn registry_append_event(&mut self, e: &RegistryEventRow) -> Result<Option<u64>, StorageError> {
         self.lock_registry()?;
-        let c = self.c();
-        let seq: i64 = c
-            .one("SELECT COALESCE(max(seq), 0) + 1 FROM registry_events", &[])?
-            .get(0);
-        let inserted = c.exec(
-            "INSERT INTO registry_events (seq, record_id, kind, registration_number, registered_at, office,
-                 event, kidc, amends_record_id, amends_kidc, late)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-             ON CONFLICT (record_id) DO NOTHING",
-            &[
-                &seq,
+        // The next number and the row in one round trip (numbered under
+        // the registry lock, so no two transactions take one number).
+        let seq: Option<i64> = self
+            .c()
+            .opt(
+                "INSERT INTO registry_events (seq, record_id, kind, registration_number, registered_at, office,
+                     event, kidc, amends_record_id, amends_kidc, late)
+                 SELECT COALESCE(max(seq), 0) + 1, $1, $2, $3, $4, $5, $6, $7, $8, $9, $10 FROM registry_events
+                 ON CONFLICT (record_id) DO NOTHING
+                 RETURNING seq",
+                &[
                 &e.record_id.to_string(),
                 &e.kind,
                 &e.registration_number,
@@ -2174,12 +2179,9 @@ impl WriteTx for PgTx<'_> {
                 &e.amends_kidc.as_ref().map(Kidc::as_str),
                 &i16::from(e.late),
             ],
-        )?;
-        if inserted == 1 {
-            Ok(Some(to_u64(seq)?))
-        } else {
-            Ok(None)
-        }
+        )?
+            .map(|r| r.get(0));
+        seq.map(to_u64).transpose()
     }
 
     fn registry_events_after(
