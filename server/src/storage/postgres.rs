@@ -1701,7 +1701,7 @@ impl WriteTx for PgTx<'_> {
 
     fn issued_kidc(&mut self, record_id: Uuid) -> Result<Option<Kidc>, StorageError> {
         if let Some(k) = self.issued.get(&record_id) {
-            return Ok(Some(k.clone()));
+            return Ok(Some(*k));
         }
         let found = self
             .c()
@@ -1712,7 +1712,7 @@ impl WriteTx for PgTx<'_> {
             .map(|r| parse_kidc(r.get(0)))
             .transpose()?;
         if let Some(k) = &found {
-            self.issued.insert(record_id, k.clone());
+            self.issued.insert(record_id, *k);
         }
         Ok(found)
     }
@@ -1734,7 +1734,7 @@ impl WriteTx for PgTx<'_> {
             ],
         )? == 1;
         if inserted {
-            self.issued.insert(i.record_id, i.kidc.clone());
+            self.issued.insert(i.record_id, *i.kidc);
         }
         Ok(inserted)
     }
