@@ -461,6 +461,17 @@ fn a_restore_killed_half_way_leaves_the_database_refused_until_it_is_run_again()
                 && message.contains("crvs-server restore"),
             "{point}: {message}"
         );
+        let refused = admin(
+            &server_data,
+            &["backup", "--out", tmp.path().join("half.dump").to_str().unwrap()],
+        );
+        let message = refused.json["message"].as_str().unwrap_or_default().to_owned();
+        assert_eq!(refused.expect_err(), "invalid_argument", "{point}: {message}");
+        assert!(
+            message.contains("restore of this database stopped"),
+            "{point}: {message}"
+        );
+        assert!(!tmp.path().join("half.dump").exists());
         let serve = std::process::Command::new(bin("crvs-server"))
             .args(["serve", "--listen", "127.0.0.1:0"])
             .args(data_args(&server_data))

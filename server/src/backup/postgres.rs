@@ -220,6 +220,17 @@ pub fn backup(url: &str, out: &Path, now_ms: i64) -> Result<BackupReport, Backup
         )
         .map_err(StorageError::from)?
         .get(0);
+    // A half-finished restore is not a state to keep.
+    let pending: bool = tx
+        .query_one(
+            &format!("SELECT to_regclass('public.{RESTORE_PENDING}') IS NOT NULL"),
+            &[],
+        )
+        .map_err(StorageError::from)?
+        .get(0);
+    if pending {
+        return Err(StorageError::RestoreInterrupted.into());
+    }
     if tables != REQUIRED_TABLES.len() as i64 {
         return Err(BackupError::Program(
             "the database has no crvs-server tables: check --database (a server makes them at its first start)"
