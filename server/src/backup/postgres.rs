@@ -32,7 +32,9 @@ use std::process::{Command, Stdio};
 use postgres::IsolationLevel;
 
 use super::{BackupError, BackupReport, RestoreReport, lock_data_dir, parent, sync_dir};
-use crate::storage::postgres::{PostgresStorage, RESTORE_PENDING, ServingLock, config, connect_one};
+use crate::storage::postgres::{
+    PostgresStorage, RESTORE_PENDING, ServingLock, config, connect_one, restore_pending,
+};
 use crate::storage::{FeedHead, StorageError};
 
 /// The tables a server's dump must hold.
@@ -221,14 +223,7 @@ pub fn backup(url: &str, out: &Path, now_ms: i64) -> Result<BackupReport, Backup
         .map_err(StorageError::from)?
         .get(0);
     // A half-finished restore is not a state to keep.
-    let pending: bool = tx
-        .query_one(
-            &format!("SELECT to_regclass('public.{RESTORE_PENDING}') IS NOT NULL"),
-            &[],
-        )
-        .map_err(StorageError::from)?
-        .get(0);
-    if pending {
+    if restore_pending(&mut tx)? {
         return Err(StorageError::RestoreInterrupted.into());
     }
     if tables != REQUIRED_TABLES.len() as i64 {
@@ -323,13 +318,7 @@ pub fn restore(data: &Path, url: &str, from: &Path, now_ms: i64) -> Result<Resto
     // A restore that stopped half-way left its marker in `public`, naming
     // the schema it set aside: that one, not the half-restored `public`,
     // holds what is being replaced.
-    let pending: bool = c
-        .query_one(
-            &format!("SELECT to_regclass('public.{RESTORE_PENDING}') IS NOT NULL"),
-            &[],
-        )
-        .map_err(StorageError::from)?
-        .get(0);
+    let pending = restore_pending(c)?;
     let earlier_aside: Option<String> = if pending {
         c.query_opt(&format!("SELECT aside FROM public.{RESTORE_PENDING}"), &[])
             .map_err(StorageError::from)?

@@ -274,6 +274,16 @@ pub fn connect_one(url: &str) -> Result<Client, StorageError> {
 /// `crvs-server restore` (ARCHITECTURE.md, "Recovery").
 pub const RESTORE_PENDING: &str = "crvs_restore_pending";
 
+/// Whether [`RESTORE_PENDING`] exists: a restore of this database has not
+/// finished.
+pub fn restore_pending(c: &mut impl postgres::GenericClient) -> Result<bool, StorageError> {
+    Ok(c.query_one(
+        &format!("SELECT to_regclass('public.{RESTORE_PENDING}') IS NOT NULL"),
+        &[],
+    )?
+    .get(0))
+}
+
 /// The session advisory lock key that marks a database served: every
 /// `crvs-server serve` holds it shared for as long as it runs, and
 /// `crvs-server restore` takes it exclusively (ARCHITECTURE.md, "Recovery").
@@ -438,13 +448,7 @@ impl PostgresStorage {
         // A restore that stopped half-way (its process killed after the old
         // schema was set aside) leaves the marker in `public`; migrating
         // would make an empty registry and serve it.
-        let pending: Option<String> = tx
-            .query_one(
-                &format!("SELECT to_regclass('public.{RESTORE_PENDING}')::TEXT"),
-                &[],
-            )?
-            .get(0);
-        if pending.is_some() && !restoring {
+        if !restoring && restore_pending(&mut tx)? {
             return Err(StorageError::RestoreInterrupted);
         }
         // No NOTICE that the version table exists, at every start.
