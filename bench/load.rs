@@ -205,6 +205,39 @@ fn start_server(data: &Path, database: Option<&str>, crt: &Path, key: &Path) -> 
     }
 }
 
+/// CPU time in seconds, from `/proc` (Linux; `USER_HZ` is 100 there).
+mod cpu {
+    const HZ: f64 = 100.0;
+
+    /// User and system time of process `pid`, all its threads.
+    pub fn process(pid: u32) -> f64 {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            return 0.0;
+        };
+        // The command name may hold spaces: the fields start after its ')'.
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let tick = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        (tick(11) + tick(12)) / HZ
+    }
+
+    /// The machine's busy and idle time, all cores.
+    pub fn machine() -> (f64, f64) {
+        let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        let v: Vec<f64> = stat
+            .lines()
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        let total: f64 = v.iter().take(8).sum();
+        let idle = v.get(3).copied().unwrap_or(0.0) + v.get(4).copied().unwrap_or(0.0);
+        ((total - idle) / HZ, idle / HZ)
+    }
+}
+
 fn admin(data: &Path, database: Option<&str>, args: &[&str]) -> Value {
     let out = server_command(database)
         .arg("--json")
@@ -398,6 +431,11 @@ fn run(config: &str, a: &Args, births: &[String], postgres_url: Option<&str>) ->
     barrier.wait();
     let setup_s = setup.elapsed().as_secs_f64();
     let started = Instant::now();
+    let server_pids: Vec<u32> = servers.iter().map(|s| s.child.id()).collect();
+    let cpu_servers = |pids: &[u32]| pids.iter().map(|p| cpu::process(*p)).sum::<f64>();
+    let (busy_0, idle_0) = cpu::machine();
+    let servers_0 = cpu_servers(&server_pids);
+    let me_0 = cpu::process(std::process::id());
     let mut latencies = Vec::new();
     let mut retried_latencies = Vec::new();
     let mut failed_tablets = 0usize;
@@ -420,6 +458,13 @@ fn run(config: &str, a: &Args, births: &[String], postgres_url: Option<&str>) ->
         }
     }
     let seconds = started.elapsed().as_secs_f64();
+    // Where the machine's time went while the tablets synced (the tablet
+    // threads' last `list` included).
+    let (busy_1, idle_1) = cpu::machine();
+    let servers_s = cpu_servers(&server_pids) - servers_0;
+    let me_s = cpu::process(std::process::id()) - me_0;
+    let busy_s = busy_1 - busy_0;
+    let round = |x: f64| (x * 100.0).round() / 100.0;
     // Latency of every tablet's whole sync, retries included.
     latencies.extend(retried_latencies);
     latencies.sort_by(f64::total_cmp);
@@ -463,6 +508,14 @@ fn run(config: &str, a: &Args, births: &[String], postgres_url: Option<&str>) ->
         "registered_on_server": registered,
         "every_record_exactly_one_kidc": ok,
         "setup_seconds": setup_s.round(),
+        "cpu_seconds": {
+            "cores": std::thread::available_parallelism().map_or(0, |n| n.get()),
+            "machine_busy": round(busy_s),
+            "machine_idle": round(idle_1 - idle_0),
+            "load_generator": round(me_s),
+            "servers": round(servers_s),
+            "other_postgresql_and_kernel": round((busy_s - me_s - servers_s).max(0.0)),
+        },
     })
 }
 

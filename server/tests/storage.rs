@@ -11,8 +11,8 @@ use crvs_schema::Kidc;
 use crvs_schema::wire::TabletReport;
 use crvs_server::staff::{Role, Roles};
 use crvs_server::storage::{
-    ApiKeyRow, DeviceRefusal, FeedTo, Issuance, LogEntry, NewDevice, ReleaseAudit, StaffEvent, StaffPut,
-    StaffPutOutcome, StoredNotification, StoredRecord, SyncSeen, WriteTx,
+    ApiKeyRow, DeviceRefusal, FeedTo, Issuance, LogEntry, NewDevice, ReleaseAudit, Savepoint, StaffEvent,
+    StaffPut, StaffPutOutcome, StoredNotification, StoredRecord, SyncSeen, WriteTx,
 };
 use uuid::Uuid;
 
@@ -606,4 +606,77 @@ fn registration_numbers_count_up_per_office_and_year_and_never_go_back(backend: 
     drop(tx);
     let mut tx = db.storage.begin().unwrap();
     assert_eq!(tx.next_registration_seq(OFFICE, 2026, 0).unwrap(), 22);
+}
+
+/// The record `new_record(_, n, ..)` made, with another document.
+fn same_record_again(n: u128, device: Uuid) -> StoredRecord {
+    StoredRecord {
+        record_id: Uuid::from_u128(0xe000 + n),
+        office: OFFICE.into(),
+        origin_device: device,
+        kind: "birth".into(),
+        status: "registered".into(),
+        doc: vec![0xff; 8],
+        updated_at_ms: 9_000,
+    }
+}
+
+// A commit group runs each request in a savepoint, and each change set in
+// one inside it (`ingest::write`). PostgreSQL sends the writes whose answer
+// is not read with the next statement that needs one; a write that fails
+// must still fail its own request (at the latest when its savepoint is
+// released) and be undone with it, and never cost the requests around it.
+both_backends!(a_failed_write_fails_its_own_request_and_the_others_of_the_group_commit);
+fn a_failed_write_fails_its_own_request_and_the_others_of_the_group_commit(backend: Backend) {
+    let db = backend::open(backend);
+    let mut tx = db.storage.begin().unwrap();
+    let device = new_device(&mut *tx, 1, OFFICE);
+    let first = new_record(&mut *tx, 1, OFFICE, device);
+    tx.commit().unwrap();
+
+    let mut tx = db.storage.begin().unwrap();
+    // Request 1: advances the chain, then inserts a record that exists.
+    tx.savepoint(Savepoint::Request).unwrap();
+    let one = (|| {
+        tx.advance_device(device, 5, &[5; 32])?;
+        tx.insert_record(&same_record_again(1, device))?;
+        tx.release_savepoint(Savepoint::Request)
+    })();
+    assert!(one.is_err(), "a record inserted twice is refused, by its request");
+    tx.rollback_to_savepoint(Savepoint::Request).unwrap();
+
+    // Request 2: a new record, and a change set inside it that fails and
+    // is undone alone (what came before it in the request stands).
+    tx.savepoint(Savepoint::Request).unwrap();
+    let second = new_record(&mut *tx, 2, OFFICE, device);
+    tx.set_lineage(device, &[7; 16], false).unwrap();
+    tx.savepoint(Savepoint::ChangeSet).unwrap();
+    tx.advance_device(device, 6, &[6; 32]).unwrap();
+    let refused = tx
+        .insert_record(&same_record_again(1, device))
+        .and_then(|()| tx.load_record(first).map(|_| ()));
+    assert!(
+        refused.is_err(),
+        "the failure shows by the next read at the latest"
+    );
+    tx.rollback_to_savepoint(Savepoint::ChangeSet).unwrap();
+    tx.release_savepoint(Savepoint::Request).unwrap();
+
+    // Request 3: nothing but a read after request 2's writes.
+    tx.savepoint(Savepoint::Request).unwrap();
+    assert!(tx.load_record(second).unwrap().is_some(), "a write is read back");
+    tx.release_savepoint(Savepoint::Request).unwrap();
+    tx.commit().unwrap();
+
+    let d = db.storage.device(device).unwrap().unwrap();
+    assert_eq!(
+        (d.last_seq, d.last_hash),
+        (0, [0; 32]),
+        "request 1 and the refused change set were undone"
+    );
+    assert_eq!(d.lineage, Some([7; 16]), "request 2 stands");
+    let mut tx = db.storage.begin().unwrap();
+    let kept = tx.load_record(first).unwrap().expect("the first record");
+    assert_eq!((kept.doc, kept.status.as_str()), (vec![1; 8], "submitted"));
+    assert!(tx.load_record(second).unwrap().is_some(), "request 2's record");
 }

@@ -44,9 +44,10 @@ use std::sync::{Condvar, Mutex};
 use crvs_schema::Kidc;
 use crvs_schema::wire::Hash;
 use crvs_schema::wire::TabletReport;
+use postgres::Client;
 use postgres::types::{ToSql, Type};
-use postgres::{Client, NoTls, Row, Statement};
 use sha2::{Digest, Sha256};
+use tokio_postgres::{NoTls, Row, Statement};
 use uuid::Uuid;
 
 use super::{
@@ -96,47 +97,152 @@ fn first_line(s: &str) -> &str {
     s.lines().next().unwrap_or("")
 }
 
-/// One pooled connection and its prepared statements.
+/// A parameter of a deferred statement (owned: it is sent later).
+type Param = Box<dyn ToSql + Sync + Send>;
+
+/// Boxes the parameters of a deferred statement ([`Conn::defer`]).
+macro_rules! params {
+    ($($p:expr),* $(,)?) => { vec![$(Box::new($p) as Param),*] };
+}
+
+/// A statement whose answer nobody waits for: sent with the next one that
+/// needs an answer ([`Conn::defer`]).
+enum Deferred {
+    Simple(String),
+    Exec(Statement, Vec<Param>),
+}
+
+/// One pooled connection, its prepared statements, and the statements
+/// deferred to the next round trip.
+///
+/// The client is `tokio-postgres` on a runtime of the connection's own,
+/// driven only while a call blocks on it (as the synchronous `postgres`
+/// client does), because it can *pipeline*: the writes whose answer the
+/// ingest does not read (a link of the registry, a device's new chain
+/// position) are queued by [`Conn::defer`] and sent together with the next
+/// statement that needs an answer, in one round trip, not one each
+/// (ARCHITECTURE.md, "PostgreSQL"). They run in the order they were
+/// queued, before that statement, so every read sees every write before
+/// it. A deferred write that fails reports its error from that call, which
+/// is always in the same savepoint: releasing or rolling back a savepoint
+/// and committing send the queue first.
 struct Conn {
-    client: Client,
+    client: tokio_postgres::Client,
+    runtime: tokio::runtime::Runtime,
     statements: HashMap<String, Statement>,
+    deferred: Vec<Deferred>,
 }
 
 impl Conn {
+    fn connect(config: &tokio_postgres::Config) -> Result<Conn, StorageError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| StorageError::Database(format!("start a runtime for PostgreSQL: {e}")))?;
+        let (client, connection) = runtime.block_on(config.connect(NoTls))?;
+        runtime.spawn(async move {
+            // Its end (an error included) shows as the client being closed.
+            let _ = connection.await;
+        });
+        Ok(Conn {
+            client,
+            runtime,
+            statements: HashMap::new(),
+            deferred: Vec::new(),
+        })
+    }
+
+    fn is_closed(&self) -> bool {
+        self.client.is_closed()
+    }
+
     fn stmt(&mut self, sql: &str) -> Result<Statement, StorageError> {
         if let Some(s) = self.statements.get(sql) {
             return Ok(s.clone());
         }
-        let s = self.client.prepare(sql)?;
+        let s = self.runtime.block_on(self.client.prepare(sql))?;
         self.statements.insert(sql.to_owned(), s.clone());
         Ok(s)
     }
 
+    /// Queues a write whose answer is not needed (see the type's docs).
+    fn defer(&mut self, sql: &str, params: Vec<Param>) -> Result<(), StorageError> {
+        let st = self.stmt(sql)?;
+        self.deferred.push(Deferred::Exec(st, params));
+        Ok(())
+    }
+
+    /// Queues a statement without parameters ([`Conn::defer`]).
+    fn defer_simple(&mut self, sql: String) {
+        self.deferred.push(Deferred::Simple(sql));
+    }
+
+    /// Sends the deferred statements, and `then` behind them, in one round
+    /// trip; the first error in order, if any, else `then`'s answer.
+    fn send<T>(
+        &mut self,
+        then: impl AsyncFnOnce(&tokio_postgres::Client) -> Result<T, tokio_postgres::Error>,
+    ) -> Result<T, StorageError> {
+        let deferred = std::mem::take(&mut self.deferred);
+        let client = &self.client;
+        let (earlier, result) = self.runtime.block_on(async {
+            // Every future sends its request at its first poll, so the
+            // connection writes them all before any answer is read.
+            let earlier = futures_util::future::join_all(deferred.iter().map(|d| async move {
+                match d {
+                    Deferred::Simple(sql) => client.batch_execute(sql).await,
+                    Deferred::Exec(st, params) => client
+                        .execute_raw(st, params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)))
+                        .await
+                        .map(|_| ()),
+                }
+            }));
+            futures_util::future::join(earlier, then(client)).await
+        });
+        if let Some(e) = earlier.into_iter().find_map(Result::err) {
+            return Err(e.into());
+        }
+        Ok(result?)
+    }
+
+    /// Sends what was deferred.
+    fn flush(&mut self) -> Result<(), StorageError> {
+        if self.deferred.is_empty() {
+            return Ok(());
+        }
+        self.send(async |_| Ok(()))
+    }
+
+    /// Statements without parameters (after what was deferred).
+    fn batch(&mut self, sql: &str) -> Result<(), StorageError> {
+        self.send(async |c| c.batch_execute(sql).await)
+    }
+
     fn query(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, StorageError> {
         let st = self.stmt(sql)?;
-        Ok(self.client.query(&st, params)?)
+        self.send(async |c| c.query(&st, params).await)
     }
 
     fn opt(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Option<Row>, StorageError> {
         let st = self.stmt(sql)?;
-        Ok(self.client.query_opt(&st, params)?)
+        self.send(async |c| c.query_opt(&st, params).await)
     }
 
     fn one(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Row, StorageError> {
         let st = self.stmt(sql)?;
-        Ok(self.client.query_one(&st, params)?)
+        self.send(async |c| c.query_one(&st, params).await)
     }
 
     fn exec(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, StorageError> {
         let st = self.stmt(sql)?;
-        Ok(self.client.execute(&st, params)?)
+        self.send(async |c| c.execute(&st, params).await)
     }
 }
 
 /// A fixed-size pool: a request waits for a free connection rather than
 /// opening more than the database allows.
 struct Pool {
-    config: postgres::Config,
+    config: tokio_postgres::Config,
     idle: Mutex<(Vec<Conn>, usize)>,
     freed: Condvar,
     max: usize,
@@ -147,7 +253,7 @@ impl Pool {
         let mut state = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         loop {
             if let Some(conn) = state.0.pop() {
-                if conn.client.is_closed() {
+                if conn.is_closed() {
                     state.1 -= 1;
                     continue;
                 }
@@ -159,17 +265,14 @@ impl Pool {
             if state.1 < self.max {
                 state.1 += 1;
                 drop(state);
-                return match self.config.connect(NoTls) {
-                    Ok(client) => Ok(Pooled {
-                        conn: Some(Conn {
-                            client,
-                            statements: HashMap::new(),
-                        }),
+                return match Conn::connect(&self.config) {
+                    Ok(conn) => Ok(Pooled {
+                        conn: Some(conn),
                         pool: self,
                     }),
                     Err(e) => {
                         self.release_slot();
-                        Err(e.into())
+                        Err(e)
                     }
                 };
             }
@@ -207,8 +310,14 @@ impl Pooled<'_> {
 
 impl Drop for Pooled<'_> {
     fn drop(&mut self) {
-        if let Some(conn) = self.conn.take() {
-            if conn.client.is_closed() {
+        if let Some(mut conn) = self.conn.take() {
+            // Every transaction ends by sending or dropping its queue.
+            debug_assert!(
+                conn.deferred.is_empty(),
+                "a pooled connection came back with deferred statements"
+            );
+            conn.deferred.clear();
+            if conn.is_closed() {
                 self.pool.release_slot();
             } else {
                 let mut state = self.pool.idle.lock().unwrap_or_else(|p| p.into_inner());
@@ -245,7 +354,12 @@ pub fn redact_url(url: &str) -> String {
 /// The connection settings of `url` (the messages of a bad one name it
 /// without its password).
 pub fn config(url: &str) -> Result<postgres::Config, StorageError> {
-    let mut config: postgres::Config = url.parse().map_err(|e: postgres::Error| {
+    async_config(url).map(postgres::Config::from)
+}
+
+/// [`config`], for `tokio-postgres` (the pool's connections).
+fn async_config(url: &str) -> Result<tokio_postgres::Config, StorageError> {
+    let mut config: tokio_postgres::Config = url.parse().map_err(|e: postgres::Error| {
         StorageError::Database(format!(
             "the database URL {} is not valid: {}",
             redact_url(url),
@@ -422,7 +536,7 @@ impl PostgresStorage {
     }
 
     fn open(url: &str, max: usize, restoring: bool) -> Result<PostgresStorage, StorageError> {
-        let config = config(url)?;
+        let config = async_config(url)?;
         let storage = PostgresStorage {
             pool: Pool {
                 config,
@@ -441,9 +555,10 @@ impl PostgresStorage {
     }
 
     fn migrate(&self, restoring: bool) -> Result<(), StorageError> {
-        let mut pooled = self.pool.get()?;
-        let conn = pooled.conn();
-        let mut tx = conn.client.transaction()?;
+        // On a synchronous connection of its own (`restore_pending` is
+        // shared with the restore's), closed when done.
+        let mut client = postgres::Config::from(self.pool.config.clone()).connect(NoTls)?;
+        let mut tx = client.transaction()?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
         // A restore that stopped half-way (its process killed after the old
         // schema was set aside) leaves the marker in `public`; migrating
@@ -481,9 +596,7 @@ impl PostgresStorage {
 
     fn begin_tx(&self) -> Result<PgTx<'_>, StorageError> {
         let mut conn = self.pool.get()?;
-        conn.conn()
-            .client
-            .batch_execute("BEGIN ISOLATION LEVEL READ COMMITTED")?;
+        conn.conn().batch("BEGIN ISOLATION LEVEL READ COMMITTED")?;
         Ok(PgTx {
             conn,
             open: true,
@@ -911,9 +1024,7 @@ fn canonical_row(r: &Row) -> Result<String, StorageError> {
 fn registry_dump(c: &mut Conn) -> Result<RegistryDump, StorageError> {
     let mut persons_hash: BTreeMap<String, Sha256> = BTreeMap::new();
     for (table, columns, persons, order) in super::REGISTRY_DUMP_TABLES {
-        let rows = c
-            .client
-            .query(&format!("SELECT {columns} FROM {table} ORDER BY {order}"), &[])?;
+        let rows = c.query(&format!("SELECT {columns} FROM {table} ORDER BY {order}"), &[])?;
         for r in &rows {
             let line = format!("{table} {}\n", canonical_row(r)?);
             for &i in *persons {
@@ -929,7 +1040,7 @@ fn registry_dump(c: &mut Conn) -> Result<RegistryDump, StorageError> {
             .collect(),
         ..RegistryDump::default()
     };
-    let rows = c.client.query(
+    let rows = c.query(
         "SELECT seq, record_id, kind, registration_number, registered_at, office, event, kidc,
              amends_record_id, amends_kidc, late FROM registry_events ORDER BY seq",
         &[],
@@ -1209,8 +1320,7 @@ impl Storage for PostgresStorage {
         let mut pooled = self.read()?;
         let c = pooled.conn();
         // One snapshot for the person and their relations.
-        c.client
-            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")?;
+        c.batch("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")?;
         let read = (|| match person_where(c, "kidc", kidc.as_str())? {
             Some(p) => Ok(Some(registry_entry(c, p)?)),
             None => Ok(None),
@@ -1222,8 +1332,7 @@ impl Storage for PostgresStorage {
         let mut pooled = self.read()?;
         pooled
             .conn()
-            .client
-            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")?;
+            .batch("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")?;
         let read = registry_dump(pooled.conn());
         end_read(&mut pooled, read)
     }
@@ -1256,8 +1365,7 @@ impl Storage for PostgresStorage {
         let mut pooled = self.read()?;
         pooled
             .conn()
-            .client
-            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")?;
+            .batch("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")?;
         let read = (|| {
             let c = pooled.conn();
             let dump = registry_dump(c)?;
@@ -1277,7 +1385,7 @@ impl Storage for PostgresStorage {
 /// Ends a read transaction; a connection whose transaction cannot be
 /// ended is not reused.
 fn end_read<T>(pooled: &mut Pooled<'_>, read: Result<T, StorageError>) -> Result<T, StorageError> {
-    if pooled.conn().client.batch_execute("ROLLBACK").is_err() {
+    if pooled.conn().batch("ROLLBACK").is_err() {
         pooled.discard();
     }
     read
@@ -1298,8 +1406,11 @@ struct PgTx<'a> {
 
 impl Drop for PgTx<'_> {
     fn drop(&mut self) {
-        if self.open && self.conn.conn.is_some() && self.conn.conn().client.batch_execute("ROLLBACK").is_err()
-        {
+        if self.open && self.conn.conn.is_some() && {
+            // Nothing deferred is worth sending before a rollback.
+            self.conn.conn().deferred.clear();
+            self.conn.conn().batch("ROLLBACK").is_err()
+        } {
             tracing::error!("rollback failed; the connection is closed");
             self.conn.discard();
         }
@@ -1317,9 +1428,9 @@ impl PgTx<'_> {
             return Ok(());
         }
         let c = self.c();
-        c.exec(
+        c.defer(
             "INSERT INTO feed_counters (office, last) VALUES ($1, 0) ON CONFLICT (office) DO NOTHING",
-            &[&office],
+            params![office.to_owned()],
         )?;
         c.one(
             "SELECT last FROM feed_counters WHERE office = $1 FOR UPDATE",
@@ -1342,24 +1453,28 @@ impl PgTx<'_> {
 
 impl WriteTx for PgTx<'_> {
     fn savepoint(&mut self, sp: Savepoint) -> Result<(), StorageError> {
-        self.c()
-            .client
-            .batch_execute(&format!("SAVEPOINT {}", sp.name()))?;
+        // Sent with the next statement that needs an answer.
+        self.c().defer_simple(format!("SAVEPOINT {}", sp.name()));
         Ok(())
     }
 
     fn release_savepoint(&mut self, sp: Savepoint) -> Result<(), StorageError> {
-        self.c()
-            .client
-            .batch_execute(&format!("RELEASE SAVEPOINT {}", sp.name()))?;
+        self.c().batch(&format!("RELEASE SAVEPOINT {}", sp.name()))?;
         Ok(())
     }
 
     fn rollback_to_savepoint(&mut self, sp: Savepoint) -> Result<(), StorageError> {
         let name = sp.name();
-        self.c()
-            .client
-            .batch_execute(&format!("ROLLBACK TO SAVEPOINT {name}; RELEASE SAVEPOINT {name}"))?;
+        // What was deferred since the savepoint goes with it: an error of
+        // one of those is moot once the rollback succeeds. (Those deferred
+        // before it were sent when the savepoint before was released.)
+        let deferred = self.c().flush();
+        if let Err(e) = self
+            .c()
+            .batch(&format!("ROLLBACK TO SAVEPOINT {name}; RELEASE SAVEPOINT {name}"))
+        {
+            return Err(deferred.err().unwrap_or(e));
+        }
         // Locks taken since the savepoint may have gone with it: take them
         // again when needed (taking a lock already held is harmless).
         self.offices.clear();
@@ -1377,16 +1492,14 @@ impl WriteTx for PgTx<'_> {
         // transaction, and PostgreSQL answers its COMMIT with a rollback,
         // not an error: ask first, so that a lost write is never reported
         // as committed.
-        if let Err(e) = self.c().client.batch_execute("SELECT 1") {
-            return Err(e.into());
-        }
-        let result = self.c().client.batch_execute("COMMIT");
+        self.c().batch("SELECT 1")?;
+        let result = self.c().batch("COMMIT");
         self.open = false;
         if let Err(e) = result {
             // The outcome of a COMMIT whose answer was lost is unknown;
             // the connection is not reused.
             self.conn.discard();
-            return Err(e.into());
+            return Err(e);
         }
         Ok(())
     }
@@ -1568,19 +1681,19 @@ impl WriteTx for PgTx<'_> {
     }
 
     fn set_feed_sent(&mut self, device_id: Uuid, cursor: u64) -> Result<(), StorageError> {
-        self.c().exec(
+        self.c().defer(
             "UPDATE devices SET feed_sent_cursor = $2 WHERE device_id = $1",
-            &[&device_id.to_string(), &to_i64(cursor)?],
+            params![device_id.to_string(), to_i64(cursor)?],
         )?;
         Ok(())
     }
 
     fn advance_device(&mut self, device_id: Uuid, seq: u64, hash: &Hash) -> Result<(), StorageError> {
-        self.c().exec(
+        self.c().defer(
             "UPDATE devices SET last_seq = $2, last_hash = $3,
                  refused_seq = NULL, refused_code = NULL, refused_at = NULL
              WHERE device_id = $1",
-            &[&device_id.to_string(), &to_i64(seq)?, &hex::encode(hash)],
+            params![device_id.to_string(), to_i64(seq)?, hex::encode(hash)],
         )?;
         Ok(())
     }
@@ -1591,9 +1704,9 @@ impl WriteTx for PgTx<'_> {
         lineage: &[u8; 16],
         adopted: bool,
     ) -> Result<(), StorageError> {
-        self.c().exec(
+        self.c().defer(
             "UPDATE devices SET lineage = $2, adoptions = adoptions + $3 WHERE device_id = $1",
-            &[&device_id.to_string(), &hex::encode(lineage), &i64::from(adopted)],
+            params![device_id.to_string(), hex::encode(lineage), i64::from(adopted)],
         )?;
         Ok(())
     }
@@ -1630,14 +1743,14 @@ impl WriteTx for PgTx<'_> {
     }
 
     fn append_change_set(&mut self, e: &LogEntry<'_>) -> Result<(), StorageError> {
-        self.c().exec(
+        self.c().defer(
             "INSERT INTO change_set_log (device_id, seq, hash, signed, received_at) VALUES ($1, $2, $3, $4, $5)",
-            &[
-                &e.device_id.to_string(),
-                &to_i64(e.seq)?,
-                &hex::encode(e.hash),
-                &e.signed,
-                &e.received_at_ms,
+            params![
+                e.device_id.to_string(),
+                to_i64(e.seq)?,
+                hex::encode(e.hash),
+                e.signed.to_vec(),
+                e.received_at_ms,
             ],
         )?;
         Ok(())
@@ -1671,17 +1784,17 @@ impl WriteTx for PgTx<'_> {
 
     fn insert_record(&mut self, rec: &StoredRecord) -> Result<(), StorageError> {
         self.lock_office(&rec.office)?;
-        self.c().exec(
+        self.c().defer(
             "INSERT INTO records (record_id, office, origin_device, kind, status, doc, created_at, updated_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
-            &[
-                &rec.record_id.to_string(),
-                &rec.office,
-                &rec.origin_device.to_string(),
-                &rec.kind,
-                &rec.status,
-                &rec.doc,
-                &rec.updated_at_ms,
+            params![
+                rec.record_id.to_string(),
+                rec.office.clone(),
+                rec.origin_device.to_string(),
+                rec.kind.clone(),
+                rec.status.clone(),
+                rec.doc.clone(),
+                rec.updated_at_ms,
             ],
         )?;
         Ok(())
@@ -2227,7 +2340,7 @@ impl WriteTx for PgTx<'_> {
 
     fn registry_put_person(&mut self, p: &RegistryPerson) -> Result<(), StorageError> {
         self.lock_registry()?;
-        self.c().exec(
+        self.c().defer(
             "INSERT INTO registry_persons (person_id, kidc, family_name, given_name, family_name_latin,
                  given_name_latin, sex, date_of_birth, place_of_birth_kind, place_of_birth_facility,
                  place_of_birth_village, nationality, citizenship, marital_status, residence_village_code,
@@ -2243,26 +2356,26 @@ impl WriteTx for PgTx<'_> {
                  residence_village_code = excluded.residence_village_code,
                  date_of_death = excluded.date_of_death, death_record_id = excluded.death_record_id,
                  first_seq = excluded.first_seq, last_seq = excluded.last_seq",
-            &[
-                &p.person_id.to_string(),
-                &p.kidc.as_ref().map(Kidc::as_str),
-                &p.family_name,
-                &p.given_name,
-                &p.family_name_latin,
-                &p.given_name_latin,
-                &p.sex,
-                &p.date_of_birth,
-                &p.place_of_birth_kind,
-                &p.place_of_birth_facility,
-                &p.place_of_birth_village,
-                &p.nationality,
-                &p.citizenship,
-                &p.marital_status,
-                &p.residence_village_code,
-                &p.date_of_death,
-                &p.death_record_id.map(|u| u.to_string()),
-                &to_i64(p.first_seq)?,
-                &to_i64(p.last_seq)?,
+            params![
+                p.person_id.to_string(),
+                p.kidc.as_ref().map(|k| k.as_str().to_owned()),
+                p.family_name.clone(),
+                p.given_name.clone(),
+                p.family_name_latin.clone(),
+                p.given_name_latin.clone(),
+                p.sex.clone(),
+                p.date_of_birth.clone(),
+                p.place_of_birth_kind.clone(),
+                p.place_of_birth_facility.clone(),
+                p.place_of_birth_village.clone(),
+                p.nationality.clone(),
+                p.citizenship.clone(),
+                p.marital_status.clone(),
+                p.residence_village_code.clone(),
+                p.date_of_death.clone(),
+                p.death_record_id.map(|u| u.to_string()),
+                to_i64(p.first_seq)?,
+                to_i64(p.last_seq)?,
             ],
         )?;
         Ok(())
@@ -2291,14 +2404,14 @@ impl WriteTx for PgTx<'_> {
         seq: u64,
     ) -> Result<(), StorageError> {
         self.lock_registry()?;
-        self.c().exec(
+        self.c().defer(
             "INSERT INTO registry_parents (child_id, parent_id, relation, seq) VALUES ($1, $2, $3, $4)
              ON CONFLICT DO NOTHING",
-            &[
-                &child_id.to_string(),
-                &parent_id.to_string(),
-                &relation,
-                &to_i64(seq)?,
+            params![
+                child_id.to_string(),
+                parent_id.to_string(),
+                relation.to_owned(),
+                to_i64(seq)?,
             ],
         )?;
         Ok(())
@@ -2312,19 +2425,24 @@ impl WriteTx for PgTx<'_> {
         since: Option<&str>,
     ) -> Result<(), StorageError> {
         self.lock_registry()?;
-        self.c().exec(
+        self.c().defer(
             "INSERT INTO registry_marital_history (person_id, seq, status, since) VALUES ($1, $2, $3, $4)
              ON CONFLICT (person_id, seq) DO UPDATE SET status = excluded.status, since = excluded.since",
-            &[&person_id.to_string(), &to_i64(seq)?, &status, &since],
+            params![
+                person_id.to_string(),
+                to_i64(seq)?,
+                status.to_owned(),
+                since.map(str::to_owned)
+            ],
         )?;
         Ok(())
     }
 
     fn registry_link_event(&mut self, person_id: Uuid, seq: u64, role: &str) -> Result<(), StorageError> {
         self.lock_registry()?;
-        self.c().exec(
+        self.c().defer(
             "INSERT INTO registry_person_events (person_id, seq, role) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-            &[&person_id.to_string(), &to_i64(seq)?, &role],
+            params![person_id.to_string(), to_i64(seq)?, role.to_owned()],
         )?;
         Ok(())
     }
@@ -2376,7 +2494,7 @@ impl WriteTx for PgTx<'_> {
 
     fn registry_clear(&mut self) -> Result<(), StorageError> {
         self.lock_registry()?;
-        self.c().client.batch_execute(
+        self.c().batch(
             "DELETE FROM registry_person_events; DELETE FROM registry_marital_history;
              DELETE FROM registry_marriages; DELETE FROM registry_parents;
              DELETE FROM registry_documents; DELETE FROM registry_persons;",
