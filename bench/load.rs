@@ -151,6 +151,41 @@ struct ServerProcess {
     url: String,
 }
 
+/// The scrape token every server of a run is started with.
+const METRICS_TOKEN: &str = "crvs-load-metrics-scrape-token-0123456789";
+
+/// The writer's figures from a server's `/metrics`: commit groups,
+/// requests in them, seconds busy.
+fn writer_figures(url: &str, ca_pem: &str) -> (f64, f64, f64) {
+    use ureq::tls::{Certificate, RootCerts, TlsConfig};
+    let roots: Vec<Certificate<'static>> = crvs_core::transport::parse_ca_pem(ca_pem)
+        .expect("the CA")
+        .iter()
+        .map(|c| Certificate::from_der(c.as_ref()).to_owned())
+        .collect();
+    let tls = TlsConfig::builder()
+        .unversioned_rustls_crypto_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .root_certs(RootCerts::Specific(Arc::new(roots)))
+        .build();
+    let agent = ureq::Agent::new_with_config(ureq::Agent::config_builder().tls_config(tls).build());
+    let text = agent
+        .get(format!("{url}/metrics"))
+        .header("Authorization", format!("Bearer {METRICS_TOKEN}"))
+        .call()
+        .and_then(|mut r| r.body_mut().read_to_string())
+        .unwrap_or_else(|e| fail(&format!("scraping {url}/metrics: {e}")));
+    let sample = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (
+        sample("crvs_commit_groups_total"),
+        sample("crvs_commit_group_requests_total"),
+        sample("crvs_writer_busy_seconds"),
+    )
+}
+
 impl Drop for ServerProcess {
     fn drop(&mut self) {
         let _ = Command::new("kill")
@@ -188,6 +223,7 @@ fn start_server(data: &Path, database: Option<&str>, crt: &Path, key: &Path) -> 
         .arg("--tls-key")
         .arg(key)
         .env("RUST_LOG", "warn")
+        .env("CRVS_METRICS_TOKEN", METRICS_TOKEN)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -436,6 +472,7 @@ fn run(config: &str, a: &Args, births: &[String], postgres_url: Option<&str>) ->
     let (busy_0, idle_0) = cpu::machine();
     let servers_0 = cpu_servers(&server_pids);
     let me_0 = cpu::process(std::process::id());
+    let writers_0: Vec<(f64, f64, f64)> = urls.iter().map(|u| writer_figures(u, &ca)).collect();
     let mut latencies = Vec::new();
     let mut retried_latencies = Vec::new();
     let mut failed_tablets = 0usize;
@@ -465,6 +502,20 @@ fn run(config: &str, a: &Args, births: &[String], postgres_url: Option<&str>) ->
     let me_s = cpu::process(std::process::id()) - me_0;
     let busy_s = busy_1 - busy_0;
     let round = |x: f64| (x * 100.0).round() / 100.0;
+    let writers: Vec<Value> = urls
+        .iter()
+        .zip(&writers_0)
+        .map(|(u, (g0, r0, b0))| {
+            let (g1, r1, b1) = writer_figures(u, &ca);
+            let (groups, requests, busy) = (g1 - g0, r1 - r0, b1 - b0);
+            json!({
+                "commit_groups": groups,
+                "requests_per_group": round(requests / groups.max(1.0)),
+                "busy_seconds": round(busy),
+                "busy_ms_per_record": round(busy * 1000.0 / records as f64 * urls.len() as f64),
+            })
+        })
+        .collect();
     // Latency of every tablet's whole sync, retries included.
     latencies.extend(retried_latencies);
     latencies.sort_by(f64::total_cmp);
@@ -508,6 +559,9 @@ fn run(config: &str, a: &Args, births: &[String], postgres_url: Option<&str>) ->
         "registered_on_server": registered,
         "every_record_exactly_one_kidc": ok,
         "setup_seconds": setup_s.round(),
+        // Each server's writer over the timed part (busy_ms_per_record: as
+        // if each server had written an equal share).
+        "writers": writers,
         "cpu_seconds": {
             "cores": std::thread::available_parallelism().map_or(0, |n| n.get()),
             "machine_busy": round(busy_s),

@@ -224,6 +224,20 @@ fn metrics_need_the_token_and_count_a_synced_birth_and_logs_are_json_without_nam
             "route {r} is not a template: {after}"
         );
     }
+    // The writer ran the sync request in a commit group, and was busy for
+    // a while doing it; nothing waits for it now.
+    assert_eq!(
+        sample(&after, "crvs_commit_group_requests_total")
+            - sample(&before, "crvs_commit_group_requests_total"),
+        1.0,
+        "{after}"
+    );
+    assert_eq!(
+        sample(&after, "crvs_commit_groups_total") - sample(&before, "crvs_commit_groups_total"),
+        1.0
+    );
+    assert!(sample(&after, "crvs_writer_busy_seconds") > sample(&before, "crvs_writer_busy_seconds"));
+    assert_eq!(sample(&after, "crvs_writer_queue"), 0.0);
     // The device synced just now; nothing is held.
     assert_eq!(sample(&after, "crvs_devices{since=\"1h\"}"), 1.0, "{after}");
     assert_eq!(sample(&after, "crvs_devices{since=\"never\"}"), 0.0);

@@ -99,6 +99,17 @@ pub const FEED_LAG_MAX: &str = "crvs_feed_lag_max_seconds";
 /// Gauge: non-revoked devices whose feed holds entries they have not been
 /// sent yet.
 pub const DEVICES_BEHIND_FEED: &str = "crvs_devices_behind_feed";
+/// Counter: commit groups run (write transactions of sync requests).
+pub const COMMIT_GROUPS: &str = "crvs_commit_groups_total";
+/// Counter: sync requests run in commit groups (over the groups: requests
+/// per transaction).
+pub const COMMIT_GROUP_REQUESTS: &str = "crvs_commit_group_requests_total";
+/// Gauge, only ever rising: seconds the writer spent running commit
+/// groups since the start. Its rate is the writer's utilisation: near 1,
+/// the writer is the bottleneck and requests queue.
+pub const WRITER_BUSY: &str = "crvs_writer_busy_seconds";
+/// Gauge: sync requests waiting for the next commit group.
+pub const WRITER_QUEUE: &str = "crvs_writer_queue";
 /// At most this many distinct versions are labelled; the rest count as
 /// `other` (the label set stays bounded whatever tablets claim).
 pub const MAX_VERSION_LABELS: usize = 16;
@@ -287,6 +298,17 @@ fn describe() {
         DEVICES_BEHIND_FEED,
         "Non-revoked devices that synced and have update-feed entries not sent to them yet"
     );
+    describe_counter!(
+        COMMIT_GROUPS,
+        "Commit groups run: write transactions of sync requests"
+    );
+    describe_counter!(COMMIT_GROUP_REQUESTS, "Sync requests run in commit groups");
+    describe_gauge!(
+        WRITER_BUSY,
+        Unit::Seconds,
+        "Time the writer spent running commit groups since the start; its rate near 1 means the writer is the bottleneck"
+    );
+    describe_gauge!(WRITER_QUEUE, "Sync requests waiting for the next commit group");
     describe_gauge!(
         SYNC_AGE_MAX,
         Unit::Seconds,
@@ -474,6 +496,11 @@ pub(crate) async fn scrape(server: std::sync::Arc<Server>, headers: &HeaderMap) 
     let Some(handle) = install() else {
         return ApiError::Internal("no metrics recorder".into()).into_response();
     };
+    let groups = server.commit_groups();
+    ::metrics::counter!(COMMIT_GROUPS).absolute(groups.groups);
+    ::metrics::counter!(COMMIT_GROUP_REQUESTS).absolute(groups.requests);
+    ::metrics::gauge!(WRITER_BUSY).set(groups.busy.as_secs_f64());
+    ::metrics::gauge!(WRITER_QUEUE).set(groups.queued as f64);
     match tokio::task::spawn_blocking(move || read_fleet(&server)).await {
         Ok(Ok(g)) => {
             ::metrics::gauge!(HOLDS_OPEN).set(g.holds_open as f64);

@@ -680,3 +680,74 @@ fn a_failed_write_fails_its_own_request_and_the_others_of_the_group_commit(backe
     assert_eq!((kept.doc, kept.status.as_str()), (vec![1; 8], "submitted"));
     assert!(tx.load_record(second).unwrap().is_some(), "request 2's record");
 }
+
+both_backends!(a_change_set_set_aside_marks_its_records_and_moves_the_chain_past_it);
+fn a_change_set_set_aside_marks_its_records_and_moves_the_chain_past_it(backend: Backend) {
+    let db = backend::open(backend);
+    let mut tx = db.storage.begin().unwrap();
+    let device = new_device(&mut *tx, 1, OFFICE);
+    let (a, b, other) = (
+        Uuid::from_u128(0xa1),
+        Uuid::from_u128(0xa2),
+        Uuid::from_u128(0xa3),
+    );
+    tx.set_aside(
+        &LogEntry {
+            device_id: device,
+            seq: 1,
+            hash: &[4; 32],
+            signed: b"signed bytes",
+            received_at_ms: 3_000,
+        },
+        &[a, b],
+    )
+    .unwrap();
+    assert!(tx.is_set_aside(a).unwrap() && tx.is_set_aside(b).unwrap());
+    assert!(!tx.is_set_aside(other).unwrap());
+    assert_eq!(
+        tx.set_aside_among(&[other, b, a]).unwrap(),
+        [a, b].into_iter().collect(),
+        "asked together, the same answer"
+    );
+    assert!(tx.set_aside_among(&[]).unwrap().is_empty());
+    assert_eq!(tx.set_aside_hash(device, 1).unwrap(), Some([4; 32]));
+    assert_eq!(tx.set_aside_hash(device, 2).unwrap(), None);
+    tx.commit().unwrap();
+    let d = db.storage.device(device).unwrap().unwrap();
+    assert_eq!((d.last_seq, d.last_hash), (1, [4; 32]));
+}
+
+// A registration number is never handed out twice in one transaction,
+// however many records of an office it registers, and a rolled-back
+// request's numbers are taken again by the next.
+both_backends!(registration_numbers_in_one_transaction_follow_its_savepoints);
+fn registration_numbers_in_one_transaction_follow_its_savepoints(backend: Backend) {
+    let db = backend::open(backend);
+    let mut tx = db.storage.begin().unwrap();
+    tx.savepoint(Savepoint::Request).unwrap();
+    assert_eq!(tx.next_registration_seq(OFFICE, 2026, 0).unwrap(), 1);
+    assert_eq!(tx.next_registration_seq(OFFICE, 2026, 0).unwrap(), 2);
+    tx.release_savepoint(Savepoint::Request).unwrap();
+    tx.savepoint(Savepoint::Request).unwrap();
+    assert_eq!(tx.next_registration_seq(OFFICE, 2026, 0).unwrap(), 3);
+    assert_eq!(
+        tx.next_registration_seq(OFFICE, 2026, 7).unwrap(),
+        8,
+        "above the ledger's"
+    );
+    tx.rollback_to_savepoint(Savepoint::Request).unwrap();
+    assert_eq!(
+        tx.next_registration_seq(OFFICE, 2026, 0).unwrap(),
+        3,
+        "given back"
+    );
+    tx.raise_registration_counter(OFFICE, 2026, 40).unwrap();
+    assert_eq!(tx.next_registration_seq(OFFICE, 2026, 0).unwrap(), 41);
+    tx.commit().unwrap();
+    let mut tx = db.storage.begin().unwrap();
+    assert_eq!(
+        tx.next_registration_seq(OFFICE, 2026, 0).unwrap(),
+        42,
+        "as committed"
+    );
+}

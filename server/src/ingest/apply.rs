@@ -194,9 +194,11 @@ pub(super) fn apply_records(
 ) -> Result<(), Step> {
     // Records an operator set aside take no more changes: ignored, not
     // refused (the tablet stops sending them once it learns).
+    let ids: Vec<Uuid> = records.iter().map(|p| Uuid::from_bytes(p.rc.record_id)).collect();
+    let set_aside = tx.set_aside_among(&ids)?;
     let mut kept = Vec::with_capacity(records.len());
     for p in records {
-        if tx.is_set_aside(Uuid::from_bytes(p.rc.record_id))? {
+        if set_aside.contains(&Uuid::from_bytes(p.rc.record_id)) {
             tracing::info!(record = %Uuid::from_bytes(p.rc.record_id), seq, "changes to a set-aside record ignored");
             continue;
         }

@@ -1034,6 +1034,17 @@ pub trait WriteTx {
     fn set_aside_hash(&mut self, device_id: Uuid, seq: u64) -> Result<Option<Hash>, StorageError>;
     /// Whether a record was set aside.
     fn is_set_aside(&mut self, record_id: Uuid) -> Result<bool, StorageError>;
+    /// Those of `records` that were set aside ([`WriteTx::is_set_aside`]
+    /// of each; a backend may ask once).
+    fn set_aside_among(&mut self, records: &[Uuid]) -> Result<std::collections::HashSet<Uuid>, StorageError> {
+        let mut out = std::collections::HashSet::new();
+        for &r in records {
+            if self.is_set_aside(r)? {
+                out.insert(r);
+            }
+        }
+        Ok(out)
+    }
 
     /// A roster row (current or removed) by staff id or [`staff_key`].
     fn staff(&mut self, office: &str, staff: &str) -> Result<Option<StaffMember>, StorageError>;

@@ -109,7 +109,12 @@ macro_rules! params {
 /// needs an answer ([`Conn::defer`]).
 enum Deferred {
     Simple(String),
-    Exec(Statement, Vec<Param>),
+    Exec {
+        statement: Statement,
+        params: Vec<Param>,
+        /// The rows it must touch, and what is wrong if it touches others.
+        rows: Option<(u64, &'static str)>,
+    },
 }
 
 /// One pooled connection, its prepared statements, and the statements
@@ -167,8 +172,31 @@ impl Conn {
 
     /// Queues a write whose answer is not needed (see the type's docs).
     fn defer(&mut self, sql: &str, params: Vec<Param>) -> Result<(), StorageError> {
-        let st = self.stmt(sql)?;
-        self.deferred.push(Deferred::Exec(st, params));
+        let statement = self.stmt(sql)?;
+        self.deferred.push(Deferred::Exec {
+            statement,
+            params,
+            rows: None,
+        });
+        Ok(())
+    }
+
+    /// [`Conn::defer`] a write that must touch exactly `rows` rows; if it
+    /// touches another number, the call that sends it fails with
+    /// [`StorageError::Corrupt`]`(what)`.
+    fn defer_rows(
+        &mut self,
+        sql: &str,
+        params: Vec<Param>,
+        rows: u64,
+        what: &'static str,
+    ) -> Result<(), StorageError> {
+        let statement = self.stmt(sql)?;
+        self.deferred.push(Deferred::Exec {
+            statement,
+            params,
+            rows: Some((rows, what)),
+        });
         Ok(())
     }
 
@@ -190,17 +218,25 @@ impl Conn {
             // connection writes them all before any answer is read.
             let earlier = futures_util::future::join_all(deferred.iter().map(|d| async move {
                 match d {
-                    Deferred::Simple(sql) => client.batch_execute(sql).await,
-                    Deferred::Exec(st, params) => client
-                        .execute_raw(st, params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)))
-                        .await
-                        .map(|_| ()),
+                    Deferred::Simple(sql) => client.batch_execute(sql).await.map_err(StorageError::from),
+                    Deferred::Exec {
+                        statement,
+                        params,
+                        rows,
+                    } => {
+                        let params = params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync));
+                        match (client.execute_raw(statement, params).await, rows) {
+                            (Err(e), _) => Err(StorageError::from(e)),
+                            (Ok(n), Some((want, what))) if n != *want => Err(StorageError::Corrupt(what)),
+                            (Ok(_), _) => Ok(()),
+                        }
+                    }
                 }
             }));
             futures_util::future::join(earlier, then(client)).await
         });
         if let Some(e) = earlier.into_iter().find_map(Result::err) {
-            return Err(e.into());
+            return Err(e);
         }
         Ok(result?)
     }
@@ -603,6 +639,7 @@ impl PostgresStorage {
             offices: HashSet::new(),
             registry_locked: false,
             issued: HashMap::new(),
+            counters: HashMap::new(),
         })
     }
 }
@@ -1402,6 +1439,11 @@ struct PgTx<'a> {
     /// record: the log never changes a row, so only a rollback to a
     /// savepoint makes one stale (one round trip less per record).
     issued: HashMap<Uuid, Kidc>,
+    /// Registration counters this transaction read or wrote, by office
+    /// and year: under the registry lock no other transaction writes one,
+    /// so the next number is counted here and its write deferred (stale
+    /// only after a rollback to a savepoint, which clears it).
+    counters: HashMap<(String, i32), i64>,
 }
 
 impl Drop for PgTx<'_> {
@@ -1480,6 +1522,7 @@ impl WriteTx for PgTx<'_> {
         self.offices.clear();
         self.registry_locked = false;
         self.issued.clear();
+        self.counters.clear();
         Ok(())
     }
 
@@ -1801,19 +1844,17 @@ impl WriteTx for PgTx<'_> {
     }
 
     fn update_record(&mut self, rec: &StoredRecord) -> Result<(), StorageError> {
-        let n = self.c().exec(
+        self.c().defer_rows(
             "UPDATE records SET status = $2, doc = $3, updated_at = $4 WHERE record_id = $1",
-            &[
-                &rec.record_id.to_string(),
-                &rec.status,
-                &rec.doc,
-                &rec.updated_at_ms,
+            params![
+                rec.record_id.to_string(),
+                rec.status.clone(),
+                rec.doc.clone(),
+                rec.updated_at_ms,
             ],
-        )?;
-        if n != 1 {
-            return Err(StorageError::Corrupt("updated record does not exist"));
-        }
-        Ok(())
+            1,
+            "updated record does not exist",
+        )
     }
 
     fn issued_kidc(&mut self, record_id: Uuid) -> Result<Option<Kidc>, StorageError> {
@@ -1869,23 +1910,23 @@ impl WriteTx for PgTx<'_> {
         match to {
             FeedTo::Office(office) => {
                 self.lock_office(office)?;
-                let n = self.c().exec(
+                // The counter's step is rolled back with the transaction
+                // if the record is not there.
+                self.c().defer_rows(
                     "WITH c AS (UPDATE feed_counters SET last = last + 1 WHERE office = $1 RETURNING last)
                      INSERT INTO server_changes (feed_office, cursor, device_id, record_id, change, created_at, office, kind)
                      SELECT $1, c.last, r.origin_device, $2, $3, $4, $1, 'server'
                      FROM c, records r WHERE r.record_id = $2",
-                    &[&office, &record, &change, &at_ms],
+                    params![office.to_owned(), record, change.to_vec(), at_ms],
+                    1,
+                    "a feed row for a record not stored",
                 )?;
-                if n != 1 {
-                    // The counter's step is rolled back with the transaction.
-                    return Err(StorageError::Corrupt("a feed row for a record not stored"));
-                }
             }
             FeedTo::OfficeExcept { office, from } => {
                 // Only if another device of the office is there to read it
                 // (no number is taken otherwise).
                 self.lock_office(office)?;
-                self.c().exec(
+                self.c().defer(
                     "WITH c AS (UPDATE feed_counters SET last = last + 1
                                 WHERE office = $1
                                   AND EXISTS (SELECT 1 FROM devices
@@ -1893,7 +1934,7 @@ impl WriteTx for PgTx<'_> {
                                 RETURNING last)
                      INSERT INTO server_changes (feed_office, cursor, device_id, record_id, change, created_at, office, kind)
                      SELECT $1, c.last, $2, $3, $4, $5, $1, 'tablet' FROM c",
-                    &[&office, &from.to_string(), &record, &change, &at_ms],
+                    params![office.to_owned(), from.to_string(), record, change.to_vec(), at_ms],
                 )?;
             }
         }
@@ -1987,6 +2028,20 @@ impl WriteTx for PgTx<'_> {
 
     fn next_registration_seq(&mut self, office: &str, year: i32, above: u64) -> Result<u64, StorageError> {
         let above = i64::try_from(above).map_err(|_| StorageError::Corrupt("registration counter"))?;
+        let key = (office.to_owned(), year);
+        if self.registry_locked
+            && let Some(last) = self.counters.get(&key).copied()
+        {
+            let next = last.max(above) + 1;
+            self.c().defer_rows(
+                "UPDATE registration_counters SET last = $3 WHERE office = $1 AND year = $2",
+                params![key.0.clone(), year, next],
+                1,
+                "a registration counter went missing",
+            )?;
+            self.counters.insert(key, next);
+            return to_u64(next);
+        }
         let next: i64 = self
             .c()
             .one(
@@ -1997,11 +2052,13 @@ impl WriteTx for PgTx<'_> {
                 &[&office, &year, &above],
             )?
             .get(0);
+        self.counters.insert(key, next);
         to_u64(next)
     }
 
     fn raise_registration_counter(&mut self, office: &str, year: i32, seq: u64) -> Result<(), StorageError> {
         let seq = i64::try_from(seq).map_err(|_| StorageError::Corrupt("registration counter"))?;
+        self.counters.remove(&(office.to_owned(), year));
         self.c().exec(
             "INSERT INTO registration_counters (office, year, last) VALUES ($1, $2, $3)
              ON CONFLICT (office, year) DO UPDATE SET last = GREATEST(registration_counters.last, excluded.last)",
@@ -2087,6 +2144,18 @@ impl WriteTx for PgTx<'_> {
                 &[&record_id.to_string()],
             )?
             .is_some())
+    }
+
+    fn set_aside_among(&mut self, records: &[Uuid]) -> Result<HashSet<Uuid>, StorageError> {
+        let ids: Vec<String> = records.iter().map(Uuid::to_string).collect();
+        self.c()
+            .query(
+                "SELECT record_id FROM set_aside_records WHERE record_id = ANY($1)",
+                &[&ids],
+            )?
+            .iter()
+            .map(|r| parse_uuid(r.get(0)))
+            .collect()
     }
 
     fn staff(&mut self, office: &str, staff_id: &str) -> Result<Option<StaffMember>, StorageError> {
