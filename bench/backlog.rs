@@ -33,6 +33,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+#[path = "cpu.rs"]
+mod cpu;
+
 const PASSPHRASE: &str = "correct horse battery staple";
 const COMMUNE: &str = "171003";
 
@@ -343,7 +346,7 @@ fn backlog() -> Value {
         .unwrap_or(10_000);
     let (lines, later) = births(n);
     let dir = tempfile::tempdir().expect("tempdir");
-    let (_server, proxy, store) = setup(
+    let (server, proxy, store) = setup(
         dir.path(),
         &lines,
         Link {
@@ -351,9 +354,14 @@ fn backlog() -> Value {
             delay: Duration::ZERO,
         },
     );
+    let (server_0, tablet_0, (busy_0, idle_0)) =
+        (cpu::process(server.child.id()), cpu::children(), cpu::machine());
     let started = Instant::now();
     let (ok, v, err) = crvs(&store, &["sync"]);
     let seconds = started.elapsed().as_secs_f64();
+    let (server_1, tablet_1, (busy_1, idle_1)) =
+        (cpu::process(server.child.id()), cpu::children(), cpu::machine());
+    let round = |x: f64| (x * 100.0).round() / 100.0;
     assert!(ok, "sync: {err}");
     let (up, down) = proxy.reset();
     let held = codes_held(&store);
@@ -371,6 +379,15 @@ fn backlog() -> Value {
         "bytes_up_per_record": (up as f64 / lines.len() as f64 * 10.0).round() / 10.0,
         "bytes_down_per_record": (down as f64 / lines.len() as f64 * 10.0).round() / 10.0,
         "requests": v["requests"],
+        // Where the machine's time went during the sync (the proxy runs in
+        // this process).
+        "cpu_seconds": {
+            "cores": std::thread::available_parallelism().map_or(0, |n| n.get()),
+            "tablet_crvs_sync": round(tablet_1 - tablet_0),
+            "server": round(server_1 - server_0),
+            "machine_busy": round(busy_1 - busy_0),
+            "machine_idle": round(idle_1 - idle_0),
+        },
     })
 }
 

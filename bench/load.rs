@@ -46,6 +46,9 @@ struct Args {
     configs: Vec<String>,
     timeout: Duration,
     database: Option<String>,
+    /// Whether the tablet threads run at a lower priority than the
+    /// servers (`--tablets-yield`).
+    tablets_yield: bool,
 }
 
 fn args() -> Args {
@@ -54,6 +57,7 @@ fn args() -> Args {
         configs: vec!["sqlite".into(), "postgres".into(), "postgres-2".into()],
         timeout: Duration::from_secs(600),
         database: None,
+        tablets_yield: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -68,9 +72,10 @@ fn args() -> Args {
                 a.timeout = Duration::from_secs(value().parse().unwrap_or_else(|_| fail("--timeout-s S")))
             }
             "--database" => a.database = Some(value()),
+            "--tablets-yield" => a.tablets_yield = true,
             "--help" | "-h" => {
                 println!(
-                    "crvs-load [--tablets N] [--configs sqlite,postgres,postgres-2] [--timeout-s S] [--database URL]"
+                    "crvs-load [--tablets N] [--configs sqlite,postgres,postgres-2] [--timeout-s S] [--database URL] [--tablets-yield]"
                 );
                 std::process::exit(0);
             }
@@ -241,38 +246,8 @@ fn start_server(data: &Path, database: Option<&str>, crt: &Path, key: &Path) -> 
     }
 }
 
-/// CPU time in seconds, from `/proc` (Linux; `USER_HZ` is 100 there).
-mod cpu {
-    const HZ: f64 = 100.0;
-
-    /// User and system time of process `pid`, all its threads.
-    pub fn process(pid: u32) -> f64 {
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            return 0.0;
-        };
-        // The command name may hold spaces: the fields start after its ')'.
-        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        let tick = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-        (tick(11) + tick(12)) / HZ
-    }
-
-    /// The machine's busy and idle time, all cores.
-    pub fn machine() -> (f64, f64) {
-        let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-        let v: Vec<f64> = stat
-            .lines()
-            .next()
-            .unwrap_or("")
-            .split_whitespace()
-            .skip(1)
-            .filter_map(|x| x.parse().ok())
-            .collect();
-        let total: f64 = v.iter().take(8).sum();
-        let idle = v.get(3).copied().unwrap_or(0.0) + v.get(4).copied().unwrap_or(0.0);
-        ((total - idle) / HZ, idle / HZ)
-    }
-}
+#[path = "cpu.rs"]
+mod cpu;
 
 fn admin(data: &Path, database: Option<&str>, args: &[&str]) -> Value {
     let out = server_command(database)
@@ -406,6 +381,7 @@ fn run(config: &str, a: &Args, births: &[String], postgres_url: Option<&str>) ->
         let barrier = Arc::clone(&barrier);
         let ca = Arc::clone(&ca);
         let gate = Arc::clone(&setup_gate);
+        let yield_cpu = a.tablets_yield;
         threads.push(
             std::thread::Builder::new()
                 .stack_size(1 << 20)
@@ -430,6 +406,14 @@ fn run(config: &str, a: &Args, births: &[String], postgres_url: Option<&str>) ->
                         tablet.approve(&id, "registrar-01").map_err(|e| e.to_string())?;
                     }
                     gate.release();
+                    if yield_cpu {
+                        // The tablets are devices of their own; here they
+                        // share two cores with the servers, so they yield
+                        // (nice 10, this thread only).
+                        // SAFETY: setpriority has no memory effects; 0 is
+                        // the calling thread on Linux.
+                        unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 10) };
+                    }
                     barrier.wait();
                     let started = Instant::now();
                     // As a tablet does: a failed sync (offline, busy) is
@@ -541,6 +525,7 @@ fn run(config: &str, a: &Args, births: &[String], postgres_url: Option<&str>) ->
         "bench": "crvs-load",
         "config": config,
         "servers": instances,
+        "tablets_yield": a.tablets_yield,
         "tablets": a.tablets,
         "records": records,
         "seconds": (seconds * 1000.0).round() / 1000.0,

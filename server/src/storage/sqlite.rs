@@ -70,6 +70,81 @@ pub struct SqliteStorage {
     writer: Mutex<Connection>,
     reader: Mutex<Connection>,
     path: PathBuf,
+    checkpointer: Checkpointer,
+}
+
+/// The write-ahead log grows to about this size before it is copied into
+/// the database file (SQLite's own default is about 4 MB).
+const CHECKPOINT_AT_BYTES: u64 = 8 << 20;
+
+/// Checkpoints the write-ahead log on a thread and a connection of its
+/// own, so that the writer never does.
+///
+/// SQLite checkpoints automatically in the commit that takes the log past
+/// its limit: the writer then copies megabytes into the database file and
+/// syncs both files (`synchronous = NORMAL` syncs the log before a
+/// checkpoint and the database after it) while every request behind it
+/// waits. The writer's connection has `wal_autocheckpoint = 0` instead, and
+/// each durable sync of the log ([`Storage::sync_log`], a committed
+/// [`WriteTx::commit`]) wakes this thread once the log passes
+/// [`CHECKPOINT_AT_BYTES`]; it runs a `PASSIVE` checkpoint, which never
+/// waits for the writer or a reader and copies only committed frames. The
+/// next write transaction after a complete one starts the log again from
+/// its beginning. Other processes (the operator commands) keep SQLite's
+/// automatic checkpoints. Measured with `crvs-load` (ARCHITECTURE.md).
+struct Checkpointer {
+    wake: Mutex<Option<std::sync::mpsc::SyncSender<()>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        // The thread ends at its next wake-up, after a checkpoint under way.
+        self.wake.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Checkpointer {
+    fn start(path: &Path) -> Result<Checkpointer, StorageError> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.execute_batch("PRAGMA synchronous = NORMAL")?;
+        let (wake, woken) = std::sync::mpsc::sync_channel::<()>(1);
+        let thread = std::thread::Builder::new()
+            .name("sqlite-checkpoint".into())
+            .spawn(move || {
+                // Ends when the storage (the sender) is dropped.
+                while woken.recv().is_ok() {
+                    let done = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                        Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+                    });
+                    match done {
+                        Ok((_, log, copied)) => tracing::debug!(log, copied, "write-ahead log checkpointed"),
+                        Err(e) => tracing::warn!(error = %e, "checkpointing the write-ahead log failed; trying again after the next commit"),
+                    }
+                }
+            })
+            .map_err(|e| StorageError::Database(format!("start the checkpoint thread: {e}")))?;
+        Ok(Checkpointer {
+            wake: Mutex::new(Some(wake)),
+            thread: Some(thread),
+        })
+    }
+
+    /// After a sync of the log at `path`: wakes the thread if the log is
+    /// long (never waits; a wake-up already pending is enough).
+    fn after_sync(&self, path: &Path) {
+        let mut wal = path.as_os_str().to_owned();
+        wal.push("-wal");
+        if std::fs::metadata(&wal).is_ok_and(|m| m.len() >= CHECKPOINT_AT_BYTES) {
+            if let Some(wake) = &*self.wake.lock().unwrap_or_else(|p| p.into_inner()) {
+                let _ = wake.try_send(());
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for SqliteStorage {
@@ -96,12 +171,15 @@ impl SqliteStorage {
         }
         // Commits append to the log; `sync_log` (or `commit`) syncs it.
         crvs_sqlite::defer_sync(&writer, path)?;
+        writer.execute_batch("PRAGMA wal_autocheckpoint = 0")?;
+        let checkpointer = Checkpointer::start(path)?;
         let reader = crvs_sqlite::open_read_only(path, Some(MIGRATIONS))?;
         reader.set_prepared_statement_cache_capacity(16);
         Ok(SqliteStorage {
             writer: Mutex::new(writer),
             reader: Mutex::new(reader),
             path: path.to_path_buf(),
+            checkpointer,
         })
     }
 
@@ -137,6 +215,7 @@ impl Storage for SqliteStorage {
             conn,
             open: true,
             path: &self.path,
+            checkpointer: &self.checkpointer,
         }))
     }
 
@@ -166,7 +245,9 @@ impl Storage for SqliteStorage {
     }
 
     fn sync_log(&self) -> Result<(), StorageError> {
-        Ok(crvs_sqlite::sync_log(&self.path)?)
+        crvs_sqlite::sync_log(&self.path)?;
+        self.checkpointer.after_sync(&self.path);
+        Ok(())
     }
 
     fn issuance_count(&self) -> Result<u64, StorageError> {
@@ -383,6 +464,7 @@ struct SqliteTx<'a> {
     open: bool,
     /// The database file (its log is synced at commit).
     path: &'a Path,
+    checkpointer: &'a Checkpointer,
 }
 
 impl Drop for SqliteTx<'_> {
@@ -691,9 +773,10 @@ impl WriteTx for SqliteTx<'_> {
     }
 
     fn commit(self: Box<Self>) -> Result<(), StorageError> {
-        let path = self.path;
+        let (path, checkpointer) = (self.path, self.checkpointer);
         self.commit_unsynced()?;
         crvs_sqlite::sync_log(path)?;
+        checkpointer.after_sync(path);
         Ok(())
     }
 
@@ -1885,6 +1968,67 @@ fn registry_events_after(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The writer never checkpoints; the log's pages still reach the
+    /// database file, copied by the checkpoint thread once the log is
+    /// long, and the log then starts again instead of growing.
+    #[test]
+    fn the_log_is_checkpointed_off_the_writer() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("server.db");
+        let storage = SqliteStorage::open(&path).expect("open");
+        let mode: i64 = storage
+            .writer
+            .lock()
+            .unwrap()
+            .query_row("PRAGMA wal_autocheckpoint", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, 0, "the writer does not checkpoint");
+        let before = std::fs::metadata(&path).unwrap().len();
+        let device = Uuid::now_v7();
+        let mut tx = storage.begin().unwrap();
+        tx.insert_device(&crate::storage::NewDevice {
+            device_id: device,
+            office: "171003".into(),
+            public_key: [1; 32],
+            enrolled_at_ms: 1,
+        })
+        .unwrap();
+        tx.commit().unwrap();
+        // Twice the threshold, in commits of 256 KiB.
+        let doc = vec![7u8; 256 << 10];
+        let wal = dir.path().join("server.db-wal");
+        let mut longest = 0;
+        for _ in 0..(2 * CHECKPOINT_AT_BYTES / (256 << 10)) {
+            let mut tx = storage.begin().unwrap();
+            tx.insert_record(&StoredRecord {
+                record_id: Uuid::now_v7(),
+                office: "171003".into(),
+                origin_device: device,
+                kind: "birth".into(),
+                status: "submitted".into(),
+                doc: doc.clone(),
+                updated_at_ms: 2,
+            })
+            .unwrap();
+            tx.commit().unwrap();
+            longest = longest.max(std::fs::metadata(&wal).unwrap().len());
+            // As between requests: the thread gets its turn.
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::fs::metadata(&path).unwrap().len() < before + CHECKPOINT_AT_BYTES / 2 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "nothing reached the database file"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert!(
+            longest < 2 * CHECKPOINT_AT_BYTES,
+            "the log started again instead of holding every commit: {longest} bytes"
+        );
+    }
 
     /// A server upgraded to migration 008 (records of the office) gives
     /// each enrolled tablet the records the office's other tablets made
