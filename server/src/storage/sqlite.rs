@@ -139,10 +139,10 @@ impl Checkpointer {
     fn after_sync(&self, path: &Path) {
         let mut wal = path.as_os_str().to_owned();
         wal.push("-wal");
-        if std::fs::metadata(&wal).is_ok_and(|m| m.len() >= CHECKPOINT_AT_BYTES) {
-            if let Some(wake) = &*self.wake.lock().unwrap_or_else(|p| p.into_inner()) {
-                let _ = wake.try_send(());
-            }
+        if std::fs::metadata(&wal).is_ok_and(|m| m.len() >= CHECKPOINT_AT_BYTES)
+            && let Some(wake) = &*self.wake.lock().unwrap_or_else(|p| p.into_inner())
+        {
+            let _ = wake.try_send(());
         }
     }
 }
