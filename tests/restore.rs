@@ -521,6 +521,106 @@ fn a_restore_killed_half_way_leaves_the_database_refused_until_it_is_run_again()
     }
 }
 
+// Someone with the database (an attacker, or a careless hand) edits the
+// marker of an unfinished restore: the next restore refuses and changes
+// nothing, and no name from the marker reaches SQL. Put right, it finishes.
+#[test]
+fn a_forged_restore_marker_is_refused_and_nothing_it_names_is_run() {
+    if !backend_available(Backend::Postgres, module_path!()) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let server_data = server_data(Backend::Postgres, &tmp.path().join("server"));
+    let mut server = Server::start(&server_data);
+    let tablet = Tablet::new(tmp.path().join("tablet"));
+    tablet.init_and_enroll("171003", &server);
+    let files = births(&tmp.path().join("births"));
+    tablet.register_approved(&files[0]);
+    tablet.run(&["sync"]).expect_ok();
+    let backup = tmp.path().join("backup.dump");
+    server
+        .admin(&["backup", "--out", backup.to_str().unwrap()])
+        .expect_ok();
+    server.terminate();
+    let killed = std::process::Command::new(bin("crvs-server"))
+        .args(["restore", "--from", backup.to_str().unwrap()])
+        .args(data_args(&server_data))
+        .env("CRVS_FAULT", "restore_set_aside")
+        .output()
+        .unwrap();
+    assert!(!killed.status.success(), "the restore was not killed");
+
+    let url = database_url(&server_data).expect("a PostgreSQL data folder");
+    let cluster = crvs_testpg::shared().unwrap_or_else(|e| panic!("{e}"));
+    let sql = |q: &str| cluster.psql(&url, q).unwrap_or_else(|e| panic!("{q}: {e}"));
+    let aside = sql("SELECT aside FROM public.crvs_restore_pending");
+    assert!(aside.starts_with("crvs_replaced_"), "{aside}");
+    let intact = |why: &str| {
+        assert_eq!(
+            server_count(&server_data, &format!("SELECT COUNT(*) FROM {aside}.records")),
+            1,
+            "{why}: the data set aside"
+        );
+        assert_eq!(
+            server_count(&server_data, "SELECT COUNT(*) FROM public.crvs_restore_pending"),
+            1,
+            "{why}: the marker"
+        );
+    };
+    let forged = [
+        format!("{aside}\"; DROP SCHEMA \"{aside}\" CASCADE; --"),
+        format!("{aside} CASCADE"),
+        "public".to_owned(),
+        "pg_catalog".to_owned(),
+        "crvs_replaced_".to_owned(),
+        format!("{aside}0000000000000000000000"),
+    ];
+    for name in &forged {
+        sql(&format!(
+            "UPDATE public.crvs_restore_pending SET aside = '{}'",
+            name.replace('\'', "''")
+        ));
+        let refused = admin(&server_data, &["restore", "--from", backup.to_str().unwrap()]);
+        let message = refused.json["message"].as_str().unwrap_or_default().to_owned();
+        assert_eq!(refused.expect_err(), "invalid_argument", "{name}: {message}");
+        assert!(
+            message.contains("does not name a schema crvs-server made")
+                && message.contains("nothing was changed"),
+            "{name}: {message}"
+        );
+        assert!(
+            !message.contains("DROP") && !message.contains(&aside),
+            "the marker is not echoed: {message}"
+        );
+        intact(name);
+    }
+    // Two rows, or a NULL: not what a restore writes either.
+    sql(&format!(
+        "UPDATE public.crvs_restore_pending SET aside = '{aside}'"
+    ));
+    sql("INSERT INTO public.crvs_restore_pending (aside) VALUES (NULL)");
+    assert_eq!(
+        admin(&server_data, &["restore", "--from", backup.to_str().unwrap()]).expect_err(),
+        "invalid_argument"
+    );
+    sql(&format!(
+        "DELETE FROM public.crvs_restore_pending WHERE aside IS NULL"
+    ));
+    intact("two rows");
+
+    // Put right: it finishes, and names the schema it was given.
+    let report = admin(&server_data, &["restore", "--from", backup.to_str().unwrap()]).expect_ok();
+    assert_eq!(report["replaced_moved_to"].as_str(), Some(aside.as_str()));
+    assert_eq!(server_count(&server_data, "SELECT COUNT(*) FROM records"), 1);
+    assert_eq!(
+        server_count(
+            &server_data,
+            "SELECT COUNT(*) FROM pg_tables WHERE schemaname = 'public' AND tablename = 'crvs_restore_pending'"
+        ),
+        0
+    );
+}
+
 /// The count of `crvs-server serve` processes holding the serving lock of
 /// the database of `server_data` (their lock connections).
 fn serving_locks(server_data: &Path) -> i64 {

@@ -68,6 +68,13 @@ pub enum BackupError {
     /// `pg_dump` or `pg_restore` failed, or the database is not a server's.
     #[error("{0}")]
     Program(String),
+    /// The marker of an unfinished PostgreSQL restore names a schema this
+    /// program would not have made (edited by hand, or forged): what is
+    /// being replaced is unknown, so nothing is guessed.
+    #[error(
+        "the marker of the unfinished restore (public.crvs_restore_pending) does not name a schema crvs-server made; nothing was changed: find the schema crvs_replaced_* that holds the data being replaced, and put its name in the marker (or restore by hand)"
+    )]
+    BadRestoreMarker,
     /// The file is not a healthy crvs-server database.
     #[error("{0} is not a usable crvs-server backup: {1}")]
     NotABackup(PathBuf, String),

@@ -52,6 +52,14 @@ const REQUIRED_TABLES: &[&str] = &[
 /// The schemas a restore sets aside start with this.
 pub const REPLACED_PREFIX: &str = "crvs_replaced_";
 
+/// Whether `schema` is a name [`restore`] makes: the prefix and the
+/// milliseconds of the restore, nothing else.
+fn made_here(schema: &str) -> bool {
+    schema
+        .strip_prefix(REPLACED_PREFIX)
+        .is_some_and(|ms| !ms.is_empty() && ms.len() <= 20 && ms.bytes().all(|b| b.is_ascii_digit()))
+}
+
 /// The PostgreSQL program `name` (`pg_dump`, `pg_restore`): on `PATH`,
 /// else in the newest `/usr/lib/postgresql/*/bin`.
 pub fn find_program(name: &'static str) -> Result<PathBuf, BackupError> {
@@ -320,14 +328,20 @@ pub fn restore(data: &Path, url: &str, from: &Path, now_ms: i64) -> Result<Resto
     // holds what is being replaced.
     let pending = restore_pending(c)?;
     let earlier_aside: Option<String> = if pending {
-        c.query_opt(&format!("SELECT aside FROM public.{RESTORE_PENDING}"), &[])
-            .map_err(StorageError::from)?
-            .map(|r| r.get::<_, String>(0))
-            // Only a name this code made goes into SQL.
-            .filter(|a| {
-                a.strip_prefix(REPLACED_PREFIX)
-                    .is_some_and(|ms| !ms.is_empty() && ms.bytes().all(|b| b.is_ascii_digit()))
-            })
+        let rows = c
+            .query(&format!("SELECT aside FROM public.{RESTORE_PENDING}"), &[])
+            .map_err(StorageError::from)?;
+        // No row: the restore stopped before there was anything to set
+        // aside. One row: the name this code wrote, else nothing is
+        // guessed (and no other name goes into SQL).
+        match rows.as_slice() {
+            [] => None,
+            [row] => match row.try_get::<_, Option<String>>(0).ok().flatten() {
+                Some(a) if made_here(&a) => Some(a),
+                _ => return Err(BackupError::BadRestoreMarker),
+            },
+            _ => return Err(BackupError::BadRestoreMarker),
+        }
     } else {
         None
     };
