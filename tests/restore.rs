@@ -603,9 +603,7 @@ fn a_forged_restore_marker_is_refused_and_nothing_it_names_is_run() {
         admin(&server_data, &["restore", "--from", backup.to_str().unwrap()]).expect_err(),
         "invalid_argument"
     );
-    sql(&format!(
-        "DELETE FROM public.crvs_restore_pending WHERE aside IS NULL"
-    ));
+    sql("DELETE FROM public.crvs_restore_pending WHERE aside IS NULL");
     intact("two rows");
 
     // Put right: it finishes, and names the schema it was given.
