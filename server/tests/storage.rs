@@ -751,3 +751,57 @@ fn registration_numbers_in_one_transaction_follow_its_savepoints(backend: Backen
         "as committed"
     );
 }
+
+// What the check of a change set's records found (set aside, stored, with
+// a code; PostgreSQL remembers it for the records' next steps) stays true
+// through the transaction's own writes and its rolled-back savepoints.
+both_backends!(what_the_check_of_a_change_set_found_follows_the_transactions_writes);
+fn what_the_check_of_a_change_set_found_follows_the_transactions_writes(backend: Backend) {
+    let db = backend::open(backend);
+    let mut tx = db.storage.begin().unwrap();
+    let device = new_device(&mut *tx, 1, OFFICE);
+    let issuance = |code: &'static Kidc, record: Uuid| Issuance {
+        kidc: code,
+        record_id: record,
+        category: 1,
+        issued_at_ms: 3_000,
+        device_id: device,
+        seq: 1,
+        reason: "birth_approved",
+    };
+    let (code_old, code_fresh): (&'static Kidc, &'static Kidc) =
+        (Box::leak(Box::new(kidc(30))), Box::leak(Box::new(kidc(40))));
+    let old = new_record(&mut *tx, 1, OFFICE, device);
+    assert!(tx.insert_issuance(&issuance(code_old, old)).unwrap());
+    tx.commit().unwrap();
+
+    let mut tx = db.storage.begin().unwrap();
+    let fresh = Uuid::from_u128(0xe000 + 2);
+    tx.savepoint(Savepoint::Request).unwrap();
+    assert!(tx.set_aside_among(&[old, fresh]).unwrap().is_empty());
+    assert!(tx.load_record(old).unwrap().is_some());
+    assert!(tx.load_record(fresh).unwrap().is_none());
+    assert_eq!(tx.issued_kidc(old).unwrap(), Some(kidc(30)));
+    assert_eq!(tx.issued_kidc(fresh).unwrap(), None);
+    new_record(&mut *tx, 2, OFFICE, device);
+    assert!(tx.load_record(fresh).unwrap().is_some(), "stored now");
+    assert!(tx.insert_issuance(&issuance(code_fresh, fresh)).unwrap());
+    assert_eq!(tx.issued_kidc(fresh).unwrap(), Some(kidc(40)), "a code now");
+    tx.rollback_to_savepoint(Savepoint::Request).unwrap();
+    assert!(tx.load_record(fresh).unwrap().is_none(), "rolled back");
+    assert_eq!(tx.issued_kidc(fresh).unwrap(), None, "rolled back");
+
+    tx.savepoint(Savepoint::Request).unwrap();
+    assert!(tx.set_aside_among(&[fresh]).unwrap().is_empty());
+    new_record(&mut *tx, 2, OFFICE, device);
+    assert!(
+        !tx.insert_issuance(&issuance(code_old, fresh)).unwrap(),
+        "the code is taken"
+    );
+    assert_eq!(tx.issued_kidc(fresh).unwrap(), None);
+    tx.release_savepoint(Savepoint::Request).unwrap();
+    tx.commit().unwrap();
+    let mut tx = db.storage.begin().unwrap();
+    assert!(tx.load_record(fresh).unwrap().is_some());
+    assert_eq!(tx.issued_kidc(fresh).unwrap(), None);
+}

@@ -640,6 +640,8 @@ impl PostgresStorage {
             registry_locked: false,
             issued: HashMap::new(),
             counters: HashMap::new(),
+            absent: HashSet::new(),
+            no_code: HashSet::new(),
         })
     }
 }
@@ -1444,6 +1446,13 @@ struct PgTx<'a> {
     /// so the next number is counted here and its write deferred (stale
     /// only after a rollback to a savepoint, which clears it).
     counters: HashMap<(String, i32), i64>,
+    /// Records known not to be stored, and records known to have no code
+    /// in the issuance log, as [`WriteTx::set_aside_among`] found them
+    /// for a change set (one query instead of two per record): under the
+    /// registry lock only this transaction writes either table, and its
+    /// own writes update the sets; a rollback to a savepoint clears them.
+    absent: HashSet<Uuid>,
+    no_code: HashSet<Uuid>,
 }
 
 impl Drop for PgTx<'_> {
@@ -1523,6 +1532,8 @@ impl WriteTx for PgTx<'_> {
         self.registry_locked = false;
         self.issued.clear();
         self.counters.clear();
+        self.absent.clear();
+        self.no_code.clear();
         Ok(())
     }
 
@@ -1800,6 +1811,9 @@ impl WriteTx for PgTx<'_> {
     }
 
     fn load_record(&mut self, record_id: Uuid) -> Result<Option<StoredRecord>, StorageError> {
+        if self.absent.contains(&record_id) {
+            return Ok(None);
+        }
         let id = record_id.to_string();
         let office: Option<String> = self
             .c()
@@ -1826,6 +1840,7 @@ impl WriteTx for PgTx<'_> {
     }
 
     fn insert_record(&mut self, rec: &StoredRecord) -> Result<(), StorageError> {
+        self.absent.remove(&rec.record_id);
         self.lock_office(&rec.office)?;
         self.c().defer(
             "INSERT INTO records (record_id, office, origin_device, kind, status, doc, created_at, updated_at)
@@ -1861,6 +1876,9 @@ impl WriteTx for PgTx<'_> {
         if let Some(k) = self.issued.get(&record_id) {
             return Ok(Some(*k));
         }
+        if self.no_code.contains(&record_id) {
+            return Ok(None);
+        }
         let found = self
             .c()
             .opt(
@@ -1876,6 +1894,7 @@ impl WriteTx for PgTx<'_> {
     }
 
     fn insert_issuance(&mut self, i: &Issuance<'_>) -> Result<bool, StorageError> {
+        self.no_code.remove(&i.record_id);
         // Both unique keys (the code, the record): a concurrent insert of
         // the same code waits for the other transaction, then does nothing.
         let inserted = self.c().exec(
@@ -2147,15 +2166,36 @@ impl WriteTx for PgTx<'_> {
     }
 
     fn set_aside_among(&mut self, records: &[Uuid]) -> Result<HashSet<Uuid>, StorageError> {
+        // With what `load_record` and `issued_kidc` would ask of each
+        // record next (see `PgTx::absent`).
         let ids: Vec<String> = records.iter().map(Uuid::to_string).collect();
-        self.c()
-            .query(
-                "SELECT record_id FROM set_aside_records WHERE record_id = ANY($1)",
-                &[&ids],
-            )?
-            .iter()
-            .map(|r| parse_uuid(r.get(0)))
-            .collect()
+        let rows = self.c().query(
+            "SELECT i.id, s.record_id IS NOT NULL, r.record_id IS NOT NULL, k.kidc
+             FROM unnest($1::TEXT[]) AS i(id)
+             LEFT JOIN set_aside_records s ON s.record_id = i.id
+             LEFT JOIN records r ON r.record_id = i.id
+             LEFT JOIN kidc_issuance k ON k.record_id = i.id",
+            &[&ids],
+        )?;
+        let mut set_aside = HashSet::new();
+        for r in &rows {
+            let id = parse_uuid(r.get(0))?;
+            if r.get::<_, bool>(1) {
+                set_aside.insert(id);
+            }
+            if !r.get::<_, bool>(2) {
+                self.absent.insert(id);
+            }
+            match r.get::<_, Option<String>>(3) {
+                Some(k) => {
+                    self.issued.insert(id, parse_kidc(&k)?);
+                }
+                None => {
+                    self.no_code.insert(id);
+                }
+            }
+        }
+        Ok(set_aside)
     }
 
     fn staff(&mut self, office: &str, staff_id: &str) -> Result<Option<StaffMember>, StorageError> {
