@@ -29,6 +29,19 @@ fn kidc(n: u32) -> Kidc {
         .unwrap()
 }
 
+/// A birth's issuance of `code` to `record`, by `device`.
+fn issuance(code: &Kidc, record: Uuid, device: Uuid) -> Issuance<'_> {
+    Issuance {
+        kidc: code,
+        record_id: record,
+        category: 1,
+        issued_at_ms: 3_000,
+        device_id: device,
+        seq: 1,
+        reason: "birth_approved",
+    }
+}
+
 fn new_device(tx: &mut dyn WriteTx, n: u128, office: &str) -> Uuid {
     let device_id = Uuid::from_u128(0xd000 + n);
     tx.insert_device(&NewDevice {
@@ -177,16 +190,7 @@ fn a_code_is_issued_once_and_a_record_gets_one_code(backend: Backend) {
     let first = new_record(&mut *tx, 1, OFFICE, device);
     let second = new_record(&mut *tx, 2, OFFICE, device);
     let issue = |tx: &mut dyn WriteTx, code: &Kidc, record: Uuid| {
-        tx.insert_issuance(&Issuance {
-            kidc: code,
-            record_id: record,
-            category: 1,
-            issued_at_ms: 3_000,
-            device_id: device,
-            seq: 1,
-            reason: "birth_approved",
-        })
-        .unwrap()
+        tx.insert_issuance(&issuance(code, record, device)).unwrap()
     };
     assert_ne!(kidc(10), kidc(20));
     assert!(issue(&mut *tx, &kidc(10), first));
@@ -760,19 +764,9 @@ fn what_the_check_of_a_change_set_found_follows_the_transactions_writes(backend:
     let db = backend::open(backend);
     let mut tx = db.storage.begin().unwrap();
     let device = new_device(&mut *tx, 1, OFFICE);
-    let issuance = |code: &'static Kidc, record: Uuid| Issuance {
-        kidc: code,
-        record_id: record,
-        category: 1,
-        issued_at_ms: 3_000,
-        device_id: device,
-        seq: 1,
-        reason: "birth_approved",
-    };
-    let (code_old, code_fresh): (&'static Kidc, &'static Kidc) =
-        (Box::leak(Box::new(kidc(30))), Box::leak(Box::new(kidc(40))));
+    let (code_old, code_fresh) = (kidc(30), kidc(40));
     let old = new_record(&mut *tx, 1, OFFICE, device);
-    assert!(tx.insert_issuance(&issuance(code_old, old)).unwrap());
+    assert!(tx.insert_issuance(&issuance(&code_old, old, device)).unwrap());
     tx.commit().unwrap();
 
     let mut tx = db.storage.begin().unwrap();
@@ -785,7 +779,7 @@ fn what_the_check_of_a_change_set_found_follows_the_transactions_writes(backend:
     assert_eq!(tx.issued_kidc(fresh).unwrap(), None);
     new_record(&mut *tx, 2, OFFICE, device);
     assert!(tx.load_record(fresh).unwrap().is_some(), "stored now");
-    assert!(tx.insert_issuance(&issuance(code_fresh, fresh)).unwrap());
+    assert!(tx.insert_issuance(&issuance(&code_fresh, fresh, device)).unwrap());
     assert_eq!(tx.issued_kidc(fresh).unwrap(), Some(kidc(40)), "a code now");
     tx.rollback_to_savepoint(Savepoint::Request).unwrap();
     assert!(tx.load_record(fresh).unwrap().is_none(), "rolled back");
@@ -795,7 +789,7 @@ fn what_the_check_of_a_change_set_found_follows_the_transactions_writes(backend:
     assert!(tx.set_aside_among(&[fresh]).unwrap().is_empty());
     new_record(&mut *tx, 2, OFFICE, device);
     assert!(
-        !tx.insert_issuance(&issuance(code_old, fresh)).unwrap(),
+        !tx.insert_issuance(&issuance(&code_old, fresh, device)).unwrap(),
         "the code is taken"
     );
     assert_eq!(tx.issued_kidc(fresh).unwrap(), None);

@@ -172,13 +172,7 @@ impl Conn {
 
     /// Queues a write whose answer is not needed (see the type's docs).
     fn defer(&mut self, sql: &str, params: Vec<Param>) -> Result<(), StorageError> {
-        let statement = self.stmt(sql)?;
-        self.deferred.push(Deferred::Exec {
-            statement,
-            params,
-            rows: None,
-        });
-        Ok(())
+        self.queue(sql, params, None)
     }
 
     /// [`Conn::defer`] a write that must touch exactly `rows` rows; if it
@@ -191,11 +185,20 @@ impl Conn {
         rows: u64,
         what: &'static str,
     ) -> Result<(), StorageError> {
+        self.queue(sql, params, Some((rows, what)))
+    }
+
+    fn queue(
+        &mut self,
+        sql: &str,
+        params: Vec<Param>,
+        rows: Option<(u64, &'static str)>,
+    ) -> Result<(), StorageError> {
         let statement = self.stmt(sql)?;
         self.deferred.push(Deferred::Exec {
             statement,
             params,
-            rows: Some((rows, what)),
+            rows,
         });
         Ok(())
     }
