@@ -21,7 +21,10 @@
 //! (`crvs_core::Registrar`), as a day of registrar work would have.
 //!
 //! `cargo bench -p crvs-bench --bench backlog` prints one JSON line per
-//! case. `BENCH_CASES=backlog` or `slow_link` runs one.
+//! case. `BENCH_CASES=backlog` or `slow_link` runs one. To profile the
+//! backlog case, `BENCH_WRAP_SYNC` and `BENCH_WRAP_SERVER` name a command
+//! that the timed `crvs sync` and the server run under, e.g.
+//! `BENCH_WRAP_SYNC="perf record -g -o /tmp/tablet.data --"`.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -228,18 +231,41 @@ fn pipe(
 struct Server {
     child: Child,
     addr: SocketAddr,
+    /// Run under a profiler, which must be let finish its file.
+    wrapped: bool,
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
+        if self.wrapped {
+            let _ = Command::new("kill")
+                .args(["-INT", &self.child.id().to_string()])
+                .status();
+            let _ = self.child.wait();
+            return;
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
 
-fn start_server(data: &Path) -> Server {
+/// `bin`, or `bin` under the command that `var` names (for profiling).
+fn command(name: &str, var: &str) -> Command {
+    let wrap = std::env::var(var).unwrap_or_default();
+    let mut wrap = wrap.split_whitespace();
+    match wrap.next() {
+        None => Command::new(bin(name)),
+        Some(first) => {
+            let mut c = Command::new(first);
+            c.args(wrap).arg(bin(name));
+            c
+        }
+    }
+}
+
+fn start_server(data: &Path, wrap: &str) -> Server {
     use std::io::BufRead;
-    let mut child = Command::new(bin("crvs-server"))
+    let mut child = command("crvs-server", wrap)
         .args(["serve", "--json", "--listen", "127.0.0.1:0", "--data"])
         .arg(data)
         .env("RUST_LOG", "warn")
@@ -254,6 +280,7 @@ fn start_server(data: &Path) -> Server {
         .expect("listening line");
     let v: Value = serde_json::from_str(&line).expect("JSON");
     Server {
+        wrapped: std::env::var_os(wrap).is_some(),
         child,
         addr: v["listening"]
             .as_str()
@@ -264,7 +291,11 @@ fn start_server(data: &Path) -> Server {
 }
 
 fn crvs(store: &Path, args: &[&str]) -> (bool, Value, String) {
-    let out = Command::new(bin("crvs"))
+    crvs_under(store, args, "")
+}
+
+fn crvs_under(store: &Path, args: &[&str], wrap: &str) -> (bool, Value, String) {
+    let out = command("crvs", wrap)
         .arg("--json")
         .arg("--store")
         .arg(store)
@@ -302,8 +333,8 @@ fn births(n: usize) -> (Vec<String>, usize) {
 }
 
 /// A server, a proxy, and an enrolled tablet holding `lines` approved.
-fn setup(dir: &Path, lines: &[String], link: Link) -> (Server, Proxy, PathBuf) {
-    let server = start_server(&dir.join("server"));
+fn setup(dir: &Path, lines: &[String], link: Link, wrap: &str) -> (Server, Proxy, PathBuf) {
+    let server = start_server(&dir.join("server"), wrap);
     let proxy = Proxy::start(server.addr, link);
     let out = Command::new(bin("crvs-server"))
         .args(["--json", "enroll-token", "--commune", COMMUNE, "--data"])
@@ -353,11 +384,12 @@ fn backlog() -> Value {
             rate: 0,
             delay: Duration::ZERO,
         },
+        "BENCH_WRAP_SERVER",
     );
     let (server_0, tablet_0, (busy_0, idle_0)) =
         (cpu::process(server.child.id()), cpu::children(), cpu::machine());
     let started = Instant::now();
-    let (ok, v, err) = crvs(&store, &["sync"]);
+    let (ok, v, err) = crvs_under(&store, &["sync"], "BENCH_WRAP_SYNC");
     let seconds = started.elapsed().as_secs_f64();
     let (server_1, tablet_1, (busy_1, idle_1)) =
         (cpu::process(server.child.id()), cpu::children(), cpu::machine());
@@ -398,7 +430,7 @@ fn slow_link() -> Value {
     };
     let (lines, _) = births(100);
     let dir = tempfile::tempdir().expect("tempdir");
-    let (_server, proxy, store) = setup(dir.path(), &lines, link);
+    let (_server, proxy, store) = setup(dir.path(), &lines, link, "");
     let started = Instant::now();
     let (ok, _, err) = crvs(&store, &["sync"]);
     let seconds = started.elapsed().as_secs_f64();
@@ -411,7 +443,7 @@ fn slow_link() -> Value {
     // next sync completes.
     let (more, _) = births(200);
     let dir2 = tempfile::tempdir().expect("tempdir");
-    let (_server2, proxy2, store2) = setup(dir2.path(), &more[100..], link);
+    let (_server2, proxy2, store2) = setup(dir2.path(), &more[100..], link, "");
     proxy2.cut_down_at.store(200, Ordering::SeqCst);
     let first_started = Instant::now();
     let (first_ok, _, _) = crvs(&store2, &["sync"]);

@@ -4,14 +4,19 @@
 //! once, round after round. Each registration arrives once, each KIdC is
 //! issued once, every tablet ends with every record of its office and its
 //! code; and a server with another signing key is refused the database.
+//!
+//! And a deadlock: PostgreSQL rolls a sync's transaction back, the server
+//! runs it again, and the tablet never sees it.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use crvs_e2e::{
-    Backend, DATABASE_URL_FILE, Server, Tablet, admin, bench_births, living_in, server_count, server_data,
+    Backend, DATABASE_URL_FILE, Server, ServerOptions, Tablet, admin, bench_births, database_url, living_in,
+    server_count, server_data,
 };
 use rand::RngExt;
 
@@ -217,6 +222,140 @@ fn two_servers_on_one_database_issue_each_code_once_and_lose_no_registration() {
             )),
             1,
             "the log gives record {id} the code its tablets hold"
+        );
+    }
+}
+
+/// `GET /metrics` with the bearer token: the body.
+fn metrics(addr: SocketAddr, token: &str) -> String {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("write");
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).expect("read");
+    assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
+    raw
+}
+
+/// The value of the counter `name` (no labels) in a scrape, 0 if absent.
+fn counter(scrape: &str, name: &str) -> f64 {
+    scrape
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn a_deadlock_rolls_a_sync_back_and_the_server_runs_it_again_unseen_by_the_tablet() {
+    let Some(_) = crvs_testpg::require_or_skip("a_deadlock_rolls_a_sync_back") else {
+        return;
+    };
+    const TOKEN: &str = "a-scrape-token-of-at-least-32-characters";
+    let root = tempfile::tempdir().expect("tempdir");
+    let data = server_data(Backend::Postgres, &root.path().join("server"));
+    let server = Server::start_with(
+        &data,
+        &ServerOptions {
+            env: vec![("CRVS_METRICS_TOKEN".into(), TOKEN.into())],
+            ..ServerOptions::default()
+        },
+    );
+    let office = "171003";
+    let tablet = Tablet::new(root.path().join("tablet"));
+    tablet.init_and_enroll(office, &server);
+    let births = bench_births();
+    let dir = root.path().join("births");
+    std::fs::create_dir_all(&dir).expect("births folder");
+    let total = 3;
+    for (i, birth) in births.iter().take(total).enumerate() {
+        let file = dir.join(format!("{i}.json"));
+        std::fs::write(&file, living_in(birth, office)).expect("write");
+        tablet.register_approved(&file);
+    }
+    assert_eq!(
+        counter(&metrics(server.addr, TOKEN), "crvs_sync_conflicts_total"),
+        0.0
+    );
+
+    // Another session holds the device's row (the chain lock, taken last
+    // by a sync) and never looks for deadlocks itself, so that the sync's
+    // transaction is the one PostgreSQL rolls back.
+    let url = database_url(&data).expect("a PostgreSQL server");
+    let mut other = postgres::Client::connect(&url, postgres::NoTls).expect("connect");
+    other
+        .batch_execute("SET deadlock_timeout = '60s'; BEGIN; SELECT 1 FROM devices FOR UPDATE")
+        .expect("lock the device");
+    let mut watcher = postgres::Client::connect(&url, postgres::NoTls).expect("connect");
+    std::thread::scope(|s| {
+        let sync = s.spawn(|| tablet.run(&["sync"]));
+        // The sync's transaction holds the office's row and waits for the
+        // device's.
+        let started = Instant::now();
+        loop {
+            let waiting: i64 = watcher
+                .query_one(
+                    "SELECT count(*) FROM pg_locks WHERE NOT granted AND locktype = 'transactionid'",
+                    &[],
+                )
+                .expect("pg_locks")
+                .get(0);
+            if waiting > 0 {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "the sync never waited for the device"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Now this session waits for the office's row: a deadlock, which
+        // PostgreSQL breaks by rolling the sync's transaction back (its
+        // own check runs after 1 s). This session then holds both rows
+        // until it lets go.
+        other
+            .query_one(
+                "SELECT last FROM feed_counters WHERE office = $1 FOR UPDATE",
+                &[&office],
+            )
+            .expect("the office's row, once the deadlock is broken");
+        std::thread::sleep(Duration::from_millis(300));
+        other.batch_execute("ROLLBACK").expect("let go");
+        let run = sync.join().expect("the sync thread");
+        assert!(run.ok, "the tablet saw the conflict: {}", run.json);
+    });
+    assert_eq!(
+        counter(&metrics(server.addr, TOKEN), "crvs_sync_conflicts_total"),
+        1.0,
+        "one transaction rolled back and run again"
+    );
+    // Everything arrived once, with one code each.
+    let held = kidcs(&tablet);
+    assert_eq!(held.len(), total);
+    for (id, kidc, status) in &held {
+        assert_eq!(status, "registered", "record {id}");
+        assert!(kidc.is_some(), "record {id} has its KIdC");
+    }
+    let count = |sql: &str| server_count(&data, sql);
+    assert_eq!(count("SELECT count(*) FROM records"), total as i64);
+    assert_eq!(
+        count("SELECT count(DISTINCT kidc) FROM kidc_issuance"),
+        total as i64
+    );
+    assert_eq!(count("SELECT count(*) FROM kidc_issuance"), total as i64);
+    assert_eq!(count("SELECT count(*) FROM change_set_log"), 1);
+    for (id, kidc, _) in &held {
+        let kidc = kidc.as_deref().unwrap_or_default();
+        assert_eq!(
+            count(&format!(
+                "SELECT count(*) FROM kidc_issuance WHERE record_id = '{id}' AND kidc = '{kidc}'"
+            )),
+            1,
+            "the log gives record {id} the code the tablet holds"
         );
     }
 }

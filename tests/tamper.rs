@@ -505,7 +505,7 @@ fn a_store_of_the_previous_version_upgrades_keeps_its_records_and_syncs(backend:
         .unwrap()
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 3, "the store was upgraded");
+    assert_eq!(version, 4, "the store was upgraded to the current schema");
     let list = t.run(&["list"]).expect_ok();
     assert_eq!(list["records"].as_array().unwrap().len(), 3);
     // It works as any store: a step, an enrolment, a sync.

@@ -558,6 +558,16 @@ impl Registrar {
         Ok(AutoCommit::load(&bytes)?.with_actor(self.actor.clone()))
     }
 
+    /// A record's document, sealed for its row. Stored uncompressed
+    /// (`save_nocompress`): deflate costs more than a merge, loading
+    /// inflates it again, and a record never sent is then stored exactly
+    /// as it travels, so a sync sends its bytes without loading it
+    /// (`outgoing`). Stores made before keep their deflated documents;
+    /// both load.
+    pub(crate) fn seal_doc(&self, id: &[u8; 16], doc: &mut AutoCommit) -> Vec<u8> {
+        self.key.seal(&doc_aad(id), &doc.save_nocompress())
+    }
+
     /// Registers a birth from its JSON (see the fixtures), entered by the
     /// staff member `by`. An invalid registration gives
     /// [`Error::InvalidRecord`] naming every bad field, and stores nothing;
@@ -682,7 +692,7 @@ impl Registrar {
         row.status = status.as_str().to_string();
         row.updated_at = now;
         row.dirty = true;
-        row.doc_sealed = self.key.seal(&doc_aad(&id.0), &doc.save());
+        row.doc_sealed = self.seal_doc(&id.0, &mut doc);
         store::update_record(&tx, &row)?;
         tx.commit()?;
         Ok(status)

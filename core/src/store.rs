@@ -38,6 +38,7 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/002_recovery.sql"),
     // Needs `crate::integrity::register` on the connection.
     include_str!("../migrations/003_integrity.sql"),
+    include_str!("../migrations/004_waiting_index.sql"),
 ];
 
 /// Keys of the `meta` table.

@@ -106,6 +106,65 @@ pub fn check(bytes: &[u8], limits: &Limits) -> Result<Counts, BoundsError> {
     Ok(counts)
 }
 
+/// What the header of one automerge document chunk says, read without
+/// loading the document: its actors, its heads, and whether any column is
+/// deflated (`save()` deflates large columns, `save_nocompress()` never).
+///
+/// The checksum is not checked: this is for bytes the caller made itself
+/// and kept sealed (a tablet's own stored documents), never for bytes
+/// from outside.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DocumentHeader<'a> {
+    /// The actor ids, in the chunk's order.
+    pub actors: Vec<&'a [u8]>,
+    /// The heads, sorted.
+    pub heads: Vec<[u8; 32]>,
+    /// Some column is deflated.
+    pub deflated: bool,
+}
+
+/// The header of `bytes` when they are exactly one automerge document
+/// chunk (nothing before or after it); `None` otherwise.
+pub fn document_header(bytes: &[u8]) -> Option<DocumentHeader<'_>> {
+    let mut r = Reader { bytes, pos: 0 };
+    if r.take(4).ok()? != MAGIC {
+        return None;
+    }
+    r.take(4).ok()?;
+    if r.byte().ok()? != 0 {
+        return None;
+    }
+    let len = r.len().ok()?;
+    let body = r.take(len).ok()?;
+    if !r.done() {
+        return None;
+    }
+    let mut c = Reader { bytes: body, pos: 0 };
+    let n = c.uleb().ok()?;
+    let mut actors = Vec::new();
+    for _ in 0..n {
+        let len = c.len().ok()?;
+        actors.push(c.take(len).ok()?);
+    }
+    let n = c.uleb().ok()?;
+    let mut heads = Vec::new();
+    for _ in 0..n {
+        heads.push(<[u8; 32]>::try_from(c.take(32).ok()?).ok()?);
+    }
+    heads.sort_unstable();
+    let change_cols = columns(&mut c).ok()?;
+    let op_cols = columns(&mut c).ok()?;
+    let deflated = change_cols
+        .iter()
+        .chain(&op_cols)
+        .any(|(spec, _)| spec & 0b1000 != 0);
+    Some(DocumentHeader {
+        actors,
+        heads,
+        deflated,
+    })
+}
+
 fn document(r: &mut Reader<'_>, limits: &Limits) -> Result<u64, BoundsError> {
     let actors = r.uleb()?;
     for _ in 0..actors {
@@ -416,5 +475,42 @@ mod tests {
             let _ = check(&b, &Limits::RECORD);
         }
         assert!(check(&vec![0u8; 300 * 1024], &Limits::RECORD).is_err());
+    }
+
+    #[test]
+    fn a_document_header_says_what_loading_the_document_finds() {
+        // Two actors and two heads (concurrent changes), large enough
+        // that `save()` deflates a column.
+        let mut a = AutoCommit::new().with_actor(automerge::ActorId::from([1u8; 16]));
+        a.put(ROOT, "kind", "birth").unwrap();
+        a.put(ROOT, "data", "x".repeat(2000)).unwrap();
+        let mut b = a.fork().with_actor(automerge::ActorId::from([2u8; 16]));
+        a.put(ROOT, "office", "171003").unwrap();
+        b.put(ROOT, "office", "171004").unwrap();
+        a.merge(&mut b).unwrap();
+        let plain = a.save_nocompress();
+        let h = document_header(&plain).expect("one document chunk");
+        let loaded = AutoCommit::load(&plain).unwrap();
+        let mut heads: Vec<[u8; 32]> = loaded.clone().get_heads().iter().map(|h| h.0).collect();
+        heads.sort_unstable();
+        assert_eq!(h.heads.len(), 2);
+        assert_eq!(h.heads, heads);
+        assert_eq!(h.actors, vec![&[1u8; 16][..], &[2u8; 16][..]]);
+        assert!(!h.deflated);
+        let deflated = a.save();
+        let h2 = document_header(&deflated).expect("one document chunk");
+        assert!(h2.deflated, "save() deflates the long value column");
+        assert_eq!(h2.heads, heads);
+        // Not exactly one document chunk: nothing.
+        let mut two = plain.clone();
+        two.extend_from_slice(&a.save_nocompress());
+        assert_eq!(document_header(&two), None);
+        let mut change_doc = doc_with_list(1);
+        change_doc.commit();
+        let change = change_doc.get_last_local_change().unwrap().raw_bytes().to_vec();
+        assert_eq!(document_header(&change), None, "a change chunk");
+        for cut in 0..plain.len() {
+            assert_eq!(document_header(&plain[..cut]), None);
+        }
     }
 }

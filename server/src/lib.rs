@@ -344,6 +344,7 @@ impl Server {
             match ingest::handle_sync(self, body) {
                 Err(ApiError::Storage(StorageError::Conflict(why))) if attempt < MAX_CONFLICT_RETRIES => {
                     attempt += 1;
+                    crate::metrics::count_conflict();
                     tracing::info!(attempt, why = %why, "a sync request's transaction conflicted; running it again");
                     let jitter = rand::RngExt::random_range(&mut rand::rng(), 0..(5u64 << attempt));
                     std::thread::sleep(std::time::Duration::from_millis(jitter));

@@ -29,6 +29,10 @@
 //!   by sync requests, `reason="birth_approved"` (new) or
 //!   `"recorded_again"` (after a restore); counted after the commit, and
 //!   not for a change set rolled back.
+//! * `crvs_sync_conflicts_total`: sync requests whose transaction the
+//!   database rolled back for a deadlock or a serialization failure
+//!   (PostgreSQL, several writers) and that ran again; the tablet never
+//!   sees one. A rate that climbs means writers contend.
 //! * At scrape time, read from storage on the blocking pool:
 //!   `crvs_holds_open` (records held and not released),
 //!   `crvs_devices{since}` (non-revoked devices by the time since their
@@ -110,6 +114,8 @@ pub const COMMIT_GROUP_REQUESTS: &str = "crvs_commit_group_requests_total";
 pub const WRITER_BUSY: &str = "crvs_writer_busy_seconds";
 /// Gauge: sync requests waiting for the next commit group.
 pub const WRITER_QUEUE: &str = "crvs_writer_queue";
+/// Sync requests run again after a conflict.
+pub const SYNC_CONFLICTS: &str = "crvs_sync_conflicts_total";
 /// At most this many distinct versions are labelled; the rest count as
 /// `other` (the label set stays bounded whatever tablets claim).
 pub const MAX_VERSION_LABELS: usize = 16;
@@ -309,6 +315,10 @@ fn describe() {
         "Time the writer spent running commit groups since the start; its rate near 1 means the writer is the bottleneck"
     );
     describe_gauge!(WRITER_QUEUE, "Sync requests waiting for the next commit group");
+    describe_counter!(
+        SYNC_CONFLICTS,
+        "Sync requests whose transaction the database rolled back for a deadlock or serialization failure, run again"
+    );
     describe_gauge!(
         SYNC_AGE_MAX,
         Unit::Seconds,
@@ -332,6 +342,11 @@ pub(crate) async fn track(req: Request, next: Next) -> Response {
     ::metrics::histogram!(HTTP_DURATION, "route" => route, "status" => status)
         .record(start.elapsed().as_secs_f64());
     response
+}
+
+/// Counts one sync request run again after a conflict.
+pub(crate) fn count_conflict() {
+    ::metrics::counter!(SYNC_CONFLICTS).increment(1);
 }
 
 /// Counts one committed sync request's change sets and codes.

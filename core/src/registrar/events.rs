@@ -18,7 +18,7 @@ use crvs_schema::workflow::{self, Action, Status, Transition};
 use crvs_schema::{BirthRegistration, Date, FieldProblem};
 use serde_json::Value as Json;
 
-use super::{Actor, RecordId, Registrar, checked_now_ms, doc_aad, lock};
+use super::{Actor, RecordId, Registrar, checked_now_ms, lock};
 use crate::error::{Error, Result};
 use crate::integrity;
 use crate::store::{self, RecordRow, meta};
@@ -351,7 +351,7 @@ impl Registrar {
             status: status.as_str().to_string(),
             created_at: now,
             updated_at: now,
-            doc_sealed: self.key.seal(&doc_aad(&id.0), &doc.save()),
+            doc_sealed: self.seal_doc(&id.0, &mut doc),
             kidc_sealed: None,
             outboxed_heads: Vec::new(),
             dirty: true,

@@ -3,8 +3,8 @@
 
 use automerge::AutoCommit;
 use crvs_schema::evidence::IssuanceProof;
-use crvs_schema::record;
 use crvs_schema::wire::{self, ChainPosition, RecordChanges, SignedChangeSet, SyncResponse};
+use crvs_schema::{bounds, record};
 use ed25519_dalek::VerifyingKey;
 use rusqlite::{Connection, Transaction};
 
@@ -474,7 +474,26 @@ impl Registrar {
     /// into a change set; `None` when it has nothing new.
     #[allow(clippy::type_complexity)]
     fn outgoing(&self, row: &RecordRow) -> Result<Option<(Vec<u8>, Vec<Vec<u8>>)>> {
-        let mut doc = self.load_doc(row)?;
+        let bytes = self.key.open(&doc_aad(&row.id), &row.doc_sealed)?;
+        // A record never put into a change set, stored uncompressed and
+        // holding only this store's changes (so none of the server's): its
+        // stored bytes are the document chunk it travels as, and its
+        // header names its heads. Nothing to load. (The server loads and
+        // checks it either way.)
+        if row.outboxed_heads.is_empty()
+            && let Some(header) = bounds::document_header(&bytes)
+            && !header.deflated
+            && header.actors == [self.actor.to_bytes()]
+        {
+            return Ok(Some((header.heads.concat(), vec![bytes.to_vec()])));
+        }
+        self.outgoing_by_loading(row, &bytes)
+    }
+
+    /// [`Self::outgoing`] for any record: loads its document `bytes`.
+    #[allow(clippy::type_complexity)]
+    fn outgoing_by_loading(&self, row: &RecordRow, bytes: &[u8]) -> Result<Option<(Vec<u8>, Vec<Vec<u8>>)>> {
+        let mut doc = AutoCommit::load(bytes)?.with_actor(self.actor.clone());
         let heads = heads_to_bytes(&doc.get_heads());
         if !row.dirty && heads == row.outboxed_heads {
             return Ok(None);
@@ -615,6 +634,20 @@ impl Registrar {
     /// its KIdC arrived with them; `None` when they change nothing.
     fn merge_update(
         &self,
+        row: RecordRow,
+        update: &wire::RecordUpdate,
+        now: i64,
+    ) -> Result<Option<(RecordRow, bool)>> {
+        if let Some(appended) = self.append_first_server_part(&row, update, now)? {
+            return Ok(Some(appended));
+        }
+        self.merge_by_loading(row, update, now)
+    }
+
+    /// [`Self::merge_update`] for any update: loads the document, merges,
+    /// reads the result and saves it.
+    fn merge_by_loading(
+        &self,
         mut row: RecordRow,
         update: &wire::RecordUpdate,
         now: i64,
@@ -641,9 +674,63 @@ impl Registrar {
             row.kidc_sealed = Some(self.key.seal(&kidc_aad(&row.id), kidc.as_str().as_bytes()));
         }
         row.status = merged_status(&view).as_str().to_string();
-        // Stored uncompressed (it is sealed, not sent): deflate would cost
-        // more than the whole merge.
-        row.doc_sealed = self.key.seal(&doc_aad(&row.id), &doc.save_nocompress());
+        row.doc_sealed = self.seal_doc(&row.id, &mut doc);
+        row.server_updated_at = Some(now);
+        Ok(Some((row, kidc_arrived)))
+    }
+
+    /// [`Self::merge_update`] without loading the document, in the common
+    /// case of the answer to an approved record's first sync: the update
+    /// is one change of the server that does nothing but write the
+    /// record's first server part (`record::first_server_part`), made on
+    /// exactly the document this store holds (its dependencies are the
+    /// stored document's heads), and the stored document holds only this
+    /// store's changes, so no server part. The change is stored after the
+    /// document (automerge loads a document followed by changes as one,
+    /// and the next full merge saves them as one document again); the
+    /// status and the KIdC are what the full merge would read, as
+    /// `tests::a_first_server_part_is_stored_as_the_full_merge_stores_it`
+    /// checks. `None` for any other update: the full merge decides.
+    fn append_first_server_part(
+        &self,
+        row: &RecordRow,
+        update: &wire::RecordUpdate,
+        now: i64,
+    ) -> Result<Option<(RecordRow, bool)>> {
+        let approved = crvs_schema::workflow::Status::Approved;
+        let [bytes] = update.changes.as_slice() else {
+            return Ok(None);
+        };
+        if row.status != approved.as_str() || record::is_document_chunk(bytes) {
+            return Ok(None);
+        }
+        // Checks the change's checksum, as loading it would.
+        let Ok(changes) = record::decode_changes(bytes) else {
+            return Ok(None);
+        };
+        let [change] = changes.as_slice() else {
+            return Ok(None);
+        };
+        let Some(part) = record::first_server_part(change) else {
+            return Ok(None);
+        };
+        let mut doc = self.key.open(&doc_aad(&row.id), &row.doc_sealed)?;
+        let Some(header) = bounds::document_header(&doc) else {
+            return Ok(None);
+        };
+        let mut deps: Vec<[u8; 32]> = change.deps().iter().map(|h| h.0).collect();
+        deps.sort_unstable();
+        if header.actors != [self.actor.to_bytes()] || deps != header.heads {
+            return Ok(None);
+        }
+        doc.extend_from_slice(bytes);
+        let mut row = row.clone();
+        let kidc_arrived = part.kidc.is_some() && row.kidc_sealed.is_none();
+        if let Some(kidc) = &part.kidc {
+            row.kidc_sealed = Some(self.key.seal(&kidc_aad(&row.id), kidc.as_str().as_bytes()));
+        }
+        row.status = part.status_over(approved).as_str().to_string();
+        row.doc_sealed = self.key.seal(&doc_aad(&row.id), &doc);
         row.server_updated_at = Some(now);
         Ok(Some((row, kidc_arrived)))
     }
@@ -712,7 +799,7 @@ impl Registrar {
             status: merged_status(&view).as_str().to_string(),
             created_at,
             updated_at: now,
-            doc_sealed: self.key.seal(&doc_aad(&id.0), &doc.save()),
+            doc_sealed: self.seal_doc(&id.0, &mut doc),
             kidc_sealed,
             outboxed_heads: heads_to_bytes(&doc.get_heads()),
             dirty: false,
@@ -875,5 +962,256 @@ impl InFlight<'_> {
         self.0
             .join()
             .unwrap_or_else(|_| Err(Error::Protocol("the request sent ahead failed".into())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use automerge::ActorId;
+    use automerge::transaction::Transactable;
+    use crvs_schema::record::Registration;
+
+    use super::*;
+    use crate::crypto::KdfParams;
+
+    fn store() -> (tempfile::TempDir, Registrar) {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Registrar::init_with_kdf(
+            dir.path(),
+            &"correct horse battery staple".into(),
+            "171003",
+            KdfParams::INSECURE_FOR_TESTS,
+        )
+        .unwrap();
+        (dir, r)
+    }
+
+    fn birth() -> String {
+        std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../fixtures/birth-sok-dara.json"
+        ))
+        .unwrap()
+    }
+
+    fn row(r: &Registrar, id: &RecordId) -> RecordRow {
+        store::get_record(&lock(&r.conn), &id.0).unwrap().unwrap()
+    }
+
+    /// A birth entered, verified and approved; `verified` stops before
+    /// the approval.
+    fn entered(r: &Registrar, verified: bool) -> RecordId {
+        let id = r.register_birth(&birth(), "clerk-01").unwrap();
+        r.verify(&id, "clerk-02").unwrap();
+        if !verified {
+            r.approve(&id, "registrar-01").unwrap();
+        }
+        id
+    }
+
+    /// One change of the server (actor 9) to the record as `row` holds it.
+    fn server_change(
+        r: &Registrar,
+        row: &RecordRow,
+        edit: impl FnOnce(&mut AutoCommit),
+    ) -> wire::RecordUpdate {
+        let mut doc = r.load_doc(row).unwrap().with_actor(ActorId::from([9u8; 16]));
+        edit(&mut doc);
+        doc.commit();
+        wire::RecordUpdate {
+            record_id: row.id,
+            changes: vec![doc.get_last_local_change().unwrap().raw_bytes().to_vec()],
+        }
+    }
+
+    fn registration(kidc: bool) -> impl FnOnce(&mut AutoCommit) {
+        move |doc| {
+            let kidc = kidc
+                .then(|| crvs_schema::Kidc::generate(crvs_schema::kidc::Category::CITIZEN, &mut rand::rng()));
+            let r = Registration {
+                kidc,
+                number: "171003/2026/000001".into(),
+                at_ms: 1_780_000_000_000,
+                late: false,
+            };
+            record::set_registration(doc, &r).unwrap();
+        }
+    }
+
+    /// The two rows hold the same record: the same columns, and documents
+    /// that load to the same heads and read the same.
+    fn assert_same(r: &Registrar, a: &RecordRow, b: &RecordRow) {
+        assert_eq!(a.status, b.status);
+        let kidc = |row: &RecordRow| {
+            row.kidc_sealed
+                .as_ref()
+                .map(|k| r.key.open(&kidc_aad(&row.id), k).unwrap().to_vec())
+        };
+        assert_eq!(kidc(a), kidc(b));
+        assert_eq!(
+            (
+                a.outboxed_heads.clone(),
+                a.dirty,
+                a.server_updated_at,
+                a.updated_at
+            ),
+            (
+                b.outboxed_heads.clone(),
+                b.dirty,
+                b.server_updated_at,
+                b.updated_at
+            )
+        );
+        let (mut da, mut db) = (r.load_doc(a).unwrap(), r.load_doc(b).unwrap());
+        assert_eq!(da.get_heads(), db.get_heads());
+        assert_eq!(record::read(&da).unwrap(), record::read(&db).unwrap());
+        assert_eq!(
+            record::read(&da).unwrap().status().unwrap().as_str(),
+            a.status,
+            "the status column is the document's"
+        );
+    }
+
+    #[test]
+    fn a_first_server_part_is_stored_as_the_full_merge_stores_it() {
+        let (_dir, r) = store();
+        let hold = |doc: &mut AutoCommit| record::set_hold(doc, "invalid_on_receipt").unwrap();
+        type Edit = Box<dyn FnOnce(&mut AutoCommit)>;
+        let edits: Vec<(bool, Edit)> = vec![
+            (false, Box::new(registration(true))),
+            (false, Box::new(registration(false))),
+            (false, Box::new(hold)),
+            // A store made before documents were stored uncompressed.
+            (true, Box::new(registration(true))),
+        ];
+        for (deflated, edit) in edits {
+            let mut stored = row(&r, &entered(&r, false));
+            if deflated {
+                stored.doc_sealed = r
+                    .key
+                    .seal(&doc_aad(&stored.id), &r.load_doc(&stored).unwrap().save());
+            }
+            let update = server_change(&r, &stored, edit);
+            let (fast, fast_arrived) = r
+                .append_first_server_part(&stored, &update, 7)
+                .unwrap()
+                .expect("a first server part is appended");
+            let (full, full_arrived) = r.merge_by_loading(stored.clone(), &update, 7).unwrap().unwrap();
+            assert_same(&r, &fast, &full);
+            assert_eq!(fast_arrived, full_arrived);
+            // The next server change merges into the appended document.
+            let next = server_change(&r, &fast, |doc| {
+                record::set_hold(doc, "probable_duplicate").unwrap()
+            });
+            assert!(r.append_first_server_part(&fast, &next, 8).unwrap().is_none());
+            let (after, _) = r.merge_update(fast.clone(), &next, 8).unwrap().unwrap();
+            let (after_full, _) = r.merge_update(full.clone(), &next, 8).unwrap().unwrap();
+            assert_same(&r, &after, &after_full);
+            assert_eq!(
+                record::read(&r.load_doc(&after).unwrap())
+                    .unwrap()
+                    .server
+                    .hold
+                    .as_deref(),
+                Some("probable_duplicate")
+            );
+            // The appended document answers a sync as the merged one does.
+            let sent = |row: &RecordRow| {
+                let (heads, chunks) = r.outgoing(row).unwrap().unwrap();
+                let hashes: Vec<_> = chunks
+                    .iter()
+                    .flat_map(|c| record::decode_changes(c).unwrap())
+                    .map(|c| c.hash())
+                    .collect();
+                (heads, hashes)
+            };
+            assert!(sent(&fast) == sent(&full), "the same heads and changes to send");
+        }
+        let kidcs = r.list().unwrap().iter().filter(|x| x.kidc.is_some()).count();
+        assert_eq!(kidcs, 0, "merged rows are not stored by this test");
+    }
+
+    #[test]
+    fn any_other_update_takes_the_full_merge() {
+        let (_dir, r) = store();
+        let mut cases: Vec<(&str, RecordRow, wire::RecordUpdate)> = Vec::new();
+        // Not approved.
+        let stored = row(&r, &entered(&r, true));
+        cases.push((
+            "verified",
+            stored.clone(),
+            server_change(&r, &stored, registration(true)),
+        ));
+        // Made on an older document (before the approval).
+        let id = entered(&r, true);
+        let before = row(&r, &id);
+        let old = server_change(&r, &before, registration(true));
+        r.approve(&id, "registrar-01").unwrap();
+        cases.push(("older heads", row(&r, &id), old));
+        // A document holding another actor's change.
+        let mut other = row(&r, &entered(&r, false));
+        let mut doc = r.load_doc(&other).unwrap();
+        let mut theirs = doc.fork().with_actor(ActorId::from([7u8; 16]));
+        theirs.put(automerge::ROOT, "office", "171004").unwrap();
+        doc.merge(&mut theirs).unwrap();
+        other.doc_sealed = r.seal_doc(&other.id, &mut doc);
+        cases.push((
+            "another actor",
+            other.clone(),
+            server_change(&r, &other, registration(true)),
+        ));
+        // Two operations in the change.
+        let stored = row(&r, &entered(&r, false));
+        let two = server_change(&r, &stored, |doc| {
+            registration(true)(doc);
+            doc.put(automerge::ROOT, "office", "171004").unwrap();
+        });
+        cases.push(("two operations", stored, two));
+        // A whole document (a snapshot).
+        let stored = row(&r, &entered(&r, false));
+        let mut snapshot = r.load_doc(&stored).unwrap();
+        registration(true)(&mut snapshot);
+        let snap = wire::RecordUpdate {
+            record_id: stored.id,
+            changes: vec![snapshot.save_nocompress()],
+        };
+        cases.push(("a snapshot", stored, snap));
+        for (case, stored, update) in cases {
+            assert!(
+                r.append_first_server_part(&stored, &update, 7).unwrap().is_none(),
+                "{case}"
+            );
+            let (merged, _) = r.merge_update(stored.clone(), &update, 7).unwrap().unwrap();
+            let (full, _) = r.merge_by_loading(stored, &update, 7).unwrap().unwrap();
+            assert_same(&r, &merged, &full);
+        }
+    }
+
+    #[test]
+    fn a_record_never_sent_travels_as_its_stored_bytes() {
+        let (_dir, r) = store();
+        let stored = row(&r, &entered(&r, false));
+        let plain = r.key.open(&doc_aad(&stored.id), &stored.doc_sealed).unwrap();
+        let (heads, chunks) = r.outgoing(&stored).unwrap().unwrap();
+        assert_eq!(chunks, vec![plain.to_vec()], "sent as stored, without loading");
+        let (loaded_heads, loaded_chunks) = r.outgoing_by_loading(&stored, &plain).unwrap().unwrap();
+        assert_eq!(heads, loaded_heads);
+        let hashes = |chunk: &[u8]| -> Vec<_> {
+            record::decode_changes(chunk)
+                .unwrap()
+                .iter()
+                .map(|c| c.hash())
+                .collect()
+        };
+        assert_eq!(hashes(&chunks[0]), hashes(&loaded_chunks[0]));
+        // A deflated document (stored before) is loaded, and sent as a
+        // document chunk the server accepts (not deflated).
+        let mut old = stored.clone();
+        old.doc_sealed = r.key.seal(&doc_aad(&old.id), &r.load_doc(&old).unwrap().save());
+        let (old_heads, old_chunks) = r.outgoing(&old).unwrap().unwrap();
+        assert_eq!(old_heads, heads);
+        assert!(!bounds::document_header(&old_chunks[0]).unwrap().deflated);
+        assert!(bounds::check(&old_chunks[0], &bounds::Limits::RECORD).is_ok());
+        assert_eq!(hashes(&old_chunks[0]), hashes(&chunks[0]));
     }
 }

@@ -232,12 +232,7 @@ impl RecordView {
     /// The current state, derived from the transitions and the server part.
     pub fn status(&self) -> Result<Status, WorkflowError> {
         let tablet = workflow::derive(&self.transitions)?.ok_or(WorkflowError::MustStartWithSubmit)?;
-        Ok(match tablet {
-            Status::Approved if self.server.is_registered() => Status::Registered,
-            Status::Rejected => Status::Rejected,
-            _ if self.server.hold.is_some() => Status::Held,
-            other => other,
-        })
+        Ok(self.server.status_over(tablet))
     }
 
     /// The event data as it stands now: the registration with every
@@ -330,6 +325,17 @@ impl ServerPart {
     pub fn is_registered(&self) -> bool {
         self.registration_number.is_some() || self.kidc.is_some()
     }
+
+    /// The status of a record whose workflow steps alone give `tablet`,
+    /// with this server part (see [`RecordView::status`]).
+    pub fn status_over(&self, tablet: Status) -> Status {
+        match tablet {
+            Status::Approved if self.is_registered() => Status::Registered,
+            Status::Rejected => Status::Rejected,
+            _ if self.hold.is_some() => Status::Held,
+            other => other,
+        }
+    }
 }
 
 /// Sets the dotted `path` of `root` to `value` (`null` removes it),
@@ -403,6 +409,30 @@ fn read_server_part(doc: &AutoCommit) -> Result<ServerPart, RecordError> {
         },
         Some((Value::Object(_), _)) => Err(RecordError::Malformed("server part is not a JSON string")),
         None => Ok(ServerPart::default()),
+    }
+}
+
+/// Tablet side: the server part that `change` writes, when writing it is
+/// all `change` does and no server part can be there before it: exactly
+/// one operation, a put of the root's `server` key with no predecessor.
+/// Applied to a document that holds no server part and whose heads are
+/// the change's dependencies, such a change leaves every other field as
+/// it was and makes this the record's server part, with no conflict; so a
+/// tablet can store it beside the document without loading the document
+/// (`crvs_core`'s answer to a sync). `None` for any other change.
+pub fn first_server_part(change: &automerge::Change) -> Option<ServerPart> {
+    use automerge::legacy::{Key, ObjectId, OpType};
+    let decoded = change.decode();
+    let [op] = decoded.operations.as_slice() else {
+        return None;
+    };
+    match (&op.obj, &op.key, &op.action) {
+        (ObjectId::Root, Key::Map(key), OpType::Put(ScalarValue::Str(json)))
+            if key.as_str() == SERVER && !op.insert && op.pred.is_empty() =>
+        {
+            parse_server_part(json).ok()
+        }
+        _ => None,
     }
 }
 

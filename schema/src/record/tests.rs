@@ -580,3 +580,102 @@ fn a_settlement_changes_an_approved_records_data_only_before_its_registration() 
         TabletChangeError::RegisteredDataChanged
     );
 }
+
+#[test]
+fn only_a_first_write_of_the_server_part_and_nothing_else_is_recognised() {
+    let registration = Registration {
+        kidc: None,
+        number: "171003/2026/000001".into(),
+        at_ms: 1_700_000_000_000,
+        late: false,
+    };
+    let mut doc = new_record(actor(1), RecordKind::Birth, "171003", &sample(), &submit("clerk")).unwrap();
+    doc.commit();
+    let mut server = doc.fork().with_actor(actor(9));
+    set_registration(&mut server, &registration).unwrap();
+    server.commit();
+    let first = server.get_last_local_change().unwrap();
+    let part = first_server_part(&first).expect("the first write of the server part");
+    assert_eq!(part.registration_number.as_deref(), Some("171003/2026/000001"));
+    // What it gives is what applying the change gives.
+    let mut applied = doc.fork();
+    applied.apply_changes([first.clone()]).unwrap();
+    let view = read(&applied).unwrap();
+    assert_eq!(view.server, part);
+    assert_eq!(view.status().unwrap(), part.status_over(Status::Submitted));
+
+    // A second write has the first as its predecessor.
+    set_hold(&mut server, "probable_duplicate").unwrap();
+    server.commit();
+    assert_eq!(first_server_part(&server.get_last_local_change().unwrap()), None);
+    // Two operations.
+    let mut two = doc.fork().with_actor(actor(9));
+    two.put(automerge::ROOT, SERVER, "{}").unwrap();
+    two.put(automerge::ROOT, OFFICE, "171004").unwrap();
+    two.commit();
+    assert_eq!(first_server_part(&two.get_last_local_change().unwrap()), None);
+    // Another key, another value type, a server part that does not parse.
+    for (key, value) in [
+        (DATA, ScalarValue::Str("{}".into())),
+        (SERVER, ScalarValue::Int(1)),
+        (SERVER, ScalarValue::Str("not json".into())),
+    ] {
+        let mut other = doc.fork().with_actor(actor(9));
+        other.put(automerge::ROOT, key, value).unwrap();
+        other.commit();
+        assert_eq!(
+            first_server_part(&other.get_last_local_change().unwrap()),
+            None,
+            "{key}"
+        );
+    }
+    // A workflow step (an insert into the list).
+    let mut v = submit("checker");
+    v.action = Action::Verify;
+    let mut step = doc.fork();
+    append_transition(&mut step, &v).unwrap();
+    step.commit();
+    assert_eq!(first_server_part(&step.get_last_local_change().unwrap()), None);
+}
+
+#[test]
+fn the_status_over_a_server_part_is_the_views_status() {
+    let kidc = Some(Kidc::generate(crate::kidc::Category::CITIZEN, &mut rand::rng()));
+    for (part, tablet, expected) in [
+        (ServerPart::default(), Status::Approved, Status::Approved),
+        (
+            ServerPart {
+                registration_number: Some("x".into()),
+                ..ServerPart::default()
+            },
+            Status::Approved,
+            Status::Registered,
+        ),
+        (
+            ServerPart {
+                kidc,
+                ..ServerPart::default()
+            },
+            Status::Approved,
+            Status::Registered,
+        ),
+        (
+            ServerPart {
+                hold: Some("invalid_on_receipt".into()),
+                ..ServerPart::default()
+            },
+            Status::Approved,
+            Status::Held,
+        ),
+        (
+            ServerPart {
+                hold: Some("invalid_on_receipt".into()),
+                ..ServerPart::default()
+            },
+            Status::Rejected,
+            Status::Rejected,
+        ),
+    ] {
+        assert_eq!(part.status_over(tablet), expected, "{part:?} over {tablet:?}");
+    }
+}
