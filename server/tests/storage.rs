@@ -153,18 +153,7 @@ fn the_change_set_log_and_the_issuance_log_are_append_only_in_the_database(backe
     .unwrap();
     assert_eq!(tx.logged_hash(device, 1).unwrap(), Some([9; 32]));
     assert_eq!(tx.logged_hash(device, 2).unwrap(), None);
-    assert!(
-        tx.insert_issuance(&Issuance {
-            kidc: &kidc(1),
-            record_id: record,
-            category: 1,
-            issued_at_ms: 3_000,
-            device_id: device,
-            seq: 1,
-            reason: "birth_approved",
-        })
-        .unwrap()
-    );
+    assert!(tx.insert_issuance(&issuance(&kidc(1), record, device)).unwrap());
     tx.commit().unwrap();
 
     for sql in [
